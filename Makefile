@@ -1,0 +1,66 @@
+# proxystore: build, test and benchmark.
+#
+#   make          the C core (build/lib/proxystore/core.so) and the host binary
+#   make deps     install missing Debian packages (apt-get; needs root)
+#   make test     deps + build + every spec, then again under ASan+UBSan
+#   make bench    benchmarks, a markdown table on stdout
+
+LUA      ?= lua5.4
+PKG      ?= pkg-config
+CC       ?= cc
+PREFIX   ?= /usr/local
+
+LUA_CFLAGS  := $(shell $(PKG) --cflags lua5.4 2>/dev/null)
+LUA_LIBS    := $(shell $(PKG) --libs lua5.4 2>/dev/null)
+HIREDIS_CFLAGS := $(shell $(PKG) --cflags hiredis 2>/dev/null)
+HIREDIS_LIBS   := $(shell $(PKG) --libs hiredis 2>/dev/null)
+
+WARN     := -std=c11 -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes
+OPT      ?= -O2 -g
+CPPFLAGS += -D_GNU_SOURCE
+ALL_CFLAGS = $(WARN) $(OPT) -fPIC $(CPPFLAGS) $(LUA_CFLAGS) $(HIREDIS_CFLAGS) $(CFLAGS)
+LIBS     := $(HIREDIS_LIBS) -lpthread -lm
+
+HOST_SRC := $(wildcard src/main.c)
+CORE_SRC := $(filter-out $(HOST_SRC),$(wildcard src/*.c))
+HEADERS  := $(wildcard src/*.h)
+
+BUILD    ?= build
+CORE_OBJ  = $(CORE_SRC:src/%.c=$(BUILD)/obj/%.o)
+CORE_SO   = $(BUILD)/lib/proxystore/core.so
+HOST_BIN  = $(if $(HOST_SRC),$(BUILD)/bin/proxystore)
+
+SANITIZE := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+
+.PHONY: all deps test test-plain test-asan bench clean asan
+all: $(CORE_SO) $(HOST_BIN)
+
+$(BUILD)/obj/%.o: src/%.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(CORE_SO): $(CORE_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) -shared $(OPT) $(LDFLAGS) -o $@ $(CORE_OBJ) $(LIBS)
+
+# The host binary links the core in and preloads it; -Wl,-E lets other C
+# modules it loads find the Lua API (as lua(1) does).
+$(BUILD)/bin/proxystore: $(BUILD)/obj/main.o $(CORE_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(OPT) -Wl,-E $(LDFLAGS) -o $@ $^ $(LUA_LIBS) $(LIBS) -ldl
+
+asan:
+	$(MAKE) BUILD=build-asan OPT="-O1 -g $(SANITIZE)" LDFLAGS="$(SANITIZE)" all
+
+deps:
+	@sh .ci/deps.sh
+
+test: deps
+	@$(MAKE) --no-print-directory all asan >/dev/null
+	@sh spec/run.sh
+
+bench: all
+	@$(LUA) bench/run.lua
+
+clean:
+	rm -rf build build-asan

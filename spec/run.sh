@@ -1,0 +1,54 @@
+#!/bin/sh
+# Runs every spec under busted on Lua 5.4, then again with the C core built
+# with AddressSanitizer+UBSan. A sanitizer report anywhere (including child
+# processes the specs start) counts as a failure. Last line: N passed, N failed.
+set -u
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+LOGDIR=$(mktemp -d "${TMPDIR:-/tmp}/proxystore-test.XXXXXX")
+trap 'rm -rf "$LOGDIR"' EXIT INT TERM
+
+export LUA_PATH="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;$ROOT/spec/?.lua;;"
+export PROXYSTORE_SOURCE_ROOT="$ROOT"
+passed=0
+failed=0
+
+# run NAME CPATH [env...]: one busted pass; adds to the counts.
+run() {
+  name=$1; cpath=$2; shift 2
+  echo "== specs ($name)"
+  log="$LOGDIR/$name.tap"
+  env LUA_CPATH="$ROOT/$cpath/?.so;;" PROXYSTORE_BUILD="$ROOT/$cpath/.." "$@" \
+    timeout 2400 busted --lua=lua5.4 --cpath="$ROOT/$cpath/?.so" -o TAP spec \
+    >"$log" 2>&1
+  status=$?
+  grep -v '^ok ' "$log"
+  p=$(grep -c '^ok ' "$log")
+  f=$(grep -c '^not ok ' "$log")
+  if [ "$status" -ne 0 ] && [ "$f" -eq 0 ]; then
+    echo "busted exited with status $status"
+    f=1
+  fi
+  echo "$name: $p passed, $f failed"
+  passed=$((passed + p))
+  failed=$((failed + f))
+}
+
+run plain build/lib
+
+SAN="$LOGDIR/san"
+mkdir -p "$SAN"
+ASAN_LIB=$(gcc -print-file-name=libasan.so)
+run sanitized build-asan/lib \
+  LD_PRELOAD="$ASAN_LIB" \
+  ASAN_OPTIONS="detect_leaks=1:log_path=$SAN/asan:allow_user_segv_handler=1" \
+  UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$SAN/ubsan"
+reports=$(ls "$SAN" | wc -l)
+if [ "$reports" -ne 0 ]; then
+  echo "== sanitizer reports: $reports"
+  for f in "$SAN"/*; do echo "--- $f"; head -60 "$f"; done
+  failed=$((failed + reports))
+fi
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

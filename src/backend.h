@@ -1,0 +1,116 @@
+/*
+ * backend.h: the byte-level storage interface.
+ *
+ * A backend moves bytes under keys. It never sees a lua_State, so it can
+ * run on a background thread (ps.resolve_async) and be tested from plain C.
+ * Failures are reported as a PS_B* code plus a message in ps_berr; nothing
+ * aborts or longjmps.
+ *
+ * Each backend context belongs to the process that opened it: after fork
+ * a backend must not reuse its parent's sockets (check getpid()).
+ * A context is used by one thread at a time.
+ */
+#ifndef PS_BACKEND_H
+#define PS_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum {
+  PS_BOK = 0,
+  PS_BNOTFOUND,   /* key absent */
+  PS_BUNCHANGED,  /* get with have_version: stored version is the same */
+  PS_BCONN,       /* cannot reach or lost the server */
+  PS_BTIMEOUT,    /* connect or command timed out */
+  PS_BPROTO,      /* wrong type under key, corrupt data, bad reply */
+  PS_BCONFIG,     /* bad option, refused key, auth failure */
+  PS_BIO,         /* filesystem or other I/O failure */
+  PS_BNOMEM
+};
+
+typedef struct ps_berr {
+  int code;
+  char msg[256];
+} ps_berr;
+
+/* Opaque object version: equal versions mean equal bytes. */
+#define PS_VERSION_LEN 16
+typedef struct ps_version {
+  unsigned char bytes[PS_VERSION_LEN];
+} ps_version;
+
+/*
+ * Bytes handed out by a backend. release frees them; NULL release means
+ * data came from malloc and free(data) releases it.
+ */
+typedef struct ps_blob {
+  char *data;
+  size_t len;
+  void (*release)(struct ps_blob *);
+  void *opaque;
+} ps_blob;
+
+void ps_blob_release(ps_blob *b);
+
+/* Options a store passes to its backend, already validated by Lua. */
+typedef struct ps_bconfig {
+  const char *host;      /* redis */
+  int port;
+  const char *path;      /* redis unix socket */
+  int db;
+  const char *username;
+  const char *password;
+  double timeout;        /* seconds; 0 = none */
+  const char *prefix;    /* key prefix */
+  const char *dir;       /* file */
+  int owns_dir;          /* file: this process created dir; may remove it */
+} ps_bconfig;
+
+typedef struct ps_key {
+  const char *data;
+  size_t len;
+} ps_key;
+
+typedef struct ps_backend_ops {
+  const char *kind;
+  /* Opens a context; on failure returns NULL with err set. */
+  void *(*open)(const ps_bconfig *cfg, ps_berr *err);
+  /* Releases everything; ctx may be half-open. */
+  void (*close)(void *ctx);
+  /* A description for errors: "127.0.0.1:6379", "/dev/shm/x". */
+  const char *(*address)(void *ctx);
+
+  /* Stores bytes; *version_out (if non-NULL) gets the new version. */
+  int (*put)(void *ctx, ps_key key, const char *data, size_t len,
+             ps_version *version_out, ps_berr *err);
+  /*
+   * Reads the bytes under key into *out. With have != NULL, returns
+   * PS_BUNCHANGED (no bytes) when the stored version equals *have; the
+   * check happens in the same round trip as the read. *version_out gets the
+   * stored version when non-NULL.
+   */
+  int (*get)(void *ctx, ps_key key, const ps_version *have, ps_blob *out,
+             ps_version *version_out, ps_berr *err);
+  int (*exists)(void *ctx, ps_key key, int *found, ps_berr *err);
+  /* Deletes every byte stored under key; an absent key is PS_BOK. */
+  int (*evict)(void *ctx, ps_key key, ps_berr *err);
+
+  /*
+   * Optional batch forms (NULL: the store loops over put/get).
+   * get_batch fills codes[i] with PS_BOK or PS_BNOTFOUND per key and
+   * returns PS_BOK, or an error code for the whole batch.
+   */
+  int (*put_batch)(void *ctx, size_t n, const ps_key *keys,
+                   const ps_blob *values, ps_version *versions_out,
+                   ps_berr *err);
+  int (*get_batch)(void *ctx, size_t n, const ps_key *keys, ps_blob *out,
+                   ps_version *versions_out, int *codes, ps_berr *err);
+} ps_backend_ops;
+
+extern const ps_backend_ops ps_backend_redis;
+extern const ps_backend_ops ps_backend_file;
+
+/* Fills err and returns code (for "return ps_berr_set(err, PS_BIO, ...)"). */
+int ps_berr_set(ps_berr *err, int code, const char *fmt, ...);
+
+#endif

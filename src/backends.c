@@ -1,0 +1,39 @@
+/* backends.c: the byte backends a store can be built on, by kind. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "ps_backends.h"
+
+static const ps_backend_ops *const all_backends[] = {
+  NULL
+};
+
+const ps_backend_ops *ps_backend_find(const char *kind) {
+  for (size_t i = 0; all_backends[i] != NULL; i++)
+    if (strcmp(all_backends[i]->kind, kind) == 0) return all_backends[i];
+  return NULL;
+}
+
+int ps_berr_set(ps_berr *err, int code, const char *fmt, ...) {
+  if (err) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+    va_end(ap);
+    err->code = code;
+  }
+  return code;
+}
+
+void ps_blob_release(ps_blob *b) {
+  if (b->data == NULL && b->release == NULL) return;
+  if (b->release) b->release(b);
+  else free(b->data);
+  b->data = NULL;
+  b->len = 0;
+  b->release = NULL;
+  b->opaque = NULL;
+}

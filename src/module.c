@@ -1,0 +1,18 @@
+/* module.c: luaopen_proxystore_core, the only symbol the module exports. */
+#include "ps.h"
+
+static void (*const openers[])(lua_State *) = {
+  ps_error_open,
+  ps_buf_open,
+  ps_proxy_open,
+  ps_store_open,
+};
+
+int luaopen_proxystore_core(lua_State *L) {
+  lua_newtable(L);
+  for (size_t i = 0; i < sizeof openers / sizeof openers[0]; i++)
+    openers[i](L);
+  lua_pushliteral(L, PROXYSTORE_VERSION);
+  lua_setfield(L, -2, "_VERSION");
+  return 1;
+}

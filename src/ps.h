@@ -1,0 +1,140 @@
+/*
+ * ps.h: declarations shared by the C files of proxystore.core.
+ *
+ * Not installed: hosts include proxystore.h. Everything here is either
+ * static in its file or prefixed ps_, and the module's only exported symbol
+ * is luaopen_proxystore_core.
+ */
+#ifndef PS_H
+#define PS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <lua.h>
+#include <lauxlib.h>
+
+#include "proxystore.h"
+
+/* ---- errors (error.c) ------------------------------------------------ */
+
+/*
+ * Library errors are tables {kind=, message=, key=, store=, address=,
+ * cause=} whose metatable's __tostring gives one line starting with
+ * "proxystore:". Kinds are short lowercase words (see API.md).
+ */
+#define PS_EMISSING_KEY   "missing_key"
+#define PS_ECONNECTION    "connection"
+#define PS_ETIMEOUT       "timeout"
+#define PS_ESERIALIZATION "serialization"
+#define PS_ERESOLVE       "resolve"
+#define PS_ECONFIG        "config"
+#define PS_ESTORE         "store"
+#define PS_EIO            "io"
+#define PS_ECLOSED        "closed"
+#define PS_EPOOL          "pool"
+
+/* Optional context attached to an error; NULL fields are left out. */
+typedef struct ps_errctx {
+  const char *key;
+  size_t keylen;       /* 0: strlen(key) */
+  const char *store;
+  const char *address;
+  int cause;           /* stack index of a cause value, 0 for none */
+} ps_errctx;
+
+/* Pushes a new error object. */
+void ps_error_push(lua_State *L, const char *kind, const ps_errctx *ctx,
+                   const char *fmt, ...);
+/* Pushes an error object and raises it. Never returns. */
+int ps_error_raise(lua_State *L, const char *kind, const ps_errctx *ctx,
+                   const char *fmt, ...);
+/* True if the value at idx is a proxystore error object. */
+int ps_error_is(lua_State *L, int idx);
+/* Kind of the error object at idx, or NULL. */
+const char *ps_error_kind(lua_State *L, int idx);
+void ps_error_open(lua_State *L);   /* module table on top */
+
+/* ---- byte buffers (buf.c) -------------------------------------------- */
+
+typedef struct ps_buf {
+  char *data;
+  size_t len;
+  size_t cap;
+} ps_buf;
+
+void ps_buf_init(ps_buf *b);
+/* Ensure room for n more bytes; returns 0, or -1 when out of memory. */
+int ps_buf_reserve(ps_buf *b, size_t n);
+int ps_buf_append(ps_buf *b, const void *p, size_t n);
+void ps_buf_free(ps_buf *b);
+
+/*
+ * A ps_buf owned by a userdata pushed on the stack, so that a Lua error
+ * raised while the buffer is in use frees it through __gc (STYLE 14).
+ * Call ps_buf_free on it when done to release memory early.
+ */
+ps_buf *ps_buf_box(lua_State *L);
+void ps_buf_open(lua_State *L);
+
+/* ---- random keys (key.c) ---------------------------------------------- */
+
+/* Writes 32 lowercase hex chars (128 random bits) and a NUL into out. */
+void ps_key_random(char out[33]);
+
+/* ---- proxies (proxy.c) -------------------------------------------------- */
+
+/* The light userdata key marking every proxy metatable. */
+extern const char ps_proxy_tag;
+
+/* True if the value at idx is a proxy (never resolves). */
+int ps_proxy_is(lua_State *L, int idx);
+/* Resolves the proxy at idx if needed and pushes its target. */
+void ps_proxy_push_target(lua_State *L, int idx);
+/*
+ * Pushes a new store proxy: store (a store userdata or a store config
+ * table) at store_idx, key string at key_idx, PS_PROXY_* flags.
+ */
+#define PS_PROXY_EVICT  0x01
+#define PS_PROXY_STRICT 0x02
+void ps_proxy_push_store_ref(lua_State *L, int store_idx, int key_idx,
+                             unsigned flags);
+/*
+ * For the codec: pushes a plain table {config=, key=, flags=} describing
+ * the store proxy at idx. Raises a serialization error for a proxy whose
+ * factory is a Lua function. ps_proxy_from_reference pops such a table and
+ * pushes a proxy that will resolve through it.
+ */
+void ps_proxy_push_reference(lua_State *L, int idx);
+void ps_proxy_from_reference(lua_State *L);
+void ps_proxy_open(lua_State *L);
+
+/* ---- codec (codec.c) ---------------------------------------------------- */
+
+/* Appends the encoding of the value at idx to b; raises on failure. */
+void ps_codec_encode(lua_State *L, int idx, ps_buf *b);
+/* Pushes the value encoded in data; raises a serialization error. */
+void ps_codec_decode(lua_State *L, const char *data, size_t len);
+void ps_codec_open(lua_State *L);
+
+/* ---- stores (store.c) ---------------------------------------------------- */
+
+/* Returns the store userdata at idx or raises. */
+struct ps_store *ps_store_check(lua_State *L, int idx);
+/* Pushes the registered store called name, or nil. */
+void ps_store_lookup(lua_State *L, const char *name);
+/*
+ * Resolves key through the store at store_idx: pushes the object or raises
+ * (missing_key when absent). flags are PS_PROXY_*.
+ */
+void ps_store_resolve(lua_State *L, int store_idx, int key_idx, unsigned flags);
+/*
+ * Finds or creates the store described by the config table at cfg_idx and
+ * pushes it (for proxies that arrive from another process).
+ */
+void ps_store_from_config(lua_State *L, int cfg_idx);
+/* Pushes the store's config table (a fresh copy). */
+void ps_store_push_config(lua_State *L, int store_idx);
+void ps_store_open(lua_State *L);
+
+#endif
