@@ -1,0 +1,464 @@
+/*
+ * codec_encode.c: Lua value -> native format bytes (docs/format.md).
+ *
+ * One recursive walk over the value with raw accesses only (no metamethod
+ * runs, so no Lua code can change the value under us). Tables and proxies
+ * are numbered in the order they are first met; a second meeting writes a
+ * reference, which keeps shared references and cycles.
+ *
+ * The path to the value being encoded is kept as an explicit stack of
+ * frames (an array index, or the stack slot of a hash key), and turned into
+ * text like value.items[3].cb only when a value is refused.
+ */
+#include <stdio.h>
+
+#include "codec.h"
+
+enum { FR_INDEX, FR_KEY, FR_ASKEY };
+
+typedef struct frame {
+  int kind;
+  int keyidx;           /* FR_KEY, FR_ASKEY: stack slot of the key */
+  lua_Integer i;        /* FR_INDEX: array index */
+} frame;
+
+typedef struct enc {
+  lua_State *L;
+  ps_buf *b;
+  int depth;
+  int seen;             /* stack slot: table -> id, nil until needed */
+  int have_seen;
+  int pieces;           /* stack slot of the pieces list, 0: not used */
+  lua_Integer npieces;
+  lua_Integer nseen;
+  frame frames[CODEC_MAX_DEPTH + 1];
+} enc;
+
+static void encode_value(enc *e, int idx);
+
+/* ---- errors ------------------------------------------------------------ */
+
+static int is_identifier(const char *s, size_t n) {
+  if (n == 0 || n > 40) return 0;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    int ok = c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+             (i > 0 && c >= '0' && c <= '9');
+    if (!ok) return 0;
+  }
+  return 1;
+}
+
+static void add_key(luaL_Buffer *B, lua_State *L, int k) {
+  switch (lua_type(L, k)) {
+    case LUA_TSTRING: {
+      size_t n;
+      const char *s = lua_tolstring(L, k, &n);
+      if (is_identifier(s, n)) {
+        luaL_addchar(B, '.');
+        luaL_addlstring(B, s, n);
+        return;
+      }
+      luaL_addstring(B, "[\"");
+      for (size_t i = 0; i < n && i < 40; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') {
+          luaL_addchar(B, (char)c);
+        } else {
+          char esc[8];
+          snprintf(esc, sizeof esc, "\\%u", c);
+          luaL_addstring(B, esc);
+        }
+      }
+      luaL_addstring(B, n > 40 ? "...\"]" : "\"]");
+      return;
+    }
+    case LUA_TNUMBER: {
+      char num[64];
+      if (lua_isinteger(L, k))
+        snprintf(num, sizeof num, "[" LUA_INTEGER_FMT "]", lua_tointeger(L, k));
+      else
+        snprintf(num, sizeof num, "[%.17g]", (double)lua_tonumber(L, k));
+      luaL_addstring(B, num);
+      return;
+    }
+    case LUA_TBOOLEAN:
+      luaL_addstring(B, lua_toboolean(L, k) ? "[true]" : "[false]");
+      return;
+    default:
+      luaL_addstring(B, "[<");
+      luaL_addstring(B, luaL_typename(L, k));
+      luaL_addstring(B, ">]");
+      return;
+  }
+}
+
+/* Pushes "value" followed by the first n frames of the path. */
+static void push_path(enc *e, int n) {
+  lua_State *L = e->L;
+  luaL_Buffer B;
+  luaL_buffinit(L, &B);
+  luaL_addstring(&B, "value");
+  for (int i = 0; i < n; i++) {
+    const frame *f = &e->frames[i];
+    if (f->kind == FR_INDEX) {
+      char num[40];
+      snprintf(num, sizeof num, "[" LUA_INTEGER_FMT "]", f->i);
+      luaL_addstring(&B, num);
+    } else if (f->kind == FR_KEY) {
+      add_key(&B, L, f->keyidx);
+    } else {
+      luaL_addstring(&B, "[<key>]");
+    }
+  }
+  luaL_pushresult(&B);
+}
+
+static void refuse(enc *e, int idx) {
+  lua_State *L = e->L;
+  const char *what = lua_type(L, idx) == LUA_TLIGHTUSERDATA
+                         ? "light userdata"
+                         : luaL_typename(L, idx);
+  if (!lua_checkstack(L, 8)) luaL_error(L, "proxystore: stack overflow");
+  if (e->depth > 0 && e->frames[e->depth - 1].kind == FR_ASKEY) {
+    push_path(e, e->depth - 1);
+    ps_error_raise(L, PS_ESERIALIZATION, NULL,
+                   "cannot serialize a %s used as a table key in %s", what,
+                   lua_tostring(L, -1));
+  }
+  push_path(e, e->depth);
+  ps_error_raise(L, PS_ESERIALIZATION, NULL, "cannot serialize a %s at %s",
+                 what, lua_tostring(L, -1));
+}
+
+static void too_deep(enc *e) {
+  lua_State *L = e->L;
+  if (!lua_checkstack(L, 8)) luaL_error(L, "proxystore: stack overflow");
+  push_path(e, e->depth > 8 ? 8 : e->depth);
+  ps_error_raise(L, PS_ESERIALIZATION, NULL,
+                 "cannot serialize: value nested deeper than %d levels "
+                 "(under %s...)",
+                 CODEC_MAX_DEPTH, lua_tostring(L, -1));
+}
+
+/* ---- buffer writes ----------------------------------------------------- */
+
+static void grow(enc *e, size_t n) {
+  if (ps_buf_reserve(e->b, n) != 0)
+    ps_error_raise(e->L, PS_ESERIALIZATION, NULL,
+                   "cannot serialize: out of memory (%f bytes)",
+                   (lua_Number)e->b->len + (lua_Number)n);
+}
+
+#define ROOM(e, n)                                         \
+  do {                                                     \
+    if ((e)->b->cap - (e)->b->len < (size_t)(n)) grow((e), (n)); \
+  } while (0)
+
+static inline size_t put_varint(char *p, uint64_t v) {
+  size_t n = 0;
+  while (v >= 0x80) {
+    p[n++] = (char)(v | 0x80);
+    v >>= 7;
+  }
+  p[n++] = (char)v;
+  return n;
+}
+
+static inline size_t varint_len(uint64_t v) {
+  size_t n = 1;
+  while (v >= 0x80) {
+    v >>= 7;
+    n++;
+  }
+  return n;
+}
+
+static inline void put_le(char *p, uint64_t v, int n) {
+  for (int i = 0; i < n; i++) p[i] = (char)(v >> (8 * i));
+}
+
+/* Needs 9 bytes of room. */
+static inline void put_integer(ps_buf *b, lua_Integer v) {
+  char *p = b->data + b->len;
+  if (v >= 0 && v < 128) {
+    p[0] = (char)(TAG_FIXINT | v);
+    b->len += 1;
+  } else if (v >= INT8_MIN && v <= INT8_MAX) {
+    p[0] = TAG_INT8;
+    p[1] = (char)(uint8_t)v;
+    b->len += 2;
+  } else if (v >= INT16_MIN && v <= INT16_MAX) {
+    p[0] = TAG_INT16;
+    put_le(p + 1, (uint64_t)v, 2);
+    b->len += 3;
+  } else if (v >= INT32_MIN && v <= INT32_MAX) {
+    p[0] = TAG_INT32;
+    put_le(p + 1, (uint64_t)v, 4);
+    b->len += 5;
+  } else {
+    p[0] = TAG_INT64;
+    codec_st64(p + 1, (uint64_t)v);
+    b->len += 9;
+  }
+}
+
+/* Needs 9 bytes of room. */
+static inline void put_float(ps_buf *b, lua_Number d) {
+  double x = (double)d;
+  uint64_t u;
+  memcpy(&u, &x, 8);
+  char *p = b->data + b->len;
+  p[0] = TAG_FLOAT64;
+  codec_st64(p + 1, u);
+  b->len += 9;
+}
+
+/* Moves what the buffer holds into the pieces list (serialize() only). */
+static void flush_piece(enc *e) {
+  lua_State *L = e->L;
+  lua_pushlstring(L, e->b->data, e->b->len);
+  lua_rawseti(L, e->pieces, ++e->npieces);
+  e->b->len = 0;
+}
+
+static void put_string(enc *e, int idx) {
+  size_t n;
+  const char *s = lua_tolstring(e->L, idx, &n);
+  ps_buf *b = e->b;
+  if (n <= SHORTSTR_MAX) {
+    ROOM(e, n + 1);
+    char *p = b->data + b->len;
+    p[0] = (char)(TAG_SHORTSTR + n);
+    memcpy(p + 1, s, n);
+    b->len += n + 1;
+    return;
+  }
+  ROOM(e, 11);
+  b->data[b->len++] = TAG_STRING;
+  b->len += put_varint(b->data + b->len, n);
+  if (e->pieces && n >= CODEC_PIECE_MIN) {
+    flush_piece(e);
+    lua_pushvalue(e->L, idx);
+    lua_rawseti(e->L, e->pieces, ++e->npieces);
+    return;
+  }
+  ROOM(e, n);
+  memcpy(b->data + b->len, s, n);
+  b->len += n;
+}
+
+/* ---- tables and proxies --------------------------------------------------- */
+
+/*
+ * Looks the table or proxy at idx up in the seen map: writes a reference
+ * and returns 1 if it was met before, else numbers it and returns 0.
+ */
+static int seen_before(enc *e, int idx) {
+  lua_State *L = e->L;
+  if (!e->have_seen) {
+    lua_createtable(L, 0, 4);
+    lua_replace(L, e->seen);
+    e->have_seen = 1;
+  }
+  lua_pushvalue(L, idx);
+  if (lua_rawget(L, e->seen) == LUA_TNUMBER) {
+    lua_Integer id = lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    ROOM(e, 11);
+    ps_buf *b = e->b;
+    b->data[b->len++] = TAG_REF;
+    b->len += put_varint(b->data + b->len, (uint64_t)id);
+    return 1;
+  }
+  lua_pop(L, 1);
+  lua_pushvalue(L, idx);
+  lua_pushinteger(L, e->nseen++);
+  lua_rawset(L, e->seen);
+  return 0;
+}
+
+/* Enters one nesting level (the caller leaves it with e->depth--). */
+static void enter(enc *e) {
+  if (e->depth >= CODEC_MAX_DEPTH) too_deep(e);
+  if (!lua_checkstack(e->L, 8)) too_deep(e);
+  e->depth++;
+}
+
+static void encode_table(enc *e, int t) {
+  lua_State *L = e->L;
+  if (seen_before(e, t)) return;
+  enter(e);
+  frame *f = &e->frames[e->depth - 1];
+  ps_buf *b = e->b;
+  lua_Unsigned n = lua_rawlen(L, t);
+  ROOM(e, 12);
+  b->data[b->len++] = TAG_TABLE;
+  b->len += put_varint(b->data + b->len, n);
+  size_t cntpos = b->len++;   /* hash count, patched below */
+
+  /* Array part, 1..#t in order; holes are written as nil. */
+  f->kind = FR_INDEX;
+  for (lua_Unsigned i = 1; i <= n; i++) {
+    f->i = (lua_Integer)i;
+    int ty = lua_rawgeti(L, t, (lua_Integer)i);
+    ROOM(e, 9);
+    switch (ty) {
+      case LUA_TNUMBER:
+        if (lua_isinteger(L, -1))
+          put_integer(b, lua_tointeger(L, -1));
+        else
+          put_float(b, lua_tonumber(L, -1));
+        break;
+      case LUA_TNIL:
+        b->data[b->len++] = TAG_NIL;
+        break;
+      case LUA_TBOOLEAN:
+        b->data[b->len++] = lua_toboolean(L, -1) ? TAG_TRUE : TAG_FALSE;
+        break;
+      default:
+        encode_value(e, lua_gettop(L));
+        break;
+    }
+    lua_pop(L, 1);
+  }
+
+  /* Everything else, skipping the keys 1..n written above. */
+  lua_Unsigned nh = 0;
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    int top = lua_gettop(L);
+    if (n > 0 && lua_isinteger(L, top - 1)) {
+      lua_Integer k = lua_tointeger(L, top - 1);
+      if (k >= 1 && (lua_Unsigned)k <= n) {
+        lua_pop(L, 1);
+        continue;
+      }
+    }
+    f->kind = FR_ASKEY;
+    f->keyidx = top - 1;
+    encode_value(e, top - 1);
+    f->kind = FR_KEY;
+    encode_value(e, top);
+    lua_pop(L, 1);
+    nh++;
+  }
+  e->depth--;
+
+  if (nh < 0x80) {
+    b->data[cntpos] = (char)nh;
+  } else {
+    size_t w = varint_len(nh);
+    ROOM(e, w - 1);
+    memmove(b->data + cntpos + w, b->data + cntpos + 1, b->len - cntpos - 1);
+    put_varint(b->data + cntpos, nh);
+    b->len += w - 1;
+  }
+}
+
+static void encode_proxy(enc *e, int idx) {
+  lua_State *L = e->L;
+  if (seen_before(e, idx)) return;
+  enter(e);
+  ROOM(e, 1);
+  e->b->data[e->b->len++] = TAG_PROXY;
+  ps_proxy_push_reference(L, idx);
+  if (!lua_istable(L, -1))
+    ps_error_raise(L, PS_ESERIALIZATION, NULL,
+                   "cannot serialize a proxy: no store reference");
+  /* A fresh table, so never a reference: the decoder relies on that. */
+  encode_table(e, lua_gettop(L));
+  lua_pop(L, 1);
+  e->depth--;
+}
+
+static void encode_value(enc *e, int idx) {
+  lua_State *L = e->L;
+  ps_buf *b = e->b;
+  switch (lua_type(L, idx)) {
+    case LUA_TNIL:
+      ROOM(e, 1);
+      b->data[b->len++] = TAG_NIL;
+      return;
+    case LUA_TBOOLEAN:
+      ROOM(e, 1);
+      b->data[b->len++] = lua_toboolean(L, idx) ? TAG_TRUE : TAG_FALSE;
+      return;
+    case LUA_TNUMBER:
+      ROOM(e, 9);
+      if (lua_isinteger(L, idx))
+        put_integer(b, lua_tointeger(L, idx));
+      else
+        put_float(b, lua_tonumber(L, idx));
+      return;
+    case LUA_TSTRING:
+      put_string(e, idx);
+      return;
+    case LUA_TTABLE:
+      encode_table(e, idx);
+      return;
+    case LUA_TUSERDATA:
+      if (ps_proxy_is(L, idx)) {
+        encode_proxy(e, idx);
+        return;
+      }
+      refuse(e, idx);
+      return;
+    default:
+      refuse(e, idx);
+      return;
+  }
+}
+
+/* Leaves the concatenation of the pieces list on top of the stack; a few
+ * hundred at a time so the stack stays small. */
+static void concat_pieces(enc *e) {
+  lua_State *L = e->L;
+  enum { BATCH = 200 };
+  if (!lua_checkstack(L, BATCH + 2))
+    luaL_error(L, "proxystore: stack overflow");
+  lua_pushliteral(L, "");
+  int k = 1;
+  for (lua_Integer i = 1; i <= e->npieces; i++) {
+    if (k == BATCH) {
+      lua_concat(L, k);
+      k = 1;
+    }
+    lua_rawgeti(L, e->pieces, i);
+    k++;
+  }
+  lua_concat(L, k);
+}
+
+void ps_codec_encode_ex(lua_State *L, int idx, ps_buf *b, int pieces) {
+  enc e;
+  idx = lua_absindex(L, idx);
+  if (!lua_checkstack(L, 8)) luaL_error(L, "proxystore: stack overflow");
+  e.L = L;
+  e.b = b;
+  e.depth = 0;
+  e.nseen = 0;
+  e.npieces = 0;
+  e.have_seen = 0;
+  lua_pushnil(L);
+  e.seen = lua_gettop(L);
+  e.pieces = 0;
+  if (pieces) {
+    lua_newtable(L);
+    e.pieces = lua_gettop(L);
+  }
+  ROOM(&e, 2);
+  b->data[b->len++] = (char)CODEC_MAGIC;
+  b->data[b->len++] = CODEC_VERSION;
+  encode_value(&e, idx);
+  if (pieces) {
+    if (b->len > 0) flush_piece(&e);
+    concat_pieces(&e);
+    lua_replace(L, e.seen);
+  }
+  lua_settop(L, e.seen - (pieces ? 0 : 1));
+}
+
+void ps_codec_encode(lua_State *L, int idx, ps_buf *b) {
+  ps_codec_encode_ex(L, idx, b, 0);
+}
