@@ -15,6 +15,8 @@
 
 #include "codec.h"
 
+#define MEMO_SIZE 64
+
 typedef struct dec {
   lua_State *L;
   const unsigned char *start, *p, *end;
@@ -22,6 +24,14 @@ typedef struct dec {
   int refs;             /* stack slot of the id -> value table */
   int have_refs;
   lua_Integer nrefs;
+  /* Memo of recent short-string table keys: records repeat the same keys,
+   * and a hit skips Lua's string interning (a hash-chain walk that misses
+   * the cache once the string table is large). */
+  int memo;             /* stack slot of the memo's strings, nil until used */
+  struct {
+    const char *s;      /* the anchored string's bytes, NULL: empty */
+    size_t len;
+  } memo_slot[MEMO_SIZE];
 } dec;
 
 static void decode_value(dec *d);
@@ -77,6 +87,33 @@ static void ensure_refs(dec *d) {
   }
 }
 
+/* Pushes a short string key, through the memo. */
+static void decode_key_string(dec *d) {
+  lua_State *L = d->L;
+  size_t n = *d->p - TAG_SHORTSTR;
+  need(d, n + 1);
+  const char *s = (const char *)d->p + 1;
+  d->p += n + 1;
+  uint32_t h = 2166136261u;
+  for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 16777619u;
+  h = (h ^ (h >> 15)) & (MEMO_SIZE - 1);
+  if (d->memo_slot[h].s != NULL && d->memo_slot[h].len == n &&
+      memcmp(d->memo_slot[h].s, s, n) == 0) {
+    lua_rawgeti(L, d->memo, (lua_Integer)h + 1);
+    return;
+  }
+  if (d->memo_slot[0].len == (size_t)-1) {   /* first use */
+    lua_createtable(L, MEMO_SIZE, 0);
+    lua_replace(L, d->memo);
+    d->memo_slot[0].len = 0;
+  }
+  lua_pushlstring(L, s, n);
+  lua_pushvalue(L, -1);
+  lua_rawseti(L, d->memo, (lua_Integer)h + 1);
+  d->memo_slot[h].s = lua_tostring(L, -1);
+  d->memo_slot[h].len = n;
+}
+
 static inline int clamp_int(uint64_t n) { return n > INT_MAX ? INT_MAX : (int)n; }
 
 static void decode_table(dec *d) {
@@ -117,7 +154,12 @@ static void decode_table(dec *d) {
   }
 
   for (uint64_t j = 0; j < nhash; j++) {
-    decode_value(d);
+    need(d, 1);
+    unsigned kt0 = *d->p;
+    if (kt0 >= TAG_SHORTSTR && kt0 < TAG_FIXINT)
+      decode_key_string(d);
+    else
+      decode_value(d);
     int kt = lua_type(L, -1);
     if (kt == LUA_TNIL) fail(d, "nil table key");
     if (kt == LUA_TNUMBER && !lua_isinteger(L, -1)) {
@@ -260,8 +302,13 @@ void ps_codec_decode(lua_State *L, const char *data, size_t len) {
   if (!lua_checkstack(L, 8)) luaL_error(L, "proxystore: stack overflow");
   lua_pushnil(L);
   d.refs = lua_gettop(L);
+  lua_pushnil(L);
+  d.memo = lua_gettop(L);
+  memset(d.memo_slot, 0, sizeof d.memo_slot);
+  d.memo_slot[0].len = (size_t)-1;
   decode_value(&d);
   if (d.p != d.end)
     fail(&d, "%I unexpected bytes after the value", (lua_Integer)remaining(&d));
   lua_replace(L, d.refs);
+  lua_settop(L, d.refs);
 }

@@ -22,12 +22,17 @@ typedef struct frame {
   lua_Integer i;        /* FR_INDEX: array index */
 } frame;
 
+typedef struct seen_slot seen_slot;
+
 typedef struct enc {
   lua_State *L;
   ps_buf *b;
   int depth;
-  int seen;             /* stack slot: table -> id, nil until needed */
-  int have_seen;
+  int seen;             /* stack slot of the seen map's userdata */
+  seen_slot *seen_tab;
+  size_t seen_cap;      /* a power of 2, or 0 before the first table */
+  int anchors;          /* stack slot: table of values made while encoding */
+  int have_anchors;
   int pieces;           /* stack slot of the pieces list, 0: not used */
   lua_Integer npieces;
   lua_Integer nseen;
@@ -251,30 +256,62 @@ static void put_string(enc *e, int idx) {
 /* ---- tables and proxies --------------------------------------------------- */
 
 /*
+ * The seen map: an open-addressing hash from a table's or proxy's address
+ * (lua_topointer) to its id, in a userdata the encoder replaces when it
+ * grows (no malloc, so nothing to free if an error is raised). Addresses
+ * are stable while the value is reachable from the value being encoded;
+ * the only values created during an encode, proxy reference tables, are
+ * kept alive in the anchors table so their addresses cannot be reused.
+ */
+struct seen_slot {
+  const void *p;
+  lua_Integer id;
+};
+
+static inline size_t seen_hash(const void *p, size_t mask) {
+  uint64_t x = (uint64_t)(uintptr_t)p;
+  x ^= x >> 29;
+  x *= 0x9E3779B97F4A7C15ull;
+  return (size_t)(x >> 32) & mask;
+}
+
+static void seen_grow(enc *e) {
+  lua_State *L = e->L;
+  size_t cap = e->seen_cap ? e->seen_cap * 2 : 64;
+  seen_slot *n = lua_newuserdatauv(L, cap * sizeof *n, 0);
+  memset(n, 0, cap * sizeof *n);
+  for (size_t i = 0; i < e->seen_cap; i++) {
+    if (e->seen_tab[i].p == NULL) continue;
+    size_t h = seen_hash(e->seen_tab[i].p, cap - 1);
+    while (n[h].p != NULL) h = (h + 1) & (cap - 1);
+    n[h] = e->seen_tab[i];
+  }
+  lua_replace(L, e->seen);
+  e->seen_tab = n;
+  e->seen_cap = cap;
+}
+
+/*
  * Looks the table or proxy at idx up in the seen map: writes a reference
  * and returns 1 if it was met before, else numbers it and returns 0.
  */
 static int seen_before(enc *e, int idx) {
-  lua_State *L = e->L;
-  if (!e->have_seen) {
-    lua_createtable(L, 0, 4);
-    lua_replace(L, e->seen);
-    e->have_seen = 1;
+  const void *p = lua_topointer(e->L, idx);
+  if (2 * (e->nseen + 1) > (lua_Integer)e->seen_cap) seen_grow(e);
+  size_t mask = e->seen_cap - 1;
+  size_t h = seen_hash(p, mask);
+  while (e->seen_tab[h].p != NULL) {
+    if (e->seen_tab[h].p == p) {
+      ROOM(e, 11);
+      ps_buf *b = e->b;
+      b->data[b->len++] = TAG_REF;
+      b->len += put_varint(b->data + b->len, (uint64_t)e->seen_tab[h].id);
+      return 1;
+    }
+    h = (h + 1) & mask;
   }
-  lua_pushvalue(L, idx);
-  if (lua_rawget(L, e->seen) == LUA_TNUMBER) {
-    lua_Integer id = lua_tointeger(L, -1);
-    lua_pop(L, 1);
-    ROOM(e, 11);
-    ps_buf *b = e->b;
-    b->data[b->len++] = TAG_REF;
-    b->len += put_varint(b->data + b->len, (uint64_t)id);
-    return 1;
-  }
-  lua_pop(L, 1);
-  lua_pushvalue(L, idx);
-  lua_pushinteger(L, e->nseen++);
-  lua_rawset(L, e->seen);
+  e->seen_tab[h].p = p;
+  e->seen_tab[h].id = e->nseen++;
   return 0;
 }
 
@@ -366,6 +403,13 @@ static void encode_proxy(enc *e, int idx) {
   if (!lua_istable(L, -1))
     ps_error_raise(L, PS_ESERIALIZATION, NULL,
                    "cannot serialize a proxy: no store reference");
+  if (!e->have_anchors) {
+    lua_newtable(L);
+    lua_replace(L, e->anchors);
+    e->have_anchors = 1;
+  }
+  lua_pushvalue(L, -1);
+  lua_rawseti(L, e->anchors, (lua_Integer)lua_rawlen(L, e->anchors) + 1);
   /* A fresh table, so never a reference: the decoder relies on that. */
   encode_table(e, lua_gettop(L));
   lua_pop(L, 1);
@@ -439,9 +483,13 @@ void ps_codec_encode_ex(lua_State *L, int idx, ps_buf *b, int pieces) {
   e.depth = 0;
   e.nseen = 0;
   e.npieces = 0;
-  e.have_seen = 0;
+  e.seen_tab = NULL;
+  e.seen_cap = 0;
+  e.have_anchors = 0;
   lua_pushnil(L);
   e.seen = lua_gettop(L);
+  lua_pushnil(L);
+  e.anchors = lua_gettop(L);
   e.pieces = 0;
   if (pieces) {
     lua_newtable(L);
