@@ -31,6 +31,7 @@ typedef struct enc {
   int seen;             /* stack slot of the seen map's userdata */
   seen_slot *seen_tab;
   size_t seen_cap;      /* a power of 2, or 0 before the first table */
+  uint32_t gen;         /* generation of this encode, never 0 */
   int anchors;          /* stack slot: table of values made while encoding */
   int have_anchors;
   int pieces;           /* stack slot of the pieces list, 0: not used */
@@ -265,14 +266,22 @@ static void put_string(enc *e, int idx) {
  */
 struct seen_slot {
   const void *p;
-  lua_Integer id;
+  uint32_t id;
+  uint32_t gen;         /* the slot is in use iff gen == the map's gen */
 };
 
+/* The map is kept between encodes (registry, this key) so that a large
+ * one is not paged in afresh each time; generations make clearing it free.
+ * Its first slot's gen field holds the last generation used. */
+static const char seen_key = 0;
+#define SEEN_KEEP_MAX ((size_t)1 << 19)
+
 static inline size_t seen_hash(const void *p, size_t mask) {
+  /* Tables made one after another sit at nearby addresses; keeping them
+   * in nearby slots keeps the probes in cache. The high bits are folded
+   * in so that addresses a power of 2 apart still spread. */
   uint64_t x = (uint64_t)(uintptr_t)p;
-  x ^= x >> 29;
-  x *= 0x9E3779B97F4A7C15ull;
-  return (size_t)(x >> 32) & mask;
+  return (size_t)((x >> 4) ^ (x >> 21) ^ (x >> 38)) & mask;
 }
 
 static void seen_grow(enc *e) {
@@ -281,9 +290,9 @@ static void seen_grow(enc *e) {
   seen_slot *n = lua_newuserdatauv(L, cap * sizeof *n, 0);
   memset(n, 0, cap * sizeof *n);
   for (size_t i = 0; i < e->seen_cap; i++) {
-    if (e->seen_tab[i].p == NULL) continue;
+    if (e->seen_tab[i].gen != e->gen) continue;
     size_t h = seen_hash(e->seen_tab[i].p, cap - 1);
-    while (n[h].p != NULL) h = (h + 1) & (cap - 1);
+    while (n[h].gen == e->gen) h = (h + 1) & (cap - 1);
     n[h] = e->seen_tab[i];
   }
   lua_replace(L, e->seen);
@@ -300,7 +309,7 @@ static int seen_before(enc *e, int idx) {
   if (2 * (e->nseen + 1) > (lua_Integer)e->seen_cap) seen_grow(e);
   size_t mask = e->seen_cap - 1;
   size_t h = seen_hash(p, mask);
-  while (e->seen_tab[h].p != NULL) {
+  while (e->seen_tab[h].gen == e->gen) {
     if (e->seen_tab[h].p == p) {
       ROOM(e, 11);
       ps_buf *b = e->b;
@@ -310,8 +319,12 @@ static int seen_before(enc *e, int idx) {
     }
     h = (h + 1) & mask;
   }
+  if (e->nseen >= UINT32_MAX)
+    ps_error_raise(e->L, PS_ESERIALIZATION, NULL,
+                   "cannot serialize: more than 2^32 tables");
   e->seen_tab[h].p = p;
-  e->seen_tab[h].id = e->nseen++;
+  e->seen_tab[h].id = (uint32_t)e->nseen++;
+  e->seen_tab[h].gen = e->gen;
   return 0;
 }
 
@@ -485,8 +498,20 @@ void ps_codec_encode_ex(lua_State *L, int idx, ps_buf *b, int pieces) {
   e.npieces = 0;
   e.seen_tab = NULL;
   e.seen_cap = 0;
+  e.gen = 1;
   e.have_anchors = 0;
-  lua_pushnil(L);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &seen_key) == LUA_TUSERDATA) {
+    /* Taken out while in use: an error leaves it to the GC. */
+    e.seen_tab = lua_touserdata(L, -1);
+    e.seen_cap = lua_rawlen(L, -1) / sizeof(seen_slot);
+    e.gen = e.seen_tab[0].gen + 1;
+    if (e.gen == 0) {
+      memset(e.seen_tab, 0, e.seen_cap * sizeof(seen_slot));
+      e.gen = 1;
+    }
+    lua_pushnil(L);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &seen_key);
+  }
   e.seen = lua_gettop(L);
   lua_pushnil(L);
   e.anchors = lua_gettop(L);
@@ -499,6 +524,13 @@ void ps_codec_encode_ex(lua_State *L, int idx, ps_buf *b, int pieces) {
   b->data[b->len++] = (char)CODEC_MAGIC;
   b->data[b->len++] = CODEC_VERSION;
   encode_value(&e, idx);
+  if (e.seen_cap > 0 && e.seen_cap <= SEEN_KEEP_MAX) {
+    /* Slot 0's gen carries this generation to the next encode, which
+     * uses gen + 1 and so sees every slot as free. */
+    e.seen_tab[0].gen = e.gen;
+    lua_pushvalue(L, e.seen);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &seen_key);
+  }
   if (pieces) {
     if (b->len > 0) flush_piece(&e);
     concat_pieces(&e);
