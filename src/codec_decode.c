@@ -47,6 +47,11 @@ static void fail(dec *d, const char *fmt, ...) {
                  (lua_Integer)(d->p - d->start), lua_tostring(L, -1));
 }
 
+/* For messages: a claimed size as a Lua integer (saturated). */
+static inline lua_Integer as_int(uint64_t n) {
+  return n > (uint64_t)LUA_MAXINTEGER ? LUA_MAXINTEGER : (lua_Integer)n;
+}
+
 static inline size_t remaining(const dec *d) { return (size_t)(d->end - d->p); }
 
 static inline void need(dec *d, size_t n) {
@@ -123,8 +128,8 @@ static void decode_table(dec *d) {
   uint64_t nhash = get_varint(d);
   size_t rem = remaining(d);
   if (narr > rem || nhash > (rem - narr) / 2)
-    fail(d, "table claims %f array and %f hash entries, only %I bytes left",
-         (lua_Number)narr, (lua_Number)nhash, (lua_Integer)rem);
+    fail(d, "table claims %I array and %I hash entries, only %I bytes left",
+         as_int(narr), as_int(nhash), (lua_Integer)rem);
   ensure_refs(d);
   lua_createtable(L, clamp_int(narr), clamp_int(nhash));
   int t = lua_gettop(L);
@@ -132,8 +137,8 @@ static void decode_table(dec *d) {
   lua_rawseti(L, d->refs, ++d->nrefs);
 
   for (uint64_t i = 1; i <= narr; i++) {
-    /* Fast paths for the common scalars; the checks above guarantee the
-     * tag byte is there. */
+    /* Fast paths for the common scalars. */
+    need(d, 1);
     unsigned tag = *d->p;
     if (tag >= TAG_FIXINT) {
       d->p++;
@@ -243,8 +248,8 @@ static void decode_value(dec *d) {
     case TAG_STRING: {
       uint64_t n = get_varint(d);
       if (n > remaining(d))
-        fail(d, "string of %f bytes claimed, only %I bytes left",
-             (lua_Number)n, (lua_Integer)remaining(d));
+        fail(d, "string of %I bytes claimed, only %I bytes left",
+             as_int(n), (lua_Integer)remaining(d));
       lua_pushlstring(L, (const char *)d->p, (size_t)n);
       d->p += n;
       return;
@@ -258,8 +263,8 @@ static void decode_value(dec *d) {
       if (id >= (uint64_t)d->nrefs ||
           lua_rawgeti(L, d->refs, (lua_Integer)id + 1) == LUA_TNIL) {
         d->p = at;
-        fail(d, "reference to value %f, which is not defined yet",
-             (lua_Number)id);
+        fail(d, "reference to value %I, which is not defined yet",
+             as_int(id));
       }
       return;
     }
@@ -308,7 +313,8 @@ void ps_codec_decode(lua_State *L, const char *data, size_t len) {
   d.memo_slot[0].len = (size_t)-1;
   decode_value(&d);
   if (d.p != d.end)
-    fail(&d, "%I unexpected bytes after the value", (lua_Integer)remaining(&d));
+    fail(&d, "%I unexpected byte(s) after the value",
+         (lua_Integer)remaining(&d));
   lua_replace(L, d.refs);
   lua_settop(L, d.refs);
 }
