@@ -46,10 +46,10 @@ enum {
 #define CODEC_PIECE_MIN (64 * 1024)
 
 /*
- * Encodes the value at idx into b (header included). With pieces != 0,
- * large strings are not copied into b: the function leaves on the stack a
- * single string, the whole blob (and b holds nothing useful). With
- * pieces == 0 it pushes nothing.
+ * Encodes the value at idx into b (header included), pushing nothing. With
+ * pieces != 0 (serialize()), strings of CODEC_PIECE_MIN bytes or more are
+ * left out of b, and the function pushes the whole blob as one string made
+ * by a single lua_concat, so such a string is copied once.
  */
 void ps_codec_encode_ex(lua_State *L, int idx, ps_buf *b, int pieces);
 

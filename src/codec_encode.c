@@ -35,7 +35,7 @@ typedef struct enc {
   int anchors;          /* stack slot: table of values made while encoding */
   int have_anchors;
   int pieces;           /* stack slot of the pieces list, 0: not used */
-  lua_Integer npieces;
+  lua_Integer nholes;   /* large strings left out of the buffer */
   lua_Integer nseen;
   frame frames[CODEC_MAX_DEPTH + 1];
 } enc;
@@ -220,12 +220,31 @@ static inline void put_float(ps_buf *b, lua_Number d) {
   b->len += 9;
 }
 
-/* Moves what the buffer holds into the pieces list (serialize() only). */
-static void flush_piece(enc *e) {
+/*
+ * serialize() only: leaves a hole at the current end of the buffer for the
+ * large string at idx; the holes list keeps (position, string) pairs, and
+ * concat_pieces stitches buffer and strings together at the end.
+ */
+static void add_hole(enc *e, int idx) {
   lua_State *L = e->L;
-  lua_pushlstring(L, e->b->data, e->b->len);
-  lua_rawseti(L, e->pieces, ++e->npieces);
-  e->b->len = 0;
+  lua_pushinteger(L, (lua_Integer)e->b->len);
+  lua_rawseti(L, e->pieces, 2 * e->nholes + 1);
+  lua_pushvalue(L, idx);
+  lua_rawseti(L, e->pieces, 2 * e->nholes + 2);
+  e->nholes++;
+}
+
+/* Bytes were inserted at pos (a patched count): holes after it move. */
+static void shift_holes(enc *e, size_t pos, size_t by) {
+  lua_State *L = e->L;
+  for (lua_Integer k = e->nholes; k >= 1; k--) {
+    lua_rawgeti(L, e->pieces, 2 * k - 1);
+    lua_Integer at = lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    if ((size_t)at <= pos) break;
+    lua_pushinteger(L, at + (lua_Integer)by);
+    lua_rawseti(L, e->pieces, 2 * k - 1);
+  }
 }
 
 static void put_string(enc *e, int idx) {
@@ -244,9 +263,7 @@ static void put_string(enc *e, int idx) {
   b->data[b->len++] = TAG_STRING;
   b->len += put_varint(b->data + b->len, n);
   if (e->pieces && n >= CODEC_PIECE_MIN) {
-    flush_piece(e);
-    lua_pushvalue(e->L, idx);
-    lua_rawseti(e->L, e->pieces, ++e->npieces);
+    add_hole(e, idx);
     return;
   }
   ROOM(e, n);
@@ -403,6 +420,7 @@ static void encode_table(enc *e, int t) {
     memmove(b->data + cntpos + w, b->data + cntpos + 1, b->len - cntpos - 1);
     put_varint(b->data + cntpos, nh);
     b->len += w - 1;
+    if (e->nholes > 0) shift_holes(e, cntpos, w - 1);
   }
 }
 
@@ -467,24 +485,31 @@ static void encode_value(enc *e, int idx) {
   }
 }
 
-/* Leaves the concatenation of the pieces list on top of the stack; a few
- * hundred at a time so the stack stays small. */
+/* Leaves the blob on top of the stack: the buffer's bytes with the large
+ * strings put back into their holes, by one lua_concat (a few hundred
+ * pieces at a time, so the stack stays small). */
 static void concat_pieces(enc *e) {
   lua_State *L = e->L;
   enum { BATCH = 200 };
-  if (!lua_checkstack(L, BATCH + 2))
+  if (!lua_checkstack(L, BATCH + 4))
     luaL_error(L, "proxystore: stack overflow");
-  lua_pushliteral(L, "");
-  int k = 1;
-  for (lua_Integer i = 1; i <= e->npieces; i++) {
-    if (k == BATCH) {
+  size_t from = 0;
+  int k = 0;
+  for (lua_Integer h = 1; h <= e->nholes; h++) {
+    if (k >= BATCH) {
       lua_concat(L, k);
       k = 1;
     }
-    lua_rawgeti(L, e->pieces, i);
-    k++;
+    lua_rawgeti(L, e->pieces, 2 * h - 1);
+    size_t at = (size_t)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    lua_pushlstring(L, e->b->data + from, at - from);
+    lua_rawgeti(L, e->pieces, 2 * h);
+    k += 2;
+    from = at;
   }
-  lua_concat(L, k);
+  lua_pushlstring(L, e->b->data + from, e->b->len - from);
+  lua_concat(L, k + 1);
 }
 
 void ps_codec_encode_ex(lua_State *L, int idx, ps_buf *b, int pieces) {
@@ -495,7 +520,7 @@ void ps_codec_encode_ex(lua_State *L, int idx, ps_buf *b, int pieces) {
   e.b = b;
   e.depth = 0;
   e.nseen = 0;
-  e.npieces = 0;
+  e.nholes = 0;
   e.seen_tab = NULL;
   e.seen_cap = 0;
   e.gen = 1;
@@ -532,7 +557,6 @@ void ps_codec_encode_ex(lua_State *L, int idx, ps_buf *b, int pieces) {
     lua_rawsetp(L, LUA_REGISTRYINDEX, &seen_key);
   }
   if (pieces) {
-    if (b->len > 0) flush_piece(&e);
     concat_pieces(&e);
     lua_replace(L, e.seen);
   }
