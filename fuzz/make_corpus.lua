@@ -53,23 +53,26 @@ local ref = core.serialize({
   config = { name = "fz", kind = "local", cache_size = 16, serializer = "native" },
   key = ("0"):rep(32), flags = 0,
 })
-add("proxy", "\250\1\11" .. ref:sub(3))
-add("proxy-shared", "\250\1\9\2\0\11" .. ref:sub(3) .. "\10\0")
+add("proxy", "\250\1\0\11" .. ref:sub(4))
+add("proxy-shared", "\250\1\1\9\2\0\11" .. ref:sub(4) .. "\10\1")
 
 -- Broken on purpose.
 local good = core.serialize({ 1, "two", { three = 3.0 } })
 add("bad-truncated", good:sub(1, #good - 3))
 add("bad-magic", "{" .. good:sub(2))
 add("bad-version", "\250\2" .. good:sub(3))
-add("bad-tag", "\250\1\12")
+add("bad-flags", "\250\1\6" .. good:sub(4))
+add("bad-tag", "\250\1\0\12")
 add("bad-trailing", good .. "\0")
-add("bad-strlen-2^60", "\250\1\8\128\128\128\128\128\128\128\128\16abc")
-add("bad-table-2^40", "\250\1\9\128\128\128\128\128\32\0\0")
-add("bad-varint", "\250\1\8\255\255\255\255\255\255\255\255\255\255\1")
-add("bad-ref", "\250\1\9\1\0\10\5")
-add("bad-nilkey", "\250\1\9\0\1\0\1")
-add("bad-nankey", "\250\1\9\0\1\7\0\0\0\0\0\0\248\127\1")
-add("bad-proxy-notable", "\250\1\11\129")
+add("bad-strlen-2^60", "\250\1\0\8\128\128\128\128\128\128\128\128\16abc")
+add("bad-table-2^40", "\250\1\0\9\128\128\128\128\128\32\0\0")
+add("bad-varint", "\250\1\0\8\255\255\255\255\255\255\255\255\255\255\1")
+add("bad-ref", "\250\1\1\9\1\0\10\5")
+add("bad-ref-unflagged", "\250\1\0\9\1\0\10\0")
+add("bad-ref-unfinished-proxy", "\250\1\1\11\9\1\0\10\0")
+add("bad-nilkey", "\250\1\0\9\0\1\0\1")
+add("bad-nankey", "\250\1\0\9\0\1\7\0\0\0\0\0\0\248\127\1")
+add("bad-proxy-notable", "\250\1\0\11\129")
 
 for i, s in ipairs(seeds) do
   local f = assert(io.open(string.format("%s/%02d-%s", dir, i, s[1]), "wb"))

@@ -5,7 +5,7 @@
  * 4 KiB page (DESIGN.md), so creating a 100 MiB Lua string (one allocation
  * and one copy through the state's allocator) costs more in page faults
  * than in copying. madvise(MADV_HUGEPAGE) on the block before it is first
- * touched cuts that about 4x where transparent huge pages are in "madvise"
+ * touched cuts that about 4x (blocks from 2 MiB on: smaller ones cannot hold an aligned huge page) where transparent huge pages are in "madvise"
  * mode, and is harmless elsewhere.
  *
  * The wrapper keeps the original allocator for every call and only adds
@@ -21,7 +21,7 @@
 #include "ps.h"
 
 #define ALLOC_MT "proxystore.Allocator"
-#define HUGE_MIN ((size_t)4 << 20)
+#define HUGE_MIN ((size_t)2 << 20)
 
 typedef struct wrap {
   lua_Alloc f;

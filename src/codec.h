@@ -11,10 +11,14 @@
 
 #include "ps.h"
 
-/* A blob starts with these two bytes. 0xFA never occurs in UTF-8 text, so a
- * JSON or text blob is told apart at the first byte. */
+/* A blob starts with these two bytes and a flags byte. 0xFA never occurs
+ * in UTF-8 text, so a JSON or text blob is told apart at the first byte. */
 #define CODEC_MAGIC   0xFA
 #define CODEC_VERSION 0x01
+/* Flags: the blob contains references (TAG_REF). Without it the decoder
+ * need not remember the tables it makes, which saves time per table. */
+#define CODEC_FLAG_REFS 0x01
+#define CODEC_HEADER    3
 
 /* Value tags (one byte each). */
 enum {

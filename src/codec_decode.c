@@ -23,6 +23,7 @@ typedef struct dec {
   int depth;
   int refs;             /* stack slot of the id -> value table */
   int have_refs;
+  int use_refs;         /* the header's CODEC_FLAG_REFS */
   lua_Integer nrefs;
   /* Memo of recent short-string table keys: records repeat the same keys,
    * and a hit skips Lua's string interning (a hash-chain walk that misses
@@ -130,11 +131,13 @@ static void decode_table(dec *d) {
   if (narr > rem || nhash > (rem - narr) / 2)
     fail(d, "table claims %I array and %I hash entries, only %I bytes left",
          as_int(narr), as_int(nhash), (lua_Integer)rem);
-  ensure_refs(d);
   lua_createtable(L, clamp_int(narr), clamp_int(nhash));
   int t = lua_gettop(L);
-  lua_pushvalue(L, t);
-  lua_rawseti(L, d->refs, ++d->nrefs);
+  if (d->use_refs) {
+    ensure_refs(d);
+    lua_pushvalue(L, t);
+    lua_rawseti(L, d->refs, ++d->nrefs);
+  }
 
   for (uint64_t i = 1; i <= narr; i++) {
     /* Fast paths for the common scalars. */
@@ -180,14 +183,19 @@ static void decode_table(dec *d) {
 static void decode_proxy(dec *d) {
   lua_State *L = d->L;
   enter(d);
-  ensure_refs(d);
-  lua_Integer slot = ++d->nrefs;   /* stays nil until the proxy exists */
+  lua_Integer slot = 0;
+  if (d->use_refs) {
+    ensure_refs(d);
+    slot = ++d->nrefs;   /* stays nil until the proxy exists */
+  }
   need(d, 1);
   if (*d->p != TAG_TABLE) fail(d, "proxy reference is not a table");
   decode_value(d);
   ps_proxy_from_reference(L);
-  lua_pushvalue(L, -1);
-  lua_rawseti(L, d->refs, slot);
+  if (slot) {
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, d->refs, slot);
+  }
   d->depth--;
 }
 
@@ -260,6 +268,10 @@ static void decode_value(dec *d) {
     case TAG_REF: {
       const unsigned char *at = d->p - 1;
       uint64_t id = get_varint(d);
+      if (!d->use_refs) {
+        d->p = at;
+        fail(d, "reference in a blob whose header says it has none");
+      }
       if (id >= (uint64_t)d->nrefs ||
           lua_rawgeti(L, d->refs, (lua_Integer)id + 1) == LUA_TNIL) {
         d->p = at;
@@ -285,7 +297,7 @@ void ps_codec_decode(lua_State *L, const char *data, size_t len) {
   d.depth = 0;
   d.have_refs = 0;
   d.nrefs = 0;
-  if (len < 2)
+  if (len < CODEC_HEADER)
     ps_error_raise(L, PS_ESERIALIZATION, NULL,
                    "cannot deserialize: %s", len == 0 ? "empty input"
                                                       : "truncated header");
@@ -303,7 +315,12 @@ void ps_codec_decode(lua_State *L, const char *data, size_t len) {
                        ? "is newer than this proxystore"
                        : "is unknown",
                    CODEC_VERSION);
-  d.p += 2;
+  unsigned flags = (unsigned char)data[2];
+  if (flags & ~(unsigned)CODEC_FLAG_REFS)
+    ps_error_raise(L, PS_ESERIALIZATION, NULL,
+                   "cannot deserialize: unknown header flags %d", (int)flags);
+  d.use_refs = (flags & CODEC_FLAG_REFS) != 0;
+  d.p += CODEC_HEADER;
   if (!lua_checkstack(L, 8)) luaL_error(L, "proxystore: stack overflow");
   lua_pushnil(L);
   d.refs = lua_gettop(L);

@@ -22,21 +22,20 @@ typedef struct frame {
   lua_Integer i;        /* FR_INDEX: array index */
 } frame;
 
-typedef struct seen_slot seen_slot;
-
 typedef struct enc {
   lua_State *L;
   ps_buf *b;
   int depth;
   int seen;             /* stack slot of the seen map's userdata */
-  seen_slot *seen_tab;
+  uintptr_t *seen_keys;
+  uint32_t *seen_ids;
   size_t seen_cap;      /* a power of 2, or 0 before the first table */
-  uint32_t gen;         /* generation of this encode, never 0 */
   int anchors;          /* stack slot: table of values made while encoding */
   int have_anchors;
   int pieces;           /* stack slot of the pieces list, 0: not used */
   lua_Integer nholes;   /* large strings left out of the buffer */
   lua_Integer nseen;
+  unsigned flags;       /* CODEC_FLAG_*, written into the header at the end */
   frame frames[CODEC_MAX_DEPTH + 1];
 } enc;
 
@@ -276,44 +275,38 @@ static void put_string(enc *e, int idx) {
 /*
  * The seen map: an open-addressing hash from a table's or proxy's address
  * (lua_topointer) to its id, in a userdata the encoder replaces when it
- * grows (no malloc, so nothing to free if an error is raised). Addresses
- * are stable while the value is reachable from the value being encoded;
- * the only values created during an encode, proxy reference tables, are
- * kept alive in the anchors table so their addresses cannot be reused.
+ * grows (no malloc, so nothing to free if an error is raised): cap keys
+ * (addresses, 0 = free) followed by cap 32-bit ids, 12 bytes a slot so
+ * more of it stays in cache. Addresses are stable while the value is
+ * reachable from the value being encoded; the only values created during
+ * an encode, proxy reference tables, are kept alive in the anchors table
+ * so their addresses cannot be reused.
  */
-struct seen_slot {
-  const void *p;
-  uint32_t id;
-  uint32_t gen;         /* the slot is in use iff gen == the map's gen */
-};
-
-/* The map is kept between encodes (registry, this key) so that a large
- * one is not paged in afresh each time; generations make clearing it free.
- * Its first slot's gen field holds the last generation used. */
-static const char seen_key = 0;
-#define SEEN_KEEP_MAX ((size_t)1 << 19)
-
-static inline size_t seen_hash(const void *p, size_t mask) {
-  /* Tables made one after another sit at nearby addresses; keeping them
-   * in nearby slots keeps the probes in cache. The high bits are folded
-   * in so that addresses a power of 2 apart still spread. */
-  uint64_t x = (uint64_t)(uintptr_t)p;
-  return (size_t)((x >> 4) ^ (x >> 21) ^ (x >> 38)) & mask;
+static inline size_t seen_hash(uintptr_t x, size_t mask) {
+  /* Tables made one after another sit at nearby addresses, at least 64
+   * bytes apart: x >> 6 puts them in nearby but distinct slots, so the
+   * probes of a walk over them touch few cache lines. The high bits are
+   * folded in so that addresses a power of 2 apart still spread. */
+  return (size_t)((x >> 6) ^ (x >> 23) ^ (x >> 40)) & mask;
 }
 
 static void seen_grow(enc *e) {
   lua_State *L = e->L;
   size_t cap = e->seen_cap ? e->seen_cap * 2 : 64;
-  seen_slot *n = lua_newuserdatauv(L, cap * sizeof *n, 0);
-  memset(n, 0, cap * sizeof *n);
+  uintptr_t *keys = lua_newuserdatauv(L, cap * (sizeof *keys + sizeof(uint32_t)), 0);
+  uint32_t *ids = (uint32_t *)(keys + cap);
+  memset(keys, 0, cap * sizeof *keys);
   for (size_t i = 0; i < e->seen_cap; i++) {
-    if (e->seen_tab[i].gen != e->gen) continue;
-    size_t h = seen_hash(e->seen_tab[i].p, cap - 1);
-    while (n[h].gen == e->gen) h = (h + 1) & (cap - 1);
-    n[h] = e->seen_tab[i];
+    uintptr_t k = e->seen_keys[i];
+    if (k == 0) continue;
+    size_t h = seen_hash(k, cap - 1);
+    while (keys[h] != 0) h = (h + 1) & (cap - 1);
+    keys[h] = k;
+    ids[h] = e->seen_ids[i];
   }
   lua_replace(L, e->seen);
-  e->seen_tab = n;
+  e->seen_keys = keys;
+  e->seen_ids = ids;
   e->seen_cap = cap;
 }
 
@@ -322,16 +315,17 @@ static void seen_grow(enc *e) {
  * and returns 1 if it was met before, else numbers it and returns 0.
  */
 static int seen_before(enc *e, int idx) {
-  const void *p = lua_topointer(e->L, idx);
+  uintptr_t p = (uintptr_t)lua_topointer(e->L, idx);
   if (2 * (e->nseen + 1) > (lua_Integer)e->seen_cap) seen_grow(e);
   size_t mask = e->seen_cap - 1;
   size_t h = seen_hash(p, mask);
-  while (e->seen_tab[h].gen == e->gen) {
-    if (e->seen_tab[h].p == p) {
+  while (e->seen_keys[h] != 0) {
+    if (e->seen_keys[h] == p) {
       ROOM(e, 11);
       ps_buf *b = e->b;
       b->data[b->len++] = TAG_REF;
-      b->len += put_varint(b->data + b->len, (uint64_t)e->seen_tab[h].id);
+      e->flags |= CODEC_FLAG_REFS;
+      b->len += put_varint(b->data + b->len, (uint64_t)e->seen_ids[h]);
       return 1;
     }
     h = (h + 1) & mask;
@@ -339,9 +333,8 @@ static int seen_before(enc *e, int idx) {
   if (e->nseen >= UINT32_MAX)
     ps_error_raise(e->L, PS_ESERIALIZATION, NULL,
                    "cannot serialize: more than 2^32 tables");
-  e->seen_tab[h].p = p;
-  e->seen_tab[h].id = (uint32_t)e->nseen++;
-  e->seen_tab[h].gen = e->gen;
+  e->seen_keys[h] = p;
+  e->seen_ids[h] = (uint32_t)e->nseen++;
   return 0;
 }
 
@@ -521,22 +514,11 @@ void ps_codec_encode_ex(lua_State *L, int idx, ps_buf *b, int pieces) {
   e.depth = 0;
   e.nseen = 0;
   e.nholes = 0;
-  e.seen_tab = NULL;
+  e.seen_keys = NULL;
+  e.seen_ids = NULL;
   e.seen_cap = 0;
-  e.gen = 1;
   e.have_anchors = 0;
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &seen_key) == LUA_TUSERDATA) {
-    /* Taken out while in use: an error leaves it to the GC. */
-    e.seen_tab = lua_touserdata(L, -1);
-    e.seen_cap = lua_rawlen(L, -1) / sizeof(seen_slot);
-    e.gen = e.seen_tab[0].gen + 1;
-    if (e.gen == 0) {
-      memset(e.seen_tab, 0, e.seen_cap * sizeof(seen_slot));
-      e.gen = 1;
-    }
-    lua_pushnil(L);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &seen_key);
-  }
+  lua_pushnil(L);
   e.seen = lua_gettop(L);
   lua_pushnil(L);
   e.anchors = lua_gettop(L);
@@ -545,17 +527,14 @@ void ps_codec_encode_ex(lua_State *L, int idx, ps_buf *b, int pieces) {
     lua_newtable(L);
     e.pieces = lua_gettop(L);
   }
-  ROOM(&e, 2);
+  e.flags = 0;
+  ROOM(&e, CODEC_HEADER);
+  size_t hdr = b->len;
   b->data[b->len++] = (char)CODEC_MAGIC;
   b->data[b->len++] = CODEC_VERSION;
+  b->data[b->len++] = 0;
   encode_value(&e, idx);
-  if (e.seen_cap > 0 && e.seen_cap <= SEEN_KEEP_MAX) {
-    /* Slot 0's gen carries this generation to the next encode, which
-     * uses gen + 1 and so sees every slot as free. */
-    e.seen_tab[0].gen = e.gen;
-    lua_pushvalue(L, e.seen);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &seen_key);
-  }
+  b->data[hdr + 2] = (char)e.flags;
   if (pieces) {
     concat_pieces(&e);
     lua_replace(L, e.seen);
