@@ -386,20 +386,26 @@ static void encode_table(enc *e, int t) {
   /* Everything else, skipping the keys 1..n written above. */
   lua_Unsigned nh = 0;
   lua_pushnil(L);
+  int k = lua_gettop(L);       /* lua_next leaves the key here, value at k+1 */
   while (lua_next(L, t)) {
-    int top = lua_gettop(L);
-    if (n > 0 && lua_isinteger(L, top - 1)) {
-      lua_Integer k = lua_tointeger(L, top - 1);
-      if (k >= 1 && (lua_Unsigned)k <= n) {
-        lua_pop(L, 1);
-        continue;
+    int kt = lua_type(L, k);
+    if (kt == LUA_TSTRING) {
+      put_string(e, k);
+    } else {
+      if (n > 0 && lua_isinteger(L, k)) {
+        lua_Integer ki = lua_tointeger(L, k);
+        if (ki >= 1 && (lua_Unsigned)ki <= n) {
+          lua_pop(L, 1);
+          continue;
+        }
       }
+      f->kind = FR_ASKEY;
+      f->keyidx = k;
+      encode_value(e, k);
     }
-    f->kind = FR_ASKEY;
-    f->keyidx = top - 1;
-    encode_value(e, top - 1);
     f->kind = FR_KEY;
-    encode_value(e, top);
+    f->keyidx = k;
+    encode_value(e, k + 1);
     lua_pop(L, 1);
     nh++;
   }
