@@ -105,6 +105,18 @@ describe("core.serialize / core.deserialize", function()
       assert.are.same({}, rt({}))
     end)
 
+    it("round-trips arrays built backwards, sparse arrays and negative indices", function()
+      local back = {}
+      for i = 300, 1, -1 do back[i] = i end
+      assert.are.same(back, rt(back))
+      local sparse = { [1] = 1, [2] = 2, [4] = 4, [1000] = 1000, [-1] = -1, [0] = 0 }
+      assert.are.same(sparse, rt(sparse))
+      local grown = { 1, 2, 3 }
+      for i = 4, 1000 do grown[i] = i end
+      grown[500] = nil
+      assert.are.same(grown, rt(grown))
+    end)
+
     it("keeps non-string keys: integers, floats, booleans, tables", function()
       local k = { "key table" }
       local t = rt({ [0] = "zero", [-5] = "neg", [1.5] = "float", [1e300] = "big",

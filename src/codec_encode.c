@@ -345,60 +345,76 @@ static void enter(enc *e) {
   e->depth++;
 }
 
+/* Writes v as a varint of exactly w bytes (w >= varint_len(v)): a count
+ * written into room reserved before the count was known. */
+static void put_varint_w(char *p, uint64_t v, size_t w) {
+  for (size_t i = 0; i + 1 < w; i++) {
+    p[i] = (char)(v | 0x80);
+    v >>= 7;
+  }
+  p[w - 1] = (char)v;
+}
+
+/*
+ * One lua_next walk over the table. It yields the array part first, in
+ * order, so the entries 1, 2, 3... that come first form the array section;
+ * every other entry (a hole ends the run, and keys 1..n that live in the
+ * hash part come later) is written as a key/value pair. One walk instead of
+ * a lua_rawgeti pass plus a lua_next pass that skips the array part: the
+ * C API has no way to start lua_next after the array part safely.
+ */
 static void encode_table(enc *e, int t) {
   lua_State *L = e->L;
   if (seen_before(e, t)) return;
   enter(e);
   frame *f = &e->frames[e->depth - 1];
   ps_buf *b = e->b;
-  lua_Unsigned n = lua_rawlen(L, t);
-  ROOM(e, 12);
+  /* The run 1..k of non-nil entries ends at a border, and #t is a border
+   * at or after it, so #t bounds the array count: reserve its width. */
+  lua_Unsigned bound = lua_rawlen(L, t);
+  size_t narr_w = varint_len(bound);
+  ROOM(e, 2 + narr_w);
   b->data[b->len++] = TAG_TABLE;
-  b->len += put_varint(b->data + b->len, n);
+  size_t narr_pos = b->len;
+  b->len += narr_w;
   size_t cntpos = b->len++;   /* hash count, patched below */
 
-  /* Array part, 1..#t in order; holes are written as nil. */
-  f->kind = FR_INDEX;
-  for (lua_Unsigned i = 1; i <= n; i++) {
-    f->i = (lua_Integer)i;
-    int ty = lua_rawgeti(L, t, (lua_Integer)i);
-    ROOM(e, 9);
-    switch (ty) {
-      case LUA_TNUMBER:
-        if (lua_isinteger(L, -1))
-          put_integer(b, lua_tointeger(L, -1));
-        else
-          put_float(b, lua_tonumber(L, -1));
-        break;
-      case LUA_TNIL:
-        b->data[b->len++] = TAG_NIL;
-        break;
-      case LUA_TBOOLEAN:
-        b->data[b->len++] = lua_toboolean(L, -1) ? TAG_TRUE : TAG_FALSE;
-        break;
-      default:
-        encode_value(e, lua_gettop(L));
-        break;
-    }
-    lua_pop(L, 1);
-  }
-
-  /* Everything else, skipping the keys 1..n written above. */
-  lua_Unsigned nh = 0;
+  lua_Unsigned run = 0, nh = 0;
+  int in_run = bound > 0;
   lua_pushnil(L);
   int k = lua_gettop(L);       /* lua_next leaves the key here, value at k+1 */
   while (lua_next(L, t)) {
     int kt = lua_type(L, k);
+    if (in_run) {
+      int isint = 0;
+      lua_Integer ki = kt == LUA_TNUMBER ? lua_tointegerx(L, k, &isint) : 0;
+      if (isint && (lua_Unsigned)ki == run + 1 && run < bound) {
+        run++;
+        f->kind = FR_INDEX;
+        f->i = (lua_Integer)run;
+        ROOM(e, 9);
+        switch (lua_type(L, k + 1)) {
+          case LUA_TNUMBER:
+            if (lua_isinteger(L, k + 1))
+              put_integer(b, lua_tointeger(L, k + 1));
+            else
+              put_float(b, lua_tonumber(L, k + 1));
+            break;
+          case LUA_TBOOLEAN:
+            b->data[b->len++] = lua_toboolean(L, k + 1) ? TAG_TRUE : TAG_FALSE;
+            break;
+          default:
+            encode_value(e, k + 1);
+            break;
+        }
+        lua_pop(L, 1);
+        continue;
+      }
+      in_run = 0;
+    }
     if (kt == LUA_TSTRING) {
       put_string(e, k);
     } else {
-      if (n > 0 && lua_isinteger(L, k)) {
-        lua_Integer ki = lua_tointeger(L, k);
-        if (ki >= 1 && (lua_Unsigned)ki <= n) {
-          lua_pop(L, 1);
-          continue;
-        }
-      }
       f->kind = FR_ASKEY;
       f->keyidx = k;
       encode_value(e, k);
@@ -411,6 +427,7 @@ static void encode_table(enc *e, int t) {
   }
   e->depth--;
 
+  put_varint_w(b->data + narr_pos, run, narr_w);
   if (nh < 0x80) {
     b->data[cntpos] = (char)nh;
   } else {
