@@ -61,7 +61,7 @@ static inline void need(dec *d, size_t n) {
          (lua_Integer)remaining(d));
 }
 
-static uint64_t get_varint(dec *d) {
+static uint64_t get_varint_slow(dec *d) {
   uint64_t v = 0;
   for (int shift = 0;; shift += 7) {
     need(d, 1);
@@ -70,6 +70,12 @@ static uint64_t get_varint(dec *d) {
     v |= (uint64_t)(c & 0x7f) << shift;
     if (!(c & 0x80)) return v;
   }
+}
+
+/* Most varints are one byte. */
+static inline uint64_t get_varint(dec *d) {
+  if (d->p < d->end && *d->p < 0x80) return *d->p++;
+  return get_varint_slow(d);
 }
 
 static inline uint64_t get_le(const unsigned char *p, int n) {
@@ -164,15 +170,16 @@ static void decode_table(dec *d) {
   for (uint64_t j = 0; j < nhash; j++) {
     need(d, 1);
     unsigned kt0 = *d->p;
-    if (kt0 >= TAG_SHORTSTR && kt0 < TAG_FIXINT)
+    if (kt0 >= TAG_SHORTSTR && kt0 < TAG_FIXINT) {
       decode_key_string(d);
-    else
+    } else {
       decode_value(d);
-    int kt = lua_type(L, -1);
-    if (kt == LUA_TNIL) fail(d, "nil table key");
-    if (kt == LUA_TNUMBER && !lua_isinteger(L, -1)) {
-      lua_Number k = lua_tonumber(L, -1);
-      if (k != k) fail(d, "NaN table key");
+      int kt = lua_type(L, -1);
+      if (kt == LUA_TNIL) fail(d, "nil table key");
+      if (kt == LUA_TNUMBER && !lua_isinteger(L, -1)) {
+        lua_Number k = lua_tonumber(L, -1);
+        if (k != k) fail(d, "NaN table key");
+      }
     }
     decode_value(d);
     lua_rawset(L, t);
