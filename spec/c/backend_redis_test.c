@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "../../src/backend.h"
+#include "../../src/prefetch.h"
 
 static int failures, count;
 
@@ -50,6 +51,7 @@ static void roundtrip(void *ctx, const char *key, size_t len) {
 }
 
 int main(int argc, char **argv) {
+  (void)argc;
   const ps_backend_ops *o = &ps_backend_redis;
   ps_berr err = {0};
   ps_bconfig cfg = {.host = "127.0.0.1", .port = atoi(argv[1]), .timeout = 2,
@@ -126,6 +128,40 @@ int main(int argc, char **argv) {
   check(c == PS_BOK && b.len == 3, "parent still fine after fork", &err);
   ps_blob_release(&b);
   o->close(ctx);
+  /* prefetch */
+  {
+    ps_prefetch *pf = ps_prefetch_start(o, &cfg, K("d"), &err);
+    ps_prefetch *pf2 = ps_prefetch_start(o, &cfg, K("nope"), &err);
+    ps_prefetch *pf3 = ps_prefetch_start(o, &cfg, K("c"), &err);
+    ps_prefetch_free(pf3);   /* abandoned while queued or running */
+    ps_version pv;
+    c = ps_prefetch_wait(pf, &b, &pv, &err);
+    check(c == PS_BOK && b.len == (10u << 20), "prefetch 10 MiB", &err);
+    ps_blob_release(&b);
+    ps_prefetch_free(pf);
+    c = ps_prefetch_wait(pf2, &b, &pv, &err);
+    check(c == PS_BNOTFOUND, "prefetch missing", &err);
+    ps_prefetch_free(pf2);
+    pf = ps_prefetch_start(o, &cfg, K("d"), &err);
+    pid = fork();
+    if (pid == 0) {
+      int cc = ps_prefetch_wait(pf, &b, &pv, &err);
+      _exit(cc == PS_BOK && b.len == (10u << 20) ? 0 : 1);
+    }
+    waitpid(pid, &st, 0);
+    check(WIFEXITED(st) && WEXITSTATUS(st) == 0, "prefetch completes in a forked child", NULL);
+    c = ps_prefetch_wait(pf, &b, &pv, &err);
+    check(c == PS_BOK && b.len == (10u << 20), "and in the parent", &err);
+    ps_blob_release(&b);
+    ps_prefetch_free(pf);
+    ps_bconfig bad = {.host = "127.0.0.1", .port = 1, .timeout = 1};
+    pf = ps_prefetch_start(o, &bad, K("d"), &err);
+    c = ps_prefetch_wait(pf, &b, &pv, &err);
+    check(c == PS_BCONN, "prefetch unreachable", &err);
+    ps_prefetch_free(pf);
+    pf = ps_prefetch_start(o, &cfg, K("d"), &err);
+    ps_prefetch_free(pf);   /* left running at exit */
+  }
   /* unix socket */
   ps_bconfig ucfg = {.path = argv[2], .timeout = 2, .prefix = "t:", .db = 3};
   ctx = o->open(&ucfg, &err);
