@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <unistd.h>
 
 #include "alloc.h"
 #include "redis_conn.h"
@@ -271,7 +272,7 @@ static int put_chunked(rctx *x, ps_key k, const char *data, size_t len,
   return code;
 }
 
-static int redis_put(void *ctx, ps_key k, const char *data, size_t len,
+static int put_once(void *ctx, ps_key k, const char *data, size_t len,
                      ps_version *vout, ps_berr *err) {
   rctx *x = ctx;
   ps_version v;
@@ -435,7 +436,7 @@ static void queue_get(rctx *x, ps_key k, const ps_version *have) {
   }
 }
 
-static int redis_get(void *ctx, ps_key k, const ps_version *have,
+static int get_once(void *ctx, ps_key k, const ps_version *have,
                      ps_blob *out, ps_version *vout, ps_berr *err) {
   rctx *x = ctx;
   int code = ps_rconn_ensure(&x->c, err);
@@ -452,7 +453,7 @@ static int redis_get(void *ctx, ps_key k, const ps_version *have,
 
 /* ---- exists, evict ------------------------------------------------------ */
 
-static int redis_exists(void *ctx, ps_key k, int *found, ps_berr *err) {
+static int exists_once(void *ctx, ps_key k, int *found, ps_berr *err) {
   rctx *x = ctx;
   int code = ps_rconn_ensure(&x->c, err);
   if (code) return code;
@@ -471,7 +472,7 @@ static int redis_exists(void *ctx, ps_key k, int *found, ps_berr *err) {
   return code;
 }
 
-static int redis_evict(void *ctx, ps_key k, ps_berr *err) {
+static int evict_once(void *ctx, ps_key k, ps_berr *err) {
   rctx *x = ctx;
   int code = ps_rconn_ensure(&x->c, err);
   if (code) return code;
@@ -500,7 +501,7 @@ static int redis_evict(void *ctx, ps_key k, ps_berr *err) {
 
 /* ---- batches ------------------------------------------------------------ */
 
-static int redis_put_batch(void *ctx, size_t n, const ps_key *keys,
+static int put_batch_once(void *ctx, size_t n, const ps_key *keys,
                            const ps_blob *values, ps_version *vout,
                            ps_berr *err) {
   rctx *x = ctx;
@@ -564,7 +565,7 @@ done:
   return code;
 }
 
-static int redis_get_batch(void *ctx, size_t n, const ps_key *keys,
+static int get_batch_once(void *ctx, size_t n, const ps_key *keys,
                            ps_blob *out, ps_version *vout, int *codes,
                            ps_berr *err) {
   rctx *x = ctx;
@@ -612,6 +613,55 @@ done:
   free(ci);
   free(chunked);
   return code;
+}
+
+/*
+ * A connection that worked before may have died since (server restarted):
+ * its first use fails with PS_BCONN before anything was done. Retry such
+ * a call once on a new connection, so the first call after Redis is back
+ * succeeds. Every operation here is safe to repeat.
+ */
+static int was_connected(void *ctx) {
+  ps_rconn *c = &((rctx *)ctx)->c;
+  return c->fd >= 0 && c->pid == getpid();
+}
+
+#define RETRY(call)                                   \
+  do {                                                \
+    int reused_ = was_connected(ctx);                 \
+    int code_ = (call);                               \
+    if (code_ == PS_BCONN && reused_) code_ = (call); \
+    return code_;                                     \
+  } while (0)
+
+static int redis_put(void *ctx, ps_key k, const char *data, size_t len,
+                     ps_version *vout, ps_berr *err) {
+  RETRY(put_once(ctx, k, data, len, vout, err));
+}
+
+static int redis_get(void *ctx, ps_key k, const ps_version *have,
+                     ps_blob *out, ps_version *vout, ps_berr *err) {
+  RETRY(get_once(ctx, k, have, out, vout, err));
+}
+
+static int redis_exists(void *ctx, ps_key k, int *found, ps_berr *err) {
+  RETRY(exists_once(ctx, k, found, err));
+}
+
+static int redis_evict(void *ctx, ps_key k, ps_berr *err) {
+  RETRY(evict_once(ctx, k, err));
+}
+
+static int redis_put_batch(void *ctx, size_t n, const ps_key *keys,
+                           const ps_blob *values, ps_version *vout,
+                           ps_berr *err) {
+  RETRY(put_batch_once(ctx, n, keys, values, vout, err));
+}
+
+static int redis_get_batch(void *ctx, size_t n, const ps_key *keys,
+                           ps_blob *out, ps_version *vout, int *codes,
+                           ps_berr *err) {
+  RETRY(get_batch_once(ctx, n, keys, out, vout, codes, err));
 }
 
 const ps_backend_ops ps_backend_redis = {

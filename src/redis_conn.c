@@ -7,6 +7,7 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -123,7 +124,16 @@ static int setup_cmd(ps_rconn *c, redisContext *rc, ps_berr *err,
 
 int ps_rconn_ensure(ps_rconn *c, ps_berr *err) {
   pid_t me = getpid();
-  if (c->fd >= 0 && c->pid == me) return PS_BOK;
+  if (c->fd >= 0 && c->pid == me) {
+    /* Between commands nothing may arrive: readable means the server
+       closed the connection (killed, restarted, idle timeout). Reconnect
+       now rather than fail the next command. */
+    struct pollfd p = {c->fd, POLLIN | POLLRDHUP, 0};
+    if (poll(&p, 1, 0) == 0) {
+      c->fresh = 0;
+      return PS_BOK;
+    }
+  }
   ps_rconn_drop(c);
   struct timeval tv = {0, 0};
   if (c->timeout > 0) {
@@ -166,6 +176,7 @@ int ps_rconn_ensure(ps_rconn *c, ps_berr *err) {
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   }
   c->pid = me;
+  c->fresh = 1;
   return PS_BOK;
 }
 

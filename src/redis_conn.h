@@ -23,6 +23,7 @@
 typedef struct ps_rconn {
   int fd;                /* -1: not connected */
   pid_t pid;             /* process that opened fd */
+  int fresh;             /* connected by the last ps_rconn_ensure */
   char *rbuf;            /* read buffer */
   size_t rpos, rlen, rcap;
   /* config, owned copies */
@@ -53,7 +54,10 @@ typedef struct ps_rreply {
 /* Copies cfg; does not connect. Returns 0 or a PS_B* code. */
 int ps_rconn_init(ps_rconn *c, const ps_bconfig *cfg, ps_berr *err);
 void ps_rconn_free(ps_rconn *c);
-/* Connects if not connected (or connected by another process). */
+/*
+ * Connects if not connected, connected by another process, or closed by
+ * the server; sets c->fresh when it made a new connection.
+ */
 int ps_rconn_ensure(ps_rconn *c, ps_berr *err);
 /* Closes the connection (after an error); the next ensure reconnects. */
 void ps_rconn_drop(ps_rconn *c);
