@@ -9,6 +9,7 @@
  * to CACHE_MAX bytes of freed blocks are kept mapped so that repeated
  * medium-sized transfers reuse warm memory instead of faulting again.
  */
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -273,10 +274,24 @@ static void *wrap_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   return w->orig(w->orig_ud, ptr, osize, nsize);
 }
 
+/*
+ * lua_close unloads C modules (the _CLIBS finalizer) before it frees the
+ * remaining objects through the allocator: wrap_alloc must outlive that,
+ * so the library that holds it is made undeletable. Returns 0 on success.
+ */
+static int pin_library(void) {
+  Dl_info info;
+  if (dladdr((void *)wrap_alloc, &info) == 0 || info.dli_fname == NULL)
+    return -1;
+  void *h = dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD | RTLD_NODELETE);
+  return h ? 0 : -1;     /* the handle is deliberately never closed */
+}
+
 void ps_alloc_install(lua_State *L) {
   void *ud;
   lua_Alloc f = lua_getallocf(L, &ud);
   if (f == wrap_alloc) return;
+  if (pin_library() != 0) return;     /* keep the plain allocator */
   lwrap *w = calloc(1, sizeof *w);
   if (w == NULL) return;              /* keep the plain allocator */
   w->orig = f;
