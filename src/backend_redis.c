@@ -13,7 +13,8 @@
  * replace.
  *
  * Versions are 16 random bytes per put: equal versions mean the same put,
- * hence equal bytes.
+ * hence equal bytes. Chunked values: redis_chunks.c; the connection and
+ * the RESP reader/writer: redis_conn.c.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,25 +23,7 @@
 #include <unistd.h>
 
 #include "alloc.h"
-#include "redis_conn.h"
-
-#define HDR_LEN (1 + PS_VERSION_LEN)
-/* Redis refuses bulk strings over 512 MiB (proto-max-bulk-len). */
-#define DEFAULT_CHUNK (((size_t)512 << 20) - 4096)
-#define OLDHDR_MAX 96     /* bytes of a replaced value read back (GETRANGE) */
-
-typedef struct rctx {
-  ps_rconn c;
-  char *prefix;
-  size_t plen;
-  size_t chunk;
-} rctx;
-
-/* A chunked value's descriptor. */
-typedef struct chunkinfo {
-  ps_version v;
-  size_t total, n, chunk;
-} chunkinfo;
+#include "redis_store.h"
 
 static const char HAVE_SCRIPT[] =
   "local h = redis.call('GETRANGE', KEYS[1], 0, 16)\n"
@@ -49,7 +32,7 @@ static const char HAVE_SCRIPT[] =
   "return redis.call('GET', KEYS[1])\n";
 
 static void *redis_open(const ps_bconfig *cfg, ps_berr *err) {
-  rctx *x = calloc(1, sizeof *x);
+  ps_redis *x = calloc(1, sizeof *x);
   if (x == NULL) {
     ps_berr_set(err, PS_BNOMEM, "redis: out of memory");
     return NULL;
@@ -59,6 +42,12 @@ static void *redis_open(const ps_bconfig *cfg, ps_berr *err) {
     return NULL;
   }
   x->prefix = strdup(cfg->prefix ? cfg->prefix : "");
+  if (x->prefix == NULL) {
+    ps_rconn_free(&x->c);
+    free(x);
+    ps_berr_set(err, PS_BNOMEM, "redis: out of memory");
+    return NULL;
+  }
   x->plen = strlen(x->prefix);
   x->chunk = DEFAULT_CHUNK;
   /* Internal: lets specs and benches exercise chunking with small sizes. */
@@ -79,7 +68,7 @@ static void *redis_open(const ps_bconfig *cfg, ps_berr *err) {
 }
 
 static void redis_close(void *ctx) {
-  rctx *x = ctx;
+  ps_redis *x = ctx;
   if (x == NULL) return;
   ps_rconn_free(&x->c);
   free(x->prefix);
@@ -87,12 +76,12 @@ static void redis_close(void *ctx) {
 }
 
 static const char *redis_address(void *ctx) {
-  return ((rctx *)ctx)->c.addr;
+  return ((ps_redis *)ctx)->c.addr;
 }
 
 /* ---- keys --------------------------------------------------------------- */
 
-static void arg_key(rctx *x, ps_key k, const char *suffix) {
+void ps_redis_arg_key(ps_redis *x, ps_key k, const char *suffix) {
   size_t sl = suffix ? strlen(suffix) : 0;
   ps_rcmd_bulk_begin(&x->c, x->plen + k.len + sl);
   ps_rcmd_bulk_part(&x->c, x->prefix, x->plen);
@@ -101,16 +90,8 @@ static void arg_key(rctx *x, ps_key k, const char *suffix) {
   ps_rcmd_bulk_end(&x->c);
 }
 
-static void chunk_suffix(char *out, size_t outlen, const ps_version *v,
-                         size_t i) {
-  char hex[2 * PS_VERSION_LEN + 1];
-  for (int j = 0; j < PS_VERSION_LEN; j++)
-    snprintf(hex + 2 * j, 3, "%02x", v->bytes[j]);
-  snprintf(out, outlen, ":chunk:%s:%zu", hex, i);
-}
-
 /* Short printable form of a key for messages. */
-static const char *keyname(ps_key k, char *buf, size_t n) {
+const char *ps_redis_keyname(ps_key k, char *buf, size_t n) {
   size_t l = k.len < n - 4 ? k.len : n - 4;
   for (size_t i = 0; i < l; i++) {
     unsigned char ch = (unsigned char)k.data[i];
@@ -120,16 +101,16 @@ static const char *keyname(ps_key k, char *buf, size_t n) {
   return buf;
 }
 
-static int reply_error(rctx *x, ps_key k, const ps_rreply *r, ps_berr *err) {
+int ps_redis_reply_error(ps_redis *x, ps_key k, const ps_rreply *r, ps_berr *err) {
   char kb[80];
   if (strstr(r->str, "WRONGTYPE"))
     return ps_berr_set(err, PS_BPROTO,
                        "redis %s: key '%s%s' holds a Redis value that is not "
                        "a string (not a proxystore object): %s",
-                       x->c.addr, x->prefix, keyname(k, kb, sizeof kb),
+                       x->c.addr, x->prefix, ps_redis_keyname(k, kb, sizeof kb),
                        r->str);
   return ps_berr_set(err, PS_BPROTO, "redis %s: key '%s%s': %s", x->c.addr,
-                     x->prefix, keyname(k, kb, sizeof kb), r->str);
+                     x->prefix, ps_redis_keyname(k, kb, sizeof kb), r->str);
 }
 
 static int new_version(ps_version *v) {
@@ -142,63 +123,24 @@ static int new_version(ps_version *v) {
   return 0;
 }
 
-static int parse_chunkinfo(const char *hdr, size_t len, chunkinfo *ci) {
-  char tmp[OLDHDR_MAX + 1];
-  if (len < HDR_LEN || hdr[0] != 'C' || len - HDR_LEN >= sizeof tmp)
-    return -1;
-  memcpy(ci->v.bytes, hdr + 1, PS_VERSION_LEN);
-  memcpy(tmp, hdr + HDR_LEN, len - HDR_LEN);
-  tmp[len - HDR_LEN] = '\0';
-  unsigned long long t, n, c;
-  char extra;
-  if (sscanf(tmp, "%llu %llu %llu%c", &t, &n, &c, &extra) != 3) return -1;
-  if (c == 0 || n != (t + c - 1) / c || n == 0) return -1;
-  ci->total = (size_t)t;
-  ci->n = (size_t)n;
-  ci->chunk = (size_t)c;
-  return 0;
-}
-
-/* ---- deleting the chunks of a replaced or evicted value ----------------- */
-
-static int del_chunks(rctx *x, ps_key k, const chunkinfo *ci, ps_berr *err) {
-  char suf[80];
-  int code = ps_rconn_ensure(&x->c, err);
-  if (code) return code;
-  ps_rcmd_begin(&x->c, (int)ci->n + 1);
-  ps_rcmd_str(&x->c, "DEL");
-  for (size_t i = 0; i < ci->n; i++) {
-    chunk_suffix(suf, sizeof suf, &ci->v, i);
-    arg_key(x, k, suf);
-  }
-  code = ps_rconn_send(&x->c, err);
-  if (code) return code;
-  ps_rreply r;
-  code = ps_rconn_read_reply(&x->c, &r, err);
-  if (code) return code;
-  if (r.type == PS_R_ERROR) code = reply_error(x, k, &r, err);
-  ps_rreply_free(&r);
-  return code;
-}
-
 /* Reads the GETRANGE reply of a value being replaced; notes chunks. */
-static int read_old_header(rctx *x, chunkinfo *old, int *had_chunks,
+int ps_redis_read_old_header(ps_redis *x, ps_rchunks *old, int *had_chunks,
                            ps_berr *err) {
   ps_rreply r;
   int code = ps_rconn_read_reply(&x->c, &r, err);
   if (code) return code;
   /* An error here (WRONGTYPE) is fine: SET replaces any type. */
   *had_chunks = r.type == PS_R_BULK && r.str &&
-                parse_chunkinfo(r.str, r.len, old) == 0;
+                ps_redis_parse_chunks(r.str, r.len, old) == 0;
   ps_rreply_free(&r);
   return PS_BOK;
 }
 
-static int expect_ok(rctx *x, ps_key k, ps_berr *err) {
+int ps_redis_expect_ok(ps_redis *x, ps_key k, ps_berr *err) {
   ps_rreply r;
   int code = ps_rconn_read_reply(&x->c, &r, err);
   if (code) return code;
-  if (r.type == PS_R_ERROR) code = reply_error(x, k, &r, err);
+  if (r.type == PS_R_ERROR) code = ps_redis_reply_error(x, k, &r, err);
   else if (r.type != PS_R_STATUS)
     code = ps_rconn_fail(&x->c, err, PS_BPROTO, "unexpected reply to SET");
   ps_rreply_free(&r);
@@ -208,91 +150,43 @@ static int expect_ok(rctx *x, ps_key k, ps_berr *err) {
 /* ---- put ---------------------------------------------------------------- */
 
 /* Queues GETRANGE (old header) + SET of a plain value; hdr must live on. */
-static void queue_put_plain(rctx *x, ps_key k, const char *data, size_t len,
+static void queue_put_plain(ps_redis *x, ps_key k, const char *data, size_t len,
                             char *hdr) {
   ps_rcmd_begin(&x->c, 4);
   ps_rcmd_str(&x->c, "GETRANGE");
-  arg_key(x, k, NULL);
+  ps_redis_arg_key(x, k, NULL);
   ps_rcmd_str(&x->c, "0");
   ps_rcmd_str(&x->c, "95");
   ps_rcmd_begin(&x->c, 3);
   ps_rcmd_str(&x->c, "SET");
-  arg_key(x, k, NULL);
+  ps_redis_arg_key(x, k, NULL);
   ps_rcmd_bulk_begin(&x->c, HDR_LEN + len);
   ps_rcmd_bulk_part(&x->c, hdr, HDR_LEN);
   ps_rcmd_bulk_part(&x->c, data, len);
   ps_rcmd_bulk_end(&x->c);
 }
 
-static int put_chunked(rctx *x, ps_key k, const char *data, size_t len,
-                       const ps_version *v, ps_berr *err) {
-  chunkinfo ci = {*v, len, (len + x->chunk - 1) / x->chunk, x->chunk};
-  char suf[80], main[HDR_LEN + 64];
-  main[0] = 'C';
-  memcpy(main + 1, v->bytes, PS_VERSION_LEN);
-  int ml = snprintf(main + HDR_LEN, 64, "%zu %zu %zu", ci.total, ci.n,
-                    ci.chunk);
-  ps_rcmd_begin(&x->c, 4);
-  ps_rcmd_str(&x->c, "GETRANGE");
-  arg_key(x, k, NULL);
-  ps_rcmd_str(&x->c, "0");
-  ps_rcmd_str(&x->c, "95");
-  for (size_t i = 0; i < ci.n; i++) {
-    size_t off = i * ci.chunk;
-    size_t l = len - off < ci.chunk ? len - off : ci.chunk;
-    chunk_suffix(suf, sizeof suf, v, i);
-    ps_rcmd_begin(&x->c, 3);
-    ps_rcmd_str(&x->c, "SET");
-    arg_key(x, k, suf);
-    ps_rcmd_arg(&x->c, data + off, l);
-  }
-  /* The main key last: readers never see a header before its chunks. */
-  ps_rcmd_begin(&x->c, 3);
-  ps_rcmd_str(&x->c, "SET");
-  arg_key(x, k, NULL);
-  ps_rcmd_arg(&x->c, main, HDR_LEN + (size_t)ml);
-  int code = ps_rconn_send(&x->c, err);
-  if (code) return code;
-  chunkinfo old;
-  int had = 0;
-  code = read_old_header(x, &old, &had, err);
-  int first = PS_BOK;
-  for (size_t i = 0; i <= ci.n && code == PS_BOK; i++) {
-    ps_berr e2;
-    int c2 = expect_ok(x, k, first ? &e2 : err);
-    if (c2 == PS_BPROTO && x->c.fd >= 0) {     /* error reply: keep reading */
-      if (!first) first = c2;
-    } else if (c2) {
-      if (first) *err = e2;
-      code = c2;
-    }
-  }
-  if (!code) code = first;
-  if (!code && had) code = del_chunks(x, k, &old, err);
-  return code;
-}
-
 static int put_once(void *ctx, ps_key k, const char *data, size_t len,
                      ps_version *vout, ps_berr *err) {
-  rctx *x = ctx;
+  ps_redis *x = ctx;
   ps_version v;
   if (new_version(&v) != 0)
     return ps_berr_set(err, PS_BIO, "redis: getrandom failed");
   int code = ps_rconn_ensure(&x->c, err);
   if (code) return code;
   if (len > x->chunk) {
-    code = put_chunked(x, k, data, len, &v, err);
+    code = ps_redis_put_chunked(x, k, data, len, &v, err);
   } else {
     char hdr[HDR_LEN];
     hdr[0] = 'P';
     memcpy(hdr + 1, v.bytes, PS_VERSION_LEN);
     queue_put_plain(x, k, data, len, hdr);
     code = ps_rconn_send(&x->c, err);
-    chunkinfo old;
+    ps_rchunks old;
     int had = 0;
-    if (!code) code = read_old_header(x, &old, &had, err);
-    if (!code) code = expect_ok(x, k, err);
-    if (!code && had) code = del_chunks(x, k, &old, err);
+    if (!code) code = ps_redis_read_old_header(x, &old, &had, err);
+    if (!code) code = ps_redis_expect_ok(x, k, err);
+    if (!code && had) code = ps_redis_del_chunks(x, k, &old, err);
   }
   if (!code && vout) *vout = v;
   return code;
@@ -305,8 +199,8 @@ static int put_once(void *ctx, ps_key k, const char *data, size_t len,
  * Plain: the payload goes straight into out. Chunked: *ci is filled and
  * *chunked set; the caller fetches the chunks.
  */
-static int read_value(rctx *x, ps_key k, size_t n, ps_blob *out,
-                      ps_version *vout, chunkinfo *ci, int *chunked,
+static int read_value(ps_redis *x, ps_key k, size_t n, ps_blob *out,
+                      ps_version *vout, ps_rchunks *ci, int *chunked,
                       ps_berr *err) {
   char hdr[HDR_LEN + OLDHDR_MAX];
   char kb[80];
@@ -316,7 +210,7 @@ static int read_value(rctx *x, ps_key k, size_t n, ps_blob *out,
     return ps_berr_set(err, PS_BPROTO,
                        "redis %s: key '%s%s' does not hold a proxystore "
                        "object", x->c.addr, x->prefix,
-                       keyname(k, kb, sizeof kb));
+                       ps_redis_keyname(k, kb, sizeof kb));
   }
   int code = ps_rconn_read_body(&x->c, hdr, HDR_LEN, err);
   if (code) return code;
@@ -337,7 +231,7 @@ static int read_value(rctx *x, ps_key k, size_t n, ps_blob *out,
     code = ps_rconn_read_body(&x->c, hdr + HDR_LEN, n - HDR_LEN, err);
     if (!code) code = ps_rconn_read_crlf(&x->c, err);
     if (code) return code;
-    if (parse_chunkinfo(hdr, n, ci) == 0) {
+    if (ps_redis_parse_chunks(hdr, n, ci) == 0) {
       *chunked = 1;
       return PS_BOK;
     }
@@ -345,56 +239,12 @@ static int read_value(rctx *x, ps_key k, size_t n, ps_blob *out,
   ps_rconn_drop(&x->c);
   return ps_berr_set(err, PS_BPROTO,
                      "redis %s: key '%s%s' does not hold a proxystore object",
-                     x->c.addr, x->prefix, keyname(k, kb, sizeof kb));
-}
-
-/* Fetches all chunks of a chunked value into one buffer of its size. */
-static int get_chunks(rctx *x, ps_key k, const chunkinfo *ci, ps_blob *out,
-                      ps_version *vout, ps_berr *err) {
-  char suf[80], kb[80];
-  int code = ps_rconn_ensure(&x->c, err);
-  if (code) return code;
-  for (size_t i = 0; i < ci->n; i++) {
-    chunk_suffix(suf, sizeof suf, &ci->v, i);
-    ps_rcmd_begin(&x->c, 2);
-    ps_rcmd_str(&x->c, "GET");
-    arg_key(x, k, suf);
-  }
-  code = ps_rconn_send(&x->c, err);
-  if (code) return code;
-  if (ps_blob_alloc(out, ci->total) != 0)
-    return ps_rconn_fail(&x->c, err, PS_BNOMEM,
-                         "out of memory for a %zu-byte value", ci->total);
-  for (size_t i = 0; i < ci->n && !code; i++) {
-    size_t off = i * ci->chunk;
-    size_t want = ci->total - off < ci->chunk ? ci->total - off : ci->chunk;
-    ps_rreply r;
-    code = ps_rconn_read_head(&x->c, &r, err);
-    if (code) break;
-    if (r.type != PS_R_BULK || r.n != (long long)want) {
-      ps_rreply_free(&r);
-      /* Replies may remain unread: drop the connection to resynchronise. */
-      ps_rconn_drop(&x->c);
-      code = ps_berr_set(err, PS_BPROTO,
-                         "redis %s: chunk %zu of key '%s%s' is missing or "
-                         "damaged (value replaced while reading?)",
-                         x->c.addr, i, x->prefix, keyname(k, kb, sizeof kb));
-      break;
-    }
-    code = ps_rconn_read_body(&x->c, out->data + off, want, err);
-    if (!code) code = ps_rconn_read_crlf(&x->c, err);
-  }
-  if (code) {
-    ps_blob_release(out);
-    return code;
-  }
-  if (vout) *vout = ci->v;
-  return PS_BOK;
+                     x->c.addr, x->prefix, ps_redis_keyname(k, kb, sizeof kb));
 }
 
 /* Reads one GET-like reply for key k into out. */
-static int read_get_reply(rctx *x, ps_key k, const ps_version *have,
-                          ps_blob *out, ps_version *vout, chunkinfo *ci,
+static int read_get_reply(ps_redis *x, ps_key k, const ps_version *have,
+                          ps_blob *out, ps_version *vout, ps_rchunks *ci,
                           int *chunked, ps_berr *err) {
   ps_rreply r;
   *chunked = 0;
@@ -402,7 +252,7 @@ static int read_get_reply(rctx *x, ps_key k, const ps_version *have,
   if (code) return code;
   switch (r.type) {
   case PS_R_ERROR:
-    code = reply_error(x, k, &r, err);
+    code = ps_redis_reply_error(x, k, &r, err);
     ps_rreply_free(&r);
     return code;
   case PS_R_INT:
@@ -421,81 +271,81 @@ static int read_get_reply(rctx *x, ps_key k, const ps_version *have,
   return ps_rconn_fail(&x->c, err, PS_BPROTO, "unexpected reply to GET");
 }
 
-static void queue_get(rctx *x, ps_key k, const ps_version *have) {
+static void queue_get(ps_redis *x, ps_key k, const ps_version *have) {
   if (have) {
     ps_rcmd_begin(&x->c, 5);
     ps_rcmd_str(&x->c, "EVAL");
     ps_rcmd_str(&x->c, HAVE_SCRIPT);
     ps_rcmd_str(&x->c, "1");
-    arg_key(x, k, NULL);
+    ps_redis_arg_key(x, k, NULL);
     ps_rcmd_arg(&x->c, have->bytes, PS_VERSION_LEN);
   } else {
     ps_rcmd_begin(&x->c, 2);
     ps_rcmd_str(&x->c, "GET");
-    arg_key(x, k, NULL);
+    ps_redis_arg_key(x, k, NULL);
   }
 }
 
 static int get_once(void *ctx, ps_key k, const ps_version *have,
                      ps_blob *out, ps_version *vout, ps_berr *err) {
-  rctx *x = ctx;
+  ps_redis *x = ctx;
   int code = ps_rconn_ensure(&x->c, err);
   if (code) return code;
   queue_get(x, k, have);
   code = ps_rconn_send(&x->c, err);
   if (code) return code;
-  chunkinfo ci;
+  ps_rchunks ci;
   int chunked;
   code = read_get_reply(x, k, have, out, vout, &ci, &chunked, err);
-  if (code == PS_BOK && chunked) code = get_chunks(x, k, &ci, out, vout, err);
+  if (code == PS_BOK && chunked) code = ps_redis_get_chunks(x, k, &ci, out, vout, err);
   return code;
 }
 
 /* ---- exists, evict ------------------------------------------------------ */
 
 static int exists_once(void *ctx, ps_key k, int *found, ps_berr *err) {
-  rctx *x = ctx;
+  ps_redis *x = ctx;
   int code = ps_rconn_ensure(&x->c, err);
   if (code) return code;
   ps_rcmd_begin(&x->c, 2);
   ps_rcmd_str(&x->c, "EXISTS");
-  arg_key(x, k, NULL);
+  ps_redis_arg_key(x, k, NULL);
   code = ps_rconn_send(&x->c, err);
   if (code) return code;
   ps_rreply r;
   code = ps_rconn_read_reply(&x->c, &r, err);
   if (code) return code;
   if (r.type == PS_R_INT) *found = r.n > 0;
-  else if (r.type == PS_R_ERROR) code = reply_error(x, k, &r, err);
+  else if (r.type == PS_R_ERROR) code = ps_redis_reply_error(x, k, &r, err);
   else code = ps_rconn_fail(&x->c, err, PS_BPROTO, "unexpected reply");
   ps_rreply_free(&r);
   return code;
 }
 
 static int evict_once(void *ctx, ps_key k, ps_berr *err) {
-  rctx *x = ctx;
+  ps_redis *x = ctx;
   int code = ps_rconn_ensure(&x->c, err);
   if (code) return code;
   ps_rcmd_begin(&x->c, 4);
   ps_rcmd_str(&x->c, "GETRANGE");
-  arg_key(x, k, NULL);
+  ps_redis_arg_key(x, k, NULL);
   ps_rcmd_str(&x->c, "0");
   ps_rcmd_str(&x->c, "95");
   ps_rcmd_begin(&x->c, 2);
   ps_rcmd_str(&x->c, "DEL");
-  arg_key(x, k, NULL);
+  ps_redis_arg_key(x, k, NULL);
   code = ps_rconn_send(&x->c, err);
   if (code) return code;
-  chunkinfo old;
+  ps_rchunks old;
   int had = 0;
-  code = read_old_header(x, &old, &had, err);
+  code = ps_redis_read_old_header(x, &old, &had, err);
   if (code) return code;
   ps_rreply r;
   code = ps_rconn_read_reply(&x->c, &r, err);
   if (code) return code;
-  if (r.type == PS_R_ERROR) code = reply_error(x, k, &r, err);
+  if (r.type == PS_R_ERROR) code = ps_redis_reply_error(x, k, &r, err);
   ps_rreply_free(&r);
-  if (!code && had) code = del_chunks(x, k, &old, err);
+  if (!code && had) code = ps_redis_del_chunks(x, k, &old, err);
   return code;
 }
 
@@ -504,10 +354,10 @@ static int evict_once(void *ctx, ps_key k, ps_berr *err) {
 static int put_batch_once(void *ctx, size_t n, const ps_key *keys,
                            const ps_blob *values, ps_version *vout,
                            ps_berr *err) {
-  rctx *x = ctx;
+  ps_redis *x = ctx;
   if (n == 0) return PS_BOK;
   char (*hdrs)[HDR_LEN] = malloc(n * sizeof *hdrs);
-  chunkinfo *old = malloc(n * sizeof *old);
+  ps_rchunks *old = malloc(n * sizeof *old);
   char *had = calloc(n, 1);
   ps_version *vs = malloc(n * sizeof *vs);
   int code = PS_BOK;
@@ -536,11 +386,11 @@ static int put_batch_once(void *ctx, size_t n, const ps_key *keys,
   for (size_t i = 0; i < n && !code; i++) {
     if (values[i].len > x->chunk) continue;
     int h = 0;
-    code = read_old_header(x, &old[i], &h, err);
+    code = ps_redis_read_old_header(x, &old[i], &h, err);
     had[i] = (char)h;
     if (code) break;
     ps_berr e2;
-    int c2 = expect_ok(x, keys[i], first ? &e2 : err);
+    int c2 = ps_redis_expect_ok(x, keys[i], first ? &e2 : err);
     if (c2 == PS_BPROTO && x->c.fd >= 0) {
       if (!first) first = c2;
     } else if (c2) {
@@ -551,10 +401,10 @@ static int put_batch_once(void *ctx, size_t n, const ps_key *keys,
   if (!code) code = first;
   for (size_t i = 0; i < n && !code; i++) {
     if (values[i].len > x->chunk)
-      code = put_chunked(x, keys[i], values[i].data, values[i].len, &vs[i],
+      code = ps_redis_put_chunked(x, keys[i], values[i].data, values[i].len, &vs[i],
                          err);
     else if (had[i])
-      code = del_chunks(x, keys[i], &old[i], err);
+      code = ps_redis_del_chunks(x, keys[i], &old[i], err);
   }
   if (!code && vout) memcpy(vout, vs, n * sizeof *vs);
 done:
@@ -568,9 +418,9 @@ done:
 static int get_batch_once(void *ctx, size_t n, const ps_key *keys,
                            ps_blob *out, ps_version *vout, int *codes,
                            ps_berr *err) {
-  rctx *x = ctx;
+  ps_redis *x = ctx;
   if (n == 0) return PS_BOK;
-  chunkinfo *ci = malloc(n * sizeof *ci);
+  ps_rchunks *ci = malloc(n * sizeof *ci);
   char *chunked = calloc(n, 1);
   int code = PS_BOK;
   for (size_t i = 0; i < n; i++) {
@@ -605,7 +455,7 @@ static int get_batch_once(void *ctx, size_t n, const ps_key *keys,
   if (!code) code = first;
   for (size_t i = 0; i < n && !code; i++)
     if (chunked[i])
-      code = get_chunks(x, keys[i], &ci[i], &out[i], vout ? &vout[i] : NULL,
+      code = ps_redis_get_chunks(x, keys[i], &ci[i], &out[i], vout ? &vout[i] : NULL,
                         err);
   if (code)
     for (size_t i = 0; i < n; i++) ps_blob_release(&out[i]);
@@ -622,7 +472,7 @@ done:
  * succeeds. Every operation here is safe to repeat.
  */
 static int was_connected(void *ctx) {
-  ps_rconn *c = &((rctx *)ctx)->c;
+  ps_rconn *c = &((ps_redis *)ctx)->c;
   return c->fd >= 0 && c->pid == getpid();
 }
 
