@@ -1,12 +1,14 @@
 /* module.c: luaopen_proxystore_core, the only symbol the module exports. */
 #include "ps.h"
 #include "alloc.h"
+#include "clock.h"
 
 static void (*const openers[])(lua_State *) = {
   ps_error_open,
   ps_buf_open,
   ps_proxy_open,
   ps_store_open,
+  ps_clock_open,
 };
 
 int luaopen_proxystore_core(lua_State *L) {
