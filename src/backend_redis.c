@@ -31,6 +31,20 @@ static const char HAVE_SCRIPT[] =
   "if string.sub(h, 2) == ARGV[1] then return 1 end\n"
   "return redis.call('GET', KEYS[1])\n";
 
+static int ping(ps_redis *x, ps_berr *err) {
+  ps_rcmd_begin(&x->c, 1);
+  ps_rcmd_str(&x->c, "PING");
+  int code = ps_rconn_send(&x->c, err);
+  if (code) return code;
+  ps_rreply r;
+  code = ps_rconn_read_reply(&x->c, &r, err);
+  if (code) return code;
+  if (r.type == PS_R_ERROR)
+    code = ps_berr_set(err, PS_BCONFIG, "redis %s: %s", x->c.addr, r.str);
+  ps_rreply_free(&r);
+  return code;
+}
+
 static void *redis_open(const ps_bconfig *cfg, ps_berr *err) {
   ps_redis *x = calloc(1, sizeof *x);
   if (x == NULL) {
@@ -57,8 +71,9 @@ static void *redis_open(const ps_bconfig *cfg, ps_berr *err) {
     unsigned long long v = strtoull(cs, &end, 10);
     if (*end == '\0' && v > 0 && v <= DEFAULT_CHUNK) x->chunk = (size_t)v;
   }
-  /* Connect now so that a bad address or password fails at init_store. */
-  if (ps_rconn_ensure(&x->c, err) != PS_BOK) {
+  /* Connect and PING now, so that a bad address, a missing password or a
+     bad db fails at init_store rather than at first use. */
+  if (ps_rconn_ensure(&x->c, err) != PS_BOK || ping(x, err) != PS_BOK) {
     ps_rconn_free(&x->c);
     free(x->prefix);
     free(x);
@@ -103,6 +118,9 @@ const char *ps_redis_keyname(ps_key k, char *buf, size_t n) {
 
 int ps_redis_reply_error(ps_redis *x, ps_key k, const ps_rreply *r, ps_berr *err) {
   char kb[80];
+  if (!strncmp(r->str, "NOAUTH", 6) || !strncmp(r->str, "WRONGPASS", 9) ||
+      !strncmp(r->str, "NOPERM", 6))
+    return ps_berr_set(err, PS_BCONFIG, "redis %s: %s", x->c.addr, r->str);
   if (strstr(r->str, "WRONGTYPE"))
     return ps_berr_set(err, PS_BPROTO,
                        "redis %s: key '%s%s' holds a Redis value that is not "
