@@ -402,7 +402,7 @@ describe("the redis store", function()
       local dir = srv.dir
       local exe = dir .. "/backend_redis_test"
       local srcs = {}
-      for _, f in ipairs { "backend_redis", "redis_chunks", "redis_conn", "alloc",
+      for _, f in ipairs { "backend_redis", "redis_chunks", "redis_conn", "bigalloc",
                            "backends", "prefetch" } do
         srcs[#srcs + 1] = root .. "/src/" .. f .. ".c"
       end

@@ -22,7 +22,7 @@
 #include <sys/random.h>
 #include <unistd.h>
 
-#include "alloc.h"
+#include "bigalloc.h"
 #include "redis_store.h"
 
 static const char HAVE_SCRIPT[] =

@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "alloc.h"
+#include "bigalloc.h"
 #include "redis_store.h"
 
 static void chunk_suffix(char *out, size_t outlen, const ps_version *v,

@@ -1,5 +1,5 @@
 /*
- * alloc.c: large blocks from mmap on huge pages, a small warm cache of
+ * bigalloc.c: large blocks from mmap on huge pages, a small warm cache of
  * freed blocks, and a wrapper of a lua_State's allocator that uses them.
  *
  * Why: first touch of fresh 4 KiB pages runs at ~0.37 GB/s here, so a
@@ -17,7 +17,7 @@
 #include <sys/mman.h>
 
 #include "ps.h"
-#include "alloc.h"
+#include "bigalloc.h"
 
 #define HUGE_SZ ((size_t)2 << 20)
 #define HDR 64                          /* keeps data 64-byte aligned */

@@ -1,5 +1,5 @@
 /*
- * alloc.h: large blocks on transparent huge pages.
+ * bigalloc.h: large blocks on transparent huge pages.
  *
  * Fresh 4 KiB pages cost about 11 us each to fault in on these machines;
  * with madvise(MADV_HUGEPAGE) a block is ~25x cheaper to touch. Large
@@ -7,8 +7,8 @@
  * few freed blocks are kept warm for reuse. Thread-safe (prefetch threads
  * allocate reply buffers).
  */
-#ifndef PS_ALLOC_H
-#define PS_ALLOC_H
+#ifndef PS_BIGALLOC_H
+#define PS_BIGALLOC_H
 
 #include <stddef.h>
 
