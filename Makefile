@@ -61,7 +61,13 @@ test: deps
 	@$(MAKE) --no-print-directory all asan >/dev/null
 	@sh spec/run.sh
 
-bench: all
+# Baselines for bench/redis.lua: raw hiredis and the server-bound limit.
+REDIS_RAW = $(BUILD)/bin/redis_raw
+$(REDIS_RAW): bench/redis_raw.c
+	@mkdir -p $(dir $@)
+	$(CC) $(WARN) $(OPT) $(CPPFLAGS) $(HIREDIS_CFLAGS) -o $@ $< $(HIREDIS_LIBS)
+
+bench: all $(REDIS_RAW)
 	@$(LUA) bench/run.lua
 
 # The decoder fuzzer: clang's libFuzzer with ASan+UBSan, linked with every
