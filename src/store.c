@@ -973,7 +973,15 @@ static const luaL_Reg store_methods[] = {
   {"close", store_close},
   {NULL, NULL}};
 
+static int l_random_key(lua_State *L) {
+  char key[33];
+  ps_key_random(key);
+  lua_pushlstring(L, key, 32);
+  return 1;
+}
+
 static const luaL_Reg store_funcs[] = {
+  {"random_key", l_random_key},
   {"new_store", l_new_store},
   {"get_store", l_get_store},
   {"set_store_factory", l_set_store_factory},
