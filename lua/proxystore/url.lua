@@ -21,7 +21,14 @@ local fallback_mt = {
   __tostring = function(e) return "proxystore: " .. tostring(e.message) end,
 }
 
+-- Passwords never reach error messages.
+local function redact(url)
+  url = url:gsub("^([%a][%w+.-]*://[^/?#@]-:)[^/?#]*@", "%1***@")
+  return (url:gsub("([?&]password=)[^&#]*", "%1***"))
+end
+
 local function config_error(url, fmt, ...)
+  url = redact(url)
   local message = string.format("bad store URL '%s': " .. fmt, url, ...)
   local ok, core = pcall(require, "proxystore.core")
   if ok and type(core) == "table" and type(core.error) == "function" then
