@@ -438,8 +438,14 @@ static int file_get(void *ctx, ps_key key, const ps_version *have,
   }
   size_t size = (size_t)st.st_size;
   if (size >= FILE_MAP_MIN) {
-    /* Stored files never change in place, so the mapping stays valid. */
-    void *p = mmap(NULL, size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
+    /*
+     * Stored files never change in place, so the mapping stays valid (a
+     * file truncated by someone else would raise SIGBUS on access). Faults
+     * map page-cache pages in batches (fault-around); measured on tmpfs,
+     * that beats both MAP_POPULATE and read(2) into a buffer, since the
+     * caller copies the bytes once more into a Lua string anyway.
+     */
+    void *p = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
     if (p != MAP_FAILED) {
       close(fd);
       out->data = p;
