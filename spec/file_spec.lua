@@ -157,7 +157,7 @@ for _, root in ipairs(ROOTS) do
     end)
 
     it("round trips objects larger than the mapping threshold", function()
-      local big = string.rep("0123456789abcdef", 256 * 1024)   -- 4 MiB
+      local big = string.rep("0123456789abcdef", 640 * 1024)   -- 10 MiB
       local key = store:put(big)
       assert.are.equal(big, store:get(key))
       assert.are.equal(big, ps.extract(store:proxy_from_key(key)))
@@ -384,7 +384,7 @@ describe("file stores shared between processes", function()
     local dir = tmp .. "/race"
     local stop = tmp .. "/stop"
     local s = ps.init_store("file", { name = unique("race"), dir = dir, cache_size = 0 })
-    local a = string.rep("a", 3 * 1024 * 1024 + 7)    -- mapped reads
+    local a = string.rep("a", 9 * 1024 * 1024 + 7)    -- mapped reads
     local b = string.rep("b", 700 * 1024)             -- read(2) reads
     local c = string.rep("c", 100)
     s:put(a, { key = "hot" })
@@ -393,7 +393,7 @@ describe("file stores shared between processes", function()
     write_file(script, string.format([[
       local ps = require "proxystore"
       local s = ps.init_store("file", { name = "writer", dir = %q })
-      local values = { string.rep("a", 3 * 1024 * 1024 + 7), string.rep("b", 700 * 1024),
+      local values = { string.rep("a", 9 * 1024 * 1024 + 7), string.rep("b", 700 * 1024),
                        string.rep("c", 100) }
       local i, stop = 0, %q
       while not io.open(stop) do
