@@ -380,6 +380,30 @@ describe("file stores shared between processes", function()
     s:close()
   end)
 
+  it("serve strict proxies the bytes another process rewrote, even at the same size", function()
+    local dir = tmp .. "/strict"
+    local s = ps.init_store("file", { name = unique("strict"), dir = dir, cache_size = 8 })
+    local key = s:put("aaaa")
+    assert.are.equal("aaaa", s:get(key))            -- now cached, with its version
+    -- Unchanged: a strict resolve checks the version and skips the read.
+    local before = s:metrics()
+    assert.are.equal("aaaa", ps.extract(s:proxy_from_key(key, { strict = true })))
+    local after = s:metrics()
+    assert.are.equal(before.cache.hits + 1, after.cache.hits)
+    assert.are.equal(before.get.bytes, after.get.bytes)   -- no bytes were read
+    local rc, out = run_child(tmp, CHILD_PRELUDE .. string.format([[
+      local s = ps.init_store("file", { name = "writer", dir = %q })
+      s:put("bbbb", { key = %q })
+      s:close()
+    ]], dir, key))
+    assert.are.equal(0, rc, out)
+    -- A plain proxy may use the cached copy; a strict one must not.
+    assert.are.equal("aaaa", ps.extract(s:proxy_from_key(key)))
+    assert.are.equal("bbbb", ps.extract(s:proxy_from_key(key, { strict = true })))
+    assert.are.equal("bbbb", s:get(key))             -- the cache now holds the new bytes
+    s:close()
+  end)
+
   it("never lets a reader see part of an object while another process writes", function()
     local dir = tmp .. "/race"
     local stop = tmp .. "/stop"
