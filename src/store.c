@@ -88,9 +88,13 @@ static ps_store *check_open(lua_State *L, int idx) {
   return s;
 }
 
+/* Keys are user input: a bad one is a config error, never a crash. */
 static const char *check_key(lua_State *L, int idx, size_t *len) {
-  const char *k = luaL_checklstring(L, idx, len);
-  luaL_argcheck(L, *len > 0, idx, "empty key");
+  if (lua_type(L, idx) != LUA_TSTRING)
+    ps_error_raise(L, PS_ECONFIG, NULL, "a key must be a string, got %s",
+                   luaL_typename(L, idx));
+  const char *k = lua_tolstring(L, idx, len);
+  if (*len == 0) ps_error_raise(L, PS_ECONFIG, NULL, "a key must not be empty");
   return k;
 }
 
