@@ -71,6 +71,10 @@ ps_store *ps_store_check(lua_State *L, int idx) {
   return luaL_checkudata(L, idx, STORE_MT);
 }
 
+int ps_store_is_open(lua_State *L, int idx) {
+  return ps_store_check(L, idx)->open;
+}
+
 /* The store's name (anchored in its config table). */
 static const char *store_name(lua_State *L, int sidx) {
   lua_getiuservalue(L, sidx, UV_CONFIG);
@@ -498,8 +502,9 @@ void ps_store_from_config(lua_State *L, int cfg) {
   }
   if (strcmp(kind, "local") == 0)
     ps_error_raise(L, PS_ERESOLVE, &(ps_errctx){.store = name},
-                   "local store '%s' lives in another process; a local "
-                   "store proxy resolves only where it was made "
+                   "local store '%s' was closed or lives in another "
+                   "process; a local store proxy resolves only in the "
+                   "process and store that made it "
                    "(use a file or redis store to share objects)", name);
   lua_pop(L, 3);
   if (lua_getfield(L, LUA_REGISTRYINDEX, FACTORY) == LUA_TFUNCTION) {
