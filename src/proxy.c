@@ -98,6 +98,8 @@ static int call_factory(lua_State *L) {
   return 1;
 }
 
+static void resolve_factory(lua_State *L, int idx, proxy *p);
+
 /* Pushes the target of the proxy p at idx, resolving it first. */
 static void push_target(lua_State *L, int idx, proxy *p) {
   if (p->state == RESOLVED) {
@@ -108,8 +110,26 @@ static void push_target(lua_State *L, int idx, proxy *p) {
     ps_error_raise(L, PS_ERESOLVE, NULL,
                    "proxy used by its own factory while resolving");
   idx = lua_absindex(L, idx);
+  if (p->flags & STORE_PROXY) {
+    /*
+     * No user factory runs here, so a failure simply leaves the proxy
+     * UNRESOLVED and no pcall is needed: the error goes straight up.
+     */
+    lua_pushcfunction(L, resolve_store);
+    lua_pushvalue(L, idx);
+    lua_call(L, 1, 1);
+  } else {
+    resolve_factory(L, idx, p);
+  }
+  lua_pushvalue(L, -1);
+  lua_setiuservalue(L, idx, 1);
+  p->state = RESOLVED;
+}
+
+/* Runs a Lua factory; RESOLVING catches a factory that uses its proxy. */
+static void resolve_factory(lua_State *L, int idx, proxy *p) {
   p->state = RESOLVING;
-  lua_pushcfunction(L, (p->flags & STORE_PROXY) ? resolve_store : call_factory);
+  lua_pushcfunction(L, call_factory);
   lua_pushvalue(L, idx);
   if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
     p->state = UNRESOLVED;
@@ -118,9 +138,6 @@ static void push_target(lua_State *L, int idx, proxy *p) {
                   "proxy factory failed");
     lua_error(L);
   }
-  lua_pushvalue(L, -1);
-  lua_setiuservalue(L, idx, 1);
-  p->state = RESOLVED;
 }
 
 void ps_proxy_push_target(lua_State *L, int idx) {
