@@ -457,12 +457,16 @@ static void encode_proxy(enc *e, int idx) {
   lua_pushcfunction(L, push_reference);
   lua_pushvalue(L, idx);
   if (lua_pcall(L, 1, 1, 0) != LUA_OK || !lua_istable(L, -1)) {
-    int cause = lua_gettop(L);
+    /* Say why in the same line: the message of a proxystore error, or
+     * the error value itself. */
+    if (ps_error_is(L, -1)) lua_getfield(L, -1, "message");
+    const char *why = lua_tostring(L, -1);
     e->depth--;
     if (!lua_checkstack(L, 8)) luaL_error(L, "proxystore: stack overflow");
     push_path(e, e->depth);
-    ps_error_raise(L, PS_ESERIALIZATION, &(ps_errctx){.cause = cause},
-                   "cannot serialize the proxy at %s", lua_tostring(L, -1));
+    ps_error_raise(L, PS_ESERIALIZATION, NULL,
+                   "cannot serialize the proxy at %s: %s", lua_tostring(L, -1),
+                   why ? why : "no store reference");
   }
   if (!e->have_anchors) {
     lua_newtable(L);
