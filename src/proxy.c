@@ -62,16 +62,29 @@ static proxy *newproxy(lua_State *L, unsigned flags) {
 
 /* ---- resolution ------------------------------------------------------ */
 
+/*
+ * Pushes the open store of the store proxy at idx. A proxy from another
+ * process, or whose store was closed, finds the store by name or creates it
+ * from the config (so a re-created store serves old proxies).
+ */
+static void push_store(lua_State *L, int idx) {
+  if (lua_getiuservalue(L, idx, 2) == LUA_TTABLE ||
+      !ps_store_is_open(L, -1)) {
+    if (lua_type(L, -1) != LUA_TTABLE) {
+      ps_store_push_config(L, -1);
+      lua_remove(L, -2);
+    }
+    ps_store_from_config(L, -1);
+    lua_remove(L, -2);
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, idx, 2);
+  }
+}
+
 /* pcall'ed: resolves the store proxy at 1 and returns its target. */
 static int resolve_store(lua_State *L) {
   proxy *p = lua_touserdata(L, 1);
-  lua_getiuservalue(L, 1, 2);
-  if (lua_type(L, 2) == LUA_TTABLE) {
-    ps_store_from_config(L, 2);
-    lua_pushvalue(L, -1);
-    lua_setiuservalue(L, 1, 2);
-    lua_replace(L, 2);
-  }
+  push_store(L, 1);
   lua_getiuservalue(L, 1, 3);   /* 3: key */
   lua_getiuservalue(L, 1, 1);   /* 4: deserializer or nil */
   ps_store_resolve_ex(L, 2, 3, p->flags, lua_isnil(L, 4) ? 0 : 4,
@@ -359,13 +372,7 @@ static int l_resolve_async(lua_State *L) {
   proxy *p = checkproxy(L, 1);
   lua_settop(L, 1);
   if (p->state != UNRESOLVED || !(p->flags & STORE_PROXY)) return 1;
-  lua_getiuservalue(L, 1, 2);
-  if (lua_type(L, 2) == LUA_TTABLE) {
-    ps_store_from_config(L, 2);
-    lua_pushvalue(L, -1);
-    lua_setiuservalue(L, 1, 2);
-    lua_replace(L, 2);
-  }
+  push_store(L, 1);
   lua_getiuservalue(L, 1, 3);
   ps_store_prefetch(L, 2, 3, p->flags, &p->prefetch);
   lua_settop(L, 1);

@@ -121,6 +121,8 @@ void ps_codec_open(lua_State *L);
 
 /* Returns the store userdata at idx or raises. */
 struct ps_store *ps_store_check(lua_State *L, int idx);
+/* True if the store userdata at idx is open. */
+int ps_store_is_open(lua_State *L, int idx);
 /* Pushes the registered store called name, or nil. */
 void ps_store_lookup(lua_State *L, const char *name);
 /*

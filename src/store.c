@@ -71,6 +71,10 @@ ps_store *ps_store_check(lua_State *L, int idx) {
   return luaL_checkudata(L, idx, STORE_MT);
 }
 
+int ps_store_is_open(lua_State *L, int idx) {
+  return ps_store_check(L, idx)->open;
+}
+
 /* The store's name (anchored in its config table). */
 static const char *store_name(lua_State *L, int sidx) {
   lua_getiuservalue(L, sidx, UV_CONFIG);
@@ -88,9 +92,13 @@ static ps_store *check_open(lua_State *L, int idx) {
   return s;
 }
 
+/* Keys are user input: a bad one is a config error, never a crash. */
 static const char *check_key(lua_State *L, int idx, size_t *len) {
-  const char *k = luaL_checklstring(L, idx, len);
-  luaL_argcheck(L, *len > 0, idx, "empty key");
+  if (lua_type(L, idx) != LUA_TSTRING)
+    ps_error_raise(L, PS_ECONFIG, NULL, "a key must be a string, got %s",
+                   luaL_typename(L, idx));
+  const char *k = lua_tolstring(L, idx, len);
+  if (*len == 0) ps_error_raise(L, PS_ECONFIG, NULL, "a key must not be empty");
   return k;
 }
 
@@ -494,8 +502,9 @@ void ps_store_from_config(lua_State *L, int cfg) {
   }
   if (strcmp(kind, "local") == 0)
     ps_error_raise(L, PS_ERESOLVE, &(ps_errctx){.store = name},
-                   "local store '%s' lives in another process; a local "
-                   "store proxy resolves only where it was made "
+                   "local store '%s' was closed or lives in another "
+                   "process; a local store proxy resolves only in the "
+                   "process and store that made it "
                    "(use a file or redis store to share objects)", name);
   lua_pop(L, 3);
   if (lua_getfield(L, LUA_REGISTRYINDEX, FACTORY) == LUA_TFUNCTION) {
