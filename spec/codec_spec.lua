@@ -248,6 +248,13 @@ describe("core.serialize / core.deserialize", function()
       end
     end)
 
+    it("inside tables used as keys, and under awkward string keys", function()
+      local err = serialization_error(serialize, { x = { [{ cb = print }] = 1 } })
+      assert.are.equal("cannot serialize a function at value.x[<key>].cb", err.message)
+      err = serialization_error(serialize, { ["a\0b\"c"] = print })
+      assert.are.equal('cannot serialize a function at value["a\\0b\\34c"]', err.message)
+    end)
+
     it("functions used as table keys", function()
       local err = serialization_error(serialize, { x = { [print] = 1 } })
       assert.are.equal("cannot serialize a function used as a table key in value.x",
@@ -352,6 +359,13 @@ describe("core.serialize / core.deserialize", function()
 
     it("refuses to encode deeper than 512 levels, with a clear error", function()
       local err = serialization_error(serialize, nest(100000))
+      assert.truthy(err.message:find("deeper than 512", 1, true))
+    end)
+
+    it("counts tables used as keys towards the limit", function()
+      local t = {}
+      for _ = 1, 600 do t = { [t] = true } end
+      local err = serialization_error(serialize, t)
       assert.truthy(err.message:find("deeper than 512", 1, true))
     end)
 
