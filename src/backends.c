@@ -9,6 +9,7 @@
 
 static const ps_backend_ops *const all_backends[] = {
   &ps_backend_redis,
+  &ps_backend_file,
   NULL
 };
 

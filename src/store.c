@@ -569,6 +569,13 @@ static int l_new_store(lua_State *L) {
   lua_setiuservalue(L, 4, UV_DESER);
 
   lua_getiuservalue(L, 4, UV_CONFIG);   /* 5: strings below live here */
+  /* clear is this process's request only: a config carried by a proxy
+   * re-creates a store that never deletes anything. */
+  lua_getfield(L, 5, "clear");
+  int clear = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  lua_pushnil(L);
+  lua_setfield(L, 5, "clear");
   const char *ser = cfg_string(L, 5, "serializer");
   if (lua_isfunction(L, 2)) s->serializer = ENV_CUSTOM;
   else if (ser == NULL || strcmp(ser, "native") == 0) s->serializer = ENV_NATIVE;
@@ -589,6 +596,7 @@ static int l_new_store(lua_State *L) {
     b->prefix = cfg_string(L, 5, "prefix");
     b->dir = cfg_string(L, 5, "dir");
     b->owns_dir = 0;
+    b->clear = clear;
     ps_berr err = {0, ""};
     s->ctx = ops->open(b, &err);
     if (s->ctx == NULL)
@@ -973,7 +981,15 @@ static const luaL_Reg store_methods[] = {
   {"close", store_close},
   {NULL, NULL}};
 
+static int l_random_key(lua_State *L) {
+  char key[33];
+  ps_key_random(key);
+  lua_pushlstring(L, key, 32);
+  return 1;
+}
+
 static const luaL_Reg store_funcs[] = {
+  {"random_key", l_random_key},
   {"new_store", l_new_store},
   {"get_store", l_get_store},
   {"set_store_factory", l_set_store_factory},
