@@ -6,6 +6,7 @@ static void (*const openers[])(lua_State *) = {
   ps_buf_open,
   ps_proxy_open,
   ps_store_open,
+  ps_pool_open,
 };
 
 int luaopen_proxystore_core(lua_State *L) {

@@ -137,4 +137,8 @@ void ps_store_from_config(lua_State *L, int cfg_idx);
 void ps_store_push_config(lua_State *L, int store_idx);
 void ps_store_open(lua_State *L);
 
+/* ---- worker pool (pool.c, pool_zygote.c, pool_channel.c) ---------------- */
+
+void ps_pool_open(lua_State *L);   /* module table on top */
+
 #endif
