@@ -5,8 +5,10 @@
  * worker slot. Lua (lua/proxystore/pool.lua) keeps the task queue and the
  * futures; this file only moves frames and reports what happened:
  *
- *   core.pool_start(nslots, worker_main) -> handle  (forks the zygote and
- *                                                   the first workers)
+ *   core.pool_start(nslots, worker_main [, dir]) -> handle  (forks the
+ *                   zygote and the first workers; the zygote removes dir,
+ *                   a private store's directory, after its workers are gone,
+ *                   even when the parent dies without closing)
  *   h:send(slot, value [, limit])  -> true | false, size (over limit: not sent)
  *                                   | nil, message (the worker is gone)
  *   h:poll([timeout_s])            -> list of events:
@@ -22,13 +24,13 @@
  * state) is inert there: only the process that created it touches its fds.
  */
 #include <errno.h>
-#include <ftw.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "pool.h"
@@ -235,7 +237,8 @@ static int pool_start(lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 1);
   luaL_argcheck(L, n >= 1 && n <= MAXSLOTS, 1, "worker count out of range");
   luaL_checktype(L, 2, LUA_TFUNCTION);
-  lua_settop(L, 2);
+  const char *dir = luaL_optstring(L, 3, NULL);
+  lua_settop(L, 3);
   pool_h *h = lua_newuserdatauv(L, sizeof *h, 0);
   memset(h, 0, sizeof *h);
   h->ctl = -1;
@@ -251,12 +254,12 @@ static int pool_start(lua_State *L) {
     return ps_error_raise(L, PS_EPOOL, NULL, "socketpair: %s",
                           strerror(errno));
   fflush(NULL);  /* buffered output must not be written twice */
-  pid_t parent = getpid();
+  pid_t parent = getpid();  /* pid_t before fork: the owner */
   pid_t pid = fork();
   if (pid == 0) {
     close(sv[0]);
     ps_pool_fds_close_all();
-    ps_zygote_run(L, sv[1], 2, parent);
+    ps_zygote_run(L, sv[1], 2, dir);
   }
   int err = errno;
   close(sv[1]);
@@ -427,20 +430,64 @@ static int l_getpid(lua_State *L) {
   return 1;
 }
 
-static int rm_entry(const char *path, const struct stat *sb, int flag,
-                    struct FTW *ftw) {
-  (void)sb;
-  (void)flag;
-  (void)ftw;
-  remove(path);
-  return 0;
-}
-
-/* core.pool_rmtree(dir): removes a pool's private store directory. */
 static int l_rmtree(lua_State *L) {
   const char *dir = luaL_checkstring(L, 1);
   luaL_argcheck(L, dir[0] == '/' && dir[1] != '\0', 1, "not an absolute path");
-  lua_pushboolean(L, nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS) == 0);
+  lua_pushboolean(L, ps_rmtree(dir) == 0);
+  return 1;
+}
+
+/* core.pool_clock() -> monotonic seconds, for timeouts and rates. */
+static int l_clock(lua_State *L) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec * 1e-9);
+  return 1;
+}
+
+/* core.pool_ncpu() -> online cores (the default worker count). */
+static int l_ncpu(lua_State *L) {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  lua_pushinteger(L, n > 0 ? n : 1);
+  return 1;
+}
+
+/* core.pool_isatty(fd) -> whether the progress bar may draw there. */
+static int l_isatty(lua_State *L) {
+  lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
+  return 1;
+}
+
+/* core.pool_mkdtemp(template) -> a fresh private directory's path. */
+static int l_mkdtemp(lua_State *L) {
+  size_t len;
+  const char *t = luaL_checklstring(L, 1, &len);
+  luaL_Buffer b;
+  char *p = luaL_buffinitsize(L, &b, len + 1);
+  memcpy(p, t, len + 1);
+  if (mkdtemp(p) == NULL)
+    return ps_error_raise(L, PS_EIO, NULL, "mkdtemp %s: %s", t,
+                          strerror(errno));
+  luaL_pushresultsize(&b, len);
+  return 1;
+}
+
+/*
+ * core.pool_error(kind, message [, fields]) -> a proxystore error object,
+ * with the extra fields (traceback, pid, signal...) copied in.
+ */
+static int l_error(lua_State *L) {
+  const char *kind = luaL_checkstring(L, 1);
+  const char *msg = luaL_checkstring(L, 2);
+  ps_error_push(L, kind, NULL, "%s", msg);
+  if (lua_type(L, 3) == LUA_TTABLE) {
+    lua_pushnil(L);
+    while (lua_next(L, 3)) {
+      lua_pushvalue(L, -2);
+      lua_insert(L, -2);
+      lua_settable(L, -4);
+    }
+  }
   return 1;
 }
 
@@ -458,6 +505,11 @@ static const luaL_Reg pool_funcs[] = {
   {"pool_start", pool_start},
   {"pool_getpid", l_getpid},
   {"pool_rmtree", l_rmtree},
+  {"pool_ncpu", l_ncpu},
+  {"pool_clock", l_clock},
+  {"pool_isatty", l_isatty},
+  {"pool_mkdtemp", l_mkdtemp},
+  {"pool_error", l_error},
   {NULL, NULL}
 };
 

@@ -61,9 +61,11 @@ typedef struct ps_zmsg {
 /*
  * Runs the zygote in the freshly forked child: serves ctl until the parent
  * closes it, forking workers that call the Lua function at fn_idx with a
- * channel. Dies with parent. Never returns.
+ * channel; removes dir (when not NULL) on the way out. Never returns.
  */
-void ps_zygote_run(lua_State *L, int ctl, int fn_idx, pid_t parent);
+void ps_zygote_run(lua_State *L, int ctl, int fn_idx, const char *dir);
+/* rm -rf dir (no symlinks followed). 0, or -1. */
+int ps_rmtree(const char *dir);
 
 /* Parent-side fds of every live pool of this process, closed in each
  * freshly forked zygote so that one pool's workers never hold another

@@ -8,13 +8,16 @@
  * how each one ended (exit code or signal), which the parent cannot learn
  * itself since they are not its children.
  *
- * Lifetime: the zygote dies with the parent (PR_SET_PDEATHSIG), workers die
- * with the zygote (the same), and workers leave when their socket reaches
- * end of file. When the parent closes the control socket the zygote waits a
- * little for workers to leave, kills the rest, reaps them all and exits.
+ * Lifetime: workers die with the zygote (PR_SET_PDEATHSIG) and leave when
+ * their socket reaches end of file. The zygote sees end of file on its
+ * control socket when the parent closes the pool or dies in any way (the
+ * kernel closes a dead process's fds), then waits a little for workers to
+ * leave, kills the rest, reaps them all, removes the pool's private store
+ * directory and exits: no orphans, no zombies, no files left behind.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -155,9 +158,22 @@ static long now_ms(void) {
   return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
 }
 
-void ps_zygote_run(lua_State *L, int ctl, int fn_idx, pid_t parent) {
+static int rm_entry(const char *path, const struct stat *sb, int flag,
+                    struct FTW *ftw) {
+  (void)sb;
+  (void)flag;
+  (void)ftw;
+  remove(path);
+  return 0;
+}
+
+/* core.pool_rmtree(dir): removes a pool's private store directory. */
+int ps_rmtree(const char *dir) {
+  return nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+void ps_zygote_run(lua_State *L, int ctl, int fn_idx, const char *dir) {
   static zygote z;  /* this process is the zygote and nothing else */
-  die_with_parent(parent);
   memset(&z, 0, sizeof z);
   z.ctl = ctl;
   sigset_t chld;
@@ -199,5 +215,6 @@ void ps_zygote_run(lua_State *L, int ctl, int fn_idx, pid_t parent) {
     }
   }
   reap(&z, 0);
+  if (dir) ps_rmtree(dir);
   _exit(0);
 }
