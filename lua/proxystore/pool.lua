@@ -250,6 +250,8 @@ local function private_dir()
   return core.pool_mkdtemp(base .. "/proxystore-pool-XXXXXX")
 end
 
+local npools = 0
+
 function M.new(opts)
   if opts ~= nil and type(opts) ~= "table" then
     error("bad argument #1 to 'pool' (table expected, got " .. type(opts) .. ")", 2)
@@ -281,7 +283,8 @@ function M.new(opts)
 
   local store = opts.store or host.store
   if type(store) == "string" then
-    local name = "pool-" .. core.pool_getpid() .. "-" .. tostring(self):match("0x%x+")
+    npools = npools + 1
+    local name = ("pool-%d-%d"):format(core.pool_getpid(), npools)
     store = P.init_store(store, { name = name })
     self.own_store = true
   elseif store == nil then
