@@ -53,6 +53,8 @@ typedef struct pool_h {
   int n;
   pworker *w;
   ps_buf buf;      /* reused for every frame in and out */
+  ps_zmsg *later;  /* zygote messages read while waiting for a spawn */
+  int nlater, caplater;
 } pool_h;
 
 /* ---- parent-side fds of live pools (process-wide by nature: they are
@@ -146,6 +148,42 @@ static int spawn_slot(pool_h *h, int s) {
   return 0;
 }
 
+static int defer(pool_h *h, const ps_zmsg *m) {
+  if (h->nlater == h->caplater) {
+    int cap = h->caplater ? h->caplater * 2 : 8;
+    ps_zmsg *p = realloc(h->later, (size_t)cap * sizeof *p);
+    if (p == NULL) return -1;
+    h->later = p;
+    h->caplater = cap;
+  }
+  h->later[h->nlater++] = *m;
+  return 0;
+}
+
+/*
+ * Waits for the zygote's answer about slot s, so that a worker's pid is
+ * known as soon as spawn returns; other messages are kept for poll.
+ * 0, or an errno.
+ */
+static int await_spawn(pool_h *h, int s) {
+  for (;;) {
+    ps_zmsg m;
+    ssize_t n = recv(h->ctl, &m, sizeof m, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n != (ssize_t)sizeof m) return n < 0 ? errno : EPIPE;
+    if (m.type == PS_Z_SPAWNED && m.slot == s) {
+      h->w[s].pid = m.pid;
+      return 0;
+    }
+    if (m.type == PS_Z_SPAWN_FAILED && m.slot == s) {
+      close_worker_fd(&h->w[s]);
+      h->w[s].state = W_FREE;
+      return m.status ? m.status : EAGAIN;
+    }
+    if (defer(h, &m) != 0) return ENOMEM;
+  }
+}
+
 static void push_exit_event(lua_State *L, int slot, pid_t pid, int status) {
   lua_createtable(L, 5, 0);
   lua_pushinteger(L, slot + 1);
@@ -197,13 +235,19 @@ static int find_pid(pool_h *h, pid_t pid) {
   return -1;
 }
 
-/* Messages from the zygote, without blocking. */
+/* Messages from the zygote (deferred ones first), without blocking. */
 static void read_ctl(lua_State *L, pool_h *h, int list, int *nev) {
   ps_zmsg m;
+  int later = 0;
   for (;;) {
-    ssize_t n = recv(h->ctl, &m, sizeof m, MSG_DONTWAIT);
-    if (n < 0 && errno == EINTR) continue;
-    if (n != (ssize_t)sizeof m) return;
+    if (later < h->nlater) {
+      m = h->later[later++];
+      if (later == h->nlater) h->nlater = later = 0;
+    } else {
+      ssize_t n = recv(h->ctl, &m, sizeof m, MSG_DONTWAIT);
+      if (n < 0 && errno == EINTR) continue;
+      if (n != (ssize_t)sizeof m) return;
+    }
     if (m.type == PS_Z_SPAWNED && m.slot >= 0 && m.slot < h->n) {
       h->w[m.slot].pid = m.pid;
     } else if (m.type == PS_Z_SPAWN_FAILED && m.slot >= 0 && m.slot < h->n) {
@@ -273,6 +317,7 @@ static int pool_start(lua_State *L) {
   ps_pool_fds_add(h->ctl);
   for (int s = 0; s < h->n; s++) {
     err = spawn_slot(h, s);
+    if (!err) err = await_spawn(h, s);
     if (err)
       return ps_error_raise(L, PS_EPOOL, NULL, "starting worker %d: %s",
                             s + 1, strerror(err));
@@ -286,6 +331,7 @@ static int pool_spawn(lua_State *L) {
   if (h->w[s].state == W_LIVE)
     return luaL_error(L, "worker slot %d is busy", s + 1);
   int err = spawn_slot(h, s);
+  if (!err) err = await_spawn(h, s);
   if (err)
     return ps_error_raise(L, PS_EPOOL, NULL, "starting worker %d: %s",
                           s + 1, strerror(err));
@@ -351,6 +397,7 @@ static int pool_poll(lua_State *L) {
   int list = lua_gettop(L);
   int nev = 0;
   int r;
+  if (h->nlater > 0) timeout = 0;
   do r = poll(fds, (nfds_t)nfds, timeout); while (r < 0 && errno == EINTR);
   if (r < 0)
     return ps_error_raise(L, PS_EPOOL, NULL, "poll: %s", strerror(errno));
@@ -359,7 +406,7 @@ static int pool_poll(lua_State *L) {
     if (fds[i].revents && h->w[s].state == W_LIVE)
       read_result(L, h, s, list, &nev);
   }
-  if (r > 0 && fds[0].revents) read_ctl(L, h, list, &nev);
+  if (h->nlater > 0 || (r > 0 && fds[0].revents)) read_ctl(L, h, list, &nev);
   lua_settop(L, list);
   return 1;
 }
@@ -396,6 +443,9 @@ static void close_handle(pool_h *h, int kill) {
   h->zpid = 0;
   free(h->w);
   h->w = NULL;
+  free(h->later);
+  h->later = NULL;
+  h->nlater = h->caplater = 0;
   h->n = 0;
   ps_buf_free(&h->buf);
 }

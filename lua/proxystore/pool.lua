@@ -31,13 +31,36 @@ local function ps()
 end
 
 ---------------------------------------------------------------------------
--- Functions across processes: bytecode plus upvalues. The _ENV upvalue of a
--- function that sees the submitting state's globals is rebound to the
--- worker's globals; local functions it calls travel the same way.
+-- Functions across processes: bytecode plus upvalues; local functions a
+-- task calls travel the same way. An _ENV upvalue is never serialized: it
+-- names one of the environments known at pool start (_G, and the _ENV of
+-- every Lua function then on the call stack, e.g. a busted spec's sandbox),
+-- which the worker has as they were at the fork; any other _ENV becomes
+-- the worker's _G.
 
 local dumps = setmetatable({}, { __mode = "k" })
 
-local function pack_fn(fn, memo)
+-- The environments of the functions on the stack, _G first.
+local function stack_envs()
+  local envs, seen = { _G }, { [_G] = true }
+  for level = 2, 200 do
+    local info = debug.getinfo(level, "f")
+    if not info then break end
+    local i = 1
+    while true do
+      local name, v = getupvalue(info.func, i)
+      if name == nil then break end
+      if name == "_ENV" and type(v) == "table" and not seen[v] then
+        seen[v] = true
+        envs[#envs + 1] = v
+      end
+      i = i + 1
+    end
+  end
+  return envs
+end
+
+local function pack_fn(fn, memo, envindex)
   local p = memo[fn]
   if p then return p end
   local code = dumps[fn]
@@ -55,10 +78,10 @@ local function pack_fn(fn, memo)
   while true do
     local name, v = getupvalue(fn, i)
     if name == nil then break end
-    if name == "_ENV" and v == _G then
-      p[i] = true                -- the worker's globals
+    if name == "_ENV" then
+      p[i] = { e = envindex[v] or 1 }
     elseif type(v) == "function" then
-      p[i] = { f = pack_fn(v, memo) }
+      p[i] = { f = pack_fn(v, memo, envindex) }
     else
       p[i] = { v = v }
     end
@@ -70,7 +93,7 @@ end
 
 local loaded = {}   -- worker side: code -> closure (reused, upvalues reset)
 
-local function unpack_fn(p, memo)
+local function unpack_fn(p, memo, envs)
   local f = memo[p]
   if f then return f end
   f = loaded[p.code]
@@ -81,10 +104,10 @@ local function unpack_fn(p, memo)
   memo[p] = f
   for i = 1, p.n do
     local u = p[i]
-    if u == true then
-      setupvalue(f, i, _G)
+    if u.e then
+      setupvalue(f, i, envs[u.e] or _G)
     elseif u.f then
-      setupvalue(f, i, unpack_fn(u.f, memo))
+      setupvalue(f, i, unpack_fn(u.f, memo, envs))
     else
       setupvalue(f, i, u.v)
     end
@@ -148,20 +171,20 @@ local function task_traceback(e)
            cause = type(e) ~= "string" and e or nil }
 end
 
-local function run_task(msg)
-  local fn = unpack_fn(msg[2], {})
+local function run_task(msg, envs)
+  local fn = unpack_fn(msg[2], {}, envs)
   local args = msg[3]
   extract_px(args, msg[4], nil)
   return pack(fn(unpack(args, 1, args.n)))
 end
 
-local function make_worker(store, threshold)
+local function make_worker(store, threshold, envs)
   return function(chan)
     local P = ps()
     while true do
       local msg = chan:recv()
       if msg == nil then break end
-      local ok, res = xpcall(run_task, task_traceback, msg)
+      local ok, res = xpcall(run_task, task_traceback, msg, envs)
       local reply = { msg[1], ok, res }
       local sent = chan:send(reply, threshold)
       if not sent then
@@ -296,7 +319,10 @@ function M.new(opts)
   self.store = store
 
   -- From here on, forked processes see the globals as they are now.
-  self.h = core.pool_start(workers, make_worker(store, threshold), self.dir)
+  local envs = stack_envs()
+  self.envindex = setmetatable({}, { __mode = "k" })
+  for i, e in ipairs(envs) do self.envindex[e] = i end
+  self.h = core.pool_start(workers, make_worker(store, threshold, envs), self.dir)
   for s = workers, 1, -1 do self.idle[#self.idle + 1] = s end
   return self
 end
@@ -315,10 +341,7 @@ end
 
 -- Sends task to the worker in slot: inline when small, else with its large
 -- arguments as proxies.
-function Pool:_dispatch(slot, task)
-  self.running[slot] = task
-  task.slot = slot
-  task.state = "running"
+local function send_task(self, slot, task)
   local h = self.h
   local ok = h:send(slot, task.msg, self.threshold)
   if ok == false then
@@ -332,7 +355,24 @@ function Pool:_dispatch(slot, task)
     h:send(slot, task.msg)
   end
   -- ok == nil: the worker is gone; its exit event fails the task.
+end
+
+-- True when task went out; a task that cannot be sent (an argument the
+-- codec refuses...) fails its future instead.
+function Pool:_dispatch(slot, task)
+  local ok, err = pcall(send_task, self, slot, task)
   task.msg = nil
+  if ok then
+    self.running[slot] = task
+    task.slot = slot
+    task.state = "running"
+    return true
+  end
+  if not (type(err) == "table" and err.kind) then
+    err = perror("pool", "task " .. task.id .. " could not be sent: " .. tostring(err))
+  end
+  self:_finish(task, false, nil, err)
+  return false
 end
 
 function Pool:_finish(task, ok, values, err)
@@ -357,14 +397,13 @@ end
 
 function Pool:_free_slot(slot)
   local q = self.queue
-  if self.qhead <= self.qtail then
+  while self.qhead <= self.qtail do
     local task = q[self.qhead]
     q[self.qhead] = nil
     self.qhead = self.qhead + 1
-    self:_dispatch(slot, task)
-  else
-    self.idle[#self.idle + 1] = slot
+    if self:_dispatch(slot, task) then return end
   end
+  self.idle[#self.idle + 1] = slot
 end
 
 local function signame(n)
@@ -462,7 +501,7 @@ function Pool:_submit_packed(packed, args)
   self.stats.submitted = self.stats.submitted + 1
   local slot = table.remove(self.idle)
   if slot then
-    self:_dispatch(slot, task)
+    if not self:_dispatch(slot, task) then self:_free_slot(slot) end
   else
     self.qtail = self.qtail + 1
     self.queue[self.qtail] = task
@@ -475,7 +514,7 @@ function Pool:submit(fn, ...)
   if type(fn) ~= "function" then
     error("bad argument #1 to 'submit' (function expected, got " .. type(fn) .. ")", 2)
   end
-  return self:_submit_packed(pack_fn(fn, {}), pack(...))
+  return self:_submit_packed(pack_fn(fn, {}, self.envindex), pack(...))
 end
 
 -- The progress bar: done/total, rate, elapsed; on stderr, only a terminal.
@@ -501,7 +540,7 @@ function Pool:map(fn, list, opts)
   local show = self.progress
   if opts and opts.progress ~= nil then show = opts.progress end
   show = show and core.pool_isatty(2)
-  local packed = pack_fn(fn, {})
+  local packed = pack_fn(fn, {}, self.envindex)
   local n = #list
   local futures = {}
   for i = 1, n do
