@@ -107,9 +107,15 @@ describe("ps.pool", function()
     assert.same({ 43, 10, "function", math.pi }, { f:result() })
   end)
 
-  it("refuses a function with a C function upvalue, clearly", function()
-    local cf = string.rep   -- upvalue of the task: a C function
-    local e = catch(pool.submit, pool, function() return cf("x", 2) end)
+  it("sends loaded modules and their functions by name", function()
+    local rep, P = string.rep, ps
+    local f = pool:submit(function() return rep("x", 2), P.is_proxy(1), P == require("proxystore") end)
+    assert.same({ "xx", false, true }, { f:result() })
+  end)
+
+  it("refuses a function with a C function upvalue no module holds, clearly", function()
+    local w = coroutine.wrap(function() end)   -- a C closure
+    local e = catch(pool.submit, pool, function() return w() end)
     assert.equal("serialization", e.kind)
     assert.matches("C function", tostring(e), 1, true)
   end)

@@ -60,6 +60,34 @@ local function stack_envs()
   return envs
 end
 
+-- Loaded modules and their functions travel by name (`local ps =
+-- require "proxystore"`, `local insert = table.insert` as upvalues): the
+-- worker requires them. name_of[v] = {module, field or nil}.
+local name_of = setmetatable({}, { __mode = "k" })
+local indexed = setmetatable({}, { __mode = "k" })
+
+local function module_ref(v)
+  local r = name_of[v]
+  if r or type(v) ~= "table" and type(v) ~= "function" then return r end
+  for name, mod in pairs(package.loaded) do
+    if type(name) == "string" and not indexed[mod] then
+      if type(mod) == "table" or type(mod) == "function" then
+        name_of[mod] = name_of[mod] or { name }
+        indexed[mod] = true
+      end
+      if type(mod) == "table" then
+        for k, f in pairs(mod) do
+          if type(k) == "string" and (type(f) == "function" or type(f) == "table")
+              and not name_of[f] then
+            name_of[f] = { name, k }
+          end
+        end
+      end
+    end
+  end
+  return name_of[v]
+end
+
 local function pack_fn(fn, memo, envindex)
   local p = memo[fn]
   if p then return p end
@@ -68,7 +96,8 @@ local function pack_fn(fn, memo, envindex)
     local ok, c = pcall(string.dump, fn)
     if not ok then
       error(perror("serialization",
-        "pool: cannot send " .. tostring(fn) .. " to a worker (a C function?)"), 3)
+        "pool: cannot send " .. tostring(fn) ..
+        " to a worker (a C function that no loaded module holds)"), 3)
     end
     code, dumps[fn] = c, c
   end
@@ -78,8 +107,12 @@ local function pack_fn(fn, memo, envindex)
   while true do
     local name, v = getupvalue(fn, i)
     if name == nil then break end
+    local ref = (type(v) == "table" or type(v) == "function")
+      and name ~= "_ENV" and module_ref(v)
     if name == "_ENV" then
       p[i] = { e = envindex[v] or 1 }
+    elseif ref then
+      p[i] = { m = ref[1], k = ref[2] }
     elseif type(v) == "function" then
       p[i] = { f = pack_fn(v, memo, envindex) }
     else
@@ -106,6 +139,9 @@ local function unpack_fn(p, memo, envs)
     local u = p[i]
     if u.e then
       setupvalue(f, i, envs[u.e] or _G)
+    elseif u.m then
+      local mod = require(u.m)
+      setupvalue(f, i, u.k and mod[u.k] or mod)
     elseif u.f then
       setupvalue(f, i, unpack_fn(u.f, memo, envs))
     else
