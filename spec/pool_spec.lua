@@ -33,7 +33,8 @@ end
 
 local function children_of(pid)
   local t = {}
-  local p = io.popen("ps --ppid " .. pid .. " -o pid= 2>/dev/null")
+  -- without LD_PRELOAD: ps hangs with the ASan runtime preloaded
+  local p = io.popen("env -u LD_PRELOAD ps --ppid " .. pid .. " -o pid= 2>/dev/null")
   for l in p:lines() do t[#t + 1] = tonumber(l) end
   p:close()
   return t
@@ -48,14 +49,14 @@ end
 
 local function listdir(dir)
   local t = {}
-  local p = io.popen("ls -A " .. q(dir) .. " 2>/dev/null")
+  local p = io.popen("env -u LD_PRELOAD ls -A " .. q(dir) .. " 2>/dev/null")
   for l in p:lines() do t[#t + 1] = l end
   p:close()
   return t
 end
 
 local function tempdir()
-  local p = io.popen("mktemp -d")
+  local p = io.popen("env -u LD_PRELOAD mktemp -d")
   local d = p:read("l")
   p:close()
   return d

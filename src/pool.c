@@ -78,8 +78,13 @@ void ps_pool_fds_remove(int fd) {
   for (size_t i = 0; i < nlive; i++)
     if (live_fds[i] == fd) {
       live_fds[i] = live_fds[--nlive];
-      return;
+      break;
     }
+  if (nlive == 0) {  /* the module may be unloaded: hold nothing then */
+    free(live_fds);
+    live_fds = NULL;
+    caplive = 0;
+  }
 }
 
 void ps_pool_fds_close_all(void) {
