@@ -4,6 +4,8 @@
 #   make deps     install missing Debian packages (apt-get; needs root)
 #   make test     deps + build + every spec, then again under ASan+UBSan
 #   make bench    benchmarks, a markdown table on stdout
+#   make fuzz     builds the decoder's libFuzzer target (build-fuzz/) and runs
+#                 it for FUZZ_SECONDS (default 60) from the corpus in fuzz/
 
 LUA      ?= lua5.4
 PKG      ?= pkg-config
@@ -32,7 +34,7 @@ HOST_BIN  = $(if $(HOST_SRC),$(BUILD)/bin/proxystore)
 
 SANITIZE := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
-.PHONY: all deps test test-plain test-asan bench clean asan
+.PHONY: all deps test test-plain test-asan bench clean asan fuzz
 all: $(CORE_SO) $(HOST_BIN)
 
 $(BUILD)/obj/%.o: src/%.c $(HEADERS)
@@ -59,8 +61,34 @@ test: deps
 	@$(MAKE) --no-print-directory all asan >/dev/null
 	@sh spec/run.sh
 
-bench: all
+# Baselines for bench/redis.lua: raw hiredis and the server-bound limit.
+REDIS_RAW = $(BUILD)/bin/redis_raw
+$(REDIS_RAW): bench/redis_raw.c
+	@mkdir -p $(dir $@)
+	$(CC) $(WARN) $(OPT) $(CPPFLAGS) $(HIREDIS_CFLAGS) -o $@ $< $(HIREDIS_LIBS)
+
+bench: all $(REDIS_RAW)
 	@$(LUA) bench/run.lua
 
+# The decoder fuzzer: clang's libFuzzer with ASan+UBSan, linked with every
+# core source but the host's main. New inputs it finds go to
+# build-fuzz/corpus; fuzz/corpus (the committed seeds) is only read.
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_BIN      = build-fuzz/decode_fuzz
+FUZZ_FLAGS    = -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
+                -fno-sanitize-recover=undefined
+FUZZ_RUN_FLAGS ?= -max_len=65536 -rss_limit_mb=2048 -malloc_limit_mb=64 \
+                -timeout=20 -print_final_stats=1
+
+$(FUZZ_BIN): fuzz/decode_fuzz.c $(CORE_SRC) $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) -std=c11 -D_GNU_SOURCE $(FUZZ_FLAGS) -Isrc $(LUA_CFLAGS) $(HIREDIS_CFLAGS) \
+	  -o $@ fuzz/decode_fuzz.c $(CORE_SRC) $(LUA_LIBS) $(HIREDIS_LIBS) -lpthread -lm
+
+fuzz: $(FUZZ_BIN)
+	@mkdir -p build-fuzz/corpus
+	$(FUZZ_BIN) $(FUZZ_RUN_FLAGS) -max_total_time=$(FUZZ_SECONDS) build-fuzz/corpus fuzz/corpus
+
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz

@@ -64,6 +64,8 @@ typedef struct ps_bconfig {
   const char *prefix;    /* key prefix */
   const char *dir;       /* file */
   int owns_dir;          /* file: this process created dir; may remove it */
+  int clear;             /* file: close removes what this store wrote (and
+                            dir, when this process created it) */
 } ps_bconfig;
 
 typedef struct ps_key {

@@ -8,6 +8,8 @@
 #include "ps_backends.h"
 
 static const ps_backend_ops *const all_backends[] = {
+  &ps_backend_redis,
+  &ps_backend_file,
   NULL
 };
 

@@ -98,10 +98,37 @@ static int error_tostring(lua_State *L) {
   return 1;
 }
 
+/* core.error(kind, message [, fields]): an error object, for Lua code. */
+static int l_error(lua_State *L) {
+  const char *kind = luaL_checkstring(L, 1);
+  const char *message = luaL_checkstring(L, 2);
+  ps_error_push(L, kind, NULL, "%s", message);
+  if (lua_istable(L, 3)) {
+    lua_pushnil(L);
+    while (lua_next(L, 3)) {
+      lua_pushvalue(L, -2);
+      lua_insert(L, -2);
+      lua_rawset(L, -4);
+    }
+  }
+  return 1;
+}
+
+static int l_is_error(lua_State *L) {
+  lua_pushboolean(L, ps_error_is(L, 1));
+  return 1;
+}
+
 void ps_error_open(lua_State *L) {
   if (luaL_newmetatable(L, ERROR_MT)) {
     lua_pushcfunction(L, error_tostring);
     lua_setfield(L, -2, "__tostring");
+    lua_pushliteral(L, ERROR_MT);
+    lua_setfield(L, -2, "__name");
   }
   lua_pop(L, 1);
+  lua_pushcfunction(L, l_error);
+  lua_setfield(L, -2, "error");
+  lua_pushcfunction(L, l_is_error);
+  lua_setfield(L, -2, "is_error");
 }

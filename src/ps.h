@@ -135,6 +135,23 @@ void ps_store_resolve(lua_State *L, int store_idx, int key_idx, unsigned flags);
 void ps_store_from_config(lua_State *L, int cfg_idx);
 /* Pushes the store's config table (a fresh copy). */
 void ps_store_push_config(lua_State *L, int store_idx);
+/*
+ * Proxies keep a pending background fetch (ps.resolve_async) in a slot;
+ * the store starts it and consumes it when the proxy resolves.
+ */
+struct ps_prefetch;
+typedef struct ps_prefetch *ps_prefetch_slot;
+void ps_prefetch_slot_free(ps_prefetch_slot *slot);
+/* Starts fetching key in the background when the store's backend can. */
+void ps_store_prefetch(lua_State *L, int store_idx, int key_idx,
+                       unsigned flags, ps_prefetch_slot *slot);
+/*
+ * ps_store_resolve with an optional deserializer (stack index, 0 for the
+ * store's) and the proxy's prefetch slot (may be NULL).
+ */
+void ps_store_resolve_ex(lua_State *L, int store_idx, int key_idx,
+                         unsigned flags, int deserializer,
+                         ps_prefetch_slot *slot);
 void ps_store_open(lua_State *L);
 
 /* ---- worker pool (pool.c, pool_zygote.c, pool_channel.c) ---------------- */

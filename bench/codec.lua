@@ -1,0 +1,109 @@
+-- bench/codec.lua: the native codec (core.serialize + core.deserialize)
+-- against lua-cjson encode + decode of the same data in the same run, and a
+-- 100 MiB string against memcpy into a reused buffer.
+--
+-- Standalone: lua5.4 bench/codec.lua [runs]   (prints a markdown table)
+-- Driver: require returns function(report) as bench/run.lua expects.
+-- True when run as a script rather than required or loaded by a driver.
+local is_main = not pcall(debug.getlocal, 4, 1)
+local core = require "proxystore.core"
+local cjson = require "cjson"
+local clock = core._bench_clock
+
+local RUNS = 7
+
+local function stats(times)
+  table.sort(times)
+  local n = #times
+  local median = n % 2 == 1 and times[(n + 1) // 2]
+    or (times[n // 2] + times[n // 2 + 1]) / 2
+  return median, (times[n] - times[1]) / median * 100
+end
+
+-- Median and spread (max-min over median, %) of fn's wall time in seconds;
+-- one untimed warm-up run first, a full collection before each run.
+local function measure(runs, fn)
+  fn()
+  local times = {}
+  for i = 1, runs do
+    collectgarbage("collect")
+    local t0 = clock()
+    fn()
+    times[i] = clock() - t0
+  end
+  return stats(times)
+end
+
+local function floats(n)
+  local t = {}
+  for i = 1, n do t[i] = (i * 0.37) % 1000 + 0.001 end
+  return t
+end
+
+local function records(n)
+  local t = {}
+  for i = 1, n do t[i] = { id = i, name = "x" .. i, score = i * 0.5 } end
+  return t
+end
+
+return (function(bench)
+  if is_main then
+    local runs = tonumber(arg[1])
+    if runs then RUNS = runs end
+    print("| section | case | median ms | spread % | baseline | ratio |")
+    print("|---|---|---|---|---|---|")
+    bench(function(section, name, ns, spread, base, ratio)
+      print(string.format("| %s | %s | %.2f | %.0f | %s | %s |", section, name,
+        ns / 1e6, spread, base or "", ratio and string.format("%.2f", ratio) or ""))
+    end)
+  end
+  return bench
+end)(function(report)
+  local function native(v) return core.deserialize(core.serialize(v)) end
+  local function json(v) return cjson.decode(cjson.encode(v)) end
+
+  local cases = {
+    { "array of 1e6 floats", floats(1e6) },
+    { "1e5 records {id,name,score}", records(1e5) },
+  }
+  for _, c in ipairs(cases) do
+    local name, data = c[1], c[2]
+    local tj, sj = measure(RUNS, function() json(data) end)
+    local tn, sn = measure(RUNS, function() native(data) end)
+    report("codec", name .. ": cjson encode+decode", tj * 1e9, sj)
+    report("codec", name .. ": native encode+decode", tn * 1e9, sn,
+      "cjson encode+decode", tj / tn)
+  end
+  cases = nil
+  collectgarbage("collect")
+
+  -- What decoding the records costs at least: building the same 1e5 tables
+  -- (with 1e5 new strings) straight through the C API, no parsing at all.
+  local tf, sf = measure(RUNS, function() core._bench_build_records(1e5) end)
+  report("codec", "1e5 records: build through the C API (decode floor)", tf * 1e9, sf)
+  local recs = records(1e5)
+  local blob = core.serialize(recs)
+  local te, se = measure(RUNS, function() core.serialize(recs) end)
+  report("codec", "1e5 records: native encode alone", te * 1e9, se)
+  local td, sd = measure(RUNS, function() core.deserialize(blob) end)
+  report("codec", "1e5 records: native decode alone", td * 1e9, sd,
+    "C-API floor", tf / td)
+  recs, blob = nil, nil
+  collectgarbage("collect")
+
+  -- 100 MiB string. An ideal codec copies the bytes once each way, so the
+  -- baseline for encode+decode is two memcpys of the same size into a
+  -- reused buffer; ratio = fraction of memcpy bandwidth reached.
+  local N = 100 * 1024 * 1024
+  local s = string.rep("\1\2\3\4\5\6\7\0", N // 8)
+  local tm, lo, hi = core._bench_memcpy(N, math.max(RUNS, 5))
+  report("codec", "100 MiB memcpy (reused buffer)", tm * 1e9, (hi - lo) / tm * 100)
+  local te, se = measure(math.max(RUNS, 5), function() blob = core.serialize(s) end)
+  report("codec", "100 MiB string: native encode", te * 1e9, se, "memcpy", tm / te)
+  local td, sd = measure(math.max(RUNS, 5), function() core.deserialize(blob) end)
+  report("codec", "100 MiB string: native decode", td * 1e9, sd, "memcpy", tm / td)
+  blob = nil
+  local tb, sb = measure(math.max(RUNS, 5), function() native(s) end)
+  report("codec", "100 MiB string: native encode+decode", tb * 1e9, sb,
+    "2x memcpy", 2 * tm / tb)
+end)

@@ -1,0 +1,158 @@
+-- bench/file.lua: the file store, put and first resolve, 1 KiB to 100 MiB,
+-- on /dev/shm and on the disk, against two baselines measured in the same
+-- run: memcpy of the same bytes into a reused (warm) buffer, and string.rep
+-- making a Lua string of the same size (fresh memory through the Lua
+-- allocator, which is what any resolve must pay at least once).
+--
+-- Standalone: lua5.4 bench/file.lua [sizes...]   (sizes like 1K 1M 100M)
+-- prints a markdown table. Under bench/run.lua: returns function(report).
+--
+-- "First resolve" is a fresh proxy on a store with cache_size = 0, so the
+-- bytes come from the file every time. The disk directory is under
+-- /var/tmp; its files are in the page cache when read (this measures the
+-- store's code path, not the disk).
+
+local ROOT = os.getenv("PROXYSTORE_SOURCE_ROOT")
+if not ROOT then
+  local src = debug.getinfo(1, "S").source:match("^@(.*)$") or ""
+  ROOT = src:match("^(.*)/bench/[^/]*$") or "."
+end
+local BUILD = os.getenv("PROXYSTORE_BUILD") or (ROOT .. "/build")
+package.path = ROOT .. "/lua/?.lua;" .. ROOT .. "/lua/?/init.lua;" .. package.path
+package.cpath = BUILD .. "/lib/?.so;" .. package.cpath
+
+-- The baseline helper is compiled here so the benchmark needs no extra
+-- make rule; it is rebuilt when the source is newer.
+local function load_helper()
+  local src = ROOT .. "/bench/memcpy.c"
+  local out = BUILD .. "/bench/bench_memcpy.so"
+  local fresh = os.execute(string.format("test -f '%s' -a '%s' -nt '%s'", out, out, src))
+  if not fresh then
+    local cmd = string.format(
+      "mkdir -p '%s/bench' && ${CC:-cc} -O2 -fPIC -shared $(pkg-config --cflags lua5.4) -o '%s' '%s'",
+      BUILD, out, src)
+    assert(os.execute(cmd), "cannot build " .. out)
+  end
+  package.cpath = BUILD .. "/bench/?.so;" .. package.cpath
+  return require "bench_memcpy"
+end
+
+local SIZES = {
+  { "1 KiB", 1024, 2000, 9 },
+  { "1 MiB", 1024 * 1024, 20, 9 },
+  { "10 MiB", 10 * 1024 * 1024, 3, 7 },
+  { "100 MiB", 100 * 1024 * 1024, 1, 7 },
+}
+
+local function median_spread(samples)
+  table.sort(samples)
+  local n = #samples
+  local med = n % 2 == 1 and samples[(n + 1) // 2]
+    or (samples[n // 2] + samples[n // 2 + 1]) / 2
+  return med, (samples[n] - samples[1]) / med * 100
+end
+
+-- Runs body(i) iters times per run, runs times; before(i)/after() are
+-- untimed set-up and tear-down around each timed call. Returns the median
+-- ns per operation and the spread (max-min)/median in percent.
+local function measure(now, runs, iters, body, before, after)
+  local samples = {}
+  for r = 1, runs do
+    local total = 0
+    for i = 1, iters do
+      if before then before(i) end
+      local t0 = now()
+      body(i)
+      total = total + (now() - t0)
+      if after then after() end
+    end
+    samples[r] = total / iters
+  end
+  return median_spread(samples)
+end
+
+local function human_ns(ns)
+  if ns >= 1e6 then return string.format("%.2f ms", ns / 1e6) end
+  if ns >= 1e3 then return string.format("%.2f µs", ns / 1e3) end
+  return string.format("%.0f ns", ns)
+end
+
+local function run(report, wanted)
+  local ps = require "proxystore"
+  local helper = load_helper()
+  local now = helper.now
+  local piece = string.rep("0123456789abcdef", 64)   -- 1 KiB
+
+  local dirs = {
+    { "/dev/shm", "/dev/shm/proxystore-bench-" .. helper.now() },
+    { "disk", "/var/tmp/proxystore-bench-" .. helper.now() },
+  }
+
+  for _, size in ipairs(SIZES) do
+    local label, n, iters, runs = size[1], size[2], size[3], size[4]
+    if wanted and not wanted[label:gsub(" ", ""):gsub("iB", "")] then goto continue end
+    local data = string.rep(piece, n // #piece)
+    local sink
+    local function drop()
+      sink = nil
+      collectgarbage()
+    end
+    drop()
+
+    local section = "file store, " .. label
+    local rep_ns, rep_sp = measure(now, runs, iters,
+      function() sink = string.rep(piece, n // #piece) end, nil, drop)
+    report(section, "baseline: string.rep (fresh Lua string)", rep_ns, rep_sp)
+    local cpy_ns, cpy_sp = measure(now, runs, iters * 10,
+      function() helper.copy(data) end)
+    report(section, "baseline: memcpy into a reused buffer", cpy_ns, cpy_sp)
+
+    for _, d in ipairs(dirs) do
+      local where, dir = d[1], d[2]
+      local name = "bench-file-" .. where
+      local store = ps.init_store("file", { name = name, dir = dir, cache_size = 0,
+                                            clear = true })
+      local put_ns, put_sp = measure(now, runs, iters,
+        function(i) store:put(data, { key = "k" .. i }) end)
+      report(section, "put, " .. where, put_ns, put_sp, "memcpy", put_ns / cpy_ns)
+
+      local p
+      local res_ns, res_sp = measure(now, runs, iters,
+        function() sink = ps.extract(p) end,
+        function(i) p = store:proxy_from_key("k" .. i) end,
+        function()
+          assert(#sink == n)
+          p = nil
+          drop()
+        end)
+      report(section, "first resolve, " .. where, res_ns, res_sp,
+        "string.rep", res_ns / rep_ns)
+      store:close()
+    end
+    data = nil
+    collectgarbage()
+    ::continue::
+  end
+  for _, d in ipairs(dirs) do os.execute("rm -rf '" .. d[2] .. "'") end
+end
+
+local function standalone(...)
+  local wanted
+  if select("#", ...) > 0 then
+    wanted = {}
+    for _, s in ipairs({ ... }) do wanted[s:upper()] = true end
+  end
+  print("| section | operation | median | spread (max-min)/median | vs baseline |")
+  print("|---|---|---:|---:|---|")
+  run(function(section, name, ns, spread, base, ratio)
+    print(string.format("| %s | %s | %s | %.0f%% | %s |", section, name, human_ns(ns),
+      spread, base and string.format("%.2f× %s", ratio, base) or ""))
+    io.stdout:flush()
+  end, wanted)
+end
+
+if arg and arg[0] and arg[0]:match("bench/file%.lua$") then
+  standalone(...)
+else
+  return function(report) run(report) end
+end

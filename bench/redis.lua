@@ -1,0 +1,215 @@
+-- bench/redis.lua: the Redis store against its baselines.
+--
+-- For 1 KiB, 1 MiB, 10 MiB and 100 MiB strings and a table workload, over
+-- TCP and the Unix socket: put, proxy create, first resolve (cache off),
+-- cached resolve. Baselines measured in the same run by bench/redis_raw.c
+-- (built by `make bench`): raw hiredis SET/GET, and the server-bound limit
+-- (SET with one writev, GET's reply read() into a reused buffer). Plus the
+-- peak RSS of a fresh process resolving a 100 MiB string.
+--
+-- Standalone: lua5.4 bench/redis.lua  (prints a markdown table)
+-- From bench/run.lua: return value is function(report).
+package.path = "lua/?.lua;lua/?/init.lua;spec/?.lua;" .. package.path
+package.cpath = (os.getenv("PROXYSTORE_BUILD") or "build") .. "/lib/?.so;" .. package.cpath
+
+local ps = require "proxystore"
+local core = require "proxystore.core"
+local redis = require "helpers.redis"
+local now = core.monotonic
+
+local KiB, MiB = 1024, 1024 * 1024
+local SIZES = { 1 * KiB, 1 * MiB, 10 * MiB, 100 * MiB }
+local QUICK = os.getenv("PROXYSTORE_BENCH_QUICK")   -- fewer runs
+
+local function runs_for(size)
+  if size >= 50 * MiB then return 5 end
+  if size >= 5 * MiB then return QUICK and 5 or 9 end
+  if size >= MiB then return QUICK and 11 or 31 end
+  return QUICK and 51 or 301
+end
+
+local function stats(t)
+  table.sort(t)
+  local n = #t
+  local med = n % 2 == 1 and t[(n + 1) // 2] or (t[n // 2] + t[n // 2 + 1]) / 2
+  local dev = {}
+  for i, v in ipairs(t) do dev[i] = math.abs(v - med) end
+  table.sort(dev)
+  local mad = n % 2 == 1 and dev[(n + 1) // 2] or (dev[n // 2] + dev[n // 2 + 1]) / 2
+  return med * 1e9, med > 0 and 100 * mad / med or 0
+end
+
+-- Times fn(i) runs times; setup(i) and cleanup(i) run untimed around it.
+local function measure(runs, fn, setup, cleanup)
+  local t = {}
+  for i = 1, runs do
+    local arg = setup and setup(i)
+    local t0 = now()
+    fn(arg, i)
+    t[i] = now() - t0
+    if cleanup then cleanup(arg, i) end
+  end
+  return stats(t)
+end
+
+local function payload(size)
+  local seed = {}
+  for i = 1, 1024 do seed[i] = string.char((i * 131 + 7) % 256) end
+  local chunk = table.concat(seed)
+  return string.rep(chunk, size // 1024) .. chunk:sub(1, size % 1024)
+end
+
+local function size_name(n)
+  if n >= MiB then return (n // MiB) .. " MiB" end
+  return (n // KiB) .. " KiB"
+end
+
+local function raw_baselines(srv, sizes)
+  local build = os.getenv("PROXYSTORE_BUILD") or "build"
+  local args = {}
+  for i, s in ipairs(sizes) do args[i] = tostring(s) end
+  local cmd = ("env -u LD_PRELOAD %s/bin/redis_raw 127.0.0.1 %d %s %d %s"):format(
+    build, srv.port, srv.path, QUICK and 11 or 31, table.concat(args, " "))
+  local p = assert(io.popen(cmd))
+  local base = {}
+  for line in p:lines() do
+    local tr, op, size, med, spread = line:match("^(%S+) (%S+) (%d+) (%S+) (%S+)$")
+    if tr then
+      base[tr .. " " .. op .. " " .. size] = { tonumber(med), tonumber(spread) }
+    end
+  end
+  assert(p:close(), "bench/redis_raw failed (run `make bench` to build it)")
+  return base
+end
+
+-- Peak RSS of a fresh process resolving a stored string of size bytes.
+local function peak_rss(srv, key, size)
+  local code = ([[
+    local ps = require "proxystore"
+    local function kb(field)
+      for l in io.lines("/proc/self/status") do
+        local v = l:match("^" .. field .. ":%%s+(%%d+)")
+        if v then return tonumber(v) end
+      end
+    end
+    local s = ps.init_store("redis", {name = "rss", host = "127.0.0.1", port = %d, cache_size = 0})
+    local p = s:proxy_from_key(%q)
+    local before = kb("VmRSS")
+    local n = #p
+    io.write(n, " ", before, " ", kb("VmHWM"))
+  ]]):format(srv.port, key)
+  local f = os.tmpname()
+  local h = assert(io.open(f, "w"))
+  h:write(code)
+  h:close()
+  local p = assert(io.popen("env -u LD_PRELOAD lua5.4 " .. f))
+  local out = p:read("a")
+  p:close()
+  os.remove(f)
+  local n, before, hwm = out:match("(%d+) (%d+) (%d+)")
+  assert(tonumber(n) == size, "rss child failed: " .. out)
+  return tonumber(before) * 1024, tonumber(hwm) * 1024
+end
+
+local function table_workload()
+  local t = {}
+  for i = 1, 10000 do
+    t[i] = { id = i, name = "user" .. i, score = i * 1.5, tags = { "a", "b", i % 7 } }
+  end
+  return t
+end
+
+local function bench(report)
+  local srv = redis.start()
+  local ok, err = pcall(function()
+    local base = raw_baselines(srv, SIZES)
+    local function ratio_to(tr, op, size, med)
+      local b = base[tr .. " " .. op .. " " .. size]
+      if not b then return nil, nil end
+      return op, med / b[1]
+    end
+    local names = {}
+    for name in pairs(base) do names[#names + 1] = name end
+    table.sort(names, function(a, b)
+      local ta, oa, sa = a:match("^(%S+) (%S+) (%d+)$")
+      local tb, ob, sb = b:match("^(%S+) (%S+) (%d+)$")
+      if ta ~= tb then return ta > tb end
+      if sa ~= sb then return tonumber(sa) < tonumber(sb) end
+      return oa < ob
+    end)
+    for _, name in ipairs(names) do
+      local b = base[name]
+      local t, op, size = name:match("^(%S+) (%S+) (%d+)$")
+      report("redis baselines (" .. t .. ")", op .. " " .. size_name(tonumber(size)),
+             b[1], b[2], nil, nil)
+    end
+    for _, tr in ipairs { "tcp", "unix" } do
+      local conn = tr == "tcp" and { host = srv.host, port = srv.port } or { path = srv.path }
+      local function store(name, cache)
+        local o = { name = name .. "-" .. tr, cache_size = cache }
+        for k, v in pairs(conn) do o[k] = v end
+        return ps.init_store("redis", o)
+      end
+      local s = store("bench", 0)
+      local c = store("bench-cached", 16)
+      local section = "redis store (" .. tr .. ")"
+      for _, size in ipairs(SIZES) do
+        local data = payload(size)
+        local runs = runs_for(size)
+        local sn = size_name(size)
+        local med, spread = measure(runs, function() s:put(data, { key = "b" }) end)
+        report(section, "put " .. sn, med, spread, ratio_to(tr, "limit_set", size, med))
+        med, spread = measure(runs, function(_, i) s:proxy(data, { key = "p" .. i }) end,
+          nil, function(_, i) s:evict("p" .. i) end)
+        report(section, "proxy create " .. sn, med, spread, ratio_to(tr, "limit_set", size, med))
+        collectgarbage()
+        med, spread = measure(runs, function(p) ps.resolve(p) end,
+          function() return s:proxy_from_key("b") end,
+          function() collectgarbage() end)
+        local op = size <= KiB and "hiredis_get" or "limit_get"
+        report(section, "first resolve " .. sn, med, spread, ratio_to(tr, op, size, med))
+        ps.resolve(c:proxy_from_key("b"))
+        med, spread = measure(runs, function(p) ps.resolve(p) end,
+          function() return c:proxy_from_key("b") end)
+        report(section, "cached resolve " .. sn, med, spread, nil, nil)
+        c:evict("b")
+        data = nil
+        collectgarbage()
+      end
+      local t = table_workload()
+      local runs = QUICK and 5 or 15
+      local med, spread = measure(runs, function() s:put(t, { key = "t" }) end)
+      report(section, "put table (10k records)", med, spread, nil, nil)
+      med, spread = measure(runs, function(p) ps.resolve(p) end,
+        function() return s:proxy_from_key("t") end, function() collectgarbage() end)
+      report(section, "first resolve table (10k records)", med, spread, nil, nil)
+      s:close()
+      c:close()
+    end
+    -- peak RSS of a fresh process resolving a 100 MiB string
+    local s = ps.init_store("redis", { name = "bench-rss", host = srv.host, port = srv.port })
+    local size = 100 * MiB
+    s:put(payload(size), { key = "rss" })
+    collectgarbage()
+    local before, hwm = peak_rss(srv, "rss", size)
+    report("redis peak RSS", ("resolve 100 MiB: peak %.0f MiB (%.2fx size), %.0f MiB before")
+      :format(hwm / MiB, hwm / size, before / MiB), hwm, 0, "size", hwm / size)
+    s:close()
+  end)
+  srv:stop()
+  if not ok then error(err, 0) end
+end
+
+if arg and arg[0] and arg[0]:match("redis%.lua$") then
+  print("| section | measurement | median | spread | baseline | ratio |")
+  print("|---|---|---|---|---|---|")
+  bench(function(section, name, ns, spread, bname, ratio)
+    local v = section:match("RSS") and ("%.0f MiB"):format(ns / MiB)
+      or ns >= 1e6 and ("%.2f ms"):format(ns / 1e6) or ("%.1f µs"):format(ns / 1e3)
+    print(("| %s | %s | %s | ±%.1f%% | %s | %s |"):format(section, name, v, spread,
+      bname or "", ratio and ("%.2f"):format(ratio) or ""))
+    io.stdout:flush()
+  end)
+else
+  return bench
+end

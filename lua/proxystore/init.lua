@@ -1,0 +1,211 @@
+-- proxystore: lazy object proxies that resolve themselves from a store.
+--
+-- The public face over the C core (proxystore.core): options, defaults,
+-- URLs and the seed's one-call API. Hot paths live in C.
+
+local core = require "proxystore.core"
+
+local M = { _VERSION = core._VERSION }
+
+for _, name in ipairs {
+  "proxy", "is_proxy", "is_resolved", "resolve", "resolve_async", "extract",
+  "type", "key", "repr", "serialize", "deserialize", "is_error",
+} do
+  M[name] = core[name]
+end
+
+local function config_error(fmt, ...)
+  error(core.error("config", fmt:format(...)), 3)
+end
+
+-- Options each kind accepts (besides the common ones), with their types.
+local COMMON = {
+  name = "string", kind = "string", cache_size = "number",
+  serializer = "string|function", deserializer = "function",
+  instance = "string",
+}
+local KIND_OPTIONS = {
+  ["local"] = {},
+  redis = {
+    host = "string", hostname = "string", port = "number", path = "string",
+    db = "number", username = "string", password = "string",
+    timeout = "number", prefix = "string",
+  },
+  file = { dir = "string", prefix = "string", clear = "boolean" },
+}
+
+local function check_type(name, value, expected)
+  local t = type(value)
+  for want in expected:gmatch("[^|]+") do
+    if t == want then return end
+  end
+  config_error("option '%s' must be a %s, got %s", name,
+    expected:gsub("|", " or "), t)
+end
+
+local function cache_size_default()
+  local env = os.getenv("PROXYSTORE_CACHE_SIZE")
+  if env == nil or env == "" then return 16 end
+  local n = math.tointeger(tonumber(env))
+  if n == nil or n < 0 then
+    config_error("PROXYSTORE_CACHE_SIZE must be a non-negative integer, got '%s'", env)
+  end
+  return n
+end
+
+local function integer_option(cfg, name, lo, hi)
+  local v = cfg[name]
+  if v == nil then return end
+  local n = math.tointeger(v)
+  if n == nil or n < lo or (hi and n > hi) then
+    config_error("option '%s' must be an integer in [%d, %s], got %s",
+      name, lo, hi and tostring(hi) or "inf", tostring(v))
+  end
+  cfg[name] = n
+end
+
+-- Builds the normalized config table the C core takes, plus the custom
+-- serializer pair (functions never go into a config: configs travel).
+local function normalize(kind, opts)
+  if opts ~= nil and type(opts) ~= "table" then
+    config_error("options must be a table, got %s", type(opts))
+  end
+  opts = opts or {}
+  if type(kind) ~= "string" then
+    config_error("store kind must be a string, got %s", type(kind))
+  end
+  local cfg = {}
+  local url = require "proxystore.url"
+  if url.is_url(kind) then
+    for k, v in pairs(url.parse(kind)) do cfg[k] = v end
+    kind = cfg.kind
+  end
+  local allowed = KIND_OPTIONS[kind]
+  if not allowed then
+    config_error("unknown store kind '%s' (local, redis, file or a URL)", kind)
+  end
+  for k, v in pairs(opts) do
+    local expected = COMMON[k] or allowed[k]
+    if not expected then
+      config_error("unknown option '%s' for a %s store", tostring(k), kind)
+    end
+    check_type(k, v, expected)
+    cfg[k] = v
+  end
+  if opts.kind ~= nil and opts.kind ~= kind then
+    config_error("option kind '%s' does not match '%s'", opts.kind, kind)
+  end
+  cfg.kind = kind
+  cfg.name = cfg.name or kind
+  if cfg.name == "" then config_error("store name must not be empty") end
+  if cfg.cache_size == nil then cfg.cache_size = cache_size_default() end
+  integer_option(cfg, "cache_size", 0)
+
+  local ser, deser = cfg.serializer, cfg.deserializer
+  cfg.deserializer = nil
+  if type(ser) == "function" or deser ~= nil then
+    if type(ser) ~= "function" or type(deser) ~= "function" then
+      config_error("a custom serializer needs both serializer and deserializer functions")
+    end
+    cfg.serializer = "custom"
+  else
+    cfg.serializer = ser or "native"
+    if cfg.serializer ~= "native" and cfg.serializer ~= "json" then
+      config_error("unknown serializer '%s' (native, json, or a function pair)", cfg.serializer)
+    end
+    ser, deser = nil, nil
+  end
+
+  if kind == "redis" then
+    if cfg.hostname and cfg.host and cfg.hostname ~= cfg.host then
+      config_error("host and hostname differ ('%s', '%s')", cfg.host, cfg.hostname)
+    end
+    cfg.host = cfg.host or cfg.hostname
+    cfg.hostname = nil
+    if not cfg.path then cfg.host = cfg.host or "127.0.0.1" end
+    if cfg.path and cfg.host then
+      config_error("give either host/port or path (a Unix socket), not both")
+    end
+    if cfg.host then cfg.port = cfg.port or 6379 end
+    integer_option(cfg, "port", 1, 65535)
+    integer_option(cfg, "db", 0)
+    if cfg.timeout == nil then cfg.timeout = 5 end
+    if cfg.timeout < 0 then config_error("timeout must be >= 0 seconds") end
+  elseif kind == "file" then
+    if not cfg.dir or cfg.dir == "" then config_error("a file store needs option 'dir'") end
+    if cfg.dir:sub(1, 1) ~= "/" then
+      local pwd = os.getenv("PWD")
+      if not pwd then config_error("dir must be absolute: '%s'", cfg.dir) end
+      cfg.dir = pwd .. "/" .. cfg.dir
+    end
+  elseif kind == "local" then
+    cfg.instance = cfg.instance or core.random_key()
+  end
+  return cfg, ser, deser
+end
+
+--- Creates and registers a store. kind: "local", "redis", "file" or a URL.
+function M.init_store(kind, opts)
+  return core.new_store(normalize(kind, opts))
+end
+
+--- The registered store called name, or nil.
+function M.get_store(name)
+  return core.get_store(name)
+end
+
+-- A proxy from another process names a store that may not exist here:
+-- create it from the config it carries, never with a destructive option.
+core.set_store_factory(function(cfg)
+  local copy = {}
+  for k, v in pairs(cfg) do copy[k] = v end
+  copy.clear = nil
+  if copy.serializer == "custom" then copy.serializer = nil end
+  return M.init_store(copy.kind, copy)
+end)
+
+-- ---- the seed's one-call API -------------------------------------------
+
+local default_store
+
+local function init_default(kind, opts)
+  local cfg, ser, deser = normalize(kind, opts)
+  local existing = core.get_store(cfg.name)
+  if existing and existing.kind == cfg.kind then
+    default_store = existing
+  else
+    default_store = core.new_store(cfg, ser, deser)
+  end
+  return default_store
+end
+
+--- Creates (or reuses) a local store and makes it the default for to_proxy.
+function M.init_local_backend(opts)
+  return init_default("local", opts)
+end
+
+--- Creates (or reuses) a Redis store and makes it the default for to_proxy.
+function M.init_redis_backend(opts)
+  return init_default("redis", opts)
+end
+
+--- The default store set by init_*_backend, or nil.
+function M.default_store()
+  return default_store
+end
+
+--- Puts obj in the default store and returns a proxy (opts: key, evict, strict).
+function M.to_proxy(obj, opts)
+  if default_store == nil then
+    error(core.error("config",
+      "no default store: call ps.init_local_backend() or ps.init_redis_backend() first"), 2)
+  end
+  return default_store:proxy(obj, opts)
+end
+
+--- A pool of worker processes (see proxystore.pool).
+function M.pool(opts)
+  return require("proxystore.pool").new(opts)
+end
+
+return M

@@ -1,0 +1,564 @@
+-- The file store through the public API: one file per object in a real
+-- directory (on the disk and on /dev/shm), shared between processes.
+local ps = require "proxystore"
+
+local LUA = "lua5.4"
+
+-- ---- helpers ------------------------------------------------------------
+
+local function sh(cmd)
+  local f = assert(io.popen("(" .. cmd .. ") 2>&1; echo \"rc=$?\""))
+  local out = f:read("a")
+  f:close()
+  local rc = tonumber(out:match("rc=(%d+)\n?$"))
+  return rc, (out:gsub("rc=%d+\n?$", ""))
+end
+
+local function quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+local function mktemp(base)
+  local rc, out = sh("mktemp -d " .. quote(base .. "/ps-file-spec.XXXXXX"))
+  assert(rc == 0, out)
+  return (out:gsub("\n$", ""))
+end
+
+local function exists(path) return os.rename(path, path) ~= nil end
+
+local function mode(path)
+  local rc, out = sh("stat -c %a " .. quote(path))
+  assert(rc == 0, out)
+  return (out:gsub("%s+$", ""))
+end
+
+local function listing(dir)
+  local rc, out = sh("ls -A " .. quote(dir))
+  assert(rc == 0, out)
+  local names = {}
+  for name in out:gmatch("[^\n]+") do names[#names + 1] = name end
+  table.sort(names)
+  return names
+end
+
+local function read_file(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function write_file(path, s)
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
+  f:close()
+end
+
+local counter = 0
+local function unique(what)
+  counter = counter + 1
+  return string.format("file-spec-%s-%d", what, counter)
+end
+
+-- Runs a Lua script in a child lua5.4 (LUA_PATH/LUA_CPATH come from the
+-- environment spec/run.sh sets up). Returns rc, output.
+local function run_child(dir, code, prefix)
+  local path = dir .. "/" .. unique("child") .. ".lua"
+  write_file(path, code)
+  local rc, out = sh((prefix or "") .. LUA .. " " .. quote(path))
+  os.remove(path)
+  return rc, out
+end
+
+-- A child's error (an error object or a string) as "kind: message".
+local CHILD_PRELUDE = [[
+local ps = require "proxystore"
+local function try(f, ...)
+  local ok, e = pcall(f, ...)
+  if ok then return "ok" end
+  if type(e) == "table" then return tostring(e.kind) .. ": " .. tostring(e) end
+  return "raw: " .. tostring(e)
+end
+]]
+
+local function raises(kind, f, ...)
+  local ok, err = pcall(f, ...)
+  assert.is_false(ok, "expected a " .. kind .. " error")
+  assert.are.equal("table", type(err), tostring(err))
+  assert.are.equal(kind, err.kind, tostring(err))
+  local s = tostring(err)
+  assert.truthy(s:match("^proxystore: "), s)
+  assert.is_nil(s:find("\n"), s)
+  return err
+end
+
+local ROOTS = { { "a disk directory", "/var/tmp" }, { "/dev/shm", "/dev/shm" } }
+
+-- ---- behaviour on each kind of directory -------------------------------
+
+for _, root in ipairs(ROOTS) do
+  local where, base = root[1], root[2]
+
+  describe("a file store on " .. where, function()
+    local tmp, store
+
+    before_each(function()
+      tmp = mktemp(base)
+      store = ps.init_store("file", { name = unique("s"), dir = tmp .. "/objects" })
+    end)
+
+    after_each(function()
+      if store then store:close() end
+      store = nil
+      os.execute("rm -rf " .. quote(tmp))
+    end)
+
+    it("creates its directory 0700 and its files 0600", function()
+      assert.are.equal("700", mode(tmp .. "/objects"))
+      local key = store:put("bytes")
+      assert.are.equal("600", mode(tmp .. "/objects/" .. key))
+    end)
+
+    it("puts, gets, tests and evicts objects", function()
+      local value = { 1, 2.5, "three", nested = { flag = true }, [false] = "f" }
+      local key = store:put(value)
+      assert.are.equal("string", type(key))
+      assert.truthy(key:match("^%x+$"))
+      assert.is_true(store:exists(key))
+      assert.are.same(value, store:get(key))
+      store:evict(key)
+      assert.is_false(store:exists(key))
+      assert.is_nil(store:get(key))
+      assert.are.equal("fallback", store:get(key, "fallback"))
+      store:evict(key)   -- absent: not an error
+    end)
+
+    it("stores one file per object, named by its key", function()
+      store:put("a", { key = "alpha" })
+      store:put("b", { key = "beta" })
+      assert.are.same({ "alpha", "beta" }, listing(tmp .. "/objects"))
+    end)
+
+    it("keeps binary strings, empty strings, nil and false", function()
+      local bin = {}
+      for i = 0, 255 do bin[#bin + 1] = string.char(i) end
+      bin = table.concat(bin):rep(17)
+      assert.are.equal(bin, store:get(store:put(bin)))
+      assert.are.equal("", store:get(store:put("")))
+      assert.is_false(store:get(store:put(false), "default"))
+      local k = store:put(nil)
+      assert.is_true(store:exists(k))
+      assert.is_nil(store:get(k, nil))
+    end)
+
+    it("round trips objects larger than the mapping threshold", function()
+      local big = string.rep("0123456789abcdef", 256 * 1024)   -- 4 MiB
+      local key = store:put(big)
+      assert.are.equal(big, store:get(key))
+      assert.are.equal(big, ps.extract(store:proxy_from_key(key)))
+    end)
+
+    it("overwrites a key with a new object", function()
+      store:put("first", { key = "k" })
+      store:put("second", { key = "k" })
+      assert.are.equal("second", store:get("k"))
+      assert.are.same({ "k" }, listing(tmp .. "/objects"))
+    end)
+
+    it("resolves proxies, evicting single-use ones", function()
+      local p = store:proxy({ x = 42 })
+      assert.is_false(ps.is_resolved(p))
+      assert.are.equal(42, p.x)
+      local key = ps.key(p)
+      assert.is_true(store:exists(key))
+
+      local q = store:proxy("once", { evict = true })
+      local qkey = ps.key(q)
+      assert.are.equal("ONCE", q:upper())
+      assert.is_false(store:exists(qkey))
+      assert.is_false(exists(tmp .. "/objects/" .. qkey))
+    end)
+
+    it("refuses keys that could leave the directory", function()
+      for _, key in ipairs({ "", ".", "..", "../escape", "a/b", "/abs", ".hidden",
+                             "a..b", "nul\0byte" }) do
+        local err = raises("config", store.put, store, "x", { key = key })
+        assert.truthy(tostring(err):find("key", 1, true))
+        raises("config", store.get, store, key)
+        raises("config", store.exists, store, key)
+        raises("config", store.evict, store, key)
+      end
+      assert.is_false(exists(tmp .. "/escape"))
+      assert.are.same({}, listing(tmp .. "/objects"))
+    end)
+
+    it("raises missing_key naming key and store for a proxy of an absent key", function()
+      local p = store:proxy_from_key("nothing-here")
+      local err = raises("missing_key", ps.resolve, p)
+      assert.are.equal("nothing-here", err.key)
+      assert.are.equal(store.name, err.store)
+      assert.is_false(ps.is_resolved(p))
+    end)
+
+    it("raises a serialization error for corrupt bytes and leaves them alone", function()
+      local key = store:put({ "a", "table" })
+      local path = tmp .. "/objects/" .. key
+      local garbage = "\255\0garbage that is no encoding\1\2\3"
+      write_file(path, garbage)
+      raises("serialization", store.get, store, key)
+      raises("serialization", ps.resolve, store:proxy_from_key(key))
+      assert.are.equal(garbage, read_file(path))
+      write_file(path, "")
+      raises("serialization", store.get, store, key)
+    end)
+
+    it("gives an io error, and leaves nothing behind, when a put fails", function()
+      -- A directory where the object's file should be: rename(2) fails
+      -- after the bytes were written to the temporary file.
+      assert(os.execute("mkdir " .. quote(tmp .. "/objects/taken") .. " && touch "
+        .. quote(tmp .. "/objects/taken/inner")))
+      local err = raises("io", store.put, store, string.rep("x", 1000), { key = "taken" })
+      assert.truthy(tostring(err):find("taken", 1, true))
+      assert.are.same({ "taken" }, listing(tmp .. "/objects"))
+    end)
+
+    it("reports a directory that cannot be created", function()
+      write_file(tmp .. "/plainfile", "not a directory")
+      raises("io", ps.init_store, "file", { name = unique("bad"), dir = tmp .. "/plainfile" })
+      raises("io", ps.init_store, "file", { name = unique("bad"), dir = tmp .. "/plainfile/sub" })
+      assert.is_nil(ps.get_store("bad"))
+    end)
+  end)
+end
+
+-- ---- lifetime: what close removes ----------------------------------------
+
+describe("closing a file store", function()
+  local tmp
+
+  before_each(function() tmp = mktemp("/var/tmp") end)
+  after_each(function() os.execute("rm -rf " .. quote(tmp)) end)
+
+  it("never deletes a directory or objects it did not create", function()
+    local dir = tmp .. "/shared"
+    assert(os.execute("mkdir " .. quote(dir)))
+    write_file(dir .. "/foreign", "someone else's")
+    local s = ps.init_store("file", { name = unique("c"), dir = dir })
+    s:put("mine", { key = "mine" })
+    s:close()
+    assert.are.same({ "foreign", "mine" }, listing(dir))
+    assert.is_nil(ps.get_store(s.name))
+  end)
+
+  it("keeps the objects of a directory it created unless asked to clear", function()
+    local dir = tmp .. "/made/here"
+    local s = ps.init_store("file", { name = unique("c"), dir = dir })
+    s:put("kept", { key = "kept" })
+    s:close()
+    assert.are.same({ "kept" }, listing(dir))
+  end)
+
+  it("with clear, removes what it wrote and the directory it created", function()
+    local dir = tmp .. "/made"
+    local s = ps.init_store("file", { name = unique("c"), dir = dir, clear = true })
+    s:put("x", { key = "one" })
+    s:put("y", { key = "two" })
+    s:close()
+    assert.is_false(exists(dir))
+  end)
+
+  it("with clear, removes only its own objects from a directory it found", function()
+    local dir = tmp .. "/found"
+    assert(os.execute("mkdir " .. quote(dir)))
+    write_file(dir .. "/foreign", "keep me")
+    local s = ps.init_store("file", { name = unique("c"), dir = dir, clear = true })
+    s:put("x", { key = "one" })
+    s:close()
+    assert.are.same({ "foreign" }, listing(dir))
+  end)
+
+  it("does not carry clear in its config", function()
+    local s = ps.init_store("file", { name = unique("c"), dir = tmp .. "/d", clear = true })
+    local cfg = s:config()
+    s:close()
+    assert.is_nil(cfg.clear)
+  end)
+end)
+
+-- ---- configs and URLs ------------------------------------------------------
+
+describe("file store configs", function()
+  local tmp
+
+  before_each(function() tmp = mktemp("/var/tmp") end)
+  after_each(function() os.execute("rm -rf " .. quote(tmp)) end)
+
+  it("round trip: init_store(cfg.kind, cfg) reaches the same objects", function()
+    local name = unique("cfg")
+    local s = ps.init_store("file", { name = name, dir = tmp, cache_size = 3 })
+    local key = s:put({ "payload" })
+    local cfg = s:config()
+    assert.are.equal("file", cfg.kind)
+    assert.are.equal(name, cfg.name)
+    assert.are.equal(tmp, cfg.dir)
+    s:close()
+    local again = ps.init_store(cfg.kind, cfg)
+    assert.are.same(cfg, again:config())
+    assert.are.same({ "payload" }, again:get(key))
+    again:close()
+  end)
+
+  it("config() is a copy the caller may change", function()
+    local s = ps.init_store("file", { name = unique("cfg"), dir = tmp })
+    local cfg = s:config()
+    cfg.dir = "/elsewhere"
+    assert.are.equal(tmp, s:config().dir)
+    s:close()
+  end)
+
+  it("accepts file:// URLs wherever a kind is accepted", function()
+    local s = ps.init_store("file://" .. tmp .. "/via-url", { name = unique("url") })
+    assert.are.equal("file", s.kind)
+    assert.are.equal(tmp .. "/via-url", s:config().dir)
+    local key = s:put(7)
+    assert.are.equal(7, s:get(key))
+    s:close()
+    assert.truthy(exists(tmp .. "/via-url/" .. key))
+  end)
+
+  it("refuses relative file:// URLs with a config error", function()
+    raises("config", ps.init_store, "file://relative/dir")
+    raises("config", ps.init_store, "file://")
+  end)
+
+  it("round trips the config of a local store", function()
+    local s = ps.init_store("local", { name = unique("loc"), cache_size = 0 })
+    local cfg = s:config()
+    assert.are.equal("local", cfg.kind)
+    s:close()
+    local again = ps.init_store(cfg.kind, cfg)
+    assert.are.same(cfg, again:config())
+    again:close()
+    local u = ps.init_store("local:", { name = unique("loc") })
+    assert.are.equal("local", u.kind)
+    u:close()
+  end)
+end)
+
+-- ---- several processes -----------------------------------------------------
+
+describe("file stores shared between processes", function()
+  local tmp
+
+  before_each(function() tmp = mktemp("/dev/shm") end)
+  after_each(function() os.execute("rm -rf " .. quote(tmp)) end)
+
+  it("let two processes read each other's objects in one directory", function()
+    local dir = tmp .. "/shared"
+    local s = ps.init_store("file", { name = unique("share"), dir = dir })
+    s:put({ from = "parent", n = 1 }, { key = "from-parent" })
+    local rc, out = run_child(tmp, CHILD_PRELUDE .. string.format([[
+      local s = ps.init_store("file", { name = "child", dir = %q })
+      local v = s:get("from-parent")
+      assert(v.from == "parent" and v.n == 1, "child read a wrong value")
+      s:put({ from = "child", list = { 1, 2, 3 } }, { key = "from-child" })
+      s:close()
+      print("child done")
+    ]], dir))
+    assert.are.equal(0, rc, out)
+    assert.truthy(out:find("child done", 1, true), out)
+    assert.are.same({ from = "child", list = { 1, 2, 3 } }, s:get("from-child"))
+    s:close()
+  end)
+
+  it("never lets a reader see part of an object while another process writes", function()
+    local dir = tmp .. "/race"
+    local stop = tmp .. "/stop"
+    local s = ps.init_store("file", { name = unique("race"), dir = dir, cache_size = 0 })
+    local a = string.rep("a", 3 * 1024 * 1024 + 7)    -- mapped reads
+    local b = string.rep("b", 700 * 1024)             -- read(2) reads
+    local c = string.rep("c", 100)
+    s:put(a, { key = "hot" })
+    -- The writer overwrites the key as fast as it can until told to stop.
+    local script = tmp .. "/writer.lua"
+    write_file(script, string.format([[
+      local ps = require "proxystore"
+      local s = ps.init_store("file", { name = "writer", dir = %q })
+      local values = { string.rep("a", 3 * 1024 * 1024 + 7), string.rep("b", 700 * 1024),
+                       string.rep("c", 100) }
+      local i, stop = 0, %q
+      while not io.open(stop) do
+        i = i + 1
+        s:put(values[i %% 3 + 1], { key = "hot" })
+      end
+      s:close()
+      print("writer wrote " .. i)
+    ]], dir, stop))
+    local writer = assert(io.popen(LUA .. " " .. quote(script) .. " 2>&1", "r"))
+    local seen, reads = {}, 0
+    local t0 = os.time()
+    while os.time() - t0 < 2 or reads < 50 do
+      local v = s:get("hot")
+      reads = reads + 1
+      local ok = v == a or v == b or v == c
+      if not ok then
+        write_file(stop, "")
+        writer:read("a")
+        writer:close()
+        error(string.format("read %d bytes that are no whole object (read %d)", #v, reads))
+      end
+      seen[v:sub(1, 1)] = true
+    end
+    write_file(stop, "")
+    local wout = writer:read("a")
+    local ok = writer:close()
+    assert.is_true(ok, wout)
+    assert.truthy(wout:find("writer wrote %d+"), wout)
+    s:close()
+    -- The reader really raced: it saw more than one of the values.
+    assert.truthy((seen.a and 1 or 0) + (seen.b and 1 or 0) + (seen.c and 1 or 0) >= 2)
+    -- No temporary file survives the writer.
+    assert.are.same({ "hot" }, listing(dir))
+  end)
+
+  it("resolve proxies serialized in one process in another process", function()
+    local dir = tmp .. "/xproc"
+    local s = ps.init_store("file", { name = unique("xp"), dir = dir })
+    local big = string.rep("xyz", 400000)
+    local p = s:proxy({ text = big, n = 99 })
+    local wire = ps.serialize(p)
+    assert.is_true(#wire < 512, "a proxy travels as a reference, not its target")
+    write_file(tmp .. "/wire", wire)
+    local rc, out = run_child(tmp, CHILD_PRELUDE .. string.format([[
+      local f = assert(io.open(%q, "rb"))
+      local p = ps.deserialize(f:read("a"))
+      f:close()
+      assert(ps.is_proxy(p) and not ps.is_resolved(p))
+      assert(p.n == 99 and p.text == string.rep("xyz", 400000), "wrong target")
+      -- and back: a proxy made here resolves in the parent
+      local s = ps.get_store(%q)
+      assert(s, "the store was re-created from the proxy's config")
+      local q = s:proxy("made in the child")
+      local out = assert(io.open(%q, "wb"))
+      out:write(ps.serialize(q))
+      out:close()
+      s:close()
+      print("resolved in child")
+    ]], tmp .. "/wire", s.name, tmp .. "/wire2"))
+    assert.are.equal(0, rc, out)
+    assert.truthy(out:find("resolved in child", 1, true), out)
+    local q = ps.deserialize(read_file(tmp .. "/wire2"))
+    assert.are.equal("made in the child", ps.extract(q))
+    s:close()
+  end)
+
+  it("a store re-created from a proxy's config deletes nothing at close", function()
+    local dir = tmp .. "/owned"
+    local s = ps.init_store("file", { name = unique("own"), dir = dir, clear = true })
+    local key = s:put("keep")
+    write_file(tmp .. "/wire", ps.serialize(s:proxy_from_key(key)))
+    local rc, out = run_child(tmp, CHILD_PRELUDE .. string.format([[
+      local f = assert(io.open(%q, "rb"))
+      local p = ps.deserialize(f:read("a"))
+      f:close()
+      assert(ps.extract(p) == "keep")
+      local s = ps.get_store(%q)
+      s:put("from child", { key = "child-object" })
+      s:close()
+      print("closed")
+    ]], tmp .. "/wire", s.name))
+    assert.are.equal(0, rc, out)
+    assert.truthy(out:find("closed", 1, true), out)
+    assert.are.same({ "child-object", key }, listing(dir))
+    s:close()
+    assert.is_false(exists(dir))
+  end)
+end)
+
+-- ---- directories this process may not write ---------------------------------
+
+describe("a file store on a directory it cannot write", function()
+  local tmp
+
+  before_each(function() tmp = mktemp("/var/tmp") end)
+  after_each(function() os.execute("rm -rf " .. quote(tmp)) end)
+
+  local have_setpriv = os.execute("command -v setpriv >/dev/null 2>&1")
+  local as_root = select(2, sh("id -u")):match("^0\n") ~= nil
+
+  it("gives a clear io error as an unprivileged user, and reads still work", function()
+    if not (have_setpriv and as_root) then
+      pending("needs root and setpriv to run a child as nobody")
+      return
+    end
+    local dir = tmp .. "/readonly"
+    local s = ps.init_store("file", { name = unique("ro"), dir = dir })
+    local key = s:put("readable")
+    s:close()
+    assert(os.execute("chmod 755 " .. quote(tmp) .. " " .. quote(dir) .. " && chmod 644 "
+      .. quote(dir .. "/" .. key)))
+    -- The sanitizer's log directory (spec/run.sh) is root's: log to stderr.
+    local rc, out = run_child(tmp, CHILD_PRELUDE .. string.format([[
+      local s = ps.init_store("file", { name = "ro", dir = %q })
+      print("get:", s:get(%q))
+      print("put:", try(s.put, s, "x", { key = "new" }))
+      s:close()
+    ]], dir, key), "ASAN_OPTIONS=detect_leaks=0 setpriv --reuid=nobody --regid=nogroup --clear-groups ")
+    assert.are.equal(0, rc, out)
+    assert.truthy(out:find("get:\treadable", 1, true), out)
+    assert.truthy(out:find("put:\tio: proxystore: ", 1, true), out)
+    assert.truthy(out:find("Permission denied", 1, true), out)
+    assert.is_nil(out:find("Sanitizer", 1, true), out)
+    assert.are.same({ key }, listing(dir))
+  end)
+
+  local unshare = "unshare -m"
+  if not as_root then unshare = "unshare -rm" end
+  local can_mount = os.execute(unshare .. " sh -c 'mount -t tmpfs -o size=64k tmpfs /mnt' "
+    .. ">/dev/null 2>&1")
+
+  it("gives a clear io error on a full filesystem and leaves no partial file", function()
+    if not can_mount then
+      pending("needs a private mount namespace (unshare -m) to mount a small tmpfs")
+      return
+    end
+    local dir = tmp .. "/small"
+    assert(os.execute("mkdir " .. quote(dir)))
+    local rc, out = run_child(tmp, CHILD_PRELUDE .. string.format([[
+      assert(os.execute("mount -t tmpfs -o size=256k,mode=0700 tmpfs %s"))
+      local s = ps.init_store("file", { name = "small", dir = %q })
+      print("small:", try(s.put, s, "fits", { key = "small" }))
+      print("big:", try(s.put, s, string.rep("x", 1024 * 1024), { key = "big" }))
+      print("exists:", s:exists("big"), s:get("small"))
+      local ls = io.popen("ls -A %s"):read("a")
+      print("listing:", (ls:gsub("\n", " ")))
+      s:close()
+    ]], quote(dir), dir, quote(dir)), unshare .. " ")
+    assert.are.equal(0, rc, out)
+    assert.truthy(out:find("small:\tok", 1, true), out)
+    assert.truthy(out:find("big:\tio: proxystore: ", 1, true), out)
+    assert.truthy(out:find("No space left on device", 1, true), out)
+    assert.truthy(out:find("exists:\tfalse\tfits", 1, true), out)
+    assert.truthy(out:find("listing:\tsmall \n", 1, true), out)
+  end)
+
+  it("gives a clear io error on a read-only filesystem", function()
+    if not can_mount then
+      pending("needs a private mount namespace (unshare -m) to mount a read-only tmpfs")
+      return
+    end
+    local dir = tmp .. "/rofs"
+    assert(os.execute("mkdir " .. quote(dir)))
+    local rc, out = run_child(tmp, CHILD_PRELUDE .. string.format([[
+      assert(os.execute("mount -t tmpfs -o ro tmpfs %s"))
+      print("open:", try(ps.init_store, "file", { name = "rofs", dir = %q }))
+      local s = ps.get_store("rofs")
+      print("put:", try(s.put, s, "x", { key = "k" }))
+      print("sub:", try(ps.init_store, "file", { name = "rofs2", dir = %q }))
+      s:close()
+    ]], quote(dir), dir, dir .. "/sub"), unshare .. " ")
+    assert.are.equal(0, rc, out)
+    assert.truthy(out:find("open:\tok", 1, true), out)
+    assert.truthy(out:find("put:\tio: proxystore: ", 1, true), out)
+    assert.truthy(out:find("Read-only file system", 1, true), out)
+    assert.truthy(out:find("sub:\tio: proxystore: ", 1, true), out)
+  end)
+end)

@@ -1,0 +1,179 @@
+-- spec/helpers/redis.lua: a real redis-server for the specs.
+--
+--   local redis = require "helpers.redis"
+--   local srv = redis.start()          -- free loopback port + Unix socket
+--   srv.host, srv.port, srv.path, srv.dir
+--   srv:cli("SET", "k", "v")           -- redis-cli output (string)
+--   srv:pause() / srv:resume()         -- SIGSTOP / SIGCONT
+--   srv:kill()                         -- SIGKILL
+--   srv:restart()                      -- start again, same port and socket
+--   srv:stop()                         -- SIGTERM, wait, remove the temp dir
+--
+-- Persistence is off. Every server also gets a watchdog shell that
+-- SIGKILLs it when the Lua process that started it is gone, so even a
+-- crashed spec run leaves no stray redis-server behind. Child processes
+-- run without LD_PRELOAD/ASAN_OPTIONS (spec/run.sh's sanitizer pass must
+-- not instrument redis-server).
+
+local M = {}
+
+local CLEAN_ENV = "env -u LD_PRELOAD -u ASAN_OPTIONS -u UBSAN_OPTIONS "
+
+local function sh(cmd)
+  local ok = os.execute(cmd)
+  return ok == true or ok == 0
+end
+
+local function read_cmd(cmd)
+  local f = assert(io.popen(cmd, "r"))
+  local out = f:read("a")
+  f:close()
+  return out
+end
+
+local function q(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+function M.sleep(s)
+  sh("sleep " .. s)
+end
+
+local function my_pid()
+  local f = assert(io.open("/proc/self/stat"))
+  local pid = f:read("n")
+  f:close()
+  return pid
+end
+
+-- Running (a zombie, which kill -0 still finds, counts as gone).
+local function alive(pid)
+  if not pid then return false end
+  local f = io.open("/proc/" .. pid .. "/stat")
+  if not f then return false end
+  local st = f:read("a")
+  f:close()
+  local state = st:match("^%d+ %b() (%a)")
+  return state ~= nil and state ~= "Z" and state ~= "X"
+end
+
+local Server = {}
+Server.__index = Server
+
+function Server:cli(...)
+  local args = {}
+  for i = 1, select("#", ...) do args[#args + 1] = q(select(i, ...)) end
+  local auth = self.password and ("-a " .. q(self.password) .. " --no-auth-warning ") or ""
+  return read_cmd(CLEAN_ENV .. "redis-cli -h 127.0.0.1 -p " .. self.port .. " " ..
+                  auth .. table.concat(args, " ") .. " 2>&1")
+end
+
+function Server:ping()
+  return self:cli("PING"):match("PONG") ~= nil
+end
+
+-- Starts redis-server on self.port; true when it answers PING.
+function Server:_launch()
+  local pidfile = self.dir .. "/redis.pid"
+  os.remove(pidfile)
+  local cmd = CLEAN_ENV .. "redis-server --bind 127.0.0.1 --port " .. self.port ..
+    " --unixsocket " .. q(self.path) .. " --unixsocketperm 700" ..
+    " --save '' --appendonly no --dir " .. q(self.dir) ..
+    " --daemonize yes --pidfile " .. q(pidfile) ..
+    " --logfile " .. q(self.dir .. "/redis.log") .. " " .. (self.args or "") ..
+    " >/dev/null 2>&1"
+  if not sh(cmd) then return false end
+  for _ = 1, 100 do
+    local f = io.open(pidfile)
+    if f then
+      self.pid = f:read("n")
+      f:close()
+    end
+    if self.pid and self:ping() then
+      -- Watchdog: kill the server once the process that started it is gone.
+      sh(CLEAN_ENV .. "sh -c " .. q(
+        "while kill -0 " .. self.owner .. " 2>/dev/null && kill -0 " ..
+        self.pid .. " 2>/dev/null; do sleep 0.5; done; kill -9 " .. self.pid ..
+        " 2>/dev/null") .. " >/dev/null 2>&1 </dev/null &")
+      return true
+    end
+    if self.pid and not alive(self.pid) then break end
+    M.sleep(0.05)
+  end
+  if self.pid then sh("kill -9 " .. self.pid .. " 2>/dev/null") end
+  self.pid = nil
+  return false
+end
+
+-- opts.args: extra redis-server arguments; opts.password: for srv:cli.
+function M.start(opts)
+  opts = opts or {}
+  local dir = read_cmd("mktemp -d \"${TMPDIR:-/tmp}/proxystore-redis.XXXXXX\""):gsub("%s+$", "")
+  assert(dir ~= "", "mktemp failed")
+  local self = setmetatable({
+    host = "127.0.0.1", dir = dir, path = dir .. "/redis.sock",
+    args = opts.args, password = opts.password, owner = my_pid(),
+  }, Server)
+  math.randomseed(os.time() + self.owner)
+  for _ = 1, 20 do
+    self.port = math.random(20000, 60000)
+    if self:_launch() then return self end
+  end
+  sh("rm -rf " .. q(dir))
+  error("could not start redis-server (see redis-server in PATH)")
+end
+
+function Server:signal(sig)
+  if self.pid then sh("kill -" .. sig .. " " .. self.pid .. " 2>/dev/null") end
+end
+
+function Server:pause() self:signal("STOP") end
+function Server:resume() self:signal("CONT") end
+
+local function wait_gone(pid)
+  for _ = 1, 200 do
+    if not alive(pid) then return true end
+    M.sleep(0.025)
+  end
+  return false
+end
+
+function Server:kill()
+  if not self.pid then return end
+  self:signal("CONT")
+  self:signal("KILL")
+  wait_gone(self.pid)
+  self.pid = nil
+end
+
+function Server:restart()
+  if self.pid then self:kill() end
+  for _ = 1, 40 do            -- the port may linger a moment
+    if self:_launch() then return self end
+    M.sleep(0.1)
+  end
+  error("could not restart redis-server on port " .. self.port)
+end
+
+function Server:stop()
+  if self.pid then
+    self:signal("CONT")
+    self:signal("TERM")
+    if not wait_gone(self.pid) then self:kill() end
+    self.pid = nil
+  end
+  if self.dir then
+    sh("rm -rf " .. q(self.dir))
+    self.dir = nil
+  end
+end
+
+-- A port nothing listens on (for "unreachable" specs).
+function M.dead_port()
+  local srv = M.start()
+  local port = srv.port
+  srv:stop()
+  return port
+end
+
+return M

@@ -1,0 +1,425 @@
+-- The Redis store, against a real redis-server started by helpers.redis.
+local ps = require "proxystore"
+local core = require "proxystore.core"
+local redis = require "helpers.redis"
+
+local now = core.monotonic
+
+-- Runs fn and returns the error it raises (fails if it does not raise).
+local function error_of(fn, ...)
+  local ok, err = pcall(fn, ...)
+  assert(not ok, "expected an error")
+  return err
+end
+
+local function shell_quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+-- Runs a Lua chunk in a fresh lua5.4 process (same LUA_PATH/LUA_CPATH and
+-- sanitizer settings as this run); returns its stdout and exit status.
+local function run_lua(code, env)
+  local file = os.tmpname()
+  local f = assert(io.open(file, "w"))
+  f:write(code)
+  f:close()
+  local p = assert(io.popen((env or "") .. " lua5.4 " .. shell_quote(file) .. " 2>&1"))
+  local out = p:read("a")
+  local ok, _, status = p:close()
+  os.remove(file)
+  return out, ok and 0 or status
+end
+
+local function lua_literal(s)
+  return string.format("%q", s)
+end
+
+describe("the redis store", function()
+  local srv
+  local stores = {}
+  local serial = 0
+
+  setup(function() srv = redis.start() end)
+  teardown(function()
+    for _, s in ipairs(stores) do pcall(s.close, s) end
+    if srv then srv:stop() end
+  end)
+  after_each(function()
+    for _, s in ipairs(stores) do pcall(s.close, s) end
+    stores = {}
+    if srv.pid then srv:resume() end
+  end)
+
+  -- A store on srv with a unique name and prefix; opts override.
+  local function new_store(opts)
+    serial = serial + 1
+    local o = { name = "redis-spec-" .. serial, host = srv.host, port = srv.port,
+                timeout = 2, prefix = "spec" .. serial .. ":", cache_size = 0 }
+    for k, v in pairs(opts or {}) do o[k] = v end
+    if o.path then o.host, o.port = nil, nil end
+    local s = ps.init_store("redis", o)
+    stores[#stores + 1] = s
+    return s
+  end
+
+  describe("basic operations", function()
+    for _, transport in ipairs { "tcp", "unix" } do
+      it("puts, gets, tests and evicts values over " .. transport, function()
+        local s = new_store(transport == "unix" and { path = srv.path } or nil)
+        local bin = "a\0b\255" .. string.rep("x", 5000)
+        local k1 = s:put(bin)
+        local k2 = s:put({ 1, 2, { x = "y" }, n = 1.5 })
+        local k3 = s:put(false)
+        assert.is_string(k1)
+        assert.equal(bin, s:get(k1))
+        assert.same({ 1, 2, { x = "y" }, n = 1.5 }, s:get(k2))
+        assert.equal(false, s:get(k3, "default"))
+        assert.is_true(s:exists(k1))
+        s:evict(k1)
+        assert.is_false(s:exists(k1))
+        assert.is_nil(s:get(k1))
+        assert.equal("dflt", s:get(k1, "dflt"))
+        s:evict(k1)       -- absent: not an error
+      end)
+    end
+
+    it("stores under the prefix and in the chosen db", function()
+      local s = new_store { prefix = "pfx:", db = 3 }
+      local k = s:put("hello", { key = "mine" })
+      assert.equal("mine", k)
+      assert.equal("1", srv:cli("-n", "3", "EXISTS", "pfx:mine"):match("%d+"))
+      assert.equal("0", srv:cli("-n", "0", "EXISTS", "pfx:mine"):match("%d+"))
+      assert.equal("hello", s:get("mine"))
+    end)
+
+    it("handles values of 0 bytes to several MiB", function()
+      local s = new_store()
+      for _, n in ipairs { 0, 1, 1000, 70000, 3 * 1024 * 1024 + 7 } do
+        local v = string.rep("q", n)
+        assert.equal(v, s:get(s:put(v)))
+      end
+    end)
+  end)
+
+  describe("proxies", function()
+    it("resolve lazily, once, through the store", function()
+      local s = new_store()
+      local p = s:proxy({ a = 1, b = "two" })
+      assert.is_true(ps.is_proxy(p))
+      assert.is_false(ps.is_resolved(p))
+      assert.equal("two", p.b)
+      assert.is_true(ps.is_resolved(p))
+      local q = s:proxy_from_key(ps.key(p))
+      assert.equal(1, q.a)
+    end)
+
+    it("raise missing_key naming key, store and address, and stay unresolved", function()
+      local s = new_store()
+      local p = s:proxy_from_key("no-such-key")
+      local err = error_of(function() return p.x end)
+      assert.equal("missing_key", err.kind)
+      assert.equal("no-such-key", err.key)
+      assert.equal(s.name, err.store)
+      assert.matches(tostring(srv.port), err.address, 1, true)
+      assert.matches("^proxystore:", tostring(err))
+      assert.is_false(ps.is_resolved(p))
+      s:put("now here", { key = "no-such-key" })
+      assert.equal("now here", ps.extract(p))
+      assert.is_true(ps.is_resolved(p))
+    end)
+
+    it("with evict delete the object once resolved", function()
+      local s = new_store()
+      local p = s:proxy("once", { evict = true })
+      local k = ps.key(p)
+      assert.is_true(s:exists(k))
+      assert.equal("once", ps.extract(p))
+      assert.is_false(s:exists(k))
+    end)
+  end)
+
+  describe("strict", function()
+    it("never returns a stale cached copy", function()
+      local a = new_store { cache_size = 16, prefix = "shared:" }
+      local b = new_store { cache_size = 16, prefix = "shared:" }
+      local k = a:put("v1")
+      assert.equal("v1", ps.extract(a:proxy_from_key(k)))     -- now cached in a
+      b:put("v2", { key = k })                                  -- another writer
+      assert.equal("v2", ps.extract(a:proxy_from_key(k, { strict = true })))
+      -- unchanged: still right, and served after a version check
+      assert.equal("v2", ps.extract(a:proxy_from_key(k, { strict = true })))
+      b:put({ "v3" }, { key = k })
+      assert.same({ "v3" }, ps.extract(a:proxy_from_key(k, { strict = true })))
+    end)
+  end)
+
+  describe("batches", function()
+    it("put, get and proxy many objects", function()
+      local s = new_store()
+      local keys = s:put_batch({ "a", { 1 }, 3, string.rep("z", 100000) })
+      assert.equal(4, #keys)
+      local got = s:get_batch({ keys[1], keys[2], "absent", keys[3], keys[4] })
+      assert.equal("a", got[1])
+      assert.same({ 1 }, got[2])
+      assert.is_nil(got[3])
+      assert.equal(3, got[4])
+      assert.equal(100000, #got[5])
+      local ps_ = s:proxy_batch({ "x", "y" })
+      assert.equal("x", ps.extract(ps_[1]))
+      assert.equal("y", ps.extract(ps_[2]))
+    end)
+  end)
+
+  describe("wrong data under a key", function()
+    it("a key of another Redis type raises a clear error", function()
+      local s = new_store { prefix = "wt:" }
+      srv:cli("HSET", "wt:h", "f", "v")
+      local err = error_of(s.get, s, "h")
+      assert.matches("WRONGTYPE", tostring(err), 1, true)
+      assert.matches("wt:h", tostring(err), 1, true)
+      local p = s:proxy_from_key("h")
+      err = error_of(ps.resolve, p)
+      assert.matches("not a string", tostring(err), 1, true)
+      assert.is_false(ps.is_resolved(p))
+    end)
+
+    it("a string not written by proxystore raises a clear error", function()
+      local s = new_store { prefix = "ws:" }
+      srv:cli("SET", "ws:s", "plain")
+      local err = error_of(s.get, s, "s")
+      assert.matches("not hold a proxystore object", tostring(err), 1, true)
+      assert.equal("x", s:get(s:put("x")))   -- the connection still works
+    end)
+  end)
+
+  describe("connection failures", function()
+    it("an unreachable port raises connection naming the address", function()
+      local port = redis.dead_port()
+      local err = error_of(ps.init_store, "redis",
+        { name = "unreach", host = "127.0.0.1", port = port, timeout = 1 })
+      assert.equal("connection", err.kind)
+      assert.matches("127.0.0.1:" .. port, tostring(err), 1, true)
+      assert.matches("refused", tostring(err), 1, true)
+      assert.is_nil(ps.get_store("unreach"))
+    end)
+
+    it("a wrong db raises config", function()
+      local err = error_of(new_store, { db = 99 })
+      assert.equal("config", err.kind)
+      assert.matches("DB index is out of range", tostring(err), 1, true)
+    end)
+
+    it("a hanging server (SIGSTOP) times out within the timeout, then recovers", function()
+      local s = new_store { timeout = 0.5 }
+      local k = s:put("before")
+      srv:pause()
+      finally(function() srv:resume() end)
+      local t0 = now()
+      local err = error_of(s.get, s, k)
+      local dt = now() - t0
+      assert.equal("timeout", err.kind)
+      assert.matches(tostring(srv.port), tostring(err), 1, true)
+      assert.is_true(dt >= 0.4 and dt < 2, "took " .. dt)
+      t0 = now()
+      err = error_of(s.put, s, "during")
+      assert.equal("timeout", err.kind)
+      assert.is_true(now() - t0 < 2)
+      local p = s:proxy_from_key(k)
+      error_of(ps.resolve, p)
+      assert.is_false(ps.is_resolved(p))
+      srv:resume()
+      assert.equal("before", s:get(k))
+      assert.equal("before", ps.extract(p))
+    end)
+
+    it("a killed server raises connection; after a restart the first call reconnects", function()
+      local s = new_store { timeout = 1 }
+      local k = s:put("before")
+      srv:kill()
+      local err = error_of(s.get, s, k)
+      assert.equal("connection", err.kind)
+      assert.matches(tostring(srv.port), tostring(err), 1, true)
+      srv:restart()
+      -- no persistence: the data is gone, the connection comes back by itself
+      assert.is_nil(s:get(k))
+      assert.equal("after", s:get(s:put("after")))
+    end)
+
+    it("a restarted server is reconnected to by the first call over a unix socket", function()
+      local s = new_store { path = srv.path, timeout = 1 }
+      assert.equal("x", s:get(s:put("x")))
+      srv:restart()
+      assert.equal("y", s:get(s:put("y")))
+    end)
+  end)
+
+  describe("authentication", function()
+    local auth
+    setup(function()
+      auth = redis.start { args = "--requirepass s3cret", password = "s3cret" }
+      auth:cli("ACL", "SETUSER", "alice", "on", ">wonder", "~*", "&*", "+@all")
+    end)
+    teardown(function() if auth then auth:stop() end end)
+
+    it("accepts the right password, with or without a username", function()
+      serial = serial + 1
+      local a = ps.init_store("redis", { name = "auth" .. serial, host = auth.host,
+        port = auth.port, password = "s3cret", timeout = 2 })
+      stores[#stores + 1] = a
+      assert.equal("ok", a:get(a:put("ok")))
+      local b = ps.init_store("redis", { name = "authu" .. serial, host = auth.host,
+        port = auth.port, username = "alice", password = "wonder", timeout = 2 })
+      stores[#stores + 1] = b
+      assert.equal("ok", b:get(b:put("ok")))
+    end)
+
+    it("rejects a wrong password or none", function()
+      local err = error_of(ps.init_store, "redis", { name = "badauth", host = auth.host,
+        port = auth.port, password = "nope", timeout = 2 })
+      assert.equal("config", err.kind)
+      assert.matches("WRONGPASS", tostring(err), 1, true)
+      err = error_of(ps.init_store, "redis", { name = "noauth", host = auth.host,
+        port = auth.port, timeout = 2 })
+      assert.matches("NOAUTH", tostring(err), 1, true)
+    end)
+  end)
+
+  describe("objects over the chunk size", function()
+    -- The chunk size is internal (PROXYSTORE_REDIS_CHUNK_SIZE, read when a
+    -- store opens), so a child process with a small one writes them.
+    it("are split across keys, reassembled, and evicted completely", function()
+      local code = ([[
+        local ps = require "proxystore"
+        local s = ps.init_store("redis", {host = "127.0.0.1", port = %d, prefix = "ch:"})
+        s:put(string.rep("abcdefghij", 500), {key = "big"})
+        local t = {} for i = 1, 300 do t[i] = "item" .. i end
+        s:put(t, {key = "tbl"})
+        assert(s:get("big") == string.rep("abcdefghij", 500))
+        s:put(string.rep("z", 2500), {key = "over"})
+        s:put(string.rep("y", 4000), {key = "over"})   -- replaces its chunks
+        io.write("done")
+      ]]):format(srv.port)
+      local out = run_lua(code, "PROXYSTORE_REDIS_CHUNK_SIZE=1000")
+      assert.equal("done", out)
+      local function nkeys(pat)
+        local n = 0
+        for _ in srv:cli("KEYS", pat):gmatch("[^\n]+") do n = n + 1 end
+        return n
+      end
+      assert.is_true(nkeys("ch:big:chunk:*") >= 5)
+      assert.equal(4, nkeys("ch:over:chunk:*"))
+      local s = new_store { prefix = "ch:" }
+      assert.equal(string.rep("abcdefghij", 500), s:get("big"))
+      assert.equal(300, #s:get("tbl"))
+      assert.equal(string.rep("y", 4000), s:get("over"))
+      s:evict("big")
+      assert.equal(0, nkeys("ch:big*"))
+      assert.is_false(s:exists("big"))
+    end)
+  end)
+
+  describe("in another process", function()
+    it("proxies resolve where the store was never initialised", function()
+      local s = new_store { name = "xproc", prefix = "xp:" }
+      local p1 = s:proxy(string.rep("bytes", 1000))
+      local p2 = s:proxy({ answer = 42 })
+      local file = os.tmpname()
+      finally(function() os.remove(file) end)
+      local f = assert(io.open(file, "wb"))
+      local blob = ps.serialize({ p1, p2 })
+      assert.is_true(#blob < 2000)
+      f:write(blob)
+      f:close()
+      local out, status = run_lua(([[
+        local ps = require "proxystore"
+        assert(ps.get_store("xproc") == nil)
+        local f = assert(io.open(%s, "rb"))
+        local t = ps.deserialize(f:read("a"))
+        f:close()
+        assert(ps.is_proxy(t[1]) and not ps.is_resolved(t[1]))
+        io.write(#t[1], " ", t[2].answer, " ", tostring(ps.get_store("xproc") ~= nil))
+      ]]):format(lua_literal(file)))
+      assert.equal(0, status)
+      assert.equal("5000 42 true", out)
+    end)
+  end)
+
+  describe("resolve_async", function()
+    it("fetches in the background; first use gets the object", function()
+      local s = new_store()
+      local big = string.rep("0123456789abcdef", 1024 * 1024)   -- 16 MiB
+      local k = s:put(big)
+      local p = s:proxy_from_key(k)
+      ps.resolve_async(p)
+      assert.equal(#big, #p)
+      assert.is_true(p == big or ps.extract(p) == big)
+      -- resolved and local proxies: no-ops
+      ps.resolve_async(p)
+      ps.resolve_async(ps.proxy(function() return 1 end))
+    end)
+
+    it("reports a missing key at first use and leaves the proxy unresolved", function()
+      local s = new_store()
+      local p = s:proxy_from_key("absent-async")
+      ps.resolve_async(p)
+      local err = error_of(ps.resolve, p)
+      assert.equal("missing_key", err.kind)
+      assert.is_false(ps.is_resolved(p))
+    end)
+
+    it("frees everything when the proxy is collected while the fetch runs", function()
+      local s = new_store()
+      local k = s:put(string.rep("x", 8 * 1024 * 1024))
+      for _ = 1, 10 do
+        local p = s:proxy_from_key(k)
+        ps.resolve_async(p)
+      end
+      collectgarbage()
+      collectgarbage()
+      redis.sleep(0.5)       -- let the worker finish and free (ASan checks)
+      assert.equal(8 * 1024 * 1024, #s:get(k))
+    end)
+
+    it("times out like a synchronous resolve when the server hangs", function()
+      local s = new_store { timeout = 0.5 }
+      local k = s:put("v")
+      srv:pause()
+      finally(function() srv:resume() end)
+      local p = s:proxy_from_key(k)
+      ps.resolve_async(p)
+      local err = error_of(ps.resolve, p)
+      assert.equal("timeout", err.kind)
+      srv:resume()
+      assert.equal("v", ps.extract(p))
+    end)
+  end)
+
+  describe("the C backend alone", function()
+    -- fork safety, prefetch in a forked child and the byte-level contract,
+    -- from the plain-C test program spec/c/backend_redis_test.c
+    it("passes its C test, fork and prefetch included", function()
+      local root = os.getenv("PROXYSTORE_SOURCE_ROOT") or "."
+      local dir = srv.dir
+      local exe = dir .. "/backend_redis_test"
+      local srcs = {}
+      for _, f in ipairs { "backend_redis", "redis_chunks", "redis_conn", "bigalloc",
+                           "backends", "prefetch" } do
+        srcs[#srcs + 1] = root .. "/src/" .. f .. ".c"
+      end
+      local cc = "env -u LD_PRELOAD cc -std=c11 -O1 -g -D_GNU_SOURCE " ..
+        "$(pkg-config --cflags lua5.4 hiredis) -o " .. exe .. " " ..
+        root .. "/spec/c/backend_redis_test.c " .. table.concat(srcs, " ") ..
+        " $(pkg-config --libs lua5.4 hiredis) -lpthread -ldl 2>&1"
+      local p = io.popen(cc)
+      local out = p:read("a")
+      assert.is_true(p:close(), out)
+      p = io.popen("env -u LD_PRELOAD PORT=" .. srv.port .. " " .. exe .. " " ..
+                   srv.port .. " " .. srv.path .. " 2>&1")
+      out = p:read("a")
+      local ok = p:close()
+      assert.is_true(ok, out)
+      assert.matches("0 failures", out, 1, true)
+      assert.is_nil(out:match("not ok"))
+    end)
+  end)
+end)

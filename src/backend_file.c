@@ -1,0 +1,512 @@
+/*
+ * backend_file.c: one file per object in a directory.
+ *
+ * Writes go to a fresh temporary name in the same directory and are then
+ * rename(2)d over the key's name, so a reader in any process sees either
+ * the old object or the new one, never part of one; a stored file's inode
+ * is therefore never modified after it gets its name. That is what lets
+ * large reads map the file instead of copying it, and lets the version be
+ * derived from fstat of the very fd that is read.
+ *
+ * All paths are resolved relative to an fd on the directory (openat and
+ * friends), so a later chdir or a rename of a parent does not redirect the
+ * store.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <dirent.h>
+
+#include "backend.h"
+#include "ps.h"
+
+/* Files this size or larger are mapped rather than read into a buffer. */
+#define FILE_MAP_MIN ((size_t)256 * 1024)
+/* Temporary names start with '.', which no accepted key does. */
+#define TMP_PREFIX ".ps-tmp-"
+#define MAX_CREATED_DIRS 32
+
+/* The set of names this context wrote, kept only when clear is asked. */
+typedef struct name_set {
+  char **slots;
+  size_t cap, count;
+} name_set;
+
+typedef struct file_ctx {
+  int dirfd;
+  pid_t pid;             /* the process that opened it */
+  int clear;             /* remove what this store wrote at close */
+  int ncreated;          /* directories mkdir'ed here, outermost first */
+  char *created[MAX_CREATED_DIRS];
+  char *dir;             /* as given, for messages and address */
+  char *prefix;          /* "" when none */
+  size_t prefix_len;
+  name_set written;
+} file_ctx;
+
+/* ---- a small string set (open addressing, backward-shift delete) ---- */
+
+static size_t name_hash(const char *s) {
+  size_t h = (size_t)1469598103934665603ULL;
+  for (; *s; s++) h = (h ^ (unsigned char)*s) * (size_t)1099511628211ULL;
+  return h;
+}
+
+static size_t set_find(const name_set *set, const char *name) {
+  size_t mask = set->cap - 1, i = name_hash(name) & mask;
+  while (set->slots[i] && strcmp(set->slots[i], name) != 0) i = (i + 1) & mask;
+  return i;
+}
+
+static int set_grow(name_set *set) {
+  size_t cap = set->cap ? set->cap * 2 : 64;
+  char **old = set->slots;
+  size_t oldcap = set->cap;
+  set->slots = calloc(cap, sizeof *set->slots);
+  if (set->slots == NULL) {
+    set->slots = old;
+    return -1;
+  }
+  set->cap = cap;
+  for (size_t i = 0; i < oldcap; i++)
+    if (old[i]) set->slots[set_find(set, old[i])] = old[i];
+  free(old);
+  return 0;
+}
+
+static int set_add(name_set *set, const char *name) {
+  if ((set->count + 1) * 2 > set->cap && set_grow(set) != 0) return -1;
+  size_t i = set_find(set, name);
+  if (set->slots[i]) return 0;
+  if ((set->slots[i] = strdup(name)) == NULL) return -1;
+  set->count++;
+  return 0;
+}
+
+static void set_remove(name_set *set, const char *name) {
+  if (set->cap == 0) return;
+  size_t mask = set->cap - 1, i = set_find(set, name);
+  if (set->slots[i] == NULL) return;
+  free(set->slots[i]);
+  set->slots[i] = NULL;
+  set->count--;
+  /* Re-seat the rest of the probe run so lookups never stop early. */
+  for (size_t j = (i + 1) & mask; set->slots[j]; j = (j + 1) & mask) {
+    char *s = set->slots[j];
+    set->slots[j] = NULL;
+    set->slots[set_find(set, s)] = s;
+  }
+}
+
+static void set_free(name_set *set) {
+  for (size_t i = 0; i < set->cap; i++) free(set->slots[i]);
+  free(set->slots);
+  set->slots = NULL;
+  set->cap = set->count = 0;
+}
+
+/* ---- names ------------------------------------------------------------ */
+
+/* A printable, bounded copy of a key for messages. */
+static const char *show_key(ps_key key, char *out, size_t outsz) {
+  size_t n = 0;
+  for (size_t i = 0; i < key.len && n + 4 < outsz; i++) {
+    unsigned char c = (unsigned char)key.data[i];
+    out[n++] = (c >= 0x20 && c < 0x7f) ? (char)c : '?';
+  }
+  if (n < key.len && n + 4 <= outsz) {
+    memcpy(out + n, "...", 3);
+    n += 3;
+  }
+  out[n] = '\0';
+  return out;
+}
+
+/*
+ * Builds prefix+key into name (NAME_MAX+1 bytes), refusing keys that could
+ * name something other than a plain entry of the directory, or collide
+ * with temporary names.
+ */
+static int make_name(file_ctx *c, ps_key key, char name[NAME_MAX + 1],
+                     ps_berr *err) {
+  char shown[80];
+  if (key.len == 0)
+    return ps_berr_set(err, PS_BCONFIG, "refused key '': a file store key "
+                       "may not be empty");
+  if (memchr(key.data, '\0', key.len) || memchr(key.data, '/', key.len) ||
+      memmem(key.data, key.len, "..", 2) || key.data[0] == '.')
+    return ps_berr_set(err, PS_BCONFIG, "refused key '%s': a file store key "
+                       "may not contain '/', '..' or NUL, nor start with '.'",
+                       show_key(key, shown, sizeof shown));
+  if (c->prefix_len + key.len > NAME_MAX)
+    return ps_berr_set(err, PS_BCONFIG, "refused key '%s': prefix and key "
+                       "are longer than %d bytes", show_key(key, shown,
+                       sizeof shown), NAME_MAX);
+  memcpy(name, c->prefix, c->prefix_len);
+  memcpy(name + c->prefix_len, key.data, key.len);
+  name[c->prefix_len + key.len] = '\0';
+  return PS_BOK;
+}
+
+/*
+ * The version of a stored file. Each put stamps the file's mtime from the
+ * fine clock (the kernel's own mtime is only as fine as a timer tick), and
+ * each put creates a new inode, so (dev, ino, size, mtime) changes whenever
+ * the bytes do.
+ */
+static void stat_version(const struct stat *st, ps_version *v) {
+  uint64_t w[5] = {(uint64_t)st->st_dev, (uint64_t)st->st_ino,
+                   (uint64_t)st->st_size, (uint64_t)st->st_mtim.tv_sec,
+                   (uint64_t)st->st_mtim.tv_nsec};
+  uint64_t h[2] = {0x243f6a8885a308d3ULL, 0x13198a2e03707344ULL};
+  for (int k = 0; k < 2; k++)
+    for (int i = 0; i < 5; i++) {
+      /* splitmix64 finalizer over a running state */
+      uint64_t z = h[k] ^ (w[i] + 0x9e3779b97f4a7c15ULL * (uint64_t)(i + 1 + 5 * k));
+      z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+      z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+      h[k] = z ^ (z >> 31);
+    }
+  memcpy(v->bytes, h, sizeof h);
+}
+
+/* ---- open / close ------------------------------------------------------ */
+
+/*
+ * mkdir -p with mode 0700 for what it creates; records the directories it
+ * made (outermost first) so close can remove them again.
+ */
+static int make_dirs(file_ctx *c, const char *dir, ps_berr *err) {
+  char path[PATH_MAX];
+  size_t len = strlen(dir);
+  if (len == 0 || len >= sizeof path)
+    return ps_berr_set(err, PS_BCONFIG, "file store dir '%s' is %s", dir,
+                       len ? "too long" : "empty");
+  memcpy(path, dir, len + 1);
+  while (len > 1 && path[len - 1] == '/') path[--len] = '\0';
+  for (char *p = path + 1;; p++) {
+    if (*p != '/' && *p != '\0') continue;
+    char saved = *p;
+    *p = '\0';
+    if (mkdir(path, 0700) == 0) {
+      if (c->ncreated < MAX_CREATED_DIRS &&
+          (c->created[c->ncreated] = strdup(path)) != NULL)
+        c->ncreated++;
+    } else if (errno != EEXIST) {
+      int e = errno;
+      *p = saved;
+      return ps_berr_set(err, PS_BIO, "cannot create directory '%s': %s",
+                         path, strerror(e));
+    }
+    *p = saved;
+    if (saved == '\0') break;
+  }
+  return PS_BOK;
+}
+
+static void file_close(void *ctx);
+
+/*
+ * A relative dir is taken from the current directory once, at open, so
+ * that messages and the directories to remove at close do not depend on a
+ * later chdir. NULL when out of memory or cwd is unknown.
+ */
+static char *absolute_dir(const char *dir) {
+  if (dir[0] == '/') return strdup(dir);
+  char *cwd = getcwd(NULL, 0);
+  if (cwd == NULL) return NULL;
+  size_t n = strlen(cwd) + strlen(dir) + 2;
+  char *abs = malloc(n);
+  if (abs) snprintf(abs, n, "%s/%s", strcmp(cwd, "/") ? cwd : "", dir);
+  free(cwd);
+  return abs;
+}
+
+static void *file_open(const ps_bconfig *cfg, ps_berr *err) {
+  if (cfg->dir == NULL || cfg->dir[0] == '\0') {
+    ps_berr_set(err, PS_BCONFIG, "a file store needs a dir");
+    return NULL;
+  }
+  const char *prefix = cfg->prefix ? cfg->prefix : "";
+  if (strchr(prefix, '/') || prefix[0] == '.' || strlen(prefix) >= NAME_MAX) {
+    ps_berr_set(err, PS_BCONFIG, "bad file store prefix '%s': it may not "
+                "contain '/' nor start with '.'", prefix);
+    return NULL;
+  }
+  file_ctx *c = calloc(1, sizeof *c);
+  if (c == NULL) {
+    ps_berr_set(err, PS_BNOMEM, "out of memory opening a file store");
+    return NULL;
+  }
+  c->dirfd = -1;
+  c->pid = getpid();
+  c->clear = cfg->clear;
+  c->dir = absolute_dir(cfg->dir);
+  c->prefix = strdup(prefix);
+  if (c->dir == NULL || c->prefix == NULL) {
+    ps_berr_set(err, PS_BNOMEM, "out of memory opening a file store");
+    goto fail;
+  }
+  c->prefix_len = strlen(c->prefix);
+  if (make_dirs(c, c->dir, err) != PS_BOK) goto fail;
+  c->dirfd = open(c->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (c->dirfd < 0) {
+    ps_berr_set(err, PS_BIO, "cannot open directory '%s': %s", c->dir,
+                strerror(errno));
+    goto fail;
+  }
+  return c;
+fail:
+  file_close(c);
+  return NULL;
+}
+
+/* Removes every entry of a directory this process created (files only). */
+static void remove_all(file_ctx *c) {
+  int fd = openat(c->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return;
+  DIR *d = fdopendir(fd);
+  if (d == NULL) {
+    close(fd);
+    return;
+  }
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+    unlinkat(c->dirfd, e->d_name, 0);   /* a subdirectory stays */
+  }
+  closedir(d);
+}
+
+static void file_close(void *ctx) {
+  file_ctx *c = ctx;
+  if (c == NULL) return;
+  /* Only the opening process clears: a forked child shares nothing to own. */
+  if (c->clear && c->dirfd >= 0 && c->pid == getpid()) {
+    if (c->ncreated > 0) {
+      remove_all(c);
+    } else {
+      for (size_t i = 0; i < c->written.cap; i++)
+        if (c->written.slots[i]) unlinkat(c->dirfd, c->written.slots[i], 0);
+    }
+    /* rmdir only removes an empty directory: anything else stays. */
+    for (int i = c->ncreated - 1; i >= 0; i--)
+      if (rmdir(c->created[i]) != 0) break;
+  }
+  if (c->dirfd >= 0) close(c->dirfd);
+  for (int i = 0; i < c->ncreated; i++) free(c->created[i]);
+  set_free(&c->written);
+  free(c->dir);
+  free(c->prefix);
+  free(c);
+}
+
+static const char *file_address(void *ctx) {
+  return ((file_ctx *)ctx)->dir;
+}
+
+/* ---- put ---------------------------------------------------------------- */
+
+static int write_all(int fd, const char *data, size_t len) {
+  while (len > 0) {
+    ssize_t n = write(fd, data, len > (1u << 30) ? (1u << 30) : len);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    data += n;
+    len -= (size_t)n;
+  }
+  return 0;
+}
+
+static int file_put(void *ctx, ps_key key, const char *data, size_t len,
+                    ps_version *version_out, ps_berr *err) {
+  file_ctx *c = ctx;
+  char name[NAME_MAX + 1], tmp[sizeof TMP_PREFIX + 33];
+  int rc = make_name(c, key, name, err);
+  if (rc != PS_BOK) return rc;
+  int fd = -1;
+  for (int tries = 0; fd < 0 && tries < 8; tries++) {
+    char rnd[33];
+    ps_key_random(rnd);
+    snprintf(tmp, sizeof tmp, "%s%s", TMP_PREFIX, rnd);
+    fd = openat(c->dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0 && errno != EEXIST) break;
+  }
+  if (fd < 0)
+    return ps_berr_set(err, PS_BIO, "cannot write to '%s': %s", c->dir,
+                       strerror(errno));
+  const char *what = "write";
+  struct stat st;
+  struct timespec now[2];
+  clock_gettime(CLOCK_REALTIME, &now[0]);
+  now[1] = now[0];
+  if (write_all(fd, data, len) != 0) goto fail;
+  what = "stamp";
+  if (futimens(fd, now) != 0) goto fail;
+  what = "stat";
+  if (version_out && fstat(fd, &st) != 0) goto fail;
+  what = "write";
+  /* close reports deferred write errors on network filesystems. */
+  int closed = close(fd);
+  fd = -1;
+  if (closed != 0) goto fail;
+  what = "rename";
+  if (renameat(c->dirfd, tmp, c->dirfd, name) != 0) goto fail;
+  if (version_out) stat_version(&st, version_out);
+  if (c->clear && set_add(&c->written, name) != 0)
+    return ps_berr_set(err, PS_BNOMEM, "out of memory recording '%s'", name);
+  return PS_BOK;
+fail: {
+    int e = errno;
+    if (fd >= 0) close(fd);
+    unlinkat(c->dirfd, tmp, 0);
+    return ps_berr_set(err, PS_BIO, "cannot %s '%s/%s': %s", what, c->dir,
+                       name, strerror(e));
+  }
+}
+
+/* ---- get ---------------------------------------------------------------- */
+
+static void unmap_blob(ps_blob *b) {
+  munmap(b->data, b->len);
+}
+
+static int read_into(int fd, ps_blob *out, size_t size) {
+  char *buf = malloc(size ? size : 1);
+  if (buf == NULL) return PS_BNOMEM;
+  size_t got = 0;
+  while (got < size) {
+    ssize_t n = read(fd, buf + got, size - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int e = errno;
+      free(buf);
+      errno = e;
+      return PS_BIO;
+    }
+    if (n == 0) break;   /* truncated behind our back: take what is there */
+    got += (size_t)n;
+  }
+  out->data = buf;
+  out->len = got;
+  out->release = NULL;
+  out->opaque = NULL;
+  return PS_BOK;
+}
+
+static int file_get(void *ctx, ps_key key, const ps_version *have,
+                    ps_blob *out, ps_version *version_out, ps_berr *err) {
+  file_ctx *c = ctx;
+  char name[NAME_MAX + 1];
+  int rc = make_name(c, key, name, err);
+  if (rc != PS_BOK) return rc;
+  int fd = openat(c->dirfd, name, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT) return ps_berr_set(err, PS_BNOTFOUND,
+                                            "no object '%s' in '%s'", name,
+                                            c->dir);
+    return ps_berr_set(err, PS_BIO, "cannot open '%s/%s': %s", c->dir, name,
+                       strerror(errno));
+  }
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    int e = errno;
+    close(fd);
+    return ps_berr_set(err, PS_BIO, "cannot stat '%s/%s': %s", c->dir, name,
+                       strerror(e));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    close(fd);
+    return ps_berr_set(err, PS_BIO, "'%s/%s' is not a regular file", c->dir,
+                       name);
+  }
+  ps_version v;
+  stat_version(&st, &v);
+  if (version_out) *version_out = v;
+  if (have && memcmp(have->bytes, v.bytes, PS_VERSION_LEN) == 0) {
+    close(fd);
+    return PS_BUNCHANGED;
+  }
+  size_t size = (size_t)st.st_size;
+  if (size >= FILE_MAP_MIN) {
+    /*
+     * Stored files never change in place, so the mapping stays valid (a
+     * file truncated by someone else would raise SIGBUS on access). Faults
+     * map page-cache pages in batches (fault-around); measured on tmpfs,
+     * that beats both MAP_POPULATE and read(2) into a buffer, since the
+     * caller copies the bytes once more into a Lua string anyway.
+     */
+    void *p = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p != MAP_FAILED) {
+      close(fd);
+      out->data = p;
+      out->len = size;
+      out->release = unmap_blob;
+      out->opaque = NULL;
+      return PS_BOK;
+    }
+  }
+  rc = read_into(fd, out, size);
+  int e = errno;
+  close(fd);
+  if (rc == PS_BNOMEM)
+    return ps_berr_set(err, rc, "out of memory reading '%s/%s' (%zu bytes)",
+                       c->dir, name, size);
+  if (rc != PS_BOK)
+    return ps_berr_set(err, rc, "cannot read '%s/%s': %s", c->dir, name,
+                       strerror(e));
+  return PS_BOK;
+}
+
+/* ---- exists / evict ----------------------------------------------------- */
+
+static int file_exists(void *ctx, ps_key key, int *found, ps_berr *err) {
+  file_ctx *c = ctx;
+  char name[NAME_MAX + 1];
+  int rc = make_name(c, key, name, err);
+  if (rc != PS_BOK) return rc;
+  struct stat st;
+  if (fstatat(c->dirfd, name, &st, 0) == 0) {
+    *found = 1;
+    return PS_BOK;
+  }
+  if (errno == ENOENT) {
+    *found = 0;
+    return PS_BOK;
+  }
+  return ps_berr_set(err, PS_BIO, "cannot stat '%s/%s': %s", c->dir, name,
+                     strerror(errno));
+}
+
+static int file_evict(void *ctx, ps_key key, ps_berr *err) {
+  file_ctx *c = ctx;
+  char name[NAME_MAX + 1];
+  int rc = make_name(c, key, name, err);
+  if (rc != PS_BOK) return rc;
+  set_remove(&c->written, name);
+  if (unlinkat(c->dirfd, name, 0) == 0 || errno == ENOENT) return PS_BOK;
+  return ps_berr_set(err, PS_BIO, "cannot remove '%s/%s': %s", c->dir, name,
+                     strerror(errno));
+}
+
+const ps_backend_ops ps_backend_file = {
+  .kind = "file",
+  .open = file_open,
+  .close = file_close,
+  .address = file_address,
+  .put = file_put,
+  .get = file_get,
+  .exists = file_exists,
+  .evict = file_evict,
+  .put_batch = NULL,
+  .get_batch = NULL,
+};

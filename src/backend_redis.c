@@ -1,0 +1,546 @@
+/*
+ * backend_redis.c: the Redis byte backend.
+ *
+ * Layout under prefix..key (a plain Redis string, so one GET reads it):
+ *   'P' version[16] payload                 objects up to the chunk size
+ *   'C' version[16] "<total> <n> <chunk>"   larger ones; the payload is in
+ *        prefix..key..":chunk:<hex version>:<i>", i = 0..n-1
+ * Keeping the version in the value makes version and bytes one atomic
+ * unit. A get with a version to compare runs a small Lua script that
+ * answers 1 (unchanged) after reading 17 bytes, and only otherwise returns
+ * the value. Chunk keys carry the version so that a reader never mixes
+ * chunks of two writes; put and evict remove the chunks of the value they
+ * replace.
+ *
+ * Versions are 16 random bytes per put: equal versions mean the same put,
+ * hence equal bytes. Chunked values: redis_chunks.c; the connection and
+ * the RESP reader/writer: redis_conn.c.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include "bigalloc.h"
+#include "redis_store.h"
+
+static const char HAVE_SCRIPT[] =
+  "local h = redis.call('GETRANGE', KEYS[1], 0, 16)\n"
+  "if h == '' then return false end\n"
+  "if string.sub(h, 2) == ARGV[1] then return 1 end\n"
+  "return redis.call('GET', KEYS[1])\n";
+
+static int ping(ps_redis *x, ps_berr *err) {
+  ps_rcmd_begin(&x->c, 1);
+  ps_rcmd_str(&x->c, "PING");
+  int code = ps_rconn_send(&x->c, err);
+  if (code) return code;
+  ps_rreply r;
+  code = ps_rconn_read_reply(&x->c, &r, err);
+  if (code) return code;
+  if (r.type == PS_R_ERROR)
+    code = ps_berr_set(err, PS_BCONFIG, "redis %s: %s", x->c.addr, r.str);
+  ps_rreply_free(&r);
+  return code;
+}
+
+static void *redis_open(const ps_bconfig *cfg, ps_berr *err) {
+  ps_redis *x = calloc(1, sizeof *x);
+  if (x == NULL) {
+    ps_berr_set(err, PS_BNOMEM, "redis: out of memory");
+    return NULL;
+  }
+  if (ps_rconn_init(&x->c, cfg, err) != PS_BOK) {
+    free(x);
+    return NULL;
+  }
+  x->prefix = strdup(cfg->prefix ? cfg->prefix : "");
+  if (x->prefix == NULL) {
+    ps_rconn_free(&x->c);
+    free(x);
+    ps_berr_set(err, PS_BNOMEM, "redis: out of memory");
+    return NULL;
+  }
+  x->plen = strlen(x->prefix);
+  x->chunk = DEFAULT_CHUNK;
+  /* Internal: lets specs and benches exercise chunking with small sizes. */
+  const char *cs = getenv("PROXYSTORE_REDIS_CHUNK_SIZE");
+  if (cs && *cs) {
+    char *end;
+    unsigned long long v = strtoull(cs, &end, 10);
+    if (*end == '\0' && v > 0 && v <= DEFAULT_CHUNK) x->chunk = (size_t)v;
+  }
+  /* Connect and PING now, so that a bad address, a missing password or a
+     bad db fails at init_store rather than at first use. */
+  if (ps_rconn_ensure(&x->c, err) != PS_BOK || ping(x, err) != PS_BOK) {
+    ps_rconn_free(&x->c);
+    free(x->prefix);
+    free(x);
+    return NULL;
+  }
+  return x;
+}
+
+static void redis_close(void *ctx) {
+  ps_redis *x = ctx;
+  if (x == NULL) return;
+  ps_rconn_free(&x->c);
+  free(x->prefix);
+  free(x);
+}
+
+static const char *redis_address(void *ctx) {
+  return ((ps_redis *)ctx)->c.addr;
+}
+
+/* ---- keys --------------------------------------------------------------- */
+
+void ps_redis_arg_key(ps_redis *x, ps_key k, const char *suffix) {
+  size_t sl = suffix ? strlen(suffix) : 0;
+  ps_rcmd_bulk_begin(&x->c, x->plen + k.len + sl);
+  ps_rcmd_bulk_part(&x->c, x->prefix, x->plen);
+  ps_rcmd_bulk_part(&x->c, k.data, k.len);
+  if (sl) ps_rcmd_bulk_part(&x->c, suffix, sl);
+  ps_rcmd_bulk_end(&x->c);
+}
+
+/* Short printable form of a key for messages. */
+const char *ps_redis_keyname(ps_key k, char *buf, size_t n) {
+  size_t l = k.len < n - 4 ? k.len : n - 4;
+  for (size_t i = 0; i < l; i++) {
+    unsigned char ch = (unsigned char)k.data[i];
+    buf[i] = ch >= 32 && ch < 127 ? (char)ch : '?';
+  }
+  strcpy(buf + l, l < k.len ? "..." : "");
+  return buf;
+}
+
+int ps_redis_reply_error(ps_redis *x, ps_key k, const ps_rreply *r, ps_berr *err) {
+  char kb[80];
+  if (!strncmp(r->str, "NOAUTH", 6) || !strncmp(r->str, "WRONGPASS", 9) ||
+      !strncmp(r->str, "NOPERM", 6))
+    return ps_berr_set(err, PS_BCONFIG, "redis %s: %s", x->c.addr, r->str);
+  if (strstr(r->str, "WRONGTYPE"))
+    return ps_berr_set(err, PS_BPROTO,
+                       "redis %s: key '%s%s' holds a Redis value that is not "
+                       "a string (not a proxystore object): %s",
+                       x->c.addr, x->prefix, ps_redis_keyname(k, kb, sizeof kb),
+                       r->str);
+  return ps_berr_set(err, PS_BPROTO, "redis %s: key '%s%s': %s", x->c.addr,
+                     x->prefix, ps_redis_keyname(k, kb, sizeof kb), r->str);
+}
+
+static int new_version(ps_version *v) {
+  size_t got = 0;
+  while (got < PS_VERSION_LEN) {
+    ssize_t n = getrandom(v->bytes + got, PS_VERSION_LEN - got, 0);
+    if (n <= 0) return -1;
+    got += (size_t)n;
+  }
+  return 0;
+}
+
+/* Reads the GETRANGE reply of a value being replaced; notes chunks. */
+int ps_redis_read_old_header(ps_redis *x, ps_rchunks *old, int *had_chunks,
+                           ps_berr *err) {
+  ps_rreply r;
+  int code = ps_rconn_read_reply(&x->c, &r, err);
+  if (code) return code;
+  /* An error here (WRONGTYPE) is fine: SET replaces any type. */
+  *had_chunks = r.type == PS_R_BULK && r.str &&
+                ps_redis_parse_chunks(r.str, r.len, old) == 0;
+  ps_rreply_free(&r);
+  return PS_BOK;
+}
+
+int ps_redis_expect_ok(ps_redis *x, ps_key k, ps_berr *err) {
+  ps_rreply r;
+  int code = ps_rconn_read_reply(&x->c, &r, err);
+  if (code) return code;
+  if (r.type == PS_R_ERROR) code = ps_redis_reply_error(x, k, &r, err);
+  else if (r.type != PS_R_STATUS)
+    code = ps_rconn_fail(&x->c, err, PS_BPROTO, "unexpected reply to SET");
+  ps_rreply_free(&r);
+  return code;
+}
+
+/* ---- put ---------------------------------------------------------------- */
+
+/* Queues GETRANGE (old header) + SET of a plain value; hdr must live on. */
+static void queue_put_plain(ps_redis *x, ps_key k, const char *data, size_t len,
+                            char *hdr) {
+  ps_rcmd_begin(&x->c, 4);
+  ps_rcmd_str(&x->c, "GETRANGE");
+  ps_redis_arg_key(x, k, NULL);
+  ps_rcmd_str(&x->c, "0");
+  ps_rcmd_str(&x->c, "95");
+  ps_rcmd_begin(&x->c, 3);
+  ps_rcmd_str(&x->c, "SET");
+  ps_redis_arg_key(x, k, NULL);
+  ps_rcmd_bulk_begin(&x->c, HDR_LEN + len);
+  ps_rcmd_bulk_part(&x->c, hdr, HDR_LEN);
+  ps_rcmd_bulk_part(&x->c, data, len);
+  ps_rcmd_bulk_end(&x->c);
+}
+
+static int put_once(void *ctx, ps_key k, const char *data, size_t len,
+                     ps_version *vout, ps_berr *err) {
+  ps_redis *x = ctx;
+  ps_version v;
+  if (new_version(&v) != 0)
+    return ps_berr_set(err, PS_BIO, "redis: getrandom failed");
+  int code = ps_rconn_ensure(&x->c, err);
+  if (code) return code;
+  if (len > x->chunk) {
+    code = ps_redis_put_chunked(x, k, data, len, &v, err);
+  } else {
+    char hdr[HDR_LEN];
+    hdr[0] = 'P';
+    memcpy(hdr + 1, v.bytes, PS_VERSION_LEN);
+    queue_put_plain(x, k, data, len, hdr);
+    code = ps_rconn_send(&x->c, err);
+    ps_rchunks old;
+    int had = 0;
+    if (!code) code = ps_redis_read_old_header(x, &old, &had, err);
+    if (!code) code = ps_redis_expect_ok(x, k, err);
+    if (!code && had) code = ps_redis_del_chunks(x, k, &old, err);
+  }
+  if (!code && vout) *vout = v;
+  return code;
+}
+
+/* ---- get ---------------------------------------------------------------- */
+
+/*
+ * Reads the bulk body of a value of n bytes (its head already read).
+ * Plain: the payload goes straight into out. Chunked: *ci is filled and
+ * *chunked set; the caller fetches the chunks.
+ */
+static int read_value(ps_redis *x, ps_key k, size_t n, ps_blob *out,
+                      ps_version *vout, ps_rchunks *ci, int *chunked,
+                      ps_berr *err) {
+  char hdr[HDR_LEN + OLDHDR_MAX];
+  char kb[80];
+  *chunked = 0;
+  if (n < HDR_LEN) {
+    ps_rconn_drop(&x->c);        /* unread body: resynchronise by reconnect */
+    return ps_berr_set(err, PS_BPROTO,
+                       "redis %s: key '%s%s' does not hold a proxystore "
+                       "object", x->c.addr, x->prefix,
+                       ps_redis_keyname(k, kb, sizeof kb));
+  }
+  int code = ps_rconn_read_body(&x->c, hdr, HDR_LEN, err);
+  if (code) return code;
+  if (hdr[0] == 'P') {
+    if (ps_blob_alloc(out, n - HDR_LEN) != 0)
+      return ps_rconn_fail(&x->c, err, PS_BNOMEM,
+                           "out of memory for a %zu-byte value", n);
+    code = ps_rconn_read_body(&x->c, out->data, n - HDR_LEN, err);
+    if (!code) code = ps_rconn_read_crlf(&x->c, err);
+    if (code) {
+      ps_blob_release(out);
+      return code;
+    }
+    if (vout) memcpy(vout->bytes, hdr + 1, PS_VERSION_LEN);
+    return PS_BOK;
+  }
+  if (hdr[0] == 'C' && n - HDR_LEN < OLDHDR_MAX) {
+    code = ps_rconn_read_body(&x->c, hdr + HDR_LEN, n - HDR_LEN, err);
+    if (!code) code = ps_rconn_read_crlf(&x->c, err);
+    if (code) return code;
+    if (ps_redis_parse_chunks(hdr, n, ci) == 0) {
+      *chunked = 1;
+      return PS_BOK;
+    }
+  }
+  ps_rconn_drop(&x->c);
+  return ps_berr_set(err, PS_BPROTO,
+                     "redis %s: key '%s%s' does not hold a proxystore object",
+                     x->c.addr, x->prefix, ps_redis_keyname(k, kb, sizeof kb));
+}
+
+/* Reads one GET-like reply for key k into out. */
+static int read_get_reply(ps_redis *x, ps_key k, const ps_version *have,
+                          ps_blob *out, ps_version *vout, ps_rchunks *ci,
+                          int *chunked, ps_berr *err) {
+  ps_rreply r;
+  *chunked = 0;
+  int code = ps_rconn_read_head(&x->c, &r, err);
+  if (code) return code;
+  switch (r.type) {
+  case PS_R_ERROR:
+    code = ps_redis_reply_error(x, k, &r, err);
+    ps_rreply_free(&r);
+    return code;
+  case PS_R_INT:
+    if (have && r.n == 1) {
+      if (vout) *vout = *have;
+      return PS_BUNCHANGED;
+    }
+    break;
+  case PS_R_BULK:
+    if (r.n < 0) return ps_berr_set(err, PS_BNOTFOUND, "not found");
+    return read_value(x, k, (size_t)r.n, out, vout, ci, chunked, err);
+  default:
+    break;
+  }
+  ps_rreply_free(&r);
+  return ps_rconn_fail(&x->c, err, PS_BPROTO, "unexpected reply to GET");
+}
+
+static void queue_get(ps_redis *x, ps_key k, const ps_version *have) {
+  if (have) {
+    ps_rcmd_begin(&x->c, 5);
+    ps_rcmd_str(&x->c, "EVAL");
+    ps_rcmd_str(&x->c, HAVE_SCRIPT);
+    ps_rcmd_str(&x->c, "1");
+    ps_redis_arg_key(x, k, NULL);
+    ps_rcmd_arg(&x->c, have->bytes, PS_VERSION_LEN);
+  } else {
+    ps_rcmd_begin(&x->c, 2);
+    ps_rcmd_str(&x->c, "GET");
+    ps_redis_arg_key(x, k, NULL);
+  }
+}
+
+static int get_once(void *ctx, ps_key k, const ps_version *have,
+                     ps_blob *out, ps_version *vout, ps_berr *err) {
+  ps_redis *x = ctx;
+  int code = ps_rconn_ensure(&x->c, err);
+  if (code) return code;
+  queue_get(x, k, have);
+  code = ps_rconn_send(&x->c, err);
+  if (code) return code;
+  ps_rchunks ci;
+  int chunked;
+  code = read_get_reply(x, k, have, out, vout, &ci, &chunked, err);
+  if (code == PS_BOK && chunked) code = ps_redis_get_chunks(x, k, &ci, out, vout, err);
+  return code;
+}
+
+/* ---- exists, evict ------------------------------------------------------ */
+
+static int exists_once(void *ctx, ps_key k, int *found, ps_berr *err) {
+  ps_redis *x = ctx;
+  int code = ps_rconn_ensure(&x->c, err);
+  if (code) return code;
+  ps_rcmd_begin(&x->c, 2);
+  ps_rcmd_str(&x->c, "EXISTS");
+  ps_redis_arg_key(x, k, NULL);
+  code = ps_rconn_send(&x->c, err);
+  if (code) return code;
+  ps_rreply r;
+  code = ps_rconn_read_reply(&x->c, &r, err);
+  if (code) return code;
+  if (r.type == PS_R_INT) *found = r.n > 0;
+  else if (r.type == PS_R_ERROR) code = ps_redis_reply_error(x, k, &r, err);
+  else code = ps_rconn_fail(&x->c, err, PS_BPROTO, "unexpected reply");
+  ps_rreply_free(&r);
+  return code;
+}
+
+static int evict_once(void *ctx, ps_key k, ps_berr *err) {
+  ps_redis *x = ctx;
+  int code = ps_rconn_ensure(&x->c, err);
+  if (code) return code;
+  ps_rcmd_begin(&x->c, 4);
+  ps_rcmd_str(&x->c, "GETRANGE");
+  ps_redis_arg_key(x, k, NULL);
+  ps_rcmd_str(&x->c, "0");
+  ps_rcmd_str(&x->c, "95");
+  ps_rcmd_begin(&x->c, 2);
+  ps_rcmd_str(&x->c, "DEL");
+  ps_redis_arg_key(x, k, NULL);
+  code = ps_rconn_send(&x->c, err);
+  if (code) return code;
+  ps_rchunks old;
+  int had = 0;
+  code = ps_redis_read_old_header(x, &old, &had, err);
+  if (code) return code;
+  ps_rreply r;
+  code = ps_rconn_read_reply(&x->c, &r, err);
+  if (code) return code;
+  if (r.type == PS_R_ERROR) code = ps_redis_reply_error(x, k, &r, err);
+  ps_rreply_free(&r);
+  if (!code && had) code = ps_redis_del_chunks(x, k, &old, err);
+  return code;
+}
+
+/* ---- batches ------------------------------------------------------------ */
+
+static int put_batch_once(void *ctx, size_t n, const ps_key *keys,
+                           const ps_blob *values, ps_version *vout,
+                           ps_berr *err) {
+  ps_redis *x = ctx;
+  if (n == 0) return PS_BOK;
+  char (*hdrs)[HDR_LEN] = malloc(n * sizeof *hdrs);
+  ps_rchunks *old = malloc(n * sizeof *old);
+  char *had = calloc(n, 1);
+  ps_version *vs = malloc(n * sizeof *vs);
+  int code = PS_BOK;
+  if (!hdrs || !old || !had || !vs) {
+    code = ps_berr_set(err, PS_BNOMEM, "redis: out of memory");
+    goto done;
+  }
+  for (size_t i = 0; i < n; i++)
+    if (new_version(&vs[i]) != 0) {
+      code = ps_berr_set(err, PS_BIO, "redis: getrandom failed");
+      goto done;
+    }
+  code = ps_rconn_ensure(&x->c, err);
+  if (code) goto done;
+  /* Small values: one pipeline. Values over the chunk size: one by one. */
+  size_t queued = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (values[i].len > x->chunk) continue;
+    hdrs[i][0] = 'P';
+    memcpy(hdrs[i] + 1, vs[i].bytes, PS_VERSION_LEN);
+    queue_put_plain(x, keys[i], values[i].data, values[i].len, hdrs[i]);
+    queued++;
+  }
+  if (queued) code = ps_rconn_send(&x->c, err);
+  int first = PS_BOK;
+  for (size_t i = 0; i < n && !code; i++) {
+    if (values[i].len > x->chunk) continue;
+    int h = 0;
+    code = ps_redis_read_old_header(x, &old[i], &h, err);
+    had[i] = (char)h;
+    if (code) break;
+    ps_berr e2;
+    int c2 = ps_redis_expect_ok(x, keys[i], first ? &e2 : err);
+    if (c2 == PS_BPROTO && x->c.fd >= 0) {
+      if (!first) first = c2;
+    } else if (c2) {
+      if (first) *err = e2;
+      code = c2;
+    }
+  }
+  if (!code) code = first;
+  for (size_t i = 0; i < n && !code; i++) {
+    if (values[i].len > x->chunk)
+      code = ps_redis_put_chunked(x, keys[i], values[i].data, values[i].len, &vs[i],
+                         err);
+    else if (had[i])
+      code = ps_redis_del_chunks(x, keys[i], &old[i], err);
+  }
+  if (!code && vout) memcpy(vout, vs, n * sizeof *vs);
+done:
+  free(hdrs);
+  free(old);
+  free(had);
+  free(vs);
+  return code;
+}
+
+static int get_batch_once(void *ctx, size_t n, const ps_key *keys,
+                           ps_blob *out, ps_version *vout, int *codes,
+                           ps_berr *err) {
+  ps_redis *x = ctx;
+  if (n == 0) return PS_BOK;
+  ps_rchunks *ci = malloc(n * sizeof *ci);
+  char *chunked = calloc(n, 1);
+  int code = PS_BOK;
+  for (size_t i = 0; i < n; i++) {
+    out[i] = (ps_blob){0};
+    codes[i] = PS_BNOTFOUND;
+  }
+  if (!ci || !chunked) {
+    code = ps_berr_set(err, PS_BNOMEM, "redis: out of memory");
+    goto done;
+  }
+  code = ps_rconn_ensure(&x->c, err);
+  if (code) goto done;
+  for (size_t i = 0; i < n; i++) queue_get(x, keys[i], NULL);
+  code = ps_rconn_send(&x->c, err);
+  int first = PS_BOK;
+  for (size_t i = 0; i < n && !code; i++) {
+    int ch = 0;
+    ps_berr e2;
+    int c = read_get_reply(x, keys[i], NULL, &out[i],
+                           vout ? &vout[i] : NULL, &ci[i], &ch,
+                           first ? &e2 : err);
+    chunked[i] = (char)ch;
+    if (c == PS_BOK || c == PS_BNOTFOUND) {
+      codes[i] = c;
+    } else if (c == PS_BPROTO && x->c.fd >= 0) {
+      if (!first) first = c;                 /* complete reply: go on */
+    } else {
+      if (first) *err = e2;
+      code = c;
+    }
+  }
+  if (!code) code = first;
+  for (size_t i = 0; i < n && !code; i++)
+    if (chunked[i])
+      code = ps_redis_get_chunks(x, keys[i], &ci[i], &out[i], vout ? &vout[i] : NULL,
+                        err);
+  if (code)
+    for (size_t i = 0; i < n; i++) ps_blob_release(&out[i]);
+done:
+  free(ci);
+  free(chunked);
+  return code;
+}
+
+/*
+ * A connection that worked before may have died since (server restarted):
+ * its first use fails with PS_BCONN before anything was done. Retry such
+ * a call once on a new connection, so the first call after Redis is back
+ * succeeds. Every operation here is safe to repeat.
+ */
+static int was_connected(void *ctx) {
+  ps_rconn *c = &((ps_redis *)ctx)->c;
+  return c->fd >= 0 && c->pid == getpid();
+}
+
+#define RETRY(call)                                   \
+  do {                                                \
+    int reused_ = was_connected(ctx);                 \
+    int code_ = (call);                               \
+    if (code_ == PS_BCONN && reused_) code_ = (call); \
+    return code_;                                     \
+  } while (0)
+
+static int redis_put(void *ctx, ps_key k, const char *data, size_t len,
+                     ps_version *vout, ps_berr *err) {
+  RETRY(put_once(ctx, k, data, len, vout, err));
+}
+
+static int redis_get(void *ctx, ps_key k, const ps_version *have,
+                     ps_blob *out, ps_version *vout, ps_berr *err) {
+  RETRY(get_once(ctx, k, have, out, vout, err));
+}
+
+static int redis_exists(void *ctx, ps_key k, int *found, ps_berr *err) {
+  RETRY(exists_once(ctx, k, found, err));
+}
+
+static int redis_evict(void *ctx, ps_key k, ps_berr *err) {
+  RETRY(evict_once(ctx, k, err));
+}
+
+static int redis_put_batch(void *ctx, size_t n, const ps_key *keys,
+                           const ps_blob *values, ps_version *vout,
+                           ps_berr *err) {
+  RETRY(put_batch_once(ctx, n, keys, values, vout, err));
+}
+
+static int redis_get_batch(void *ctx, size_t n, const ps_key *keys,
+                           ps_blob *out, ps_version *vout, int *codes,
+                           ps_berr *err) {
+  RETRY(get_batch_once(ctx, n, keys, out, vout, codes, err));
+}
+
+const ps_backend_ops ps_backend_redis = {
+  .kind = "redis",
+  .open = redis_open,
+  .close = redis_close,
+  .address = redis_address,
+  .put = redis_put,
+  .get = redis_get,
+  .exists = redis_exists,
+  .evict = redis_evict,
+  .put_batch = redis_put_batch,
+  .get_batch = redis_get_batch,
+};

@@ -1,0 +1,104 @@
+/*
+ * bench_support.c: helpers for the benchmarks in bench/, kept out of the
+ * public face (underscore names): a monotonic clock, the memcpy baseline
+ * the codec benchmark compares large strings against, and the C-API floor
+ * for building its records.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "ps.h"
+
+static double now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int bench_clock(lua_State *L) {
+  lua_pushnumber(L, now());
+  return 1;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+/*
+ * _bench_memcpy(n, reps): seconds one memcpy of n bytes takes into a
+ * reused, already paged-in buffer (median of reps copies; both buffers
+ * are touched before timing). Returns median, min, max.
+ */
+static int bench_memcpy(lua_State *L) {
+  lua_Integer n = luaL_checkinteger(L, 1);
+  lua_Integer reps = luaL_optinteger(L, 2, 5);
+  luaL_argcheck(L, n > 0, 1, "size must be positive");
+  luaL_argcheck(L, reps > 0 && reps <= 1000, 2, "1..1000 repetitions");
+  ps_buf *src = ps_buf_box(L);
+  ps_buf *dst = ps_buf_box(L);
+  double *t = lua_newuserdatauv(L, sizeof(double) * (size_t)reps, 0);
+  if (ps_buf_reserve(src, (size_t)n) || ps_buf_reserve(dst, (size_t)n))
+    return luaL_error(L, "out of memory");
+  memset(src->data, 'x', (size_t)n);
+  memset(dst->data, 0, (size_t)n);
+  for (lua_Integer i = 0; i < reps; i++) {
+    double t0 = now();
+    memcpy(dst->data, src->data, (size_t)n);
+    __asm__ volatile("" : : "r"(dst->data) : "memory");
+    t[i] = now() - t0;
+  }
+  qsort(t, (size_t)reps, sizeof *t, cmp_double);
+  lua_pushnumber(L, t[reps / 2]);
+  lua_pushnumber(L, t[0]);
+  lua_pushnumber(L, t[reps - 1]);
+  ps_buf_free(src);
+  ps_buf_free(dst);
+  return 3;
+}
+
+/*
+ * _bench_build_records(n): builds the records of bench/codec.lua,
+ * {id=i, name="x"..i, score=i*0.5} for i = 1..n, straight through the C
+ * API (the fastest any decoder can make them: table, three raw sets, one
+ * new string each). The floor the codec's decode time is compared with.
+ */
+static int bench_build_records(lua_State *L) {
+  lua_Integer n = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, n >= 0 && n <= 100000000, 1, "0..1e8 records");
+  lua_settop(L, 0);
+  lua_createtable(L, (int)n, 0);
+  lua_pushliteral(L, "id");
+  lua_pushliteral(L, "name");
+  lua_pushliteral(L, "score");
+  char name[32];
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_createtable(L, 0, 3);
+    lua_pushvalue(L, 2);
+    lua_pushinteger(L, i);
+    lua_rawset(L, -3);
+    lua_pushvalue(L, 3);
+    int len = snprintf(name, sizeof name, "x" LUA_INTEGER_FMT, i);
+    lua_pushlstring(L, name, (size_t)len);
+    lua_rawset(L, -3);
+    lua_pushvalue(L, 4);
+    lua_pushnumber(L, (lua_Number)i * 0.5);
+    lua_rawset(L, -3);
+    lua_rawseti(L, 1, i);
+  }
+  lua_settop(L, 1);
+  return 1;
+}
+
+static const luaL_Reg bench_funcs[] = {
+  {"_bench_build_records", bench_build_records},
+  {"_bench_clock", bench_clock},
+  {"_bench_memcpy", bench_memcpy},
+  {NULL, NULL},
+};
+
+void ps_bench_open(lua_State *L) {
+  luaL_setfuncs(L, bench_funcs, 0);
+}

@@ -1,0 +1,41 @@
+/*
+ * bigalloc.h: large blocks on transparent huge pages.
+ *
+ * Fresh 4 KiB pages cost about 11 us each to fault in on these machines;
+ * with madvise(MADV_HUGEPAGE) a block is ~25x cheaper to touch. Large
+ * buffers (backend replies, Lua strings) therefore come from mmap, and a
+ * few freed blocks are kept warm for reuse. Thread-safe (prefetch threads
+ * allocate reply buffers).
+ */
+#ifndef PS_BIGALLOC_H
+#define PS_BIGALLOC_H
+
+#include <stddef.h>
+
+#include "backend.h"
+
+/* Blocks of at least this many bytes go to mmap. */
+#define PS_BIG_MIN ((size_t)1 << 20)
+
+/* A block of at least n bytes from mmap (huge pages advised), or NULL. */
+void *ps_big_alloc(size_t n);
+/* Resizes a ps_big_alloc block (mremap: no copy); NULL on failure. */
+void *ps_big_realloc(void *p, size_t n);
+void ps_big_free(void *p);
+
+/*
+ * Fills b with a buffer of exactly n usable bytes: malloc for small n,
+ * ps_big_alloc for large, with the matching release. Returns 0 or -1.
+ */
+int ps_blob_alloc(ps_blob *b, size_t n);
+
+#ifdef LUA_VERSION_NUM
+/*
+ * Wraps the allocator of L so that blocks of PS_BIG_MIN bytes or more use
+ * ps_big_alloc; blocks from before the call stay with the old allocator.
+ * Idempotent. Only the thread running L may use it (as with any lua_State).
+ */
+void ps_alloc_install(lua_State *L);
+#endif
+
+#endif

@@ -1,0 +1,59 @@
+/*
+ * codec.c: the Lua face of the native codec, core.serialize and
+ * core.deserialize. The format itself lives in codec_encode.c and
+ * codec_decode.c (docs/format.md describes it).
+ */
+#include "codec.h"
+
+/* Registry key of the encode buffer kept between serialize() calls: a
+ * reused buffer is already paged in, a fresh one costs a page fault per
+ * 4 KiB on first touch. */
+static const char buffer_key = 0;
+
+/* Buffers that grew larger than this are freed rather than kept. */
+#define KEEP_MAX (32u << 20)
+
+static int codec_serialize(lua_State *L) {
+  luaL_checkany(L, 1);
+  lua_settop(L, 1);
+  /* Take the cached buffer out of the registry while it is in use: if the
+   * encode raises, the box is just garbage (its __gc frees it) and the
+   * next call starts a new one. */
+  ps_buf *b;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &buffer_key) == LUA_TUSERDATA) {
+    b = lua_touserdata(L, 2);
+    lua_pushnil(L);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &buffer_key);
+  } else {
+    lua_pop(L, 1);
+    b = ps_buf_box(L);
+  }
+  b->len = 0;
+  ps_codec_encode_ex(L, 1, b, 1);     /* pushes the blob (slot 3) */
+  b->len = 0;
+  if (b->cap > KEEP_MAX) ps_buf_free(b);
+  lua_pushvalue(L, 2);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &buffer_key);
+  return 1;
+}
+
+static int codec_deserialize(lua_State *L) {
+  size_t len;
+  luaL_checktype(L, 1, LUA_TSTRING);
+  const char *s = lua_tolstring(L, 1, &len);
+  lua_settop(L, 1);
+  ps_codec_decode(L, s, len);
+  return 1;
+}
+
+static const luaL_Reg codec_funcs[] = {
+  {"serialize", codec_serialize},
+  {"deserialize", codec_deserialize},
+  {NULL, NULL},
+};
+
+void ps_codec_open(lua_State *L) {
+  luaL_setfuncs(L, codec_funcs, 0);
+  ps_bench_open(L);
+  ps_alloc_open(L);
+}

@@ -1,0 +1,90 @@
+/*
+ * codec.h: the native serialization format, shared by codec_encode.c,
+ * codec_decode.c and codec.c. docs/format.md is the reference; keep the
+ * two in step.
+ */
+#ifndef PS_CODEC_H
+#define PS_CODEC_H
+
+#include <stdint.h>
+#include <string.h>
+
+#include "ps.h"
+
+/* A blob starts with these two bytes and a flags byte. 0xFA never occurs
+ * in UTF-8 text, so a JSON or text blob is told apart at the first byte. */
+#define CODEC_MAGIC   0xFA
+#define CODEC_VERSION 0x01
+/* Flags: the blob contains references (TAG_REF). Without it the decoder
+ * need not remember the tables it makes, which saves time per table. */
+#define CODEC_FLAG_REFS 0x01
+#define CODEC_HEADER    3
+
+/* Value tags (one byte each). */
+enum {
+  TAG_NIL      = 0x00,
+  TAG_FALSE    = 0x01,
+  TAG_TRUE     = 0x02,
+  TAG_INT8     = 0x03,   /* 1-byte two's complement */
+  TAG_INT16    = 0x04,   /* 2 bytes, little-endian */
+  TAG_INT32    = 0x05,   /* 4 bytes, little-endian */
+  TAG_INT64    = 0x06,   /* 8 bytes, little-endian */
+  TAG_FLOAT64  = 0x07,   /* IEEE 754 binary64, bits little-endian */
+  TAG_STRING   = 0x08,   /* varint length, bytes */
+  TAG_TABLE    = 0x09,   /* varint narr, varint nhash, narr values, nhash pairs */
+  TAG_REF      = 0x0A,   /* varint id of a table or proxy met before */
+  TAG_PROXY    = 0x0B,   /* followed by a TAG_TABLE {config=, key=, flags=} */
+  TAG_SHORTSTR = 0x40,   /* 0x40..0x7F: string of length tag - 0x40 (0..63) */
+  TAG_FIXINT   = 0x80,   /* 0x80..0xFF: integer tag - 0x80 (0..127) */
+};
+#define SHORTSTR_MAX 63
+
+/* Nesting limit for tables (and proxies, and tables used as keys), on
+ * encode and on decode: deep enough for any real data, shallow enough that
+ * the C recursion stays far from the end of the C stack, even under ASan. */
+#define CODEC_MAX_DEPTH 512
+
+/* Strings at least this long are not copied into the encode buffer by
+ * serialize(): the result is built by one lua_concat of the pieces, so a
+ * large string is copied once. */
+#define CODEC_PIECE_MIN (64 * 1024)
+
+/*
+ * Encodes the value at idx into b (header included), pushing nothing. With
+ * pieces != 0 (serialize()), strings of CODEC_PIECE_MIN bytes or more are
+ * left out of b, and the function pushes the whole blob as one string made
+ * by a single lua_concat, so such a string is copied once.
+ */
+void ps_codec_encode_ex(lua_State *L, int idx, ps_buf *b, int pieces);
+
+/* Registers core._bench_clock and core._bench_memcpy (bench_support.c),
+ * helpers for bench/codec.lua; called by ps_codec_open. */
+void ps_bench_open(lua_State *L);
+
+/* Wraps the state's allocator so blocks of 4 MiB and more go on huge pages
+ * (alloc.c): creating a large string is then not dominated by page faults.
+ * Called by ps_codec_open; idempotent per state. */
+void ps_alloc_open(lua_State *L);
+
+/* Little-endian stores and loads; compilers turn these into single moves. */
+static inline void codec_st64(char *p, uint64_t v) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  memcpy(p, &v, 8);
+#else
+  for (int i = 0; i < 8; i++) p[i] = (char)(v >> (8 * i));
+#endif
+}
+
+static inline uint64_t codec_ld64(const char *p) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  uint64_t v;
+  memcpy(&v, p, 8);
+  return v;
+#else
+  uint64_t v = 0;
+  for (int i = 0; i < 8; i++) v |= (uint64_t)(unsigned char)p[i] << (8 * i);
+  return v;
+#endif
+}
+
+#endif

@@ -1,0 +1,300 @@
+/*
+ * prefetch.c: a background worker that fetches bytes for
+ * ps.resolve_async. See prefetch.h.
+ *
+ * State is process-wide (one worker per process, like malloc's arenas):
+ * one mutex guards the queue and every job's result fields; workers
+ * signal completions on one condition variable. pthread_atfork keeps the
+ * mutex consistent across fork, and the child puts back the job its
+ * parent's worker was running, since no thread will finish it there.
+ */
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "prefetch.h"
+
+struct ps_prefetch {
+  struct ps_prefetch *next;      /* queue link */
+  const ps_backend_ops *ops;
+  ps_bconfig cfg;                /* owned copies of the strings */
+  char *key;
+  size_t keylen;
+  int done, abandoned, waited;
+  int code;
+  ps_blob blob;
+  ps_version version;
+  ps_berr err;
+};
+
+/* A backend context the worker keeps open for one config. */
+typedef struct wctx {
+  struct wctx *next;
+  const ps_backend_ops *ops;
+  ps_bconfig cfg;
+  void *ctx;
+} wctx;
+
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t work_cv = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t done_cv = PTHREAD_COND_INITIALIZER;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+static ps_prefetch *qhead, *qtail;
+static ps_prefetch *current;     /* job the worker is running */
+static int worker_running;
+static wctx *contexts;           /* used by the worker thread only */
+
+/* ---- config copies ------------------------------------------------------ */
+
+static int dup_field(const char **dst, const char *src) {
+  *dst = NULL;
+  if (src == NULL) return 0;
+  *dst = strdup(src);
+  return *dst ? 0 : -1;
+}
+
+static void cfg_free(ps_bconfig *c) {
+  free((char *)c->host);
+  free((char *)c->path);
+  free((char *)c->username);
+  free((char *)c->password);
+  free((char *)c->prefix);
+  free((char *)c->dir);
+}
+
+static int cfg_copy(ps_bconfig *d, const ps_bconfig *s) {
+  *d = *s;
+  int bad = dup_field(&d->host, s->host) | dup_field(&d->path, s->path) |
+            dup_field(&d->username, s->username) |
+            dup_field(&d->password, s->password) |
+            dup_field(&d->prefix, s->prefix) | dup_field(&d->dir, s->dir);
+  /* The worker never owns the directory: it must not remove it. */
+  d->owns_dir = 0;
+  if (bad) {
+    cfg_free(d);
+    return -1;
+  }
+  return 0;
+}
+
+static int str_eq(const char *a, const char *b) {
+  return (a == NULL || b == NULL) ? a == b : strcmp(a, b) == 0;
+}
+
+static int cfg_eq(const ps_bconfig *a, const ps_bconfig *b) {
+  return str_eq(a->host, b->host) && a->port == b->port &&
+         str_eq(a->path, b->path) && a->db == b->db &&
+         str_eq(a->username, b->username) &&
+         str_eq(a->password, b->password) && a->timeout == b->timeout &&
+         str_eq(a->prefix, b->prefix) && str_eq(a->dir, b->dir);
+}
+
+/* ---- jobs ----------------------------------------------------------------- */
+
+static void job_free(ps_prefetch *pf) {
+  ps_blob_release(&pf->blob);
+  cfg_free(&pf->cfg);
+  free(pf->key);
+  free(pf);
+}
+
+/* Opens (or finds) the worker's context for the job's config. */
+static void *context_for(ps_prefetch *pf, ps_berr *err) {
+  for (wctx *w = contexts; w; w = w->next)
+    if (w->ops == pf->ops && cfg_eq(&w->cfg, &pf->cfg)) return w->ctx;
+  wctx *w = calloc(1, sizeof *w);
+  if (w == NULL || cfg_copy(&w->cfg, &pf->cfg) != 0) {
+    free(w);
+    ps_berr_set(err, PS_BNOMEM, "prefetch: out of memory");
+    return NULL;
+  }
+  w->ops = pf->ops;
+  w->ctx = pf->ops->open(&w->cfg, err);
+  if (w->ctx == NULL) {
+    cfg_free(&w->cfg);
+    free(w);
+    return NULL;
+  }
+  w->next = contexts;
+  contexts = w;
+  return w->ctx;
+}
+
+static void run_job(ps_prefetch *pf) {
+  ps_berr err = {0};
+  ps_blob blob = {0};
+  ps_version v;
+  memset(&v, 0, sizeof v);
+  int code;
+  void *ctx = context_for(pf, &err);
+  if (ctx == NULL)
+    code = err.code ? err.code : PS_BCONN;
+  else
+    code = pf->ops->get(ctx, (ps_key){pf->key, pf->keylen}, NULL, &blob, &v,
+                        &err);
+  pthread_mutex_lock(&mu);
+  if (pf == current) current = NULL;
+  if (pf->abandoned) {
+    pthread_mutex_unlock(&mu);
+    ps_blob_release(&blob);
+    job_free(pf);
+    return;
+  }
+  pf->code = code;
+  pf->blob = blob;
+  pf->version = v;
+  pf->err = err;
+  pf->done = 1;
+  pthread_cond_broadcast(&done_cv);
+  pthread_mutex_unlock(&mu);
+}
+
+static void *worker(void *arg) {
+  (void)arg;
+  pthread_mutex_lock(&mu);
+  for (;;) {
+    while (qhead == NULL) pthread_cond_wait(&work_cv, &mu);
+    ps_prefetch *pf = qhead;
+    qhead = pf->next;
+    if (qhead == NULL) qtail = NULL;
+    pf->next = NULL;
+    current = pf;
+    pthread_mutex_unlock(&mu);
+    run_job(pf);
+    pthread_mutex_lock(&mu);
+  }
+  return NULL;
+}
+
+/* ---- fork ----------------------------------------------------------------- */
+
+static void atfork_prepare(void) { pthread_mutex_lock(&mu); }
+static void atfork_parent(void) { pthread_mutex_unlock(&mu); }
+
+static void atfork_child(void) {
+  /* Only this thread exists now: no worker, nobody waiting. */
+  pthread_mutex_unlock(&mu);
+  pthread_cond_init(&work_cv, NULL);
+  pthread_cond_init(&done_cv, NULL);
+  worker_running = 0;
+  if (current) {
+    current->next = qhead;
+    qhead = current;
+    if (qtail == NULL) qtail = current;
+    current = NULL;
+  }
+}
+
+static void install_atfork(void) {
+  pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+}
+
+/* Starts the worker if needed; mu held. */
+static int ensure_worker(ps_berr *err) {
+  if (worker_running) return PS_BOK;
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  /* Signals stay with the application's threads. */
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  pthread_t t;
+  int rc = pthread_create(&t, &attr, worker, NULL);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  pthread_attr_destroy(&attr);
+  if (rc != 0)
+    return ps_berr_set(err, PS_BNOMEM, "prefetch: cannot start a thread");
+  worker_running = 1;
+  return PS_BOK;
+}
+
+/* ---- the interface -------------------------------------------------------- */
+
+ps_prefetch *ps_prefetch_start(const ps_backend_ops *ops,
+                               const ps_bconfig *cfg, ps_key key,
+                               ps_berr *err) {
+  pthread_once(&atfork_once, install_atfork);
+  ps_prefetch *pf = calloc(1, sizeof *pf);
+  if (pf == NULL) {
+    ps_berr_set(err, PS_BNOMEM, "prefetch: out of memory");
+    return NULL;
+  }
+  pf->ops = ops;
+  pf->key = malloc(key.len ? key.len : 1);
+  if (pf->key == NULL || cfg_copy(&pf->cfg, cfg) != 0) {
+    free(pf->key);
+    free(pf);
+    ps_berr_set(err, PS_BNOMEM, "prefetch: out of memory");
+    return NULL;
+  }
+  memcpy(pf->key, key.data, key.len);
+  pf->keylen = key.len;
+  pthread_mutex_lock(&mu);
+  if (ensure_worker(err) != PS_BOK) {
+    pthread_mutex_unlock(&mu);
+    job_free(pf);
+    return NULL;
+  }
+  if (qtail) qtail->next = pf;
+  else qhead = pf;
+  qtail = pf;
+  pthread_cond_signal(&work_cv);
+  pthread_mutex_unlock(&mu);
+  return pf;
+}
+
+int ps_prefetch_done(ps_prefetch *pf) {
+  pthread_mutex_lock(&mu);
+  int d = pf->done;
+  pthread_mutex_unlock(&mu);
+  return d;
+}
+
+int ps_prefetch_wait(ps_prefetch *pf, ps_blob *out, ps_version *version,
+                     ps_berr *err) {
+  pthread_mutex_lock(&mu);
+  if (pf->waited) {
+    pthread_mutex_unlock(&mu);
+    return ps_berr_set(err, PS_BIO, "prefetch: result already taken");
+  }
+  /* In a forked child the queue may hold jobs but no worker runs yet. */
+  if (!pf->done && ensure_worker(err) != PS_BOK) {
+    pthread_mutex_unlock(&mu);
+    return err->code;
+  }
+  while (!pf->done) pthread_cond_wait(&done_cv, &mu);
+  pf->waited = 1;
+  int code = pf->code;
+  *out = pf->blob;
+  pf->blob = (ps_blob){0};
+  if (version) *version = pf->version;
+  if (err) *err = pf->err;
+  pthread_mutex_unlock(&mu);
+  return code;
+}
+
+void ps_prefetch_free(ps_prefetch *pf) {
+  if (pf == NULL) return;
+  pthread_mutex_lock(&mu);
+  if (pf->done) {
+    pthread_mutex_unlock(&mu);
+    job_free(pf);
+    return;
+  }
+  /* Still queued: unlink and free. Running: the worker frees it. */
+  for (ps_prefetch **pp = &qhead, *prev = NULL; *pp;
+       prev = *pp, pp = &(*pp)->next) {
+    if (*pp == pf) {
+      *pp = pf->next;
+      if (qtail == pf) qtail = prev;
+      pthread_mutex_unlock(&mu);
+      job_free(pf);
+      return;
+    }
+  }
+  pf->abandoned = 1;
+  pthread_mutex_unlock(&mu);
+}

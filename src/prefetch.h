@@ -1,0 +1,37 @@
+/*
+ * prefetch.h: fetching a key's bytes on a background thread
+ * (ps.resolve_async), for any backend.
+ *
+ * One long-lived worker thread per process runs the jobs in order, with
+ * backend contexts of its own (one per distinct config, kept open), so a
+ * prefetch never shares a connection with the Lua thread and never
+ * touches a lua_State. Survives fork: a job the parent's worker was
+ * running is run again by the child's own worker when the child waits.
+ */
+#ifndef PS_PREFETCH_H
+#define PS_PREFETCH_H
+
+#include "backend.h"
+
+typedef struct ps_prefetch ps_prefetch;
+
+/*
+ * Queues a fetch of key (cfg strings and key are copied). Returns NULL
+ * with err set only when out of memory or no thread can be started.
+ */
+ps_prefetch *ps_prefetch_start(const ps_backend_ops *ops,
+                               const ps_bconfig *cfg, ps_key key,
+                               ps_berr *err);
+/* True once the fetch has finished (never blocks). */
+int ps_prefetch_done(ps_prefetch *pf);
+/*
+ * Blocks until the fetch is done; returns its PS_B* code. On PS_BOK the
+ * bytes are moved to *out (the caller releases them) and *version (if not
+ * NULL) is set; otherwise err holds the message. Call at most once.
+ */
+int ps_prefetch_wait(ps_prefetch *pf, ps_blob *out, ps_version *version,
+                     ps_berr *err);
+/* Frees pf; safe while the fetch runs (the worker frees it at the end). */
+void ps_prefetch_free(ps_prefetch *pf);
+
+#endif

@@ -1,0 +1,51 @@
+/*
+ * redis_store.h: what backend_redis.c and redis_chunks.c share: the
+ * backend context, the value layout constants and the helpers both use.
+ * Private to the Redis backend.
+ */
+#ifndef PS_REDIS_STORE_H
+#define PS_REDIS_STORE_H
+
+#include "redis_conn.h"
+
+#define HDR_LEN (1 + PS_VERSION_LEN)
+/* Redis refuses bulk strings over 512 MiB (proto-max-bulk-len). */
+#define DEFAULT_CHUNK (((size_t)512 << 20) - 4096)
+#define OLDHDR_MAX 96     /* bytes of a replaced value read back (GETRANGE) */
+
+typedef struct ps_redis {
+  ps_rconn c;
+  char *prefix;
+  size_t plen;
+  size_t chunk;
+} ps_redis;
+
+/* A chunked value's descriptor. */
+typedef struct ps_rchunks {
+  ps_version v;
+  size_t total, n, chunk;
+} ps_rchunks;
+
+/* Appends a key argument: prefix..key..suffix (suffix may be NULL). */
+void ps_redis_arg_key(ps_redis *x, ps_key k, const char *suffix);
+/* A printable, shortened key for messages, written to buf. */
+const char *ps_redis_keyname(ps_key k, char *buf, size_t n);
+/* Turns an error reply about key k into PS_BPROTO with a clear message. */
+int ps_redis_reply_error(ps_redis *x, ps_key k, const ps_rreply *r,
+                         ps_berr *err);
+/* Reads a +OK reply. */
+int ps_redis_expect_ok(ps_redis *x, ps_key k, ps_berr *err);
+/* Reads a GETRANGE reply of a replaced value; notes a chunked one. */
+int ps_redis_read_old_header(ps_redis *x, ps_rchunks *old, int *had_chunks,
+                             ps_berr *err);
+
+/* redis_chunks.c: values over the chunk size */
+int ps_redis_parse_chunks(const char *hdr, size_t len, ps_rchunks *ci);
+int ps_redis_del_chunks(ps_redis *x, ps_key k, const ps_rchunks *ci,
+                        ps_berr *err);
+int ps_redis_put_chunked(ps_redis *x, ps_key k, const char *data, size_t len,
+                         const ps_version *v, ps_berr *err);
+int ps_redis_get_chunks(ps_redis *x, ps_key k, const ps_rchunks *ci,
+                        ps_blob *out, ps_version *vout, ps_berr *err);
+
+#endif
