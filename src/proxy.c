@@ -455,8 +455,8 @@ void ps_proxy_from_reference(lua_State *L) {
     ps_error_raise(L, PS_ESERIALIZATION, NULL,
                    "malformed proxy reference (needs config.name, "
                    "config.kind, key and flags)");
-  unsigned flags = (unsigned)lua_tointeger(L, t + 6);
-  ps_proxy_push_store_ref(L, t + 1, t + 5, flags);
+  unsigned flags = (unsigned)lua_tointeger(L, t + 5);
+  ps_proxy_push_store_ref(L, t + 1, t + 4, flags);
   lua_replace(L, t);
   lua_settop(L, t);
 }
