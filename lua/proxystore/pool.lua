@@ -169,7 +169,8 @@ local function proxy_large(store, list, threshold)
       big = #P.serialize(v) > threshold
     end
     if big then
-      list[i] = store:proxy(v)
+      -- single use: deleted by whoever resolves it, off the parent's path
+      list[i] = store:proxy(v, { evict = true })
       px = px or {}
       px[#px + 1] = i
     end
@@ -177,14 +178,12 @@ local function proxy_large(store, list, threshold)
   return px
 end
 
-local function extract_px(list, px, evict_store)
+-- Replaces the pool-made proxies of list by their targets (which deletes
+-- them from the store: they are made single-use).
+local function extract_px(list, px)
   if not px then return end
   local P = ps()
-  for _, i in ipairs(px) do
-    local p = list[i]
-    list[i] = P.extract(p)
-    if evict_store then evict_store:evict(P.key(p)) end
-  end
+  for _, i in ipairs(px) do list[i] = P.extract(list[i]) end
 end
 
 ---------------------------------------------------------------------------
@@ -210,7 +209,7 @@ end
 local function run_task(msg, envs)
   local fn = unpack_fn(msg[2], {}, envs)
   local args = msg[3]
-  extract_px(args, msg[4], nil)
+  extract_px(args, msg[4])
   return pack(fn(unpack(args, 1, args.n)))
 end
 
@@ -379,7 +378,14 @@ end
 -- arguments as proxies.
 local function send_task(self, slot, task)
   local h = self.h
-  local ok = h:send(slot, task.msg, self.threshold)
+  local ok = false
+  local args, threshold = task.msg[3], self.threshold
+  for i = 1, args.n do   -- a large string: no need to encode it to know
+    local v = args[i]
+    if type(v) == "string" and #v > threshold then goto proxy end
+  end
+  ok = h:send(slot, task.msg, threshold)
+  ::proxy::
   if ok == false then
     local args = task.msg[3]
     local px = proxy_large(self.store, args, self.threshold)
@@ -422,7 +428,8 @@ function Pool:_finish(task, ok, values, err)
   else
     self.stats.failed = self.stats.failed + 1
   end
-  if task.px then
+  if task.px and not ok then
+    -- resolving evicts them; a task that failed may not have resolved them
     local P = ps()
     for _, i in ipairs(task.px) do
       pcall(self.store.evict, self.store, P.key(task.args_px[i]))
@@ -458,7 +465,7 @@ function Pool:_on_result(slot, reply)
       local ok, e = true, nil
       if reply[4] then
         self.stats.proxied_results = self.stats.proxied_results + #reply[4]
-        ok, e = pcall(extract_px, values, reply[4], self.store)
+        ok, e = pcall(extract_px, values, reply[4])
       end
       if ok then
         self:_finish(task, true, values)
