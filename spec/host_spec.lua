@@ -260,4 +260,33 @@ describe("proxystore host binary", function()
     end
     assert.same({}, alive)
   end)
+
+  describe("examples/mapreduce.lua", function()
+    local function check(out)
+      assert.matches("generated 6 documents", out, 1, true)
+      assert.matches("counted 12000 words on 2 workers", out, 1, true)
+      assert.matches("1%. the%s+%d+", out)
+      assert.matches("3%. and%s+%d+", out)
+    end
+
+    it("runs with the default private store", function()
+      local code, out, err = run("--workers 2 examples/mapreduce.lua 6 2000 3")
+      assert.equal(0, code, err)
+      check(out)
+    end)
+
+    it("runs with --store redis://", function()
+      local redis = require "helpers.redis"
+      local srv = redis.start()
+      local ok, code, out, err = pcall(run, ("--workers 2 --store redis://%s:%d " ..
+        "examples/mapreduce.lua 6 2000 3"):format(srv.host, srv.port))
+      local left = srv:cli("DBSIZE")
+      srv:stop()
+      assert.is_true(ok, code)
+      assert.equal(0, code, err)
+      check(out)
+      assert.matches("(redis)", out, 1, true)
+      assert.equal("0", left:match("%d+"))   -- documents were single-use
+    end)
+  end)
 end)

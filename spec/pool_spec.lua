@@ -452,3 +452,32 @@ describe("ps.pool and stores", function()
     assert.equal(1, pool:metrics().proxied_args)
   end)
 end)
+
+describe("ps.pool with a Redis store", function()
+  local redis = require "helpers.redis"
+  local srv, pool
+
+  setup(function() srv = redis.start() end)
+  teardown(function() if srv then srv:stop() end end)
+  after_each(function()
+    if pool then pool:close() end
+    pool = nil
+  end)
+
+  it("moves large values through Redis, each worker on its own connection", function()
+    local url = ("redis://%s:%d"):format(srv.host, srv.port)
+    pool = ps.pool { workers = 2, store = url, proxy_threshold = 1024 }
+    -- the parent uses the connection before and while workers use theirs
+    pool.store:put("warm-up", { key = "warm" })
+    local list = {}
+    for i = 1, 8 do list[i] = ("%d"):format(i):rep(5000) end
+    local r = pool:map(function(s) return s .. s end, list)
+    for i = 1, 8 do assert.equal(list[i] .. list[i], r[i]) end
+    assert.equal("warm-up", pool.store:get("warm"))
+    local m = pool:metrics()
+    assert.equal(8, m.proxied_args)
+    assert.equal(8, m.proxied_results)
+    -- single-use proxies: only the warm-up key is left
+    assert.equal("1", srv:cli("DBSIZE"):match("%d+"))
+  end)
+end)
