@@ -26,6 +26,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -500,6 +501,22 @@ static int l_clock(lua_State *L) {
   return 1;
 }
 
+/*
+ * core.pool_exit([code]): os.exit inside a worker. Flushes stdio and
+ * leaves at once: the atexit handlers and the Lua state are the parent's
+ * copies, not the worker's to run or close.
+ */
+static int l_exit(lua_State *L) {
+  int code;
+  if (lua_isnoneornil(L, 1) || lua_isboolean(L, 1))
+    code = lua_isnoneornil(L, 1) || lua_toboolean(L, 1) ? 0 : 1;
+  else
+    code = (int)luaL_checkinteger(L, 1);
+  fflush(NULL);
+  _exit(code & 0xff);
+  return 0;
+}
+
 /* core.pool_ncpu() -> online cores (the default worker count). */
 static int l_ncpu(lua_State *L) {
   long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -561,6 +578,7 @@ static const luaL_Reg pool_funcs[] = {
   {"pool_getpid", l_getpid},
   {"pool_rmtree", l_rmtree},
   {"pool_ncpu", l_ncpu},
+  {"pool_exit", l_exit},
   {"pool_clock", l_clock},
   {"pool_isatty", l_isatty},
   {"pool_mkdtemp", l_mkdtemp},

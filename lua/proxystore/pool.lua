@@ -216,6 +216,7 @@ end
 local function make_worker(store, threshold, envs)
   return function(chan)
     local P = ps()
+    os.exit = core.pool_exit   -- a worker's exit skips the parent's atexit
     while true do
       local msg = chan:recv()
       if msg == nil then break end
