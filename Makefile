@@ -67,13 +67,12 @@ $(REDIS_RAW): bench/redis_raw.c
 	@mkdir -p $(dir $@)
 	$(CC) $(WARN) $(OPT) $(CPPFLAGS) $(HIREDIS_CFLAGS) -o $@ $< $(HIREDIS_LIBS)
 
-# The main job on a fresh machine: install what is missing, build, run the
-# demo workflow on the embedded default store (no Redis needed).
-DEMO ?= examples/quickstart.lua
+# The main job on a fresh machine: install what is missing, build, and run
+# the MapReduce workflow on the embedded default store (no Redis needed).
+DEMO ?= examples/mapreduce.lua
 demo: deps
 	@$(MAKE) --no-print-directory all >/dev/null
-	@LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;" \
-	  LUA_CPATH="$(CURDIR)/build/lib/?.so;;" $(LUA) $(DEMO)
+	@$(BUILD)/bin/proxystore $(DEMO)
 
 bench: all $(REDIS_RAW)
 	@$(LUA) bench/run.lua
