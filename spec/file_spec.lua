@@ -184,6 +184,18 @@ for _, root in ipairs(ROOTS) do
       assert.is_false(exists(tmp .. "/objects/" .. qkey))
     end)
 
+    it("prefetches with resolve_async", function()
+      local big = string.rep("prefetch", 300000)
+      local key = store:put({ big })
+      local p = store:proxy_from_key(key)
+      ps.resolve_async(p)
+      assert.are.equal(big, p[1])
+      local q = store:proxy_from_key("absent-key")
+      ps.resolve_async(q)
+      local err = raises("missing_key", ps.resolve, q)
+      assert.are.equal("absent-key", err.key)
+    end)
+
     it("refuses keys that could leave the directory", function()
       -- The store layer refuses an empty key for every kind.
       local empty = raises("config", store.put, store, "x", { key = "" })
