@@ -314,6 +314,18 @@ describe("closing a file store", function()
     assert.are.same({ "foreign" }, listing(dir))
   end)
 
+  it("with clear and a prefix, removes only that prefix from a directory it created", function()
+    local dir = tmp .. "/prefixed"
+    local a = ps.init_store("file", { name = unique("c"), dir = dir, prefix = "a-", clear = true })
+    local b = ps.init_store("file", { name = unique("c"), dir = dir, prefix = "b-" })
+    a:put(1, { key = "x" })
+    b:put(2, { key = "y" })
+    a:close()
+    assert.are.same({ "b-y" }, listing(dir))
+    assert.are.equal(2, b:get("y"))
+    b:close()
+  end)
+
   it("does not carry clear in its config", function()
     local s = ps.init_store("file", { name = unique("c"), dir = tmp .. "/d", clear = true })
     local cfg = s:config()

@@ -282,7 +282,11 @@ fail:
   return NULL;
 }
 
-/* Removes every entry of a directory this process created (files only). */
+/*
+ * In a directory this process created, removes every object under this
+ * store's prefix (all objects when it has none), whichever process wrote
+ * it, and leftover temporary files; subdirectories and other prefixes stay.
+ */
 static void remove_all(file_ctx *c) {
   int fd = openat(c->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return;
@@ -293,8 +297,10 @@ static void remove_all(file_ctx *c) {
   }
   struct dirent *e;
   while ((e = readdir(d)) != NULL) {
-    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
-    unlinkat(c->dirfd, e->d_name, 0);   /* a subdirectory stays */
+    const char *n = e->d_name;
+    if (strncmp(n, TMP_PREFIX, sizeof TMP_PREFIX - 1) == 0 ||
+        (n[0] != '.' && strncmp(n, c->prefix, c->prefix_len) == 0))
+      unlinkat(c->dirfd, n, 0);   /* fails harmlessly on a subdirectory */
   }
   closedir(d);
 }
