@@ -28,6 +28,7 @@
 
 #include "backend.h"
 #include "ps.h"
+#include "unmapper.h"
 
 /*
  * Files this size or larger are mapped rather than read into a buffer.
@@ -397,7 +398,7 @@ fail: {
 /* ---- get ---------------------------------------------------------------- */
 
 static void unmap_blob(ps_blob *b) {
-  munmap(b->data, b->len);
+  ps_unmap_later(b->data, b->len);
 }
 
 static int read_into(int fd, ps_blob *out, size_t size) {
@@ -468,6 +469,13 @@ static int file_get(void *ctx, ps_key key, const ps_version *have,
      */
     void *p = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
     if (p != MAP_FAILED) {
+      /*
+       * Read once, front to back. Besides readahead on a real disk, a
+       * sequential mapping skips the page-cache recency bookkeeping at
+       * unmap (vma_has_recency), which on tmpfs cut a fresh 100 MiB
+       * map+copy+unmap from 17.9 to 13.6 ms.
+       */
+      (void)madvise(p, size, MADV_SEQUENTIAL);
       close(fd);
       out->data = p;
       out->len = size;
