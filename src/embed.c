@@ -66,6 +66,11 @@ static int need_stack(lua_State *L, int n, char *err, size_t errlen) {
   return 0;
 }
 
+/* An index of a value on the stack (no pseudo-indices). */
+static int valid_index(int top, int idx) {
+  return idx > 0 ? idx <= top : idx < 0 && idx >= -top && idx > LUA_REGISTRYINDEX;
+}
+
 /* ---- opening ------------------------------------------------------------ */
 
 /* package.preload loader for a compiled-in module (upvalue: its entry). */
@@ -199,8 +204,7 @@ static int put(lua_State *L, put_args *a, char *err, size_t errlen) {
   int base = lua_gettop(L);
   int store = 0;
   if (a->url == NULL) {
-    if (a->store_idx == 0 || (a->store_idx < 0 && -a->store_idx > base) ||
-        a->store_idx > base) {
+    if (!valid_index(base, a->store_idx)) {
       if (err && errlen)
         snprintf(err, errlen, "proxystore: no stack index %d", a->store_idx);
       return LUA_ERRRUN;
@@ -234,7 +238,8 @@ int proxystore_put_url(lua_State *L, const char *url, const void *data,
 /* ---- proxies on the stack -------------------------------------------- */
 
 int proxystore_isproxy(lua_State *L, int idx) {
-  return lua_checkstack(L, 2) && ps_proxy_is(L, idx);
+  return valid_index(lua_gettop(L), idx) && lua_checkstack(L, 2) &&
+         ps_proxy_is(L, idx);
 }
 
 static int extract_work(lua_State *L) {
@@ -245,6 +250,10 @@ static int extract_work(lua_State *L) {
 int proxystore_extract(lua_State *L, int idx, char *err, size_t errlen) {
   if (!need_stack(L, 4, err, errlen)) return LUA_ERRMEM;
   int base = lua_gettop(L);
+  if (!valid_index(base, idx)) {
+    if (err && errlen) snprintf(err, errlen, "proxystore: no stack index %d", idx);
+    return LUA_ERRRUN;
+  }
   idx = lua_absindex(L, idx);
   lua_pushcfunction(L, extract_work);
   lua_pushvalue(L, idx);
