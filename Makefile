@@ -133,13 +133,13 @@ rock-install: all
 	$(if $(HOST_BIN),$(INSTALL) -m 755 $(HOST_BIN) $(BINDIR)/proxystore)
 
 asan:
-	$(MAKE) BUILD=build-asan OPT="-O1 -g $(SANITIZE)" LDFLAGS="$(SANITIZE)" all
+	$(MAKE) BUILD=build-asan OPT="-O1 -g $(SANITIZE)" LDFLAGS="$(SANITIZE)" all lib
 
 deps:
 	@sh .ci/deps.sh
 
 test: deps
-	@$(MAKE) --no-print-directory all asan >/dev/null
+	@$(MAKE) --no-print-directory all lib asan >/dev/null
 	@sh spec/run.sh
 
 # Baselines for bench/redis.lua: raw hiredis and the server-bound limit.

@@ -119,13 +119,15 @@ typedef struct put_args {
   int store_idx;        /* the host's index, for messages */
 } put_args;
 
-/* Pushes package.loaded.proxystore, or raises if the host never opened it. */
+/*
+ * Pushes package.loaded.proxystore, or raises if the host never opened it
+ * (a plain string: error objects need the module's metatables).
+ */
 static void push_module(lua_State *L) {
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   if (lua_getfield(L, -1, "proxystore") != LUA_TTABLE)
-    ps_error_raise(L, PS_ECONFIG, NULL,
-                   "proxystore is not open in this state "
-                   "(call proxystore_open first)");
+    luaL_error(L, "proxystore is not open in this state "
+                  "(call proxystore_open first)");
   lua_remove(L, -2);
 }
 
