@@ -45,7 +45,7 @@ EMBED_OBJ = $(BUILD)/obj/embed.o $(BUILD)/obj/luasrc.o
 
 SANITIZE := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
-.PHONY: all deps test test-plain test-asan bench clean asan fuzz lib install \
+.PHONY: demo all deps test test-plain test-asan bench clean asan fuzz lib install \
         uninstall examples rock-install
 all: $(CORE_SO) $(HOST_BIN)
 
@@ -147,6 +147,13 @@ REDIS_RAW = $(BUILD)/bin/redis_raw
 $(REDIS_RAW): bench/redis_raw.c
 	@mkdir -p $(dir $@)
 	$(CC) $(WARN) $(OPT) $(CPPFLAGS) $(HIREDIS_CFLAGS) -o $@ $< $(HIREDIS_LIBS)
+
+# The main job on a fresh machine: install what is missing, build, and run
+# the MapReduce workflow on the embedded default store (no Redis needed).
+DEMO ?= examples/mapreduce.lua
+demo: deps
+	@$(MAKE) --no-print-directory all >/dev/null
+	@$(BUILD)/bin/proxystore $(DEMO)
 
 bench: all $(REDIS_RAW)
 	@$(LUA) bench/run.lua

@@ -61,16 +61,6 @@ return function(report)
       local _ = q[1]
     end
   end, 200000)
-  report("proxy", "local store: create + first use (evict)", c, cs)
-  local c2, cs2 = measure(function(n)
-    local keys = {}
-    for i = 1, n do
-      local q = store:proxy(small)
-      local _ = q[1]
-      keys[i] = ps.key(q)
-    end
-    for i = 1, n do store:evict(keys[i]) end
-  end, 200000)
-  report("proxy", "local store: create + first use (+ evict later)", c2, cs2)
+  report("proxy", "local store: create + first use (evict=true)", c, cs)
   store:close()
 end

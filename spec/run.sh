@@ -62,5 +62,20 @@ done
 [ "$reports" -ne 0 ] && echo "== sanitizer reports: $reports"
 failed=$((failed + reports))
 
+# The decoder fuzzer, bounded (make fuzz; FUZZ_SECONDS, default 60): one
+# more passed or failed. Skipped with a note when clang's libFuzzer runtime
+# is missing (.ci/deps.sh installs it).
+echo "== fuzz (decoder, ${FUZZ_SECONDS:-60} s)"
+flog="$LOGDIR/fuzz.log"
+if make --no-print-directory fuzz FUZZ_SECONDS="${FUZZ_SECONDS:-60}" >"$flog" 2>&1; then
+  runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$flog")
+  echo "fuzz: ${runs:-?} executions, no crash"
+  passed=$((passed + 1))
+else
+  tail -40 "$flog"
+  echo "fuzz: failed"
+  failed=$((failed + 1))
+fi
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -17,6 +17,10 @@
 #include "ps.h"
 
 #define PROXY_MT "proxystore.Proxy"
+/* The same with __gc, for proxies that own a background fetch: only they
+ * need a finalizer, and finalizers make every collection of a proxy cost
+ * an extra cycle. */
+#define PROXY_GC_MT "proxystore.Proxy.gc"
 #define WRAPPERS "proxystore.method_wrappers"
 
 /* Uses of a table proxy through C before it gets its own metatable. */
@@ -160,7 +164,7 @@ static void promote(lua_State *L, int idx, proxy *p) {
   p->promoted = 1;
   idx = lua_absindex(L, idx);
   lua_createtable(L, 0, 32);
-  luaL_getmetatable(L, PROXY_MT);
+  lua_getmetatable(L, idx);
   lua_pushnil(L);
   while (lua_next(L, -2)) {
     lua_pushvalue(L, -2);
@@ -393,6 +397,7 @@ static int l_resolve_async(lua_State *L) {
   lua_getiuservalue(L, 1, 3);
   ps_store_prefetch(L, 2, 3, p->flags, &p->prefetch);
   lua_settop(L, 1);
+  if (p->prefetch) luaL_setmetatable(L, PROXY_GC_MT);
   return 1;
 }
 
@@ -498,7 +503,7 @@ static const luaL_Reg proxy_mm[] = {
   {"__bnot", mm_bnot},     {"__eq", mm_eq},
   {"__lt", mm_lt},         {"__le", mm_le},
   {"__tostring", mm_tostring}, {"__pairs", mm_pairs},
-  {"__gc", mm_gc},         {NULL, NULL}};
+  {NULL, NULL}};
 
 static const luaL_Reg proxy_funcs[] = {
   {"proxy", l_proxy},
@@ -513,11 +518,17 @@ static const luaL_Reg proxy_funcs[] = {
   {NULL, NULL}};
 
 void ps_proxy_open(lua_State *L) {
-  luaL_newmetatable(L, PROXY_MT);
-  luaL_setfuncs(L, proxy_mm, 0);
-  lua_pushboolean(L, 1);
-  lua_rawsetp(L, -2, &ps_proxy_tag);
-  lua_pop(L, 1);
+  for (int gc = 0; gc <= 1; gc++) {
+    luaL_newmetatable(L, gc ? PROXY_GC_MT : PROXY_MT);
+    luaL_setfuncs(L, proxy_mm, 0);
+    if (gc) {
+      lua_pushcfunction(L, mm_gc);
+      lua_setfield(L, -2, "__gc");
+    }
+    lua_pushboolean(L, 1);
+    lua_rawsetp(L, -2, &ps_proxy_tag);
+    lua_pop(L, 1);
+  }
   lua_newtable(L);   /* weak-keyed: a wrapper never keeps its method alive */
   lua_createtable(L, 0, 1);
   lua_pushliteral(L, "k");
