@@ -2,7 +2,8 @@
 -- builds from this checkout with the project's Makefile (offline): the core
 -- module goes to the tree's lib/lua/5.4/proxystore/core.so, the Lua modules
 -- to share/lua/5.4/proxystore/, the `proxystore` binary to bin/. The binary
--- links the Lua luarocks builds for (LUALIB), not whatever pkg-config finds.
+-- links liblua through `pkg-config lua5.4` (the Makefile's LUA_LIBS):
+-- luarocks 3.8 does not expose LUA_LIBDIR/LUALIB to make builds.
 rockspec_format = "3.0"
 package = "proxystore"
 version = "scm-1"
@@ -34,7 +35,6 @@ build = {
     CFLAGS = "$(CFLAGS)",
     LUA = "$(LUA)",
     LUA_CFLAGS = "-I$(LUA_INCDIR)",
-    LUA_LIBS = "-L$(LUA_LIBDIR) -l:$(LUALIB)",
     HIREDIS_CFLAGS = "-I$(HIREDIS_INCDIR)",
     HIREDIS_LIBS = "-L$(HIREDIS_LIBDIR) -lhiredis",
   },
@@ -44,7 +44,6 @@ build = {
     CFLAGS = "$(CFLAGS)",
     LUA = "$(LUA)",
     LUA_CFLAGS = "-I$(LUA_INCDIR)",
-    LUA_LIBS = "-L$(LUA_LIBDIR) -l:$(LUALIB)",
     HIREDIS_CFLAGS = "-I$(HIREDIS_INCDIR)",
     HIREDIS_LIBS = "-L$(HIREDIS_LIBDIR) -lhiredis",
     LIBDIR = "$(LIBDIR)",
