@@ -23,13 +23,17 @@ run() {
     >"$log" 2>&1
   status=$?
   grep -v '^ok ' "$log"
-  p=$(grep -c '^ok ' "$log")
+  # busted's TAP prints pending specs as "ok N - # SKIP why": show them and
+  # count them apart, not as passed.
+  grep '^ok .* # SKIP ' "$log"
+  s=$(grep -c '^ok .* # SKIP ' "$log")
+  p=$(($(grep -c '^ok ' "$log") - s))
   f=$(grep -c '^not ok ' "$log")
   if [ "$status" -ne 0 ] && [ "$f" -eq 0 ]; then
     echo "busted exited with status $status"
     f=1
   fi
-  echo "$name: $p passed, $f failed"
+  echo "$name: $p passed, $f failed, $s pending"
   passed=$((passed + p))
   failed=$((failed + f))
 }
