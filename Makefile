@@ -40,8 +40,8 @@ CORE_SO   = $(BUILD)/lib/proxystore/core.so
 HOST_BIN  = $(if $(HOST_SRC),$(BUILD)/bin/proxystore)
 # For C hosts: the core, the C API (embed.c) and the Lua modules compiled in.
 LIB_A     = $(BUILD)/lib/libproxystore.a
-LUASRC_C  = $(BUILD)/gen/luasrc.c
-EMBED_OBJ = $(BUILD)/obj/embed.o $(BUILD)/obj/luasrc.o
+LUASRC_C  = $(BUILD)/gen/luasrc.inc
+EMBED_OBJ = $(BUILD)/obj/embed.o
 
 SANITIZE := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
@@ -68,8 +68,9 @@ $(LUASRC_C): tools/luasrc.lua $(LUA_SRC)
 	@mkdir -p $(dir $@)
 	$(LUA) tools/luasrc.lua $@ $(LUA_SRC)
 
-$(BUILD)/obj/luasrc.o: $(LUASRC_C) src/luasrc.h
-	$(CC) $(ALL_CFLAGS) -Isrc -c $< -o $@
+$(BUILD)/obj/embed.o: src/embed.c $(HEADERS) $(LUASRC_C)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -DPS_LUASRC='"$(abspath $(LUASRC_C))"' -c $< -o $@
 
 $(LIB_A): $(CORE_OBJ) $(EMBED_OBJ)
 	@mkdir -p $(dir $@); rm -f $@

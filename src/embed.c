@@ -1,8 +1,8 @@
 /*
  * embed.c: the C API of proxystore.h for hosts that embed Lua.
  *
- * Built into libproxystore only (not into the proxystore.core module):
- * it needs the Lua modules compiled in by tools/luasrc.lua.
+ * Built into libproxystore only (not into the proxystore.core module),
+ * with the Lua modules compiled in (see luasrc.h).
  *
  * Every public function may be called outside any Lua call, so none may
  * raise: each pushes a small C function and its arguments and runs it
@@ -14,6 +14,12 @@
 
 #include "ps.h"
 #include "luasrc.h"
+
+#ifdef PS_LUASRC
+#include PS_LUASRC
+#else
+static const ps_luasrc ps_luasrc_list[] = {{NULL, NULL, NULL, 0}};
+#endif
 
 /* store.c's metatable name for store userdata. */
 #define STORE_MT "proxystore.Store"

@@ -1,7 +1,10 @@
 /*
  * luasrc.h: the Lua modules compiled into libproxystore (for embedding
- * hosts). The list is generated at build time from the files of lua/proxystore by
- * tools/luasrc.lua; embed.c registers each entry in package.preload.
+ * hosts). The Makefile generates the list from the files of lua/proxystore
+ * with tools/luasrc.lua and compiles embed.c with -DPS_LUASRC="<that file>";
+ * embed.c registers each entry in package.preload. Without PS_LUASRC (e.g.
+ * a spec compiling every C file of src) the list is empty and proxystore_open
+ * finds the Lua modules on package.path.
  */
 #ifndef PS_LUASRC_H
 #define PS_LUASRC_H
@@ -15,7 +18,6 @@ typedef struct ps_luasrc {
   size_t len;
 } ps_luasrc;
 
-/* Terminated by an entry whose name is NULL. */
-extern const ps_luasrc ps_luasrc_list[];
+/* ps_luasrc_list, static in embed.c, ends with an entry whose name is NULL. */
 
 #endif
