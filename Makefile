@@ -123,7 +123,8 @@ uninstall:
 	  $(LUA_SRC:lua/proxystore/%=$(DESTDIR)$(INSTALL_LMOD)/proxystore/%) \
 	  $(DESTDIR)$(INCLUDEDIR)/proxystore.h $(DESTDIR)$(LIBDIR)/libproxystore.a \
 	  $(DESTDIR)$(PKGCONFIGDIR)/proxystore.pc $(DESTDIR)$(BINDIR)/proxystore
-	-rmdir $(DESTDIR)$(INSTALL_CMOD)/proxystore $(DESTDIR)$(INSTALL_LMOD)/proxystore 2>/dev/null
+	rmdir $(DESTDIR)$(INSTALL_CMOD)/proxystore $(DESTDIR)$(INSTALL_LMOD)/proxystore \
+	  2>/dev/null || true
 
 # The rockspec's install step: luarocks passes its rock directories.
 rock-install: all
