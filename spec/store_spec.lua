@@ -243,3 +243,41 @@ describe("the version", function()
     end
   end)
 end)
+
+describe("async resolution on a file store", function()
+  local dir, store
+  before_each(function()
+    dir = os.tmpname()
+    os.remove(dir)
+    store = ps.init_store("file", {name = "async-file", dir = dir, cache_size = 0})
+  end)
+  after_each(function()
+    store:close()
+    os.execute("rm -rf '" .. dir .. "'")
+  end)
+
+  it("prefetches in the background, then resolves from what was fetched", function()
+    local p = store:proxy({payload = string.rep("z", 1 << 20)})
+    assert.are.equal(p, ps.resolve_async(p))
+    assert.is_false(ps.is_resolved(p))
+    assert.are.equal(1 << 20, #p.payload)
+    assert.is_true(ps.is_resolved(p))
+    assert.are.equal(p, ps.resolve_async(p))   -- resolved: a no-op
+  end)
+
+  it("reports a missing key at first use, not at prefetch", function()
+    local p = store:proxy_from_key("absent")
+    ps.resolve_async(p)
+    local ok, err = pcall(ps.resolve, p)
+    assert.is_false(ok)
+    assert.are.equal("missing_key", err.kind)
+    assert.is_false(ps.is_resolved(p))
+  end)
+
+  it("frees everything when a proxy is collected while its prefetch runs", function()
+    for _ = 1, 50 do
+      ps.resolve_async(store:proxy(string.rep("y", 100000)))
+    end
+    collectgarbage(); collectgarbage()
+  end)
+end)

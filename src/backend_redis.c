@@ -490,8 +490,7 @@ done:
  * succeeds. Every operation here is safe to repeat.
  */
 static int was_connected(void *ctx) {
-  ps_rconn *c = &((ps_redis *)ctx)->c;
-  return c->fd >= 0 && c->pid == getpid();
+  return ps_rconn_owned(&((ps_redis *)ctx)->c);
 }
 
 #define RETRY(call)                                   \

@@ -156,4 +156,8 @@ void ps_store_resolve_ex(lua_State *L, int store_idx, int key_idx,
                          ps_prefetch_slot *slot);
 void ps_store_open(lua_State *L);
 
+/* ---- worker pool (pool.c, pool_zygote.c, pool_channel.c) ---------------- */
+
+void ps_pool_open(lua_State *L);   /* module table on top */
+
 #endif

@@ -7,7 +7,7 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <poll.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -122,18 +122,30 @@ static int setup_cmd(ps_rconn *c, redisContext *rc, ps_berr *err,
   return code;
 }
 
+/*
+ * Fork generation: bumped in the child by pthread_atfork, so telling
+ * whether a connection was opened by this process costs no getpid()
+ * system call per command.
+ */
+static unsigned fork_gen;
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+
+static void forked_child(void) { fork_gen++; }
+static void watch_forks(void) { pthread_atfork(NULL, NULL, forked_child); }
+
+int ps_rconn_owned(const ps_rconn *c) {
+  return c->fd >= 0 && c->gen == fork_gen;
+}
+
 int ps_rconn_ensure(ps_rconn *c, ps_berr *err) {
-  pid_t me = getpid();
-  if (c->fd >= 0 && c->pid == me) {
-    /* Between commands nothing may arrive: readable means the server
-       closed the connection (killed, restarted, idle timeout). Reconnect
-       now rather than fail the next command. */
-    struct pollfd p = {c->fd, POLLIN | POLLRDHUP, 0};
-    if (poll(&p, 1, 0) == 0) {
-      c->fresh = 0;
-      return PS_BOK;
-    }
+  /* A connection that died since its last use (server restarted) is not
+     probed here: the first command on it fails with PS_BCONN and the
+     backend repeats it once on a new connection (see RETRY). */
+  if (ps_rconn_owned(c)) {
+    c->fresh = 0;
+    return PS_BOK;
   }
+  pthread_once(&fork_once, watch_forks);
   ps_rconn_drop(c);
   struct timeval tv = {0, 0};
   if (c->timeout > 0) {
@@ -175,7 +187,7 @@ int ps_rconn_ensure(ps_rconn *c, ps_berr *err) {
     int one = 1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   }
-  c->pid = me;
+  c->gen = fork_gen;
   c->fresh = 1;
   return PS_BOK;
 }

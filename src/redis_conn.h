@@ -22,7 +22,7 @@
 
 typedef struct ps_rconn {
   int fd;                /* -1: not connected */
-  pid_t pid;             /* process that opened fd */
+  unsigned gen;          /* fork generation of the process that opened fd */
   int fresh;             /* connected by the last ps_rconn_ensure */
   char *rbuf;            /* read buffer */
   size_t rpos, rlen, rcap;
@@ -55,10 +55,12 @@ typedef struct ps_rreply {
 int ps_rconn_init(ps_rconn *c, const ps_bconfig *cfg, ps_berr *err);
 void ps_rconn_free(ps_rconn *c);
 /*
- * Connects if not connected, connected by another process, or closed by
- * the server; sets c->fresh when it made a new connection.
+ * Connects if not connected or connected by another process (fork); sets
+ * c->fresh when it made a new connection.
  */
 int ps_rconn_ensure(ps_rconn *c, ps_berr *err);
+/* True when connected, by this process (not inherited across fork). */
+int ps_rconn_owned(const ps_rconn *c);
 /* Closes the connection (after an error); the next ensure reconnects. */
 void ps_rconn_drop(ps_rconn *c);
 

@@ -20,12 +20,12 @@ local M = {}
 local CLEAN_ENV = "env -u LD_PRELOAD -u ASAN_OPTIONS -u UBSAN_OPTIONS "
 
 local function sh(cmd)
-  local ok = os.execute(cmd)
+  local ok = os.execute(CLEAN_ENV .. cmd)
   return ok == true or ok == 0
 end
 
 local function read_cmd(cmd)
-  local f = assert(io.popen(cmd, "r"))
+  local f = assert(io.popen(CLEAN_ENV .. cmd, "r"))
   local out = f:read("a")
   f:close()
   return out
@@ -64,7 +64,7 @@ function Server:cli(...)
   local args = {}
   for i = 1, select("#", ...) do args[#args + 1] = q(select(i, ...)) end
   local auth = self.password and ("-a " .. q(self.password) .. " --no-auth-warning ") or ""
-  return read_cmd(CLEAN_ENV .. "redis-cli -h 127.0.0.1 -p " .. self.port .. " " ..
+  return read_cmd("redis-cli -h 127.0.0.1 -p " .. self.port .. " " ..
                   auth .. table.concat(args, " ") .. " 2>&1")
 end
 
@@ -76,7 +76,7 @@ end
 function Server:_launch()
   local pidfile = self.dir .. "/redis.pid"
   os.remove(pidfile)
-  local cmd = CLEAN_ENV .. "redis-server --bind 127.0.0.1 --port " .. self.port ..
+  local cmd = "redis-server --bind 127.0.0.1 --port " .. self.port ..
     " --unixsocket " .. q(self.path) .. " --unixsocketperm 700" ..
     " --save '' --appendonly no --dir " .. q(self.dir) ..
     " --daemonize yes --pidfile " .. q(pidfile) ..
@@ -91,7 +91,7 @@ function Server:_launch()
     end
     if self.pid and self:ping() then
       -- Watchdog: kill the server once the process that started it is gone.
-      sh(CLEAN_ENV .. "sh -c " .. q(
+      sh("sh -c " .. q(
         "while kill -0 " .. self.owner .. " 2>/dev/null && kill -0 " ..
         self.pid .. " 2>/dev/null; do sleep 0.5; done; kill -9 " .. self.pid ..
         " 2>/dev/null") .. " >/dev/null 2>&1 </dev/null &")
