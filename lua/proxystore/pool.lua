@@ -1,6 +1,28 @@
 -- proxystore.pool: worker processes for Lua functions, with large
 -- arguments and results travelling as store proxies.
 --
+--   local pool = ps.pool { workers = 4, store = "redis://...",
+--                          proxy_threshold = 64 * 1024, progress = true }
+--   local f = pool:submit(fn, ...)    -- a Future
+--   f:result([timeout]), f:done()
+--   pool:map(fn, list [, {progress = false}])
+--   pool:metrics()  -> submitted, completed, failed, worker_deaths,
+--                      proxied_args, proxied_results, running, queued
+--   pool:pids()     -> {slot = worker pid}, zygote pid
+--   pool.store, pool.dir (the private store's directory, if any)
+--   pool:close()    (also <close>; a collected pool kills its workers)
+--
+-- With no options, `workers` and `store` come from the host binary's
+-- --workers and --store (package.loaded["proxystore.host"]), then default
+-- to the number of cores and a private file store on /dev/shm (or $TMPDIR)
+-- that the pool removes at close, or its zygote when the parent dies.
+--
+-- Errors are proxystore error objects: kind "task" (the worker's message;
+-- fields traceback, cause), "worker" (the worker died: pid, code or
+-- signal), "timeout", "closed", "config", "serialization".
+--
+-- Inside a worker, os.exit flushes stdio and ends the worker at once.
+--
 -- The C side (src/pool*.c) forks a zygote at pool start and the workers
 -- from it, and moves codec-encoded frames over one socket per worker. This
 -- file keeps the queue, the futures, function packing, automatic proxying
