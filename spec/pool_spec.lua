@@ -236,6 +236,19 @@ describe("ps.pool", function()
     end
   end)
 
+  it("fails running tasks and closes itself when its zygote is killed", function()
+    local pids, z = pool:pids()
+    local f = pool:submit(function() while true do end end)
+    os.execute("kill -9 " .. z)
+    local e = catch(f.result, f, 10)
+    assert.equal("pool", e.kind)
+    assert.matches("zygote", tostring(e), 1, true)
+    assert.equal("closed", catch(pool.submit, pool, function() end).kind)
+    local list = { z }
+    for _, p in pairs(pids) do list[#list + 1] = p end
+    assert.same({}, gone(list))
+  end)
+
   it("raises a timeout error from result(timeout) while the task goes on", function()
     local f = pool:submit(function()
       local t = os.clock() + 0.6   -- CPU time: the worker is busy

@@ -537,6 +537,9 @@ function Pool:_step(timeout)
       self:_on_result(ev[1], ev[3])
     elseif kind == "exit" then
       self:_on_exit(ev[1], ev[3], ev[4], ev[5])
+    elseif kind == "zygote_died" then
+      self:_broken("the pool's zygote process died (killed from outside?); " ..
+        "its workers are gone")
     else -- spawn_failed: the slot stays empty
       local task = self.running[ev[1]]
       self.running[ev[1]] = nil
@@ -546,6 +549,17 @@ function Pool:_step(timeout)
       end
     end
   end
+end
+
+-- Fails every unfinished task and closes the pool.
+function Pool:_broken(why)
+  for _, task in pairs(self.tasks) do
+    if task.state ~= "done" then
+      self:_finish(task, false, nil, perror("pool", why .. " (task " .. task.id .. ")"))
+    end
+  end
+  self.running, self.queue, self.qhead, self.qtail = {}, {}, 1, 0
+  self:_shutdown(true)
 end
 
 local function check_open(self, what)
