@@ -374,6 +374,12 @@ function M.new(opts)
     store = P.init_store("file", { name = name, dir = self.dir })
     self.own_store = true
   end
+  if store.kind == "local" then
+    if self.own_store then pcall(store.close, store) end
+    setmetatable(self, nil)
+    error(perror("config", "pool: a local store lives in one process; " ..
+      "workers need a file or redis store"), 2)
+  end
   self.store = store
 
   -- From here on, forked processes see the globals as they are now.
