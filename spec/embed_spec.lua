@@ -44,7 +44,7 @@ describe("the C API (proxystore.h)", function()
     rc, out = sh(string.format("'%s/embed_test' '%s/run'", tmp, tmp))
     assert.are.equal(0, rc, out)
     assert.is_nil(out:find("not ok", 1, true), out)
-    assert.truthy(out:find("\n1..37\n", 1, true), out)
+    assert.truthy(out:find("\n1..38\n", 1, true), out)
   end)
 
   it("runs examples/embed/host.c: a proxy handed to a Lua function", function()
@@ -60,5 +60,25 @@ describe("the C API (proxystore.h)", function()
       "bad URL: code 2, proxystore: bad store URL 'nosuch://x': unknown scheme "
         .. "'nosuch' (redis://, unix://, file://, local:)",
     }, "\n") .. "\n", out:gsub("rc=%d+\n?$", ""))
+  end)
+
+  it("without the compiled-in modules, opens from package.path or says why not", function()
+    -- embed.c compiled with the sources alone (no -DPS_LUASRC), as specs
+    -- that compile every C file of src do.
+    local flags = SANITIZED and "-fsanitize=address,undefined -fno-omit-frame-pointer" or ""
+    local rc, out = sh(string.format(
+      "cd '%s' && env -u LD_PRELOAD ${CC:-cc} -std=c11 -O1 -g -D_GNU_SOURCE %s -Isrc "
+      .. "$(pkg-config --cflags lua5.4 hiredis) -o '%s/bare_host' examples/embed/host.c "
+      .. "$(ls src/*.c | grep -v '/main\\.c$') $(pkg-config --libs lua5.4 hiredis) "
+      .. "-lpthread -lm", ROOT, flags, tmp))
+    assert(rc == 0, out)
+    rc, out = sh(string.format("cd '%s' && LUA_PATH='%s/lua/?.lua;%s/lua/?/init.lua' "
+      .. "'%s/bare_host' '%s/examples/embed/script.lua'", tmp, ROOT, ROOT, tmp, ROOT))
+    assert.are.equal(0, rc, out)
+    assert.matches("^pushed a proxy: yes\nsummarize: 85 bytes", out)
+    rc, out = sh(string.format("cd '%s' && LUA_PATH='%s/?.lua' '%s/bare_host' x.lua",
+      tmp, tmp, tmp))
+    assert.are.equal(1, rc, out)
+    assert.matches("^host: proxystore: [^\n]*module 'proxystore' not found", out)
   end)
 end)

@@ -201,6 +201,20 @@ int main(int argc, char **argv) {
 
   lua_close(L);
 
+  /* Two states in one host share nothing: each opens, puts and extracts. */
+  lua_State *a = newstate(), *b = newstate();
+  int ok_a = proxystore_open(a, err, sizeof err) == PROXYSTORE_OK &&
+             proxystore_put_url(a, "local:", "A", 1, NULL, 0, err, sizeof err) ==
+               PROXYSTORE_OK;
+  int ok_b = proxystore_open(b, err, sizeof err) == PROXYSTORE_OK &&
+             proxystore_put_url(b, "local:", "B", 1, NULL, 0, err, sizeof err) ==
+               PROXYSTORE_OK;
+  lua_close(a);   /* closing one leaves the other working */
+  check(ok_b && ok_a && proxystore_extract(b, -1, err, sizeof err) ==
+        PROXYSTORE_OK && strcmp(lua_tostring(b, -1), "B") == 0,
+        "two states each have their own stores", err);
+  lua_close(b);
+
   printf("1..%d\n", n);
   return failures ? 1 : 0;
 }
