@@ -43,8 +43,10 @@ int luaopen_proxystore_core(lua_State *L);
  * Opens proxystore into L: registers the linked-in core as
  * package.preload["proxystore.core"] and the compiled-in Lua modules
  * ("proxystore", "proxystore.url", ...) in package.preload, then runs
- * require "proxystore". On success pushes the module table (the value of
- * require "proxystore"); the host may set it as a global or pop it.
+ * require "proxystore". (libproxystore always carries the modules; the
+ * project's src/embed.c compiled on its own finds them on package.path.)
+ * On success pushes the module table (the value of require "proxystore");
+ * the host may set it as a global or pop it.
  * Needs the standard libraries (luaL_openlibs, at least package, string,
  * table, math, os and io) opened on L. Calling it again is harmless and
  * pushes the same table.
