@@ -72,7 +72,15 @@ $(BUILD)/obj/embed.o: src/embed.c $(HEADERS) $(LUASRC_C)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -DPS_LUASRC='"$(abspath $(LUASRC_C))"' -c $< -o $@
 
-$(LIB_A): $(CORE_OBJ) $(EMBED_OBJ)
+# One relocatable object in which only the C API is global, so a host's own
+# symbols never collide with the core's internal ones.
+OBJCOPY ?= objcopy
+$(BUILD)/obj/libproxystore.o: $(CORE_OBJ) $(EMBED_OBJ)
+	$(CC) -r -nostdlib -o $@ $^
+	$(OBJCOPY) --wildcard --keep-global-symbol='proxystore_*' \
+	  --keep-global-symbol=luaopen_proxystore_core $@
+
+$(LIB_A): $(BUILD)/obj/libproxystore.o
 	@mkdir -p $(dir $@); rm -f $@
 	$(AR) rcs $@ $^
 

@@ -47,6 +47,17 @@ describe("the C API (proxystore.h)", function()
     assert.truthy(out:find("\n1..38\n", 1, true), out)
   end)
 
+  it("exports only the C API from libproxystore.a", function()
+    local rc, out = sh(string.format("env -u LD_PRELOAD nm -g --defined-only '%s/lib/libproxystore.a'",
+      BUILD))
+    assert(rc == 0, out)
+    local names = {}
+    for name in out:gmatch(" [A-Za-z] ([%w_.]+)\n") do names[#names + 1] = name end
+    table.sort(names)
+    assert.are.same({"luaopen_proxystore_core", "proxystore_extract", "proxystore_isproxy",
+      "proxystore_open", "proxystore_put", "proxystore_put_url"}, names)
+  end)
+
   it("runs examples/embed/host.c: a proxy handed to a Lua function", function()
     local rc, out = build_host("examples/embed/host.c", tmp .. "/host")
     assert(rc == 0, out)
