@@ -338,7 +338,7 @@ void ps_store_prefetch(lua_State *L, int sidx, int kidx, unsigned flags,
 
 /* ---- the registry --------------------------------------------------------- */
 
-void push_registry(lua_State *L) {
+static void push_registry(lua_State *L) {
   lua_getfield(L, LUA_REGISTRYINDEX, REGISTRY);
 }
 
