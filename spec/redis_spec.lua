@@ -83,6 +83,15 @@ describe("the redis store", function()
       end)
     end
 
+    it("opens from a unix:// URL with a db", function()
+      serial = serial + 1
+      local s = ps.init_store("unix://" .. srv.path .. "?db=4", { name = "unixurl" .. serial })
+      stores[#stores + 1] = s
+      s:put("sock", { key = "via-unix" })
+      assert.equal("1", srv:cli("-n", "4", "EXISTS", "via-unix"):match("%d+"))
+      assert.equal("sock", s:get("via-unix"))
+    end)
+
     it("stores under the prefix and in the chosen db", function()
       local s = new_store { prefix = "pfx:", db = 3 }
       local k = s:put("hello", { key = "mine" })
@@ -146,10 +155,37 @@ describe("the redis store", function()
       assert.equal("v1", ps.extract(a:proxy_from_key(k)))     -- now cached in a
       b:put("v2", { key = k })                                  -- another writer
       assert.equal("v2", ps.extract(a:proxy_from_key(k, { strict = true })))
-      -- unchanged: still right, and served after a version check
+      -- unchanged: served from the cache after a version check that moves
+      -- no object bytes (same round trip as the read would have been)
+      local m0 = a:metrics()
       assert.equal("v2", ps.extract(a:proxy_from_key(k, { strict = true })))
+      local m1 = a:metrics()
+      assert.equal(m0.cache.hits + 1, m1.cache.hits)
+      assert.equal(m0.get.count + 1, m1.get.count)
+      assert.equal(m0.get.bytes, m1.get.bytes)
       b:put({ "v3" }, { key = k })
       assert.same({ "v3" }, ps.extract(a:proxy_from_key(k, { strict = true })))
+    end)
+  end)
+
+  describe("metrics", function()
+    it("count operations, bytes and time, and cache hits and misses", function()
+      local s = new_store { cache_size = 4 }
+      local k = s:put(string.rep("m", 1000))
+      s:get(k)
+      s:get(k)
+      s:exists(k)
+      s:evict(k)
+      local m = s:metrics()
+      assert.equal(1, m.put.count)
+      assert.is_true(m.put.bytes >= 1000)
+      assert.equal(1, m.get.count)     -- the second get was a cache hit
+      assert.is_true(m.get.bytes >= 1000)
+      assert.equal(1, m.cache.hits)
+      assert.equal(1, m.cache.misses)
+      assert.equal(1, m.exists.count)
+      assert.equal(1, m.evict.count)
+      assert.is_true(m.get.time_total > 0 and m.get.time_max <= m.get.time_total)
     end)
   end)
 
@@ -271,6 +307,16 @@ describe("the redis store", function()
         port = auth.port, username = "alice", password = "wonder", timeout = 2 })
       stores[#stores + 1] = b
       assert.equal("ok", b:get(b:put("ok")))
+    end)
+
+    it("takes the credentials and db from a redis:// URL", function()
+      serial = serial + 1
+      local s = ps.init_store(("redis://alice:wonder@127.0.0.1:%d/2"):format(auth.port),
+                              { name = "authurl" .. serial })
+      stores[#stores + 1] = s
+      s:put("via url", { key = "u" })
+      assert.equal("1", auth:cli("-n", "2", "EXISTS", "u"):match("%d+"))
+      assert.equal("via url", s:get("u"))
     end)
 
     it("rejects a wrong password or none", function()

@@ -8,6 +8,7 @@
  * mutex consistent across fork, and the child puts back the job its
  * parent's worker was running, since no thread will finish it there.
  */
+#include <dlfcn.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -191,9 +192,27 @@ static void install_atfork(void) {
   pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 }
 
+/*
+ * The worker outlives any lua_State, but lua_close unloads C modules: its
+ * code, the mutex it sleeps on and its contexts would be unmapped under
+ * it (a futex on unmapped memory aborts the process). So once a worker
+ * exists, the library that holds it can no longer be unloaded.
+ */
+static void pin_library(void) {
+  static int pinned;
+  if (pinned) return;
+  pinned = 1;
+  Dl_info info;
+  /* When this code is not in a dlopen'ed object (a host executable that
+     links the core in), NOLOAD finds nothing and nothing can unload it. */
+  if (dladdr((void *)worker, &info) != 0 && info.dli_fname != NULL)
+    (void)dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
 /* Starts the worker if needed; mu held. */
 static int ensure_worker(ps_berr *err) {
   if (worker_running) return PS_BOK;
+  pin_library();        /* the handle is deliberately never closed */
   pthread_attr_t attr;
   pthread_attr_init(&attr);
   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
