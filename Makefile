@@ -34,7 +34,7 @@ HOST_BIN  = $(if $(HOST_SRC),$(BUILD)/bin/proxystore)
 
 SANITIZE := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
-.PHONY: all deps test test-plain test-asan bench clean asan fuzz
+.PHONY: demo all deps test test-plain test-asan bench clean asan fuzz
 all: $(CORE_SO) $(HOST_BIN)
 
 $(BUILD)/obj/%.o: src/%.c $(HEADERS)
@@ -66,6 +66,13 @@ REDIS_RAW = $(BUILD)/bin/redis_raw
 $(REDIS_RAW): bench/redis_raw.c
 	@mkdir -p $(dir $@)
 	$(CC) $(WARN) $(OPT) $(CPPFLAGS) $(HIREDIS_CFLAGS) -o $@ $< $(HIREDIS_LIBS)
+
+# The main job on a fresh machine: install what is missing, build, and run
+# the MapReduce workflow on the embedded default store (no Redis needed).
+DEMO ?= examples/mapreduce.lua
+demo: deps
+	@$(MAKE) --no-print-directory all >/dev/null
+	@$(BUILD)/bin/proxystore $(DEMO)
 
 bench: all $(REDIS_RAW)
 	@$(LUA) bench/run.lua

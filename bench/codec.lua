@@ -2,10 +2,20 @@
 -- against lua-cjson encode + decode of the same data in the same run, and a
 -- 100 MiB string against memcpy into a reused buffer.
 --
--- Standalone: lua5.4 bench/codec.lua [runs]   (prints a markdown table)
--- Driver: require returns function(report) as bench/run.lua expects.
+-- Standalone: lua5.4 bench/codec.lua [runs]   (prints a markdown table;
+-- runs defaults to 7, medians of that many timed runs after one warm-up)
+-- Driver: loading it returns function(report) as bench/run.lua expects.
 -- True when run as a script rather than required or loaded by a driver.
 local is_main = not pcall(debug.getlocal, 4, 1)
+
+local ROOT = os.getenv("PROXYSTORE_SOURCE_ROOT")
+if not ROOT then
+  local src = debug.getinfo(1, "S").source:match("^@(.*)$") or ""
+  ROOT = src:match("^(.*)/bench/[^/]*$") or "."
+end
+local BUILD = os.getenv("PROXYSTORE_BUILD") or (ROOT .. "/build")
+package.cpath = BUILD .. "/lib/?.so;" .. package.cpath
+
 local core = require "proxystore.core"
 local cjson = require "cjson"
 local clock = core._bench_clock

@@ -7,7 +7,8 @@
 -- Standalone: lua5.4 bench/file.lua [sizes...]   (sizes like 1K 1M 100M)
 -- prints a markdown table. Under bench/run.lua: returns function(report).
 --
--- "First resolve" is a fresh proxy on a store with cache_size = 0, so the
+-- Baselines come from proxystore.core's benchmark helpers (_bench_clock,
+-- _bench_memcpy). "First resolve" is a fresh proxy on a store with cache_size = 0, so the
 -- bytes come from the file every time. The disk directory is under
 -- /var/tmp; its files are in the page cache when read (this measures the
 -- store's code path, not the disk).
@@ -20,22 +21,6 @@ end
 local BUILD = os.getenv("PROXYSTORE_BUILD") or (ROOT .. "/build")
 package.path = ROOT .. "/lua/?.lua;" .. ROOT .. "/lua/?/init.lua;" .. package.path
 package.cpath = BUILD .. "/lib/?.so;" .. package.cpath
-
--- The baseline helper is compiled here so the benchmark needs no extra
--- make rule; it is rebuilt when the source is newer.
-local function load_helper()
-  local src = ROOT .. "/bench/memcpy.c"
-  local out = BUILD .. "/bench/bench_memcpy.so"
-  local fresh = os.execute(string.format("test -f '%s' -a '%s' -nt '%s'", out, out, src))
-  if not fresh then
-    local cmd = string.format(
-      "mkdir -p '%s/bench' && ${CC:-cc} -O2 -fPIC -shared $(pkg-config --cflags lua5.4) -o '%s' '%s'",
-      BUILD, out, src)
-    assert(os.execute(cmd), "cannot build " .. out)
-  end
-  package.cpath = BUILD .. "/bench/?.so;" .. package.cpath
-  return require "bench_memcpy"
-end
 
 local SIZES = {
   { "1 KiB", 1024, 2000, 9 },
@@ -79,13 +64,14 @@ end
 
 local function run(report, wanted)
   local ps = require "proxystore"
-  local helper = load_helper()
-  local now = helper.now
+  local core = require "proxystore.core"
+  local clock = core._bench_clock
+  local function now() return clock() * 1e9 end
   local piece = string.rep("0123456789abcdef", 64)   -- 1 KiB
 
   local dirs = {
-    { "/dev/shm", "/dev/shm/proxystore-bench-" .. helper.now() },
-    { "disk", "/var/tmp/proxystore-bench-" .. helper.now() },
+    { "/dev/shm", "/dev/shm/proxystore-bench-" .. core.random_key() },
+    { "disk", "/var/tmp/proxystore-bench-" .. core.random_key() },
   }
 
   for _, size in ipairs(SIZES) do
@@ -103,8 +89,9 @@ local function run(report, wanted)
     local rep_ns, rep_sp = measure(now, runs, iters,
       function() sink = string.rep(piece, n // #piece) end, nil, drop)
     report(section, "baseline: string.rep (fresh Lua string)", rep_ns, rep_sp)
-    local cpy_ns, cpy_sp = measure(now, runs, iters * 10,
-      function() helper.copy(data) end)
+    -- core._bench_memcpy: median, min, max seconds of single copies.
+    local med, lo, hi = core._bench_memcpy(n, math.min(1000, runs * iters))
+    local cpy_ns, cpy_sp = med * 1e9, (hi - lo) / med * 100
     report(section, "baseline: memcpy into a reused buffer", cpy_ns, cpy_sp)
 
     for _, d in ipairs(dirs) do

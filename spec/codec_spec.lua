@@ -1,5 +1,7 @@
 -- The native serializer: core.serialize / core.deserialize (docs/format.md).
 local core = require "proxystore.core"
+local ps = require "proxystore"
+local redis = require "helpers.redis"
 
 local serialize, deserialize = core.serialize, core.deserialize
 
@@ -246,6 +248,13 @@ describe("core.serialize / core.deserialize", function()
       end
     end)
 
+    it("inside tables used as keys, and under awkward string keys", function()
+      local err = serialization_error(serialize, { x = { [{ cb = print }] = 1 } })
+      assert.are.equal("cannot serialize a function at value.x[<key>].cb", err.message)
+      err = serialization_error(serialize, { ["a\0b\"c"] = print })
+      assert.are.equal('cannot serialize a function at value["a\\0b\\34c"]', err.message)
+    end)
+
     it("functions used as table keys", function()
       local err = serialization_error(serialize, { x = { [print] = 1 } })
       assert.are.equal("cannot serialize a function used as a table key in value.x",
@@ -255,6 +264,81 @@ describe("core.serialize / core.deserialize", function()
     it("and keeps working after a refusal", function()
       for _ = 1, 3 do serialization_error(serialize, { 1, 2, print }) end
       assert.are.same({ 1, 2, 3 }, rt({ 1, 2, 3 }))
+    end)
+  end)
+
+  describe("proxies", function()
+    it("a store proxy travels as a reference, not its target, and resolves", function()
+      local store = ps.init_store("local", { name = "codec-spec-local" })
+      finally(function() store:close() end)
+      local big = ("x"):rep(1000000)
+      local p = store:proxy({ big, n = 1 })
+      local blob = serialize(p)
+      assert.is_true(#blob < 200, "blob of " .. #blob .. " bytes")
+      local q = deserialize(blob)
+      assert.is_true(ps.is_proxy(q))
+      assert.is_false(ps.is_resolved(q))
+      assert.are.equal(ps.key(p), ps.key(q))
+      assert.are.equal(big, q[1])
+      assert.are.equal(1, q.n)
+    end)
+
+    it("a proxy met twice comes back as one proxy, inside tables and cycles", function()
+      local store = ps.init_store("local", { name = "codec-spec-shared" })
+      finally(function() store:close() end)
+      local p = store:proxy({ 7 })
+      local t = { p, p, inner = { p } }
+      t.self = t
+      local r = deserialize(serialize(t))
+      assert.is_true(ps.is_proxy(r[1]))
+      assert.is_true(rawequal(r[1], r[2]))
+      assert.is_true(rawequal(r[1], r.inner[1]))
+      assert.are.equal(r, r.self)
+      assert.are.equal(7, r[1][1])
+    end)
+
+    it("refuses a proxy whose factory is a Lua function, naming where", function()
+      local p = ps.proxy(function() return 1 end)
+      local err = serialization_error(serialize, { a = { 1, p } })
+      assert.truthy(err.message:find("^cannot serialize the proxy at value%.a%[2%]: "), err.message)
+      assert.truthy(err.message:find("factory is a Lua function", 1, true), err.message)
+    end)
+
+    it("refuses a malformed proxy reference", function()
+      serialization_error(deserialize, "\250\1\0\11\9\0\0")
+      serialization_error(deserialize, "\250\1\0\11\9\0\1\67key\129")
+    end)
+
+    it("a Redis store proxy on localhost fits in 200 bytes and resolves in another process", function()
+      local srv = redis.start()
+      finally(function() srv:stop() end)
+      local store = ps.init_store("redis", { name = "codec-spec-redis", host = "localhost",
+        port = srv.port })
+      finally(function() store:close() end)
+      local p = store:proxy({ answer = 42, text = ("t"):rep(100000) })
+      local blob = serialize(p)
+      assert.is_true(#blob <= 200, "blob of " .. #blob .. " bytes")
+      local file = os.tmpname()
+      finally(function() os.remove(file) end)
+      local f = assert(io.open(file, "wb"))
+      f:write(blob)
+      f:close()
+      local code = [[
+        local ps = require "proxystore"
+        local f = assert(io.open(arg[1], "rb"))
+        local p = ps.deserialize(f:read("a"))
+        f:close()
+        io.write(tostring(ps.is_proxy(p)), " ", p.answer, " ", #p.text)
+      ]]
+      local script = os.tmpname()
+      finally(function() os.remove(script) end)
+      f = assert(io.open(script, "w"))
+      f:write(code)
+      f:close()
+      local pipe = assert(io.popen("lua5.4 " .. script .. " " .. file .. " 2>&1"))
+      local out = pipe:read("a")
+      pipe:close()
+      assert.are.equal("true 42 100000", out)
     end)
   end)
 
@@ -275,6 +359,13 @@ describe("core.serialize / core.deserialize", function()
 
     it("refuses to encode deeper than 512 levels, with a clear error", function()
       local err = serialization_error(serialize, nest(100000))
+      assert.truthy(err.message:find("deeper than 512", 1, true))
+    end)
+
+    it("counts tables used as keys towards the limit", function()
+      local t = {}
+      for _ = 1, 600 do t = { [t] = true } end
+      local err = serialization_error(serialize, t)
       assert.truthy(err.message:find("deeper than 512", 1, true))
     end)
 

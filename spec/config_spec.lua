@@ -61,7 +61,7 @@ describe("store configs", function()
     local again = recreate(a, key, { 1, 2, 3 })
     assert.are.equal(url.format(again:config()), "file://" .. dir)
     again:close()
-    os.execute("rm -rf " .. quote(dir))
+    os.execute("unset LD_PRELOAD ASAN_OPTIONS UBSAN_OPTIONS; rm -rf " .. quote(dir))
   end)
 
   it("are plain tables that survive ps.serialize", function()

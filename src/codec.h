@@ -61,11 +61,6 @@ void ps_codec_encode_ex(lua_State *L, int idx, ps_buf *b, int pieces);
  * helpers for bench/codec.lua; called by ps_codec_open. */
 void ps_bench_open(lua_State *L);
 
-/* Wraps the state's allocator so blocks of 4 MiB and more go on huge pages
- * (alloc.c): creating a large string is then not dominated by page faults.
- * Called by ps_codec_open; idempotent per state. */
-void ps_alloc_open(lua_State *L);
-
 /* Little-endian stores and loads; compilers turn these into single moves. */
 static inline void codec_st64(char *p, uint64_t v) {
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__

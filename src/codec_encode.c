@@ -440,16 +440,34 @@ static void encode_table(enc *e, int t) {
   }
 }
 
+static int push_reference(lua_State *L) {
+  ps_proxy_push_reference(L, 1);
+  return 1;
+}
+
 static void encode_proxy(enc *e, int idx) {
   lua_State *L = e->L;
   if (seen_before(e, idx)) return;
   enter(e);
   ROOM(e, 1);
   e->b->data[e->b->len++] = TAG_PROXY;
-  ps_proxy_push_reference(L, idx);
-  if (!lua_istable(L, -1))
+  /* Protected, so that a refusal (a proxy whose factory is a Lua function)
+   * can say where in the value the proxy was. Proxies are few: the extra
+   * call costs nothing that matters. */
+  lua_pushcfunction(L, push_reference);
+  lua_pushvalue(L, idx);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK || !lua_istable(L, -1)) {
+    /* Say why in the same line: the message of a proxystore error, or
+     * the error value itself. */
+    if (ps_error_is(L, -1)) lua_getfield(L, -1, "message");
+    const char *why = lua_tostring(L, -1);
+    e->depth--;
+    if (!lua_checkstack(L, 8)) luaL_error(L, "proxystore: stack overflow");
+    push_path(e, e->depth);
     ps_error_raise(L, PS_ESERIALIZATION, NULL,
-                   "cannot serialize a proxy: no store reference");
+                   "cannot serialize the proxy at %s: %s", lua_tostring(L, -1),
+                   why ? why : "no store reference");
+  }
   if (!e->have_anchors) {
     lua_newtable(L);
     lua_replace(L, e->anchors);

@@ -9,6 +9,7 @@ static void (*const openers[])(lua_State *) = {
   ps_store_open,
   ps_codec_open,
   ps_clock_open,
+  ps_pool_open,
 };
 
 int luaopen_proxystore_core(lua_State *L) {

@@ -17,6 +17,10 @@
 #include "ps.h"
 
 #define PROXY_MT "proxystore.Proxy"
+/* The same with __gc, for proxies that own a background fetch: only they
+ * need a finalizer, and finalizers make every collection of a proxy cost
+ * an extra cycle. */
+#define PROXY_GC_MT "proxystore.Proxy.gc"
 #define WRAPPERS "proxystore.method_wrappers"
 
 /* Uses of a table proxy through C before it gets its own metatable. */
@@ -62,16 +66,29 @@ static proxy *newproxy(lua_State *L, unsigned flags) {
 
 /* ---- resolution ------------------------------------------------------ */
 
+/*
+ * Pushes the open store of the store proxy at idx. A proxy from another
+ * process, or whose store was closed, finds the store by name or creates it
+ * from the config (so a re-created store serves old proxies).
+ */
+static void push_store(lua_State *L, int idx) {
+  if (lua_getiuservalue(L, idx, 2) == LUA_TTABLE ||
+      !ps_store_is_open(L, -1)) {
+    if (lua_type(L, -1) != LUA_TTABLE) {
+      ps_store_push_config(L, -1);
+      lua_remove(L, -2);
+    }
+    ps_store_from_config(L, -1);
+    lua_remove(L, -2);
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, idx, 2);
+  }
+}
+
 /* pcall'ed: resolves the store proxy at 1 and returns its target. */
 static int resolve_store(lua_State *L) {
   proxy *p = lua_touserdata(L, 1);
-  lua_getiuservalue(L, 1, 2);
-  if (lua_type(L, 2) == LUA_TTABLE) {
-    ps_store_from_config(L, 2);
-    lua_pushvalue(L, -1);
-    lua_setiuservalue(L, 1, 2);
-    lua_replace(L, 2);
-  }
+  push_store(L, 1);
   lua_getiuservalue(L, 1, 3);   /* 3: key */
   lua_getiuservalue(L, 1, 1);   /* 4: deserializer or nil */
   ps_store_resolve_ex(L, 2, 3, p->flags, lua_isnil(L, 4) ? 0 : 4,
@@ -85,6 +102,8 @@ static int call_factory(lua_State *L) {
   return 1;
 }
 
+static void resolve_factory(lua_State *L, int idx, proxy *p);
+
 /* Pushes the target of the proxy p at idx, resolving it first. */
 static void push_target(lua_State *L, int idx, proxy *p) {
   if (p->state == RESOLVED) {
@@ -95,8 +114,26 @@ static void push_target(lua_State *L, int idx, proxy *p) {
     ps_error_raise(L, PS_ERESOLVE, NULL,
                    "proxy used by its own factory while resolving");
   idx = lua_absindex(L, idx);
+  if (p->flags & STORE_PROXY) {
+    /*
+     * No user factory runs here, so a failure simply leaves the proxy
+     * UNRESOLVED and no pcall is needed: the error goes straight up.
+     */
+    lua_pushcfunction(L, resolve_store);
+    lua_pushvalue(L, idx);
+    lua_call(L, 1, 1);
+  } else {
+    resolve_factory(L, idx, p);
+  }
+  lua_pushvalue(L, -1);
+  lua_setiuservalue(L, idx, 1);
+  p->state = RESOLVED;
+}
+
+/* Runs a Lua factory; RESOLVING catches a factory that uses its proxy. */
+static void resolve_factory(lua_State *L, int idx, proxy *p) {
   p->state = RESOLVING;
-  lua_pushcfunction(L, (p->flags & STORE_PROXY) ? resolve_store : call_factory);
+  lua_pushcfunction(L, call_factory);
   lua_pushvalue(L, idx);
   if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
     p->state = UNRESOLVED;
@@ -105,9 +142,6 @@ static void push_target(lua_State *L, int idx, proxy *p) {
                   "proxy factory failed");
     lua_error(L);
   }
-  lua_pushvalue(L, -1);
-  lua_setiuservalue(L, idx, 1);
-  p->state = RESOLVED;
 }
 
 void ps_proxy_push_target(lua_State *L, int idx) {
@@ -130,7 +164,7 @@ static void promote(lua_State *L, int idx, proxy *p) {
   p->promoted = 1;
   idx = lua_absindex(L, idx);
   lua_createtable(L, 0, 32);
-  luaL_getmetatable(L, PROXY_MT);
+  lua_getmetatable(L, idx);
   lua_pushnil(L);
   while (lua_next(L, -2)) {
     lua_pushvalue(L, -2);
@@ -359,16 +393,11 @@ static int l_resolve_async(lua_State *L) {
   proxy *p = checkproxy(L, 1);
   lua_settop(L, 1);
   if (p->state != UNRESOLVED || !(p->flags & STORE_PROXY)) return 1;
-  lua_getiuservalue(L, 1, 2);
-  if (lua_type(L, 2) == LUA_TTABLE) {
-    ps_store_from_config(L, 2);
-    lua_pushvalue(L, -1);
-    lua_setiuservalue(L, 1, 2);
-    lua_replace(L, 2);
-  }
+  push_store(L, 1);
   lua_getiuservalue(L, 1, 3);
   ps_store_prefetch(L, 2, 3, p->flags, &p->prefetch);
   lua_settop(L, 1);
+  if (p->prefetch) luaL_setmetatable(L, PROXY_GC_MT);
   return 1;
 }
 
@@ -474,7 +503,7 @@ static const luaL_Reg proxy_mm[] = {
   {"__bnot", mm_bnot},     {"__eq", mm_eq},
   {"__lt", mm_lt},         {"__le", mm_le},
   {"__tostring", mm_tostring}, {"__pairs", mm_pairs},
-  {"__gc", mm_gc},         {NULL, NULL}};
+  {NULL, NULL}};
 
 static const luaL_Reg proxy_funcs[] = {
   {"proxy", l_proxy},
@@ -489,11 +518,17 @@ static const luaL_Reg proxy_funcs[] = {
   {NULL, NULL}};
 
 void ps_proxy_open(lua_State *L) {
-  luaL_newmetatable(L, PROXY_MT);
-  luaL_setfuncs(L, proxy_mm, 0);
-  lua_pushboolean(L, 1);
-  lua_rawsetp(L, -2, &ps_proxy_tag);
-  lua_pop(L, 1);
+  for (int gc = 0; gc <= 1; gc++) {
+    luaL_newmetatable(L, gc ? PROXY_GC_MT : PROXY_MT);
+    luaL_setfuncs(L, proxy_mm, 0);
+    if (gc) {
+      lua_pushcfunction(L, mm_gc);
+      lua_setfield(L, -2, "__gc");
+    }
+    lua_pushboolean(L, 1);
+    lua_rawsetp(L, -2, &ps_proxy_tag);
+    lua_pop(L, 1);
+  }
   lua_newtable(L);   /* weak-keyed: a wrapper never keeps its method alive */
   lua_createtable(L, 0, 1);
   lua_pushliteral(L, "k");

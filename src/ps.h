@@ -121,6 +121,8 @@ void ps_codec_open(lua_State *L);
 
 /* Returns the store userdata at idx or raises. */
 struct ps_store *ps_store_check(lua_State *L, int idx);
+/* True if the store userdata at idx is open. */
+int ps_store_is_open(lua_State *L, int idx);
 /* Pushes the registered store called name, or nil. */
 void ps_store_lookup(lua_State *L, const char *name);
 /*
@@ -153,5 +155,9 @@ void ps_store_resolve_ex(lua_State *L, int store_idx, int key_idx,
                          unsigned flags, int deserializer,
                          ps_prefetch_slot *slot);
 void ps_store_open(lua_State *L);
+
+/* ---- worker pool (pool.c, pool_zygote.c, pool_channel.c) ---------------- */
+
+void ps_pool_open(lua_State *L);   /* module table on top */
 
 #endif

@@ -7,59 +7,36 @@
  * per-process LRU cache of deserialized objects, strict version checks,
  * evict-on-resolve and metrics; the backend only moves bytes.
  *
+ * Serializer dispatch is in envelope.c, batches in store_batch.c.
+ *
  * User values: 1 config table, 2 local objects, 3 cached values,
  * 4 custom serializer, 5 custom deserializer.
  */
 #include <string.h>
 #include <time.h>
 
-#include "ps.h"
-#include "backend.h"
-#include "cache.h"
+#include "store.h"
 #include "ps_backends.h"
 #include "prefetch.h"
 
-#define STORE_MT "proxystore.Store"
-#define REGISTRY "proxystore.stores"
-#define FACTORY "proxystore.store_factory"
-#define BLOBS_MT "proxystore.Blobs"
-
-enum { UV_CONFIG = 1, UV_LOCAL, UV_CACHE, UV_SER, UV_DESER, UV_N = UV_DESER };
-
-/* The first byte of every stored object says how the rest was encoded, so
- * a proxy resolves with the right deserializer in any process. */
-enum { ENV_NATIVE = 1, ENV_JSON = 2, ENV_CUSTOM = 3 };
-
-enum { OP_PUT, OP_GET, OP_EXISTS, OP_EVICT, OP_N };
 static const char *const op_names[OP_N] = {"put", "get", "exists", "evict"};
-
-typedef struct metric {
-  lua_Integer count, bytes;
-  double total, max;
-} metric;
-
-typedef struct ps_store {
-  const ps_backend_ops *ops;   /* NULL: the local store */
-  void *ctx;
-  int open;
-  int serializer;              /* ENV_* used for puts */
-  ps_cache cache;
-  metric m[OP_N];
-  lua_Integer hits, misses;
-  ps_bconfig bcfg;             /* strings point into the config table */
-} ps_store;
 
 /* Stands for a stored nil in the local store's table. */
 static const char local_nil = 0;
 
-static double now(void) {
+double ps_store_now(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static void record(ps_store *s, int op, double t0, size_t bytes) {
-  double dt = now() - t0;
+void ps_store_record(ps_store *s, int op, double t0, size_t bytes) {
+  if (s->ops == NULL) {
+    /* Local operations take ~100 ns: timing them would double that. */
+    s->m[op].count++;
+    return;
+  }
+  double dt = ps_store_now() - t0;
   metric *m = &s->m[op];
   m->count++;
   m->bytes += (lua_Integer)bytes;
@@ -71,8 +48,12 @@ ps_store *ps_store_check(lua_State *L, int idx) {
   return luaL_checkudata(L, idx, STORE_MT);
 }
 
+int ps_store_is_open(lua_State *L, int idx) {
+  return ps_store_check(L, idx)->open;
+}
+
 /* The store's name (anchored in its config table). */
-static const char *store_name(lua_State *L, int sidx) {
+const char *ps_store_name(lua_State *L, int sidx) {
   lua_getiuservalue(L, sidx, UV_CONFIG);
   lua_getfield(L, -1, "name");
   const char *name = lua_tostring(L, -1);
@@ -80,17 +61,21 @@ static const char *store_name(lua_State *L, int sidx) {
   return name ? name : "?";
 }
 
-static ps_store *check_open(lua_State *L, int idx) {
+ps_store *ps_store_check_open(lua_State *L, int idx) {
   ps_store *s = ps_store_check(L, idx);
   if (!s->open)
-    ps_error_raise(L, PS_ECLOSED, &(ps_errctx){.store = store_name(L, idx)},
-                   "store '%s' is closed", store_name(L, idx));
+    ps_error_raise(L, PS_ECLOSED, &(ps_errctx){.store = ps_store_name(L, idx)},
+                   "store '%s' is closed", ps_store_name(L, idx));
   return s;
 }
 
-static const char *check_key(lua_State *L, int idx, size_t *len) {
-  const char *k = luaL_checklstring(L, idx, len);
-  luaL_argcheck(L, *len > 0, idx, "empty key");
+/* Keys are user input: a bad one is a config error, never a crash. */
+const char *ps_store_check_key(lua_State *L, int idx, size_t *len) {
+  if (lua_type(L, idx) != LUA_TSTRING)
+    ps_error_raise(L, PS_ECONFIG, NULL, "a key must be a string, got %s",
+                   luaL_typename(L, idx));
+  const char *k = lua_tolstring(L, idx, len);
+  if (*len == 0) ps_error_raise(L, PS_ECONFIG, NULL, "a key must not be empty");
   return k;
 }
 
@@ -99,7 +84,7 @@ static const char *address(ps_store *s) {
 }
 
 /* Raises the error a backend reported (err already released everything). */
-static int raise_backend(lua_State *L, int sidx, ps_store *s,
+int ps_store_raise_backend(lua_State *L, int sidx, ps_store *s,
                          const ps_berr *err, const char *key, size_t klen) {
   static const char *const kinds[] = {
     [PS_BNOTFOUND] = PS_EMISSING_KEY, [PS_BCONN] = PS_ECONNECTION,
@@ -109,7 +94,7 @@ static int raise_backend(lua_State *L, int sidx, ps_store *s,
   int code = err->code;
   const char *kind = code > 0 && code <= PS_BNOMEM && kinds[code]
                          ? kinds[code] : PS_ESTORE;
-  const char *name = store_name(L, sidx);
+  const char *name = ps_store_name(L, sidx);
   return ps_error_raise(L, kind,
                         &(ps_errctx){.key = key, .keylen = klen,
                                      .store = name, .address = address(s)},
@@ -119,10 +104,6 @@ static int raise_backend(lua_State *L, int sidx, ps_store *s,
 
 /* ---- boxes for C memory that must survive a Lua error ------------------- */
 
-typedef struct blobs {
-  size_t n;
-  ps_blob b[];
-} blobs;
 
 static int blobs_gc(lua_State *L) {
   blobs *bs = lua_touserdata(L, 1);
@@ -130,7 +111,7 @@ static int blobs_gc(lua_State *L) {
   return 0;
 }
 
-static blobs *push_blobs(lua_State *L, size_t n) {
+blobs *ps_blobs_push(lua_State *L, size_t n) {
   blobs *bs = lua_newuserdatauv(L, sizeof *bs + n * sizeof(ps_blob), 0);
   bs->n = 0;
   memset(bs->b, 0, n * sizeof(ps_blob));
@@ -139,100 +120,10 @@ static blobs *push_blobs(lua_State *L, size_t n) {
   return bs;
 }
 
-/* ---- serialization -------------------------------------------------------- */
-
-static void call_cjson(lua_State *L, const char *fn) {
-  lua_getglobal(L, "require");
-  lua_pushliteral(L, "cjson");
-  if (lua_pcall(L, 1, 1, 0) != LUA_OK)
-    ps_error_raise(L, PS_ECONFIG, &(ps_errctx){.cause = -1},
-                   "the json serializer needs lua-cjson");
-  lua_getfield(L, -1, fn);
-  lua_remove(L, -2);
-}
-
-/* Picks the serializer: a per-call option at opt (0: none) or the store's. */
-static int serializer_for(lua_State *L, ps_store *s, int opt) {
-  if (opt == 0 || lua_isnil(L, opt)) return s->serializer;
-  if (lua_isfunction(L, opt)) return ENV_CUSTOM;
-  const char *name = lua_tostring(L, opt);
-  if (name && strcmp(name, "native") == 0) return ENV_NATIVE;
-  if (name && strcmp(name, "json") == 0) return ENV_JSON;
-  return ps_error_raise(L, PS_ECONFIG, NULL,
-                        "unknown serializer '%s' (use \"native\", \"json\" "
-                        "or a function)", luaL_tolstring(L, opt, NULL));
-}
-
-/*
- * Serializes the value at obj into a boxed buffer pushed on the stack:
- * one envelope byte, then the payload.
- */
-static ps_buf *serialize(lua_State *L, int sidx, ps_store *s, int obj,
-                         int opt) {
-  int env = serializer_for(L, s, opt);
-  ps_buf *b = ps_buf_box(L);
-  unsigned char tag = (unsigned char)env;
-  if (ps_buf_append(b, &tag, 1) != 0)
-    ps_error_raise(L, PS_ESERIALIZATION, NULL, "out of memory");
-  if (env == ENV_NATIVE) {
-    ps_codec_encode(L, obj, b);
-    return b;
-  }
-  if (env == ENV_JSON) {
-    call_cjson(L, "encode");
-  } else if (opt && lua_isfunction(L, opt)) {
-    lua_pushvalue(L, opt);
-  } else {
-    lua_getiuservalue(L, sidx, UV_SER);
-  }
-  lua_pushvalue(L, obj);
-  lua_call(L, 1, 1);
-  size_t len;
-  const char *bytes = lua_tolstring(L, -1, &len);
-  if (bytes == NULL || lua_type(L, -1) != LUA_TSTRING)
-    ps_error_raise(L, PS_ESERIALIZATION, NULL,
-                   "serializer returned %s, not a string",
-                   luaL_typename(L, -1));
-  if (ps_buf_append(b, bytes, len) != 0)
-    ps_error_raise(L, PS_ESERIALIZATION, NULL, "out of memory");
-  lua_pop(L, 1);
-  return b;
-}
-
-/* Pushes the object held in data; deser is a stack index or 0. */
-static void deserialize(lua_State *L, int sidx, const char *data, size_t len,
-                        int deser) {
-  if (len == 0)
-    ps_error_raise(L, PS_ESERIALIZATION, NULL, "stored object is empty");
-  switch ((unsigned char)data[0]) {
-  case ENV_NATIVE:
-    ps_codec_decode(L, data + 1, len - 1);
-    return;
-  case ENV_JSON:
-    call_cjson(L, "decode");
-    break;
-  case ENV_CUSTOM:
-    if (deser) {
-      lua_pushvalue(L, deser);
-    } else if (lua_getiuservalue(L, sidx, UV_DESER) != LUA_TFUNCTION) {
-      ps_error_raise(L, PS_ESERIALIZATION, NULL,
-                     "object was stored with a custom serializer; give the "
-                     "store or the proxy a deserializer");
-    }
-    break;
-  default:
-    ps_error_raise(L, PS_ESERIALIZATION, NULL,
-                   "stored bytes are not a proxystore object (envelope "
-                   "byte %d)", (int)(unsigned char)data[0]);
-  }
-  lua_pushlstring(L, data + 1, len - 1);
-  lua_call(L, 1, 1);
-}
-
 /* ---- core operations ------------------------------------------------------- */
 
-static void cache_drop(lua_State *L, int sidx, ps_store *s, const char *key,
-                       size_t klen) {
+void ps_store_cache_drop(lua_State *L, int sidx, ps_store *s,
+                         const char *key, size_t klen) {
   if (s->cache.count == 0) return;
   ps_cache_remove(&s->cache, key, klen);
   lua_getiuservalue(L, sidx, UV_CACHE);
@@ -243,8 +134,8 @@ static void cache_drop(lua_State *L, int sidx, ps_store *s, const char *key,
 }
 
 /* Caches the value on top of the stack under key (leaves it there). */
-static void cache_add(lua_State *L, int sidx, ps_store *s, const char *key,
-                      size_t klen, const ps_version *ver) {
+void ps_store_cache_add(lua_State *L, int sidx, ps_store *s,
+                        const char *key, size_t klen, const ps_version *ver) {
   ps_cache_node *n = ps_cache_put(&s->cache, key, klen);
   if (n == NULL) return;
   if (ver) {
@@ -266,11 +157,11 @@ static void cache_add(lua_State *L, int sidx, ps_store *s, const char *key,
 }
 
 /* Stores the value at obj under the key at kidx. */
-static void do_put(lua_State *L, int sidx, ps_store *s, int obj, int kidx,
+void ps_store_do_put(lua_State *L, int sidx, ps_store *s, int obj, int kidx,
                    int ser) {
   size_t klen;
   const char *key = lua_tolstring(L, kidx, &klen);
-  double t0 = now();
+  double t0 = s->ops ? ps_store_now() : 0;
   if (s->ops == NULL) {
     lua_getiuservalue(L, sidx, UV_LOCAL);
     lua_pushvalue(L, kidx);
@@ -278,36 +169,36 @@ static void do_put(lua_State *L, int sidx, ps_store *s, int obj, int kidx,
     else lua_pushvalue(L, obj);
     lua_rawset(L, -3);
     lua_pop(L, 1);
-    record(s, OP_PUT, t0, 0);
+    ps_store_record(s, OP_PUT, t0, 0);
     return;
   }
-  ps_buf *b = serialize(L, sidx, s, obj, ser);
+  ps_buf *b = ps_envelope_serialize(L, sidx, s, obj, ser);
   ps_berr err = {0, ""};
   int rc = s->ops->put(s->ctx, (ps_key){key, klen}, b->data, b->len, NULL,
                        &err);
   size_t len = b->len;
   ps_buf_free(b);
   lua_pop(L, 1);
-  if (rc != PS_BOK) raise_backend(L, sidx, s, &err, key, klen);
-  cache_drop(L, sidx, s, key, klen);
-  record(s, OP_PUT, t0, len);
+  if (rc != PS_BOK) ps_store_raise_backend(L, sidx, s, &err, key, klen);
+  ps_store_cache_drop(L, sidx, s, key, klen);
+  ps_store_record(s, OP_PUT, t0, len);
 }
 
 /*
  * Pushes the object under the key at kidx and returns 1, or pushes nothing
  * and returns 0 when the key is absent.
  */
-static int do_get(lua_State *L, int sidx, ps_store *s, int kidx,
+int ps_store_do_get(lua_State *L, int sidx, ps_store *s, int kidx,
                   unsigned flags, int deser, ps_prefetch_slot *slot) {
   size_t klen;
   const char *key = lua_tolstring(L, kidx, &klen);
-  double t0 = now();
+  double t0 = s->ops ? ps_store_now() : 0;
   if (s->ops == NULL) {
     lua_getiuservalue(L, sidx, UV_LOCAL);
     lua_pushvalue(L, kidx);
     int t = lua_rawget(L, -2);
     lua_remove(L, -2);
-    record(s, OP_GET, t0, 0);
+    ps_store_record(s, OP_GET, t0, 0);
     if (t == LUA_TNIL) {
       lua_pop(L, 1);
       return 0;
@@ -331,7 +222,7 @@ static int do_get(lua_State *L, int sidx, ps_store *s, int kidx,
   ps_version have, ver;
   int use_have = hit && hit->has_version;
   if (use_have) have = hit->version;
-  blobs *bs = push_blobs(L, 1);
+  blobs *bs = ps_blobs_push(L, 1);
   ps_berr err = {0, ""};
   int rc;
   if (slot && *slot) {
@@ -346,7 +237,7 @@ static int do_get(lua_State *L, int sidx, ps_store *s, int kidx,
   if (rc == PS_BUNCHANGED) {
     lua_pop(L, 1);
     s->hits++;
-    record(s, OP_GET, t0, 0);
+    ps_store_record(s, OP_GET, t0, 0);
     lua_getiuservalue(L, sidx, UV_CACHE);
     lua_pushvalue(L, kidx);
     lua_rawget(L, -2);
@@ -355,29 +246,29 @@ static int do_get(lua_State *L, int sidx, ps_store *s, int kidx,
   }
   if (rc == PS_BNOTFOUND) {
     lua_pop(L, 1);
-    if (hit) cache_drop(L, sidx, s, key, klen);
+    if (hit) ps_store_cache_drop(L, sidx, s, key, klen);
     s->misses++;
-    record(s, OP_GET, t0, 0);
+    ps_store_record(s, OP_GET, t0, 0);
     return 0;
   }
   if (rc != PS_BOK) {
     ps_blob_release(&bs->b[0]);
-    raise_backend(L, sidx, s, &err, key, klen);
+    ps_store_raise_backend(L, sidx, s, &err, key, klen);
   }
   s->misses++;
   size_t len = bs->b[0].len;
-  deserialize(L, sidx, bs->b[0].data, len, deser);
+  ps_envelope_deserialize(L, sidx, bs->b[0].data, len, deser);
   ps_blob_release(&bs->b[0]);
   lua_remove(L, -2);   /* the blob box */
-  cache_add(L, sidx, s, key, klen, &ver);
-  record(s, OP_GET, t0, len);
+  ps_store_cache_add(L, sidx, s, key, klen, &ver);
+  ps_store_record(s, OP_GET, t0, len);
   return 1;
 }
 
 static void do_evict(lua_State *L, int sidx, ps_store *s, int kidx) {
   size_t klen;
   const char *key = lua_tolstring(L, kidx, &klen);
-  double t0 = now();
+  double t0 = s->ops ? ps_store_now() : 0;
   if (s->ops == NULL) {
     lua_getiuservalue(L, sidx, UV_LOCAL);
     lua_pushvalue(L, kidx);
@@ -386,11 +277,11 @@ static void do_evict(lua_State *L, int sidx, ps_store *s, int kidx) {
     lua_pop(L, 1);
   } else {
     ps_berr err = {0, ""};
-    cache_drop(L, sidx, s, key, klen);
+    ps_store_cache_drop(L, sidx, s, key, klen);
     if (s->ops->evict(s->ctx, (ps_key){key, klen}, &err) != PS_BOK)
-      raise_backend(L, sidx, s, &err, key, klen);
+      ps_store_raise_backend(L, sidx, s, &err, key, klen);
   }
-  record(s, OP_EVICT, t0, 0);
+  ps_store_record(s, OP_EVICT, t0, 0);
 }
 
 /* ---- resolution, for proxies ------------------------------------------------ */
@@ -400,11 +291,11 @@ void ps_store_resolve_ex(lua_State *L, int sidx, int kidx, unsigned flags,
   sidx = lua_absindex(L, sidx);
   kidx = lua_absindex(L, kidx);
   if (deser) deser = lua_absindex(L, deser);
-  ps_store *s = check_open(L, sidx);
-  if (!do_get(L, sidx, s, kidx, flags, deser, slot)) {
+  ps_store *s = ps_store_check_open(L, sidx);
+  if (!ps_store_do_get(L, sidx, s, kidx, flags, deser, slot)) {
     size_t klen;
     const char *key = lua_tolstring(L, kidx, &klen);
-    const char *name = store_name(L, sidx);
+    const char *name = ps_store_name(L, sidx);
     const char *addr = address(s);
     ps_error_raise(L, PS_EMISSING_KEY,
                    &(ps_errctx){.key = key, .keylen = klen, .store = name,
@@ -428,7 +319,7 @@ void ps_prefetch_slot_free(ps_prefetch_slot *slot) {
 
 void ps_store_prefetch(lua_State *L, int sidx, int kidx, unsigned flags,
                        ps_prefetch_slot *slot) {
-  ps_store *s = check_open(L, sidx);
+  ps_store *s = ps_store_check_open(L, sidx);
   size_t klen;
   const char *key = lua_tolstring(L, kidx, &klen);
   if (s->ops == NULL || *slot) return;
@@ -436,12 +327,12 @@ void ps_store_prefetch(lua_State *L, int sidx, int kidx, unsigned flags,
     return;   /* first use will be a cache hit anyway */
   ps_berr err = {0, ""};
   *slot = ps_prefetch_start(s->ops, &s->bcfg, (ps_key){key, klen}, &err);
-  if (*slot == NULL) raise_backend(L, sidx, s, &err, key, klen);
+  if (*slot == NULL) ps_store_raise_backend(L, sidx, s, &err, key, klen);
 }
 
 /* ---- the registry --------------------------------------------------------- */
 
-static void push_registry(lua_State *L) {
+void push_registry(lua_State *L) {
   lua_getfield(L, LUA_REGISTRYINDEX, REGISTRY);
 }
 
@@ -494,8 +385,9 @@ void ps_store_from_config(lua_State *L, int cfg) {
   }
   if (strcmp(kind, "local") == 0)
     ps_error_raise(L, PS_ERESOLVE, &(ps_errctx){.store = name},
-                   "local store '%s' lives in another process; a local "
-                   "store proxy resolves only where it was made "
+                   "local store '%s' was closed or lives in another "
+                   "process; a local store proxy resolves only in the "
+                   "process and store that made it "
                    "(use a file or redis store to share objects)", name);
   lua_pop(L, 3);
   if (lua_getfield(L, LUA_REGISTRYINDEX, FACTORY) == LUA_TFUNCTION) {
@@ -600,7 +492,7 @@ static int l_new_store(lua_State *L) {
     ps_berr err = {0, ""};
     s->ctx = ops->open(b, &err);
     if (s->ctx == NULL)
-      return raise_backend(L, 4, s, &err, NULL, 0);
+      return ps_store_raise_backend(L, 4, s, &err, NULL, 0);
     s->ops = ops;
   }
   s->open = 1;
@@ -627,7 +519,7 @@ static int l_set_store_factory(lua_State *L) {
 static int push_put_key(lua_State *L, int opts) {
   if (opts && lua_getfield(L, opts, "key") != LUA_TNIL) {
     size_t len;
-    check_key(L, lua_gettop(L), &len);
+    ps_store_check_key(L, lua_gettop(L), &len);
     return lua_gettop(L);
   }
   if (opts) lua_pop(L, 1);
@@ -637,13 +529,13 @@ static int push_put_key(lua_State *L, int opts) {
   return lua_gettop(L);
 }
 
-static int opt_table(lua_State *L, int idx) {
+int ps_store_opt_table(lua_State *L, int idx) {
   if (lua_isnoneornil(L, idx)) return 0;
   luaL_checktype(L, idx, LUA_TTABLE);
   return idx;
 }
 
-static int opt_field(lua_State *L, int opts, const char *field) {
+int ps_store_opt_field(lua_State *L, int opts, const char *field) {
   if (!opts) return 0;
   lua_getfield(L, opts, field);
   if (lua_isnil(L, -1)) {
@@ -653,7 +545,7 @@ static int opt_field(lua_State *L, int opts, const char *field) {
   return lua_gettop(L);
 }
 
-static unsigned proxy_flags(lua_State *L, int opts) {
+unsigned ps_store_proxy_flags(lua_State *L, int opts) {
   unsigned flags = 0;
   if (!opts) return 0;
   if (lua_getfield(L, opts, "evict"), lua_toboolean(L, -1)) flags |= PS_PROXY_EVICT;
@@ -663,30 +555,30 @@ static unsigned proxy_flags(lua_State *L, int opts) {
 }
 
 static int store_put(lua_State *L) {
-  ps_store *s = check_open(L, 1);
+  ps_store *s = ps_store_check_open(L, 1);
   luaL_checkany(L, 2);
-  int opts = opt_table(L, 3);
+  int opts = ps_store_opt_table(L, 3);
   lua_settop(L, 3);
   int k = push_put_key(L, opts);
-  do_put(L, 1, s, 2, k, opt_field(L, opts, "serializer"));
+  ps_store_do_put(L, 1, s, 2, k, ps_store_opt_field(L, opts, "serializer"));
   lua_pushvalue(L, k);
   return 1;
 }
 
 static int store_get(lua_State *L) {
-  ps_store *s = check_open(L, 1);
+  ps_store *s = ps_store_check_open(L, 1);
   size_t klen;
-  check_key(L, 2, &klen);
+  ps_store_check_key(L, 2, &klen);
   lua_settop(L, 3);
-  if (!do_get(L, 1, s, 2, 0, 0, NULL)) lua_pushvalue(L, 3);
+  if (!ps_store_do_get(L, 1, s, 2, 0, 0, NULL)) lua_pushvalue(L, 3);
   return 1;
 }
 
 static int store_exists(lua_State *L) {
-  ps_store *s = check_open(L, 1);
+  ps_store *s = ps_store_check_open(L, 1);
   size_t klen;
-  const char *key = check_key(L, 2, &klen);
-  double t0 = now();
+  const char *key = ps_store_check_key(L, 2, &klen);
+  double t0 = ps_store_now();
   int found;
   if (s->ops == NULL) {
     lua_getiuservalue(L, 1, UV_LOCAL);
@@ -695,185 +587,49 @@ static int store_exists(lua_State *L) {
   } else {
     ps_berr err = {0, ""};
     if (s->ops->exists(s->ctx, (ps_key){key, klen}, &found, &err) != PS_BOK)
-      raise_backend(L, 1, s, &err, key, klen);
+      ps_store_raise_backend(L, 1, s, &err, key, klen);
   }
-  record(s, OP_EXISTS, t0, 0);
+  ps_store_record(s, OP_EXISTS, t0, 0);
   lua_pushboolean(L, found);
   return 1;
 }
 
 static int store_evict(lua_State *L) {
-  ps_store *s = check_open(L, 1);
+  ps_store *s = ps_store_check_open(L, 1);
   size_t klen;
-  check_key(L, 2, &klen);
+  ps_store_check_key(L, 2, &klen);
   do_evict(L, 1, s, 2);
   return 0;
 }
 
 /* Gives the proxy on top its per-proxy deserializer from opts, if any. */
 static void set_proxy_deserializer(lua_State *L, int opts) {
-  int d = opt_field(L, opts, "deserializer");
+  int d = ps_store_opt_field(L, opts, "deserializer");
   if (d == 0) return;
   luaL_argexpected(L, lua_isfunction(L, d), opts, "deserializer function");
   lua_setiuservalue(L, -2, 1);
 }
 
 static int store_proxy(lua_State *L) {
-  ps_store *s = check_open(L, 1);
+  ps_store *s = ps_store_check_open(L, 1);
   luaL_checkany(L, 2);
-  int opts = opt_table(L, 3);
+  int opts = ps_store_opt_table(L, 3);
   lua_settop(L, 3);
   int k = push_put_key(L, opts);
-  do_put(L, 1, s, 2, k, opt_field(L, opts, "serializer"));
-  ps_proxy_push_store_ref(L, 1, k, proxy_flags(L, opts));
+  ps_store_do_put(L, 1, s, 2, k, ps_store_opt_field(L, opts, "serializer"));
+  ps_proxy_push_store_ref(L, 1, k, ps_store_proxy_flags(L, opts));
   set_proxy_deserializer(L, opts);
   return 1;
 }
 
 static int store_proxy_from_key(lua_State *L) {
-  check_open(L, 1);
+  ps_store_check_open(L, 1);
   size_t klen;
-  check_key(L, 2, &klen);
-  int opts = opt_table(L, 3);
+  ps_store_check_key(L, 2, &klen);
+  int opts = ps_store_opt_table(L, 3);
   lua_settop(L, 3);
-  ps_proxy_push_store_ref(L, 1, 2, proxy_flags(L, opts));
+  ps_proxy_push_store_ref(L, 1, 2, ps_store_proxy_flags(L, opts));
   set_proxy_deserializer(L, opts);
-  return 1;
-}
-
-/*
- * put_batch(list [, opts]): stores every element, returns their keys.
- * With a batch-capable backend all objects go in one round trip.
- * opts.keys: a list of keys to use.
- */
-static int put_batch(lua_State *L, int make_proxies) {
-  ps_store *s = check_open(L, 1);
-  luaL_checktype(L, 2, LUA_TTABLE);
-  int opts = opt_table(L, 3);
-  lua_settop(L, 3);
-  lua_Integer n = luaL_len(L, 2);
-  int keys_opt = opt_field(L, opts, "keys");   /* 4 or 0 */
-  if (!keys_opt) lua_pushnil(L);
-  int ser = opt_field(L, opts, "serializer");  /* 5 or 0 */
-  if (!ser) lua_pushnil(L);
-  lua_createtable(L, (int)n, 0);               /* 6: keys */
-  for (lua_Integer i = 1; i <= n; i++) {
-    if (keys_opt) {
-      lua_geti(L, 4, i);
-      size_t len;
-      check_key(L, -1, &len);
-    } else {
-      char key[33];
-      ps_key_random(key);
-      lua_pushlstring(L, key, 32);
-    }
-    lua_rawseti(L, 6, i);
-  }
-  double t0 = now();
-  if (s->ops && s->ops->put_batch && n > 0) {
-    blobs *bs = push_blobs(L, (size_t)n);      /* 7 */
-    ps_key *keys = lua_newuserdatauv(L, (size_t)n * sizeof *keys, 0); /* 8 */
-    size_t total = 0;
-    for (lua_Integer i = 1; i <= n; i++) {
-      lua_geti(L, 2, i);
-      ps_buf *b = serialize(L, 1, s, lua_gettop(L), ser ? 5 : 0);
-      /* Move the buffer into the blob box, which now owns it. */
-      bs->b[i - 1].data = b->data;
-      bs->b[i - 1].len = b->len;
-      total += b->len;
-      ps_buf_init(b);
-      lua_pop(L, 2);
-      lua_rawgeti(L, 6, i);
-      keys[i - 1].data = lua_tolstring(L, -1, &keys[i - 1].len);
-      lua_pop(L, 1);   /* anchored in the keys table */
-    }
-    ps_berr err = {0, ""};
-    int rc = s->ops->put_batch(s->ctx, (size_t)n, keys, bs->b, NULL, &err);
-    for (lua_Integer i = 0; i < n; i++) ps_blob_release(&bs->b[i]);
-    if (rc != PS_BOK) raise_backend(L, 1, s, &err, NULL, 0);
-    for (lua_Integer i = 0; i < n; i++)
-      cache_drop(L, 1, s, keys[i].data, keys[i].len);
-    record(s, OP_PUT, t0, total);
-    lua_settop(L, 6);
-  } else {
-    for (lua_Integer i = 1; i <= n; i++) {
-      lua_geti(L, 2, i);
-      lua_rawgeti(L, 6, i);
-      do_put(L, 1, s, lua_gettop(L) - 1, lua_gettop(L), ser ? 5 : 0);
-      lua_pop(L, 2);
-    }
-  }
-  if (make_proxies) {
-    unsigned flags = proxy_flags(L, opts);
-    lua_createtable(L, (int)n, 0);
-    for (lua_Integer i = 1; i <= n; i++) {
-      lua_rawgeti(L, 6, i);
-      ps_proxy_push_store_ref(L, 1, -1, flags);
-      lua_rawseti(L, -3, i);
-      lua_pop(L, 1);
-    }
-  }
-  return 1;
-}
-
-static int store_put_batch(lua_State *L) { return put_batch(L, 0); }
-static int store_proxy_batch(lua_State *L) { return put_batch(L, 1); }
-
-/* get_batch(keys): values in order (nil where absent), with field n. */
-static int store_get_batch(lua_State *L) {
-  ps_store *s = check_open(L, 1);
-  luaL_checktype(L, 2, LUA_TTABLE);
-  lua_settop(L, 2);
-  lua_Integer n = luaL_len(L, 2);
-  lua_createtable(L, (int)n, 1);   /* 3: results */
-  for (lua_Integer i = 1; i <= n; i++) {
-    lua_geti(L, 2, i);
-    size_t len;
-    check_key(L, -1, &len);
-    lua_pop(L, 1);
-  }
-  if (s->ops && s->ops->get_batch && n > 0) {
-    double t0 = now();
-    blobs *bs = push_blobs(L, (size_t)n);                                /* 4 */
-    ps_key *keys = lua_newuserdatauv(L, (size_t)n * sizeof *keys, 0);   /* 5 */
-    int *codes = lua_newuserdatauv(L, (size_t)n * sizeof *codes, 0);    /* 6 */
-    ps_version *vers = lua_newuserdatauv(L, (size_t)n * sizeof *vers, 0); /* 7 */
-    for (lua_Integer i = 1; i <= n; i++) {
-      lua_geti(L, 2, i);
-      keys[i - 1].data = lua_tolstring(L, -1, &keys[i - 1].len);
-      lua_pop(L, 1);
-    }
-    ps_berr err = {0, ""};
-    int rc = s->ops->get_batch(s->ctx, (size_t)n, keys, bs->b, vers, codes,
-                               &err);
-    if (rc != PS_BOK) {
-      for (lua_Integer i = 0; i < n; i++) ps_blob_release(&bs->b[i]);
-      raise_backend(L, 1, s, &err, NULL, 0);
-    }
-    size_t total = 0;
-    for (lua_Integer i = 0; i < n; i++) {
-      if (codes[i] != PS_BOK) {
-        s->misses++;
-        continue;
-      }
-      s->misses++;
-      total += bs->b[i].len;
-      deserialize(L, 1, bs->b[i].data, bs->b[i].len, 0);
-      ps_blob_release(&bs->b[i]);
-      cache_add(L, 1, s, keys[i].data, keys[i].len, &vers[i]);
-      lua_rawseti(L, 3, i + 1);
-    }
-    record(s, OP_GET, t0, total);
-    lua_settop(L, 3);
-  } else {
-    for (lua_Integer i = 1; i <= n; i++) {
-      lua_geti(L, 2, i);
-      if (do_get(L, 1, s, lua_gettop(L), 0, 0, NULL)) lua_rawseti(L, 3, i);
-      lua_pop(L, 1);
-    }
-  }
-  lua_pushinteger(L, n);
-  lua_setfield(L, 3, "n");
   return 1;
 }
 
@@ -922,7 +678,7 @@ static int store_close(lua_State *L) {
   ps_store *s = ps_store_check(L, 1);
   if (s->open) {
     push_registry(L);
-    const char *name = store_name(L, 1);
+    const char *name = ps_store_name(L, 1);
     lua_getfield(L, -1, name);
     if (lua_rawequal(L, -1, 1)) {
       lua_pushnil(L);
@@ -973,9 +729,9 @@ static const luaL_Reg store_methods[] = {
   {"evict", store_evict},
   {"proxy", store_proxy},
   {"proxy_from_key", store_proxy_from_key},
-  {"put_batch", store_put_batch},
-  {"get_batch", store_get_batch},
-  {"proxy_batch", store_proxy_batch},
+  {"put_batch", ps_store_put_batch},
+  {"get_batch", ps_store_get_batch},
+  {"proxy_batch", ps_store_proxy_batch},
   {"config", store_config},
   {"metrics", store_metrics},
   {"close", store_close},

@@ -65,13 +65,13 @@ int main(int argc, char **argv) {
         b.len == 0, "get empty");
   ps_blob_release(&b);
 
-  size_t big = 3u << 20;
+  size_t big = 9u << 20;
   char *data = malloc(big);
   for (size_t i = 0; i < big; i++) data[i] = (char)(i * 7 + (i >> 12));
-  CHECK(ops->put(ctx, K("big"), data, big, NULL, &err) == PS_BOK, "put 3 MiB");
+  CHECK(ops->put(ctx, K("big"), data, big, NULL, &err) == PS_BOK, "put 9 MiB");
   CHECK(ops->get(ctx, K("big"), NULL, &b, NULL, &err) == PS_BOK &&
         b.len == big && memcmp(b.data, data, big) == 0 && b.release != NULL,
-        "get 3 MiB (mapped)");
+        "get 9 MiB (mapped)");
   ps_blob_release(&b);
   free(data);
 

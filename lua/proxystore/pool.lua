@@ -1,0 +1,675 @@
+-- proxystore.pool: worker processes for Lua functions, with large
+-- arguments and results travelling as store proxies.
+--
+-- The C side (src/pool*.c) forks a zygote at pool start and the workers
+-- from it, and moves codec-encoded frames over one socket per worker. This
+-- file keeps the queue, the futures, function packing, automatic proxying
+-- and the progress bar.
+--
+-- A task message is {id, fn, args, px}: fn a packed function (bytecode and
+-- upvalues), args a packed argument list ({n=...}), px the indices of the
+-- arguments the pool itself turned into proxies (resolved in the worker
+-- before the call, evicted by the parent when the task ends). A reply is
+-- {id, true, results, px} or {id, false, {message=, traceback=, cause=}}.
+
+local core = require "proxystore.core"
+
+local M = {}
+
+local DEFAULT_THRESHOLD = 64 * 1024
+
+local pack = table.pack
+local unpack = table.unpack
+local getupvalue, setupvalue = debug.getupvalue, debug.setupvalue
+
+local function perror(kind, message, fields)
+  return core.pool_error(kind, message, fields)
+end
+
+local function ps()
+  return require "proxystore"
+end
+
+---------------------------------------------------------------------------
+-- Functions across processes: bytecode plus upvalues; local functions a
+-- task calls travel the same way. An _ENV upvalue is never serialized: it
+-- names one of the environments known at pool start (_G, and the _ENV of
+-- every Lua function then on the call stack, e.g. a busted spec's sandbox),
+-- which the worker has as they were at the fork; any other _ENV becomes
+-- the worker's _G.
+
+local dumps = setmetatable({}, { __mode = "k" })
+
+-- The environments of the functions on the stack, _G first.
+local function stack_envs()
+  local envs, seen = { _G }, { [_G] = true }
+  for level = 2, 200 do
+    local info = debug.getinfo(level, "f")
+    if not info then break end
+    local i = 1
+    while true do
+      local name, v = getupvalue(info.func, i)
+      if name == nil then break end
+      if name == "_ENV" and type(v) == "table" and not seen[v] then
+        seen[v] = true
+        envs[#envs + 1] = v
+      end
+      i = i + 1
+    end
+  end
+  return envs
+end
+
+-- Loaded modules and their functions travel by name (`local ps =
+-- require "proxystore"`, `local insert = table.insert` as upvalues): the
+-- worker requires them. name_of[v] = {module, field or nil}.
+local name_of = setmetatable({}, { __mode = "k" })
+local indexed = setmetatable({}, { __mode = "k" })
+
+local function module_ref(v)
+  local r = name_of[v]
+  if r or type(v) ~= "table" and type(v) ~= "function" then return r end
+  for name, mod in pairs(package.loaded) do
+    if type(name) == "string" and not indexed[mod] then
+      if type(mod) == "table" or type(mod) == "function" then
+        name_of[mod] = name_of[mod] or { name }
+        indexed[mod] = true
+      end
+      if type(mod) == "table" then
+        for k, f in pairs(mod) do
+          if type(k) == "string" and (type(f) == "function" or type(f) == "table")
+              and not name_of[f] then
+            name_of[f] = { name, k }
+          end
+        end
+      end
+    end
+  end
+  return name_of[v]
+end
+
+local function pack_fn(fn, memo, envindex)
+  local p = memo[fn]
+  if p then return p end
+  local code = dumps[fn]
+  if not code then
+    local ok, c = pcall(string.dump, fn)
+    if not ok then
+      error(perror("serialization",
+        "pool: cannot send " .. tostring(fn) ..
+        " to a worker (a C function that no loaded module holds)"), 3)
+    end
+    code, dumps[fn] = c, c
+  end
+  p = { code = code }
+  memo[fn] = p
+  local i = 1
+  while true do
+    local name, v = getupvalue(fn, i)
+    if name == nil then break end
+    local ref = (type(v) == "table" or type(v) == "function")
+      and name ~= "_ENV" and module_ref(v)
+    if name == "_ENV" then
+      p[i] = { e = envindex[v] or 1 }
+    elseif ref then
+      p[i] = { m = ref[1], k = ref[2] }
+    elseif type(v) == "function" then
+      p[i] = { f = pack_fn(v, memo, envindex) }
+    else
+      p[i] = { v = v }
+    end
+    i = i + 1
+  end
+  p.n = i - 1
+  return p
+end
+
+local loaded = {}   -- worker side: code -> closure (reused, upvalues reset)
+
+local function unpack_fn(p, memo, envs)
+  local f = memo[p]
+  if f then return f end
+  f = loaded[p.code]
+  if not f then
+    f = assert(load(p.code, "=task", "b"))
+    loaded[p.code] = f
+  end
+  memo[p] = f
+  for i = 1, p.n do
+    local u = p[i]
+    if u.e then
+      setupvalue(f, i, envs[u.e] or _G)
+    elseif u.m then
+      local mod = require(u.m)
+      setupvalue(f, i, u.k and mod[u.k] or mod)
+    elseif u.f then
+      setupvalue(f, i, unpack_fn(u.f, memo, envs))
+    else
+      setupvalue(f, i, u.v)
+    end
+  end
+  return f
+end
+
+---------------------------------------------------------------------------
+-- Automatic proxying: values larger than the threshold go through the
+-- store; the receiving side extracts them and they are evicted after use.
+
+-- Replaces the large values of list (1..list.n) by proxies; returns the
+-- indices replaced, or nil.
+local function proxy_large(store, list, threshold)
+  local P = ps()
+  local px
+  for i = 1, list.n do
+    local v = list[i]
+    local big
+    if type(v) == "string" then
+      big = #v > threshold
+    elseif type(v) == "table" and not P.is_proxy(v) then
+      big = #P.serialize(v) > threshold
+    end
+    if big then
+      -- single use: deleted by whoever resolves it, off the parent's path
+      list[i] = store:proxy(v, { evict = true })
+      px = px or {}
+      px[#px + 1] = i
+    end
+  end
+  return px
+end
+
+-- Replaces the pool-made proxies of list by their targets (which deletes
+-- them from the store: they are made single-use).
+local function extract_px(list, px)
+  if not px then return end
+  local P = ps()
+  for _, i in ipairs(px) do list[i] = P.extract(list[i]) end
+end
+
+---------------------------------------------------------------------------
+-- The worker: runs in a forked process until the parent closes its socket.
+
+local function task_traceback(e)
+  local msg
+  if type(e) == "string" then
+    msg = e
+  else
+    local mt = getmetatable(e)
+    msg = (mt and mt.__tostring) and tostring(e) or
+          ("(error object is a " .. type(e) .. " value)")
+  end
+  -- the worker's own frames below the task are noise to the user
+  local tb = debug.traceback(nil, 2)
+  local cut = tb:find("\n[^\n]*proxystore/pool%.lua:%d+:")
+  if cut then tb = tb:sub(1, cut - 1) end
+  return { message = msg, traceback = tb,
+           cause = type(e) ~= "string" and e or nil }
+end
+
+local function run_task(msg, envs)
+  local fn = unpack_fn(msg[2], {}, envs)
+  local args = msg[3]
+  extract_px(args, msg[4])
+  return pack(fn(unpack(args, 1, args.n)))
+end
+
+local function make_worker(store, threshold, envs)
+  return function(chan)
+    local P = ps()
+    os.exit = core.pool_exit   -- a worker's exit skips the parent's atexit
+    while true do
+      local msg = chan:recv()
+      if msg == nil then break end
+      local ok, res = xpcall(run_task, task_traceback, msg, envs)
+      local reply = { msg[1], ok, res }
+      local sent = chan:send(reply, threshold)
+      if not sent then
+        if ok then
+          reply[4] = proxy_large(store, res, threshold)
+        else
+          -- an error too large to send: keep its text only
+          res.cause = nil
+        end
+        sent = pcall(chan.send, chan, reply)
+      end
+      if not sent and ok then
+        -- a result the codec refuses (a function...): report it
+        local _, e = pcall(P.serialize, res)
+        chan:send({ msg[1], false, {
+          message = "task result cannot be sent back: " .. tostring(e),
+          traceback = "" } })
+      elseif not sent then
+        chan:send({ msg[1], false, { message = res.message,
+                                     traceback = res.traceback } })
+      end
+      io.stdout:flush()
+    end
+  end
+end
+
+---------------------------------------------------------------------------
+-- Futures
+
+local Future = {}
+Future.__index = Future
+Future.__name = "proxystore.Future"
+
+function Future:__tostring()
+  return ("proxystore.Future: task %d, %s"):format(self.id, self.state)
+end
+
+function Future:done()
+  if self.state ~= "done" then self.pool:_step(0) end
+  return self.state == "done"
+end
+
+local now = core.pool_clock
+
+function Future:result(timeout)
+  if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
+    error("bad argument #1 to 'result' (non-negative number expected)", 2)
+  end
+  if self.state ~= "done" then
+    local pool = self.pool
+    local deadline = timeout and now() + timeout
+    while self.state ~= "done" do
+      local left
+      if deadline then
+        left = deadline - now()
+        if left <= 0 then
+          error(perror("timeout", ("task %d not done after %g s")
+            :format(self.id, timeout), { task = self.id }), 2)
+        end
+      end
+      pool:_step(left)
+    end
+  end
+  if self.ok then
+    local v = self.values
+    return unpack(v, 1, v.n)
+  end
+  error(self.err, 2)
+end
+
+---------------------------------------------------------------------------
+-- Pools
+
+local Pool = {}
+Pool.__index = Pool
+Pool.__name = "proxystore.Pool"
+
+local function host_defaults()
+  return package.loaded["proxystore.host"] or {}
+end
+
+local function private_dir()
+  local base = "/dev/shm"
+  local f = io.open(base .. "/.", "r")
+  if f then f:close() else base = os.getenv("TMPDIR") or "/tmp" end
+  return core.pool_mkdtemp(base .. "/proxystore-pool-XXXXXX")
+end
+
+local npools = 0
+
+function M.new(opts)
+  if opts ~= nil and type(opts) ~= "table" then
+    error("bad argument #1 to 'pool' (table expected, got " .. type(opts) .. ")", 2)
+  end
+  opts = opts or {}
+  local host = host_defaults()
+  local P = ps()
+  local workers = opts.workers or host.workers or core.pool_ncpu()
+  if math.type(workers) ~= "integer" or workers < 1 then
+    error(perror("config", "pool: workers must be a positive integer, got "
+      .. tostring(workers)), 2)
+  end
+  local threshold = opts.proxy_threshold or DEFAULT_THRESHOLD
+  if type(threshold) ~= "number" or threshold < 0 then
+    error(perror("config", "pool: proxy_threshold must be a non-negative number"), 2)
+  end
+  if threshold == math.huge or threshold > math.maxinteger then
+    threshold = math.maxinteger
+  end
+  threshold = math.floor(threshold)
+
+  local self = setmetatable({
+    workers = workers, threshold = threshold, progress = opts.progress ~= false,
+    queue = {}, qhead = 1, qtail = 0, running = {}, idle = {}, nextid = 0,
+    tasks = {}, closed = false, owner = core.pool_getpid(),
+    stats = { submitted = 0, completed = 0, failed = 0, worker_deaths = 0,
+              proxied_args = 0, proxied_results = 0 },
+  }, Pool)
+
+  local store = opts.store or host.store
+  if type(store) == "string" then
+    npools = npools + 1
+    local name = ("pool-%d-%d"):format(core.pool_getpid(), npools)
+    store = P.init_store(store, { name = name })
+    self.own_store = true
+  elseif store == nil then
+    self.dir = private_dir()
+    local name = "pool-" .. self.dir:match("[^/]+$")
+    store = P.init_store("file", { name = name, dir = self.dir })
+    self.own_store = true
+  end
+  self.store = store
+
+  -- From here on, forked processes see the globals as they are now.
+  local envs = stack_envs()
+  self.envindex = setmetatable({}, { __mode = "k" })
+  for i, e in ipairs(envs) do self.envindex[e] = i end
+  self.h = core.pool_start(workers, make_worker(store, threshold, envs), self.dir)
+  for s = workers, 1, -1 do self.idle[#self.idle + 1] = s end
+  return self
+end
+
+function Pool:__tostring()
+  return ("proxystore.Pool: %d workers, %s"):format(self.workers,
+    self.closed and "closed" or
+    ("%d running, %d queued"):format(self:_nrunning(), self.qtail - self.qhead + 1))
+end
+
+function Pool:_nrunning()
+  local n = 0
+  for _ in pairs(self.running) do n = n + 1 end
+  return n
+end
+
+-- Sends task to the worker in slot: inline when small, else with its large
+-- arguments as proxies.
+local function send_task(self, slot, task)
+  local h = self.h
+  local ok = false
+  local args, threshold = task.msg[3], self.threshold
+  for i = 1, args.n do   -- a large string: no need to encode it to know
+    local v = args[i]
+    if type(v) == "string" and #v > threshold then goto proxy end
+  end
+  ok = h:send(slot, task.msg, threshold)
+  ::proxy::
+  if ok == false then
+    local args = task.msg[3]
+    local px = proxy_large(self.store, args, self.threshold)
+    task.msg[4] = px
+    if px then
+      task.px = px
+      self.stats.proxied_args = self.stats.proxied_args + #px
+    end
+    h:send(slot, task.msg)
+  end
+  -- ok == nil: the worker is gone; its exit event fails the task.
+end
+
+-- True when task went out; a task that cannot be sent (an argument the
+-- codec refuses...) fails its future instead.
+function Pool:_dispatch(slot, task)
+  local ok, err = pcall(send_task, self, slot, task)
+  task.msg = nil
+  if ok then
+    self.running[slot] = task
+    task.slot = slot
+    task.state = "running"
+    return true
+  end
+  if not (type(err) == "table" and err.kind) then
+    err = perror("pool", "task " .. task.id .. " could not be sent: " .. tostring(err))
+  end
+  self:_finish(task, false, nil, err)
+  return false
+end
+
+function Pool:_finish(task, ok, values, err)
+  self.tasks[task.id] = nil
+  task.state = "done"
+  task.ok = ok
+  task.values = values
+  task.err = err
+  if ok then
+    self.stats.completed = self.stats.completed + 1
+  else
+    self.stats.failed = self.stats.failed + 1
+  end
+  if task.px and not ok then
+    -- resolving evicts them; a task that failed may not have resolved them
+    local P = ps()
+    for _, i in ipairs(task.px) do
+      pcall(self.store.evict, self.store, P.key(task.args_px[i]))
+    end
+  end
+  task.args_px = nil
+end
+
+function Pool:_free_slot(slot)
+  local q = self.queue
+  while self.qhead <= self.qtail do
+    local task = q[self.qhead]
+    q[self.qhead] = nil
+    self.qhead = self.qhead + 1
+    if self:_dispatch(slot, task) then return end
+  end
+  self.idle[#self.idle + 1] = slot
+end
+
+local function signame(n)
+  local names = { [1] = "SIGHUP", [2] = "SIGINT", [3] = "SIGQUIT", [4] = "SIGILL",
+    [6] = "SIGABRT", [7] = "SIGBUS", [8] = "SIGFPE", [9] = "SIGKILL",
+    [11] = "SIGSEGV", [13] = "SIGPIPE", [14] = "SIGALRM", [15] = "SIGTERM" }
+  return names[n] or ("signal " .. n)
+end
+
+function Pool:_on_result(slot, reply)
+  local task = self.running[slot]
+  self.running[slot] = nil
+  if task and task.id == reply[1] then
+    if reply[2] then
+      local values = reply[3]
+      local ok, e = true, nil
+      if reply[4] then
+        self.stats.proxied_results = self.stats.proxied_results + #reply[4]
+        ok, e = pcall(extract_px, values, reply[4])
+      end
+      if ok then
+        self:_finish(task, true, values)
+      else
+        self:_finish(task, false, nil, perror("pool",
+          "task " .. task.id .. ": fetching its result: " .. tostring(e), { cause = e }))
+      end
+    else
+      local info = reply[3]
+      self:_finish(task, false, nil, perror("task",
+        "task " .. task.id .. " failed: " .. tostring(info.message),
+        { traceback = info.traceback, cause = info.cause, task = task.id }))
+    end
+  end
+  self:_free_slot(slot)
+end
+
+function Pool:_on_exit(slot, pid, how, n)
+  self.stats.worker_deaths = self.stats.worker_deaths + 1
+  local task = self.running[slot]
+  self.running[slot] = nil
+  if task then
+    local what = how == "signal"
+      and ("was killed by %s (signal %d)"):format(signame(n), n)
+      or ("exited with code %d"):format(n)
+    self:_finish(task, false, nil, perror("worker",
+      ("worker %d %s while running task %d"):format(pid, what, task.id),
+      { pid = pid, signal = how == "signal" and n or nil,
+        code = how == "code" and n or nil, task = task.id }))
+  end
+  if not self.closed then
+    self.h:spawn(slot)
+    self:_free_slot(slot)
+  end
+end
+
+-- Waits up to timeout seconds (nil: until something happens) and handles
+-- every event that arrived.
+function Pool:_step(timeout)
+  if self.closed then return end
+  local evs = self.h:poll(timeout)
+  for i = 1, #evs do
+    local ev = evs[i]
+    local kind = ev[2]
+    if kind == "result" then
+      self:_on_result(ev[1], ev[3])
+    elseif kind == "exit" then
+      self:_on_exit(ev[1], ev[3], ev[4], ev[5])
+    else -- spawn_failed: the slot stays empty
+      local task = self.running[ev[1]]
+      self.running[ev[1]] = nil
+      if task then
+        self:_finish(task, false, nil, perror("pool",
+          "cannot start a worker: " .. tostring(ev[3])))
+      end
+    end
+  end
+end
+
+local function check_open(self, what)
+  if getmetatable(self) ~= Pool then
+    error("bad self to '" .. what .. "' (proxystore.Pool expected)", 3)
+  end
+  if self.closed or self.stopping then
+    error(perror("closed", "pool is closed: " .. what .. " refused"), 3)
+  end
+end
+
+function Pool:_submit_packed(packed, args)
+  self.nextid = self.nextid + 1
+  local task = setmetatable({ id = self.nextid, pool = self, state = "queued" },
+    Future)
+  task.msg = { task.id, packed, args }
+  task.args_px = args
+  self.tasks[task.id] = task
+  self.stats.submitted = self.stats.submitted + 1
+  local slot = table.remove(self.idle)
+  if slot then
+    if not self:_dispatch(slot, task) then self:_free_slot(slot) end
+  else
+    self.qtail = self.qtail + 1
+    self.queue[self.qtail] = task
+  end
+  return task
+end
+
+function Pool:submit(fn, ...)
+  check_open(self, "submit")
+  if type(fn) ~= "function" then
+    error("bad argument #1 to 'submit' (function expected, got " .. type(fn) .. ")", 2)
+  end
+  return self:_submit_packed(pack_fn(fn, {}, self.envindex), pack(...))
+end
+
+-- The progress bar: done/total, rate, elapsed; on stderr, only a terminal.
+local function bar(done, total, t0, final)
+  local el = now() - t0
+  local rate = el > 0 and done / el or 0
+  local width = 30
+  local fill = total > 0 and math.floor(width * done / total) or width
+  io.stderr:write(("\r[%s%s] %d/%d  %.1f/s  %.1fs%s"):format(
+    ("#"):rep(fill), ("."):rep(width - fill), done, total, rate, el,
+    final and "\n" or ""))
+  io.stderr:flush()
+end
+
+function Pool:map(fn, list, opts)
+  check_open(self, "map")
+  if type(fn) ~= "function" then
+    error("bad argument #1 to 'map' (function expected, got " .. type(fn) .. ")", 2)
+  end
+  if type(list) ~= "table" then
+    error("bad argument #2 to 'map' (table expected, got " .. type(list) .. ")", 2)
+  end
+  local show = self.progress
+  if opts and opts.progress ~= nil then show = opts.progress end
+  show = show and core.pool_isatty(2)
+  local packed = pack_fn(fn, {}, self.envindex)
+  local n = #list
+  local futures = {}
+  for i = 1, n do
+    futures[i] = self:_submit_packed(packed, pack(list[i]))
+  end
+  local results = {}
+  local t0, last, done = now(), -1, 0
+  for i = 1, n do
+    local f = futures[i]
+    while f.state ~= "done" do
+      self:_step(show and 0.1 or nil)
+      if show then
+        local d = 0
+        for j = i, n do if futures[j].state == "done" then d = d + 1 end end
+        d = d + i - 1
+        local t = now()
+        if d ~= done or t - last > 0.2 then
+          done, last = d, t
+          bar(done, n, t0)
+        end
+      end
+    end
+    if not f.ok then
+      if show then io.stderr:write("\n") end
+      error(f.err, 2)
+    end
+    results[i] = f.values[1]
+  end
+  if show then bar(n, n, t0, true) end
+  return results
+end
+
+-- Counts of tasks, worker deaths and values that travelled as proxies.
+function Pool:metrics()
+  local t = {}
+  for k, v in pairs(self.stats) do t[k] = v end
+  t.workers = self.workers
+  t.running = self:_nrunning()
+  t.queued = self.qtail - self.qhead + 1
+  return t
+end
+
+function Pool:pids()
+  if self.closed then return {}, nil end
+  return self.h:pids()
+end
+
+-- Waits for running and queued tasks, stops the workers, removes the
+-- private store. Idempotent.
+function Pool:close()
+  if getmetatable(self) ~= Pool then
+    error("bad self to 'close' (proxystore.Pool expected)", 2)
+  end
+  if self.closed then return end
+  if self.owner ~= core.pool_getpid() then self.closed = true; return end
+  self.stopping = true
+  while next(self.running) or self.qhead <= self.qtail do
+    self:_step(nil)
+  end
+  self:_shutdown(false)
+end
+
+function Pool:_shutdown(kill)
+  self.closed = true
+  self.stopping = true
+  if self.owner ~= core.pool_getpid() then return end
+  self.h:close(kill)
+  for _, task in pairs(self.tasks) do
+    if task.state ~= "done" then
+      self:_finish(task, false, nil, perror("closed",
+        "pool closed before task " .. task.id .. " finished"))
+    end
+  end
+  if self.own_store and self.store.close then pcall(self.store.close, self.store) end
+  if self.dir then core.pool_rmtree(self.dir) end
+end
+
+-- A pool collected or left open at exit kills its workers at once.
+function Pool:__gc()
+  if not self.closed then pcall(self._shutdown, self, true) end
+end
+
+Pool.__close = Pool.close
+
+M.Pool = Pool
+M.Future = Future
+M._pack_fn = pack_fn
+return M

@@ -1,0 +1,483 @@
+-- ps.pool: worker processes, futures, automatic proxying, worker death,
+-- and clean-up.
+
+local ps = require "proxystore"
+local core = require "proxystore.core"
+
+local function q(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+local function alive(pid)
+  local f = io.open("/proc/" .. pid .. "/stat")
+  if not f then return false end
+  local stat = f:read("a")
+  f:close()
+  -- a zombie is not alive, but it is left behind: count it
+  return true, stat:match("^%d+ %b() (%a)")
+end
+
+-- Waits (up to 5 s) until none of pids exists; returns those still there.
+local function gone(pids)
+  local left
+  for _ = 1, 100 do
+    left = {}
+    for _, p in ipairs(pids) do
+      if alive(p) then left[#left + 1] = p end
+    end
+    if #left == 0 then return left end
+    os.execute("sleep 0.05")
+  end
+  return left
+end
+
+local function children_of(pid)
+  local t = {}
+  -- without LD_PRELOAD: ps hangs with the ASan runtime preloaded
+  local p = io.popen("env -u LD_PRELOAD ps --ppid " .. pid .. " -o pid= 2>/dev/null")
+  for l in p:lines() do t[#t + 1] = tonumber(l) end
+  p:close()
+  return t
+end
+
+local function all_pids(pool)
+  local pids, z = pool:pids()
+  local t = { z }
+  for _, p in pairs(pids) do t[#t + 1] = p end
+  return t
+end
+
+local function listdir(dir)
+  local t = {}
+  local p = io.popen("env -u LD_PRELOAD ls -A " .. q(dir) .. " 2>/dev/null")
+  for l in p:lines() do t[#t + 1] = l end
+  p:close()
+  return t
+end
+
+local function tempdir()
+  local p = io.popen("env -u LD_PRELOAD mktemp -d")
+  local d = p:read("l")
+  p:close()
+  return d
+end
+
+local function catch(f, ...)
+  local ok, e = pcall(f, ...)
+  assert.is_false(ok, "expected an error")
+  return e
+end
+
+describe("ps.pool", function()
+  local pool
+
+  before_each(function()
+    pool = ps.pool { workers = 2, progress = false }
+  end)
+
+  after_each(function()
+    if pool then pool:close() end
+    pool = nil
+  end)
+
+  it("runs a function on a worker and returns all its results", function()
+    local f = pool:submit(function(a, b) return a + b, nil, "x" .. a end, 1, 2)
+    assert.same(table.pack(3, nil, "x1"), table.pack(f:result()))
+    assert.is_true(f:done())
+  end)
+
+  it("runs tasks in other processes", function()
+    local me = core.pool_getpid()
+    local pid = pool:submit(function()
+      return tonumber(io.open("/proc/self/stat"):read("a"):match("^%d+"))
+    end):result()
+    assert.not_equal(me, pid)
+    local workers = {}
+    for _, p in pairs(pool:pids()) do workers[p] = true end
+    assert.is_true(workers[pid])
+  end)
+
+  it("carries upvalues, local helper functions, and binds _ENV to the worker's globals", function()
+    local k = 10
+    local t = { a = { 1, 2, 3 } }
+    local function helper(x) return x * k end
+    local function rec(n) if n == 0 then return 0 end return n + rec(n - 1) end
+    local f = pool:submit(function(x)
+      return helper(x) + #t.a, rec(4), type(string.format), math.pi
+    end, 4)
+    assert.same({ 43, 10, "function", math.pi }, { f:result() })
+  end)
+
+  it("sends loaded modules and their functions by name", function()
+    local rep, P = string.rep, ps
+    local f = pool:submit(function() return rep("x", 2), P.is_proxy(1), P == require("proxystore") end)
+    assert.same({ "xx", false, true }, { f:result() })
+  end)
+
+  it("refuses a function with a C function upvalue no module holds, clearly", function()
+    local w = coroutine.wrap(function() end)   -- a C closure
+    local e = catch(pool.submit, pool, function() return w() end)
+    assert.equal("serialization", e.kind)
+    assert.matches("C function", tostring(e), 1, true)
+  end)
+
+  it("gives workers the globals as they were when the pool started, replacements too", function()
+    pool:close()
+    POOL_SPEC_G = "at start"
+    pool = ps.pool { workers = 1 }
+    POOL_SPEC_G = "changed later"
+    local get = function() return POOL_SPEC_G end
+    assert.equal("at start", pool:submit(get):result())
+    -- kill the worker: its replacement must also see the start-time value
+    local dying = pool:submit(function() os.exit(1) end)
+    assert.equal("worker", catch(dying.result, dying).kind)
+    assert.equal("at start", pool:submit(get):result())
+    POOL_SPEC_G = nil
+  end)
+
+  it("runs 1000 small tasks, submitted one by one, with the right results", function()
+    local fs = {}
+    for i = 1, 1000 do fs[i] = pool:submit(function(x) return x * x end, i) end
+    for i = 1000, 1, -1 do assert.equal(i * i, fs[i]:result()) end
+    assert.equal(1000, pool:metrics().completed)
+  end)
+
+  it("keeps the order of pool:map whatever order tasks finish in", function()
+    local list = {}
+    for i = 1, 40 do list[i] = i end
+    local r = pool:map(function(x)
+      local t = os.clock() + (x % 3) * 0.002
+      while os.clock() < t do end
+      return -x
+    end, list)
+    assert.equal(40, #r)
+    for i = 1, 40 do assert.equal(-i, r[i]) end
+  end)
+
+  it("maps 1000 items", function()
+    local list = {}
+    for i = 1, 1000 do list[i] = tostring(i) end
+    local r = pool:map(function(s) return #s end, list)
+    assert.equal(1000, #r)
+    assert.equal(4, r[1000])
+    assert.equal(1, r[9])
+  end)
+
+  it("re-raises a task's error with the worker's message and traceback", function()
+    local function failing_helper() error("bad input 42") end
+    local f = pool:submit(function() failing_helper() end)
+    local e = catch(f.result, f)
+    assert.equal("task", e.kind)
+    assert.matches("bad input 42", e.message, 1, true)
+    assert.matches("pool_spec.lua:%d+: bad input 42", tostring(e))
+    assert.matches("^proxystore: ", tostring(e))
+    assert.is_string(e.traceback)
+    assert.matches("stack traceback:", e.traceback, 1, true)
+    assert.matches("failing_helper", e.traceback, 1, true)
+    -- the pool goes on
+    assert.equal(1, pool:submit(function() return 1 end):result())
+  end)
+
+  it("keeps a task's error object as the cause", function()
+    local f = pool:submit(function() error({ code = 7 }) end)
+    local e = catch(f.result, f)
+    assert.equal("task", e.kind)
+    assert.same({ code = 7 }, e.cause)
+  end)
+
+  it("fails the future of a worker that calls os.exit, naming the code, and replaces it", function()
+    local before = pool:pids()
+    local f = pool:submit(function() os.exit(3) end)
+    local e = catch(f.result, f)
+    assert.equal("worker", e.kind)
+    assert.equal(3, e.code)
+    assert.matches("exited with code 3", tostring(e), 1, true)
+    -- still two workers, one of them new
+    local r = pool:map(function(x) return x end, { 1, 2, 3, 4 })
+    assert.same({ 1, 2, 3, 4 }, r)
+    local after, n, new = pool:pids(), 0, 0
+    local old = {}
+    for _, p in pairs(before) do old[p] = true end
+    for _, p in pairs(after) do
+      n = n + 1
+      if not old[p] then new = new + 1 end
+    end
+    assert.equal(2, n)
+    assert.equal(1, new)
+    assert.equal(1, pool:metrics().worker_deaths)
+  end)
+
+  it("fails the future of a worker killed by SIGKILL, naming the signal", function()
+    local f = pool:submit(function()
+      os.execute("kill -9 $PPID")   -- the shell's parent is the worker
+      return "survived"
+    end)
+    local e = catch(f.result, f)
+    assert.equal("worker", e.kind)
+    assert.equal(9, e.signal)
+    assert.matches("SIGKILL", tostring(e), 1, true)
+    assert.equal("ok", pool:submit(function() return "ok" end):result())
+  end)
+
+  it("leaves queued tasks running when a worker dies", function()
+    local fs = {}
+    for i = 1, 6 do
+      fs[i] = pool:submit(function(x)
+        if x == 2 then os.exit(9) end
+        return x
+      end, i)
+    end
+    for i = 1, 6 do
+      if i == 2 then
+        assert.equal("worker", catch(fs[i].result, fs[i]).kind)
+      else
+        assert.equal(i, fs[i]:result())
+      end
+    end
+  end)
+
+  it("raises a timeout error from result(timeout) while the task goes on", function()
+    local f = pool:submit(function()
+      local t = os.clock() + 0.6   -- CPU time: the worker is busy
+      while os.clock() < t do end
+      return "late"
+    end)
+    local t0 = core.pool_clock()
+    local e = catch(f.result, f, 0.1)
+    assert.equal("timeout", e.kind)
+    assert.is_true(core.pool_clock() - t0 < 0.9)
+    assert.is_false(f:done())
+    assert.equal("late", f:result())
+    assert.is_true(f:done())
+  end)
+
+  it("rejects a negative timeout", function()
+    local f = pool:submit(function() return 1 end)
+    assert.has_error(function() f:result(-1) end)
+    assert.equal(1, f:result(5))
+  end)
+
+  it("waits for running tasks on close", function()
+    local f = pool:submit(function()
+      local t = os.clock() + 0.2
+      while os.clock() < t do end
+      return "finished"
+    end)
+    pool:close()
+    assert.equal("finished", f:result())
+  end)
+
+  it("refuses work once closed, with a clear error", function()
+    pool:close()
+    local e = catch(pool.submit, pool, function() end)
+    assert.equal("closed", e.kind)
+    assert.matches("pool is closed", tostring(e), 1, true)
+    e = catch(pool.map, pool, function() end, { 1 })
+    assert.equal("closed", e.kind)
+    pool:close()  -- idempotent
+  end)
+
+  it("leaves no process behind after close", function()
+    local pids = all_pids(pool)
+    assert.equal(3, #pids)
+    pool:submit(function() return 1 end):result()
+    pool:close()
+    assert.same({}, gone(pids))
+    local mine = children_of(core.pool_getpid())
+    for _, p in ipairs(pids) do
+      for _, c in ipairs(mine) do assert.not_equal(p, c) end
+    end
+  end)
+
+  it("leaves no process behind when collected unclosed", function()
+    pool:close()
+    local pids
+    do
+      local p = ps.pool { workers = 2 }
+      p:submit(function() return 1 end):result()
+      pids = all_pids(p)
+    end
+    pool = nil
+    collectgarbage()
+    collectgarbage()
+    assert.same({}, gone(pids))
+    local mine = children_of(core.pool_getpid())
+    for _, p in ipairs(pids) do
+      for _, c in ipairs(mine) do assert.not_equal(p, c) end
+    end
+  end)
+
+  it("kills workers busy in a task when collected", function()
+    pool:close()
+    local pids
+    do
+      local p = ps.pool { workers = 1 }
+      p:submit(function() while true do end end)
+      pids = all_pids(p)
+    end
+    pool = nil
+    collectgarbage()
+    collectgarbage()
+    assert.same({}, gone(pids))
+  end)
+
+  it("works as a to-be-closed variable", function()
+    pool:close()
+    local pids
+    do
+      local p <close> = ps.pool { workers = 1 }
+      pids = all_pids(p)
+      assert.equal(5, p:submit(function() return 5 end):result())
+    end
+    assert.same({}, gone(pids))
+  end)
+
+  it("fails the future of a task whose arguments cannot be sent, and goes on", function()
+    local f = pool:submit(function(x) return x end, { fn = print })
+    local e = catch(f.result, f)
+    assert.equal("serialization", e.kind)
+    assert.equal(2, pool:submit(function() return 2 end):result())
+  end)
+
+  it("checks its options", function()
+    assert.equal("config", catch(ps.pool, { workers = 0 }).kind)
+    assert.equal("config", catch(ps.pool, { workers = 1.5 }).kind)
+    assert.equal("config", catch(ps.pool, { proxy_threshold = -1 }).kind)
+    assert.has_error(function() pool:submit("not a function") end)
+    assert.has_error(function() pool:map(function() end, "not a table") end)
+  end)
+
+  it("describes itself and its futures with tostring", function()
+    assert.matches("^proxystore.Pool: 2 workers", tostring(pool))
+    local f = pool:submit(function() return 1 end)
+    assert.matches("^proxystore.Future: task %d+", tostring(f))
+    f:result()
+    assert.matches("done", tostring(f))
+  end)
+end)
+
+describe("ps.pool and stores", function()
+  local dir, store, pool
+
+  before_each(function()
+    dir = tempdir()
+    store = ps.init_store("file", { name = "pool-spec-" .. dir:match("[^/]+$"), dir = dir })
+  end)
+
+  after_each(function()
+    if pool then pool:close() end
+    pool = nil
+    store:close()
+    os.execute("rm -rf " .. q(dir))
+  end)
+
+  it("sends large arguments and results as proxies and evicts them after", function()
+    pool = ps.pool { workers = 1, store = store, proxy_threshold = 1024 }
+    local big = ("0123456789"):rep(1000)
+    local len, back = pool:submit(function(s)
+      return #s, s:upper() .. "!"
+    end, big):result()
+    assert.equal(10000, len)
+    assert.equal(big .. "!", back)
+    local m = pool:metrics()
+    assert.equal(1, m.proxied_args)
+    assert.equal(1, m.proxied_results)
+    assert.is_true(store:metrics().put.count >= 1)
+    assert.same({}, listdir(dir))   -- evicted once used
+  end)
+
+  it("sends small arguments inline, not through the store", function()
+    pool = ps.pool { workers = 1, store = store, proxy_threshold = 1024 }
+    assert.equal(3, pool:submit(function(s) return #s end, "abc"):result())
+    local m = pool:metrics()
+    assert.equal(0, m.proxied_args)
+    assert.equal(0, m.proxied_results)
+    assert.same({}, listdir(dir))
+  end)
+
+  it("proxies a large table argument", function()
+    pool = ps.pool { workers = 1, store = store, proxy_threshold = 1024 }
+    local t = {}
+    for i = 1, 1000 do t[i] = i end
+    assert.equal(500500, pool:submit(function(list)
+      local s = 0
+      for _, v in ipairs(list) do s = s + v end
+      return s
+    end, t):result())
+    assert.equal(1, pool:metrics().proxied_args)
+  end)
+
+  it("passes user proxies in nested tables as references, resolved where used", function()
+    pool = ps.pool { workers = 2, store = store }
+    local payload = ("x"):rep(200000)
+    local p = store:proxy(payload)
+    local arg = { meta = { name = "doc", parts = { p, p } } }
+    local r = pool:submit(function(t)
+      return #t.meta.parts[1], ps.is_proxy(t.meta.parts[2]), t.meta.name
+    end, arg)
+    assert.same({ 200000, true, "doc" }, { r:result() })
+    -- the 200 kB object went as a reference: nothing was auto-proxied
+    assert.equal(0, pool:metrics().proxied_args)
+  end)
+
+  it("does not resolve a user proxy the task does not use", function()
+    pool = ps.pool { workers = 1, store = store }
+    local p = store:proxy_from_key("no-such-key")
+    assert.equal("untouched", pool:submit(function(t)
+      return "untouched"
+    end, { p = p }):result())
+    local e = catch(function()
+      return pool:submit(function(t) return #t.p end, { p = p }):result()
+    end)
+    assert.equal("task", e.kind)
+    assert.matches("no%-such%-key", tostring(e))
+  end)
+
+  it("keeps a private store on /dev/shm by default and removes it at close", function()
+    pool = ps.pool { workers = 1, proxy_threshold = 100 }
+    local pdir = pool.dir
+    assert.is_string(pdir)
+    assert.is_truthy(pdir:match("^/dev/shm/") or pdir:match("^/tmp/"))
+    assert.equal(1000, pool:submit(function(s) return #s end, ("y"):rep(1000)):result())
+    assert.equal(1, pool:metrics().proxied_args)
+    assert.is_truthy(io.open(pdir .. "/."))
+    pool:close()
+    pool = nil
+    assert.is_nil(io.open(pdir .. "/."))
+  end)
+
+  it("accepts a store URL", function()
+    pool = ps.pool { workers = 1, store = "file://" .. dir, proxy_threshold = 10 }
+    assert.equal(100, pool:submit(function(s) return #s end, ("z"):rep(100)):result())
+    assert.equal(1, pool:metrics().proxied_args)
+  end)
+end)
+
+describe("ps.pool with a Redis store", function()
+  local redis = require "helpers.redis"
+  local srv, pool
+
+  setup(function() srv = redis.start() end)
+  teardown(function() if srv then srv:stop() end end)
+  after_each(function()
+    if pool then pool:close() end
+    pool = nil
+  end)
+
+  it("moves large values through Redis, each worker on its own connection", function()
+    local url = ("redis://%s:%d"):format(srv.host, srv.port)
+    pool = ps.pool { workers = 2, store = url, proxy_threshold = 1024 }
+    -- the parent uses the connection before and while workers use theirs
+    pool.store:put("warm-up", { key = "warm" })
+    local list = {}
+    for i = 1, 8 do list[i] = ("%d"):format(i):rep(5000) end
+    local r = pool:map(function(s) return s .. s end, list)
+    for i = 1, 8 do assert.equal(list[i] .. list[i], r[i]) end
+    assert.equal("warm-up", pool.store:get("warm"))
+    local m = pool:metrics()
+    assert.equal(8, m.proxied_args)
+    assert.equal(8, m.proxied_results)
+    -- single-use proxies: only the warm-up key is left
+    assert.equal("1", srv:cli("DBSIZE"):match("%d+"))
+  end)
+end)

@@ -1,0 +1,283 @@
+-- The local store, the registry of stores, the seed's one-call API, errors.
+local ps = require "proxystore"
+
+local function perr(f, ...)
+  local ok, err = pcall(f, ...)
+  assert.is_false(ok, "expected an error")
+  return err
+end
+
+describe("the local store", function()
+  local store
+  before_each(function() store = ps.init_store("local", {name = "spec-local"}) end)
+  after_each(function() store:close() end)
+
+  it("keeps objects by reference", function()
+    local t = {1, 2}
+    local key = store:put(t)
+    assert.are.equal(t, store:get(key))
+    assert.matches("^%x+$", key)
+    assert.are.equal(32, #key)
+  end)
+
+  it("stores nil and false, and tells them from a missing key", function()
+    local kn, kf = store:put(nil), store:put(false)
+    assert.is_true(store:exists(kn))
+    assert.is_nil(store:get(kn, "default"))
+    assert.is_false(store:get(kf, "default"))
+    assert.are.equal("default", store:get("absent", "default"))
+    assert.is_nil(store:get("absent"))
+  end)
+
+  it("takes a user key, evicts, and evicting an absent key is fine", function()
+    assert.are.equal("k1", store:put("v", {key = "k1"}))
+    assert.is_true(store:exists("k1"))
+    store:evict("k1")
+    assert.is_false(store:exists("k1"))
+    store:evict("k1")
+  end)
+
+  it("makes distinct random keys", function()
+    local seen = {}
+    for _ = 1, 1000 do
+      local k = store:put(1)
+      assert.is_nil(seen[k])
+      seen[k] = true
+    end
+  end)
+
+  it("gives proxies that resolve lazily through the store", function()
+    local p = store:proxy({v = 1})
+    assert.is_false(ps.is_resolved(p))
+    assert.are.equal(32, #ps.key(p))
+    assert.matches("store=local:spec%-local", ps.repr(p))
+    assert.are.equal(1, p.v)
+    assert.is_true(ps.is_resolved(p))
+  end)
+
+  it("deletes an evict proxy's object once resolved", function()
+    local p = store:proxy("once", {evict = true})
+    local key = ps.key(p)
+    assert.is_true(store:exists(key))
+    assert.are.equal("ONCE", p:upper())
+    assert.is_false(store:exists(key))
+  end)
+
+  it("proxy_from_key resolves later, and a missing key is missing_key", function()
+    local p = store:proxy_from_key("later")
+    store:put({n = 5}, {key = "later"})
+    assert.are.equal(5, p.n)
+    local err = perr(function() return store:proxy_from_key("never").x end)
+    assert.are.equal("missing_key", err.kind)
+    assert.are.equal("never", err.key)
+    assert.are.equal("spec-local", err.store)
+    assert.matches("^proxystore: no object under key 'never' in store 'spec%-local'", tostring(err))
+  end)
+
+  it("does batches", function()
+    local keys = store:put_batch({"a", "b", {c = 1}})
+    assert.are.equal(3, #keys)
+    local vals = store:get_batch({keys[1], "absent", keys[3]})
+    assert.are.equal(3, vals.n)
+    assert.are.equal("a", vals[1])
+    assert.is_nil(vals[2])
+    assert.are.equal(1, vals[3].c)
+    local proxies = store:proxy_batch({10, 20})
+    assert.are.equal(30, proxies[1] + proxies[2])
+    local named = store:put_batch({1, 2}, {keys = {"x1", "x2"}})
+    assert.are.same({"x1", "x2"}, named)
+  end)
+
+  it("has a name, a kind, a config and metrics", function()
+    assert.are.equal("spec-local", store.name)
+    assert.are.equal("local", store.kind)
+    assert.are.equal("proxystore.Store: spec-local (local)", tostring(store))
+    local cfg = store:config()
+    assert.are.equal("local", cfg.kind)
+    assert.are.equal("spec-local", cfg.name)
+    cfg.name = "changed"
+    assert.are.equal("spec-local", store:config().name)
+    store:put(1, {key = "m"})
+    store:get("m")
+    local m = store:metrics()
+    assert.are.equal(1, m.put.count)
+    assert.are.equal(1, m.get.count)
+    assert.is_number(m.get.time_total)
+    assert.is_number(m.cache.hits)
+  end)
+end)
+
+describe("the store registry", function()
+  it("registers by name, refuses duplicates, unregisters on close", function()
+    local s = ps.init_store("local", {name = "reg"})
+    assert.are.equal(s, ps.get_store("reg"))
+    local err = perr(ps.init_store, "local", {name = "reg"})
+    assert.are.equal("config", err.kind)
+    s:close()
+    assert.is_nil(ps.get_store("reg"))
+    s:close()   -- idempotent
+    local err2 = perr(s.put, s, 1)
+    assert.are.equal("closed", err2.kind)
+    assert.matches("closed", tostring(s))
+  end)
+
+  it("accepts the local: URL", function()
+    local s = ps.init_store("local:", {name = "by-url"})
+    assert.are.equal("local", s.kind)
+    s:close()
+  end)
+
+  it("never lets a local proxy resolve through another local store of its name", function()
+    local s = ps.init_store("local", {name = "swap"})
+    local p = s:proxy_from_key("k")
+    s:close()
+    local s2 = ps.init_store("local", {name = "swap"})
+    s2:put("v", {key = "k"})
+    local err = perr(ps.resolve, p)   -- its objects died with the first store
+    assert.are.equal("resolve", err.kind)
+    assert.matches("was closed", tostring(err))
+    s2:close()
+  end)
+
+  it("lets a file proxy find its store again by name after the store was re-created", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    local s = ps.init_store("file", {name = "swapf", dir = dir})
+    local p = s:proxy({v = 9})
+    s:close()
+    local s2 = ps.init_store("file", {name = "swapf", dir = dir})
+    assert.are.equal(9, p.v)
+    s2:evict(ps.key(p))
+    s2:close()
+    os.remove(dir)
+  end)
+
+  it("refuses a local store proxy in a process without its store", function()
+    local s = ps.init_store("local", {name = "lonely"})
+    local blob = ps.serialize(s:proxy({1}))
+    s:close()
+    local err = perr(ps.resolve, ps.deserialize(blob))
+    assert.are.equal("resolve", err.kind)
+    assert.matches("another process", tostring(err))
+  end)
+
+  it("rejects bad options clearly", function()
+    for _, case in ipairs {
+      {"nosuchkind", nil},
+      {"local", {cache_size = -1}},
+      {"local", {cache_size = "big"}},
+      {"local", {bogus = 1}},
+      {"local", {serializer = "xml"}},
+      {"local", {serializer = function() end}},
+      {"local", "notatable"},
+      {42, nil},
+    } do
+      local err = perr(ps.init_store, case[1], case[2])
+      assert.are.equal("config", err.kind)
+      assert.matches("^proxystore: ", tostring(err))
+    end
+  end)
+
+  it("reads the cache size from PROXYSTORE_CACHE_SIZE only when not given", function()
+    local s = ps.init_store("local", {name = "cs", cache_size = 3})
+    assert.are.equal(3, s:config().cache_size)
+    s:close()
+  end)
+end)
+
+describe("the seed's one-call API", function()
+  after_each(function()
+    local s = ps.get_store("local")
+    if s then s:close() end
+  end)
+
+  it("init_local_backend + to_proxy", function()
+    local store = ps.init_local_backend()
+    assert.are.equal(store, ps.init_local_backend())   -- idempotent
+    local p = ps.to_proxy({1, 2, 3})
+    assert.are.equal(3, #p)
+    local q = ps.to_proxy("x", {key = "chosen", evict = true})
+    assert.are.equal("chosen", ps.key(q))
+    assert.are.equal("x", ps.extract(q))
+    assert.is_false(store:exists("chosen"))
+  end)
+end)
+
+describe("errors", function()
+  it("are tables with kind, message and a one-line proxystore: string", function()
+    local core = require "proxystore.core"
+    local e = core.error("timeout", "too slow", {address = "h:1"})
+    assert.are.equal("timeout", e.kind)
+    assert.are.equal("h:1", e.address)
+    assert.are.equal("proxystore: too slow", tostring(e))
+    assert.is_true(ps.is_error(e))
+    assert.is_false(ps.is_error({kind = "x"}))
+  end)
+
+  it("bad keys are config errors", function()
+    local s = ps.init_store("local", {name = "keys"})
+    for _, k in ipairs {"", 12, true} do
+      local err = perr(s.get, s, k)
+      assert.are.equal("config", err.kind)
+    end
+    s:close()
+  end)
+end)
+
+describe("the version", function()
+  it("is one string, the same in C, Lua and the rockspec", function()
+    assert.matches("^%d+%.%d+%.%d+$", ps._VERSION)
+    assert.are.equal(require("proxystore.core")._VERSION, ps._VERSION)
+    local root = os.getenv("PROXYSTORE_SOURCE_ROOT") or "."
+    local f = io.open(root .. "/src/proxystore.h")
+    if f then
+      local header = f:read("a")
+      f:close()
+      assert.are.equal(ps._VERSION, header:match('PROXYSTORE_VERSION "([^"]+)"'))
+    end
+    local r = io.open(root .. "/rockspec/proxystore-" .. ps._VERSION .. "-1.rockspec")
+    if r then
+      local text = r:read("a")
+      r:close()
+      assert.are.equal(ps._VERSION .. "-1", text:match('version%s*=%s*"([^"]+)"'))
+    end
+  end)
+end)
+
+describe("async resolution on a file store", function()
+  local dir, store
+  before_each(function()
+    dir = os.tmpname()
+    os.remove(dir)
+    store = ps.init_store("file", {name = "async-file", dir = dir, cache_size = 0})
+  end)
+  after_each(function()
+    store:close()
+    os.execute("rm -rf '" .. dir .. "'")
+  end)
+
+  it("prefetches in the background, then resolves from what was fetched", function()
+    local p = store:proxy({payload = string.rep("z", 1 << 20)})
+    assert.are.equal(p, ps.resolve_async(p))
+    assert.is_false(ps.is_resolved(p))
+    assert.are.equal(1 << 20, #p.payload)
+    assert.is_true(ps.is_resolved(p))
+    assert.are.equal(p, ps.resolve_async(p))   -- resolved: a no-op
+  end)
+
+  it("reports a missing key at first use, not at prefetch", function()
+    local p = store:proxy_from_key("absent")
+    ps.resolve_async(p)
+    local ok, err = pcall(ps.resolve, p)
+    assert.is_false(ok)
+    assert.are.equal("missing_key", err.kind)
+    assert.is_false(ps.is_resolved(p))
+  end)
+
+  it("frees everything when a proxy is collected while its prefetch runs", function()
+    for _ = 1, 50 do
+      ps.resolve_async(store:proxy(string.rep("y", 100000)))
+    end
+    collectgarbage(); collectgarbage()
+  end)
+end)

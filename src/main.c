@@ -1,0 +1,623 @@
+/*
+ * main.c: the proxystore host binary.
+ *
+ * Reads like lua.c (Lua 5.4's stand-alone interpreter): main() runs pmain()
+ * under lua_pcall with a message handler that appends a traceback, report()
+ * prints errors to stderr, and the state is closed before exit. On top of
+ * lua's options it preloads the linked-in core as "proxystore.core", puts
+ * the binary's own Lua files on package.path, and takes --workers, --store,
+ * --version and --help, which it leaves for pools in
+ * package.loaded["proxystore.host"].
+ *
+ * package.path, in order:
+ *   - when LUA_PATH_5_4 or LUA_PATH is set: that (";;" expands to Lua's
+ *     default), then the binary's directories below as a fallback;
+ *   - otherwise: <checkout>/lua when the binary sits in <checkout>/build*\/bin
+ *     (so build/bin/proxystore runs the Lua files of its own checkout), then
+ *     <bindir>/../share/lua/5.4 (the installed layout), then Lua's default.
+ */
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <lua.h>
+#include <lauxlib.h>
+#include <lualib.h>
+
+#include "proxystore.h"
+
+#define PROGNAME "proxystore"
+#define PROMPT   "> "
+#define PROMPT2  ">> "
+#define MAXINPUT 512
+
+static lua_State *globalL = NULL;
+static const char *progname = PROGNAME;
+
+/* ---- signals (as lua.c: a hook stops the running code on SIGINT) ----- */
+
+static void lstop(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  lua_sethook(L, NULL, 0, 0);
+  luaL_error(L, "interrupted!");
+}
+
+static void laction(int i) {
+  int flag = LUA_MASKCALL | LUA_MASKRET | LUA_MASKLINE | LUA_MASKCOUNT;
+  signal(i, SIG_DFL);  /* a second SIGINT terminates the process */
+  lua_sethook(globalL, lstop, flag, 1);
+}
+
+/* ---- messages --------------------------------------------------------- */
+
+static void print_usage(FILE *f) {
+  fprintf(f,
+  "usage: %s [options] [script [args]]\n"
+  "       %s run script [args]\n"
+  "Runs a Lua 5.4 script with proxystore preloaded (require \"proxystore\").\n"
+  "Options:\n"
+  "  -e stat        execute string 'stat'\n"
+  "  -i             enter interactive mode after executing 'script'\n"
+  "  -l mod         require library 'mod' into global 'mod'\n"
+  "  -l g=mod       require library 'mod' into global 'g'\n"
+  "  -v             show version information\n"
+  "  -E             ignore environment variables (LUA_INIT, LUA_PATH)\n"
+  "  -W             turn warnings on\n"
+  "  --workers N    default worker count for ps.pool() (default: cores)\n"
+  "  --store URL    default store for ps.pool(): redis://host:port[/db],\n"
+  "                 unix:///path.sock, file:///abs/dir or local:\n"
+  "  --version      print the proxystore and Lua versions and exit\n"
+  "  --help         print this help and exit\n"
+  "  --             stop handling options\n"
+  "  -              stop handling options and execute stdin\n"
+  "With no script and no -e, runs an interactive prompt when stdin is a\n"
+  "terminal and reads a script from stdin otherwise. The script sees its\n"
+  "arguments in 'arg' as lua builds it (arg[0] the script, arg[1..] its\n"
+  "arguments, the interpreter and options at negative indices) and as '...'.\n"
+  "Lua files are searched in LUA_PATH when set, else in the checkout the\n"
+  "binary was built in (build/bin -> lua/) and <bindir>/../share/lua/5.4.\n"
+  "Examples:\n"
+  "  %s examples/mapreduce.lua\n"
+  "  %s --workers 4 --store redis://localhost:6379 run job.lua in.txt\n"
+  "  %s -e 'print(require(\"proxystore\")._VERSION)'\n"
+  "  echo 'print(1 + 1)' | %s -\n",
+  PROGNAME, PROGNAME, PROGNAME, PROGNAME, PROGNAME, PROGNAME);
+}
+
+static void l_message(const char *pname, const char *msg) {
+  if (pname) fprintf(stderr, "%s: ", pname);
+  fprintf(stderr, "%s\n", msg);
+  fflush(stderr);
+}
+
+static int report(lua_State *L, int status) {
+  if (status != LUA_OK) {
+    const char *msg = lua_tostring(L, -1);
+    l_message(progname, msg ? msg : "(error object is not a string)");
+    lua_pop(L, 1);
+  }
+  return status;
+}
+
+/*
+ * Unlike lua.c, error objects with __tostring (proxystore errors) also get
+ * a traceback, and a task error from a pool adds the worker's traceback.
+ */
+static int msghandler(lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  if (msg == NULL) {
+    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+      msg = lua_tostring(L, -1);
+    else
+      msg = lua_pushfstring(L, "(error object is a %s value)",
+                            luaL_typename(L, 1));
+    if (lua_type(L, 1) == LUA_TTABLE &&
+        lua_getfield(L, 1, "traceback") == LUA_TSTRING) {
+      msg = lua_pushfstring(L, "%s\nworker %s", msg, lua_tostring(L, -1));
+    }
+  }
+  luaL_traceback(L, L, msg, 1);
+  return 1;
+}
+
+static int docall(lua_State *L, int narg, int nres) {
+  int base = lua_gettop(L) - narg;
+  lua_pushcfunction(L, msghandler);
+  lua_insert(L, base);
+  globalL = L;
+  signal(SIGINT, laction);
+  int status = lua_pcall(L, narg, nres, base);
+  signal(SIGINT, SIG_DFL);
+  lua_remove(L, base);
+  return status;
+}
+
+static void print_version(void) {
+  printf("%s %s\n%s\n", PROGNAME, PROXYSTORE_VERSION, LUA_COPYRIGHT);
+  fflush(stdout);
+}
+
+/* arg[0] is the script (or the interpreter when there is none), the
+ * interpreter and options go to negative indices, as lua does it. */
+static void createargtable(lua_State *L, char **argv, int argc, int script) {
+  if (script == argc) script = 0;
+  int narg = argc - (script + 1);
+  lua_createtable(L, narg, script + 1);
+  for (int i = 0; i < argc; i++) {
+    lua_pushstring(L, argv[i]);
+    lua_rawseti(L, -2, i - script);
+  }
+  lua_setglobal(L, "arg");
+}
+
+static int dochunk(lua_State *L, int status) {
+  if (status == LUA_OK) status = docall(L, 0, 0);
+  return report(L, status);
+}
+
+static int dofile(lua_State *L, const char *name) {
+  return dochunk(L, luaL_loadfile(L, name));
+}
+
+static int dostring(lua_State *L, const char *s, const char *name) {
+  return dochunk(L, luaL_loadbuffer(L, s, strlen(s), name));
+}
+
+/* -l mod or -l g=mod: global g (or mod) = require(mod). */
+static int dolibrary(lua_State *L, char *globname) {
+  char *modname = strchr(globname, '=');
+  if (modname == NULL) {
+    modname = globname;
+  } else {
+    *modname = '\0';
+    modname++;
+  }
+  lua_getglobal(L, "require");
+  lua_pushstring(L, modname);
+  int status = docall(L, 1, 1);
+  if (status == LUA_OK) lua_setglobal(L, globname);
+  return report(L, status);
+}
+
+static int pushargs(lua_State *L) {
+  if (lua_getglobal(L, "arg") != LUA_TTABLE)
+    luaL_error(L, "'arg' is not a table");
+  int n = (int)luaL_len(L, -1);
+  luaL_checkstack(L, n + 3, "too many arguments to script");
+  int i;
+  for (i = 1; i <= n; i++) lua_rawgeti(L, -i, i);
+  lua_remove(L, -i);
+  return n;
+}
+
+static int handle_script(lua_State *L, char **argv) {
+  const char *fname = argv[0];
+  if (strcmp(fname, "-") == 0 && strcmp(argv[-1], "--") != 0)
+    fname = NULL;  /* stdin */
+  int status = luaL_loadfile(L, fname);
+  if (status == LUA_OK) {
+    int n = pushargs(L);
+    status = docall(L, n, LUA_MULTRET);
+  }
+  return report(L, status);
+}
+
+/* ---- options ------------------------------------------------------------ */
+
+#define has_error   1
+#define has_i       2
+#define has_v       4
+#define has_e       8
+#define has_E       16
+#define has_help    32
+#define has_version 64
+
+typedef struct hostopts {
+  const char *workers;
+  const char *store;
+  const char *bad;     /* the offending argument when has_error */
+  const char *why;     /* what is wrong with it */
+} hostopts;
+
+/* Value of a long option: "--opt=v" or "--opt v". */
+static const char *longval(char **argv, int *i, const char *name) {
+  size_t n = strlen(name);
+  const char *a = argv[*i];
+  if (a[n] == '=') return a + n + 1;
+  if (argv[*i + 1] == NULL) return NULL;
+  return argv[++*i];
+}
+
+/*
+ * Sorts out the options needed before any Lua code runs; *first is the
+ * script's index (argc when there is none) or the bad argument's.
+ * "run" is accepted once where the script would be: "proxystore run x.lua".
+ */
+static int collectargs(char **argv, int *first, hostopts *ho) {
+  int args = 0;
+  int i = 1;
+  if (argv[0] == NULL) { *first = 0; return 0; }
+  int seen_run = 0;
+  for (; argv[i] != NULL; i++) {
+    *first = i;
+    const char *a = argv[i];
+    if (a[0] != '-') {
+      if (seen_run || strcmp(a, "run") != 0) return args;
+      if (argv[i + 1] == NULL) {
+        ho->bad = a;
+        ho->why = "needs a script";
+        return has_error;
+      }
+      seen_run = 1;  /* "run" is a verb; ./run runs a file called run */
+      continue;
+    }
+    switch (a[1]) {
+      case '-':
+        if (a[2] == '\0') { *first = i + 1; return args; }
+        if (strcmp(a, "--help") == 0) { args |= has_help; break; }
+        if (strcmp(a, "--version") == 0) { args |= has_version; break; }
+        if (strncmp(a, "--workers", 9) == 0 && (a[9] == '\0' || a[9] == '=')) {
+          const char *v = longval(argv, &i, "--workers");
+          char *end;
+          long n = v ? strtol(v, &end, 10) : 0;
+          if (v == NULL || *v == '\0' || *end != '\0' || n < 1 || n > 4096) {
+            ho->bad = a;
+            ho->why = "needs a worker count between 1 and 4096";
+            return has_error;
+          }
+          ho->workers = v;
+          break;
+        }
+        if (strncmp(a, "--store", 7) == 0 && (a[7] == '\0' || a[7] == '=')) {
+          const char *v = longval(argv, &i, "--store");
+          if (v == NULL || *v == '\0') {
+            ho->bad = a;
+            ho->why = "needs a store URL";
+            return has_error;
+          }
+          ho->store = v;
+          break;
+        }
+        ho->bad = a;
+        ho->why = "is not a known option";
+        return has_error;
+      case '\0':
+        return args;  /* script "-": stdin */
+      case 'E':
+        if (a[2] != '\0') goto bad;
+        args |= has_E;
+        break;
+      case 'W':
+        if (a[2] != '\0') goto bad;
+        break;
+      case 'i':
+        args |= has_i;  /* -i implies -v */
+        /* FALLTHROUGH */
+      case 'v':
+        if (a[2] != '\0') goto bad;
+        args |= has_v;
+        break;
+      case 'e':
+        args |= has_e;
+        /* FALLTHROUGH */
+      case 'l':
+        if (a[2] == '\0') {
+          i++;
+          if (argv[i] == NULL || argv[i][0] == '-') {
+            ho->bad = a;
+            ho->why = "needs an argument";
+            *first = i - 1;
+            return has_error;
+          }
+        }
+        break;
+      default:
+      bad:
+        ho->bad = a;
+        ho->why = "is not a known option";
+        return has_error;
+    }
+  }
+  *first = i;
+  return args;
+}
+
+/* Runs -e, -l and -W in order; 0 when one of them fails. */
+static int runargs(lua_State *L, char **argv, int n) {
+  for (int i = 1; i < n; i++) {
+    const char *a = argv[i];
+    if (a[0] != '-') continue;  /* "run", or an option's value */
+    if (a[1] == '-') {
+      /* skip the value of "--workers N" / "--store URL" */
+      if ((strcmp(a, "--workers") == 0 || strcmp(a, "--store") == 0))
+        i++;
+      continue;
+    }
+    int option = a[1];
+    if (option == 'e' || option == 'l') {
+      char *extra = argv[i] + 2;
+      if (*extra == '\0') extra = argv[++i];
+      int status = option == 'e'
+                   ? dostring(L, extra, "=(command line)")
+                   : dolibrary(L, extra);
+      if (status != LUA_OK) return 0;
+    } else if (option == 'W') {
+      lua_warning(L, "@on", 0);
+    }
+  }
+  return 1;
+}
+
+static int handle_luainit(lua_State *L) {
+  const char *name = "=LUA_INIT_5_4";
+  const char *init = getenv(name + 1);
+  if (init == NULL) {
+    name = "=LUA_INIT";
+    init = getenv(name + 1);
+  }
+  if (init == NULL) return LUA_OK;
+  if (init[0] == '@') return dofile(L, init + 1);
+  return dostring(L, init, name);
+}
+
+/* ---- the interactive prompt (lua.c's, without readline) ---------------- */
+
+static const char *get_prompt(lua_State *L, int firstline) {
+  if (lua_getglobal(L, firstline ? "_PROMPT" : "_PROMPT2") == LUA_TNIL)
+    return firstline ? PROMPT : PROMPT2;
+  return luaL_tolstring(L, -1, NULL);
+}
+
+#define EOFMARK "<eof>"
+#define marklen (sizeof(EOFMARK) / sizeof(char) - 1)
+
+static int incomplete(lua_State *L, int status) {
+  if (status == LUA_ERRSYNTAX) {
+    size_t lmsg;
+    const char *msg = lua_tolstring(L, -1, &lmsg);
+    if (lmsg >= marklen && strcmp(msg + lmsg - marklen, EOFMARK) == 0) {
+      lua_pop(L, 1);
+      return 1;
+    }
+  }
+  return 0;
+}
+
+static int pushline(lua_State *L, int firstline) {
+  char b[MAXINPUT];
+  const char *prmt = get_prompt(L, firstline);
+  fputs(prmt, stdout);
+  fflush(stdout);
+  int ok = fgets(b, MAXINPUT, stdin) != NULL;
+  lua_settop(L, firstline ? 0 : 1);  /* drop the prompt(s) */
+  if (!ok) return 0;
+  size_t l = strlen(b);
+  if (l > 0 && b[l - 1] == '\n') b[--l] = '\0';
+  if (firstline && b[0] == '=')
+    lua_pushfstring(L, "return %s", b + 1);
+  else
+    lua_pushlstring(L, b, l);
+  return 1;
+}
+
+static int addreturn(lua_State *L) {
+  const char *line = lua_tostring(L, -1);
+  const char *retline = lua_pushfstring(L, "return %s;", line);
+  int status = luaL_loadbuffer(L, retline, strlen(retline), "=stdin");
+  if (status == LUA_OK)
+    lua_remove(L, -2);
+  else
+    lua_pop(L, 2);
+  return status;
+}
+
+static int multiline(lua_State *L) {
+  for (;;) {
+    size_t len;
+    const char *line = lua_tolstring(L, 1, &len);
+    int status = luaL_loadbuffer(L, line, len, "=stdin");
+    if (!incomplete(L, status) || !pushline(L, 0))
+      return status;
+    lua_pushliteral(L, "\n");
+    lua_insert(L, -2);
+    lua_concat(L, 3);
+  }
+}
+
+static int loadline(lua_State *L) {
+  lua_settop(L, 0);
+  if (!pushline(L, 1)) return -1;
+  int status = addreturn(L);
+  if (status != LUA_OK) status = multiline(L);
+  lua_remove(L, 1);
+  return status;
+}
+
+static void l_print(lua_State *L) {
+  int n = lua_gettop(L);
+  if (n > 0) {
+    luaL_checkstack(L, LUA_MINSTACK, "too many results to print");
+    lua_getglobal(L, "print");
+    lua_insert(L, 1);
+    if (lua_pcall(L, n, 0, 0) != LUA_OK)
+      l_message(progname, lua_pushfstring(L, "error calling 'print' (%s)",
+                                          lua_tostring(L, -1)));
+  }
+}
+
+static void doREPL(lua_State *L) {
+  int status;
+  const char *oldprogname = progname;
+  progname = NULL;
+  while ((status = loadline(L)) != -1) {
+    if (status == LUA_OK) status = docall(L, 0, LUA_MULTRET);
+    if (status == LUA_OK)
+      l_print(L);
+    else
+      report(L, status);
+  }
+  lua_settop(L, 0);
+  fputs("\n", stdout);
+  fflush(stdout);
+  progname = oldprogname;
+}
+
+/* ---- proxystore set-up ---------------------------------------------------- */
+
+/* The directory holding the running binary, or NULL. */
+static char *bindir(char *buf, size_t size) {
+  ssize_t n = readlink("/proc/self/exe", buf, size - 1);
+  if (n <= 0) return NULL;
+  buf[n] = '\0';
+  char *slash = strrchr(buf, '/');
+  if (slash == NULL) return NULL;
+  *slash = '\0';
+  return buf;
+}
+
+static int isfile(const char *path) {
+  return access(path, R_OK) == 0;
+}
+
+/* Puts the binary's own Lua directories on package.path (see the top). */
+static void setpath(lua_State *L, int noenv) {
+  char dir[PATH_MAX];
+  luaL_Buffer b;
+  int fromenv = !noenv && (getenv("LUA_PATH_5_4") || getenv("LUA_PATH"));
+  lua_getglobal(L, "package");
+  luaL_buffinit(L, &b);
+  if (fromenv) {
+    lua_getfield(L, -2, "path");
+    luaL_addvalue(&b);
+  }
+  if (bindir(dir, sizeof dir)) {
+    /* <checkout>/build*\/bin/proxystore: use <checkout>/lua */
+    char probe[PATH_MAX + 64];
+    snprintf(probe, sizeof probe, "%s/../../lua/proxystore/init.lua", dir);
+    const char *bin = strrchr(dir, '/');
+    if (bin && strcmp(bin, "/bin") == 0 && strstr(dir, "/build") &&
+        isfile(probe)) {
+      lua_pushfstring(L, "%s/../../lua/?.lua;%s/../../lua/?/init.lua;",
+                      dir, dir);
+      luaL_addvalue(&b);
+    }
+    lua_pushfstring(L, "%s/../share/lua/5.4/?.lua;"
+                       "%s/../share/lua/5.4/?/init.lua;", dir, dir);
+    luaL_addvalue(&b);
+  }
+  if (!fromenv) {
+    lua_getfield(L, -2, "path");
+    luaL_addvalue(&b);
+  }
+  luaL_pushresult(&b);
+  const char *path = lua_tostring(L, -1);
+  size_t len = strlen(path);
+  if (len > 0 && path[len - 1] == ';') {
+    lua_pushlstring(L, path, len - 1);
+    lua_remove(L, -2);
+  }
+  lua_setfield(L, -2, "path");
+  lua_pop(L, 1);
+}
+
+/*
+ * package.preload["proxystore.core"] = the linked-in core, and
+ * package.loaded["proxystore.host"] = {workers=, store=, binary=, version=}
+ * for pools created with no options.
+ */
+static void setup_proxystore(lua_State *L, const hostopts *ho) {
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_pushcfunction(L, luaopen_proxystore_core);
+  lua_setfield(L, -2, "proxystore.core");
+  lua_pop(L, 1);
+
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_createtable(L, 0, 4);
+  if (ho->workers) {
+    lua_pushinteger(L, strtol(ho->workers, NULL, 10));
+    lua_setfield(L, -2, "workers");
+  }
+  if (ho->store) {
+    lua_pushstring(L, ho->store);
+    lua_setfield(L, -2, "store");
+  }
+  char dir[PATH_MAX];
+  if (bindir(dir, sizeof dir)) {
+    lua_pushfstring(L, "%s/%s", dir, PROGNAME);
+    lua_setfield(L, -2, "binary");
+  }
+  lua_pushliteral(L, PROXYSTORE_VERSION);
+  lua_setfield(L, -2, "version");
+  lua_setfield(L, -2, "proxystore.host");
+  lua_pop(L, 1);
+}
+
+static int pmain(lua_State *L) {
+  int argc = (int)lua_tointeger(L, 1);
+  char **argv = (char **)lua_touserdata(L, 2);
+  int script = argc;
+  hostopts ho = {NULL, NULL, NULL, NULL};
+  int args = collectargs(argv, &script, &ho);
+  luaL_checkversion(L);
+  if (args == has_error) {
+    fprintf(stderr, "%s: '%s' %s\n"
+                    "usage: %s [options] [script [args]]; try '%s --help'\n",
+            PROGNAME, ho.bad, ho.why, PROGNAME, PROGNAME);
+    return 0;
+  }
+  if (args & has_help) {
+    print_usage(stdout);
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  if (args & (has_version | has_v)) {
+    print_version();
+    if (args & has_version) {
+      lua_pushboolean(L, 1);
+      return 1;
+    }
+  }
+  if (args & has_E) {
+    lua_pushboolean(L, 1);
+    lua_setfield(L, LUA_REGISTRYINDEX, "LUA_NOENV");
+  }
+  luaL_openlibs(L);
+  setpath(L, args & has_E);
+  setup_proxystore(L, &ho);
+  createargtable(L, argv, argc, script);
+  lua_gc(L, LUA_GCGEN, 0, 0);
+  if (!(args & has_E) && handle_luainit(L) != LUA_OK) return 0;
+  if (!runargs(L, argv, script)) return 0;
+  if (script < argc && handle_script(L, argv + script) != LUA_OK) return 0;
+  if (args & has_i) {
+    doREPL(L);
+  } else if (script == argc && !(args & (has_e | has_v))) {
+    if (isatty(0)) {
+      print_version();
+      doREPL(L);
+    } else {
+      if (dofile(L, NULL) != LUA_OK) return 0;
+    }
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+int main(int argc, char **argv) {
+  lua_State *L = luaL_newstate();
+  if (L == NULL) {
+    l_message(argv[0], "cannot create state: not enough memory");
+    return EXIT_FAILURE;
+  }
+  lua_pushcfunction(L, &pmain);
+  lua_pushinteger(L, argc);
+  lua_pushlightuserdata(L, argv);
+  int status = lua_pcall(L, 2, 1, 0);
+  int result = lua_toboolean(L, -1);
+  report(L, status);
+  lua_close(L);
+  return (result && status == LUA_OK) ? EXIT_SUCCESS : EXIT_FAILURE;
+}

@@ -1,0 +1,603 @@
+/*
+ * pool.c: the parent's side of a worker pool.
+ *
+ * A PoolHandle owns the zygote (see pool_zygote.c) and one stream socket per
+ * worker slot. Lua (lua/proxystore/pool.lua) keeps the task queue and the
+ * futures; this file only moves frames and reports what happened:
+ *
+ *   core.pool_start(nslots, worker_main [, dir]) -> handle  (forks the
+ *                   zygote and the first workers; the zygote removes dir,
+ *                   a private store's directory, after its workers are gone,
+ *                   even when the parent dies without closing)
+ *   h:send(slot, value [, limit])  -> true | false, size (over limit: not sent)
+ *                                   | nil, message (the worker is gone)
+ *   h:poll([timeout_s])            -> list of events:
+ *        {slot, "result", value}
+ *        {slot, "exit", pid, "code"|"signal", n}
+ *        {slot, "spawn_failed", message}
+ *   h:spawn(slot)                  starts a replacement worker in slot
+ *   h:pids() -> {slot = pid}, zygote pid
+ *   h:close([kill])                closes sockets, reaps the zygote (which
+ *                                  reaps the workers); __gc/__close kill
+ *
+ * A handle copied into a child by fork (a worker's copy of the parent's
+ * state) is inert there: only the process that created it touches its fds.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "pool.h"
+
+#define POOL_MT "proxystore.PoolHandle"
+#define MAXSLOTS 4096
+
+enum { W_FREE, W_LIVE, W_EOF };
+
+typedef struct pworker {
+  int fd;
+  pid_t pid;
+  int state;
+} pworker;
+
+typedef struct pool_h {
+  pid_t owner;     /* 0: closed */
+  pid_t zpid;
+  int ctl;
+  int n;
+  pworker *w;
+  ps_buf buf;      /* reused for every frame in and out */
+  ps_zmsg *later;  /* zygote messages read while waiting for a spawn */
+  int nlater, caplater;
+} pool_h;
+
+/* ---- parent-side fds of live pools (process-wide by nature: they are
+ * what a fork copies) ---------------------------------------------------- */
+
+static int *live_fds;
+static size_t nlive, caplive;
+
+void ps_pool_fds_add(int fd) {
+  if (nlive == caplive) {
+    size_t cap = caplive ? caplive * 2 : 16;
+    int *p = realloc(live_fds, cap * sizeof *p);
+    if (p == NULL) return;  /* only hygiene in children is lost */
+    live_fds = p;
+    caplive = cap;
+  }
+  live_fds[nlive++] = fd;
+}
+
+void ps_pool_fds_remove(int fd) {
+  for (size_t i = 0; i < nlive; i++)
+    if (live_fds[i] == fd) {
+      live_fds[i] = live_fds[--nlive];
+      break;
+    }
+  if (nlive == 0) {  /* the module may be unloaded: hold nothing then */
+    free(live_fds);
+    live_fds = NULL;
+    caplive = 0;
+  }
+}
+
+void ps_pool_fds_close_all(void) {
+  for (size_t i = 0; i < nlive; i++) close(live_fds[i]);
+  nlive = 0;
+}
+
+/* ---- helpers ------------------------------------------------------------ */
+
+static pool_h *check_pool(lua_State *L) {
+  return luaL_checkudata(L, 1, POOL_MT);
+}
+
+static pool_h *check_open(lua_State *L) {
+  pool_h *h = check_pool(L);
+  if (h->owner != getpid())
+    ps_error_raise(L, PS_ECLOSED, NULL, "pool is closed");
+  return h;
+}
+
+static int check_slot(lua_State *L, pool_h *h, int arg) {
+  lua_Integer s = luaL_checkinteger(L, arg);
+  luaL_argcheck(L, s >= 1 && s <= h->n, arg, "no such worker slot");
+  return (int)s - 1;
+}
+
+static void close_worker_fd(pworker *w) {
+  if (w->fd >= 0) {
+    ps_pool_fds_remove(w->fd);
+    close(w->fd);
+  }
+  w->fd = -1;
+}
+
+/* Asks the zygote for a worker in slot s. 0, or an errno. */
+static int spawn_slot(pool_h *h, int s) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+    return errno;
+  ps_zmsg m = {PS_Z_SPAWN, s, 0, 0};
+  char cbuf[CMSG_SPACE(sizeof(int))];
+  memset(cbuf, 0, sizeof cbuf);
+  struct iovec iov = {&m, sizeof m};
+  struct msghdr msg = {0};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = cbuf;
+  msg.msg_controllen = sizeof cbuf;
+  struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(c), &sv[1], sizeof(int));
+  ssize_t r;
+  do r = sendmsg(h->ctl, &msg, MSG_NOSIGNAL); while (r < 0 && errno == EINTR);
+  int err = r < 0 ? errno : 0;
+  close(sv[1]);
+  if (err) {
+    close(sv[0]);
+    return err;
+  }
+  h->w[s].fd = sv[0];
+  h->w[s].pid = 0;
+  h->w[s].state = W_LIVE;
+  ps_pool_fds_add(sv[0]);
+  return 0;
+}
+
+static int defer(pool_h *h, const ps_zmsg *m) {
+  if (h->nlater == h->caplater) {
+    int cap = h->caplater ? h->caplater * 2 : 8;
+    ps_zmsg *p = realloc(h->later, (size_t)cap * sizeof *p);
+    if (p == NULL) return -1;
+    h->later = p;
+    h->caplater = cap;
+  }
+  h->later[h->nlater++] = *m;
+  return 0;
+}
+
+/*
+ * Waits for the zygote's answer about slot s, so that a worker's pid is
+ * known as soon as spawn returns; other messages are kept for poll.
+ * 0, or an errno.
+ */
+static int await_spawn(pool_h *h, int s) {
+  for (;;) {
+    ps_zmsg m;
+    ssize_t n = recv(h->ctl, &m, sizeof m, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n != (ssize_t)sizeof m) return n < 0 ? errno : EPIPE;
+    if (m.type == PS_Z_SPAWNED && m.slot == s) {
+      h->w[s].pid = m.pid;
+      return 0;
+    }
+    if (m.type == PS_Z_SPAWN_FAILED && m.slot == s) {
+      close_worker_fd(&h->w[s]);
+      h->w[s].state = W_FREE;
+      return m.status ? m.status : EAGAIN;
+    }
+    if (defer(h, &m) != 0) return ENOMEM;
+  }
+}
+
+static void push_exit_event(lua_State *L, int slot, pid_t pid, int status) {
+  lua_createtable(L, 5, 0);
+  lua_pushinteger(L, slot + 1);
+  lua_rawseti(L, -2, 1);
+  lua_pushliteral(L, "exit");
+  lua_rawseti(L, -2, 2);
+  lua_pushinteger(L, pid);
+  lua_rawseti(L, -2, 3);
+  if (WIFSIGNALED(status)) {
+    lua_pushliteral(L, "signal");
+    lua_pushinteger(L, WTERMSIG(status));
+  } else {
+    lua_pushliteral(L, "code");
+    lua_pushinteger(L, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+  }
+  lua_rawseti(L, -3, 5);
+  lua_rawseti(L, -2, 4);
+}
+
+/* Appends the table on top to the list at idx. */
+static void append(lua_State *L, int list, int *nev) {
+  lua_rawseti(L, list, ++*nev);
+}
+
+/* Reads one frame from slot s; pushes a result event (1), or marks the
+ * worker gone (0). */
+static int read_result(lua_State *L, pool_h *h, int s, int list, int *nev) {
+  pworker *w = &h->w[s];
+  if (ps_frame_recv(w->fd, &h->buf) != 0) {
+    close_worker_fd(w);
+    w->state = W_EOF;
+    return 0;
+  }
+  lua_createtable(L, 3, 0);
+  lua_pushinteger(L, s + 1);
+  lua_rawseti(L, -2, 1);
+  lua_pushliteral(L, "result");
+  lua_rawseti(L, -2, 2);
+  ps_codec_decode(L, h->buf.data, h->buf.len);
+  ps_frame_trim(&h->buf);
+  lua_rawseti(L, -2, 3);
+  append(L, list, nev);
+  return 1;
+}
+
+static int find_pid(pool_h *h, pid_t pid) {
+  for (int s = 0; s < h->n; s++)
+    if (h->w[s].pid == pid && h->w[s].state != W_FREE) return s;
+  return -1;
+}
+
+/* Messages from the zygote (deferred ones first), without blocking. */
+static void read_ctl(lua_State *L, pool_h *h, int list, int *nev) {
+  ps_zmsg m;
+  int later = 0;
+  for (;;) {
+    if (later < h->nlater) {
+      m = h->later[later++];
+      if (later == h->nlater) h->nlater = later = 0;
+    } else {
+      ssize_t n = recv(h->ctl, &m, sizeof m, MSG_DONTWAIT);
+      if (n < 0 && errno == EINTR) continue;
+      if (n != (ssize_t)sizeof m) return;
+    }
+    if (m.type == PS_Z_SPAWNED && m.slot >= 0 && m.slot < h->n) {
+      h->w[m.slot].pid = m.pid;
+    } else if (m.type == PS_Z_SPAWN_FAILED && m.slot >= 0 && m.slot < h->n) {
+      close_worker_fd(&h->w[m.slot]);
+      h->w[m.slot].state = W_FREE;
+      lua_createtable(L, 3, 0);
+      lua_pushinteger(L, m.slot + 1);
+      lua_rawseti(L, -2, 1);
+      lua_pushliteral(L, "spawn_failed");
+      lua_rawseti(L, -2, 2);
+      lua_pushstring(L, strerror(m.status));
+      lua_rawseti(L, -2, 3);
+      append(L, list, nev);
+    } else if (m.type == PS_Z_EXITED) {
+      int s = find_pid(h, m.pid);
+      if (s < 0) continue;
+      /* A result written just before dying is still delivered. */
+      while (h->w[s].state == W_LIVE && read_result(L, h, s, list, nev)) {}
+      close_worker_fd(&h->w[s]);
+      h->w[s].state = W_FREE;
+      h->w[s].pid = 0;
+      push_exit_event(L, s, m.pid, m.status);
+      append(L, list, nev);
+    }
+  }
+}
+
+/* ---- Lua functions -------------------------------------------------------- */
+
+static int pool_start(lua_State *L) {
+  lua_Integer n = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, n >= 1 && n <= MAXSLOTS, 1, "worker count out of range");
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  const char *dir = luaL_optstring(L, 3, NULL);
+  lua_settop(L, 3);
+  pool_h *h = lua_newuserdatauv(L, sizeof *h, 0);
+  memset(h, 0, sizeof *h);
+  h->ctl = -1;
+  ps_buf_init(&h->buf);
+  luaL_setmetatable(L, POOL_MT);
+  h->w = calloc((size_t)n, sizeof *h->w);
+  if (h->w == NULL)
+    return ps_error_raise(L, PS_EPOOL, NULL, "out of memory");
+  h->n = (int)n;
+  for (int s = 0; s < h->n; s++) h->w[s].fd = -1;
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
+    return ps_error_raise(L, PS_EPOOL, NULL, "socketpair: %s",
+                          strerror(errno));
+  fflush(NULL);  /* buffered output must not be written twice */
+  pid_t parent = getpid();  /* pid_t before fork: the owner */
+  pid_t pid = fork();
+  if (pid == 0) {
+    close(sv[0]);
+    ps_pool_fds_close_all();
+    ps_zygote_run(L, sv[1], 2, dir);
+  }
+  int err = errno;
+  close(sv[1]);
+  if (pid < 0) {
+    close(sv[0]);
+    return ps_error_raise(L, PS_EPOOL, NULL, "fork: %s", strerror(err));
+  }
+  h->owner = parent;
+  h->zpid = pid;
+  h->ctl = sv[0];
+  ps_pool_fds_add(h->ctl);
+  for (int s = 0; s < h->n; s++) {
+    err = spawn_slot(h, s);
+    if (!err) err = await_spawn(h, s);
+    if (err)
+      return ps_error_raise(L, PS_EPOOL, NULL, "starting worker %d: %s",
+                            s + 1, strerror(err));
+  }
+  return 1;
+}
+
+static int pool_spawn(lua_State *L) {
+  pool_h *h = check_open(L);
+  int s = check_slot(L, h, 2);
+  if (h->w[s].state == W_LIVE)
+    return luaL_error(L, "worker slot %d is busy", s + 1);
+  int err = spawn_slot(h, s);
+  if (!err) err = await_spawn(h, s);
+  if (err)
+    return ps_error_raise(L, PS_EPOOL, NULL, "starting worker %d: %s",
+                          s + 1, strerror(err));
+  return 0;
+}
+
+static int pool_send(lua_State *L) {
+  pool_h *h = check_open(L);
+  int s = check_slot(L, h, 2);
+  luaL_checkany(L, 3);
+  lua_Integer limit = luaL_optinteger(L, 4, -1);
+  if (h->w[s].state != W_LIVE) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "worker is gone");
+    return 2;
+  }
+  size_t n = ps_frame_encode(L, 3, &h->buf);
+  if (limit >= 0 && n > (size_t)limit) {
+    ps_frame_trim(&h->buf);
+    lua_pushboolean(L, 0);
+    lua_pushinteger(L, (lua_Integer)n);
+    return 2;
+  }
+  int r = ps_frame_send(h->w[s].fd, &h->buf);
+  int err = errno;
+  ps_frame_trim(&h->buf);
+  if (r != 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, strerror(err));
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int pool_poll(lua_State *L) {
+  pool_h *h = check_open(L);
+  double t = luaL_optnumber(L, 2, -1);
+  int timeout = t < 0 ? -1 : t > 3600 ? 3600000 : (int)(t * 1000 + 0.5);
+  lua_settop(L, 2);
+  struct pollfd stackfds[16];
+  int stackslots[16];
+  struct pollfd *fds = stackfds;
+  int *slot_of = stackslots;
+  if (h->n + 1 > 16) {
+    /* a userdata, so that a raise below cannot leak it */
+    size_t m = (size_t)h->n + 1;
+    fds = lua_newuserdatauv(L, m * (sizeof *fds + sizeof *slot_of), 0);
+    lua_replace(L, 2);
+    slot_of = (int *)(fds + m);
+  }
+  int nfds = 0;
+  fds[nfds].fd = h->ctl;
+  fds[nfds].events = POLLIN;
+  slot_of[nfds++] = -1;
+  for (int s = 0; s < h->n; s++)
+    if (h->w[s].state == W_LIVE) {
+      fds[nfds].fd = h->w[s].fd;
+      fds[nfds].events = POLLIN;
+      slot_of[nfds++] = s;
+    }
+  lua_newtable(L);
+  int list = lua_gettop(L);
+  int nev = 0;
+  int r;
+  if (h->nlater > 0) timeout = 0;
+  do r = poll(fds, (nfds_t)nfds, timeout); while (r < 0 && errno == EINTR);
+  if (r < 0)
+    return ps_error_raise(L, PS_EPOOL, NULL, "poll: %s", strerror(errno));
+  for (int i = 1; i < nfds && r > 0; i++) {
+    int s = slot_of[i];
+    if (fds[i].revents && h->w[s].state == W_LIVE)
+      read_result(L, h, s, list, &nev);
+  }
+  if (h->nlater > 0 || (r > 0 && fds[0].revents)) read_ctl(L, h, list, &nev);
+  lua_settop(L, list);
+  return 1;
+}
+
+static int pool_pids(lua_State *L) {
+  pool_h *h = check_pool(L);
+  lua_newtable(L);
+  for (int s = 0; s < h->n; s++)
+    if (h->w[s].state != W_FREE && h->w[s].pid > 0) {
+      lua_pushinteger(L, h->w[s].pid);
+      lua_rawseti(L, -2, s + 1);
+    }
+  lua_pushinteger(L, h->zpid);
+  return 2;
+}
+
+/* close, __gc and __close: idempotent, safe half-built, inert in a child. */
+static void close_handle(pool_h *h, int kill) {
+  if (h->owner == getpid()) {
+    for (int s = 0; s < h->n; s++) close_worker_fd(&h->w[s]);
+    if (h->ctl >= 0) {
+      if (kill) {
+        ps_zmsg m = {PS_Z_KILL, 0, 0, 0};
+        send(h->ctl, &m, sizeof m, MSG_NOSIGNAL);
+      }
+      ps_pool_fds_remove(h->ctl);
+      close(h->ctl);
+    }
+    if (h->zpid > 0)
+      while (waitpid(h->zpid, NULL, 0) < 0 && errno == EINTR) {}
+  }
+  h->owner = 0;
+  h->ctl = -1;
+  h->zpid = 0;
+  free(h->w);
+  h->w = NULL;
+  free(h->later);
+  h->later = NULL;
+  h->nlater = h->caplater = 0;
+  h->n = 0;
+  ps_buf_free(&h->buf);
+}
+
+static int pool_close(lua_State *L) {
+  close_handle(check_pool(L), lua_toboolean(L, 2));
+  return 0;
+}
+
+static int pool_gc(lua_State *L) {
+  close_handle(check_pool(L), 1);
+  return 0;
+}
+
+static int pool_isopen(lua_State *L) {
+  lua_pushboolean(L, check_pool(L)->owner == getpid());
+  return 1;
+}
+
+static int pool_tostring(lua_State *L) {
+  pool_h *h = check_pool(L);
+  if (h->owner == getpid())
+    lua_pushfstring(L, "proxystore.PoolHandle: %d workers, zygote %d",
+                    h->n, (int)h->zpid);
+  else
+    lua_pushliteral(L, "proxystore.PoolHandle: closed");
+  return 1;
+}
+
+static int l_getpid(lua_State *L) {
+  lua_pushinteger(L, getpid());
+  return 1;
+}
+
+static int l_rmtree(lua_State *L) {
+  const char *dir = luaL_checkstring(L, 1);
+  luaL_argcheck(L, dir[0] == '/' && dir[1] != '\0', 1, "not an absolute path");
+  lua_pushboolean(L, ps_rmtree(dir) == 0);
+  return 1;
+}
+
+/* core.pool_clock() -> monotonic seconds, for timeouts and rates. */
+static int l_clock(lua_State *L) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec * 1e-9);
+  return 1;
+}
+
+/*
+ * core.pool_exit([code]): os.exit inside a worker. Flushes stdio and
+ * leaves at once: the atexit handlers and the Lua state are the parent's
+ * copies, not the worker's to run or close.
+ */
+static int l_exit(lua_State *L) {
+  int code;
+  if (lua_isnoneornil(L, 1) || lua_isboolean(L, 1))
+    code = lua_isnoneornil(L, 1) || lua_toboolean(L, 1) ? 0 : 1;
+  else
+    code = (int)luaL_checkinteger(L, 1);
+  fflush(NULL);
+  _exit(code & 0xff);
+  return 0;
+}
+
+/* core.pool_ncpu() -> online cores (the default worker count). */
+static int l_ncpu(lua_State *L) {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  lua_pushinteger(L, n > 0 ? n : 1);
+  return 1;
+}
+
+/* core.pool_isatty(fd) -> whether the progress bar may draw there. */
+static int l_isatty(lua_State *L) {
+  lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
+  return 1;
+}
+
+/* core.pool_mkdtemp(template) -> a fresh private directory's path. */
+static int l_mkdtemp(lua_State *L) {
+  size_t len;
+  const char *t = luaL_checklstring(L, 1, &len);
+  luaL_Buffer b;
+  char *p = luaL_buffinitsize(L, &b, len + 1);
+  memcpy(p, t, len + 1);
+  if (mkdtemp(p) == NULL)
+    return ps_error_raise(L, PS_EIO, NULL, "mkdtemp %s: %s", t,
+                          strerror(errno));
+  luaL_pushresultsize(&b, len);
+  return 1;
+}
+
+/*
+ * core.pool_error(kind, message [, fields]) -> a proxystore error object,
+ * with the extra fields (traceback, pid, signal...) copied in.
+ */
+static int l_error(lua_State *L) {
+  const char *kind = luaL_checkstring(L, 1);
+  const char *msg = luaL_checkstring(L, 2);
+  ps_error_push(L, kind, NULL, "%s", msg);
+  if (lua_type(L, 3) == LUA_TTABLE) {
+    lua_pushnil(L);
+    while (lua_next(L, 3)) {
+      lua_pushvalue(L, -2);
+      lua_insert(L, -2);
+      lua_settable(L, -4);
+    }
+  }
+  return 1;
+}
+
+static const luaL_Reg pool_methods[] = {
+  {"send", pool_send},
+  {"poll", pool_poll},
+  {"spawn", pool_spawn},
+  {"pids", pool_pids},
+  {"close", pool_close},
+  {"isopen", pool_isopen},
+  {NULL, NULL}
+};
+
+static const luaL_Reg pool_funcs[] = {
+  {"pool_start", pool_start},
+  {"pool_getpid", l_getpid},
+  {"pool_rmtree", l_rmtree},
+  {"pool_ncpu", l_ncpu},
+  {"pool_exit", l_exit},
+  {"pool_clock", l_clock},
+  {"pool_isatty", l_isatty},
+  {"pool_mkdtemp", l_mkdtemp},
+  {"pool_error", l_error},
+  {NULL, NULL}
+};
+
+void ps_pool_open(lua_State *L) {
+  if (luaL_newmetatable(L, POOL_MT)) {
+    luaL_newlib(L, pool_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, pool_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, pool_gc);
+    lua_setfield(L, -2, "__close");
+    lua_pushcfunction(L, pool_tostring);
+    lua_setfield(L, -2, "__tostring");
+  }
+  lua_pop(L, 1);
+  luaL_setfuncs(L, pool_funcs, 0);
+  ps_channel_open(L);
+}

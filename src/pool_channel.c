@@ -1,0 +1,199 @@
+/*
+ * pool_channel.c: length-prefixed frames over a stream socket, and the
+ * worker's end of the task channel as a Lua userdata.
+ *
+ * Frames hold ps_codec encodings, encoded straight into a buffer that is
+ * reused from task to task and decoded straight out of it, so a value
+ * crosses the socket without an intermediate Lua string.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "pool.h"
+
+#define CHANNEL_MT "proxystore.Channel"
+
+/* Buffers above this are given back after use rather than kept. */
+#define KEEP_MAX ((size_t)256 << 20)
+#define HUGE_MIN ((size_t)4 << 20)
+
+int ps_fd_write_all(int fd, const void *p, size_t n) {
+  const char *s = p;
+  while (n > 0) {
+    ssize_t w = send(fd, s, n, MSG_NOSIGNAL);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      if (errno == ENOTSOCK) w = write(fd, s, n);
+      if (w < 0) return -1;
+    }
+    s += w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+int ps_fd_read_all(int fd, void *p, size_t n) {
+  char *s = p;
+  size_t got = 0;
+  while (got < n) {
+    ssize_t r = read(fd, s + got, n - got);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    if (r == 0) {
+      if (got == 0) return 1;
+      errno = EPIPE;
+      return -1;
+    }
+    got += (size_t)r;
+  }
+  return 0;
+}
+
+void ps_frame_trim(ps_buf *b) {
+  if (b->cap > KEEP_MAX) ps_buf_free(b);
+  b->len = 0;
+}
+
+/* Large buffers go on huge pages: first touch of 4 KiB pages is the cost
+ * of moving big frames on these machines (DESIGN.md). */
+static int reserve(ps_buf *b, size_t n) {
+  size_t old = b->cap;
+  if (ps_buf_reserve(b, n) != 0) return -1;
+  if (b->cap != old && b->cap >= HUGE_MIN)
+    madvise(b->data, b->cap, MADV_HUGEPAGE);  /* advice only */
+  return 0;
+}
+
+size_t ps_frame_encode(lua_State *L, int idx, ps_buf *b) {
+  idx = lua_absindex(L, idx);
+  ps_frame_trim(b);
+  if (reserve(b, PS_FRAME_HEADER) != 0)
+    ps_error_raise(L, PS_EPOOL, NULL, "out of memory encoding a task frame");
+  b->len = PS_FRAME_HEADER;
+  ps_codec_encode(L, idx, b);
+  uint64_t n = b->len - PS_FRAME_HEADER;
+  memcpy(b->data, &n, sizeof n);
+  return (size_t)n;
+}
+
+int ps_frame_send(int fd, ps_buf *b) {
+  return ps_fd_write_all(fd, b->data, b->len);
+}
+
+int ps_frame_recv(int fd, ps_buf *b) {
+  uint64_t n;
+  int r = ps_fd_read_all(fd, &n, sizeof n);
+  if (r != 0) return r;
+  if (n > PS_FRAME_MAX) {
+    errno = EPROTO;
+    return -1;
+  }
+  ps_frame_trim(b);
+  if (reserve(b, (size_t)n) != 0) {
+    errno = ENOMEM;
+    return -1;
+  }
+  if (ps_fd_read_all(fd, b->data, (size_t)n) != 0) {
+    if (errno == 0) errno = EPIPE;
+    return -1;
+  }
+  b->len = (size_t)n;
+  return 0;
+}
+
+/* ---- the worker's end ------------------------------------------------- */
+
+typedef struct channel {
+  int fd;
+  ps_buf buf;
+} channel;
+
+static channel *check_channel(lua_State *L) {
+  return luaL_checkudata(L, 1, CHANNEL_MT);
+}
+
+void ps_channel_push(lua_State *L, int fd) {
+  channel *c = lua_newuserdatauv(L, sizeof *c, 0);
+  c->fd = -1;
+  ps_buf_init(&c->buf);
+  luaL_setmetatable(L, CHANNEL_MT);
+  c->fd = fd;
+}
+
+/* chan:recv() -> value, or nothing when the parent has closed the pool. */
+static int channel_recv(lua_State *L) {
+  channel *c = check_channel(L);
+  if (c->fd < 0) return 0;
+  int r = ps_frame_recv(c->fd, &c->buf);
+  if (r == 1) return 0;
+  if (r < 0)
+    return ps_error_raise(L, PS_EPOOL, NULL, "worker: reading a task: %s",
+                          strerror(errno));
+  ps_codec_decode(L, c->buf.data, c->buf.len);
+  return 1;
+}
+
+/*
+ * chan:send(v [, limit]) -> true; or false, size without sending when the
+ * encoding is larger than limit (the caller then proxies parts of it).
+ */
+static int channel_send(lua_State *L) {
+  channel *c = check_channel(L);
+  luaL_checkany(L, 2);
+  lua_Integer limit = luaL_optinteger(L, 3, -1);
+  if (c->fd < 0)
+    return ps_error_raise(L, PS_EPOOL, NULL, "worker: channel closed");
+  size_t n = ps_frame_encode(L, 2, &c->buf);
+  if (limit >= 0 && n > (size_t)limit) {
+    lua_pushboolean(L, 0);
+    lua_pushinteger(L, (lua_Integer)n);
+    return 2;
+  }
+  if (ps_frame_send(c->fd, &c->buf) != 0)
+    return ps_error_raise(L, PS_EPOOL, NULL, "worker: sending a result: %s",
+                          strerror(errno));
+  ps_frame_trim(&c->buf);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int channel_close(lua_State *L) {
+  channel *c = check_channel(L);
+  if (c->fd >= 0) close(c->fd);
+  c->fd = -1;
+  ps_buf_free(&c->buf);
+  return 0;
+}
+
+static int channel_tostring(lua_State *L) {
+  channel *c = check_channel(L);
+  lua_pushfstring(L, "proxystore.Channel: fd %d", c->fd);
+  return 1;
+}
+
+static const luaL_Reg channel_methods[] = {
+  {"recv", channel_recv},
+  {"send", channel_send},
+  {"close", channel_close},
+  {NULL, NULL}
+};
+
+void ps_channel_open(lua_State *L) {
+  if (luaL_newmetatable(L, CHANNEL_MT)) {
+    luaL_newlib(L, channel_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, channel_close);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, channel_close);
+    lua_setfield(L, -2, "__close");
+    lua_pushcfunction(L, channel_tostring);
+    lua_setfield(L, -2, "__tostring");
+  }
+  lua_pop(L, 1);
+}

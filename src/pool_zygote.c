@@ -1,0 +1,220 @@
+/*
+ * pool_zygote.c: the process that forks a pool's workers.
+ *
+ * The pool forks the zygote once, when it starts; every worker, first ones
+ * and replacements alike, is forked from the zygote, so each begins with
+ * the parent's Lua globals exactly as they were at pool start, whatever the
+ * parent changed since. The zygote reaps its workers and tells the parent
+ * how each one ended (exit code or signal), which the parent cannot learn
+ * itself since they are not its children.
+ *
+ * Lifetime: workers die with the zygote (PR_SET_PDEATHSIG) and leave when
+ * their socket reaches end of file. The zygote sees end of file on its
+ * control socket when the parent closes the pool or dies in any way (the
+ * kernel closes a dead process's fds), then waits a little for workers to
+ * leave, kills the rest, reaps them all, removes the pool's private store
+ * directory and exits: no orphans, no zombies, no files left behind.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "pool.h"
+
+#define GRACE_MS 5000
+#define MAXKIDS 4096
+
+typedef struct zygote {
+  int ctl;
+  int sfd;              /* signalfd for SIGCHLD */
+  pid_t kids[MAXKIDS];  /* live workers, 0 for a free entry */
+} zygote;
+
+static void zsend(int ctl, int type, int slot, int pid, int status) {
+  ps_zmsg m = {type, slot, pid, status};
+  while (send(ctl, &m, sizeof m, MSG_NOSIGNAL) < 0 && errno == EINTR) {}
+}
+
+/* Dies when the process that forked us does; covers the race where it
+ * died before prctl took effect. */
+static void die_with_parent(pid_t parent) {
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != parent) _exit(1);
+}
+
+static void become_worker(lua_State *L, zygote *z, int fd, int fn_idx,
+                          pid_t zpid) {
+  close(z->ctl);
+  close(z->sfd);
+  sigset_t all;
+  sigemptyset(&all);
+  sigprocmask(SIG_SETMASK, &all, NULL);
+  signal(SIGINT, SIG_DFL);
+  signal(SIGCHLD, SIG_DFL);
+  die_with_parent(zpid);
+  lua_pushvalue(L, fn_idx);
+  ps_channel_push(L, fd);
+  int status = lua_pcall(L, 1, 0, 0);
+  if (status != LUA_OK) {
+    const char *msg = luaL_tolstring(L, -1, NULL);
+    fprintf(stderr, "proxystore: worker %d: %s\n", (int)getpid(), msg);
+  }
+  fflush(NULL);
+  _exit(status == LUA_OK ? 0 : 1);
+}
+
+static int add_kid(zygote *z, pid_t pid) {
+  for (int i = 0; i < MAXKIDS; i++)
+    if (z->kids[i] == 0) {
+      z->kids[i] = pid;
+      return 0;
+    }
+  return -1;
+}
+
+static int nkids(const zygote *z) {
+  int n = 0;
+  for (int i = 0; i < MAXKIDS; i++) n += z->kids[i] != 0;
+  return n;
+}
+
+/* Reaps every finished worker and reports it (unless the parent is gone). */
+static void reap(zygote *z, int report) {
+  struct signalfd_siginfo si;
+  while (read(z->sfd, &si, sizeof si) > 0) {}
+  for (;;) {
+    int status;
+    pid_t pid = waitpid(-1, &status, WNOHANG);
+    if (pid <= 0) break;
+    for (int i = 0; i < MAXKIDS; i++)
+      if (z->kids[i] == pid) z->kids[i] = 0;
+    if (report) zsend(z->ctl, PS_Z_EXITED, -1, pid, status);
+  }
+}
+
+static void kill_all(zygote *z) {
+  for (int i = 0; i < MAXKIDS; i++)
+    if (z->kids[i] > 0) kill(z->kids[i], SIGKILL);
+}
+
+static void spawn(lua_State *L, zygote *z, int fd, int slot, int fn_idx) {
+  pid_t zpid = getpid();
+  pid_t pid = fork();
+  if (pid == 0) become_worker(L, z, fd, fn_idx, zpid);
+  int err = errno;
+  close(fd);
+  if (pid < 0 || add_kid(z, pid) != 0) {
+    if (pid > 0) kill(pid, SIGKILL);
+    zsend(z->ctl, PS_Z_SPAWN_FAILED, slot, 0, pid < 0 ? err : EAGAIN);
+    return;
+  }
+  zsend(z->ctl, PS_Z_SPAWNED, slot, pid, 0);
+}
+
+/* One message from the parent; 0 when the parent has closed. */
+static int serve(lua_State *L, zygote *z, int fn_idx) {
+  ps_zmsg m;
+  char cbuf[CMSG_SPACE(sizeof(int))];
+  struct iovec iov = {&m, sizeof m};
+  struct msghdr h = {0};
+  h.msg_iov = &iov;
+  h.msg_iovlen = 1;
+  h.msg_control = cbuf;
+  h.msg_controllen = sizeof cbuf;
+  ssize_t n = recvmsg(z->ctl, &h, MSG_CMSG_CLOEXEC);
+  if (n < 0) return errno == EINTR || errno == EAGAIN;
+  if (n == 0) return 0;
+  int fd = -1;
+  struct cmsghdr *c = CMSG_FIRSTHDR(&h);
+  if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+    memcpy(&fd, CMSG_DATA(c), sizeof fd);
+  if ((size_t)n != sizeof m) {
+    if (fd >= 0) close(fd);
+    return 1;
+  }
+  if (m.type == PS_Z_SPAWN && fd >= 0) {
+    spawn(L, z, fd, m.slot, fn_idx);
+  } else {
+    if (fd >= 0) close(fd);
+    if (m.type == PS_Z_KILL) kill_all(z);
+  }
+  return 1;
+}
+
+static long now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
+}
+
+static int rm_entry(const char *path, const struct stat *sb, int flag,
+                    struct FTW *ftw) {
+  (void)sb;
+  (void)flag;
+  (void)ftw;
+  remove(path);
+  return 0;
+}
+
+/* core.pool_rmtree(dir): removes a pool's private store directory. */
+int ps_rmtree(const char *dir) {
+  return nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+void ps_zygote_run(lua_State *L, int ctl, int fn_idx, const char *dir) {
+  static zygote z;  /* this process is the zygote and nothing else */
+  memset(&z, 0, sizeof z);
+  z.ctl = ctl;
+  sigset_t chld;
+  sigemptyset(&chld);
+  sigaddset(&chld, SIGCHLD);
+  sigprocmask(SIG_BLOCK, &chld, NULL);
+  signal(SIGINT, SIG_IGN);  /* the parent decides; workers take ^C */
+  z.sfd = signalfd(-1, &chld, SFD_NONBLOCK | SFD_CLOEXEC);
+  if (z.sfd < 0) _exit(1);
+  int devnull = open("/dev/null", O_RDONLY);
+  if (devnull >= 0) {
+    dup2(devnull, 0);  /* workers never compete for the parent's stdin */
+    close(devnull);
+  }
+  int open_ctl = 1;
+  long deadline = 0;
+  for (;;) {
+    struct pollfd p[2] = {{z.sfd, POLLIN, 0}, {z.ctl, POLLIN, 0}};
+    int timeout = -1;
+    if (!open_ctl) {
+      if (nkids(&z) == 0) break;
+      long left = deadline - now_ms();
+      if (left <= 0) {
+        kill_all(&z);
+        deadline = now_ms() + 60000;
+        left = 100;
+      }
+      timeout = (int)left;
+    }
+    int r = poll(p, open_ctl ? 2 : 1, timeout);
+    if (r < 0 && errno != EINTR) break;
+    if (p[0].revents) reap(&z, open_ctl);
+    if (open_ctl && p[1].revents) {
+      if (!serve(L, &z, fn_idx)) {
+        open_ctl = 0;
+        deadline = now_ms() + GRACE_MS;
+        reap(&z, 0);
+      }
+    }
+  }
+  reap(&z, 0);
+  if (dir) ps_rmtree(dir);
+  _exit(0);
+}

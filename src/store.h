@@ -1,0 +1,80 @@
+/*
+ * store.h: what the store's files share (store.c: objects, registry,
+ * operations; envelope.c: serializer dispatch; store_batch.c: batches).
+ * Internal to proxystore.core.
+ */
+#ifndef PS_STORE_H
+#define PS_STORE_H
+
+#include "ps.h"
+#include "backend.h"
+#include "cache.h"
+
+#define STORE_MT "proxystore.Store"
+#define REGISTRY "proxystore.stores"
+#define FACTORY "proxystore.store_factory"
+#define BLOBS_MT "proxystore.Blobs"
+
+enum { UV_CONFIG = 1, UV_LOCAL, UV_CACHE, UV_SER, UV_DESER, UV_N = UV_DESER };
+
+/* The first byte of every stored object says how the rest was encoded, so
+ * a proxy resolves with the right deserializer in any process. */
+enum { ENV_NATIVE = 1, ENV_JSON = 2, ENV_CUSTOM = 3 };
+
+enum { OP_PUT, OP_GET, OP_EXISTS, OP_EVICT, OP_N };
+
+typedef struct metric {
+  lua_Integer count, bytes;
+  double total, max;
+} metric;
+
+typedef struct ps_store {
+  const ps_backend_ops *ops;   /* NULL: the local store */
+  void *ctx;
+  int open;
+  int serializer;              /* ENV_* used for puts */
+  ps_cache cache;
+  metric m[OP_N];
+  lua_Integer hits, misses;
+  ps_bconfig bcfg;             /* strings point into the config table */
+} ps_store;
+
+
+/* Backend bytes owned by a userdata, released by __gc if a Lua error hits. */
+typedef struct blobs {
+  size_t n;
+  ps_blob b[];
+} blobs;
+blobs *ps_blobs_push(lua_State *L, size_t n);
+
+double ps_store_now(void);
+void ps_store_record(ps_store *s, int op, double t0, size_t bytes);
+const char *ps_store_name(lua_State *L, int sidx);
+ps_store *ps_store_check_open(lua_State *L, int idx);
+const char *ps_store_check_key(lua_State *L, int idx, size_t *len);
+int ps_store_raise_backend(lua_State *L, int sidx, ps_store *s,
+                           const ps_berr *err, const char *key, size_t klen);
+void ps_store_cache_drop(lua_State *L, int sidx, ps_store *s, const char *key,
+                         size_t klen);
+void ps_store_cache_add(lua_State *L, int sidx, ps_store *s, const char *key,
+                        size_t klen, const ps_version *ver);
+void ps_store_do_put(lua_State *L, int sidx, ps_store *s, int obj, int kidx,
+                     int ser);
+int ps_store_do_get(lua_State *L, int sidx, ps_store *s, int kidx,
+                    unsigned flags, int deser, ps_prefetch_slot *slot);
+int ps_store_opt_table(lua_State *L, int idx);
+int ps_store_opt_field(lua_State *L, int opts, const char *field);
+unsigned ps_store_proxy_flags(lua_State *L, int opts);
+
+/* envelope.c: the serializer byte in front of every stored object. */
+ps_buf *ps_envelope_serialize(lua_State *L, int sidx, ps_store *s, int obj,
+                              int opt);
+void ps_envelope_deserialize(lua_State *L, int sidx, const char *data,
+                             size_t len, int deser);
+
+/* store_batch.c: the batch methods. */
+int ps_store_put_batch(lua_State *L);
+int ps_store_proxy_batch(lua_State *L);
+int ps_store_get_batch(lua_State *L);
+
+#endif

@@ -1,0 +1,144 @@
+/*
+ * store_batch.c: put_batch, get_batch and proxy_batch. With a backend that
+ * has batch operations every object goes in one round trip; otherwise
+ * the store loops over single operations.
+ */
+#include <string.h>
+
+#include "store.h"
+
+/*
+ * put_batch(list [, opts]): stores every element, returns their keys.
+ * With a batch-capable backend all objects go in one round trip.
+ * opts.keys: a list of keys to use.
+ */
+static int put_batch(lua_State *L, int make_proxies) {
+  ps_store *s = ps_store_check_open(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  int opts = ps_store_opt_table(L, 3);
+  lua_settop(L, 3);
+  lua_Integer n = luaL_len(L, 2);
+  int keys_opt = ps_store_opt_field(L, opts, "keys");   /* 4 or 0 */
+  if (!keys_opt) lua_pushnil(L);
+  int ser = ps_store_opt_field(L, opts, "serializer");  /* 5 or 0 */
+  if (!ser) lua_pushnil(L);
+  lua_createtable(L, (int)n, 0);               /* 6: keys */
+  for (lua_Integer i = 1; i <= n; i++) {
+    if (keys_opt) {
+      lua_geti(L, 4, i);
+      size_t len;
+      ps_store_check_key(L, -1, &len);
+    } else {
+      char key[33];
+      ps_key_random(key);
+      lua_pushlstring(L, key, 32);
+    }
+    lua_rawseti(L, 6, i);
+  }
+  double t0 = ps_store_now();
+  if (s->ops && s->ops->put_batch && n > 0) {
+    blobs *bs = ps_blobs_push(L, (size_t)n);      /* 7 */
+    ps_key *keys = lua_newuserdatauv(L, (size_t)n * sizeof *keys, 0); /* 8 */
+    size_t total = 0;
+    for (lua_Integer i = 1; i <= n; i++) {
+      lua_geti(L, 2, i);
+      ps_buf *b = ps_envelope_serialize(L, 1, s, lua_gettop(L), ser ? 5 : 0);
+      /* Move the buffer into the blob box, which now owns it. */
+      bs->b[i - 1].data = b->data;
+      bs->b[i - 1].len = b->len;
+      total += b->len;
+      ps_buf_init(b);
+      lua_pop(L, 2);
+      lua_rawgeti(L, 6, i);
+      keys[i - 1].data = lua_tolstring(L, -1, &keys[i - 1].len);
+      lua_pop(L, 1);   /* anchored in the keys table */
+    }
+    ps_berr err = {0, ""};
+    int rc = s->ops->put_batch(s->ctx, (size_t)n, keys, bs->b, NULL, &err);
+    for (lua_Integer i = 0; i < n; i++) ps_blob_release(&bs->b[i]);
+    if (rc != PS_BOK) ps_store_raise_backend(L, 1, s, &err, NULL, 0);
+    for (lua_Integer i = 0; i < n; i++)
+      ps_store_cache_drop(L, 1, s, keys[i].data, keys[i].len);
+    ps_store_record(s, OP_PUT, t0, total);
+    lua_settop(L, 6);
+  } else {
+    for (lua_Integer i = 1; i <= n; i++) {
+      lua_geti(L, 2, i);
+      lua_rawgeti(L, 6, i);
+      ps_store_do_put(L, 1, s, lua_gettop(L) - 1, lua_gettop(L), ser ? 5 : 0);
+      lua_pop(L, 2);
+    }
+  }
+  if (make_proxies) {
+    unsigned flags = ps_store_proxy_flags(L, opts);
+    lua_createtable(L, (int)n, 0);
+    for (lua_Integer i = 1; i <= n; i++) {
+      lua_rawgeti(L, 6, i);
+      ps_proxy_push_store_ref(L, 1, -1, flags);
+      lua_rawseti(L, -3, i);
+      lua_pop(L, 1);
+    }
+  }
+  return 1;
+}
+
+int ps_store_put_batch(lua_State *L) { return put_batch(L, 0); }
+int ps_store_proxy_batch(lua_State *L) { return put_batch(L, 1); }
+
+/* get_batch(keys): values in order (nil where absent), with field n. */
+int ps_store_get_batch(lua_State *L) {
+  ps_store *s = ps_store_check_open(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_settop(L, 2);
+  lua_Integer n = luaL_len(L, 2);
+  lua_createtable(L, (int)n, 1);   /* 3: results */
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_geti(L, 2, i);
+    size_t len;
+    ps_store_check_key(L, -1, &len);
+    lua_pop(L, 1);
+  }
+  if (s->ops && s->ops->get_batch && n > 0) {
+    double t0 = ps_store_now();
+    blobs *bs = ps_blobs_push(L, (size_t)n);                                /* 4 */
+    ps_key *keys = lua_newuserdatauv(L, (size_t)n * sizeof *keys, 0);   /* 5 */
+    int *codes = lua_newuserdatauv(L, (size_t)n * sizeof *codes, 0);    /* 6 */
+    ps_version *vers = lua_newuserdatauv(L, (size_t)n * sizeof *vers, 0); /* 7 */
+    for (lua_Integer i = 1; i <= n; i++) {
+      lua_geti(L, 2, i);
+      keys[i - 1].data = lua_tolstring(L, -1, &keys[i - 1].len);
+      lua_pop(L, 1);
+    }
+    ps_berr err = {0, ""};
+    int rc = s->ops->get_batch(s->ctx, (size_t)n, keys, bs->b, vers, codes,
+                               &err);
+    if (rc != PS_BOK) {
+      for (lua_Integer i = 0; i < n; i++) ps_blob_release(&bs->b[i]);
+      ps_store_raise_backend(L, 1, s, &err, NULL, 0);
+    }
+    size_t total = 0;
+    for (lua_Integer i = 0; i < n; i++) {
+      if (codes[i] != PS_BOK) {
+        s->misses++;
+        continue;
+      }
+      s->misses++;
+      total += bs->b[i].len;
+      ps_envelope_deserialize(L, 1, bs->b[i].data, bs->b[i].len, 0);
+      ps_blob_release(&bs->b[i]);
+      ps_store_cache_add(L, 1, s, keys[i].data, keys[i].len, &vers[i]);
+      lua_rawseti(L, 3, i + 1);
+    }
+    ps_store_record(s, OP_GET, t0, total);
+    lua_settop(L, 3);
+  } else {
+    for (lua_Integer i = 1; i <= n; i++) {
+      lua_geti(L, 2, i);
+      if (ps_store_do_get(L, 1, s, lua_gettop(L), 0, 0, NULL)) lua_rawseti(L, 3, i);
+      lua_pop(L, 1);
+    }
+  }
+  lua_pushinteger(L, n);
+  lua_setfield(L, 3, "n");
+  return 1;
+}
