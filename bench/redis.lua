@@ -122,27 +122,7 @@ end
 local function bench(report)
   local srv = redis.start()
   local ok, err = pcall(function()
-    local base = raw_baselines(srv, SIZES)
-    local function ratio_to(tr, op, size, med)
-      local b = base[tr .. " " .. op .. " " .. size]
-      if not b then return nil, nil end
-      return op, med / b[1]
-    end
-    local names = {}
-    for name in pairs(base) do names[#names + 1] = name end
-    table.sort(names, function(a, b)
-      local ta, oa, sa = a:match("^(%S+) (%S+) (%d+)$")
-      local tb, ob, sb = b:match("^(%S+) (%S+) (%d+)$")
-      if ta ~= tb then return ta > tb end
-      if sa ~= sb then return tonumber(sa) < tonumber(sb) end
-      return oa < ob
-    end)
-    for _, name in ipairs(names) do
-      local b = base[name]
-      local t, op, size = name:match("^(%S+) (%S+) (%d+)$")
-      report("redis baselines (" .. t .. ")", op .. " " .. size_name(tonumber(size)),
-             b[1], b[2], nil, nil)
-    end
+    local stores = {}
     for _, tr in ipairs { "tcp", "unix" } do
       local conn = tr == "tcp" and { host = srv.host, port = srv.port } or { path = srv.path }
       local function store(name, cache)
@@ -150,41 +130,71 @@ local function bench(report)
         for k, v in pairs(conn) do o[k] = v end
         return ps.init_store("redis", o)
       end
-      local s = store("bench", 0)
-      local c = store("bench-cached", 16)
-      local section = "redis store (" .. tr .. ")"
-      for _, size in ipairs(SIZES) do
-        local data = payload(size)
-        local runs = runs_for(size)
-        local sn = size_name(size)
+      stores[tr] = { s = store("bench", 0), c = store("bench-cached", 16) }
+    end
+    -- Baselines are measured per size right before the store's numbers
+    -- for that size, so both see the same load on a shared machine.
+    local function baselines(size)
+      local base = raw_baselines(srv, { size })
+      for _, tr in ipairs { "tcp", "unix" } do
+        for _, op in ipairs { "hiredis_set", "hiredis_get", "limit_set", "limit_get" } do
+          local b = base[tr .. " " .. op .. " " .. size]
+          report("redis baseline (" .. tr .. ")", op .. " " .. size_name(size), b[1], b[2])
+        end
+      end
+      return function(tr, op, med)
+        local b = base[tr .. " " .. op .. " " .. size]
+        if not b then return nil, nil end
+        return op, med / b[1]
+      end
+    end
+    for _, size in ipairs(SIZES) do
+      local ratio_to = baselines(size)
+      local data = payload(size)
+      local runs = runs_for(size)
+      local sn = size_name(size)
+      for _, tr in ipairs { "tcp", "unix" } do
+        local s, c = stores[tr].s, stores[tr].c
+        local section = "redis store (" .. tr .. ")"
         local med, spread = measure(runs, function() s:put(data, { key = "b" }) end)
-        report(section, "put " .. sn, med, spread, ratio_to(tr, "limit_set", size, med))
+        report(section, "put " .. sn, med, spread, ratio_to(tr, "limit_set", med))
         med, spread = measure(runs, function(_, i) s:proxy(data, { key = "p" .. i }) end,
           nil, function(_, i) s:evict("p" .. i) end)
-        report(section, "proxy create " .. sn, med, spread, ratio_to(tr, "limit_set", size, med))
+        report(section, "proxy create " .. sn, med, spread, ratio_to(tr, "limit_set", med))
         collectgarbage()
         med, spread = measure(runs, function(p) ps.resolve(p) end,
           function() return s:proxy_from_key("b") end,
           function() collectgarbage() end)
         local op = size <= KiB and "hiredis_get" or "limit_get"
-        report(section, "first resolve " .. sn, med, spread, ratio_to(tr, op, size, med))
+        report(section, "first resolve " .. sn, med, spread, ratio_to(tr, op, med))
         ps.resolve(c:proxy_from_key("b"))
         med, spread = measure(runs, function(p) ps.resolve(p) end,
           function() return c:proxy_from_key("b") end)
         report(section, "cached resolve " .. sn, med, spread, nil, nil)
         c:evict("b")
-        data = nil
         collectgarbage()
       end
-      local t = table_workload()
-      local runs = QUICK and 5 or 15
+      data = nil
+      collectgarbage()
+    end
+    -- A table workload, against the limit for its serialized size.
+    local t = table_workload()
+    local tsize = #ps.serialize(t)
+    local ratio_to = baselines(tsize)
+    local runs = QUICK and 5 or 15
+    for _, tr in ipairs { "tcp", "unix" } do
+      local s = stores[tr].s
+      local section = "redis store (" .. tr .. ")"
+      local name = ("table, 10k records (%d KiB)"):format(tsize // KiB)
       local med, spread = measure(runs, function() s:put(t, { key = "t" }) end)
-      report(section, "put table (10k records)", med, spread, nil, nil)
+      report(section, "put " .. name, med, spread, ratio_to(tr, "limit_set", med))
       med, spread = measure(runs, function(p) ps.resolve(p) end,
         function() return s:proxy_from_key("t") end, function() collectgarbage() end)
-      report(section, "first resolve table (10k records)", med, spread, nil, nil)
-      s:close()
-      c:close()
+      report(section, "first resolve " .. name, med, spread, ratio_to(tr, "limit_get", med))
+    end
+    for _, tr in ipairs { "tcp", "unix" } do
+      stores[tr].s:close()
+      stores[tr].c:close()
     end
     -- peak RSS of a fresh process resolving a 100 MiB string
     local s = ps.init_store("redis", { name = "bench-rss", host = srv.host, port = srv.port })
