@@ -442,6 +442,40 @@ describe("the redis store", function()
     end)
   end)
 
+  describe("after fork", function()
+    it("pool workers use connections of their own, never the parent's", function()
+      local s = new_store { name = "forked", prefix = "fk:" }
+      local k = s:put("from parent")            -- the parent's connection is open
+      local function clients()
+        local n = 0
+        for _ in srv:cli("CLIENT", "LIST"):gmatch("[^\n]+") do n = n + 1 end
+        return n
+      end
+      local before = clients()
+      local pool = ps.pool { workers = 2 }
+      finally(function() pool:close() end)
+      local futures = {}
+      for i = 1, 6 do
+        futures[i] = pool:submit(function(key, n)
+          local st = require("proxystore").get_store("forked")
+          local v = st:get(key)
+          local k2 = st:put("from child " .. n)
+          return v .. "|" .. st:get(k2)
+        end, k, i)
+      end
+      for i = 1, 6 do
+        assert.equal("from parent|from child " .. i, futures[i]:result(30))
+      end
+      -- each worker opened its own connection; the parent's still works,
+      -- and its replies were never read by anyone else
+      assert.is_true(clients() > before)
+      for i = 1, 50 do
+        assert.equal(i, s:get(s:put(i)))
+      end
+      assert.equal("from parent", s:get(k))
+    end)
+  end)
+
   describe("the C backend alone", function()
     -- fork safety, prefetch in a forked child and the byte-level contract,
     -- from the plain-C test program spec/c/backend_redis_test.c
