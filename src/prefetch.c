@@ -101,10 +101,33 @@ static void job_free(ps_prefetch *pf) {
   free(pf);
 }
 
-/* Opens (or finds) the worker's context for the job's config. */
+/*
+ * Opens (or finds) the worker's context for the job's config. The list is
+ * kept most recently used first and holds at most MAX_CONTEXTS: stores
+ * come and go (a spec makes dozens), and each context may hold a socket.
+ */
+#define MAX_CONTEXTS 8
+
 static void *context_for(ps_prefetch *pf, ps_berr *err) {
-  for (wctx *w = contexts; w; w = w->next)
-    if (w->ops == pf->ops && cfg_eq(&w->cfg, &pf->cfg)) return w->ctx;
+  size_t n = 0;
+  for (wctx **pp = &contexts; *pp; pp = &(*pp)->next, n++) {
+    wctx *w = *pp;
+    if (w->ops == pf->ops && cfg_eq(&w->cfg, &pf->cfg)) {
+      *pp = w->next;            /* move to the front */
+      w->next = contexts;
+      contexts = w;
+      return w->ctx;
+    }
+  }
+  if (n >= MAX_CONTEXTS) {      /* close the least recently used */
+    wctx **pp = &contexts;
+    while ((*pp)->next) pp = &(*pp)->next;
+    wctx *old = *pp;
+    *pp = NULL;
+    old->ops->close(old->ctx);
+    cfg_free(&old->cfg);
+    free(old);
+  }
   wctx *w = calloc(1, sizeof *w);
   if (w == NULL || cfg_copy(&w->cfg, &pf->cfg) != 0) {
     free(w);
