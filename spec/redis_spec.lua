@@ -239,6 +239,20 @@ describe("the redis store", function()
       assert.is_nil(ps.get_store("unreach"))
     end)
 
+    it("a server with no room for another client raises connection", function()
+      local full = redis.start { args = "--maxclients 1" }
+      finally(function() full:stop() end)
+      serial = serial + 1
+      local a = ps.init_store("redis", { name = "full" .. serial, host = full.host,
+                                         port = full.port, timeout = 2 })
+      stores[#stores + 1] = a                   -- holds the only slot
+      local err = error_of(ps.init_store, "redis", { name = "full-b" .. serial,
+        host = full.host, port = full.port, timeout = 2 })
+      assert.equal("connection", err.kind)
+      assert.matches("max number of clients", tostring(err), 1, true)
+      assert.equal("fine", a:get(a:put("fine")))
+    end)
+
     it("a wrong db raises config", function()
       local err = error_of(new_store, { db = 99 })
       assert.equal("config", err.kind)
