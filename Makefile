@@ -86,7 +86,7 @@ FUZZ_BIN      = build-fuzz/decode_fuzz
 FUZZ_FLAGS    = -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
                 -fno-sanitize-recover=undefined
 FUZZ_RUN_FLAGS ?= -max_len=65536 -rss_limit_mb=2048 -malloc_limit_mb=64 \
-                -timeout=20 -print_final_stats=1
+                -timeout=20 -print_final_stats=1 -artifact_prefix=build-fuzz/
 
 $(FUZZ_BIN): fuzz/decode_fuzz.c $(CORE_SRC) $(HEADERS)
 	@mkdir -p $(dir $@)

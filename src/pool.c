@@ -15,6 +15,7 @@
  *        {slot, "result", value}
  *        {slot, "exit", pid, "code"|"signal", n}
  *        {slot, "spawn_failed", message}
+ *        {0, "zygote_died"}       (once: the pool cannot go on)
  *   h:spawn(slot)                  starts a replacement worker in slot
  *   h:pids() -> {slot = pid}, zygote pid
  *   h:close([kill])                closes sockets, reaps the zygote (which
@@ -56,6 +57,7 @@ typedef struct pool_h {
   ps_buf buf;      /* reused for every frame in and out */
   ps_zmsg *later;  /* zygote messages read while waiting for a spawn */
   int nlater, caplater;
+  int zdead;       /* the zygote is gone: no spawns, no exit reports */
 } pool_h;
 
 /* ---- parent-side fds of live pools (process-wide by nature: they are
@@ -252,6 +254,20 @@ static void read_ctl(lua_State *L, pool_h *h, int list, int *nev) {
     } else {
       ssize_t n = recv(h->ctl, &m, sizeof m, MSG_DONTWAIT);
       if (n < 0 && errno == EINTR) continue;
+      if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
+        /* The zygote died (killed from outside): its workers die with it
+         * and nobody will report them. Say so once. */
+        if (!h->zdead) {
+          h->zdead = 1;
+          lua_createtable(L, 2, 0);
+          lua_pushinteger(L, 0);
+          lua_rawseti(L, -2, 1);
+          lua_pushliteral(L, "zygote_died");
+          lua_rawseti(L, -2, 2);
+          append(L, list, nev);
+        }
+        return;
+      }
       if (n != (ssize_t)sizeof m) return;
     }
     if (m.type == PS_Z_SPAWNED && m.slot >= 0 && m.slot < h->n) {
@@ -336,6 +352,8 @@ static int pool_spawn(lua_State *L) {
   int s = check_slot(L, h, 2);
   if (h->w[s].state == W_LIVE)
     return luaL_error(L, "worker slot %d is busy", s + 1);
+  if (h->zdead)
+    return ps_error_raise(L, PS_EPOOL, NULL, "the pool's zygote is gone");
   int err = spawn_slot(h, s);
   if (!err) err = await_spawn(h, s);
   if (err)
@@ -390,7 +408,7 @@ static int pool_poll(lua_State *L) {
     slot_of = (int *)(fds + m);
   }
   int nfds = 0;
-  fds[nfds].fd = h->ctl;
+  fds[nfds].fd = h->zdead ? -1 : h->ctl;  /* poll skips negative fds */
   fds[nfds].events = POLLIN;
   slot_of[nfds++] = -1;
   for (int s = 0; s < h->n; s++)
