@@ -511,14 +511,6 @@ static int l_rmtree(lua_State *L) {
   return 1;
 }
 
-/* core.pool_clock() -> monotonic seconds, for timeouts and rates. */
-static int l_clock(lua_State *L) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec * 1e-9);
-  return 1;
-}
-
 /*
  * core.pool_exit([code]): os.exit inside a worker. Flushes stdio and
  * leaves at once: the atexit handlers and the Lua state are the parent's
@@ -562,25 +554,6 @@ static int l_mkdtemp(lua_State *L) {
   return 1;
 }
 
-/*
- * core.pool_error(kind, message [, fields]) -> a proxystore error object,
- * with the extra fields (traceback, pid, signal...) copied in.
- */
-static int l_error(lua_State *L) {
-  const char *kind = luaL_checkstring(L, 1);
-  const char *msg = luaL_checkstring(L, 2);
-  ps_error_push(L, kind, NULL, "%s", msg);
-  if (lua_type(L, 3) == LUA_TTABLE) {
-    lua_pushnil(L);
-    while (lua_next(L, 3)) {
-      lua_pushvalue(L, -2);
-      lua_insert(L, -2);
-      lua_settable(L, -4);
-    }
-  }
-  return 1;
-}
-
 static const luaL_Reg pool_methods[] = {
   {"send", pool_send},
   {"poll", pool_poll},
@@ -597,10 +570,8 @@ static const luaL_Reg pool_funcs[] = {
   {"pool_rmtree", l_rmtree},
   {"pool_ncpu", l_ncpu},
   {"pool_exit", l_exit},
-  {"pool_clock", l_clock},
   {"pool_isatty", l_isatty},
   {"pool_mkdtemp", l_mkdtemp},
-  {"pool_error", l_error},
   {NULL, NULL}
 };
 

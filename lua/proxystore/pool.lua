@@ -45,7 +45,7 @@ local unpack = table.unpack
 local getupvalue, setupvalue = debug.getupvalue, debug.setupvalue
 
 local function perror(kind, message, fields)
-  return core.pool_error(kind, message, fields)
+  return core.error(kind, message, fields)
 end
 
 local function ps()
@@ -285,7 +285,7 @@ function Future:done()
   return self.state == "done"
 end
 
-local now = core.pool_clock
+local now = core.monotonic
 
 function Future:result(timeout)
   if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
