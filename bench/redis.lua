@@ -102,7 +102,10 @@ local function peak_rss(srv, key, size)
   local h = assert(io.open(f, "w"))
   h:write(code)
   h:close()
-  local p = assert(io.popen("env -u LD_PRELOAD lua5.4 " .. f))
+  local function q(v) return "'" .. v:gsub("'", "'\\''") .. "'" end
+  -- the child finds the modules where this process did
+  local p = assert(io.popen("env -u LD_PRELOAD LUA_PATH=" .. q(package.path) ..
+    " LUA_CPATH=" .. q(package.cpath) .. " lua5.4 " .. f .. " 2>&1"))
   local out = p:read("a")
   p:close()
   os.remove(f)
