@@ -3,9 +3,9 @@
  *
  * Fresh 4 KiB pages cost about 11 us each to fault in on these machines;
  * with madvise(MADV_HUGEPAGE) a block is ~25x cheaper to touch. Large
- * buffers (backend replies, Lua strings) therefore come from mmap, and a
- * few freed blocks are kept warm for reuse. Thread-safe (prefetch threads
- * allocate reply buffers).
+ * backend reply buffers therefore come from mmap, and a few freed blocks
+ * are kept warm for reuse. Thread-safe (prefetch threads allocate reply
+ * buffers).
  */
 #ifndef PS_BIGALLOC_H
 #define PS_BIGALLOC_H
@@ -28,14 +28,5 @@ void ps_big_free(void *p);
  * ps_big_alloc for large, with the matching release. Returns 0 or -1.
  */
 int ps_blob_alloc(ps_blob *b, size_t n);
-
-#ifdef LUA_VERSION_NUM
-/*
- * Wraps the allocator of L so that blocks of PS_BIG_MIN bytes or more use
- * ps_big_alloc; blocks from before the call stay with the old allocator.
- * Idempotent. Only the thread running L may use it (as with any lua_State).
- */
-void ps_alloc_install(lua_State *L);
-#endif
 
 #endif
