@@ -29,4 +29,13 @@ void ps_big_free(void *p);
  */
 int ps_blob_alloc(ps_blob *b, size_t n);
 
+#ifdef LUA_VERSION_NUM
+/*
+ * Wraps the allocator of L so that blocks of PS_BIG_MIN bytes or more use
+ * ps_big_alloc; blocks from before the call stay with the old allocator.
+ * Idempotent. Only the thread running L may use it (as with any lua_State).
+ */
+void ps_alloc_install(lua_State *L);
+#endif
+
 #endif

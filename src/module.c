@@ -1,5 +1,6 @@
 /* module.c: luaopen_proxystore_core, the only symbol the module exports. */
 #include "ps.h"
+#include "bigalloc.h"
 #include "clock.h"
 
 static void (*const openers[])(lua_State *) = {
@@ -13,6 +14,8 @@ static void (*const openers[])(lua_State *) = {
 };
 
 int luaopen_proxystore_core(lua_State *L) {
+  /* Large strings and tables on warm or huge-page memory (bigalloc.c). */
+  ps_alloc_install(L);
   lua_newtable(L);
   for (size_t i = 0; i < sizeof openers / sizeof openers[0]; i++)
     openers[i](L);
