@@ -4,6 +4,10 @@
 #   make deps     install missing Debian packages (apt-get; needs root)
 #   make test     deps + build + every spec, then again under ASan+UBSan
 #   make bench    benchmarks, a markdown table on stdout
+#   make install  PREFIX (default /usr/local) and DESTDIR: the module, the Lua
+#                 files, the binary, proxystore.h, libproxystore.a and
+#                 proxystore.pc; make uninstall removes exactly those
+#   make examples examples/embed/host (a C host embedding Lua + proxystore)
 #   make fuzz     builds the decoder's libFuzzer target (build-fuzz/) and runs
 #                 it for FUZZ_SECONDS (default 60) from the corpus in fuzz/
 
@@ -24,17 +28,25 @@ ALL_CFLAGS = $(WARN) $(OPT) -fPIC $(CPPFLAGS) $(LUA_CFLAGS) $(HIREDIS_CFLAGS) $(
 LIBS     := $(HIREDIS_LIBS) -lpthread -lm
 
 HOST_SRC := $(wildcard src/main.c)
-CORE_SRC := $(filter-out $(HOST_SRC),$(wildcard src/*.c))
+EMBED_SRC := src/embed.c
+CORE_SRC := $(filter-out $(HOST_SRC) $(EMBED_SRC),$(wildcard src/*.c))
 HEADERS  := $(wildcard src/*.h)
+LUA_SRC  := $(wildcard lua/proxystore/*.lua)
+VERSION  := $(shell sed -n 's/^\#define PROXYSTORE_VERSION "\(.*\)"/\1/p' src/proxystore.h)
 
 BUILD    ?= build
 CORE_OBJ  = $(CORE_SRC:src/%.c=$(BUILD)/obj/%.o)
 CORE_SO   = $(BUILD)/lib/proxystore/core.so
 HOST_BIN  = $(if $(HOST_SRC),$(BUILD)/bin/proxystore)
+# For C hosts: the core, the C API (embed.c) and the Lua modules compiled in.
+LIB_A     = $(BUILD)/lib/libproxystore.a
+LUASRC_C  = $(BUILD)/gen/luasrc.inc
+EMBED_OBJ = $(BUILD)/obj/embed.o
 
 SANITIZE := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
-.PHONY: demo all deps test test-plain test-asan bench clean asan fuzz
+.PHONY: demo all deps test test-plain test-asan bench clean asan fuzz lib install \
+        uninstall examples rock-install
 all: $(CORE_SO) $(HOST_BIN)
 
 $(BUILD)/obj/%.o: src/%.c $(HEADERS)
@@ -51,14 +63,93 @@ $(BUILD)/bin/proxystore: $(BUILD)/obj/main.o $(CORE_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(OPT) -Wl,-E $(LDFLAGS) -o $@ $^ $(LUA_LIBS) $(LIBS) -ldl
 
+# The Lua modules as C strings, so an embedding host needs no Lua path.
+$(LUASRC_C): tools/luasrc.lua $(LUA_SRC)
+	@mkdir -p $(dir $@)
+	$(LUA) tools/luasrc.lua $@ $(LUA_SRC)
+
+$(BUILD)/obj/embed.o: src/embed.c $(HEADERS) $(LUASRC_C)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -DPS_LUASRC='"$(abspath $(LUASRC_C))"' -c $< -o $@
+
+# One relocatable object in which only the C API is global, so a host's own
+# symbols never collide with the core's internal ones.
+OBJCOPY ?= objcopy
+$(BUILD)/obj/libproxystore.o: $(CORE_OBJ) $(EMBED_OBJ)
+	$(CC) -r -nostdlib -o $@ $^
+	$(OBJCOPY) --wildcard --keep-global-symbol='proxystore_*' \
+	  --keep-global-symbol=luaopen_proxystore_core $@
+
+$(LIB_A): $(BUILD)/obj/libproxystore.o
+	@mkdir -p $(dir $@); rm -f $@
+	$(AR) rcs $@ $^
+
+lib: $(LIB_A)
+
+examples: examples/embed/host
+
+examples/embed/host: examples/embed/host.c src/proxystore.h $(LIB_A)
+	$(CC) $(WARN) $(OPT) $(CPPFLAGS) -Isrc $(LUA_CFLAGS) -o $@ $< $(LIB_A) \
+	  $(LUA_LIBS) $(LIBS)
+
+# make install: PREFIX is where things will live, DESTDIR a staging root.
+# proxystore.pc finds its prefix from its own place (${pcfiledir}), so it
+# also works from a DESTDIR tree (pkg-config's sysroot would re-root the
+# lua5.4 it requires as well) and after the tree is moved.
+LUA_VERSION  ?= 5.4
+BINDIR       ?= $(PREFIX)/bin
+INCLUDEDIR   ?= $(PREFIX)/include
+LIBDIR       ?= $(PREFIX)/lib
+INSTALL_CMOD ?= $(LIBDIR)/lua/$(LUA_VERSION)
+INSTALL_LMOD ?= $(PREFIX)/share/lua/$(LUA_VERSION)
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+INSTALL      ?= install
+
+$(BUILD)/proxystore.pc: Makefile src/proxystore.h
+	@mkdir -p $(dir $@)
+	printf '%s\n' 'prefix=$${pcfiledir}/../..' 'libdir=$${prefix}/lib' \
+	  'includedir=$${prefix}/include' '' 'Name: proxystore' \
+	  'Description: lazy object proxies for Lua 5.4 (C API for embedding hosts)' \
+	  'Version: $(VERSION)' 'Requires: lua5.4' \
+	  'Libs: -L$${libdir} -lproxystore $(HIREDIS_LIBS) -lpthread -lm' \
+	  'Cflags: -I$${includedir}' > $@
+
+install: all $(LIB_A) $(BUILD)/proxystore.pc
+	$(INSTALL) -d $(DESTDIR)$(INSTALL_CMOD)/proxystore $(DESTDIR)$(INSTALL_LMOD)/proxystore \
+	  $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(PKGCONFIGDIR)
+	$(INSTALL) -m 755 $(CORE_SO) $(DESTDIR)$(INSTALL_CMOD)/proxystore/core.so
+	$(INSTALL) -m 644 $(LUA_SRC) $(DESTDIR)$(INSTALL_LMOD)/proxystore/
+	$(INSTALL) -m 644 src/proxystore.h $(DESTDIR)$(INCLUDEDIR)/proxystore.h
+	$(INSTALL) -m 644 $(LIB_A) $(DESTDIR)$(LIBDIR)/libproxystore.a
+	$(INSTALL) -m 644 $(BUILD)/proxystore.pc $(DESTDIR)$(PKGCONFIGDIR)/proxystore.pc
+	$(if $(HOST_BIN),$(INSTALL) -d $(DESTDIR)$(BINDIR))
+	$(if $(HOST_BIN),$(INSTALL) -m 755 $(HOST_BIN) $(DESTDIR)$(BINDIR)/proxystore)
+
+# Removes exactly what install put (and proxystore's own directories).
+uninstall:
+	rm -f $(DESTDIR)$(INSTALL_CMOD)/proxystore/core.so \
+	  $(LUA_SRC:lua/proxystore/%=$(DESTDIR)$(INSTALL_LMOD)/proxystore/%) \
+	  $(DESTDIR)$(INCLUDEDIR)/proxystore.h $(DESTDIR)$(LIBDIR)/libproxystore.a \
+	  $(DESTDIR)$(PKGCONFIGDIR)/proxystore.pc $(DESTDIR)$(BINDIR)/proxystore
+	rmdir $(DESTDIR)$(INSTALL_CMOD)/proxystore $(DESTDIR)$(INSTALL_LMOD)/proxystore \
+	  2>/dev/null || true
+
+# The rockspec's install step: luarocks passes its rock directories.
+rock-install: all
+	$(INSTALL) -d $(LIBDIR)/proxystore $(LUADIR)/proxystore
+	$(INSTALL) -m 755 $(CORE_SO) $(LIBDIR)/proxystore/core.so
+	$(INSTALL) -m 644 $(LUA_SRC) $(LUADIR)/proxystore/
+	$(if $(HOST_BIN),$(INSTALL) -d $(BINDIR))
+	$(if $(HOST_BIN),$(INSTALL) -m 755 $(HOST_BIN) $(BINDIR)/proxystore)
+
 asan:
-	$(MAKE) BUILD=build-asan OPT="-O1 -g $(SANITIZE)" LDFLAGS="$(SANITIZE)" all
+	$(MAKE) BUILD=build-asan OPT="-O1 -g $(SANITIZE)" LDFLAGS="$(SANITIZE)" all lib
 
 deps:
 	@sh .ci/deps.sh
 
 test: deps
-	@$(MAKE) --no-print-directory all asan >/dev/null
+	@$(MAKE) --no-print-directory all lib asan >/dev/null
 	@sh spec/run.sh
 
 # Baselines for bench/redis.lua: raw hiredis and the server-bound limit.
@@ -86,7 +177,7 @@ FUZZ_BIN      = build-fuzz/decode_fuzz
 FUZZ_FLAGS    = -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
                 -fno-sanitize-recover=undefined
 FUZZ_RUN_FLAGS ?= -max_len=65536 -rss_limit_mb=2048 -malloc_limit_mb=64 \
-                -timeout=20 -print_final_stats=1
+                -timeout=20 -print_final_stats=1 -artifact_prefix=build-fuzz/
 
 $(FUZZ_BIN): fuzz/decode_fuzz.c $(CORE_SRC) $(HEADERS)
 	@mkdir -p $(dir $@)
@@ -98,4 +189,4 @@ fuzz: $(FUZZ_BIN)
 	$(FUZZ_BIN) $(FUZZ_RUN_FLAGS) -max_total_time=$(FUZZ_SECONDS) build-fuzz/corpus fuzz/corpus
 
 clean:
-	rm -rf build build-asan build-fuzz
+	rm -rf build build-asan build-fuzz examples/embed/host

@@ -18,7 +18,7 @@ package.cpath = BUILD .. "/lib/?.so;" .. package.cpath
 
 local core = require "proxystore.core"
 local cjson = require "cjson"
-local clock = core._bench_clock
+local clock = core.monotonic
 
 local RUNS = 7
 

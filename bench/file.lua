@@ -7,7 +7,7 @@
 -- Standalone: lua5.4 bench/file.lua [sizes...]   (sizes like 1K 1M 100M)
 -- prints a markdown table. Under bench/run.lua: returns function(report).
 --
--- Baselines come from proxystore.core's benchmark helpers (_bench_clock,
+-- Baselines come from proxystore.core's benchmark helpers (monotonic,
 -- _bench_memcpy). "First resolve" is a fresh proxy on a store with cache_size = 0, so the
 -- bytes come from the file every time. The disk directory is under
 -- /var/tmp; its files are in the page cache when read (this measures the
@@ -65,7 +65,7 @@ end
 local function run(report, wanted)
   local ps = require "proxystore"
   local core = require "proxystore.core"
-  local clock = core._bench_clock
+  local clock = core.monotonic
   local function now() return clock() * 1e9 end
   local piece = string.rep("0123456789abcdef", 64)   -- 1 KiB
 

@@ -13,7 +13,7 @@
 local is_main = not pcall(debug.getlocal, 4, 1)
 local ps = require "proxystore"
 local core = require "proxystore.core"
-local clock = core.pool_clock
+local clock = core.monotonic
 
 local RUNS = 5
 local MiB = 1024 * 1024

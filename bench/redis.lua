@@ -8,6 +8,7 @@
 -- peak RSS of a fresh process resolving a 100 MiB string.
 --
 -- Standalone: lua5.4 bench/redis.lua  (prints a markdown table)
+-- PROXYSTORE_BENCH_QUICK=1 for fewer runs. Spread is (max-min)/median.
 -- From bench/run.lua: return value is function(report).
 package.path = "lua/?.lua;lua/?/init.lua;spec/?.lua;" .. package.path
 package.cpath = (os.getenv("PROXYSTORE_BUILD") or "build") .. "/lib/?.so;" .. package.cpath
@@ -28,15 +29,12 @@ local function runs_for(size)
   return QUICK and 51 or 301
 end
 
+-- Median (ns) and spread: (max - min) / median in percent, as bench/run.lua.
 local function stats(t)
   table.sort(t)
   local n = #t
   local med = n % 2 == 1 and t[(n + 1) // 2] or (t[n // 2] + t[n // 2 + 1]) / 2
-  local dev = {}
-  for i, v in ipairs(t) do dev[i] = math.abs(v - med) end
-  table.sort(dev)
-  local mad = n % 2 == 1 and dev[(n + 1) // 2] or (dev[n // 2] + dev[n // 2 + 1]) / 2
-  return med * 1e9, med > 0 and 100 * mad / med or 0
+  return med * 1e9, med > 0 and 100 * (t[n] - t[1]) / med or 0
 end
 
 -- Times fn(i) runs times; setup(i) and cleanup(i) run untimed around it.
@@ -95,20 +93,25 @@ local function peak_rss(srv, key, size)
     local s = ps.init_store("redis", {name = "rss", host = "127.0.0.1", port = %d, cache_size = 0})
     local p = s:proxy_from_key(%q)
     local before = kb("VmRSS")
+    local t0 = require("proxystore.core").monotonic()
     local n = #p
-    io.write(n, " ", before, " ", kb("VmHWM"))
+    local dt = require("proxystore.core").monotonic() - t0
+    io.write(n, " ", before, " ", kb("VmHWM"), " ", dt)
   ]]):format(srv.port, key)
   local f = os.tmpname()
   local h = assert(io.open(f, "w"))
   h:write(code)
   h:close()
-  local p = assert(io.popen("env -u LD_PRELOAD lua5.4 " .. f))
+  local function q(v) return "'" .. v:gsub("'", "'\\''") .. "'" end
+  -- the child finds the modules where this process did
+  local p = assert(io.popen("env -u LD_PRELOAD LUA_PATH=" .. q(package.path) ..
+    " LUA_CPATH=" .. q(package.cpath) .. " lua5.4 " .. f .. " 2>&1"))
   local out = p:read("a")
   p:close()
   os.remove(f)
-  local n, before, hwm = out:match("(%d+) (%d+) (%d+)")
+  local n, before, hwm, dt = out:match("(%d+) (%d+) (%d+) (%S+)")
   assert(tonumber(n) == size, "rss child failed: " .. out)
-  return tonumber(before) * 1024, tonumber(hwm) * 1024
+  return tonumber(before) * 1024, tonumber(hwm) * 1024, tonumber(dt)
 end
 
 local function table_workload()
@@ -122,27 +125,7 @@ end
 local function bench(report)
   local srv = redis.start()
   local ok, err = pcall(function()
-    local base = raw_baselines(srv, SIZES)
-    local function ratio_to(tr, op, size, med)
-      local b = base[tr .. " " .. op .. " " .. size]
-      if not b then return nil, nil end
-      return op, med / b[1]
-    end
-    local names = {}
-    for name in pairs(base) do names[#names + 1] = name end
-    table.sort(names, function(a, b)
-      local ta, oa, sa = a:match("^(%S+) (%S+) (%d+)$")
-      local tb, ob, sb = b:match("^(%S+) (%S+) (%d+)$")
-      if ta ~= tb then return ta > tb end
-      if sa ~= sb then return tonumber(sa) < tonumber(sb) end
-      return oa < ob
-    end)
-    for _, name in ipairs(names) do
-      local b = base[name]
-      local t, op, size = name:match("^(%S+) (%S+) (%d+)$")
-      report("redis baselines (" .. t .. ")", op .. " " .. size_name(tonumber(size)),
-             b[1], b[2], nil, nil)
-    end
+    local stores = {}
     for _, tr in ipairs { "tcp", "unix" } do
       local conn = tr == "tcp" and { host = srv.host, port = srv.port } or { path = srv.path }
       local function store(name, cache)
@@ -150,50 +133,81 @@ local function bench(report)
         for k, v in pairs(conn) do o[k] = v end
         return ps.init_store("redis", o)
       end
-      local s = store("bench", 0)
-      local c = store("bench-cached", 16)
-      local section = "redis store (" .. tr .. ")"
-      for _, size in ipairs(SIZES) do
-        local data = payload(size)
-        local runs = runs_for(size)
-        local sn = size_name(size)
+      stores[tr] = { s = store("bench", 0), c = store("bench-cached", 16) }
+    end
+    -- Baselines are measured per size right before the store's numbers
+    -- for that size, so both see the same load on a shared machine.
+    local function baselines(size)
+      local base = raw_baselines(srv, { size })
+      for _, tr in ipairs { "tcp", "unix" } do
+        for _, op in ipairs { "hiredis_set", "hiredis_get", "limit_set", "limit_get" } do
+          local b = base[tr .. " " .. op .. " " .. size]
+          report("redis baseline (" .. tr .. ")", op .. " " .. size_name(size), b[1], b[2])
+        end
+      end
+      return function(tr, op, med)
+        local b = base[tr .. " " .. op .. " " .. size]
+        if not b then return nil, nil end
+        return op, med / b[1]
+      end
+    end
+    for _, size in ipairs(SIZES) do
+      local ratio_to = baselines(size)
+      local data = payload(size)
+      local runs = runs_for(size)
+      local sn = size_name(size)
+      for _, tr in ipairs { "tcp", "unix" } do
+        local s, c = stores[tr].s, stores[tr].c
+        local section = "redis store (" .. tr .. ")"
         local med, spread = measure(runs, function() s:put(data, { key = "b" }) end)
-        report(section, "put " .. sn, med, spread, ratio_to(tr, "limit_set", size, med))
+        report(section, "put " .. sn, med, spread, ratio_to(tr, "limit_set", med))
         med, spread = measure(runs, function(_, i) s:proxy(data, { key = "p" .. i }) end,
           nil, function(_, i) s:evict("p" .. i) end)
-        report(section, "proxy create " .. sn, med, spread, ratio_to(tr, "limit_set", size, med))
+        report(section, "proxy create " .. sn, med, spread, ratio_to(tr, "limit_set", med))
         collectgarbage()
         med, spread = measure(runs, function(p) ps.resolve(p) end,
           function() return s:proxy_from_key("b") end,
           function() collectgarbage() end)
         local op = size <= KiB and "hiredis_get" or "limit_get"
-        report(section, "first resolve " .. sn, med, spread, ratio_to(tr, op, size, med))
+        report(section, "first resolve " .. sn, med, spread, ratio_to(tr, op, med))
         ps.resolve(c:proxy_from_key("b"))
         med, spread = measure(runs, function(p) ps.resolve(p) end,
           function() return c:proxy_from_key("b") end)
         report(section, "cached resolve " .. sn, med, spread, nil, nil)
         c:evict("b")
-        data = nil
         collectgarbage()
       end
-      local t = table_workload()
-      local runs = QUICK and 5 or 15
+      data = nil
+      collectgarbage()
+    end
+    -- A table workload, against the limit for its serialized size.
+    local t = table_workload()
+    local tsize = #ps.serialize(t)
+    local ratio_to = baselines(tsize)
+    local runs = QUICK and 5 or 15
+    for _, tr in ipairs { "tcp", "unix" } do
+      local s = stores[tr].s
+      local section = "redis store (" .. tr .. ")"
+      local name = ("table, 10k records (%d KiB)"):format(tsize // KiB)
       local med, spread = measure(runs, function() s:put(t, { key = "t" }) end)
-      report(section, "put table (10k records)", med, spread, nil, nil)
+      report(section, "put " .. name, med, spread, ratio_to(tr, "limit_set", med))
       med, spread = measure(runs, function(p) ps.resolve(p) end,
         function() return s:proxy_from_key("t") end, function() collectgarbage() end)
-      report(section, "first resolve table (10k records)", med, spread, nil, nil)
-      s:close()
-      c:close()
+      report(section, "first resolve " .. name, med, spread, ratio_to(tr, "limit_get", med))
+    end
+    for _, tr in ipairs { "tcp", "unix" } do
+      stores[tr].s:close()
+      stores[tr].c:close()
     end
     -- peak RSS of a fresh process resolving a 100 MiB string
     local s = ps.init_store("redis", { name = "bench-rss", host = srv.host, port = srv.port })
     local size = 100 * MiB
     s:put(payload(size), { key = "rss" })
     collectgarbage()
-    local before, hwm = peak_rss(srv, "rss", size)
-    report("redis peak RSS", ("resolve 100 MiB: peak %.0f MiB (%.2fx size), %.0f MiB before")
-      :format(hwm / MiB, hwm / size, before / MiB), hwm, 0, "size", hwm / size)
+    local before, hwm, dt = peak_rss(srv, "rss", size)
+    report("redis peak RSS", ("first resolve of 100 MiB in a fresh process: peak RSS %.0f MiB "
+      .. "(%.0f MiB before)"):format(hwm / MiB, before / MiB), dt * 1e9, 0,
+      "peak RSS / size", hwm / size)
     s:close()
   end)
   srv:stop()
@@ -204,8 +218,7 @@ if arg and arg[0] and arg[0]:match("redis%.lua$") then
   print("| section | measurement | median | spread | baseline | ratio |")
   print("|---|---|---|---|---|---|")
   bench(function(section, name, ns, spread, bname, ratio)
-    local v = section:match("RSS") and ("%.0f MiB"):format(ns / MiB)
-      or ns >= 1e6 and ("%.2f ms"):format(ns / 1e6) or ("%.1f µs"):format(ns / 1e3)
+    local v = ns >= 1e6 and ("%.2f ms"):format(ns / 1e6) or ("%.1f µs"):format(ns / 1e3)
     print(("| %s | %s | %s | ±%.1f%% | %s | %s |"):format(section, name, v, spread,
       bname or "", ratio and ("%.2f"):format(ratio) or ""))
     io.stdout:flush()

@@ -10,7 +10,7 @@
  *                               straight into a buffer reused across runs
  * and prints one line per measurement:
  *   <transport> <op> <size> <median ns> <spread %>
- * spread is the median absolute deviation as a percentage of the median.
+ * spread is (max - min) / median in percent, as bench/run.lua reports.
  */
 
 #include <errno.h>
@@ -38,12 +38,8 @@ static void report(const char *tr, const char *op, size_t size, double *t,
                    int n) {
   qsort(t, n, sizeof *t, cmp_d);
   double med = n % 2 ? t[n / 2] : (t[n / 2 - 1] + t[n / 2]) / 2;
-  double *dev = malloc(n * sizeof *dev);
-  for (int i = 0; i < n; i++) dev[i] = t[i] > med ? t[i] - med : med - t[i];
-  qsort(dev, n, sizeof *dev, cmp_d);
-  double mad = n % 2 ? dev[n / 2] : (dev[n / 2 - 1] + dev[n / 2]) / 2;
-  free(dev);
-  printf("%s %s %zu %.0f %.1f\n", tr, op, size, med, med > 0 ? 100 * mad / med : 0);
+  printf("%s %s %zu %.0f %.1f\n", tr, op, size, med,
+         med > 0 ? 100 * (t[n - 1] - t[0]) / med : 0);
   fflush(stdout);
 }
 

@@ -289,4 +289,53 @@ describe("proxystore host binary", function()
       assert.equal("0", left:match("%d+"))   -- documents were single-use
     end)
   end)
+
+  describe("pool:map's progress bar", function()
+    local MAP = [[
+      local ps = require "proxystore"
+      local pool = ps.pool { workers = 2 %s }
+      local t = {}
+      for i = 1, 20 do t[i] = i end
+      local r = pool:map(function(x)
+        local e = os.clock() + 0.01
+        while os.clock() < e do end
+        return x
+      end, t)
+      pool:close()
+      io.stdout:write("sum ", #r, "\n")]]
+
+    -- Runs the binary on a pseudo-terminal (script(1)); its output is
+    -- stdout and stderr together.
+    local function on_tty(code)
+      local inner = ("%s --workers 2 -e %s"):format(q(BIN), q(code))
+      local cmd = ("cd %s && env -u LD_PRELOAD -u LUA_PATH script -qec %s /dev/null " ..
+        "</dev/null >%s/tty 2>&1"):format(q(ROOT), q(inner), q(TMP))
+      local _, _, status = os.execute(cmd)
+      return status, slurp(TMP .. "/tty")
+    end
+
+    it("shows done/total, rate and elapsed time on a terminal", function()
+      local status, out = on_tty(MAP:format(""))
+      assert.equal(0, status, out)
+      assert.matches("20/20", out, 1, true)
+      assert.matches("%d+%.%d/s", out)
+      assert.matches("%d+%.%ds", out)
+      assert.matches("[#", out, 1, true)
+      assert.matches("sum 20", out, 1, true)
+    end)
+
+    it("is silent with progress = false", function()
+      local status, out = on_tty(MAP:format(", progress = false"))
+      assert.equal(0, status, out)
+      assert.not_matches("20/20", out, 1, true)
+      assert.matches("sum 20", out, 1, true)
+    end)
+
+    it("is silent when stderr is not a terminal", function()
+      local code, out, err = run("-e " .. q(MAP:format("")))
+      assert.equal(0, code, err)
+      assert.equal("sum 20\n", out)
+      assert.equal("", err)
+    end)
+  end)
 end)

@@ -83,6 +83,15 @@ describe("the redis store", function()
       end)
     end
 
+    it("opens from a unix:// URL with a db", function()
+      serial = serial + 1
+      local s = ps.init_store("unix://" .. srv.path .. "?db=4", { name = "unixurl" .. serial })
+      stores[#stores + 1] = s
+      s:put("sock", { key = "via-unix" })
+      assert.equal("1", srv:cli("-n", "4", "EXISTS", "via-unix"):match("%d+"))
+      assert.equal("sock", s:get("via-unix"))
+    end)
+
     it("stores under the prefix and in the chosen db", function()
       local s = new_store { prefix = "pfx:", db = 3 }
       local k = s:put("hello", { key = "mine" })
@@ -146,10 +155,37 @@ describe("the redis store", function()
       assert.equal("v1", ps.extract(a:proxy_from_key(k)))     -- now cached in a
       b:put("v2", { key = k })                                  -- another writer
       assert.equal("v2", ps.extract(a:proxy_from_key(k, { strict = true })))
-      -- unchanged: still right, and served after a version check
+      -- unchanged: served from the cache after a version check that moves
+      -- no object bytes (same round trip as the read would have been)
+      local m0 = a:metrics()
       assert.equal("v2", ps.extract(a:proxy_from_key(k, { strict = true })))
+      local m1 = a:metrics()
+      assert.equal(m0.cache.hits + 1, m1.cache.hits)
+      assert.equal(m0.get.count + 1, m1.get.count)
+      assert.equal(m0.get.bytes, m1.get.bytes)
       b:put({ "v3" }, { key = k })
       assert.same({ "v3" }, ps.extract(a:proxy_from_key(k, { strict = true })))
+    end)
+  end)
+
+  describe("metrics", function()
+    it("count operations, bytes and time, and cache hits and misses", function()
+      local s = new_store { cache_size = 4 }
+      local k = s:put(string.rep("m", 1000))
+      s:get(k)
+      s:get(k)
+      s:exists(k)
+      s:evict(k)
+      local m = s:metrics()
+      assert.equal(1, m.put.count)
+      assert.is_true(m.put.bytes >= 1000)
+      assert.equal(1, m.get.count)     -- the second get was a cache hit
+      assert.is_true(m.get.bytes >= 1000)
+      assert.equal(1, m.cache.hits)
+      assert.equal(1, m.cache.misses)
+      assert.equal(1, m.exists.count)
+      assert.equal(1, m.evict.count)
+      assert.is_true(m.get.time_total > 0 and m.get.time_max <= m.get.time_total)
     end)
   end)
 
@@ -201,6 +237,20 @@ describe("the redis store", function()
       assert.matches("127.0.0.1:" .. port, tostring(err), 1, true)
       assert.matches("refused", tostring(err), 1, true)
       assert.is_nil(ps.get_store("unreach"))
+    end)
+
+    it("a server with no room for another client raises connection", function()
+      local full = redis.start { args = "--maxclients 1" }
+      finally(function() full:stop() end)
+      serial = serial + 1
+      local a = ps.init_store("redis", { name = "full" .. serial, host = full.host,
+                                         port = full.port, timeout = 2 })
+      stores[#stores + 1] = a                   -- holds the only slot
+      local err = error_of(ps.init_store, "redis", { name = "full-b" .. serial,
+        host = full.host, port = full.port, timeout = 2 })
+      assert.equal("connection", err.kind)
+      assert.matches("max number of clients", tostring(err), 1, true)
+      assert.equal("fine", a:get(a:put("fine")))
     end)
 
     it("a wrong db raises config", function()
@@ -271,6 +321,16 @@ describe("the redis store", function()
         port = auth.port, username = "alice", password = "wonder", timeout = 2 })
       stores[#stores + 1] = b
       assert.equal("ok", b:get(b:put("ok")))
+    end)
+
+    it("takes the credentials and db from a redis:// URL", function()
+      serial = serial + 1
+      local s = ps.init_store(("redis://alice:wonder@127.0.0.1:%d/2"):format(auth.port),
+                              { name = "authurl" .. serial })
+      stores[#stores + 1] = s
+      s:put("via url", { key = "u" })
+      assert.equal("1", auth:cli("-n", "2", "EXISTS", "u"):match("%d+"))
+      assert.equal("via url", s:get("u"))
     end)
 
     it("rejects a wrong password or none", function()
@@ -393,6 +453,40 @@ describe("the redis store", function()
       assert.equal("timeout", err.kind)
       srv:resume()
       assert.equal("v", ps.extract(p))
+    end)
+  end)
+
+  describe("after fork", function()
+    it("pool workers use connections of their own, never the parent's", function()
+      local s = new_store { name = "forked", prefix = "fk:" }
+      local k = s:put("from parent")            -- the parent's connection is open
+      local function clients()
+        local n = 0
+        for _ in srv:cli("CLIENT", "LIST"):gmatch("[^\n]+") do n = n + 1 end
+        return n
+      end
+      local before = clients()
+      local pool = ps.pool { workers = 2 }
+      finally(function() pool:close() end)
+      local futures = {}
+      for i = 1, 6 do
+        futures[i] = pool:submit(function(key, n)
+          local st = require("proxystore").get_store("forked")
+          local v = st:get(key)
+          local k2 = st:put("from child " .. n)
+          return v .. "|" .. st:get(k2)
+        end, k, i)
+      end
+      for i = 1, 6 do
+        assert.equal("from parent|from child " .. i, futures[i]:result(30))
+      end
+      -- each worker opened its own connection; the parent's still works,
+      -- and its replies were never read by anyone else
+      assert.is_true(clients() > before)
+      for i = 1, 50 do
+        assert.equal(i, s:get(s:put(i)))
+      end
+      assert.equal("from parent", s:get(k))
     end)
   end)
 

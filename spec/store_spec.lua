@@ -281,3 +281,110 @@ describe("async resolution on a file store", function()
     collectgarbage(); collectgarbage()
   end)
 end)
+
+describe("a store under hostile callbacks and configs", function()
+  local dir
+  before_each(function()
+    dir = os.tmpname()
+    os.remove(dir)
+  end)
+  after_each(function()
+    for _, name in ipairs {"hostile", "shared-name"} do
+      local s = ps.get_store(name)
+      if s then s:close() end
+    end
+    os.execute("rm -rf '" .. dir .. "'")
+  end)
+
+  local function perr2(f, ...)
+    local ok, err = pcall(f, ...)
+    assert.is_false(ok)
+    return err
+  end
+
+  it("raises closed when a serializer closes the store mid-put", function()
+    local s = ps.init_store("file", {name = "hostile", dir = dir})
+    local closing = function() s:close(); return "x" end
+    assert.are.equal("closed", perr2(s.put, s, {1}, {serializer = closing}).kind)
+    local s2 = ps.init_store("file", {name = "hostile", dir = dir})
+    local closing2 = function() s2:close(); return "x" end
+    assert.are.equal("closed", perr2(s2.put_batch, s2, {1, 2}, {serializer = closing2}).kind)
+  end)
+
+  it("keeps get_batch keys alive whatever the keys table does", function()
+    local s = ps.init_store("file", {name = "hostile", dir = dir})
+    local real = {}
+    for i = 1, 20 do real[i] = s:put(i, {key = ("k%d"):format(i) .. ("x"):rep(60)}) end
+    local keys = setmetatable({}, {
+      __len = function() return 20 end,
+      __index = function(_, i) collectgarbage(); return ("k%d"):format(i) .. ("x"):rep(60) end,
+    })
+    local vals = s:get_batch(keys)
+    for i = 1, 20 do assert.are.equal(i, vals[i]) end
+  end)
+
+  it("never serves one proxy's deserializer output to another reader", function()
+    local s = ps.init_store("file", {name = "hostile", dir = dir})
+    s:put("payload", {key = "k", serializer = function(v) return v end})
+    local a = s:proxy_from_key("k", {deserializer = function(b) return "A:" .. b end})
+    local b = s:proxy_from_key("k", {deserializer = function(b2) return "B:" .. b2 end})
+    assert.are.equal("A:payload", ps.extract(a))
+    assert.are.equal("B:payload", ps.extract(b))
+    assert.are.equal("serialization", perr2(s.get, s, "k").kind)
+  end)
+
+  it("refuses a serializer that returns something other than a string", function()
+    local s = ps.init_store("file", {name = "hostile", dir = dir})
+    assert.are.equal("serialization", perr2(s.put, s, 1, {serializer = function() return 42 end}).kind)
+  end)
+
+  it("keeps the real cause when lua-cjson cannot be loaded", function()
+    local s = ps.init_store("file", {name = "hostile", dir = dir, serializer = "json"})
+    local saved_loaded, saved_preload = package.loaded.cjson, package.preload.cjson
+    package.loaded.cjson = nil
+    package.preload.cjson = function() error("BOOM") end
+    local err = perr2(s.put, s, {1})
+    package.loaded.cjson, package.preload.cjson = saved_loaded, saved_preload
+    assert.are.equal("config", err.kind)
+    assert.matches("BOOM", tostring(err.cause))
+  end)
+
+  it("never resolves a proxy through a store of another kind with its name", function()
+    local f = ps.init_store("file", {name = "shared-name", dir = dir})
+    local p = f:proxy("from file")
+    f:close()
+    local l = ps.init_store("local", {name = "shared-name"})
+    l:put("impostor", {key = ps.key(p)})
+    local err = perr2(ps.resolve, p)
+    assert.are.equal("resolve", err.kind)
+    l:close()
+  end)
+
+  it("does not bring back a cleared file store from a stale proxy", function()
+    local s = ps.init_store("file", {name = "hostile", dir = dir, clear = true})
+    local p = s:proxy({1})
+    s:close()
+    local err = perr2(ps.resolve, p)
+    assert.are.equal("resolve", err.kind)
+    assert.matches("no longer exists", tostring(err))
+    assert.is_nil(ps.get_store("hostile"))
+    assert.is_nil(io.open(dir .. "/."))
+  end)
+
+  it("refuses timeouts that are not finite", function()
+    for _, t in ipairs {0 / 0, math.huge, -1} do
+      local err = perr2(ps.init_store, "redis", {name = "hostile", timeout = t})
+      assert.are.equal("config", err.kind)
+    end
+  end)
+
+  it("recreates a local store from its config as a new, distinct store", function()
+    local s = ps.init_store("local", {name = "hostile"})
+    local p = s:proxy(1)
+    local cfg = s:config()
+    s:close()
+    local s2 = ps.init_store(cfg.kind, cfg)
+    assert.matches("was closed", tostring(perr2(ps.resolve, p)))
+    s2:close()
+  end)
+end)

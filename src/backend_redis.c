@@ -40,7 +40,8 @@ static int ping(ps_redis *x, ps_berr *err) {
   code = ps_rconn_read_reply(&x->c, &r, err);
   if (code) return code;
   if (r.type == PS_R_ERROR)
-    code = ps_berr_set(err, PS_BCONFIG, "redis %s: %s", x->c.addr, r.str);
+    code = ps_berr_set(err, ps_rconn_error_code(r.str, PS_BCONFIG),
+                      "redis %s: %s", x->c.addr, r.str);
   ps_rreply_free(&r);
   return code;
 }
@@ -118,6 +119,8 @@ const char *ps_redis_keyname(ps_key k, char *buf, size_t n) {
 
 int ps_redis_reply_error(ps_redis *x, ps_key k, const ps_rreply *r, ps_berr *err) {
   char kb[80];
+  if (ps_rconn_error_code(r->str, 0) == PS_BCONN)
+    return ps_berr_set(err, PS_BCONN, "redis %s: %s", x->c.addr, r->str);
   if (!strncmp(r->str, "NOAUTH", 6) || !strncmp(r->str, "WRONGPASS", 9) ||
       !strncmp(r->str, "NOPERM", 6))
     return ps_berr_set(err, PS_BCONFIG, "redis %s: %s", x->c.addr, r->str);

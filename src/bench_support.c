@@ -17,11 +17,6 @@ static double now(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static int bench_clock(lua_State *L) {
-  lua_pushnumber(L, now());
-  return 1;
-}
-
 static int cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
   return (x > y) - (x < y);
@@ -94,7 +89,6 @@ static int bench_build_records(lua_State *L) {
 
 static const luaL_Reg bench_funcs[] = {
   {"_bench_build_records", bench_build_records},
-  {"_bench_clock", bench_clock},
   {"_bench_memcpy", bench_memcpy},
   {NULL, NULL},
 };

@@ -1,13 +1,17 @@
 /*
  * bigalloc.c: large blocks from mmap on huge pages, a small warm cache of
- * freed blocks, and a wrapper of a lua_State's allocator that uses them.
+ * freed blocks, and a wrapper of a lua_State's allocator that uses them
+ * (so big Lua strings, e.g. a resolved 100 MiB object, land on warm or
+ * huge-page memory too).
  *
- * Why: first touch of fresh 4 KiB pages runs at ~0.37 GB/s here, so a
- * 100 MiB Lua string or reply buffer costs ~300 ms of page faults alone;
- * with MADV_HUGEPAGE (THP mode "madvise") it is ~10 GB/s. Blocks are
- * rounded to 2 MiB so that even a 1 MiB block gets one huge page, and up
- * to CACHE_MAX bytes of freed blocks are kept mapped so that repeated
- * medium-sized transfers reuse warm memory instead of faulting again.
+ * Why: first touch of fresh 4 KiB pages is slow here (DESIGN.md measured
+ * 0.37 GB/s; ~3 GB/s on a quiet day), so a 100 MiB reply buffer costs tens
+ * to hundreds of ms of page faults; with MADV_HUGEPAGE (THP mode
+ * "madvise") it is ~10 GB/s or better. Blocks are rounded to 2 MiB so that
+ * even a 1 MiB block gets one huge page, and up to CACHE_MAX bytes of
+ * freed blocks stay mapped so that repeated transfers reuse warm memory
+ * (a 100 MiB resolve: ~97 -> ~88 ms). The price: up to CACHE_MAX bytes
+ * stay resident after a large transfer.
  */
 #include <dlfcn.h>
 #include <pthread.h>
@@ -23,8 +27,8 @@
 #define HDR 64                          /* keeps data 64-byte aligned */
 #define MAGIC 0x70734249u               /* "psBI" */
 #define CACHE_SLOTS 8
-#define CACHE_MAX ((size_t)64 << 20)    /* bytes of freed blocks kept */
-#define CACHE_ONE ((size_t)32 << 20)    /* larger blocks are unmapped */
+#define CACHE_MAX ((size_t)128 << 20)   /* bytes of freed blocks kept */
+#define CACHE_ONE CACHE_MAX
 
 typedef struct big_hdr {
   size_t maplen;       /* whole mapping, header included */
@@ -153,7 +157,7 @@ int ps_blob_alloc(ps_blob *b, size_t n) {
   return 0;
 }
 
-/* ---- the lua_State allocator wrapper -------------------------------- */
+/* ---- the lua_State allocator wrapper ---------------------------------- */
 
 /*
  * Pointer set of the big blocks this wrapper handed out, so that blocks

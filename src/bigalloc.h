@@ -3,9 +3,9 @@
  *
  * Fresh 4 KiB pages cost about 11 us each to fault in on these machines;
  * with madvise(MADV_HUGEPAGE) a block is ~25x cheaper to touch. Large
- * buffers (backend replies, Lua strings) therefore come from mmap, and a
- * few freed blocks are kept warm for reuse. Thread-safe (prefetch threads
- * allocate reply buffers).
+ * backend reply buffers therefore come from mmap, and a few freed blocks
+ * are kept warm for reuse. Thread-safe (prefetch threads allocate reply
+ * buffers).
  */
 #ifndef PS_BIGALLOC_H
 #define PS_BIGALLOC_H

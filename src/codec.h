@@ -57,7 +57,7 @@ enum {
  */
 void ps_codec_encode_ex(lua_State *L, int idx, ps_buf *b, int pieces);
 
-/* Registers core._bench_clock and core._bench_memcpy (bench_support.c),
+/* Registers core._bench_memcpy and friends (bench_support.c),
  * helpers for bench/codec.lua; called by ps_codec_open. */
 void ps_bench_open(lua_State *L);
 

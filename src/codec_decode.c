@@ -29,6 +29,7 @@ typedef struct dec {
    * and a hit skips Lua's string interning (a hash-chain walk that misses
    * the cache once the string table is large). */
   int memo;             /* stack slot of the memo's strings, nil until used */
+  int have_memo;
   struct {
     const char *s;      /* the anchored string's bytes, NULL: empty */
     size_t len;
@@ -114,10 +115,10 @@ static void decode_key_string(dec *d) {
     lua_rawgeti(L, d->memo, (lua_Integer)h + 1);
     return;
   }
-  if (d->memo_slot[0].len == (size_t)-1) {   /* first use */
+  if (!d->have_memo) {
     lua_createtable(L, MEMO_SIZE, 0);
     lua_replace(L, d->memo);
-    d->memo_slot[0].len = 0;
+    d->have_memo = 1;
   }
   lua_pushlstring(L, s, n);
   lua_pushvalue(L, -1);
@@ -333,8 +334,8 @@ void ps_codec_decode(lua_State *L, const char *data, size_t len) {
   d.refs = lua_gettop(L);
   lua_pushnil(L);
   d.memo = lua_gettop(L);
+  d.have_memo = 0;
   memset(d.memo_slot, 0, sizeof d.memo_slot);
-  d.memo_slot[0].len = (size_t)-1;
   decode_value(&d);
   if (d.p != d.end)
     fail(&d, "%I unexpected byte(s) after the value",

@@ -55,12 +55,12 @@ ps_buf *ps_envelope_serialize(lua_State *L, int sidx, ps_store *s, int obj,
   }
   lua_pushvalue(L, obj);
   lua_call(L, 1, 1);
-  size_t len;
-  const char *bytes = lua_tolstring(L, -1, &len);
-  if (bytes == NULL || lua_type(L, -1) != LUA_TSTRING)
+  if (lua_type(L, -1) != LUA_TSTRING)
     ps_error_raise(L, PS_ESERIALIZATION, NULL,
                    "serializer returned %s, not a string",
                    luaL_typename(L, -1));
+  size_t len;
+  const char *bytes = lua_tolstring(L, -1, &len);
   if (ps_buf_append(b, bytes, len) != 0)
     ps_error_raise(L, PS_ESERIALIZATION, NULL, "out of memory");
   lua_pop(L, 1);

@@ -46,6 +46,12 @@ void ps_error_push(lua_State *L, const char *kind, const ps_errctx *ctx,
 
 int ps_error_raise(lua_State *L, const char *kind, const ps_errctx *ctx,
                    const char *fmt, ...) {
+  ps_errctx abs;
+  if (ctx && ctx->cause) {   /* the message pushed below shifts -1 */
+    abs = *ctx;
+    abs.cause = lua_absindex(L, ctx->cause);
+    ctx = &abs;
+  }
   va_list ap;
   va_start(ap, fmt);
   lua_pushvfstring(L, fmt, ap);

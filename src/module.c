@@ -14,7 +14,7 @@ static void (*const openers[])(lua_State *) = {
 };
 
 int luaopen_proxystore_core(lua_State *L) {
-  /* Large strings and tables on huge pages (see bigalloc.c). */
+  /* Large strings and tables on warm or huge-page memory (bigalloc.c). */
   ps_alloc_install(L);
   lua_newtable(L);
   for (size_t i = 0; i < sizeof openers / sizeof openers[0]; i++)

@@ -15,6 +15,7 @@
  *        {slot, "result", value}
  *        {slot, "exit", pid, "code"|"signal", n}
  *        {slot, "spawn_failed", message}
+ *        {0, "zygote_died"}       (once: the pool cannot go on)
  *   h:spawn(slot)                  starts a replacement worker in slot
  *   h:pids() -> {slot = pid}, zygote pid
  *   h:close([kill])                closes sockets, reaps the zygote (which
@@ -56,6 +57,7 @@ typedef struct pool_h {
   ps_buf buf;      /* reused for every frame in and out */
   ps_zmsg *later;  /* zygote messages read while waiting for a spawn */
   int nlater, caplater;
+  int zdead;       /* the zygote is gone: no spawns, no exit reports */
 } pool_h;
 
 /* ---- parent-side fds of live pools (process-wide by nature: they are
@@ -252,6 +254,20 @@ static void read_ctl(lua_State *L, pool_h *h, int list, int *nev) {
     } else {
       ssize_t n = recv(h->ctl, &m, sizeof m, MSG_DONTWAIT);
       if (n < 0 && errno == EINTR) continue;
+      if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
+        /* The zygote died (killed from outside): its workers die with it
+         * and nobody will report them. Say so once. */
+        if (!h->zdead) {
+          h->zdead = 1;
+          lua_createtable(L, 2, 0);
+          lua_pushinteger(L, 0);
+          lua_rawseti(L, -2, 1);
+          lua_pushliteral(L, "zygote_died");
+          lua_rawseti(L, -2, 2);
+          append(L, list, nev);
+        }
+        return;
+      }
       if (n != (ssize_t)sizeof m) return;
     }
     if (m.type == PS_Z_SPAWNED && m.slot >= 0 && m.slot < h->n) {
@@ -336,6 +352,8 @@ static int pool_spawn(lua_State *L) {
   int s = check_slot(L, h, 2);
   if (h->w[s].state == W_LIVE)
     return luaL_error(L, "worker slot %d is busy", s + 1);
+  if (h->zdead)
+    return ps_error_raise(L, PS_EPOOL, NULL, "the pool's zygote is gone");
   int err = spawn_slot(h, s);
   if (!err) err = await_spawn(h, s);
   if (err)
@@ -390,7 +408,7 @@ static int pool_poll(lua_State *L) {
     slot_of = (int *)(fds + m);
   }
   int nfds = 0;
-  fds[nfds].fd = h->ctl;
+  fds[nfds].fd = h->zdead ? -1 : h->ctl;  /* poll skips negative fds */
   fds[nfds].events = POLLIN;
   slot_of[nfds++] = -1;
   for (int s = 0; s < h->n; s++)
@@ -493,14 +511,6 @@ static int l_rmtree(lua_State *L) {
   return 1;
 }
 
-/* core.pool_clock() -> monotonic seconds, for timeouts and rates. */
-static int l_clock(lua_State *L) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec * 1e-9);
-  return 1;
-}
-
 /*
  * core.pool_exit([code]): os.exit inside a worker. Flushes stdio and
  * leaves at once: the atexit handlers and the Lua state are the parent's
@@ -544,25 +554,6 @@ static int l_mkdtemp(lua_State *L) {
   return 1;
 }
 
-/*
- * core.pool_error(kind, message [, fields]) -> a proxystore error object,
- * with the extra fields (traceback, pid, signal...) copied in.
- */
-static int l_error(lua_State *L) {
-  const char *kind = luaL_checkstring(L, 1);
-  const char *msg = luaL_checkstring(L, 2);
-  ps_error_push(L, kind, NULL, "%s", msg);
-  if (lua_type(L, 3) == LUA_TTABLE) {
-    lua_pushnil(L);
-    while (lua_next(L, 3)) {
-      lua_pushvalue(L, -2);
-      lua_insert(L, -2);
-      lua_settable(L, -4);
-    }
-  }
-  return 1;
-}
-
 static const luaL_Reg pool_methods[] = {
   {"send", pool_send},
   {"poll", pool_poll},
@@ -579,10 +570,8 @@ static const luaL_Reg pool_funcs[] = {
   {"pool_rmtree", l_rmtree},
   {"pool_ncpu", l_ncpu},
   {"pool_exit", l_exit},
-  {"pool_clock", l_clock},
   {"pool_isatty", l_isatty},
   {"pool_mkdtemp", l_mkdtemp},
-  {"pool_error", l_error},
   {NULL, NULL}
 };
 

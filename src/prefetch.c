@@ -8,6 +8,7 @@
  * mutex consistent across fork, and the child puts back the job its
  * parent's worker was running, since no thread will finish it there.
  */
+#include <dlfcn.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -100,10 +101,33 @@ static void job_free(ps_prefetch *pf) {
   free(pf);
 }
 
-/* Opens (or finds) the worker's context for the job's config. */
+/*
+ * Opens (or finds) the worker's context for the job's config. The list is
+ * kept most recently used first and holds at most MAX_CONTEXTS: stores
+ * come and go (a spec makes dozens), and each context may hold a socket.
+ */
+#define MAX_CONTEXTS 8
+
 static void *context_for(ps_prefetch *pf, ps_berr *err) {
-  for (wctx *w = contexts; w; w = w->next)
-    if (w->ops == pf->ops && cfg_eq(&w->cfg, &pf->cfg)) return w->ctx;
+  size_t n = 0;
+  for (wctx **pp = &contexts; *pp; pp = &(*pp)->next, n++) {
+    wctx *w = *pp;
+    if (w->ops == pf->ops && cfg_eq(&w->cfg, &pf->cfg)) {
+      *pp = w->next;            /* move to the front */
+      w->next = contexts;
+      contexts = w;
+      return w->ctx;
+    }
+  }
+  if (n >= MAX_CONTEXTS) {      /* close the least recently used */
+    wctx **pp = &contexts;
+    while ((*pp)->next) pp = &(*pp)->next;
+    wctx *old = *pp;
+    *pp = NULL;
+    old->ops->close(old->ctx);
+    cfg_free(&old->cfg);
+    free(old);
+  }
   wctx *w = calloc(1, sizeof *w);
   if (w == NULL || cfg_copy(&w->cfg, &pf->cfg) != 0) {
     free(w);
@@ -191,9 +215,27 @@ static void install_atfork(void) {
   pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 }
 
+/*
+ * The worker outlives any lua_State, but lua_close unloads C modules: its
+ * code, the mutex it sleeps on and its contexts would be unmapped under
+ * it (a futex on unmapped memory aborts the process). So once a worker
+ * exists, the library that holds it can no longer be unloaded.
+ */
+static void pin_library(void) {
+  static int pinned;
+  if (pinned) return;
+  pinned = 1;
+  Dl_info info;
+  /* When this code is not in a dlopen'ed object (a host executable that
+     links the core in), NOLOAD finds nothing and nothing can unload it. */
+  if (dladdr((void *)worker, &info) != 0 && info.dli_fname != NULL)
+    (void)dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
 /* Starts the worker if needed; mu held. */
 static int ensure_worker(ps_berr *err) {
   if (worker_running) return PS_BOK;
+  pin_library();        /* the handle is deliberately never closed */
   pthread_attr_t attr;
   pthread_attr_init(&attr);
   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);

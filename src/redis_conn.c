@@ -8,6 +8,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -107,15 +108,24 @@ static int hiredis_fail(ps_rconn *c, redisContext *rc, ps_berr *err,
   return code;
 }
 
-/* Runs one setup command; error replies become PS_BCONFIG. */
+int ps_rconn_error_code(const char *msg, int otherwise) {
+  /* The server is there but cannot serve now: a connection problem. */
+  if (strstr(msg, "max number of clients") || !strncmp(msg, "LOADING", 7) ||
+      !strncmp(msg, "BUSY", 4) || !strncmp(msg, "MASTERDOWN", 10))
+    return PS_BCONN;
+  return otherwise;
+}
+
+/* Runs one setup command; error replies become PS_BCONFIG (bad password,
+   bad db) unless they say the server cannot serve now. */
 static int setup_cmd(ps_rconn *c, redisContext *rc, ps_berr *err,
                      const char *what, int argc, const char **argv) {
   redisReply *r = redisCommandArgv(rc, argc, argv, NULL);
   if (r == NULL) return hiredis_fail(c, rc, err, what);
   int code = PS_BOK;
   if (r->type == REDIS_REPLY_ERROR) {
-    code = ps_berr_set(err, PS_BCONFIG, "redis %s: %s: %s", c->addr, what,
-                       r->str);
+    code = ps_berr_set(err, ps_rconn_error_code(r->str, PS_BCONFIG),
+                       "redis %s: %s: %s", c->addr, what, r->str);
     redisFree(rc);
   }
   freeReplyObject(r);
@@ -137,16 +147,7 @@ int ps_rconn_owned(const ps_rconn *c) {
   return c->fd >= 0 && c->gen == fork_gen;
 }
 
-int ps_rconn_ensure(ps_rconn *c, ps_berr *err) {
-  /* A connection that died since its last use (server restarted) is not
-     probed here: the first command on it fails with PS_BCONN and the
-     backend repeats it once on a new connection (see RETRY). */
-  if (ps_rconn_owned(c)) {
-    c->fresh = 0;
-    return PS_BOK;
-  }
-  pthread_once(&fork_once, watch_forks);
-  ps_rconn_drop(c);
+static int connect_and_setup(ps_rconn *c, ps_berr *err) {
   struct timeval tv = {0, 0};
   if (c->timeout > 0) {
     tv.tv_sec = (time_t)c->timeout;
@@ -190,6 +191,34 @@ int ps_rconn_ensure(ps_rconn *c, ps_berr *err) {
   c->gen = fork_gen;
   c->fresh = 1;
   return PS_BOK;
+}
+
+int ps_rconn_ensure(ps_rconn *c, ps_berr *err) {
+  /* A connection that died since its last use (server restarted) is not
+     probed here: the first command on it fails with PS_BCONN and the
+     backend repeats it once on a new connection (see RETRY). */
+  if (ps_rconn_owned(c)) {
+    c->fresh = 0;
+    return PS_BOK;
+  }
+  pthread_once(&fork_once, watch_forks);
+  ps_rconn_drop(c);
+  /* hiredis writes AUTH/SELECT with write(): a server that closes right
+     after accepting (maxclients) would kill the process with SIGPIPE.
+     Block it meanwhile and swallow one raised here. */
+  sigset_t pipe, old, pending;
+  sigemptyset(&pipe);
+  sigaddset(&pipe, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &pipe, &old);
+  sigpending(&pending);
+  int was_pending = sigismember(&pending, SIGPIPE);
+  int code = connect_and_setup(c, err);
+  if (!was_pending) {
+    struct timespec zero = {0, 0};
+    while (sigtimedwait(&pipe, NULL, &zero) == SIGPIPE) {}
+  }
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  return code;
 }
 
 /* ---- writing ---------------------------------------------------------- */

@@ -88,6 +88,9 @@ int ps_rconn_read_crlf(ps_rconn *c, ps_berr *err);
 int ps_rconn_read_reply(ps_rconn *c, ps_rreply *r, ps_berr *err);
 void ps_rreply_free(ps_rreply *r);
 
+/* PS_BCONN for error replies meaning "cannot serve now" (maxclients,
+   LOADING, BUSY), else otherwise. */
+int ps_rconn_error_code(const char *msg, int otherwise);
 /* Closes the connection and sets err: code, address, what, detail. */
 int ps_rconn_fail(ps_rconn *c, ps_berr *err, int code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));

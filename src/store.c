@@ -13,6 +13,7 @@
  * 4 custom serializer, 5 custom deserializer.
  */
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "store.h"
@@ -173,6 +174,8 @@ void ps_store_do_put(lua_State *L, int sidx, ps_store *s, int obj, int kidx,
     return;
   }
   ps_buf *b = ps_envelope_serialize(L, sidx, s, obj, ser);
+  if (!s->open) ps_buf_free(b);   /* a user serializer closed the store */
+  ps_store_check_open(L, sidx);
   ps_berr err = {0, ""};
   int rc = s->ops->put(s->ctx, (ps_key){key, klen}, b->data, b->len, NULL,
                        &err);
@@ -209,7 +212,8 @@ int ps_store_do_get(lua_State *L, int sidx, ps_store *s, int kidx,
     }
     return 1;
   }
-  ps_cache_node *hit = ps_cache_find(&s->cache, key, klen);
+  /* A per-proxy deserializer makes a value only that proxy may see. */
+  ps_cache_node *hit = deser ? NULL : ps_cache_find(&s->cache, key, klen);
   if (hit && !(flags & PS_PROXY_STRICT)) {
     s->hits++;
     ps_prefetch_slot_free(slot);
@@ -235,6 +239,7 @@ int ps_store_do_get(lua_State *L, int sidx, ps_store *s, int kidx,
                      &bs->b[0], &ver, &err);
   }
   if (rc == PS_BUNCHANGED) {
+    ps_blob_release(&bs->b[0]);
     lua_pop(L, 1);
     s->hits++;
     ps_store_record(s, OP_GET, t0, 0);
@@ -259,8 +264,9 @@ int ps_store_do_get(lua_State *L, int sidx, ps_store *s, int kidx,
   size_t len = bs->b[0].len;
   ps_envelope_deserialize(L, sidx, bs->b[0].data, len, deser);
   ps_blob_release(&bs->b[0]);
+  ps_store_check_open(L, sidx);   /* a user deserializer may have closed it */
   lua_remove(L, -2);   /* the blob box */
-  ps_store_cache_add(L, sidx, s, key, klen, &ver);
+  if (!deser) ps_store_cache_add(L, sidx, s, key, klen, &ver);
   ps_store_record(s, OP_GET, t0, len);
   return 1;
 }
@@ -332,7 +338,7 @@ void ps_store_prefetch(lua_State *L, int sidx, int kidx, unsigned flags,
 
 /* ---- the registry --------------------------------------------------------- */
 
-void push_registry(lua_State *L) {
+static void push_registry(lua_State *L) {
   lua_getfield(L, LUA_REGISTRYINDEX, REGISTRY);
 }
 
@@ -362,26 +368,43 @@ void ps_store_push_config(lua_State *L, int sidx) {
 
 static int l_new_store(lua_State *L);
 
+/* The registered store's kind equals kind (and, for local stores, it is
+ * the very store that made the proxy: same instance). */
+static int same_store(lua_State *L, int store, int cfg, const char *kind) {
+  lua_getiuservalue(L, store, UV_CONFIG);
+  lua_getfield(L, -1, "kind");
+  int same = lua_type(L, -1) == LUA_TSTRING &&
+             strcmp(lua_tostring(L, -1), kind) == 0;
+  if (same && strcmp(kind, "local") == 0) {
+    lua_getfield(L, -2, "instance");
+    lua_getfield(L, cfg, "instance");
+    same = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+  }
+  lua_pop(L, 2);
+  return same;
+}
+
 void ps_store_from_config(lua_State *L, int cfg) {
   cfg = lua_absindex(L, cfg);
+  int base = lua_gettop(L);   /* the result ends up at base + 1 */
   lua_getfield(L, cfg, "name");
   lua_getfield(L, cfg, "kind");
+  if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
+    ps_error_raise(L, PS_ECONFIG, NULL, "store config needs name and kind");
   const char *name = lua_tostring(L, -2);
   const char *kind = lua_tostring(L, -1);
-  if (name == NULL || kind == NULL)
-    ps_error_raise(L, PS_ECONFIG, NULL, "store config needs name and kind");
   ps_store_lookup(L, name);
   if (!lua_isnil(L, -1)) {
-    lua_getiuservalue(L, -1, UV_CONFIG);
-    lua_getfield(L, -1, "instance");
-    lua_getfield(L, cfg, "instance");
-    int same = strcmp(kind, "local") != 0 || lua_rawequal(L, -1, -2);
-    lua_pop(L, 3);
-    if (same) {
+    if (same_store(L, lua_gettop(L), cfg, kind)) {
       lua_replace(L, -3);
       lua_pop(L, 1);
       return;
     }
+    if (strcmp(kind, "local") != 0)
+      ps_error_raise(L, PS_ERESOLVE, &(ps_errctx){.store = name},
+                     "the proxy's store '%s' is a %s store, but the store "
+                     "registered under that name is not", name, kind);
   }
   if (strcmp(kind, "local") == 0)
     ps_error_raise(L, PS_ERESOLVE, &(ps_errctx){.store = name},
@@ -389,24 +412,54 @@ void ps_store_from_config(lua_State *L, int cfg) {
                    "process; a local store proxy resolves only in the "
                    "process and store that made it "
                    "(use a file or redis store to share objects)", name);
-  lua_pop(L, 3);
+  /*
+   * A carried config never deletes anything, and never brings back a file
+   * store whose directory is gone (e.g. a pool's private store).
+   */
+  copy_table(L, cfg);
+  int copy = lua_gettop(L);
+  lua_pushnil(L);
+  lua_setfield(L, copy, "clear");
+  if (strcmp(kind, "file") == 0) {
+    struct stat st;
+    lua_getfield(L, copy, "dir");
+    const char *dir = lua_tostring(L, -1);
+    if (lua_type(L, -1) != LUA_TSTRING || stat(dir, &st) != 0 ||
+        !S_ISDIR(st.st_mode))
+      ps_error_raise(L, PS_ERESOLVE,
+                     &(ps_errctx){.store = name, .address = dir},
+                     "file store '%s': directory %s no longer exists", name,
+                     dir ? dir : "(none)");
+    lua_pop(L, 1);
+  }
   if (lua_getfield(L, LUA_REGISTRYINDEX, FACTORY) == LUA_TFUNCTION) {
-    lua_pushvalue(L, cfg);
+    lua_pushvalue(L, copy);
     lua_call(L, 1, 1);
     ps_store_check(L, -1);
   } else {
     lua_pop(L, 1);
     lua_pushcfunction(L, l_new_store);
-    lua_pushvalue(L, cfg);
+    lua_pushvalue(L, copy);
     lua_call(L, 1, 1);
   }
+  lua_replace(L, base + 1);
+  lua_settop(L, base + 1);
 }
 
 /* ---- Lua-facing functions -------------------------------------------------- */
 
+/*
+ * A string option, or NULL when absent. Only real strings are taken, so the
+ * pointer stays anchored in cfg (lua_tostring on a number would convert a
+ * copy that is popped). Configs may come from another process: anything
+ * else is a config error.
+ */
 static const char *cfg_string(lua_State *L, int cfg, const char *field) {
-  lua_getfield(L, cfg, field);
-  const char *v = lua_tostring(L, -1);   /* anchored in cfg */
+  int t = lua_getfield(L, cfg, field);
+  if (t != LUA_TSTRING && t != LUA_TNIL)
+    ps_error_raise(L, PS_ECONFIG, NULL, "store option '%s' must be a string",
+                   field);
+  const char *v = lua_tostring(L, -1);
   lua_pop(L, 1);
   return v;
 }

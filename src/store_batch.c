@@ -53,6 +53,7 @@ static int put_batch(lua_State *L, int make_proxies) {
       keys[i - 1].data = lua_tolstring(L, -1, &keys[i - 1].len);
       lua_pop(L, 1);   /* anchored in the keys table */
     }
+    ps_store_check_open(L, 1);   /* a user serializer may have closed it */
     ps_berr err = {0, ""};
     int rc = s->ops->put_batch(s->ctx, (size_t)n, keys, bs->b, NULL, &err);
     for (lua_Integer i = 0; i < n; i++) ps_blob_release(&bs->b[i]);
@@ -91,23 +92,27 @@ int ps_store_get_batch(lua_State *L) {
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
   lua_Integer n = luaL_len(L, 2);
-  lua_createtable(L, (int)n, 1);   /* 3: results */
+  /* Keys are copied to a private table (3) first: the backend keeps
+   * pointers to them, and the caller's table may be a proxy-like object
+   * whose __index makes fresh strings nothing else holds. */
+  lua_createtable(L, (int)n, 0);   /* 3: keys */
   for (lua_Integer i = 1; i <= n; i++) {
     lua_geti(L, 2, i);
     size_t len;
     ps_store_check_key(L, -1, &len);
-    lua_pop(L, 1);
+    lua_rawseti(L, 3, i);
   }
+  lua_createtable(L, (int)n, 1);   /* 4: results */
   if (s->ops && s->ops->get_batch && n > 0) {
     double t0 = ps_store_now();
-    blobs *bs = ps_blobs_push(L, (size_t)n);                                /* 4 */
-    ps_key *keys = lua_newuserdatauv(L, (size_t)n * sizeof *keys, 0);   /* 5 */
-    int *codes = lua_newuserdatauv(L, (size_t)n * sizeof *codes, 0);    /* 6 */
-    ps_version *vers = lua_newuserdatauv(L, (size_t)n * sizeof *vers, 0); /* 7 */
+    blobs *bs = ps_blobs_push(L, (size_t)n);                                /* 5 */
+    ps_key *keys = lua_newuserdatauv(L, (size_t)n * sizeof *keys, 0);   /* 6 */
+    int *codes = lua_newuserdatauv(L, (size_t)n * sizeof *codes, 0);    /* 7 */
+    ps_version *vers = lua_newuserdatauv(L, (size_t)n * sizeof *vers, 0); /* 8 */
     for (lua_Integer i = 1; i <= n; i++) {
-      lua_geti(L, 2, i);
+      lua_rawgeti(L, 3, i);
       keys[i - 1].data = lua_tolstring(L, -1, &keys[i - 1].len);
-      lua_pop(L, 1);
+      lua_pop(L, 1);   /* anchored in the keys table */
     }
     ps_berr err = {0, ""};
     int rc = s->ops->get_batch(s->ctx, (size_t)n, keys, bs->b, vers, codes,
@@ -118,27 +123,26 @@ int ps_store_get_batch(lua_State *L) {
     }
     size_t total = 0;
     for (lua_Integer i = 0; i < n; i++) {
-      if (codes[i] != PS_BOK) {
-        s->misses++;
-        continue;
-      }
       s->misses++;
+      if (codes[i] != PS_BOK) continue;
       total += bs->b[i].len;
       ps_envelope_deserialize(L, 1, bs->b[i].data, bs->b[i].len, 0);
       ps_blob_release(&bs->b[i]);
+      ps_store_check_open(L, 1);   /* a user deserializer may close it */
       ps_store_cache_add(L, 1, s, keys[i].data, keys[i].len, &vers[i]);
-      lua_rawseti(L, 3, i + 1);
+      lua_rawseti(L, 4, i + 1);
     }
     ps_store_record(s, OP_GET, t0, total);
-    lua_settop(L, 3);
+    lua_settop(L, 4);
   } else {
     for (lua_Integer i = 1; i <= n; i++) {
-      lua_geti(L, 2, i);
-      if (ps_store_do_get(L, 1, s, lua_gettop(L), 0, 0, NULL)) lua_rawseti(L, 3, i);
+      lua_rawgeti(L, 3, i);
+      if (ps_store_do_get(L, 1, s, lua_gettop(L), 0, 0, NULL))
+        lua_rawseti(L, 4, i);
       lua_pop(L, 1);
     }
   }
   lua_pushinteger(L, n);
-  lua_setfield(L, 3, "n");
+  lua_setfield(L, 4, "n");
   return 1;
 }

@@ -110,6 +110,10 @@ local function normalize(kind, opts)
     cfg.serializer = "custom"
   else
     cfg.serializer = ser or "native"
+    if cfg.serializer == "custom" then
+      config_error("this config comes from a store with a custom serializer: " ..
+        "pass serializer and deserializer functions to recreate it")
+    end
     if cfg.serializer ~= "native" and cfg.serializer ~= "json" then
       config_error("unknown serializer '%s' (native, json, or a function pair)", cfg.serializer)
     end
@@ -130,7 +134,10 @@ local function normalize(kind, opts)
     integer_option(cfg, "port", 1, 65535)
     integer_option(cfg, "db", 0)
     if cfg.timeout == nil then cfg.timeout = 5 end
-    if cfg.timeout < 0 then config_error("timeout must be >= 0 seconds") end
+    local t = cfg.timeout
+    if t ~= t or t < 0 or t > 1e9 then
+      config_error("timeout must be a number of seconds in [0, 1e9], got %s", tostring(t))
+    end
   elseif kind == "file" then
     if not cfg.dir or cfg.dir == "" then config_error("a file store needs option 'dir'") end
     if cfg.dir:sub(1, 1) ~= "/" then
@@ -139,7 +146,9 @@ local function normalize(kind, opts)
       cfg.dir = pwd .. "/" .. cfg.dir
     end
   elseif kind == "local" then
-    cfg.instance = cfg.instance or core.random_key()
+    -- Always a new instance: proxies of a closed local store must not
+    -- resolve against a new, empty one re-created from its config.
+    cfg.instance = core.random_key()
   end
   return cfg, ser, deser
 end

@@ -1,6 +1,28 @@
 -- proxystore.pool: worker processes for Lua functions, with large
 -- arguments and results travelling as store proxies.
 --
+--   local pool = ps.pool { workers = 4, store = "redis://...",
+--                          proxy_threshold = 64 * 1024, progress = true }
+--   local f = pool:submit(fn, ...)    -- a Future
+--   f:result([timeout]), f:done()
+--   pool:map(fn, list [, {progress = false}])
+--   pool:metrics()  -> submitted, completed, failed, worker_deaths,
+--                      proxied_args, proxied_results, running, queued
+--   pool:pids()     -> {slot = worker pid}, zygote pid
+--   pool.store, pool.dir (the private store's directory, if any)
+--   pool:close()    (also <close>; a collected pool kills its workers)
+--
+-- With no options, `workers` and `store` come from the host binary's
+-- --workers and --store (package.loaded["proxystore.host"]), then default
+-- to the number of cores and a private file store on /dev/shm (or $TMPDIR)
+-- that the pool removes at close, or its zygote when the parent dies.
+--
+-- Errors are proxystore error objects: kind "task" (the worker's message;
+-- fields traceback, cause), "worker" (the worker died: pid, code or
+-- signal), "timeout", "closed", "config", "serialization".
+--
+-- Inside a worker, os.exit flushes stdio and ends the worker at once.
+--
 -- The C side (src/pool*.c) forks a zygote at pool start and the workers
 -- from it, and moves codec-encoded frames over one socket per worker. This
 -- file keeps the queue, the futures, function packing, automatic proxying
@@ -23,7 +45,7 @@ local unpack = table.unpack
 local getupvalue, setupvalue = debug.getupvalue, debug.setupvalue
 
 local function perror(kind, message, fields)
-  return core.pool_error(kind, message, fields)
+  return core.error(kind, message, fields)
 end
 
 local function ps()
@@ -263,7 +285,7 @@ function Future:done()
   return self.state == "done"
 end
 
-local now = core.pool_clock
+local now = core.monotonic
 
 function Future:result(timeout)
   if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
@@ -351,6 +373,12 @@ function M.new(opts)
     local name = "pool-" .. self.dir:match("[^/]+$")
     store = P.init_store("file", { name = name, dir = self.dir })
     self.own_store = true
+  end
+  if store.kind == "local" then
+    if self.own_store then pcall(store.close, store) end
+    setmetatable(self, nil)
+    error(perror("config", "pool: a local store lives in one process; " ..
+      "workers need a file or redis store"), 2)
   end
   self.store = store
 
@@ -515,6 +543,9 @@ function Pool:_step(timeout)
       self:_on_result(ev[1], ev[3])
     elseif kind == "exit" then
       self:_on_exit(ev[1], ev[3], ev[4], ev[5])
+    elseif kind == "zygote_died" then
+      self:_broken("the pool's zygote process died (killed from outside?); " ..
+        "its workers are gone")
     else -- spawn_failed: the slot stays empty
       local task = self.running[ev[1]]
       self.running[ev[1]] = nil
@@ -524,6 +555,17 @@ function Pool:_step(timeout)
       end
     end
   end
+end
+
+-- Fails every unfinished task and closes the pool.
+function Pool:_broken(why)
+  for _, task in pairs(self.tasks) do
+    if task.state ~= "done" then
+      self:_finish(task, false, nil, perror("pool", why .. " (task " .. task.id .. ")"))
+    end
+  end
+  self.running, self.queue, self.qhead, self.qtail = {}, {}, 1, 0
+  self:_shutdown(true)
 end
 
 local function check_open(self, what)

@@ -159,6 +159,23 @@ int main(int argc, char **argv) {
     c = ps_prefetch_wait(pf, &b, &pv, &err);
     check(c == PS_BCONN, "prefetch unreachable", &err);
     ps_prefetch_free(pf);
+    /* more configs than the worker keeps contexts for */
+    char prefixes[12][16];
+    for (int i = 0; i < 12; i++) {
+      ps_bconfig c2 = cfg;
+      snprintf(prefixes[i], sizeof prefixes[i], "p%d:", i);
+      c2.prefix = prefixes[i];
+      pf = ps_prefetch_start(o, &c2, K("nope"), &err);
+      c = ps_prefetch_wait(pf, &b, &pv, &err);
+      ps_prefetch_free(pf);
+      if (c != PS_BNOTFOUND) break;
+    }
+    check(c == PS_BNOTFOUND, "prefetch over many configs", &err);
+    pf = ps_prefetch_start(o, &cfg, K("d"), &err);
+    c = ps_prefetch_wait(pf, &b, &pv, &err);
+    check(c == PS_BOK && b.len == (10u << 20), "prefetch after contexts were recycled", &err);
+    ps_blob_release(&b);
+    ps_prefetch_free(pf);
     pf = ps_prefetch_start(o, &cfg, K("d"), &err);
     ps_prefetch_free(pf);   /* left running at exit */
   }

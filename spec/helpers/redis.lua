@@ -10,8 +10,8 @@
 --   srv:stop()                         -- SIGTERM, wait, remove the temp dir
 --
 -- Persistence is off. Every server also gets a watchdog shell that
--- SIGKILLs it when the Lua process that started it is gone, so even a
--- crashed spec run leaves no stray redis-server behind. Child processes
+-- SIGKILLs it and removes its temp dir when the Lua process that started
+-- it is gone, so even a crashed spec run leaves no stray behind. Child processes
 -- run without LD_PRELOAD/ASAN_OPTIONS (spec/run.sh's sanitizer pass must
 -- not instrument redis-server).
 
@@ -90,11 +90,16 @@ function Server:_launch()
       f:close()
     end
     if self.pid and self:ping() then
-      -- Watchdog: kill the server once the process that started it is gone.
+      -- Watchdog: once the process that started the server is gone (a
+      -- crashed or killed spec run), kill the server and remove its dir.
+      -- While the owner lives, the server's end (stop, kill, restart) is
+      -- the owner's business.
       sh("sh -c " .. q(
         "while kill -0 " .. self.owner .. " 2>/dev/null && kill -0 " ..
-        self.pid .. " 2>/dev/null; do sleep 0.5; done; kill -9 " .. self.pid ..
-        " 2>/dev/null") .. " >/dev/null 2>&1 </dev/null &")
+        self.pid .. " 2>/dev/null; do sleep 0.5; done; " ..
+        "kill -0 " .. self.owner .. " 2>/dev/null || { kill -9 " .. self.pid ..
+        " 2>/dev/null; sleep 0.2; rm -rf " .. q(self.dir) .. "; }") ..
+        " >/dev/null 2>&1 </dev/null &")
       return true
     end
     if self.pid and not alive(self.pid) then break end
