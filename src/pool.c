@@ -422,7 +422,9 @@ static int pool_poll(lua_State *L) {
   int nev = 0;
   int r;
   if (h->nlater > 0) timeout = 0;
-  do r = poll(fds, (nfds_t)nfds, timeout); while (r < 0 && errno == EINTR);
+  r = timeout != 0 ? ps_poll_spin(fds, (nfds_t)nfds) : 0;
+  if (r == 0)
+    do r = poll(fds, (nfds_t)nfds, timeout); while (r < 0 && errno == EINTR);
   if (r < 0)
     return ps_error_raise(L, PS_EPOOL, NULL, "poll: %s", strerror(errno));
   for (int i = 1; i < nfds && r > 0; i++) {

@@ -7,6 +7,8 @@
  * crosses the socket without an intermediate Lua string.
  */
 #include <errno.h>
+#include <poll.h>
+#include <time.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -34,6 +36,19 @@ int ps_fd_write_all(int fd, const void *p, size_t n) {
     n -= (size_t)w;
   }
   return 0;
+}
+
+int ps_poll_spin(struct pollfd *fds, nfds_t n) {
+  struct timespec t0, t;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  for (;;) {
+    int r = poll(fds, n, 0);
+    if (r != 0) return r < 0 && errno == EINTR ? 0 : r;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    if ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) >
+        PS_SPIN_NS)
+      return 0;
+  }
 }
 
 int ps_fd_read_all(int fd, void *p, size_t n) {
@@ -130,6 +145,8 @@ void ps_channel_push(lua_State *L, int fd) {
 static int channel_recv(lua_State *L) {
   channel *c = check_channel(L);
   if (c->fd < 0) return 0;
+  struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
+  ps_poll_spin(&pfd, 1);   /* the next task often follows at once */
   int r = ps_frame_recv(c->fd, &c->buf);
   if (r == 1) return 0;
   if (r < 0)
