@@ -388,3 +388,56 @@ describe("a store under hostile callbacks and configs", function()
     s2:close()
   end)
 end)
+
+describe("a file store with recycle", function()
+  local dir, store
+  before_each(function()
+    dir = os.tmpname()
+    os.remove(dir)
+    store = ps.init_store("file", {name = "recycling", dir = dir, recycle = 2,
+                                   clear = true, cache_size = 0})
+  end)
+  after_each(function()
+    store:close()
+    os.execute("rm -rf '" .. dir .. "'")
+  end)
+
+  local function spares()
+    local n = 0
+    local p = io.popen("ls -A '" .. dir .. "'")
+    for name in p:lines() do
+      if name:find("^%.ps%-spare%-") then n = n + 1 end
+    end
+    p:close()
+    return n
+  end
+
+  it("reuses evicted files and always returns what was put", function()
+    local sizes = {300000, 10, 2000000, 5, 1 << 20, 70000, 3}
+    for round = 1, 3 do
+      for i, n in ipairs(sizes) do
+        local v = string.rep(string.char(64 + i + round), n)
+        local p = store:proxy(v, {evict = true})
+        assert.are.equal(v, ps.extract(p))
+        assert.is_false(store:exists(ps.key(p)))
+        assert.is_true(spares() <= 2)
+      end
+    end
+    assert.is_true(spares() > 0)   -- evicted files were kept for reuse
+  end)
+
+  it("keeps at most recycle spares and removes them at close with clear", function()
+    local keys = {}
+    for i = 1, 6 do keys[i] = store:put(("x"):rep(i * 1000)) end
+    for i = 1, 6 do store:evict(keys[i]) end
+    assert.are.equal(2, spares())
+    store:close()
+    assert.is_nil(io.open(dir .. "/.ps-spare-0"))
+  end)
+
+  it("refuses a recycle count out of range", function()
+    local ok, err = pcall(ps.init_store, "file", {name = "bad-recycle", dir = dir, recycle = 1000})
+    assert.is_false(ok)
+    assert.are.equal("config", err.kind)
+  end)
+end)

@@ -42,6 +42,17 @@
 #define FILE_MAP_MIN_TMPFS ((size_t)1 << 20)
 /* Temporary names start with '.', which no accepted key does. */
 #define TMP_PREFIX ".ps-tmp-"
+/*
+ * Spare files: with recycle = N, evict renames an object to one of N spare
+ * names instead of unlinking it, and put takes a spare (rename is atomic,
+ * so two processes never get the same one) and overwrites it in place.
+ * On tmpfs that reuses pages already allocated: a fresh 10 MiB file costs
+ * 3-7 ms of page allocation plus 1-5 ms to unlink, an overwrite 0.7 ms.
+ * Only for stores whose evicted objects nobody still reads (the pool's
+ * single-use proxies): a spare is rewritten under an old reader's mapping.
+ */
+#define SPARE_PREFIX ".ps-spare-"
+#define MAX_RECYCLE 64
 #define MAX_CREATED_DIRS 32
 
 /* The set of names this context wrote, kept only when clear is asked. */
@@ -54,6 +65,7 @@ typedef struct file_ctx {
   int dirfd;
   pid_t pid;             /* the process that opened it */
   int clear;             /* remove what this store wrote at close */
+  int recycle;           /* spare files kept for reuse (0: none) */
   int ncreated;          /* directories mkdir'ed here, outermost first */
   char *created[MAX_CREATED_DIRS];
   char *dir;             /* as given, for messages and address */
@@ -260,6 +272,8 @@ static void *file_open(const ps_bconfig *cfg, ps_berr *err) {
   c->dirfd = -1;
   c->pid = getpid();
   c->clear = cfg->clear;
+  c->recycle = cfg->recycle < 0 ? 0
+               : cfg->recycle > MAX_RECYCLE ? MAX_RECYCLE : cfg->recycle;
   c->dir = absolute_dir(cfg->dir);
   c->prefix = strdup(prefix);
   if (c->dir == NULL || c->prefix == NULL) {
@@ -300,6 +314,7 @@ static void remove_all(file_ctx *c) {
   while ((e = readdir(d)) != NULL) {
     const char *n = e->d_name;
     if (strncmp(n, TMP_PREFIX, sizeof TMP_PREFIX - 1) == 0 ||
+        strncmp(n, SPARE_PREFIX, sizeof SPARE_PREFIX - 1) == 0 ||
         (n[0] != '.' && strncmp(n, c->prefix, c->prefix_len) == 0))
       unlinkat(c->dirfd, n, 0);   /* fails harmlessly on a subdirectory */
   }
@@ -348,13 +363,40 @@ static int write_all(int fd, const char *data, size_t len) {
   return 0;
 }
 
+static void spare_name(char *out, size_t outsz, int i) {
+  snprintf(out, outsz, "%s%d", SPARE_PREFIX, i);
+}
+
+/*
+ * Takes a spare file under the temporary name tmp and opens it for
+ * writing; -1 when there is none.
+ */
+static int take_spare(file_ctx *c, const char *tmp) {
+  char spare[sizeof SPARE_PREFIX + 12];
+  for (int i = 0; i < c->recycle; i++) {
+    spare_name(spare, sizeof spare, i);
+    if (renameat(c->dirfd, spare, c->dirfd, tmp) != 0) continue;
+    int fd = openat(c->dirfd, tmp, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd >= 0) return fd;
+    unlinkat(c->dirfd, tmp, 0);
+  }
+  return -1;
+}
+
 static int file_put(void *ctx, ps_key key, const char *data, size_t len,
                     ps_version *version_out, ps_berr *err) {
   file_ctx *c = ctx;
   char name[NAME_MAX + 1], tmp[sizeof TMP_PREFIX + 33];
   int rc = make_name(c, key, name, err);
   if (rc != PS_BOK) return rc;
-  int fd = -1;
+  int fd = -1, reused = 0;
+  if (c->recycle > 0) {
+    char rnd[33];
+    ps_key_random(rnd);
+    snprintf(tmp, sizeof tmp, "%s%s", TMP_PREFIX, rnd);
+    fd = take_spare(c, tmp);
+    reused = fd >= 0;
+  }
   for (int tries = 0; fd < 0 && tries < 8; tries++) {
     char rnd[33];
     ps_key_random(rnd);
@@ -371,6 +413,8 @@ static int file_put(void *ctx, ps_key key, const char *data, size_t len,
   clock_gettime(CLOCK_REALTIME, &now[0]);
   now[1] = now[0];
   if (write_all(fd, data, len) != 0) goto fail;
+  what = "truncate";
+  if (reused && ftruncate(fd, (off_t)len) != 0) goto fail;
   what = "stamp";
   if (futimens(fd, now) != 0) goto fail;
   what = "stat";
@@ -522,6 +566,14 @@ static int file_evict(void *ctx, ps_key key, ps_berr *err) {
   int rc = make_name(c, key, name, err);
   if (rc != PS_BOK) return rc;
   set_remove(&c->written, name);
+  char spare[sizeof SPARE_PREFIX + 12];
+  for (int i = 0; i < c->recycle; i++) {
+    spare_name(spare, sizeof spare, i);
+    if (renameat2(c->dirfd, name, c->dirfd, spare, RENAME_NOREPLACE) == 0)
+      return PS_BOK;
+    if (errno == ENOENT) return PS_BOK;   /* already gone */
+    if (errno != EEXIST) break;           /* e.g. no renameat2: unlink */
+  }
   if (unlinkat(c->dirfd, name, 0) == 0 || errno == ENOENT) return PS_BOK;
   return ps_berr_set(err, PS_BIO, "cannot remove '%s/%s': %s", c->dir, name,
                      strerror(errno));

@@ -540,6 +540,7 @@ static int l_new_store(lua_State *L) {
     lua_pop(L, 1);
     b->prefix = cfg_string(L, 5, "prefix");
     b->dir = cfg_string(L, 5, "dir");
+    b->recycle = (int)cfg_int(L, 5, "recycle", 0);
     b->owns_dir = 0;
     b->clear = clear;
     ps_berr err = {0, ""};

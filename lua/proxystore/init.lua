@@ -31,7 +31,7 @@ local KIND_OPTIONS = {
     db = "number", username = "string", password = "string",
     timeout = "number", prefix = "string",
   },
-  file = { dir = "string", prefix = "string", clear = "boolean" },
+  file = { dir = "string", prefix = "string", clear = "boolean", recycle = "number" },
 }
 
 local function check_type(name, value, expected)
@@ -140,6 +140,7 @@ local function normalize(kind, opts)
     end
   elseif kind == "file" then
     if not cfg.dir or cfg.dir == "" then config_error("a file store needs option 'dir'") end
+    integer_option(cfg, "recycle", 0, 64)
     if cfg.dir:sub(1, 1) ~= "/" then
       local pwd = os.getenv("PWD")
       if not pwd then config_error("dir must be absolute: '%s'", cfg.dir) end

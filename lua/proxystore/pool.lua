@@ -371,7 +371,10 @@ function M.new(opts)
   elseif store == nil then
     self.dir = private_dir()
     local name = "pool-" .. self.dir:match("[^/]+$")
-    store = P.init_store("file", { name = name, dir = self.dir })
+    -- Its proxies are single use, resolved by one worker: evicted files
+    -- can be recycled (no fresh tmpfs pages, no unlink per task).
+    store = P.init_store("file", { name = name, dir = self.dir,
+                                   recycle = workers + 2 })
     self.own_store = true
   end
   if store.kind == "local" then
