@@ -63,7 +63,6 @@ typedef struct ps_bconfig {
   double timeout;        /* seconds; 0 = none */
   const char *prefix;    /* key prefix */
   const char *dir;       /* file */
-  int owns_dir;          /* file: this process created dir; may remove it */
   int recycle;           /* file: evicted files kept as spares to reuse */
   int clear;             /* file: close removes what this store wrote (and
                             dir, when this process created it) */

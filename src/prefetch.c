@@ -71,8 +71,7 @@ static int cfg_copy(ps_bconfig *d, const ps_bconfig *s) {
             dup_field(&d->username, s->username) |
             dup_field(&d->password, s->password) |
             dup_field(&d->prefix, s->prefix) | dup_field(&d->dir, s->dir);
-  /* The worker never owns the directory: it must not remove it. */
-  d->owns_dir = 0;
+  d->clear = 0;   /* a prefetch context never deletes anything */
   if (bad) {
     cfg_free(d);
     return -1;

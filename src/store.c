@@ -541,7 +541,6 @@ static int l_new_store(lua_State *L) {
     b->prefix = cfg_string(L, 5, "prefix");
     b->dir = cfg_string(L, 5, "dir");
     b->recycle = (int)cfg_int(L, 5, "recycle", 0);
-    b->owns_dir = 0;
     b->clear = clear;
     ps_berr err = {0, ""};
     s->ctx = ops->open(b, &err);
