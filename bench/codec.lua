@@ -17,32 +17,11 @@ local BUILD = os.getenv("PROXYSTORE_BUILD") or (ROOT .. "/build")
 package.cpath = BUILD .. "/lib/?.so;" .. package.cpath
 
 local core = require "proxystore.core"
+local stats = dofile((debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") or "./") .. "stats.lua")
 local cjson = require "cjson"
 local clock = core.monotonic
 
 local RUNS = 7
-
-local function stats(times)
-  table.sort(times)
-  local n = #times
-  local median = n % 2 == 1 and times[(n + 1) // 2]
-    or (times[n // 2] + times[n // 2 + 1]) / 2
-  return median, (times[n] - times[1]) / median * 100
-end
-
--- Median and spread (max-min over median, %) of fn's wall time in seconds;
--- one untimed warm-up run first, a full collection before each run.
-local function measure(runs, fn)
-  fn()
-  local times = {}
-  for i = 1, runs do
-    collectgarbage("collect")
-    local t0 = clock()
-    fn()
-    times[i] = clock() - t0
-  end
-  return stats(times)
-end
 
 local function floats(n)
   local t = {}
@@ -78,8 +57,8 @@ end)(function(report)
   }
   for _, c in ipairs(cases) do
     local name, data = c[1], c[2]
-    local tj, sj = measure(RUNS, function() json(data) end)
-    local tn, sn = measure(RUNS, function() native(data) end)
+    local tj, sj = stats.time(RUNS, function() json(data) end)
+    local tn, sn = stats.time(RUNS, function() native(data) end)
     report("codec", name .. ": cjson encode+decode", tj * 1e9, sj)
     report("codec", name .. ": native encode+decode", tn * 1e9, sn,
       "cjson encode+decode", tj / tn)
@@ -89,13 +68,13 @@ end)(function(report)
 
   -- What decoding the records costs at least: building the same 1e5 tables
   -- (with 1e5 new strings) straight through the C API, no parsing at all.
-  local tf, sf = measure(RUNS, function() core._bench_build_records(1e5) end)
+  local tf, sf = stats.time(RUNS, function() core._bench_build_records(1e5) end)
   report("codec", "1e5 records: build through the C API (decode floor)", tf * 1e9, sf)
   local recs = records(1e5)
   local blob = core.serialize(recs)
-  local te, se = measure(RUNS, function() core.serialize(recs) end)
+  local te, se = stats.time(RUNS, function() core.serialize(recs) end)
   report("codec", "1e5 records: native encode alone", te * 1e9, se)
-  local td, sd = measure(RUNS, function() core.deserialize(blob) end)
+  local td, sd = stats.time(RUNS, function() core.deserialize(blob) end)
   report("codec", "1e5 records: native decode alone", td * 1e9, sd,
     "C-API floor", tf / td)
   recs, blob = nil, nil
@@ -108,12 +87,12 @@ end)(function(report)
   local s = string.rep("\1\2\3\4\5\6\7\0", N // 8)
   local tm, lo, hi = core._bench_memcpy(N, math.max(RUNS, 5))
   report("codec", "100 MiB memcpy (reused buffer)", tm * 1e9, (hi - lo) / tm * 100)
-  local te, se = measure(math.max(RUNS, 5), function() blob = core.serialize(s) end)
+  local te, se = stats.time(math.max(RUNS, 5), function() blob = core.serialize(s) end)
   report("codec", "100 MiB string: native encode", te * 1e9, se, "memcpy", tm / te)
-  local td, sd = measure(math.max(RUNS, 5), function() core.deserialize(blob) end)
+  local td, sd = stats.time(math.max(RUNS, 5), function() core.deserialize(blob) end)
   report("codec", "100 MiB string: native decode", td * 1e9, sd, "memcpy", tm / td)
   blob = nil
-  local tb, sb = measure(math.max(RUNS, 5), function() native(s) end)
+  local tb, sb = stats.time(math.max(RUNS, 5), function() native(s) end)
   report("codec", "100 MiB string: native encode+decode", tb * 1e9, sb,
     "2x memcpy", 2 * tm / tb)
 end)

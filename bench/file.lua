@@ -29,13 +29,7 @@ local SIZES = {
   { "100 MiB", 100 * 1024 * 1024, 1, 7 },
 }
 
-local function median_spread(samples)
-  table.sort(samples)
-  local n = #samples
-  local med = n % 2 == 1 and samples[(n + 1) // 2]
-    or (samples[n // 2] + samples[n // 2 + 1]) / 2
-  return med, (samples[n] - samples[1]) / med * 100
-end
+local stats = dofile((debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") or "./") .. "stats.lua")
 
 -- Runs body(i) iters times per run, runs times; before(i)/after() are
 -- untimed set-up and tear-down around each timed call. Returns the median
@@ -53,7 +47,7 @@ local function measure(now, runs, iters, body, before, after)
     end
     samples[r] = total / iters
   end
-  return median_spread(samples)
+  return stats.median_spread(samples)
 end
 
 local function human_ns(ns)
@@ -125,9 +119,9 @@ local function run(report, wanted)
         res_samples[r] = t / iters
         for i = 1, iters do store:evict(keys[i]) end
       end
-      local put_ns, put_sp = median_spread(put_samples)
+      local put_ns, put_sp = stats.median_spread(put_samples)
       report(section, "put, " .. where, put_ns, put_sp, "memcpy", put_ns / cpy_ns)
-      local res_ns, res_sp = median_spread(res_samples)
+      local res_ns, res_sp = stats.median_spread(res_samples)
       report(section, "first resolve, " .. where, res_ns, res_sp,
         "string.rep", res_ns / rep_ns)
       store:close()

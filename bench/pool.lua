@@ -13,32 +13,11 @@
 local is_main = not pcall(debug.getlocal, 4, 1)
 local ps = require "proxystore"
 local core = require "proxystore.core"
+local stats = dofile((debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") or "./") .. "stats.lua")
 local clock = core.monotonic
 
 local RUNS = 5
 local MiB = 1024 * 1024
-
-local function stats(times)
-  table.sort(times)
-  local n = #times
-  local median = n % 2 == 1 and times[(n + 1) // 2]
-    or (times[n // 2] + times[n // 2 + 1]) / 2
-  return median, (times[n] - times[1]) / median * 100
-end
-
--- Median and spread (max-min over median, %) of fn's wall time, seconds;
--- one untimed warm-up run first.
-local function measure(runs, fn)
-  fn()
-  local times = {}
-  for i = 1, runs do
-    collectgarbage("collect")
-    local t0 = clock()
-    fn()
-    times[i] = clock() - t0
-  end
-  return stats(times)
-end
 
 local function len(s) return #ps.extract(s) end
 
@@ -63,7 +42,7 @@ local function bench(report)
     local pool <close> = ps.pool { workers = 1, progress = false }
     local empty = function() end
     local N = 2000
-    local t, s = measure(RUNS, function()
+    local t, s = stats.time(RUNS, function()
       for _ = 1, N do pool:submit(empty):result() end
     end)
     report("pool", "empty task round trip (1 worker)", t / N * 1e9, s)
@@ -74,14 +53,14 @@ local function bench(report)
     local data = ("0123456789abcdef"):rep(10 * MiB // 16)
     local by_value <close> = ps.pool { workers = 2, progress = false,
                                        proxy_threshold = math.huge }
-    local tv, sv = measure(RUNS, function()
+    local tv, sv = stats.time(RUNS, function()
       assert(run_windowed(by_value, 100, 4, function() return data end)
         == 100 * #data)
     end)
     by_value:close()
     local proxied <close> = ps.pool { workers = 2, progress = false }
     local store = proxied.store
-    local tp, sp = measure(RUNS, function()
+    local tp, sp = stats.time(RUNS, function()
       local p = store:proxy(data)
       assert(run_windowed(proxied, 100, 4, function() return p end)
         == 100 * #data)
@@ -99,12 +78,12 @@ local function bench(report)
     local arg_of = function(i) return inputs[i % 4 + 1] end
     local by_value <close> = ps.pool { workers = 2, progress = false,
                                        proxy_threshold = math.huge }
-    local tv, sv = measure(RUNS, function()
+    local tv, sv = stats.time(RUNS, function()
       assert(run_windowed(by_value, 100, 4, arg_of) == 100 * 10 * MiB)
     end)
     by_value:close()
     local proxied <close> = ps.pool { workers = 2, progress = false }
-    local tp, sp = measure(RUNS, function()
+    local tp, sp = stats.time(RUNS, function()
       assert(run_windowed(proxied, 100, 4, arg_of) == 100 * 10 * MiB)
     end)
     assert(proxied:metrics().proxied_args >= 100)

@@ -15,6 +15,7 @@ package.cpath = (os.getenv("PROXYSTORE_BUILD") or "build") .. "/lib/?.so;" .. pa
 
 local ps = require "proxystore"
 local core = require "proxystore.core"
+local stats = dofile((debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") or "./") .. "stats.lua")
 local redis = require "helpers.redis"
 local now = core.monotonic
 
@@ -29,14 +30,6 @@ local function runs_for(size)
   return QUICK and 51 or 301
 end
 
--- Median (ns) and spread: (max - min) / median in percent, as bench/run.lua.
-local function stats(t)
-  table.sort(t)
-  local n = #t
-  local med = n % 2 == 1 and t[(n + 1) // 2] or (t[n // 2] + t[n // 2 + 1]) / 2
-  return med * 1e9, med > 0 and 100 * (t[n] - t[1]) / med or 0
-end
-
 -- Times fn(i) runs times; setup(i) and cleanup(i) run untimed around it.
 local function measure(runs, fn, setup, cleanup)
   local t = {}
@@ -47,7 +40,7 @@ local function measure(runs, fn, setup, cleanup)
     t[i] = now() - t0
     if cleanup then cleanup(arg, i) end
   end
-  return stats(t)
+  return stats.median_spread(t)
 end
 
 local function payload(size)

@@ -1,0 +1,31 @@
+-- bench/stats.lua: what every benchmark here reports, computed one way.
+-- Load it with dofile (benchmarks also run standalone, off the Lua path).
+local clock = require("proxystore.core").monotonic
+
+local M = {}
+
+-- Median and spread ((max - min) / median, in percent) of samples (sorted
+-- in place).
+function M.median_spread(samples)
+  table.sort(samples)
+  local n = #samples
+  local median = n % 2 == 1 and samples[(n + 1) // 2]
+    or (samples[n // 2] + samples[n // 2 + 1]) / 2
+  return median, (samples[n] - samples[1]) / median * 100
+end
+
+-- Median and spread of fn's wall time in seconds over runs runs: one
+-- untimed warm-up run first, a full collection before each timed run.
+function M.time(runs, fn)
+  fn()
+  local times = {}
+  for i = 1, runs do
+    collectgarbage("collect")
+    local t0 = clock()
+    fn()
+    times[i] = clock() - t0
+  end
+  return M.median_spread(times)
+end
+
+return M
