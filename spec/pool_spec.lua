@@ -500,3 +500,26 @@ describe("ps.pool with a Redis store", function()
     assert.equal("1", srv:cli("DBSIZE"):match("%d+"))
   end)
 end)
+
+describe("a pool forked from a process that already maps files", function()
+  it("lets workers release mapped objects (no inherited condvar state)", function()
+    local ps = require "proxystore"
+    local dir = "/dev/shm/ps-premapped-" .. require("proxystore.core").random_key()
+    -- Releasing mapped objects wakes this process's unmapper thread; a fork
+    -- that lands while it is between wakeup and its next wait used to leave
+    -- children whose first unmap waited forever.
+    local st = ps.init_store("file", { name = "premapped", dir = dir, clear = true, cache_size = 0 })
+    local key = st:put(string.rep("m", 2 << 20))
+    for _ = 1, 6 do
+      for _ = 1, 10 do assert.are.equal(2 << 20, #st:get(key)) end
+      local pool = ps.pool { workers = 2, progress = false }
+      local futs = {}
+      for i = 1, 4 do
+        futs[i] = pool:submit(function(s) return #s end, string.rep("w", 2 << 20))
+      end
+      for i = 1, 4 do assert.are.equal(2 << 20, futs[i]:result(20)) end
+      pool:close()
+    end
+    st:close()
+  end)
+end)

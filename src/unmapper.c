@@ -21,12 +21,19 @@ static job *queue;
 static int running;          /* a thread serves this process */
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
-/* fork copies the queue but not the thread: the child starts its own. */
+/*
+ * fork copies the queue but not the thread: the child starts its own. The
+ * condition variable is made anew in the child: the parent's thread may be
+ * waiting on it, and a copy that remembers a waiter which does not exist in
+ * the child makes pthread_cond_signal wait forever (a pool worker hung in
+ * ps_unmap_later).
+ */
 static void before_fork(void) { pthread_mutex_lock(&mu); }
 static void after_fork_parent(void) { pthread_mutex_unlock(&mu); }
 static void after_fork_child(void) {
   running = 0;
-  pthread_mutex_unlock(&mu);
+  pthread_mutex_init(&mu, NULL);
+  pthread_cond_init(&cv, NULL);
 }
 
 static void register_atfork(void) {
