@@ -9,6 +9,8 @@
 #define PS_POOL_H
 
 #include <poll.h>
+
+#include "spin.h"
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -25,14 +27,6 @@ int ps_fd_write_all(int fd, const void *p, size_t n);
 /* Reads exactly n bytes. 0 ok, 1 end of file before the first byte,
  * -1 error or end of file part-way (errno set; EPIPE for the latter). */
 int ps_fd_read_all(int fd, void *p, size_t n);
-/*
- * Polls fds without waiting for up to PS_SPIN_NS before a caller sleeps:
- * a reply or task is often microseconds away, and on an idle machine a
- * sleeping process pays a CPU wakeup (tens of microseconds) for it.
- * Returns poll's result, 0 when nothing arrived in time.
- */
-#define PS_SPIN_NS 30000L
-int ps_poll_spin(struct pollfd *fds, nfds_t n);
 
 /*
  * Encodes the value at idx into b as one frame (b is reset; its memory is

@@ -8,7 +8,6 @@
  */
 #include <errno.h>
 #include <poll.h>
-#include <time.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -36,19 +35,6 @@ int ps_fd_write_all(int fd, const void *p, size_t n) {
     n -= (size_t)w;
   }
   return 0;
-}
-
-int ps_poll_spin(struct pollfd *fds, nfds_t n) {
-  struct timespec t0, t;
-  clock_gettime(CLOCK_MONOTONIC, &t0);
-  for (;;) {
-    int r = poll(fds, n, 0);
-    if (r != 0) return r < 0 && errno == EINTR ? 0 : r;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    if ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) >
-        PS_SPIN_NS)
-      return 0;
-  }
 }
 
 int ps_fd_read_all(int fd, void *p, size_t n) {

@@ -20,6 +20,7 @@
 #include <hiredis/hiredis.h>
 
 #include "redis_conn.h"
+#include "spin.h"
 
 #define RBUF_CAP (64 * 1024)
 #define INLINE_MAX (16 * 1024)    /* larger arguments are sent by reference */
@@ -379,6 +380,10 @@ static int fill(ps_rconn *c, ps_berr *err) {
     memmove(c->rbuf, c->rbuf + c->rpos, c->rlen - c->rpos);
     c->rlen -= c->rpos;
     c->rpos = 0;
+  }
+  if (c->rlen == c->rpos) {   /* waiting for a reply: see spin.h */
+    struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
+    ps_poll_spin(&pfd, 1);
   }
   ssize_t n;
   do n = read(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen);
