@@ -14,6 +14,7 @@
  *   h:poll([timeout_s])            -> list of events:
  *        {slot, "result", value}
  *        {slot, "exit", pid, "code"|"signal", n}
+ *        {slot, "bad_result", error}  (a reply that did not decode)
  *        {slot, "spawn_failed", message}
  *        {0, "zygote_died"}       (once: the pool cannot go on)
  *   h:spawn(slot)                  starts a replacement worker in slot
@@ -216,8 +217,15 @@ static void append(lua_State *L, int list, int *nev) {
   lua_rawseti(L, list, ++*nev);
 }
 
+static int decode_frame(lua_State *L) {
+  ps_buf *b = lua_touserdata(L, 1);
+  ps_codec_decode(L, b->data, b->len);
+  return 1;
+}
+
 /* Reads one frame from slot s; pushes a result event (1), or marks the
- * worker gone (0). */
+ * worker gone (0). A frame that does not decode becomes a "bad_result"
+ * event for its task alone: raising here would drop the other events. */
 static int read_result(lua_State *L, pool_h *h, int s, int list, int *nev) {
   pworker *w = &h->w[s];
   if (ps_frame_recv(w->fd, &h->buf) != 0) {
@@ -228,10 +236,12 @@ static int read_result(lua_State *L, pool_h *h, int s, int list, int *nev) {
   lua_createtable(L, 3, 0);
   lua_pushinteger(L, s + 1);
   lua_rawseti(L, -2, 1);
-  lua_pushliteral(L, "result");
-  lua_rawseti(L, -2, 2);
-  ps_codec_decode(L, h->buf.data, h->buf.len);
+  lua_pushcfunction(L, decode_frame);
+  lua_pushlightuserdata(L, &h->buf);
+  int st = lua_pcall(L, 1, 1, 0);
   ps_frame_trim(&h->buf);
+  lua_pushstring(L, st == LUA_OK ? "result" : "bad_result");
+  lua_rawseti(L, -3, 2);
   lua_rawseti(L, -2, 3);
   append(L, list, nev);
   return 1;
@@ -454,10 +464,8 @@ static void close_handle(pool_h *h, int kill) {
   if (h->owner == getpid()) {
     for (int s = 0; s < h->n; s++) close_worker_fd(&h->w[s]);
     if (h->ctl >= 0) {
-      if (kill) {
-        ps_zmsg m = {PS_Z_KILL, 0, 0, 0};
-        send(h->ctl, &m, sizeof m, MSG_NOSIGNAL);
-      }
+      ps_zmsg m = {kill ? PS_Z_KILL : PS_Z_DRAIN, 0, 0, 0};
+      send(h->ctl, &m, sizeof m, MSG_NOSIGNAL);
       ps_pool_fds_remove(h->ctl);
       close(h->ctl);
     }

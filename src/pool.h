@@ -49,6 +49,8 @@ void ps_channel_open(lua_State *L);
 enum {
   PS_Z_SPAWN = 1,    /* parent -> zygote: fork a worker on the passed fd */
   PS_Z_KILL,         /* parent -> zygote: SIGKILL every worker now */
+  PS_Z_DRAIN,        /* parent -> zygote: closing on purpose; let idle
+                        workers leave by themselves */
   PS_Z_SPAWNED,      /* zygote -> parent: slot's worker has pid */
   PS_Z_SPAWN_FAILED, /* zygote -> parent: fork failed with err */
   PS_Z_EXITED        /* zygote -> parent: pid ended with wait status */

@@ -11,9 +11,12 @@
  * Lifetime: workers die with the zygote (PR_SET_PDEATHSIG) and leave when
  * their socket reaches end of file. The zygote sees end of file on its
  * control socket when the parent closes the pool or dies in any way (the
- * kernel closes a dead process's fds), then waits a little for workers to
- * leave, kills the rest, reaps them all, removes the pool's private store
- * directory and exits: no orphans, no zombies, no files left behind.
+ * kernel closes a dead process's fds). After a close on purpose (a DRAIN
+ * message first: the parent has waited for its tasks, so workers are idle)
+ * it gives workers a little time to leave by themselves; when the parent
+ * vanished (os.exit, a crash) nobody will read what workers make, so it
+ * kills them at once. Then it reaps them all, removes the pool's private
+ * store directory and exits: no orphans, no zombies, no files left behind.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -123,7 +126,7 @@ static void spawn(lua_State *L, zygote *z, int fd, int slot, int fn_idx) {
 }
 
 /* One message from the parent; 0 when the parent has closed. */
-static int serve(lua_State *L, zygote *z, int fn_idx) {
+static int serve(lua_State *L, zygote *z, int fn_idx, int *draining) {
   ps_zmsg m;
   char cbuf[CMSG_SPACE(sizeof(int))];
   struct iovec iov = {&m, sizeof m};
@@ -148,6 +151,7 @@ static int serve(lua_State *L, zygote *z, int fn_idx) {
   } else {
     if (fd >= 0) close(fd);
     if (m.type == PS_Z_KILL) kill_all(z);
+    if (m.type == PS_Z_DRAIN) *draining = 1;
   }
   return 1;
 }
@@ -188,7 +192,7 @@ void ps_zygote_run(lua_State *L, int ctl, int fn_idx, const char *dir) {
     dup2(devnull, 0);  /* workers never compete for the parent's stdin */
     close(devnull);
   }
-  int open_ctl = 1;
+  int open_ctl = 1, draining = 0;
   long deadline = 0;
   for (;;) {
     struct pollfd p[2] = {{z.sfd, POLLIN, 0}, {z.ctl, POLLIN, 0}};
@@ -207,9 +211,9 @@ void ps_zygote_run(lua_State *L, int ctl, int fn_idx, const char *dir) {
     if (r < 0 && errno != EINTR) break;
     if (p[0].revents) reap(&z, open_ctl);
     if (open_ctl && p[1].revents) {
-      if (!serve(L, &z, fn_idx)) {
+      if (!serve(L, &z, fn_idx, &draining)) {
         open_ctl = 0;
-        deadline = now_ms() + GRACE_MS;
+        deadline = now_ms() + (draining ? GRACE_MS : 0);
         reap(&z, 0);
       }
     }

@@ -178,26 +178,44 @@ end
 -- store; the receiving side extracts them and they are evicted after use.
 
 -- Replaces the large values of list (1..list.n) by proxies; returns the
--- indices replaced, or nil.
+-- indices replaced, or nil. All or nothing: when a put fails, the proxies
+-- already made are evicted, list is as it was, and the error goes up.
 local function proxy_large(store, list, threshold)
   local P = ps()
-  local px
+  local px, orig
   for i = 1, list.n do
     local v = list[i]
     local big
     if type(v) == "string" then
       big = #v > threshold
     elseif type(v) == "table" and not P.is_proxy(v) then
-      big = #P.serialize(v) > threshold
+      local ok, blob = pcall(P.serialize, v)
+      big = not ok or #blob > threshold   -- the put below raises the error
     end
     if big then
       -- single use: deleted by whoever resolves it, off the parent's path
-      list[i] = store:proxy(v, { evict = true })
-      px = px or {}
+      local ok, p = pcall(store.proxy, store, v, { evict = true })
+      if not ok then
+        for j, i2 in ipairs(px or {}) do
+          pcall(store.evict, store, P.key(list[i2]))
+          list[i2] = orig[j]
+        end
+        error(p, 0)
+      end
+      list[i] = p
+      px, orig = px or {}, orig or {}
+      orig[#px + 1] = v
       px[#px + 1] = i
     end
   end
   return px
+end
+
+-- Evicts the proxies proxy_large made in list (a message that then could
+-- not be sent).
+local function evict_px(store, list, px)
+  local P = ps()
+  for _, i in ipairs(px or {}) do pcall(store.evict, store, P.key(list[i])) end
 end
 
 -- Replaces the pool-made proxies of list by their targets (which deletes
@@ -235,35 +253,50 @@ local function run_task(msg, envs)
   return pack(fn(unpack(args, 1, args.n)))
 end
 
+-- Sends the reply to task id. What the task returned or raised never
+-- ends the worker: a reply too large to go inline goes with proxies, one
+-- the codec refuses (a function, a coroutine...) becomes an error reply
+-- saying so. Only a broken socket (the parent is gone) raises.
+local function send_reply(chan, store, threshold, id, ok, res)
+  local reply = { id, ok, res }
+  local sent, fits = pcall(chan.send, chan, reply, threshold)
+  if sent and fits then return end
+  local why = fits
+  if sent then   -- larger than the threshold
+    if ok then
+      local made, px = pcall(proxy_large, store, res, threshold)
+      if made then
+        reply[4] = px
+        sent, why = pcall(chan.send, chan, reply)
+        if sent then return end
+        evict_px(store, res, px)
+      else
+        why = px
+      end
+    else
+      res.cause = nil   -- an error too large to send: keep its text only
+      sent, why = pcall(chan.send, chan, reply)
+      if sent then return end
+    end
+  end
+  local info
+  if ok then
+    info = { message = "task result cannot be sent back: " .. tostring(why),
+             traceback = "" }
+  else   -- the error's cause cannot travel: send its text
+    info = { message = res.message, traceback = res.traceback }
+  end
+  chan:send({ id, false, info })
+end
+
 local function make_worker(store, threshold, envs)
   return function(chan)
-    local P = ps()
     os.exit = core.pool_exit   -- a worker's exit skips the parent's atexit
     while true do
       local msg = chan:recv()
       if msg == nil then break end
       local ok, res = xpcall(run_task, task_traceback, msg, envs)
-      local reply = { msg[1], ok, res }
-      local sent = chan:send(reply, threshold)
-      if not sent then
-        if ok then
-          reply[4] = proxy_large(store, res, threshold)
-        else
-          -- an error too large to send: keep its text only
-          res.cause = nil
-        end
-        sent = pcall(chan.send, chan, reply)
-      end
-      if not sent and ok then
-        -- a result the codec refuses (a function...): report it
-        local _, e = pcall(P.serialize, res)
-        chan:send({ msg[1], false, {
-          message = "task result cannot be sent back: " .. tostring(e),
-          traceback = "" } })
-      elseif not sent then
-        chan:send({ msg[1], false, { message = res.message,
-                                     traceback = res.traceback } })
-      end
+      send_reply(chan, store, threshold, msg[1], ok, res)
       io.stdout:flush()
     end
   end
@@ -299,6 +332,8 @@ function Future:result(timeout)
       if deadline then
         left = deadline - now()
         if left <= 0 then
+          pool:_step(0)   -- a reply already waiting counts as in time
+          if self.state == "done" then break end
           error(perror("timeout", ("task %d not done after %g s")
             :format(self.id, timeout), { task = self.id }), 2)
         end
@@ -529,8 +564,24 @@ function Pool:_on_exit(slot, pid, how, n)
         code = how == "code" and n or nil, task = task.id }))
   end
   if not self.closed then
-    self.h:spawn(slot)
-    self:_free_slot(slot)
+    local ok, err = pcall(self.h.spawn, self.h, slot)
+    if ok then
+      self:_free_slot(slot)
+    else
+      self:_slot_lost(slot, err)
+    end
+  end
+end
+
+-- A slot whose replacement worker could not start stays empty; the other
+-- workers take the queue. With no worker left the pool cannot go on.
+function Pool:_slot_lost(slot, why)
+  self.lost = self.lost or {}
+  self.lost[slot] = true
+  local n = 0
+  for _ in pairs(self.lost) do n = n + 1 end
+  if n >= self.workers then
+    self:_broken("no worker could be started: " .. tostring(why))
   end
 end
 
@@ -546,9 +597,19 @@ function Pool:_step(timeout)
       self:_on_result(ev[1], ev[3])
     elseif kind == "exit" then
       self:_on_exit(ev[1], ev[3], ev[4], ev[5])
+    elseif kind == "bad_result" then   -- a reply that did not decode
+      local task = self.running[ev[1]]
+      self.running[ev[1]] = nil
+      if task then
+        self:_finish(task, false, nil, perror("pool",
+          "task " .. task.id .. ": its result could not be read: " ..
+          tostring(ev[3]), { cause = ev[3], task = task.id }))
+      end
+      self:_free_slot(ev[1])
     elseif kind == "zygote_died" then
       self:_broken("the pool's zygote process died (killed from outside?); " ..
         "its workers are gone")
+      return
     else -- spawn_failed: the slot stays empty
       local task = self.running[ev[1]]
       self.running[ev[1]] = nil
@@ -556,7 +617,9 @@ function Pool:_step(timeout)
         self:_finish(task, false, nil, perror("pool",
           "cannot start a worker: " .. tostring(ev[3])))
       end
+      self:_slot_lost(ev[1], ev[3])
     end
+    if self.closed then return end
   end
 end
 
