@@ -337,6 +337,30 @@ describe("ps.pool", function()
     assert.same({}, gone(pids))
   end)
 
+  it("kills busy workers at once when its process exits without closing it", function()
+    pool:close()
+    local script = os.tmpname()
+    local f = assert(io.open(script, "w"))
+    f:write([[
+      local ps = require "proxystore"
+      local p = ps.pool { workers = 1, progress = false }
+      local pids, z = p:pids()
+      io.write(z, " ", pids[1], "\n")
+      io.stdout:flush()
+      p:submit(function() while true do end end)
+      os.exit(0)
+    ]])
+    f:close()
+    local started = core.monotonic()
+    local out = io.popen("lua5.4 " .. q(script)):read("a")
+    os.remove(script)
+    local z, w = out:match("^(%d+) (%d+)")
+    assert.is_truthy(z, out)
+    -- well before the 5 s grace a close on purpose gives idle workers
+    assert.same({}, gone({ tonumber(z), tonumber(w) }, true))
+    assert.is_true(core.monotonic() - started < 3)
+  end)
+
   it("works as a to-be-closed variable", function()
     pool:close()
     local pids
@@ -353,6 +377,38 @@ describe("ps.pool", function()
     local e = catch(f.result, f)
     assert.equal("serialization", e.kind)
     assert.equal(2, pool:submit(function() return 2 end):result())
+  end)
+
+  it("fails a task whose result cannot travel, naming why, and keeps its worker", function()
+    local before = pool:pids()
+    for _, fn in ipairs {
+      function() return function() end end,
+      function() return coroutine.create(print) end,
+      function() return { list = { 1, io.stdout } } end,
+    } do
+      local e = catch(function() return pool:submit(fn):result() end)
+      assert.equal("task", e.kind)
+      assert.matches("task result cannot be sent back", tostring(e), 1, true)
+      assert.matches("serializ", tostring(e))
+    end
+    assert.equal(0, pool:metrics().worker_deaths)
+    assert.same(before, pool:pids())
+  end)
+
+  it("sends back the text of an error whose cause cannot travel", function()
+    local e = catch(function()
+      return pool:submit(function() error(io.stdout) end):result()
+    end)
+    assert.equal("task", e.kind)
+    assert.matches("file", tostring(e), 1, true)
+    assert.is_nil(e.cause)
+    assert.equal(0, pool:metrics().worker_deaths)
+  end)
+
+  it("returns a result that already arrived from result(0)", function()
+    local f = pool:submit(function() return "here" end)
+    os.execute("sleep 0.2")   -- the reply waits on the socket, unread
+    assert.equal("here", f:result(0))
   end)
 
   it("checks its options", function()
