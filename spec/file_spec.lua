@@ -196,6 +196,22 @@ for _, root in ipairs(ROOTS) do
       assert.are.equal("absent-key", err.key)
     end)
 
+    it("does not bring back a removed directory from resolve_async", function()
+      local key = store:put(string.rep("z", 1000))
+      shell("rm -rf " .. quote(tmp .. "/objects"))
+      -- the background fetch opens its own context for this store now
+      local q = store:proxy_from_key(key)
+      ps.resolve_async(q)
+      raises("missing_key", ps.resolve, q)
+      assert.is_false(exists(tmp .. "/objects"))
+    end)
+
+    it("refuses a FIFO under a key's name instead of hanging", function()
+      shell("mkfifo " .. quote(tmp .. "/objects/fifo"))
+      local err = raises("io", store.get, store, "fifo")
+      assert.truthy(tostring(err):find("not a regular file", 1, true), tostring(err))
+    end)
+
     it("refuses keys that could leave the directory", function()
       -- The store layer refuses an empty key for every kind.
       local empty = raises("config", store.put, store, "x", { key = "" })
@@ -378,6 +394,36 @@ describe("file store configs", function()
   it("refuses relative file:// URLs with a config error", function()
     raises("config", ps.init_store, "file://relative/dir")
     raises("config", ps.init_store, "file://")
+  end)
+
+  it("takes a relative dir from the real working directory, not $PWD", function()
+    -- a child whose $PWD is stale: it changed directory without a shell
+    write_file(tmp .. "/child.lua", [[
+      local ps = require "proxystore"
+      local s = ps.init_store("file", { name = "rel", dir = "objs" })
+      io.write(s:config().dir)
+      s:put("x", { key = "k" })
+      s:close()
+    ]])
+    shell("mkdir " .. quote(tmp .. "/real") .. " " .. quote(tmp .. "/stale"))
+    local rc, out = sh("cd " .. quote(tmp .. "/real") .. " && PWD=" ..
+      quote(tmp .. "/stale") .. " " .. LUA .. " " .. quote(tmp .. "/child.lua"), true)
+    assert.are.equal(0, rc, out)
+    assert.are.equal(tmp .. "/real/objs", out)
+    assert.truthy(exists(tmp .. "/real/objs/k"))
+    assert.is_false(exists(tmp .. "/stale/objs"))
+    -- and with no $PWD at all
+    rc, out = sh("cd " .. quote(tmp .. "/real") .. " && env -u PWD " .. LUA ..
+      " " .. quote(tmp .. "/child.lua"), true)
+    assert.are.equal(0, rc, out)
+    assert.are.equal(tmp .. "/real/objs", out)
+  end)
+
+  it("refuses a dir or prefix holding a NUL byte", function()
+    local e = raises("config", ps.init_store, "file", { name = unique("nul"), dir = tmp .. "\0/etc" })
+    assert.truthy(tostring(e):find("NUL", 1, true), tostring(e))
+    raises("config", ps.init_store, "file", { name = unique("nul"), dir = tmp, prefix = "a\0b" })
+    assert.is_nil(ps.get_store("nul"))
   end)
 
   it("round trips the config of a local store", function()

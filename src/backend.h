@@ -66,6 +66,8 @@ typedef struct ps_bconfig {
   int recycle;           /* file: evicted files kept as spares to reuse */
   int clear;             /* file: close removes what this store wrote (and
                             dir, when this process created it) */
+  int no_create;         /* file: dir must exist (a prefetch context must
+                            not bring back a directory someone removed) */
 } ps_bconfig;
 
 typedef struct ps_key {

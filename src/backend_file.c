@@ -281,10 +281,12 @@ static void *file_open(const ps_bconfig *cfg, ps_berr *err) {
     goto fail;
   }
   c->prefix_len = strlen(c->prefix);
-  if (make_dirs(c, c->dir, err) != PS_BOK) goto fail;
+  if (!cfg->no_create && make_dirs(c, c->dir, err) != PS_BOK) goto fail;
   c->dirfd = open(c->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (c->dirfd < 0) {
-    ps_berr_set(err, PS_BIO, "cannot open directory '%s': %s", c->dir,
+    /* With no_create a vanished directory holds no objects: not found. */
+    int code = cfg->no_create && errno == ENOENT ? PS_BNOTFOUND : PS_BIO;
+    ps_berr_set(err, code, "cannot open directory '%s': %s", c->dir,
                 strerror(errno));
     goto fail;
   }
@@ -474,7 +476,9 @@ static int file_get(void *ctx, ps_key key, const ps_version *have,
   char name[NAME_MAX + 1];
   int rc = make_name(c, key, name, err);
   if (rc != PS_BOK) return rc;
-  int fd = openat(c->dirfd, name, O_RDONLY | O_CLOEXEC);
+  /* O_NONBLOCK: a FIFO someone left under a key's name must not hang the
+   * open; the S_ISREG check below refuses it. */
+  int fd = openat(c->dirfd, name, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
     if (errno == ENOENT) return ps_berr_set(err, PS_BNOTFOUND,
                                             "no object '%s' in '%s'", name,

@@ -71,7 +71,8 @@ static int cfg_copy(ps_bconfig *d, const ps_bconfig *s) {
             dup_field(&d->username, s->username) |
             dup_field(&d->password, s->password) |
             dup_field(&d->prefix, s->prefix) | dup_field(&d->dir, s->dir);
-  d->clear = 0;   /* a prefetch context never deletes anything */
+  d->clear = 0;       /* a prefetch context never deletes anything */
+  d->no_create = 1;   /* ...nor creates a directory */
   if (bad) {
     cfg_free(d);
     return -1;

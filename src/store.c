@@ -12,9 +12,12 @@
  * User values: 1 config table, 2 local objects, 3 cached values,
  * 4 custom serializer, 5 custom deserializer.
  */
+#include <errno.h>
+#include <limits.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "store.h"
 #include "ps_backends.h"
@@ -459,9 +462,38 @@ static const char *cfg_string(lua_State *L, int cfg, const char *field) {
   if (t != LUA_TSTRING && t != LUA_TNIL)
     ps_error_raise(L, PS_ECONFIG, NULL, "store option '%s' must be a string",
                    field);
-  const char *v = lua_tostring(L, -1);
+  size_t len = 0;
+  const char *v = lua_tolstring(L, -1, &len);
+  /* C sees a string up to its first NUL: "/tmp/a\0/etc" would open /tmp/a
+   * while config() reported the whole string. */
+  if (v != NULL && strlen(v) != len)
+    ps_error_raise(L, PS_ECONFIG, NULL,
+                   "store option '%s' must not contain a NUL byte", field);
   lua_pop(L, 1);
   return v;
+}
+
+/*
+ * A relative file store dir becomes absolute here, once, from the real
+ * working directory (not $PWD, which a chdir or a non-shell parent leaves
+ * stale): config() then names the same directory in any process.
+ */
+static void absolutize_dir(lua_State *L, int cfg) {
+  if (lua_getfield(L, cfg, "dir") != LUA_TSTRING ||
+      lua_tostring(L, -1)[0] == '/') {
+    lua_pop(L, 1);
+    return;
+  }
+  char cwd[PATH_MAX];
+  if (getcwd(cwd, sizeof cwd) == NULL)
+    ps_error_raise(L, PS_ECONFIG, NULL,
+                   "file store dir '%s' is relative and the current "
+                   "directory is unknown (%s)", lua_tostring(L, -1),
+                   strerror(errno));
+  lua_pushfstring(L, "%s/%s", strcmp(cwd, "/") ? cwd : "",
+                  lua_tostring(L, -1));
+  lua_setfield(L, cfg, "dir");
+  lua_pop(L, 1);
 }
 
 static lua_Integer cfg_int(lua_State *L, int cfg, const char *field,
@@ -528,6 +560,7 @@ static int l_new_store(lua_State *L) {
   else
     return ps_error_raise(L, PS_ECONFIG, NULL, "unknown serializer '%s'", ser);
   if (ops) {
+    if (strcmp(kind, "file") == 0) absolutize_dir(L, 5);
     ps_bconfig *b = &s->bcfg;
     b->host = cfg_string(L, 5, "host");
     b->port = (int)cfg_int(L, 5, "port", 6379);

@@ -140,12 +140,7 @@ local function normalize(kind, opts)
     end
   elseif kind == "file" then
     if not cfg.dir or cfg.dir == "" then config_error("a file store needs option 'dir'") end
-    integer_option(cfg, "recycle", 0, 64)
-    if cfg.dir:sub(1, 1) ~= "/" then
-      local pwd = os.getenv("PWD")
-      if not pwd then config_error("dir must be absolute: '%s'", cfg.dir) end
-      cfg.dir = pwd .. "/" .. cfg.dir
-    end
+    integer_option(cfg, "recycle", 0, 64)   -- a relative dir: see store.c
   elseif kind == "local" then
     -- Always a new instance: proxies of a closed local store must not
     -- resolve against a new, empty one re-created from its config.
