@@ -44,7 +44,7 @@ describe("the C API (proxystore.h)", function()
     rc, out = sh(string.format("'%s/embed_test' '%s/run'", tmp, tmp))
     assert.are.equal(0, rc, out)
     assert.is_nil(out:find("not ok", 1, true), out)
-    assert.truthy(out:find("\n1..38\n", 1, true), out)
+    assert.truthy(out:find("\n1..39\n", 1, true), out)
   end)
 
   it("exports only the C API from libproxystore.a", function()

@@ -137,22 +137,16 @@ static void push_module(lua_State *L) {
   lua_remove(L, -2);
 }
 
-/* The registry name of a URL's store: the URL without its password. */
+/* The registry name of a URL's store: the URL without its password
+ * (url.lua knows both places a URL can carry one). */
 static void push_url_name(lua_State *L, const char *url) {
-  const char *auth = strstr(url, "://");
-  if (auth) {
-    auth += 3;
-    const char *end = auth + strcspn(auth, "/?#");
-    const char *at = memrchr(auth, '@', (size_t)(end - auth));
-    const char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
-    if (colon) {
-      lua_pushlstring(L, url, (size_t)(colon - url));
-      lua_pushstring(L, at);
-      lua_concat(L, 2);
-      return;
-    }
-  }
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "proxystore.url");
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, "without_password");
   lua_pushstring(L, url);
+  lua_call(L, 1, 1);
+  lua_remove(L, -2);
 }
 
 /* Pushes the store named by the URL, creating it on first use. */

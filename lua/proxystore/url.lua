@@ -184,6 +184,14 @@ local function parse_file(url, rest)
   return cfg
 end
 
+--- The URL without a password (in its user info or its query): a name
+-- that can be shown and logged.
+function M.without_password(url)
+  url = url:gsub("^([%a][%w+.-]*://[^/?#@]-):[^/?#]*@", "%1@")
+  url = url:gsub("([?&])password=[^&#]*&?", "%1")
+  return (url:gsub("[?&]$", ""))
+end
+
 --- True when s looks like a store URL rather than a kind.
 function M.is_url(s)
   return type(s) == "string" and (s:find("://", 1, true) ~= nil or s:lower() == "local:")

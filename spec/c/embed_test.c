@@ -179,6 +179,11 @@ int main(int argc, char **argv) {
   lua(L, "return ps.get_store('redis://user@127.0.0.1:1/0') == nil");
   check(lua_toboolean(L, -1), "and registers no store", NULL);
   lua_pop(L, 1);
+  rc = proxystore_put_url(L, "unix:///nonexistent.sock?password=hunter2&db=1",
+                          "x", 1, NULL, 0, err, sizeof err);
+  check(rc == LUA_ERRRUN && strstr(err, "proxystore:") && !strstr(err, "hunter2") &&
+        strstr(err, "unix:///nonexistent.sock?db=1"),
+        "a unix:// URL's password= stays out of the store name and message", err);
   rc = proxystore_put_url(L, NULL, "x", 1, NULL, 0, err, sizeof err);
   check(rc == LUA_ERRRUN && strstr(err, "url is NULL"), "a NULL URL fails", err);
   rc = proxystore_put_url(L, url, NULL, 5, NULL, 0, err, sizeof err);
