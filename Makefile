@@ -95,7 +95,9 @@ examples/embed/host: examples/embed/host.c src/proxystore.h $(LIB_A)
 # make install: PREFIX is where things will live, DESTDIR a staging root.
 # proxystore.pc finds its prefix from its own place (${pcfiledir}), so it
 # also works from a DESTDIR tree (pkg-config's sysroot would re-root the
-# lua5.4 it requires as well) and after the tree is moved.
+# lua5.4 it requires as well) and after the tree is moved; libdir and
+# includedir are written relative to the prefix, so LIBDIR or INCLUDEDIR
+# outside PREFIX/lib (a multiarch libdir) still come out right.
 LUA_VERSION  ?= 5.4
 BINDIR       ?= $(PREFIX)/bin
 INCLUDEDIR   ?= $(PREFIX)/include
@@ -105,23 +107,27 @@ INSTALL_LMOD ?= $(PREFIX)/share/lua/$(LUA_VERSION)
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
 INSTALL      ?= install
 
-$(BUILD)/proxystore.pc: Makefile src/proxystore.h
+relpath = $(shell realpath -m --relative-to='$(2)' '$(1)')
+PC_FILE = $(BUILD)/pc/$(subst /,_,$(PREFIX)_$(LIBDIR)_$(INCLUDEDIR)_$(PKGCONFIGDIR))/proxystore.pc
+
+$(PC_FILE): Makefile src/proxystore.h
 	@mkdir -p $(dir $@)
-	printf '%s\n' 'prefix=$${pcfiledir}/../..' 'libdir=$${prefix}/lib' \
-	  'includedir=$${prefix}/include' '' 'Name: proxystore' \
+	printf '%s\n' 'prefix=$${pcfiledir}/$(call relpath,$(PREFIX),$(PKGCONFIGDIR))' \
+	  'libdir=$${prefix}/$(call relpath,$(LIBDIR),$(PREFIX))' \
+	  'includedir=$${prefix}/$(call relpath,$(INCLUDEDIR),$(PREFIX))' '' 'Name: proxystore' \
 	  'Description: lazy object proxies for Lua 5.4 (C API for embedding hosts)' \
 	  'Version: $(VERSION)' 'Requires: lua5.4' \
 	  'Libs: -L$${libdir} -lproxystore $(HIREDIS_LIBS) -lpthread -lm' \
 	  'Cflags: -I$${includedir}' > $@
 
-install: all $(LIB_A) $(BUILD)/proxystore.pc
+install: all $(LIB_A) $(PC_FILE)
 	$(INSTALL) -d $(DESTDIR)$(INSTALL_CMOD)/proxystore $(DESTDIR)$(INSTALL_LMOD)/proxystore \
 	  $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(PKGCONFIGDIR)
 	$(INSTALL) -m 755 $(CORE_SO) $(DESTDIR)$(INSTALL_CMOD)/proxystore/core.so
 	$(INSTALL) -m 644 $(LUA_SRC) $(DESTDIR)$(INSTALL_LMOD)/proxystore/
 	$(INSTALL) -m 644 src/proxystore.h $(DESTDIR)$(INCLUDEDIR)/proxystore.h
 	$(INSTALL) -m 644 $(LIB_A) $(DESTDIR)$(LIBDIR)/libproxystore.a
-	$(INSTALL) -m 644 $(BUILD)/proxystore.pc $(DESTDIR)$(PKGCONFIGDIR)/proxystore.pc
+	$(INSTALL) -m 644 $(PC_FILE) $(DESTDIR)$(PKGCONFIGDIR)/proxystore.pc
 	$(if $(HOST_BIN),$(INSTALL) -d $(DESTDIR)$(BINDIR))
 	$(if $(HOST_BIN),$(INSTALL) -m 755 $(HOST_BIN) $(DESTDIR)$(BINDIR)/proxystore)
 

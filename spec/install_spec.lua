@@ -172,4 +172,18 @@ describe("installation", function()
     ok(string.format("test ! -e '%s/lib/lua/5.4/proxystore' && "
       .. "test ! -e '%s/share/lua/5.4/proxystore' && test -d '%s/lib'", root, root, root))
   end)
+
+  it("writes a proxystore.pc that finds a multiarch LIBDIR outside PREFIX/lib", function()
+    if SANITIZED then pending("plain build only (see the top of install_spec.lua)") return end
+    local dest = tmp .. "/multiarch"
+    ok(string.format("cd '%s' && make --no-print-directory -s BUILD=build install "
+      .. "DESTDIR='%s' PREFIX=/usr LIBDIR=/usr/lib/x86_64-linux-gnu", ROOT, dest))
+    local pc = string.format("PKG_CONFIG_PATH='%s/usr/lib/x86_64-linux-gnu/pkgconfig'", dest)
+    local inc = ok(pc .. " pkg-config --variable=includedir proxystore"):gsub("\n", "")
+    local lib = ok(pc .. " pkg-config --variable=libdir proxystore"):gsub("\n", "")
+    ok(string.format("test -f '%s/proxystore.h' && test -f '%s/libproxystore.a'", inc, lib))
+    ok(string.format("cd '%s' && make --no-print-directory -s BUILD=build uninstall "
+      .. "DESTDIR='%s' PREFIX=/usr LIBDIR=/usr/lib/x86_64-linux-gnu", ROOT, dest))
+    assert.are.same({}, files_under(dest))
+  end)
 end)
