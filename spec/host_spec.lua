@@ -77,6 +77,18 @@ describe("proxystore host binary", function()
     assert.matches("--help", err, 1, true)
   end)
 
+  it("refuses 'run' without a script right after it", function()
+    for _, args in ipairs { "run", "run -e 1", "--workers 2 run" } do
+      local code, out, err = run(args)
+      assert.equal(1, code, args)
+      assert.equal("", out)
+      assert.matches("'run' needs a script", err, 1, true)
+    end
+    local code, out = run("run -", "io.write('from stdin')")
+    assert.equal(0, code)
+    assert.equal("from stdin", out)
+  end)
+
   it("rejects a bad --workers value and a missing --store URL", function()
     local code, _, err = run("--workers zero -e 1")
     assert.equal(1, code)
@@ -169,6 +181,18 @@ describe("proxystore host binary", function()
     assert.matches("43", out, 1, true)
     assert.matches("still here", out, 1, true)
     assert.matches("> ", out, 1, true)
+  end)
+
+  it("starts an interactive prompt when run alone on a terminal", function()
+    -- script(1) gives the binary a pseudo-terminal and types our lines in
+    local cmd = ("printf 'print(6 * 7)\\nos.exit(0)\\n' | env -u LD_PRELOAD " ..
+      "timeout 20 script -qec %s /dev/null >%s/repl 2>&1"):format(q(BIN), q(TMP))
+    local _, _, status = os.execute(cmd)
+    local out = slurp(TMP .. "/repl")
+    assert.equal(0, status, out)
+    assert.matches("proxystore " .. require("proxystore")._VERSION, out, 1, true)
+    assert.matches("Lua 5.4", out, 1, true)
+    assert.matches("> 42", out, 1, true)
   end)
 
   it("exits 1 with the message and a traceback on stderr when the script fails", function()

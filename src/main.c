@@ -246,9 +246,12 @@ static int collectargs(char **argv, int *first, hostopts *ho) {
     const char *a = argv[i];
     if (a[0] != '-') {
       if (seen_run || strcmp(a, "run") != 0) return args;
-      if (argv[i + 1] == NULL) {
+      /* the script comes right after "run" ("-" is stdin): options there
+       * would leave "run" running nothing */
+      const char *next = argv[i + 1];
+      if (next == NULL || (next[0] == '-' && next[1] != '\0')) {
         ho->bad = a;
-        ho->why = "needs a script";
+        ho->why = "needs a script right after it (options go before 'run')";
         return has_error;
       }
       seen_run = 1;  /* "run" is a verb; ./run runs a file called run */
