@@ -73,6 +73,19 @@ describe("the C API (proxystore.h)", function()
     }, "\n") .. "\n", out:gsub("rc=%d+\n?$", ""))
   end)
 
+  it("make examples builds examples/embed/host, which runs from any directory", function()
+    if SANITIZED then pending("plain build only: make examples links build/") return end
+    local host = ROOT .. "/examples/embed/host"
+    local existed = io.open(host) ~= nil
+    local rc, out = sh(string.format("cd '%s' && env -u LD_PRELOAD make --no-print-directory "
+      .. "-s examples", ROOT))
+    assert(rc == 0, out)
+    rc, out = sh(string.format("cd '%s' && '%s' '%s/examples/embed/script.lua'", tmp, host, ROOT))
+    if not existed then os.remove(host) end
+    assert.are.equal(0, rc, out)
+    assert.matches("^pushed a proxy: yes\nsummarize: 85 bytes", out)
+  end)
+
   it("without the compiled-in modules, opens from package.path or says why not", function()
     -- embed.c compiled with the sources alone (no -DPS_LUASRC), as specs
     -- that compile every C file of src do.

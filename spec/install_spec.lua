@@ -115,6 +115,29 @@ describe("installation", function()
       .. "&& lua5.4 '%s/script.lua' '%s/data/local'", tmp, home, tmp, tmp))
     assert.matches("\tlazy proxy\t" .. home:gsub("%p", "%%%0")
       .. "/%.luarocks/lib/lua/5%.4/proxystore/core%.so\n$", out)
+    if HAS_HOST then
+      out = ok(string.format("cd '%s/elsewhere' && '%s/.luarocks/bin/proxystore' "
+        .. "'%s/script.lua' '%s/data/localbin'", tmp, home, tmp, tmp))
+      assert.truthy(out:find("\tlazy proxy\t", 1, true), out)
+    end
+  end)
+
+  it("luarocks make installs the versioned rockspec too", function()
+    if SANITIZED then pending("plain build only (see the top of install_spec.lua)") return end
+    local version = require("proxystore")._VERSION
+    local src, tree = fresh_copy(), tmp .. "/tree-versioned"
+    ok(string.format("cd '%s' && luarocks --lua-version=5.4 make --tree='%s' "
+      .. "rockspec/proxystore-%s-1.rockspec", src, tree, version))
+    local out = ok(string.format(
+      "cd '%s/elsewhere' && eval \"$(luarocks --lua-version=5.4 path --tree='%s')\" "
+      .. "&& lua5.4 '%s/script.lua' '%s/data/versioned' && luarocks --lua-version=5.4 "
+      .. "list --tree='%s' --porcelain", tmp, tree, tmp, tmp, tree))
+    assert.truthy(out:find(version .. "\tlazy proxy\t" .. tree, 1, true), out)
+    assert.truthy(out:find("proxystore\t" .. version .. "%-1\tinstalled"), out)
+    if HAS_HOST then
+      assert.are.equal("proxystore " .. version,
+        ok(string.format("'%s/bin/proxystore' --version", tree)):match("[^\n]+"))
+    end
   end)
 
   it("make install puts exactly its files in DESTDIR, a C host builds against them, "
