@@ -445,6 +445,25 @@ describe("core.serialize / core.deserialize", function()
       assert.truthy(err.message:find("1099511627776 hash", 1, true))
     end)
 
+    it("never reserves much more than the input for nested tables claiming its rest", function()
+      -- 500 nested tables, each claiming an array as long as the bytes
+      -- left: alone each claim passes the bytes-left check
+      local levels, pad, parts = 500, 10000, {}
+      for i = 1, levels do
+        local left = (levels - i) * 4 + pad   -- bytes after this header
+        parts[i] = string.char(9, (left & 0x7f) | 0x80, left >> 7, 0)
+      end
+      -- the innermost table's entries are nils; then the blob ends
+      local blob = "\250\1\0" .. table.concat(parts) .. ("\0"):rep(pad)
+      collectgarbage("collect")
+      collectgarbage("stop")
+      local before = collectgarbage("count")
+      serialization_error(deserialize, blob)
+      local grew = (collectgarbage("count") - before) * 1024
+      collectgarbage("restart")
+      assert.is_true(grew < 200 * #blob, ("%d bytes for a %d-byte input"):format(grew, #blob))
+    end)
+
     it("refuses varints longer than 64 bits", function()
       serialization_error(deserialize, "\250\1\0\8" .. ("\255"):rep(10) .. "\1")
       serialization_error(deserialize, "\250\1\0\8" .. ("\128"):rep(20))

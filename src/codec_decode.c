@@ -25,6 +25,10 @@ typedef struct dec {
   int have_refs;
   int use_refs;         /* the header's CODEC_FLAG_REFS */
   lua_Integer nrefs;
+  /* Table slots that may still be reserved up front: every entry of a
+   * real blob takes at least one byte, so the counts of all its tables add
+   * up to less than its length. */
+  uint64_t presize_budget;
   /* Memo of recent short-string table keys: records repeat the same keys,
    * and a hit skips Lua's string interning (a hash-chain walk that misses
    * the cache once the string table is large). */
@@ -138,7 +142,15 @@ static void decode_table(dec *d) {
   if (narr > rem || nhash > (rem - narr) / 2)
     fail(d, "table claims %I array and %I hash entries, only %I bytes left",
          as_int(narr), as_int(nhash), (lua_Integer)rem);
-  lua_createtable(L, clamp_int(narr), clamp_int(nhash));
+  /*
+   * Each count passed the bytes-left check alone, but nested tables would
+   * all reserve the rest of the input at once (500 levels: thousands of
+   * times the input's size). Past the budget a table grows as it fills.
+   */
+  int presize = narr + nhash <= d->presize_budget;
+  if (presize) d->presize_budget -= narr + nhash;
+  lua_createtable(L, presize ? clamp_int(narr) : 0,
+                  presize ? clamp_int(nhash) : 0);
   int t = lua_gettop(L);
   if (d->use_refs) {
     ensure_refs(d);
@@ -305,6 +317,7 @@ void ps_codec_decode(lua_State *L, const char *data, size_t len) {
   d.depth = 0;
   d.have_refs = 0;
   d.nrefs = 0;
+  d.presize_budget = len;
   if (len < CODEC_HEADER)
     ps_error_raise(L, PS_ESERIALIZATION, NULL,
                    "cannot deserialize: %s", len == 0 ? "empty input"
