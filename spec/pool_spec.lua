@@ -422,6 +422,21 @@ describe("ps.pool", function()
     assert.has_error(function() pool:map(function() end, "not a table") end)
   end)
 
+  it("gives each worker its own random keys (the generator reseeds after fork)", function()
+    local keys = pool:map(function()
+      local t = os.clock() + 0.02   -- keep this worker busy: the next goes to the other
+      while os.clock() < t do end
+      return require("proxystore.core").random_key()
+    end, { 1, 2, 3, 4, 5, 6 })
+    keys[#keys + 1] = core.random_key()
+    local seen = {}
+    for _, k in ipairs(keys) do
+      assert.matches("^%x+$", k)
+      assert.is_nil(seen[k], "a key came twice: " .. k)
+      seen[k] = true
+    end
+  end)
+
   it("describes itself and its futures with tostring", function()
     assert.matches("^proxystore.Pool: 2 workers", tostring(pool))
     local f = pool:submit(function() return 1 end)

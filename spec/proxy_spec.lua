@@ -117,7 +117,26 @@ local ops = {
   ["table.sort"] = function(v, t) table.sort(v, function(a, b) return a > b end); return t end,
 }
 
+-- The three ways a proxy reaches its target: a Lua factory, a store
+-- reference (the local store keeps the very object), and a hot table proxy
+-- that has its own metatable (used through C often enough to be promoted).
+local store = ps.init_store("local", { name = "proxy-spec" })
+local makers = {
+  ["function proxy"] = function(t) return ps.proxy(function() return t end) end,
+  ["store proxy"] = function(t) return store:proxy(t) end,
+  ["hot proxy"] = function(t)
+    local p = ps.proxy(function() return t end)
+    if type(t) == "table" then
+      for _ = 1, 20 do local _ = p[1] end
+      assert.are.equal(t, debug.getmetatable(p).__index)   -- promoted
+    end
+    return p
+  end,
+}
+
 describe("a proxy", function()
+  teardown(function() store:close() end)
+
   describe("behaves as its target", function()
     local names = {}
     for name in pairs(targets) do names[#names + 1] = name end
@@ -125,12 +144,13 @@ describe("a proxy", function()
     local opnames = {}
     for name in pairs(ops) do opnames[#opnames + 1] = name end
     table.sort(opnames)
-    for _, tname in ipairs(names) do
-      it("for every operation on a " .. tname .. " target", function()
+    for _, mname in ipairs { "function proxy", "store proxy", "hot proxy" } do
+     for _, tname in ipairs(names) do
+      it("for every operation on a " .. tname .. " target (" .. mname .. ")", function()
         for _, oname in ipairs(opnames) do
           local direct_target = targets[tname]()
           local via_target = targets[tname]()
-          local p = ps.proxy(function() return via_target end)
+          local p = makers[mname](via_target)
           local expected = outcome(pcall(ops[oname], direct_target, direct_target))
           local got = outcome(pcall(ops[oname], p, via_target))
           -- identities differ between the two instances; compare shapes
@@ -139,7 +159,16 @@ describe("a proxy", function()
           assert.are.equal(expected, got, tname .. " / " .. oname)
         end
       end)
+     end
     end
+  end)
+
+  it("hides its metatable, whose metamethods trust their first argument", function()
+    local p = ps.proxy(function() return { 1 } end)
+    assert.are.equal("proxystore.Proxy", getmetatable(p))
+    assert.is_nil(getmetatable(p).__index)   -- a string's fields, not ours
+    assert.has_error(function() setmetatable(p, {}) end)
+    assert.are.equal(1, p[1])
   end)
 
   it("compares equal to another proxy of the same or an equal target", function()

@@ -182,6 +182,38 @@ describe("the store registry", function()
     local s = ps.init_store("local", {name = "cs", cache_size = 3})
     assert.are.equal(3, s:config().cache_size)
     s:close()
+    s = ps.init_store("local", {name = "cs"})
+    assert.are.equal(16, s:config().cache_size)   -- the default without it
+    s:close()
+    local code = [[
+      local ps = require "proxystore"
+      io.write(ps.init_store("local", {name = "a"}):config().cache_size, " ",
+               ps.init_store("local", {name = "b", cache_size = 5}):config().cache_size)
+      local ok, e = pcall(ps.init_store, "local", {name = "c"})
+      io.write(" ", tostring(ok or e.kind))]]
+    local script = os.tmpname()
+    local w = assert(io.open(script, "w"))
+    w:write(code)
+    w:close()
+    local function child(env)
+      local f = assert(io.popen(env .. " lua5.4 " .. script .. " 2>&1"))
+      local out = f:read("a")
+      f:close()
+      return out
+    end
+    assert.are.equal("3 5 true", child("PROXYSTORE_CACHE_SIZE=3"))
+    assert.are.equal("0 5 true", child("PROXYSTORE_CACHE_SIZE=0"))
+    assert.are.equal("16 5 true", child("PROXYSTORE_CACHE_SIZE="))
+    local bad = child("PROXYSTORE_CACHE_SIZE=lots")
+    os.remove(script)
+    assert.truthy(bad:find("PROXYSTORE_CACHE_SIZE must be a non-negative integer", 1, true), bad)
+  end)
+
+  it("hides its metatable, whose __gc trusts its argument", function()
+    local s = ps.init_store("local", {name = "mt"})
+    assert.are.equal("proxystore.Store", getmetatable(s))
+    assert.has_error(function() setmetatable(s, {}) end)
+    s:close()
   end)
 end)
 

@@ -336,8 +336,8 @@ static int mm_pairs(lua_State *L) {
 }
 
 static int mm_gc(lua_State *L) {
-  proxy *p = lua_touserdata(L, 1);
-  ps_prefetch_slot_free(&p->prefetch);
+  proxy *p = toproxy(L, 1);
+  if (p) ps_prefetch_slot_free(&p->prefetch);
   return 0;
 }
 
@@ -527,6 +527,11 @@ void ps_proxy_open(lua_State *L) {
     }
     lua_pushboolean(L, 1);
     lua_rawsetp(L, -2, &ps_proxy_tag);
+    /* The metamethods trust that their first argument is a proxy (the
+     * hot path has no room for a check): getmetatable(p) must not hand
+     * them out to be called on other values. */
+    lua_pushliteral(L, PROXY_MT);
+    lua_setfield(L, -2, "__metatable");
     lua_pop(L, 1);
   }
   lua_newtable(L);   /* weak-keyed: a wrapper never keeps its method alive */

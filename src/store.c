@@ -110,7 +110,7 @@ int ps_store_raise_backend(lua_State *L, int sidx, ps_store *s,
 
 
 static int blobs_gc(lua_State *L) {
-  blobs *bs = lua_touserdata(L, 1);
+  blobs *bs = luaL_checkudata(L, 1, BLOBS_MT);
   for (size_t i = 0; i < bs->n; i++) ps_blob_release(&bs->b[i]);
   return 0;
 }
@@ -779,7 +779,7 @@ static int store_close(lua_State *L) {
 }
 
 static int store_gc(lua_State *L) {
-  release(lua_touserdata(L, 1));
+  release(luaL_checkudata(L, 1, STORE_MT));
   return 0;
 }
 
@@ -839,6 +839,9 @@ static const luaL_Reg store_funcs[] = {
 
 void ps_store_open(lua_State *L) {
   luaL_newmetatable(L, STORE_MT);
+  /* getmetatable(store) must not hand out __gc to be called on any value */
+  lua_pushliteral(L, STORE_MT);
+  lua_setfield(L, -2, "__metatable");
   lua_pushcfunction(L, store_index);
   lua_setfield(L, -2, "__index");
   lua_pushcfunction(L, store_tostring);
