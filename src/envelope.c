@@ -19,6 +19,21 @@ static void call_cjson(lua_State *L, const char *fn) {
   lua_remove(L, -2);
 }
 
+/*
+ * Calls the serializer or deserializer pushed below its one argument. What
+ * it raises (lua-cjson's plain strings, a user's values) becomes a
+ * serialization error with the original as its cause; a proxystore error
+ * (a closed store...) goes up as it is.
+ */
+static void call_serializer(lua_State *L, const char *what) {
+  if (lua_pcall(L, 1, 1, 0) == LUA_OK) return;
+  if (ps_error_is(L, -1)) lua_error(L);
+  const char *msg = lua_tostring(L, -1);
+  ps_error_raise(L, PS_ESERIALIZATION, &(ps_errctx){.cause = -1},
+                 "%s failed: %s", what,
+                 msg ? msg : luaL_typename(L, -1));
+}
+
 /* Picks the serializer: a per-call option at opt (0: none) or the store's. */
 static int serializer_for(lua_State *L, ps_store *s, int opt) {
   if (opt == 0 || lua_isnil(L, opt)) return s->serializer;
@@ -54,7 +69,7 @@ ps_buf *ps_envelope_serialize(lua_State *L, int sidx, ps_store *s, int obj,
     lua_getiuservalue(L, sidx, UV_SER);
   }
   lua_pushvalue(L, obj);
-  lua_call(L, 1, 1);
+  call_serializer(L, env == ENV_JSON ? "json serializer" : "serializer");
   if (lua_type(L, -1) != LUA_TSTRING)
     ps_error_raise(L, PS_ESERIALIZATION, NULL,
                    "serializer returned %s, not a string",
@@ -93,6 +108,8 @@ void ps_envelope_deserialize(lua_State *L, int sidx, const char *data, size_t le
                    "stored bytes are not a proxystore object (envelope "
                    "byte %d)", (int)(unsigned char)data[0]);
   }
+  const char *what = (unsigned char)data[0] == ENV_JSON ? "json deserializer"
+                                                         : "deserializer";
   lua_pushlstring(L, data + 1, len - 1);
-  lua_call(L, 1, 1);
+  call_serializer(L, what);
 }
