@@ -88,6 +88,17 @@ describe("the local store", function()
     assert.are.same({"x1", "x2"}, named)
   end)
 
+  it("refuses a batch whose length is negative or absurd, at once", function()
+    for _, n in ipairs {-1, 1 << 40, math.maxinteger} do
+      local list = setmetatable({}, {__len = function() return n end})
+      for _, call in ipairs {store.put_batch, store.get_batch, store.proxy_batch} do
+        local err = perr(call, store, list)
+        assert.are.equal("config", err.kind)
+        assert.matches("a batch holds", tostring(err), 1, true)
+      end
+    end
+  end)
+
   it("has a name, a kind, a config and metrics", function()
     assert.are.equal("spec-local", store.name)
     assert.are.equal("local", store.kind)

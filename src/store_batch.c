@@ -7,6 +7,19 @@
 
 #include "store.h"
 
+/* A batch's length from #list (which a __len may make anything): bounded,
+ * so a bogus length is an error, not hours of key making. */
+#define BATCH_MAX (1 << 24)
+
+static lua_Integer batch_len(lua_State *L, int idx) {
+  lua_Integer n = luaL_len(L, idx);
+  if (n < 0 || n > BATCH_MAX)
+    ps_error_raise(L, PS_ECONFIG, NULL,
+                   "a batch holds 0 to %d objects, got a length of %I",
+                   BATCH_MAX, n);
+  return n;
+}
+
 /*
  * put_batch(list [, opts]): stores every element, returns their keys.
  * With a batch-capable backend all objects go in one round trip.
@@ -17,7 +30,7 @@ static int put_batch(lua_State *L, int make_proxies) {
   luaL_checktype(L, 2, LUA_TTABLE);
   int opts = ps_store_opt_table(L, 3);
   lua_settop(L, 3);
-  lua_Integer n = luaL_len(L, 2);
+  lua_Integer n = batch_len(L, 2);
   int keys_opt = ps_store_opt_field(L, opts, "keys");   /* 4 or 0 */
   if (!keys_opt) lua_pushnil(L);
   int ser = ps_store_opt_field(L, opts, "serializer");  /* 5 or 0 */
@@ -91,7 +104,7 @@ int ps_store_get_batch(lua_State *L) {
   ps_store *s = ps_store_check_open(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
-  lua_Integer n = luaL_len(L, 2);
+  lua_Integer n = batch_len(L, 2);
   /* Keys are copied to a private table (3) first: the backend keeps
    * pointers to them, and the caller's table may be a proxy-like object
    * whose __index makes fresh strings nothing else holds. */
