@@ -664,7 +664,7 @@ static int store_exists(lua_State *L) {
   ps_store *s = ps_store_check_open(L, 1);
   size_t klen;
   const char *key = ps_store_check_key(L, 2, &klen);
-  double t0 = ps_store_now();
+  double t0 = s->ops ? ps_store_now() : 0;
   int found;
   if (s->ops == NULL) {
     lua_getiuservalue(L, 1, UV_LOCAL);
