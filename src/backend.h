@@ -7,7 +7,9 @@
  * aborts or longjmps.
  *
  * Each backend context belongs to the process that opened it: after fork
- * a backend must not reuse its parent's sockets (check getpid()).
+ * a backend must not reuse its parent's sockets. The Redis backend tells
+ * by a fork generation counter that a pthread_atfork child handler bumps
+ * (no getpid() per call); see redis_conn.c.
  * A context is used by one thread at a time.
  */
 #ifndef PS_BACKEND_H
