@@ -206,6 +206,86 @@ describe("the redis store", function()
     end)
   end)
 
+  describe("an error in the middle of a pipeline", function()
+    -- A real ACL user that may touch acl:ok:* and the key acl:half only
+    -- (not its chunk keys): the other commands of a pipeline still succeed,
+    -- and every reply must be read before the connection serves again.
+    setup(function()
+      srv:cli("ACL", "SETUSER", "piped", "on", ">pw", "resetkeys", "~acl:ok:*",
+              "~acl:half", "+@all")
+    end)
+
+    local function acl_store()
+      return new_store { username = "piped", password = "pw", prefix = "acl:" }
+    end
+
+    it("put_batch raises the refused key's error and the next call reads its own reply", function()
+      local s = acl_store()
+      local err = error_of(s.put_batch, s, { "one", "two", "three" },
+                           { keys = { "ok:1", "no:2", "ok:3" } })
+      assert.equal("config", err.kind)
+      assert.matches("NOPERM", tostring(err), 1, true)
+      assert.equal("one", s:get("ok:1"))
+      assert.equal("three", s:get("ok:3"))
+      assert.is_true(s:exists("ok:1"))
+    end)
+
+    it("get_batch raises the refused key's error and the next call reads its own reply", function()
+      local s = acl_store()
+      s:put_batch({ "one", "three" }, { keys = { "ok:1", "ok:3" } })
+      local err = error_of(s.get_batch, s, { "ok:1", "no:2", "ok:3" })
+      assert.equal("config", err.kind)
+      assert.equal("three", s:get("ok:3"))
+      assert.same({ "one", "three", n = 2 }, s:get_batch({ "ok:1", "ok:3" }))
+    end)
+
+    it("a chunked put with refused chunk keys leaves the connection in step", function()
+      local out = run_lua(([[
+        local ps = require "proxystore"
+        local s = ps.init_store("redis", { host = "127.0.0.1", port = %d,
+          username = "piped", password = "pw", prefix = "acl:", cache_size = 0 })
+        s:put("first", { key = "ok:1" })
+        local ok, err = pcall(s.put, s, string.rep("c", 3000), { key = "half" })
+        assert(not ok and err.kind == "config", tostring(err))
+        assert(s:get("ok:1") == "first")
+        s:put("again", { key = "ok:1" })
+        assert(s:get("ok:1") == "again")
+        io.write("done")
+      ]]):format(srv.port), "PROXYSTORE_REDIS_CHUNK_SIZE=1000")
+      assert.equal("done", out)
+    end)
+
+    it("a server busy with a script (BUSY replies) is not retried on the same socket", function()
+      local s = new_store { timeout = 5 }
+      local keys = s:put_batch({ "a", "b", "c" })
+      srv:cli("CONFIG", "SET", "busy-reply-threshold", "50")
+      finally(function()
+        srv:cli("SCRIPT", "KILL")
+        srv:cli("CONFIG", "SET", "busy-reply-threshold", "5000")
+      end)
+      os.execute("env -u LD_PRELOAD redis-cli -p " .. srv.port ..
+                 " EVAL 'while true do end' 0 >/dev/null 2>&1 &")
+      local busy = false
+      for _ = 1, 100 do
+        if srv:cli("PING"):match("BUSY") then busy = true break end
+        redis.sleep(0.05)
+      end
+      assert.is_true(busy, "the script did not start")
+      local err = error_of(s.put_batch, s, { "x", "y", "z" })
+      assert.equal("connection", err.kind)
+      assert.matches("BUSY", tostring(err), 1, true)
+      err = error_of(s.get_batch, s, keys)
+      assert.matches("BUSY", tostring(err), 1, true)
+      srv:cli("SCRIPT", "KILL")
+      for _ = 1, 100 do
+        if srv:ping() then break end
+        redis.sleep(0.05)
+      end
+      assert.same({ "a", "b", "c", n = 3 }, s:get_batch(keys))
+      assert.equal("b", s:get(keys[2]))
+    end)
+  end)
+
   describe("wrong data under a key", function()
     it("a key of another Redis type raises a clear error", function()
       local s = new_store { prefix = "wt:" }

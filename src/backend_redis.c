@@ -46,6 +46,8 @@ static int ping(ps_redis *x, ps_berr *err) {
   return code;
 }
 
+static int settled(ps_redis *x, int code);
+
 static void *redis_open(const ps_bconfig *cfg, ps_berr *err) {
   ps_redis *x = calloc(1, sizeof *x);
   if (x == NULL) {
@@ -74,7 +76,8 @@ static void *redis_open(const ps_bconfig *cfg, ps_berr *err) {
   }
   /* Connect and PING now, so that a bad address, a missing password or a
      bad db fails at init_store rather than at first use. */
-  if (ps_rconn_ensure(&x->c, err) != PS_BOK || ping(x, err) != PS_BOK) {
+  if (ps_rconn_ensure(&x->c, err) != PS_BOK ||
+      settled(x, ping(x, err)) != PS_BOK) {
     ps_rconn_free(&x->c);
     free(x->prefix);
     free(x);
@@ -166,6 +169,14 @@ int ps_redis_expect_ok(ps_redis *x, ps_key k, ps_berr *err) {
     code = ps_rconn_fail(&x->c, err, PS_BPROTO, "unexpected reply to SET");
   ps_rreply_free(&r);
   return code;
+}
+
+void ps_redis_keep_first(int *first, ps_berr *err, int code,
+                         const ps_berr *e) {
+  if (code != PS_BOK && *first == PS_BOK) {
+    *first = code;
+    *err = *e;
+  }
 }
 
 /* ---- put ---------------------------------------------------------------- */
@@ -403,29 +414,31 @@ static int put_batch_once(void *ctx, size_t n, const ps_key *keys,
     queued++;
   }
   if (queued) code = ps_rconn_send(&x->c, err);
-  int first = PS_BOK;
-  for (size_t i = 0; i < n && !code; i++) {
+  if (code) goto done;
+  /* Every reply is read while the connection lives, also after an error
+     reply (NOPERM on one key): the first error is the batch's. */
+  for (size_t i = 0; i < n && x->c.fd >= 0; i++) {
     if (values[i].len > x->chunk) continue;
+    ps_berr e;
     int h = 0;
-    code = ps_redis_read_old_header(x, &old[i], &h, err);
-    had[i] = (char)h;
-    if (code) break;
-    ps_berr e2;
-    int c2 = ps_redis_expect_ok(x, keys[i], first ? &e2 : err);
-    if (c2 == PS_BPROTO && x->c.fd >= 0) {
-      if (!first) first = c2;
-    } else if (c2) {
-      if (first) *err = e2;
-      code = c2;
-    }
+    int c = ps_redis_read_old_header(x, &old[i], &h, &e);
+    if (c == PS_BOK) c = ps_redis_expect_ok(x, keys[i], &e);
+    had[i] = (char)(c == PS_BOK && h);   /* replaced: its chunks go below */
+    ps_redis_keep_first(&code, err, c, &e);
   }
-  if (!code) code = first;
-  for (size_t i = 0; i < n && !code; i++) {
-    if (values[i].len > x->chunk)
-      code = ps_redis_put_chunked(x, keys[i], values[i].data, values[i].len, &vs[i],
-                         err);
-    else if (had[i])
-      code = ps_redis_del_chunks(x, keys[i], &old[i], err);
+  /* The chunks of values that were replaced are deleted even when another
+     key failed; large values are written only while all went well. */
+  for (size_t i = 0; i < n && x->c.fd >= 0; i++) {
+    ps_berr e;
+    int c = PS_BOK;
+    if (values[i].len > x->chunk) {
+      if (code) continue;
+      c = ps_redis_put_chunked(x, keys[i], values[i].data, values[i].len,
+                               &vs[i], &e);
+    } else if (had[i]) {
+      c = ps_redis_del_chunks(x, keys[i], &old[i], &e);
+    }
+    ps_redis_keep_first(&code, err, c, &e);
   }
   if (!code && vout) memcpy(vout, vs, n * sizeof *vs);
 done:
@@ -456,52 +469,54 @@ static int get_batch_once(void *ctx, size_t n, const ps_key *keys,
   if (code) goto done;
   for (size_t i = 0; i < n; i++) queue_get(x, keys[i], NULL);
   code = ps_rconn_send(&x->c, err);
-  int first = PS_BOK;
-  for (size_t i = 0; i < n && !code; i++) {
+  if (code) goto done;
+  /* Every reply is read while the connection lives, also after an error
+     reply: the first error is the batch's. */
+  for (size_t i = 0; i < n && x->c.fd >= 0; i++) {
     int ch = 0;
-    ps_berr e2;
-    int c = read_get_reply(x, keys[i], NULL, &out[i],
-                           vout ? &vout[i] : NULL, &ci[i], &ch,
-                           first ? &e2 : err);
+    ps_berr e;
+    int c = read_get_reply(x, keys[i], NULL, &out[i], vout ? &vout[i] : NULL,
+                           &ci[i], &ch, &e);
     chunked[i] = (char)ch;
-    if (c == PS_BOK || c == PS_BNOTFOUND) {
-      codes[i] = c;
-    } else if (c == PS_BPROTO && x->c.fd >= 0) {
-      if (!first) first = c;                 /* complete reply: go on */
-    } else {
-      if (first) *err = e2;
-      code = c;
-    }
+    if (c == PS_BOK || c == PS_BNOTFOUND) codes[i] = c;
+    else ps_redis_keep_first(&code, err, c, &e);
   }
-  if (!code) code = first;
   for (size_t i = 0; i < n && !code; i++)
     if (chunked[i])
-      code = ps_redis_get_chunks(x, keys[i], &ci[i], &out[i], vout ? &vout[i] : NULL,
-                        err);
+      code = ps_redis_get_chunks(x, keys[i], &ci[i], &out[i],
+                                 vout ? &vout[i] : NULL, err);
+done:
   if (code)
     for (size_t i = 0; i < n; i++) ps_blob_release(&out[i]);
-done:
   free(ci);
   free(chunked);
   return code;
 }
 
 /*
+ * Every call ends settled: no reply left unread on a connection that is
+ * kept (ps_rconn_settle closes it otherwise).
+ *
  * A connection that worked before may have died since (server restarted):
- * its first use fails with PS_BCONN before anything was done. Retry such
- * a call once on a new connection, so the first call after Redis is back
- * succeeds. Every operation here is safe to repeat.
+ * its first use fails with PS_BCONN and closes it. Such a call is repeated
+ * once on a new connection, so the first call after Redis is back
+ * succeeds; every operation here is safe to repeat. A PS_BCONN that left
+ * the connection open (a LOADING or BUSY reply: the server is there but
+ * cannot serve now) is not repeated: the same socket would answer the same.
  */
-static int was_connected(void *ctx) {
-  return ps_rconn_owned(&((ps_redis *)ctx)->c);
+static int settled(ps_redis *x, int code) {
+  ps_rconn_settle(&x->c);
+  return code;
 }
 
-#define RETRY(call)                                   \
-  do {                                                \
-    int reused_ = was_connected(ctx);                 \
-    int code_ = (call);                               \
-    if (code_ == PS_BCONN && reused_) code_ = (call); \
-    return code_;                                     \
+#define RETRY(call)                                              \
+  do {                                                           \
+    ps_redis *x_ = ctx;                                          \
+    int reused_ = ps_rconn_owned(&x_->c);                        \
+    int code_ = settled(x_, (call));                             \
+    if (code_ == PS_BCONN && reused_ && x_->c.fd < 0)            \
+      code_ = settled(x_, (call));                               \
+    return code_;                                                \
   } while (0)
 
 static int redis_put(void *ctx, ps_key k, const char *data, size_t len,

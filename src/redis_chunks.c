@@ -43,7 +43,7 @@ int ps_redis_del_chunks(ps_redis *x, ps_key k, const ps_rchunks *ci, ps_berr *er
   char suf[80];
   int code = ps_rconn_ensure(&x->c, err);
   if (code) return code;
-  ps_rcmd_begin(&x->c, (int)ci->n + 1);
+  ps_rcmd_begin(&x->c, ci->n + 1);
   ps_rcmd_str(&x->c, "DEL");
   for (size_t i = 0; i < ci->n; i++) {
     chunk_suffix(suf, sizeof suf, &ci->v, i);
@@ -91,18 +91,13 @@ int ps_redis_put_chunked(ps_redis *x, ps_key k, const char *data, size_t len,
   ps_rchunks old;
   int had = 0;
   code = ps_redis_read_old_header(x, &old, &had, err);
-  int first = PS_BOK;
-  for (size_t i = 0; i <= ci.n && code == PS_BOK; i++) {
-    ps_berr e2;
-    int c2 = ps_redis_expect_ok(x, k, first ? &e2 : err);
-    if (c2 == PS_BPROTO && x->c.fd >= 0) {     /* error reply: keep reading */
-      if (!first) first = c2;
-    } else if (c2) {
-      if (first) *err = e2;
-      code = c2;
-    }
+  if (code) return code;
+  /* Every SET reply is read while the connection lives, also after an
+     error reply: the first error is the put's. */
+  for (size_t i = 0; i <= ci.n && x->c.fd >= 0; i++) {
+    ps_berr e;
+    ps_redis_keep_first(&code, err, ps_redis_expect_ok(x, k, &e), &e);
   }
-  if (!code) code = first;
   if (!code && had) code = ps_redis_del_chunks(x, k, &old, err);
   return code;
 }

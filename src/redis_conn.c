@@ -68,6 +68,13 @@ void ps_rconn_drop(ps_rconn *c) {
   c->wlen = 0;
   c->nsegs = 0;
   c->oom = 0;
+  c->queued = c->pending = 0;
+}
+
+void ps_rconn_settle(ps_rconn *c) {
+  if (c->fd >= 0 && (c->pending || c->queued)) ps_rconn_drop(c);
+  c->wlen = c->nsegs = c->queued = 0;
+  c->oom = 0;
 }
 
 void ps_rconn_free(ps_rconn *c) {
@@ -283,8 +290,9 @@ static void wnum(ps_rconn *c, char kind, size_t n) {
   wappend(c, h, (size_t)l);
 }
 
-void ps_rcmd_begin(ps_rconn *c, int nargs) {
-  wnum(c, '*', (size_t)nargs);
+void ps_rcmd_begin(ps_rconn *c, size_t nargs) {
+  wnum(c, '*', nargs);
+  c->queued++;
 }
 
 void ps_rcmd_bulk_begin(ps_rconn *c, size_t len) {
@@ -312,7 +320,7 @@ void ps_rcmd_str(ps_rconn *c, const char *s) {
 int ps_rconn_send(ps_rconn *c, ps_berr *err) {
   if (c->oom) {
     c->oom = 0;
-    c->wlen = c->nsegs = 0;
+    c->wlen = c->nsegs = c->queued = 0;
     return ps_berr_set(err, PS_BNOMEM, "redis %s: out of memory", c->addr);
   }
   struct iovec iov[256];
@@ -355,10 +363,16 @@ int ps_rconn_send(ps_rconn *c, ps_berr *err) {
   }
   c->wlen = 0;
   c->nsegs = 0;
+  if (code == PS_BOK) c->pending += c->queued;
+  c->queued = 0;
   return code;
 }
 
 /* ---- reading ---------------------------------------------------------- */
+
+static void reply_read(ps_rconn *c) {
+  if (c->pending) c->pending--;
+}
 
 static int read_fail(ps_rconn *c, ssize_t n, ps_berr *err) {
   if (n == 0)
@@ -432,6 +446,7 @@ int ps_rconn_read_head(ps_rconn *c, ps_rreply *r, ps_berr *err) {
     memcpy(r->str, line + 1, len - 1);
     r->str[len - 1] = '\0';
     r->len = len - 1;
+    reply_read(c);
     return PS_BOK;
   case PS_R_INT:
   case PS_R_BULK:
@@ -447,6 +462,8 @@ int ps_rconn_read_head(ps_rconn *c, ps_rreply *r, ps_berr *err) {
       v = v * 10 + (line[i] - '0');
     }
     r->n = neg ? -v : v;
+    if (r->type == PS_R_INT || (r->type == PS_R_BULK && r->n < 0))
+      reply_read(c);
     return PS_BOK;
   }
   default:
@@ -482,6 +499,7 @@ int ps_rconn_read_crlf(ps_rconn *c, ps_berr *err) {
   if (c->rbuf[c->rpos] != '\r' || c->rbuf[c->rpos + 1] != '\n')
     return ps_rconn_fail(c, err, PS_BPROTO, "malformed bulk reply");
   c->rpos += 2;
+  reply_read(c);
   return PS_BOK;
 }
 

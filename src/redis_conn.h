@@ -9,7 +9,10 @@
  * arguments by reference, never copied.
  *
  * Any I/O or protocol failure closes the connection; the next call
- * reconnects. A connection opened by another process (after fork) is
+ * reconnects. The connection counts the replies it is owed: a call that
+ * ends with any unread (an error in the middle of a pipeline) must have
+ * read them or closed the connection, or the next call would take a stale
+ * reply for its own; ps_rconn_settle enforces that. A connection opened by another process (after fork) is
  * closed in the child, without a word to the server, and reopened.
  */
 #ifndef PS_REDIS_CONN_H
@@ -37,6 +40,8 @@ typedef struct ps_rconn {
   struct ps_rseg { const char *p; size_t off, len; } *segs;
   size_t nsegs, segcap;
   int oom;               /* an append failed while building */
+  size_t queued;         /* commands built, not yet sent */
+  size_t pending;        /* replies the server owes us */
 } ps_rconn;
 
 /* Reply types (RESP2 first bytes). */
@@ -63,9 +68,14 @@ int ps_rconn_ensure(ps_rconn *c, ps_berr *err);
 int ps_rconn_owned(const ps_rconn *c);
 /* Closes the connection (after an error); the next ensure reconnects. */
 void ps_rconn_drop(ps_rconn *c);
+/*
+ * Ends a call: a connection with replies still owed or commands built but
+ * not sent is closed, so no later call can read a reply meant for this one.
+ */
+void ps_rconn_settle(ps_rconn *c);
 
 /* Building commands; errors are reported by ps_rconn_send. */
-void ps_rcmd_begin(ps_rconn *c, int nargs);
+void ps_rcmd_begin(ps_rconn *c, size_t nargs);
 void ps_rcmd_arg(ps_rconn *c, const void *p, size_t len);
 void ps_rcmd_str(ps_rconn *c, const char *s);
 /* Starts a bulk argument of total length len whose bytes follow in parts. */
@@ -78,6 +88,9 @@ int ps_rconn_send(ps_rconn *c, ps_berr *err);
 /*
  * Reads a reply's first line: type and number (integer, bulk length,
  * array count); for status and error replies the text goes to r->str.
+ * A reply counts as read once its head is (status, error, integer, nil)
+ * or once the CRLF after its bulk body is. Arrays are never read: whoever
+ * meets one closes the connection.
  */
 int ps_rconn_read_head(ps_rconn *c, ps_rreply *r, ps_berr *err);
 /* Reads exactly n bytes of a bulk body into dst. */

@@ -35,6 +35,14 @@ int ps_redis_reply_error(ps_redis *x, ps_key k, const ps_rreply *r,
                          ps_berr *err);
 /* Reads a +OK reply. */
 int ps_redis_expect_ok(ps_redis *x, ps_key k, ps_berr *err);
+/*
+ * In a pipeline: unless an earlier reply failed, records code and e as
+ * the pipeline's failure (in *first and *err). Callers go on reading while
+ * the connection lives: an error reply is complete; other failures close
+ * the connection.
+ */
+void ps_redis_keep_first(int *first, ps_berr *err, int code,
+                         const ps_berr *e);
 /* Reads a GETRANGE reply of a replaced value; notes a chunked one. */
 int ps_redis_read_old_header(ps_redis *x, ps_rchunks *old, int *had_chunks,
                              ps_berr *err);
