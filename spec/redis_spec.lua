@@ -245,9 +245,12 @@ describe("the redis store", function()
         local s = ps.init_store("redis", { host = "127.0.0.1", port = %d,
           username = "piped", password = "pw", prefix = "acl:", cache_size = 0 })
         s:put("first", { key = "ok:1" })
+        s:put("small", { key = "half" })
         local ok, err = pcall(s.put, s, string.rep("c", 3000), { key = "half" })
         assert(not ok and err.kind == "config", tostring(err))
         assert(s:get("ok:1") == "first")
+        -- the main key is written only once every chunk is: still the old value
+        assert(s:get("half") == "small")
         s:put("again", { key = "ok:1" })
         assert(s:get("ok:1") == "again")
         io.write("done")
@@ -457,6 +460,70 @@ describe("the redis store", function()
       s:evict("big")
       assert.equal(0, nkeys("ch:big*"))
       assert.is_false(s:exists("big"))
+    end)
+  end)
+
+  describe("a forged chunk header", function()
+    -- Anyone who may write a key may write a header claiming any number of
+    -- chunks of any size: a reader checks it, allocates the value before
+    -- asking for chunks, and asks for them a window at a time.
+    local V = "0123456789abcdef"      -- 16 bytes standing for a version
+    local forged = {
+      many = "C" .. V .. "10000000 10000000 1",         -- 1e7 chunks
+      huge_n = "C" .. V .. "1000000000 1000000000 1",   -- 1e9 chunks
+      negative = "C" .. V .. "-1 1 1",
+      big_chunk = "C" .. V .. "2000000000 2 1000000000", -- over Redis' limit
+      wrong_n = "C" .. V .. "3000 5 1000",
+      junk = "C" .. V .. "3000 3 1000x",
+      -- consistent, but 32 TiB: the allocation fails (or the first chunk
+      -- is missing), not the machine
+      tebibytes = "C" .. V .. (65536 * 536866816) .. " 65536 536866816",
+      missing = "C" .. V .. "3000 3 1000",              -- chunks absent
+    }
+
+    it("raises a clear store error at once, and evict and put over it work", function()
+      for name, v in pairs(forged) do srv:cli("SET", "forged:" .. name, v) end
+      local names = {}
+      for name in pairs(forged) do names[#names + 1] = name end
+      table.sort(names)
+      local out = run_lua(([[
+        local ps = require "proxystore"
+        local now = require("proxystore.core").monotonic
+        local s = ps.init_store("redis", { host = "127.0.0.1", port = %d,
+          prefix = "forged:", cache_size = 0, timeout = 5 })
+        local slowest = 0
+        for _, name in ipairs { %s } do
+          local t0 = now()
+          local ok, err = pcall(s.get, s, name)
+          slowest = math.max(slowest, now() - t0)
+          assert(not ok, name .. ": no error")
+          assert(err.kind == "store", name .. ": " .. tostring(err))
+          assert(tostring(err):find("forged:" .. name, 1, true), tostring(err))
+          assert(tostring(err):find("^proxystore: [^\n]*$"), tostring(err))
+        end
+        for i, name in ipairs { %s } do
+          local t0 = now()
+          if i %% 2 == 0 then
+            s:evict(name)
+            assert(not s:exists(name), name .. " still there")
+          else
+            s:put("fine", { key = name })
+            assert(s:get(name) == "fine")
+          end
+          slowest = math.max(slowest, now() - t0)
+        end
+        local f = io.open("/proc/self/status")
+        local hwm = f:read("a"):match("VmHWM:%%s*(%%d+) kB")
+        f:close()
+        io.write(string.format("%%.3f %%d", slowest, hwm))
+      ]]):format(srv.port, ("%q, "):rep(#names):format(table.unpack(names)),
+                 ("%q, "):rep(#names):format(table.unpack(names))), "timeout 60")
+      local slowest, hwm = out:match("^(%S+) (%d+)$")
+      assert(slowest, out)
+      assert.is_true(tonumber(slowest) < 1, "a call took " .. slowest .. " s")
+      -- peak RSS of the whole process, in kB: far below what 1e7 queued
+      -- GETs cost (about 700 MB)
+      assert.is_true(tonumber(hwm) < 300 * 1024, "peak RSS " .. hwm .. " kB")
     end)
   end)
 

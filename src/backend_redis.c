@@ -267,8 +267,12 @@ static int read_value(ps_redis *x, ps_key k, size_t n, ps_blob *out,
       *chunked = 1;
       return PS_BOK;
     }
+    return ps_berr_set(err, PS_BPROTO,
+                       "redis %s: key '%s%s' holds a damaged chunk header "
+                       "(not written by proxystore?)", x->c.addr, x->prefix,
+                       ps_redis_keyname(k, kb, sizeof kb));
   }
-  ps_rconn_drop(&x->c);
+  ps_rconn_drop(&x->c);        /* its body is unread */
   return ps_berr_set(err, PS_BPROTO,
                      "redis %s: key '%s%s' does not hold a proxystore object",
                      x->c.addr, x->prefix, ps_redis_keyname(k, kb, sizeof kb));

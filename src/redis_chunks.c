@@ -2,8 +2,14 @@
  * redis_chunks.c: values larger than the chunk size (Redis refuses bulk
  * strings over 512 MiB). The main key holds 'C' version "<total> <n>
  * <chunk>"; the bytes are in n keys named after the version, so a reader
- * never mixes chunks of two writes. Chunks are written before the main
- * key, and the chunks of a replaced value are deleted after it.
+ * never mixes chunks of two writes. Chunks are written first and the main
+ * key only once they all are, so a reader never sees a header whose
+ * chunks are missing; the chunks of a replaced value are deleted after.
+ *
+ * A header is data anyone with access to the key could have written: it
+ * is checked strictly, the value's buffer is allocated before any chunk
+ * is asked for, and chunk commands go WINDOW at a time, so a forged
+ * header costs at most one failed allocation or one window of commands.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +17,8 @@
 
 #include "bigalloc.h"
 #include "redis_store.h"
+
+#define WINDOW 64         /* chunk commands per round trip */
 
 static void chunk_suffix(char *out, size_t outlen, const ps_version *v,
                          size_t i) {
@@ -20,123 +28,189 @@ static void chunk_suffix(char *out, size_t outlen, const ps_version *v,
   snprintf(out, outlen, ":chunk:%s:%zu", hex, i);
 }
 
+/* One decimal number of the header: digits only, no leading zero. */
+static const char *parse_num(const char *p, const char *end, size_t *out) {
+  size_t v = 0;
+  const char *start = p;
+  for (; p < end && *p >= '0' && *p <= '9'; p++) {
+    if (v > (SIZE_MAX - 9) / 10) return NULL;
+    v = v * 10 + (size_t)(*p - '0');
+  }
+  if (p == start || (*start == '0' && p - start > 1)) return NULL;
+  *out = v;
+  return p;
+}
+
 int ps_redis_parse_chunks(const char *hdr, size_t len, ps_rchunks *ci) {
-  char tmp[OLDHDR_MAX + 1];
-  if (len < HDR_LEN || hdr[0] != 'C' || len - HDR_LEN >= sizeof tmp)
+  if (len < HDR_LEN || hdr[0] != 'C' || len - HDR_LEN > OLDHDR_MAX)
+    return -1;
+  const char *p = hdr + HDR_LEN, *end = hdr + len;
+  size_t t, n, c;
+  if (!(p = parse_num(p, end, &t)) || p == end || *p++ != ' ' ||
+      !(p = parse_num(p, end, &n)) || p == end || *p++ != ' ' ||
+      !(p = parse_num(p, end, &c)) || p != end)
+    return -1;
+  /* What a writer makes: a chunk no larger than the largest Redis takes,
+     a total larger than one chunk, and exactly the chunks it needs. */
+  if (c == 0 || c > DEFAULT_CHUNK || t <= c || n > PS_REDIS_MAX_CHUNKS ||
+      n != t / c + (t % c != 0))
     return -1;
   memcpy(ci->v.bytes, hdr + 1, PS_VERSION_LEN);
-  memcpy(tmp, hdr + HDR_LEN, len - HDR_LEN);
-  tmp[len - HDR_LEN] = '\0';
-  unsigned long long t, n, c;
-  char extra;
-  if (sscanf(tmp, "%llu %llu %llu%c", &t, &n, &c, &extra) != 3) return -1;
-  if (c == 0 || n != (t + c - 1) / c || n == 0) return -1;
-  ci->total = (size_t)t;
-  ci->n = (size_t)n;
-  ci->chunk = (size_t)c;
+  ci->total = t;
+  ci->n = n;
+  ci->chunk = c;
   return 0;
 }
 
 /* ---- deleting the chunks of a replaced or evicted value ----------------- */
 
-int ps_redis_del_chunks(ps_redis *x, ps_key k, const ps_rchunks *ci, ps_berr *err) {
+/* Deletes chunks [0, upto) of ci, WINDOW keys per DEL. */
+static int del_range(ps_redis *x, ps_key k, const ps_rchunks *ci, size_t upto,
+                     ps_berr *err) {
   char suf[80];
-  int code = ps_rconn_ensure(&x->c, err);
-  if (code) return code;
-  ps_rcmd_begin(&x->c, ci->n + 1);
-  ps_rcmd_str(&x->c, "DEL");
-  for (size_t i = 0; i < ci->n; i++) {
-    chunk_suffix(suf, sizeof suf, &ci->v, i);
-    ps_redis_arg_key(x, k, suf);
+  int code = PS_BOK;
+  for (size_t i0 = 0; i0 < upto && !code; i0 += WINDOW) {
+    size_t m = upto - i0 < WINDOW ? upto - i0 : WINDOW;
+    ps_rcmd_begin(&x->c, m + 1);
+    ps_rcmd_str(&x->c, "DEL");
+    for (size_t i = i0; i < i0 + m; i++) {
+      chunk_suffix(suf, sizeof suf, &ci->v, i);
+      ps_redis_arg_key(x, k, suf);
+    }
+    code = ps_rconn_send(&x->c, err);
+    if (code) break;
+    ps_rreply r;
+    code = ps_rconn_read_reply(&x->c, &r, err);
+    if (code) break;
+    if (r.type == PS_R_ERROR) code = ps_redis_reply_error(x, k, &r, err);
+    ps_rreply_free(&r);
   }
-  code = ps_rconn_send(&x->c, err);
-  if (code) return code;
-  ps_rreply r;
-  code = ps_rconn_read_reply(&x->c, &r, err);
-  if (code) return code;
-  if (r.type == PS_R_ERROR) code = ps_redis_reply_error(x, k, &r, err);
-  ps_rreply_free(&r);
   return code;
 }
 
-int ps_redis_put_chunked(ps_redis *x, ps_key k, const char *data, size_t len,
-                       const ps_version *v, ps_berr *err) {
-  ps_rchunks ci = {*v, len, (len + x->chunk - 1) / x->chunk, x->chunk};
-  char suf[80], main[HDR_LEN + 64];
-  main[0] = 'C';
-  memcpy(main + 1, v->bytes, PS_VERSION_LEN);
-  int ml = snprintf(main + HDR_LEN, 64, "%zu %zu %zu", ci.total, ci.n,
-                    ci.chunk);
-  ps_rcmd_begin(&x->c, 4);
-  ps_rcmd_str(&x->c, "GETRANGE");
-  ps_redis_arg_key(x, k, NULL);
-  ps_rcmd_str(&x->c, "0");
-  ps_rcmd_str(&x->c, "95");
-  for (size_t i = 0; i < ci.n; i++) {
-    size_t off = i * ci.chunk;
-    size_t l = len - off < ci.chunk ? len - off : ci.chunk;
-    chunk_suffix(suf, sizeof suf, v, i);
+int ps_redis_del_chunks(ps_redis *x, ps_key k, const ps_rchunks *ci,
+                        ps_berr *err) {
+  return del_range(x, k, ci, ci->n, err);
+}
+
+/* ---- put ------------------------------------------------------------------- */
+
+/* Sends SETs of chunks [i0, i0 + m) and reads their replies. */
+static int set_window(ps_redis *x, ps_key k, const char *data,
+                      const ps_rchunks *ci, size_t i0, size_t m,
+                      int with_old, ps_rchunks *old, int *had, ps_berr *err) {
+  char suf[80];
+  if (with_old) {            /* the header of the value being replaced */
+    ps_rcmd_begin(&x->c, 4);
+    ps_rcmd_str(&x->c, "GETRANGE");
+    ps_redis_arg_key(x, k, NULL);
+    ps_rcmd_str(&x->c, "0");
+    ps_rcmd_str(&x->c, "95");
+  }
+  for (size_t i = i0; i < i0 + m; i++) {
+    size_t off = i * ci->chunk;
+    size_t l = ci->total - off < ci->chunk ? ci->total - off : ci->chunk;
+    chunk_suffix(suf, sizeof suf, &ci->v, i);
     ps_rcmd_begin(&x->c, 3);
     ps_rcmd_str(&x->c, "SET");
     ps_redis_arg_key(x, k, suf);
     ps_rcmd_arg(&x->c, data + off, l);
   }
-  /* The main key last: readers never see a header before its chunks. */
-  ps_rcmd_begin(&x->c, 3);
-  ps_rcmd_str(&x->c, "SET");
-  ps_redis_arg_key(x, k, NULL);
-  ps_rcmd_arg(&x->c, main, HDR_LEN + (size_t)ml);
   int code = ps_rconn_send(&x->c, err);
+  if (!code && with_old) code = ps_redis_read_old_header(x, old, had, err);
   if (code) return code;
-  ps_rchunks old;
-  int had = 0;
-  code = ps_redis_read_old_header(x, &old, &had, err);
-  if (code) return code;
-  /* Every SET reply is read while the connection lives, also after an
-     error reply: the first error is the put's. */
-  for (size_t i = 0; i <= ci.n && x->c.fd >= 0; i++) {
+  /* Every reply is read while the connection lives, also after an error
+     reply: the first error is the put's. */
+  for (size_t i = 0; i < m && x->c.fd >= 0; i++) {
     ps_berr e;
     ps_redis_keep_first(&code, err, ps_redis_expect_ok(x, k, &e), &e);
   }
-  if (!code && had) code = ps_redis_del_chunks(x, k, &old, err);
   return code;
 }
 
-/* Fetches all chunks of a chunked value into one buffer of its size. */
-int ps_redis_get_chunks(ps_redis *x, ps_key k, const ps_rchunks *ci, ps_blob *out,
-                      ps_version *vout, ps_berr *err) {
-  char suf[80], kb[80];
-  int code = ps_rconn_ensure(&x->c, err);
-  if (code) return code;
-  for (size_t i = 0; i < ci->n; i++) {
-    chunk_suffix(suf, sizeof suf, &ci->v, i);
-    ps_rcmd_begin(&x->c, 2);
-    ps_rcmd_str(&x->c, "GET");
-    ps_redis_arg_key(x, k, suf);
+int ps_redis_put_chunked(ps_redis *x, ps_key k, const char *data, size_t len,
+                         const ps_version *v, ps_berr *err) {
+  size_t n = len / x->chunk + (len % x->chunk != 0);
+  if (n > PS_REDIS_MAX_CHUNKS)
+    return ps_berr_set(err, PS_BCONFIG,
+                       "redis %s: a %zu-byte value needs more than %d chunks "
+                       "of %zu bytes", x->c.addr, len, PS_REDIS_MAX_CHUNKS,
+                       x->chunk);
+  ps_rchunks ci = {*v, len, n, x->chunk}, old;
+  int had = 0, code = PS_BOK;
+  size_t written = 0;
+  for (size_t i0 = 0; i0 < n && !code; i0 += WINDOW) {
+    size_t m = n - i0 < WINDOW ? n - i0 : WINDOW;
+    code = set_window(x, k, data, &ci, i0, m, i0 == 0, &old, &had, err);
+    written = i0 + m;
   }
-  code = ps_rconn_send(&x->c, err);
-  if (code) return code;
+  if (!code) {
+    /* The main key last: readers never see a header before its chunks. */
+    char main[HDR_LEN + 64];
+    main[0] = 'C';
+    memcpy(main + 1, v->bytes, PS_VERSION_LEN);
+    int ml = snprintf(main + HDR_LEN, 64, "%zu %zu %zu", ci.total, ci.n,
+                      ci.chunk);
+    ps_rcmd_begin(&x->c, 3);
+    ps_rcmd_str(&x->c, "SET");
+    ps_redis_arg_key(x, k, NULL);
+    ps_rcmd_arg(&x->c, main, HDR_LEN + (size_t)ml);
+    code = ps_rconn_send(&x->c, err);
+    if (!code) code = ps_redis_expect_ok(x, k, err);
+  }
+  if (code) {
+    /* Best effort: chunks nothing will ever point to. */
+    ps_berr ignored;
+    if (x->c.fd >= 0) del_range(x, k, &ci, written, &ignored);
+    return code;
+  }
+  if (had) code = ps_redis_del_chunks(x, k, &old, err);
+  return code;
+}
+
+/* ---- get ------------------------------------------------------------------- */
+
+/* Fetches all chunks of a chunked value into one buffer of its size. */
+int ps_redis_get_chunks(ps_redis *x, ps_key k, const ps_rchunks *ci,
+                        ps_blob *out, ps_version *vout, ps_berr *err) {
+  char suf[80], kb[80];
+  /* First the buffer: a header claiming more than can be had fails here,
+     before a single chunk is asked for. */
   if (ps_blob_alloc(out, ci->total) != 0)
-    return ps_rconn_fail(&x->c, err, PS_BNOMEM,
-                         "out of memory for a %zu-byte value", ci->total);
-  for (size_t i = 0; i < ci->n && !code; i++) {
-    size_t off = i * ci->chunk;
-    size_t want = ci->total - off < ci->chunk ? ci->total - off : ci->chunk;
-    ps_rreply r;
-    code = ps_rconn_read_head(&x->c, &r, err);
-    if (code) break;
-    if (r.type != PS_R_BULK || r.n != (long long)want) {
-      ps_rreply_free(&r);
-      /* Replies may remain unread: drop the connection to resynchronise. */
-      ps_rconn_drop(&x->c);
-      code = ps_berr_set(err, PS_BPROTO,
-                         "redis %s: chunk %zu of key '%s%s' is missing or "
-                         "damaged (value replaced while reading?)",
-                         x->c.addr, i, x->prefix, ps_redis_keyname(k, kb, sizeof kb));
-      break;
+    return ps_berr_set(err, PS_BNOMEM,
+                       "redis %s: key '%s%s': out of memory for its %zu-byte "
+                       "value", x->c.addr, x->prefix,
+                       ps_redis_keyname(k, kb, sizeof kb), ci->total);
+  int code = PS_BOK;
+  for (size_t i0 = 0; i0 < ci->n && !code; i0 += WINDOW) {
+    size_t m = ci->n - i0 < WINDOW ? ci->n - i0 : WINDOW;
+    for (size_t i = i0; i < i0 + m; i++) {
+      chunk_suffix(suf, sizeof suf, &ci->v, i);
+      ps_rcmd_begin(&x->c, 2);
+      ps_rcmd_str(&x->c, "GET");
+      ps_redis_arg_key(x, k, suf);
     }
-    code = ps_rconn_read_body(&x->c, out->data + off, want, err);
-    if (!code) code = ps_rconn_read_crlf(&x->c, err);
+    code = ps_rconn_send(&x->c, err);
+    for (size_t i = i0; i < i0 + m && !code; i++) {
+      size_t off = i * ci->chunk;
+      size_t want = ci->total - off < ci->chunk ? ci->total - off : ci->chunk;
+      ps_rreply r;
+      code = ps_rconn_read_head(&x->c, &r, err);
+      if (code) break;
+      if (r.type != PS_R_BULK || r.n != (long long)want) {
+        ps_rreply_free(&r);
+        /* Replies may remain unread: drop the connection to resynchronise. */
+        ps_rconn_drop(&x->c);
+        code = ps_berr_set(err, PS_BPROTO,
+                           "redis %s: chunk %zu of key '%s%s' is missing or "
+                           "damaged (value replaced while reading?)",
+                           x->c.addr, i, x->prefix,
+                           ps_redis_keyname(k, kb, sizeof kb));
+        break;
+      }
+      code = ps_rconn_read_body(&x->c, out->data + off, want, err);
+      if (!code) code = ps_rconn_read_crlf(&x->c, err);
+    }
   }
   if (code) {
     ps_blob_release(out);

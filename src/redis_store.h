@@ -12,6 +12,9 @@
 /* Redis refuses bulk strings over 512 MiB (proto-max-bulk-len). */
 #define DEFAULT_CHUNK (((size_t)512 << 20) - 4096)
 #define OLDHDR_MAX 96     /* bytes of a replaced value read back (GETRANGE) */
+/* Chunks of one value: 32 TiB at the default chunk size; it bounds what a
+   forged chunk header can make a reader or an evict do. */
+#define PS_REDIS_MAX_CHUNKS 65536
 
 typedef struct ps_redis {
   ps_rconn c;
@@ -48,6 +51,7 @@ int ps_redis_read_old_header(ps_redis *x, ps_rchunks *old, int *had_chunks,
                              ps_berr *err);
 
 /* redis_chunks.c: values over the chunk size */
+/* Parses and checks a 'C' header of len bytes; 0, or -1 when malformed. */
 int ps_redis_parse_chunks(const char *hdr, size_t len, ps_rchunks *ci);
 int ps_redis_del_chunks(ps_redis *x, ps_key k, const ps_rchunks *ci,
                         ps_berr *err);
