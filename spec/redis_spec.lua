@@ -365,6 +365,81 @@ describe("the redis store", function()
       assert.equal("before", ps.extract(p))
     end)
 
+    -- The timeout bounds a whole call, not each system call: a large
+    -- transfer to a stopped server must not take a timeout per partial
+    -- write. Bounds are generous (timeout + 1 s), not tight timings.
+    it("a large put, a large get and batches to a hanging server raise timeout within the timeout", function()
+      local timeout = 1
+      local s = new_store { timeout = timeout }
+      local big = string.rep("0123456789abcdef", 4 * 1024 * 1024)   -- 64 MiB
+      local k = s:put(big)
+      local list = {}
+      for i = 1, 8 do list[i] = string.rep(string.char(64 + i), 4 * 1024 * 1024) end
+      local keys = s:put_batch(list)
+      srv:pause()
+      finally(function() srv:resume() end)
+      local function times_out(what, fn, ...)
+        local t0 = now()
+        local err = error_of(fn, ...)
+        local dt = now() - t0
+        assert.equal("timeout", err.kind, what .. ": " .. tostring(err))
+        assert.matches(tostring(srv.port), tostring(err), 1, true)
+        assert.is_true(dt < timeout + 1, what .. " took " .. dt .. " s")
+      end
+      times_out("put", s.put, s, big)
+      times_out("get", s.get, s, k)
+      times_out("put_batch", s.put_batch, s, list)
+      times_out("get_batch", s.get_batch, s, keys)
+      srv:resume()
+      assert.equal(big, s:get(k))
+      assert.equal(list[8], s:get_batch(keys)[8])
+    end)
+
+    -- A server that keeps stalling, each stall shorter than the timeout: a
+    -- timeout per read or write never fires, and the transfer crawls on for
+    -- many seconds. The call's deadline ends it.
+    it("a server that keeps stalling cannot stretch a put beyond its timeout", function()
+      local timeout = 1
+      local s = new_store { timeout = timeout }
+      local big = string.rep("0123456789abcdef", 4 * 1024 * 1024)   -- 64 MiB
+      local k = s:put(big)
+      local done = srv:stutter(0.4, 0.002)
+      local t0 = now()
+      local ok, err = pcall(s.put, s, big, { key = k })
+      local dt = now() - t0
+      done()
+      assert.is_false(ok, "put succeeded after " .. dt .. " s")
+      assert.equal("timeout", err.kind, tostring(err))
+      assert.is_true(dt < timeout + 1, "put took " .. dt .. " s")
+      assert.equal(big, s:get(k))
+    end)
+
+    it("a server that keeps stalling cannot stretch a get beyond its timeout", function()
+      -- Many replies (the chunks of a value, 1000 bytes each) trickle in
+      -- between stalls; the chunk size is internal, hence a child process.
+      local out = run_lua(([[
+        local ps = require "proxystore"
+        local redis = require "helpers.redis"
+        local now = require("proxystore.core").monotonic
+        local s = ps.init_store("redis", { host = "127.0.0.1", port = %d,
+                                           timeout = 1, cache_size = 0 })
+        local big = string.rep("0123456789abcdef", 2 * 1024 * 1024)  -- 32 MiB
+        local k = s:put(big)
+        local done = redis.stutter(%d, 0.4, 0.002)
+        local t0 = now()
+        local ok, err = pcall(s.get, s, k)
+        local dt = now() - t0
+        done()
+        assert(not ok, "get succeeded after " .. dt .. " s")
+        assert(err.kind == "timeout", tostring(err))
+        assert(s:get(k) == big)
+        io.write(string.format("%%.3f", dt))
+      ]]):format(srv.port, srv.pid), "PROXYSTORE_REDIS_CHUNK_SIZE=1000 timeout 60")
+      local dt = tonumber(out)
+      assert(dt, out)
+      assert.is_true(dt < 2, "get took " .. dt .. " s")
+    end)
+
     it("a killed server raises connection; after a restart the first call reconnects", function()
       local s = new_store { timeout = 1 }
       local k = s:put("before")

@@ -76,6 +76,7 @@ static void *redis_open(const ps_bconfig *cfg, ps_berr *err) {
   }
   /* Connect and PING now, so that a bad address, a missing password or a
      bad db fails at init_store rather than at first use. */
+  ps_rconn_begin_call(&x->c);
   if (ps_rconn_ensure(&x->c, err) != PS_BOK ||
       settled(x, ping(x, err)) != PS_BOK) {
     ps_rconn_free(&x->c);
@@ -498,8 +499,9 @@ done:
 }
 
 /*
- * Every call ends settled: no reply left unread on a connection that is
- * kept (ps_rconn_settle closes it otherwise).
+ * Every call has one deadline (timeout seconds from its start) and ends
+ * settled: no reply left unread on a connection that is kept
+ * (ps_rconn_settle closes it otherwise).
  *
  * A connection that worked before may have died since (server restarted):
  * its first use fails with PS_BCONN and closes it. Such a call is repeated
@@ -516,6 +518,7 @@ static int settled(ps_redis *x, int code) {
 #define RETRY(call)                                              \
   do {                                                           \
     ps_redis *x_ = ctx;                                          \
+    ps_rconn_begin_call(&x_->c);   /* one deadline, retry included */ \
     int reused_ = ps_rconn_owned(&x_->c);                        \
     int code_ = settled(x_, (call));                             \
     if (code_ == PS_BCONN && reused_ && x_->c.fd < 0)            \

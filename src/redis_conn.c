@@ -4,17 +4,18 @@
  * into a caller's buffer. See redis_conn.h.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <hiredis/hiredis.h>
@@ -103,43 +104,6 @@ int ps_rconn_fail(ps_rconn *c, ps_berr *err, int code, const char *fmt, ...) {
   return ps_berr_set(err, code, "redis %s: %s", c->addr, what);
 }
 
-static int is_timeout_msg(const char *s) {
-  return strstr(s, "timed out") || strstr(s, "temporarily unavailable");
-}
-
-/* Maps a failed hiredis call on rc to an error; frees rc. */
-static int hiredis_fail(ps_rconn *c, redisContext *rc, ps_berr *err,
-                        const char *what) {
-  int code = is_timeout_msg(rc->errstr) ? PS_BTIMEOUT : PS_BCONN;
-  ps_berr_set(err, code, "redis %s: %s: %s", c->addr, what, rc->errstr);
-  redisFree(rc);
-  return code;
-}
-
-int ps_rconn_error_code(const char *msg, int otherwise) {
-  /* The server is there but cannot serve now: a connection problem. */
-  if (strstr(msg, "max number of clients") || !strncmp(msg, "LOADING", 7) ||
-      !strncmp(msg, "BUSY", 4) || !strncmp(msg, "MASTERDOWN", 10))
-    return PS_BCONN;
-  return otherwise;
-}
-
-/* Runs one setup command; error replies become PS_BCONFIG (bad password,
-   bad db) unless they say the server cannot serve now. */
-static int setup_cmd(ps_rconn *c, redisContext *rc, ps_berr *err,
-                     const char *what, int argc, const char **argv) {
-  redisReply *r = redisCommandArgv(rc, argc, argv, NULL);
-  if (r == NULL) return hiredis_fail(c, rc, err, what);
-  int code = PS_BOK;
-  if (r->type == REDIS_REPLY_ERROR) {
-    code = ps_berr_set(err, ps_rconn_error_code(r->str, PS_BCONFIG),
-                       "redis %s: %s: %s", c->addr, what, r->str);
-    redisFree(rc);
-  }
-  freeReplyObject(r);
-  return code;
-}
-
 /*
  * Fork generation: bumped in the child by pthread_atfork, so telling
  * whether a connection was opened by this process costs no getpid()
@@ -155,48 +119,131 @@ int ps_rconn_owned(const ps_rconn *c) {
   return c->fd >= 0 && c->gen == fork_gen;
 }
 
-static int connect_and_setup(ps_rconn *c, ps_berr *err) {
-  struct timeval tv = {0, 0};
-  if (c->timeout > 0) {
-    tv.tv_sec = (time_t)c->timeout;
-    tv.tv_usec = (suseconds_t)((c->timeout - (double)tv.tv_sec) * 1e6);
-    if (tv.tv_sec == 0 && tv.tv_usec == 0) tv.tv_usec = 1;
+int ps_rconn_error_code(const char *msg, int otherwise) {
+  /* The server is there but cannot serve now: a connection problem. */
+  if (strstr(msg, "max number of clients") || !strncmp(msg, "LOADING", 7) ||
+      !strncmp(msg, "BUSY", 4) || !strncmp(msg, "MASTERDOWN", 10))
+    return PS_BCONN;
+  return otherwise;
+}
+
+/* ---- the deadline of a call ------------------------------------------- */
+
+static double mono_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+void ps_rconn_begin_call(ps_rconn *c) {
+  c->deadline = c->timeout > 0 ? mono_now() + c->timeout : 0;
+}
+
+/* Milliseconds to the deadline for poll: -1 with none, 0 once passed. */
+static int ms_left(const ps_rconn *c) {
+  if (c->deadline == 0) return -1;
+  double left = c->deadline - mono_now();
+  if (left <= 0) return 0;
+  return left * 1000 >= INT_MAX - 1 ? INT_MAX : (int)(left * 1000) + 1;
+}
+
+/*
+ * Waits until the socket is ready for events or the call's deadline
+ * passes. Every read and write goes through here when it would block, so
+ * a call takes at most its timeout however the bytes trickle in (a socket
+ * timeout would restart on every partial transfer).
+ */
+static int wait_ready(ps_rconn *c, short events, const char *doing,
+                      ps_berr *err) {
+  struct pollfd pfd = {.fd = c->fd, .events = events};
+  for (;;) {
+    int ms = ms_left(c);
+    if (ms == 0)
+      return ps_rconn_fail(c, err, PS_BTIMEOUT, "timed out after %gs %s",
+                           c->timeout, doing);
+    int r = poll(&pfd, 1, ms);
+    if (r > 0) return PS_BOK;    /* errors and hangups: the next I/O says */
+    if (r < 0 && errno != EINTR)
+      return ps_rconn_fail(c, err, PS_BCONN, "poll failed: %s",
+                           strerror(errno));
   }
-  redisContext *rc;
-  if (c->path)
-    rc = c->timeout > 0 ? redisConnectUnixWithTimeout(c->path, tv)
-                        : redisConnectUnix(c->path);
-  else
-    rc = c->timeout > 0 ? redisConnectWithTimeout(c->host, c->port, tv)
-                        : redisConnect(c->host, c->port);
-  if (rc == NULL) return ps_berr_set(err, PS_BNOMEM, "redis: out of memory");
-  if (rc->err) return hiredis_fail(c, rc, err, "cannot connect");
-  if (c->timeout > 0 && redisSetTimeout(rc, tv) != REDIS_OK)
-    return hiredis_fail(c, rc, err, "cannot set timeout");
-  int code;
+}
+
+/* ---- connecting ------------------------------------------------------- */
+
+/*
+ * AUTH and SELECT in one round trip, over the reader below (so the call's
+ * deadline holds). Error replies are PS_BCONFIG (bad password, bad db)
+ * unless they say the server cannot serve now.
+ */
+static int setup(ps_rconn *c, ps_berr *err) {
+  char db[24], what[64];
+  snprintf(db, sizeof db, "%d", c->db);
   if (c->password) {
-    const char *argv[3] = {"AUTH", c->username ? c->username : c->password,
-                           c->password};
-    code = setup_cmd(c, rc, err, "authentication failed",
-                     c->username ? 3 : 2, argv);
-    if (code) return code;
+    ps_rcmd_begin(c, c->username ? 3 : 2);
+    ps_rcmd_str(c, "AUTH");
+    if (c->username) ps_rcmd_str(c, c->username);
+    ps_rcmd_str(c, c->password);
   }
   if (c->db) {
-    char db[24];
-    snprintf(db, sizeof db, "%d", c->db);
-    const char *argv[2] = {"SELECT", db};
-    char what[64];
-    snprintf(what, sizeof what, "cannot select db %d", c->db);
-    code = setup_cmd(c, rc, err, what, 2, argv);
-    if (code) return code;
+    ps_rcmd_begin(c, 2);
+    ps_rcmd_str(c, "SELECT");
+    ps_rcmd_str(c, db);
   }
-  c->fd = rc->fd;
-  redisFreeKeepFd(rc);
+  if (c->queued == 0) return PS_BOK;
+  int code = ps_rconn_send(c, err);
+  for (int i = 0; i < 2 && code == PS_BOK && c->pending; i++) {
+    ps_rreply r;
+    code = ps_rconn_read_reply(c, &r, err);
+    if (code) break;
+    if (r.type == PS_R_ERROR) {
+      if (i == 0 && c->password)
+        snprintf(what, sizeof what, "authentication failed");
+      else
+        snprintf(what, sizeof what, "cannot select db %d", c->db);
+      code = ps_rconn_fail(c, err, ps_rconn_error_code(r.str, PS_BCONFIG),
+                           "%s: %s", what, r.str);
+    }
+    ps_rreply_free(&r);
+  }
+  return code;
+}
+
+/* hiredis connects (TCP or Unix socket, within the time left); the fd is
+   ours from then on, non-blocking: every wait is a poll (wait_ready). */
+static int connect_and_setup(ps_rconn *c, ps_berr *err) {
+  int ms = ms_left(c);
+  if (ms == 0)
+    return ps_berr_set(err, PS_BTIMEOUT, "redis %s: cannot connect: timed "
+                       "out after %gs", c->addr, c->timeout);
+  struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+  redisContext *rc;
+  if (c->path)
+    rc = ms > 0 ? redisConnectUnixWithTimeout(c->path, tv)
+                : redisConnectUnix(c->path);
+  else
+    rc = ms > 0 ? redisConnectWithTimeout(c->host, c->port, tv)
+                : redisConnect(c->host, c->port);
+  if (rc == NULL) return ps_berr_set(err, PS_BNOMEM, "redis: out of memory");
+  if (rc->err) {
+    int code = strstr(rc->errstr, "timed out") ? PS_BTIMEOUT : PS_BCONN;
+    ps_berr_set(err, code, "redis %s: cannot connect: %s", c->addr,
+                rc->errstr);
+    redisFree(rc);
+    return code;
+  }
+  c->fd = redisFreeKeepFd(rc);
+  int fl = fcntl(c->fd, F_GETFL);
+  if (fl < 0 || fcntl(c->fd, F_SETFL, fl | O_NONBLOCK) < 0)
+    return ps_rconn_fail(c, err, PS_BCONN, "cannot set up the socket: %s",
+                         strerror(errno));
   if (c->path == NULL) {
     int one = 1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   }
   c->gen = fork_gen;
+  int code = setup(c, err);
+  if (code) return code;
   c->fresh = 1;
   return PS_BOK;
 }
@@ -211,22 +258,7 @@ int ps_rconn_ensure(ps_rconn *c, ps_berr *err) {
   }
   pthread_once(&fork_once, watch_forks);
   ps_rconn_drop(c);
-  /* hiredis writes AUTH/SELECT with write(): a server that closes right
-     after accepting (maxclients) would kill the process with SIGPIPE.
-     Block it meanwhile and swallow one raised here. */
-  sigset_t pipe, old, pending;
-  sigemptyset(&pipe);
-  sigaddset(&pipe, SIGPIPE);
-  pthread_sigmask(SIG_BLOCK, &pipe, &old);
-  sigpending(&pending);
-  int was_pending = sigismember(&pending, SIGPIPE);
-  int code = connect_and_setup(c, err);
-  if (!was_pending) {
-    struct timespec zero = {0, 0};
-    while (sigtimedwait(&pipe, NULL, &zero) == SIGPIPE) {}
-  }
-  pthread_sigmask(SIG_SETMASK, &old, NULL);
-  return code;
+  return connect_and_setup(c, err);
 }
 
 /* ---- writing ---------------------------------------------------------- */
@@ -339,13 +371,13 @@ int ps_rconn_send(ps_rconn *c, ps_berr *err) {
     ssize_t w = sendmsg(c->fd, &m, MSG_NOSIGNAL);
     if (w < 0) {
       if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK)
-        code = ps_rconn_fail(c, err, PS_BTIMEOUT,
-                             "timed out after %gs sending a command",
-                             c->timeout);
-      else
-        code = ps_rconn_fail(c, err, PS_BCONN, "write failed: %s",
-                             strerror(errno));
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        code = wait_ready(c, POLLOUT, "sending a command", err);
+        if (code) break;
+        continue;
+      }
+      code = ps_rconn_fail(c, err, PS_BCONN, "write failed: %s",
+                           strerror(errno));
       break;
     }
     size_t left = (size_t)w;
@@ -374,14 +406,28 @@ static void reply_read(ps_rconn *c) {
   if (c->pending) c->pending--;
 }
 
-static int read_fail(ps_rconn *c, ssize_t n, ps_berr *err) {
-  if (n == 0)
-    return ps_rconn_fail(c, err, PS_BCONN, "connection closed by the server");
-  if (errno == EAGAIN || errno == EWOULDBLOCK)
-    return ps_rconn_fail(c, err, PS_BTIMEOUT,
-                         "timed out after %gs waiting for a reply",
-                         c->timeout);
-  return ps_rconn_fail(c, err, PS_BCONN, "read failed: %s", strerror(errno));
+/*
+ * One read of at most n bytes into dst (*got >= 1 of them), waiting
+ * within the call's deadline while nothing has come.
+ */
+static int read_some(ps_rconn *c, void *dst, size_t n, size_t *got,
+                     ps_berr *err) {
+  for (;;) {
+    ssize_t r = read(c->fd, dst, n);
+    if (r > 0) {
+      *got = (size_t)r;
+      return PS_BOK;
+    }
+    if (r == 0)
+      return ps_rconn_fail(c, err, PS_BCONN,
+                           "connection closed by the server");
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK)
+      return ps_rconn_fail(c, err, PS_BCONN, "read failed: %s",
+                           strerror(errno));
+    int code = wait_ready(c, POLLIN, "waiting for a reply", err);
+    if (code) return code;
+  }
 }
 
 /* Reads more bytes into rbuf (at least one). */
@@ -399,11 +445,10 @@ static int fill(ps_rconn *c, ps_berr *err) {
     struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
     ps_poll_spin(&pfd, 1);
   }
-  ssize_t n;
-  do n = read(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen);
-  while (n < 0 && errno == EINTR);
-  if (n <= 0) return read_fail(c, n, err);
-  c->rlen += (size_t)n;
+  size_t n;
+  int code = read_some(c, c->rbuf + c->rlen, c->rcap - c->rlen, &n, err);
+  if (code) return code;
+  c->rlen += n;
   return PS_BOK;
 }
 
@@ -482,11 +527,11 @@ int ps_rconn_read_body(ps_rconn *c, void *dst, size_t n, ps_berr *err) {
   n -= take;
   /* The rest goes straight from the socket into dst: one copy only. */
   while (n > 0) {
-    ssize_t got = read(c->fd, d, n);
-    if (got < 0 && errno == EINTR) continue;
-    if (got <= 0) return read_fail(c, got, err);
+    size_t got;
+    int code = read_some(c, d, n, &got, err);
+    if (code) return code;
     d += got;
-    n -= (size_t)got;
+    n -= got;
   }
   return PS_BOK;
 }

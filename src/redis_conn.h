@@ -1,19 +1,21 @@
 /*
  * redis_conn.h: one connection to a Redis server, speaking RESP on its fd.
  *
- * hiredis 0.14 makes the connection (TCP or Unix socket, connect timeout,
- * AUTH, SELECT); after that the fd is ours and replies are read with a
- * small buffered reader that can drop a large bulk string straight into a
- * caller's buffer (hiredis' reader grows and copies: 4 ms for a 1 MiB GET
- * where 0.2 ms is possible). Commands are written with writev, large
- * arguments by reference, never copied.
+ * hiredis 0.14 makes the connection (TCP or Unix socket, within the time
+ * left); after that the fd is ours, non-blocking, and every wait is a poll
+ * bounded by the call's deadline. AUTH and SELECT are sent like any other
+ * command. Replies are read with a small buffered reader that can drop a
+ * large bulk string straight into a caller's buffer (hiredis' reader grows
+ * and copies: 4 ms for a 1 MiB GET where 0.2 ms is possible). Commands
+ * are written with sendmsg, large arguments by reference, never copied.
  *
  * Any I/O or protocol failure closes the connection; the next call
  * reconnects. The connection counts the replies it is owed: a call that
  * ends with any unread (an error in the middle of a pipeline) must have
  * read them or closed the connection, or the next call would take a stale
- * reply for its own; ps_rconn_settle enforces that. A connection opened by another process (after fork) is
- * closed in the child, without a word to the server, and reopened.
+ * reply for its own; ps_rconn_settle enforces that. A connection opened
+ * by another process (after fork) is closed in the child, without a word
+ * to the server, and reopened.
  */
 #ifndef PS_REDIS_CONN_H
 #define PS_REDIS_CONN_H
@@ -33,6 +35,7 @@ typedef struct ps_rconn {
   char *host, *path, *username, *password;
   int port, db;
   double timeout;
+  double deadline;       /* of the current call (monotonic s); 0: none */
   char addr[300];        /* "host:port" or the socket path */
   /* the command being built */
   char *wbuf;            /* small argument bytes */
@@ -64,6 +67,11 @@ void ps_rconn_free(ps_rconn *c);
  * c->fresh when it made a new connection.
  */
 int ps_rconn_ensure(ps_rconn *c, ps_berr *err);
+/*
+ * Starts a call: from now on the call has c->timeout seconds in all
+ * (connecting, every write and read; a retry included).
+ */
+void ps_rconn_begin_call(ps_rconn *c);
 /* True when connected, by this process (not inherited across fork). */
 int ps_rconn_owned(const ps_rconn *c);
 /* Closes the connection (after an error); the next ensure reconnects. */
