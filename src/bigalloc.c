@@ -40,6 +40,37 @@ static void *cache_base[CACHE_SLOTS];
 static size_t cache_len[CACHE_SLOTS];
 static size_t cache_total;
 
+/* Guards the list of lua_State allocator wrappers (below). */
+static pthread_mutex_t wraps_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/*
+ * The prefetch thread allocates and frees reply buffers, so it may hold
+ * cache_mu at the moment another thread forks (a pool starting workers);
+ * the child, with no such thread, would then wait forever on its first
+ * large allocation. So a fork waits until no thread holds the locks, and
+ * the child makes them anew (as unmapper.c does).
+ */
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void before_fork(void) {
+  pthread_mutex_lock(&wraps_mu);
+  pthread_mutex_lock(&cache_mu);
+}
+
+static void after_fork_parent(void) {
+  pthread_mutex_unlock(&cache_mu);
+  pthread_mutex_unlock(&wraps_mu);
+}
+
+static void after_fork_child(void) {
+  pthread_mutex_init(&cache_mu, NULL);
+  pthread_mutex_init(&wraps_mu, NULL);
+}
+
+static void register_atfork(void) {
+  pthread_atfork(before_fork, after_fork_parent, after_fork_child);
+}
+
 static size_t round_up(size_t n, size_t to) {
   return (n + to - 1) / to * to;
 }
@@ -62,6 +93,7 @@ static void *map_aligned(size_t len) {
 static void *cache_take(size_t len) {
   void *best = NULL;
   size_t bi = 0;
+  pthread_once(&atfork_once, register_atfork);
   pthread_mutex_lock(&cache_mu);
   for (size_t i = 0; i < CACHE_SLOTS; i++) {
     size_t l = cache_len[i];
@@ -83,6 +115,7 @@ static void *cache_take(size_t len) {
 static int cache_put(void *base, size_t len) {
   int kept = 0;
   if (len > CACHE_ONE) return 0;
+  pthread_once(&atfork_once, register_atfork);
   pthread_mutex_lock(&cache_mu);
   if (cache_total + len <= CACHE_MAX) {
     for (size_t i = 0; i < CACHE_SLOTS; i++) {
@@ -179,8 +212,7 @@ typedef struct lwrap {
  * end of lua_close, after any finalizer could run. Keeping them on a
  * global list keeps them reachable (no LeakSanitizer report).
  */
-static pthread_mutex_t wraps_mu = PTHREAD_MUTEX_INITIALIZER;
-static lwrap *wraps;
+static lwrap *wraps;      /* guarded by wraps_mu */
 
 static size_t ptr_hash(void *p, size_t cap) {
   uintptr_t x = (uintptr_t)p >> 6;
@@ -300,6 +332,7 @@ void ps_alloc_install(lua_State *L) {
   if (w == NULL) return;              /* keep the plain allocator */
   w->orig = f;
   w->orig_ud = ud;
+  pthread_once(&atfork_once, register_atfork);
   pthread_mutex_lock(&wraps_mu);
   w->next = wraps;
   wraps = w;
