@@ -110,6 +110,23 @@ describe("the redis store", function()
     end)
   end)
 
+  describe("options", function()
+    it("a db outside 0..2^31-1 is a config error, never another db", function()
+      for _, db in ipairs { -1, 2147483648, 4294967296, 4294967299, 1.5 } do
+        local err = error_of(new_store, { db = db })
+        assert.equal("config", err.kind)
+        assert.matches("'db'", tostring(err), 1, true)
+      end
+      -- the core checks a config that did not come through the options
+      local err = error_of(core.new_store, { name = "raw-db", kind = "redis",
+        host = srv.host, port = srv.port, db = 4294967296, timeout = 2 })
+      assert.equal("config", err.kind)
+      assert.is_nil(ps.get_store("raw-db"))
+      local s = new_store { db = 15 }    -- the last of the server's 16
+      assert.equal("x", s:get(s:put("x")))
+    end)
+  end)
+
   describe("proxies", function()
     it("resolve lazily, once, through the store", function()
       local s = new_store()

@@ -496,11 +496,22 @@ static void absolutize_dir(lua_State *L, int cfg) {
   lua_pop(L, 1);
 }
 
+/*
+ * An integer option in [lo, hi], or def when absent. Anything else is a
+ * config error, never a silent default or a truncating cast (db 2^32 once
+ * became db 0): configs may come from another process.
+ */
 static lua_Integer cfg_int(lua_State *L, int cfg, const char *field,
-                           lua_Integer def) {
-  lua_getfield(L, cfg, field);
-  lua_Integer v = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : def;
+                           lua_Integer def, lua_Integer lo, lua_Integer hi) {
+  int t = lua_getfield(L, cfg, field);
+  int isint;
+  lua_Integer v = lua_tointegerx(L, -1, &isint);
   lua_pop(L, 1);
+  if (t == LUA_TNIL) return def;
+  if (t != LUA_TNUMBER || !isint || v < lo || v > hi)
+    ps_error_raise(L, PS_ECONFIG, NULL,
+                   "store option '%s' must be an integer in [%I, %I]", field,
+                   (lua_Integer)lo, (lua_Integer)hi);
   return v;
 }
 
@@ -526,9 +537,7 @@ static int l_new_store(lua_State *L) {
   if (strcmp(kind, "local") != 0 && (ops = ps_backend_find(kind)) == NULL)
     return ps_error_raise(L, PS_ECONFIG, NULL, "unknown store kind '%s'",
                           kind);
-  lua_Integer cache_size = cfg_int(L, 1, "cache_size", 16);
-  if (cache_size < 0)
-    return ps_error_raise(L, PS_ECONFIG, NULL, "cache_size must be >= 0");
+  lua_Integer cache_size = cfg_int(L, 1, "cache_size", 16, 0, LUA_MAXINTEGER);
 
   ps_store *s = lua_newuserdatauv(L, sizeof *s, UV_N);   /* 4 */
   memset(s, 0, sizeof *s);
@@ -563,9 +572,9 @@ static int l_new_store(lua_State *L) {
     if (strcmp(kind, "file") == 0) absolutize_dir(L, 5);
     ps_bconfig *b = &s->bcfg;
     b->host = cfg_string(L, 5, "host");
-    b->port = (int)cfg_int(L, 5, "port", 6379);
+    b->port = (int)cfg_int(L, 5, "port", 6379, 1, 65535);
     b->path = cfg_string(L, 5, "path");
-    b->db = (int)cfg_int(L, 5, "db", 0);
+    b->db = (int)cfg_int(L, 5, "db", 0, 0, INT_MAX);
     b->username = cfg_string(L, 5, "username");
     b->password = cfg_string(L, 5, "password");
     lua_getfield(L, 5, "timeout");
@@ -573,7 +582,7 @@ static int l_new_store(lua_State *L) {
     lua_pop(L, 1);
     b->prefix = cfg_string(L, 5, "prefix");
     b->dir = cfg_string(L, 5, "dir");
-    b->recycle = (int)cfg_int(L, 5, "recycle", 0);
+    b->recycle = (int)cfg_int(L, 5, "recycle", 0, 0, 64);
     b->clear = clear;
     ps_berr err = {0, ""};
     s->ctx = ops->open(b, &err);

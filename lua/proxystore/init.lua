@@ -132,7 +132,8 @@ local function normalize(kind, opts)
     end
     if cfg.host then cfg.port = cfg.port or 6379 end
     integer_option(cfg, "port", 1, 65535)
-    integer_option(cfg, "db", 0)
+    -- Redis numbers databases with a C int; the core refuses more too.
+    integer_option(cfg, "db", 0, 2147483647)
     if cfg.timeout == nil then cfg.timeout = 5 end
     local t = cfg.timeout
     if t ~= t or t < 0 or t > 1e9 then
