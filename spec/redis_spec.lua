@@ -125,6 +125,15 @@ describe("the redis store", function()
       local s = new_store { db = 15 }    -- the last of the server's 16
       assert.equal("x", s:get(s:put("x")))
     end)
+
+    it("a username without a password is a config error, not a silent no-AUTH", function()
+      local err = error_of(new_store, { username = "alice" })
+      assert.equal("config", err.kind)
+      assert.matches("password", tostring(err), 1, true)
+      err = error_of(ps.init_store, ("redis://alice@127.0.0.1:%d"):format(srv.port),
+                     { name = "user-no-pass" })
+      assert.equal("config", err.kind)
+    end)
   end)
 
   describe("proxies", function()

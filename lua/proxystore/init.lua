@@ -134,6 +134,9 @@ local function normalize(kind, opts)
     integer_option(cfg, "port", 1, 65535)
     -- Redis numbers databases with a C int; the core refuses more too.
     integer_option(cfg, "db", 0, 2147483647)
+    if cfg.username and not cfg.password then
+      config_error("option 'username' needs 'password' too (AUTH takes both)")
+    end
     if cfg.timeout == nil then cfg.timeout = 5 end
     local t = cfg.timeout
     if t ~= t or t < 0 or t > 1e9 then
