@@ -136,6 +136,49 @@ describe("the redis store", function()
     end)
   end)
 
+  describe("the seed's one-call API", function()
+    it("init_redis_backend takes hostname and port, and to_proxy goes through Redis", function()
+      local s = ps.init_redis_backend { hostname = srv.host, port = srv.port,
+                                        prefix = "seed:", timeout = 2 }
+      stores[#stores + 1] = s
+      assert.equal("redis", s.kind)
+      assert.equal(srv.host, s:config().host)
+      local p = ps.to_proxy({ seed = "api" })
+      assert.is_true(ps.is_proxy(p))
+      assert.equal("1", srv:cli("EXISTS", "seed:" .. ps.key(p)):match("%d+"))
+      assert.equal("api", p.seed)
+      local q = ps.to_proxy("once", { key = "seed-once", evict = true })
+      assert.equal("once", ps.extract(q))
+      assert.equal("0", srv:cli("EXISTS", "seed:seed-once"):match("%d+"))
+    end)
+
+    it("init_redis_backend reuses the store for the same options and refuses others", function()
+      local opts = { name = "seed-reuse", host = srv.host, port = srv.port, db = 1,
+                     timeout = 2 }
+      local s = ps.init_redis_backend(opts)
+      stores[#stores + 1] = s
+      assert.equal(s, ps.init_redis_backend(opts))
+      assert.equal(s, ps.init_redis_backend { name = "seed-reuse", hostname = srv.host,
+                                              port = srv.port, db = 1, timeout = 2 })
+      local other = redis.start()
+      finally(function() other:stop() end)
+      for _, change in ipairs { { port = other.port }, { db = 2 }, { prefix = "x:" },
+                                { timeout = 3 }, { cache_size = 99 } } do
+        local o = {}
+        for k, v in pairs(opts) do o[k] = v end
+        for k, v in pairs(change) do o[k] = v end
+        local err = error_of(ps.init_redis_backend, o)
+        assert.equal("config", err.kind)
+        assert.matches("already registered with other options", tostring(err), 1, true)
+        assert.matches((next(change)), tostring(err), 1, true)
+      end
+      -- the registered store is untouched and still the default
+      assert.equal(s, ps.get_store("seed-reuse"))
+      ps.to_proxy("still here", { key = "seed-reuse-k" })
+      assert.equal("still here", s:get("seed-reuse-k"))
+    end)
+  end)
+
   describe("proxies", function()
     it("resolve lazily, once, through the store", function()
       local s = new_store()

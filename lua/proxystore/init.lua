@@ -177,10 +177,35 @@ end)
 
 local default_store
 
+-- The first option whose value differs between two normalized configs,
+-- or nil ("instance" is a local store's identity, not an option).
+local function differing_option(a, b)
+  for _, pair in ipairs { { a, b }, { b, a } } do
+    for k, v in pairs(pair[1]) do
+      if k ~= "instance" and pair[2][k] ~= v then return k end
+    end
+  end
+end
+
+local function shown(k, v)
+  if v == nil then return "none" end
+  return k == "password" and "(hidden)" or tostring(v)
+end
+
+-- Called again with the same options, init_*_backend hands back the store
+-- it made; with other options (another port, db, ...) that store is not
+-- what the caller asks for, so that is an error rather than a surprise.
 local function init_default(kind, opts)
   local cfg, ser, deser = normalize(kind, opts)
   local existing = core.get_store(cfg.name)
   if existing and existing.kind == cfg.kind then
+    local have = existing:config()
+    local k = differing_option(have, cfg)
+    if k then
+      config_error("a %s store named '%s' is already registered with other " ..
+        "options (%s: %s, asked for %s): close it or choose another name",
+        cfg.kind, cfg.name, k, shown(k, have[k]), shown(k, cfg[k]))
+    end
     default_store = existing
   else
     default_store = core.new_store(cfg, ser, deser)
