@@ -24,6 +24,18 @@ static void check(int cond, const char *what, const ps_berr *err) {
 
 static ps_key K(const char *s) { return (ps_key){s, strlen(s)}; }
 
+/* Keys matching pattern on the server ($PORT), or -1 if redis-cli fails. */
+static int count_keys(const char *pattern) {
+  char cmd[256], line[512];
+  snprintf(cmd, sizeof cmd, "redis-cli -p \"$PORT\" --raw keys '%s'", pattern);
+  FILE *f = popen(cmd, "r");
+  if (f == NULL) return -1;
+  int n = 0;
+  while (fgets(line, sizeof line, f))
+    if (line[0] != '\n') n++;
+  return pclose(f) == 0 ? n : -1;
+}
+
 static void roundtrip(void *ctx, const char *key, size_t len) {
   const ps_backend_ops *o = &ps_backend_redis;
   ps_berr err = {0};
@@ -100,11 +112,12 @@ int main(int argc, char **argv) {
   setenv("PROXYSTORE_REDIS_CHUNK_SIZE", "1000", 1);
   ctx = o->open(&cfg, &err);
   roundtrip(ctx, "big", 4500);
-  system("redis-cli -p \"$PORT\" keys 't:big*' | wc -l | sed 's/^/# keys: /'");
+  check(count_keys("t:big*") == 6, "4500 bytes: the main key and 5 chunks", NULL);
   roundtrip(ctx, "big", 2500);
-  system("redis-cli -p \"$PORT\" keys 't:big*' | wc -l | sed 's/^/# keys after overwrite: /'");
+  check(count_keys("t:big*") == 4,
+        "overwritten with 2500 bytes: 3 chunks, the old 5 gone", NULL);
   check(o->evict(ctx, K("big"), &err) == PS_BOK, "evict chunked", &err);
-  system("redis-cli -p \"$PORT\" keys 't:big*' | wc -l | sed 's/^/# keys after evict: /'");
+  check(count_keys("t:big*") == 0, "evicted: no key left", NULL);
   keys[0] = K("cb1");
   vals[0] = (ps_blob){malloc(3000), 3000, 0, 0};
   memset(vals[0].data, 'z', 3000);
