@@ -273,6 +273,31 @@ describe("the redis store", function()
       assert.equal("x", ps.extract(ps_[1]))
       assert.equal("y", ps.extract(ps_[2]))
     end)
+
+    it("go in one round trip: the server reads a batch of 100 in a few reads, not 100", function()
+      -- INFO's total_reads_processed counts the server's read events; each
+      -- INFO asked by redis-cli adds one of its own.
+      local function reads()
+        return tonumber(srv:cli("INFO", "stats"):match("total_reads_processed:(%d+)"))
+      end
+      local s = new_store()
+      local list = {}
+      for i = 1, 100 do list[i] = "v" .. i end
+      local r0 = reads()
+      local keys = s:put_batch(list)
+      local r1 = reads()
+      local got = s:get_batch(keys)
+      local r2 = reads()
+      s:proxy_batch(list)
+      local r3 = reads()
+      for _, k in ipairs(keys) do s:get(k) end
+      local r4 = reads()
+      assert.equal("v100", got[100])
+      assert.is_true(r1 - r0 <= 10, "put_batch: " .. (r1 - r0) .. " reads")
+      assert.is_true(r2 - r1 <= 10, "get_batch: " .. (r2 - r1) .. " reads")
+      assert.is_true(r3 - r2 <= 10, "proxy_batch: " .. (r3 - r2) .. " reads")
+      assert.is_true(r4 - r3 >= 100, "100 gets one by one: " .. (r4 - r3) .. " reads")
+    end)
   end)
 
   describe("an error in the middle of a pipeline", function()
@@ -528,6 +553,93 @@ describe("the redis store", function()
       srv:restart()
       assert.equal("y", s:get(s:put("y")))
     end)
+
+    it("exists, evict and the batches time out against a hanging server, then recover", function()
+      local timeout = 0.5
+      local s = new_store { timeout = timeout }
+      local keys = s:put_batch({ "a", "b" })
+      srv:pause()
+      finally(function() srv:resume() end)
+      for name, call in pairs {
+        exists = function() return s:exists(keys[1]) end,
+        evict = function() return s:evict(keys[1]) end,
+        get_batch = function() return s:get_batch(keys) end,
+        put_batch = function() return s:put_batch({ "c" }) end,
+        proxy_batch = function() return s:proxy_batch({ "d" }) end,
+      } do
+        local t0 = now()
+        local err = error_of(call)
+        local dt = now() - t0
+        assert.equal("timeout", err.kind, name .. ": " .. tostring(err))
+        assert.matches(tostring(srv.port), tostring(err), 1, true)
+        assert.is_true(dt < timeout + 1, name .. " took " .. dt .. " s")
+      end
+      srv:resume()
+      -- (a command that was sent still runs when the server goes on: the
+      -- evict of keys[1] may or may not have happened)
+      assert.is_true(s:exists(keys[2]))
+      assert.same({ "b", n = 1 }, s:get_batch({ keys[2] }))
+    end)
+
+    it("exists, evict and the batches reconnect by themselves after a restart", function()
+      local s = new_store { timeout = 1 }
+      local ops = {
+        { "exists", function(k) assert.is_false(s:exists(k)) end },
+        { "evict", function(k) s:evict(k) end },
+        { "get_batch", function(k) assert.same({ n = 1 }, s:get_batch({ k })) end },
+        { "put_batch", function() assert.equal(1, #s:put_batch({ "p" })) end },
+      }
+      for _, op in ipairs(ops) do
+        local k = s:put("before " .. op[1])    -- the connection is open
+        srv:kill()
+        local err = error_of(op[2], k)
+        assert.equal("connection", err.kind, op[1] .. ": " .. tostring(err))
+        srv:restart()
+        op[2](k)                               -- the data went with the server
+        k = s:put("after")                     -- and the connection is fine
+        assert.equal("after", s:get(k))
+        -- a restart between two calls on a live connection: the next call
+        -- succeeds at once
+        srv:restart()
+        op[2](k .. "-gone")
+      end
+    end)
+
+    it("a new store times out connecting to a hanging server", function()
+      srv:pause()
+      finally(function() srv:resume() end)
+      for _, opts in ipairs { {}, { db = 1 }, { path = srv.path } } do
+        opts.timeout = 0.5
+        local t0 = now()
+        local err = error_of(new_store, opts)
+        local dt = now() - t0
+        assert.equal("timeout", err.kind, tostring(err))
+        assert.is_true(dt < 1.5, "took " .. dt .. " s")
+      end
+    end)
+
+    it("a hanging server over the unix socket times out within the timeout, then recovers", function()
+      local timeout = 0.5
+      local s = new_store { path = srv.path, timeout = timeout }
+      local big = string.rep("u", 16 * 1024 * 1024)
+      local k = s:put(big)
+      srv:pause()
+      finally(function() srv:resume() end)
+      for name, call in pairs {
+        get = function() return s:get(k) end,
+        put = function() return s:put(big) end,
+        exists = function() return s:exists(k) end,
+      } do
+        local t0 = now()
+        local err = error_of(call)
+        local dt = now() - t0
+        assert.equal("timeout", err.kind, name .. ": " .. tostring(err))
+        assert.matches(srv.path, tostring(err), 1, true)
+        assert.is_true(dt < timeout + 1, name .. " took " .. dt .. " s")
+      end
+      srv:resume()
+      assert.equal(big, s:get(k))
+    end)
   end)
 
   describe("authentication", function()
@@ -568,6 +680,29 @@ describe("the redis store", function()
       err = error_of(ps.init_store, "redis", { name = "noauth", host = auth.host,
         port = auth.port, timeout = 2 })
       assert.matches("NOAUTH", tostring(err), 1, true)
+    end)
+
+    it("rejects a wrong password given with a username", function()
+      local err = error_of(ps.init_store, "redis", { name = "badauthu", host = auth.host,
+        port = auth.port, username = "alice", password = "wrong", timeout = 2 })
+      assert.equal("config", err.kind)
+      assert.matches("WRONGPASS", tostring(err), 1, true)
+      assert.is_nil(ps.get_store("badauthu"))
+      err = error_of(ps.init_store, ("redis://alice:wrong@127.0.0.1:%d"):format(auth.port),
+                     { name = "badauthu" })
+      assert.equal("config", err.kind)
+      assert.matches("WRONGPASS", tostring(err), 1, true)
+    end)
+
+    it("a new store with a password times out against a hanging server", function()
+      auth:pause()
+      finally(function() auth:resume() end)
+      local t0 = now()
+      local err = error_of(ps.init_store, "redis", { name = "authhang", host = auth.host,
+        port = auth.port, username = "alice", password = "wonder", db = 1, timeout = 0.5 })
+      local dt = now() - t0
+      assert.equal("timeout", err.kind, tostring(err))
+      assert.is_true(dt < 1.5, "took " .. dt .. " s")
     end)
   end)
 
@@ -695,6 +830,25 @@ describe("the redis store", function()
       assert.equal("5000 42 true", out)
       assert.equal(0, status)
     end)
+
+    it("re-create the store with the carried db, serializer and cache size", function()
+      local s = new_store { name = "xproc-cfg", prefix = "xc:", db = 5,
+                            serializer = "json", cache_size = 7 }
+      local p = s:proxy({ answer = 42, list = { 1, 2, 3 } })
+      assert.equal("1", srv:cli("-n", "5", "EXISTS", "xc:" .. ps.key(p)):match("%d+"))
+      assert.equal("0", srv:cli("-n", "0", "EXISTS", "xc:" .. ps.key(p)):match("%d+"))
+      local out, status = run_lua(([[
+        local ps = require "proxystore"
+        assert(ps.get_store("xproc-cfg") == nil)
+        local p = ps.deserialize(%s)
+        io.write(p.answer, " ", #p.list)
+        local cfg = ps.get_store("xproc-cfg"):config()
+        io.write(" db=", cfg.db, " serializer=", cfg.serializer,
+                 " cache_size=", cfg.cache_size, " prefix=", cfg.prefix)
+      ]]):format(lua_literal(ps.serialize(p))))
+      assert.equal(0, status, out)
+      assert.equal("42 3 db=5 serializer=json cache_size=7 prefix=xc:", out)
+    end)
   end)
 
   describe("resolve_async", function()
@@ -709,6 +863,32 @@ describe("the redis store", function()
       -- resolved and local proxies: no-ops
       ps.resolve_async(p)
       ps.resolve_async(ps.proxy(function() return 1 end))
+    end)
+
+    it("really fetches in the background: first use needs no server", function()
+      local s = new_store { timeout = 0.5 }
+      local big = string.rep("b", 1024 * 1024)
+      local k = s:put(big)
+      local function gets()
+        return tonumber(srv:cli("INFO", "commandstats"):match("cmdstat_get:calls=(%d+)")) or 0
+      end
+      local g0 = gets()
+      local p = s:proxy_from_key(k)
+      ps.resolve_async(p)
+      assert.is_false(ps.is_resolved(p))
+      for _ = 1, 200 do                -- the worker's GET reached the server
+        if gets() > g0 then break end
+        redis.sleep(0.02)
+      end
+      assert.is_true(gets() > g0, "the prefetch never asked the server")
+      redis.sleep(0.3)                 -- and its reply reached the worker
+      srv:pause()
+      finally(function() srv:resume() end)
+      local t0 = now()
+      assert.equal(#big, #p)           -- a stopped server: a fetch would time out
+      assert.is_true(now() - t0 < 0.4)
+      assert.is_true(ps.extract(p) == big)
+      srv:resume()
     end)
 
     it("reports a missing key at first use and leaves the proxy unresolved", function()
