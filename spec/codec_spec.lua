@@ -310,16 +310,21 @@ describe("core.serialize / core.deserialize", function()
     end)
 
     it("a Redis store proxy on localhost fits in 200 bytes and resolves in another process", function()
-      local srv = redis.start()
-      finally(function() srv:stop() end)
-      local store = ps.init_store("redis", { name = "codec-spec-redis", host = "localhost",
+      -- busted keeps only the last finally of a test: one does it all
+      local srv, store, file, script
+      finally(function()
+        if file then os.remove(file) end
+        if script then os.remove(script) end
+        if store then store:close() end
+        if srv then srv:stop() end
+      end)
+      srv = redis.start()
+      store = ps.init_store("redis", { name = "codec-spec-redis", host = "localhost",
         port = srv.port })
-      finally(function() store:close() end)
       local p = store:proxy({ answer = 42, text = ("t"):rep(100000) })
       local blob = serialize(p)
       assert.is_true(#blob <= 200, "blob of " .. #blob .. " bytes")
-      local file = os.tmpname()
-      finally(function() os.remove(file) end)
+      file = os.tmpname()
       local f = assert(io.open(file, "wb"))
       f:write(blob)
       f:close()
@@ -330,8 +335,7 @@ describe("core.serialize / core.deserialize", function()
         f:close()
         io.write(tostring(ps.is_proxy(p)), " ", p.answer, " ", #p.text)
       ]]
-      local script = os.tmpname()
-      finally(function() os.remove(script) end)
+      script = os.tmpname()
       f = assert(io.open(script, "w"))
       f:write(code)
       f:close()
