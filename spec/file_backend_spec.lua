@@ -2,23 +2,14 @@
 -- no Lua in between: versions, refused keys, modes, clear at close.
 local ROOT = os.getenv("PROXYSTORE_SOURCE_ROOT") or "."
 
--- Without the sanitizer preload of spec/run.sh: compiler and tools are
--- not ours, and the test binary is not instrumented.
-local CLEAN = "unset LD_PRELOAD ASAN_OPTIONS UBSAN_OPTIONS; "
-
-local function sh(cmd)
-  local f = io.popen(CLEAN .. cmd .. " 2>&1; echo \"rc=$?\"")
-  local out = f:read("a")
-  f:close()
-  local rc = tonumber(out:match("rc=(%d+)\n?$"))
-  return rc, out
-end
+local shell = require "helpers.shell"
+local sh = shell.sh
 
 describe("the file backend from C", function()
   local tmp, bin
 
   setup(function()
-    tmp = assert(io.popen(CLEAN .. "mktemp -d /tmp/ps-filebackend.XXXXXX")):read("l")
+    tmp = shell.tempdir("filebackend")
     bin = tmp .. "/backend_file_test"
     -- The compiler must not run under the sanitizer preload of spec/run.sh.
     -- backends.c lists every backend, so the C test links the whole core
@@ -33,7 +24,7 @@ describe("the file backend from C", function()
   end)
 
   teardown(function()
-    if tmp then os.execute(CLEAN .. "rm -rf '" .. tmp .. "'") end
+    shell.rmtree(tmp)
   end)
 
   local function run_in(dir)

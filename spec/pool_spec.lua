@@ -57,12 +57,7 @@ local function listdir(dir)
   return t
 end
 
-local function tempdir()
-  local p = io.popen("env -u LD_PRELOAD mktemp -d")
-  local d = p:read("l")
-  p:close()
-  return d
-end
+local function tempdir() return require("helpers.shell").tempdir("pool") end
 
 local function catch(f, ...)
   local ok, e = pcall(f, ...)

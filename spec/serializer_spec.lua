@@ -2,6 +2,7 @@
 -- pair of Lua functions, per store and per call; the serializer is recorded
 -- with each stored object, so it resolves right in any process.
 local ps = require "proxystore"
+local shell = require "helpers.shell"
 
 local function perr(f, ...)
   local ok, err = pcall(f, ...)
@@ -9,13 +10,6 @@ local function perr(f, ...)
   assert.are.equal("table", type(err), tostring(err))
   assert.matches("^proxystore: [^\n]*$", tostring(err))
   return err
-end
-
-local function tempdir()
-  local p = io.popen("env -u LD_PRELOAD mktemp -d /tmp/ps-serializer.XXXXXX")
-  local d = p:read("l")
-  p:close()
-  return d
 end
 
 -- Runs code in a child lua5.4 (paths and the sanitizer settings come from
@@ -40,7 +34,7 @@ describe("serializers", function()
   local dir, store
 
   before_each(function()
-    dir = tempdir()
+    dir = shell.tempdir("serializer")
     store = ps.init_store("file", { name = "ser-native", dir = dir .. "/objs" })
   end)
 
@@ -49,7 +43,7 @@ describe("serializers", function()
       local s = ps.get_store(name)
       if s then s:close() end
     end
-    os.execute("rm -rf '" .. dir .. "'")
+    shell.rmtree(dir)
   end)
 
   local function stored_bytes(key)

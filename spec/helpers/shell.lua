@@ -1,0 +1,35 @@
+-- Shell commands for specs, run outside the sanitizer preload of
+-- spec/run.sh's second pass (compilers and system tools are not ours, and
+-- their own leaks must not count).
+--
+--   local shell = require "helpers.shell"
+--   local rc, out = shell.sh("cc ...")     -- exit code, stdout+stderr
+--   local dir = shell.tempdir("what")      -- a fresh /tmp/ps-what.XXXXXX
+--   shell.rmtree(dir)
+local M = {}
+
+M.CLEAN = "unset LD_PRELOAD ASAN_OPTIONS UBSAN_OPTIONS; "
+
+function M.quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+function M.sh(cmd)
+  local f = assert(io.popen(M.CLEAN .. cmd .. " 2>&1; echo \"rc=$?\""))
+  local out = f:read("a")
+  f:close()
+  local rc = tonumber(out:match("rc=(%d+)\n?$"))
+  return rc, (out:gsub("rc=%d+\n?$", ""))
+end
+
+function M.tempdir(what)
+  local rc, out = M.sh("mktemp -d /tmp/ps-" .. (what or "spec") .. ".XXXXXX")
+  assert(rc == 0, out)
+  return (out:gsub("\n$", ""))
+end
+
+function M.rmtree(dir)
+  if dir then os.execute(M.CLEAN .. "rm -rf " .. M.quote(dir)) end
+end
+
+return M
