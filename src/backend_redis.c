@@ -499,7 +499,7 @@ done:
 }
 
 /*
- * Every call has one deadline (timeout seconds from its start) and ends
+ * Every call has one set of time bounds (ps_rconn_begin_call) and ends
  * settled: no reply left unread on a connection that is kept
  * (ps_rconn_settle closes it otherwise).
  *
@@ -518,7 +518,7 @@ static int settled(ps_redis *x, int code) {
 #define RETRY(call)                                              \
   do {                                                           \
     ps_redis *x_ = ctx;                                          \
-    ps_rconn_begin_call(&x_->c);   /* one deadline, retry included */ \
+    ps_rconn_begin_call(&x_->c);   /* one set of bounds, retry included */ \
     int reused_ = ps_rconn_owned(&x_->c);                        \
     int code_ = settled(x_, (call));                             \
     if (code_ == PS_BCONN && reused_ && x_->c.fd < 0)            \

@@ -197,6 +197,12 @@ int ps_redis_get_chunks(ps_redis *x, ps_key k, const ps_rchunks *ci,
       ps_rreply r;
       code = ps_rconn_read_head(&x->c, &r, err);
       if (code) break;
+      if (r.type == PS_R_ERROR) {   /* NOPERM, BUSY...: say what it is */
+        code = ps_redis_reply_error(x, k, &r, err);
+        ps_rreply_free(&r);
+        ps_rconn_drop(&x->c);   /* the rest of the window is still owed */
+        break;
+      }
       if (r.type != PS_R_BULK || r.n != (long long)want) {
         ps_rreply_free(&r);
         /* Replies may remain unread: drop the connection to resynchronise. */

@@ -136,31 +136,68 @@ static double mono_now(void) {
 }
 
 void ps_rconn_begin_call(ps_rconn *c) {
-  c->deadline = c->timeout > 0 ? mono_now() + c->timeout : 0;
+  c->last_io = c->deadline = c->timeout > 0 ? mono_now() : 0;
+  if (c->deadline) c->deadline += c->timeout;
 }
 
-/* Milliseconds to the deadline for poll: -1 with none, 0 once passed. */
+/* More time for a call that moves n more bytes. */
+static void allow(ps_rconn *c, size_t n) {
+  if (c->deadline) c->deadline += (double)n / PS_RCONN_MIN_RATE;
+}
+
+static void progressed(ps_rconn *c) {
+  if (c->deadline) c->last_io = mono_now();
+}
+
+/*
+ * Seconds until the earlier of the call's bounds (1e9 with none), and
+ * which one it is.
+ */
+static double time_left(const ps_rconn *c, int *stalled) {
+  *stalled = 0;
+  if (c->deadline == 0) return 1e9;
+  double now = mono_now(), idle = c->last_io + c->timeout - now;
+  double left = c->deadline - now;
+  if (idle < left) {
+    *stalled = 1;
+    left = idle;
+  }
+  return left;
+}
+
+/* Milliseconds left for poll: -1 with no timeout, 0 once passed. */
 static int ms_left(const ps_rconn *c) {
   if (c->deadline == 0) return -1;
-  double left = c->deadline - mono_now();
+  int stalled;
+  double left = time_left(c, &stalled);
   if (left <= 0) return 0;
   return left * 1000 >= INT_MAX - 1 ? INT_MAX : (int)(left * 1000) + 1;
 }
 
 /*
- * Waits until the socket is ready for events or the call's deadline
+ * Waits until the socket is ready for events or a bound of the call
  * passes. Every read and write goes through here when it would block, so
- * a call takes at most its timeout however the bytes trickle in (a socket
- * timeout would restart on every partial transfer).
+ * the bounds hold however the bytes trickle in (a socket timeout would
+ * restart on every partial transfer).
  */
 static int wait_ready(ps_rconn *c, short events, const char *doing,
                       ps_berr *err) {
   struct pollfd pfd = {.fd = c->fd, .events = events};
   for (;;) {
     int ms = ms_left(c);
-    if (ms == 0)
-      return ps_rconn_fail(c, err, PS_BTIMEOUT, "timed out after %gs %s",
-                           c->timeout, doing);
+    if (ms == 0) {
+      int stalled;
+      time_left(c, &stalled);
+      if (stalled)
+        return ps_rconn_fail(c, err, PS_BTIMEOUT,
+                             "timed out %s: nothing moved for %gs",
+                             doing, c->timeout);
+      return ps_rconn_fail(c, err, PS_BTIMEOUT,
+                           "timed out %s: the call took longer than its "
+                           "timeout (%gs) plus 1 s per %.0f MiB moved",
+                           doing, c->timeout,
+                           PS_RCONN_MIN_RATE / (1024 * 1024));
+    }
     int r = poll(&pfd, 1, ms);
     if (r > 0) return PS_BOK;    /* errors and hangups: the next I/O says */
     if (r < 0 && errno != EINTR)
@@ -243,19 +280,16 @@ static int connect_and_setup(ps_rconn *c, ps_berr *err) {
   }
   c->gen = fork_gen;
   int code = setup(c, err);
-  if (code) return code;
-  c->fresh = 1;
-  return PS_BOK;
+  /* a connection that missed its AUTH or SELECT must never serve a call */
+  if (code) ps_rconn_drop(c);
+  return code;
 }
 
 int ps_rconn_ensure(ps_rconn *c, ps_berr *err) {
   /* A connection that died since its last use (server restarted) is not
      probed here: the first command on it fails with PS_BCONN and the
      backend repeats it once on a new connection (see RETRY). */
-  if (ps_rconn_owned(c)) {
-    c->fresh = 0;
-    return PS_BOK;
-  }
+  if (ps_rconn_owned(c)) return PS_BOK;
   pthread_once(&fork_once, watch_forks);
   ps_rconn_drop(c);
   return connect_and_setup(c, err);
@@ -358,6 +392,9 @@ int ps_rconn_send(ps_rconn *c, ps_berr *err) {
   struct iovec iov[256];
   size_t i = 0, skip = 0;   /* next segment, bytes of it already sent */
   int code = PS_BOK;
+  size_t total = 0;
+  for (size_t j = 0; j < c->nsegs; j++) total += c->segs[j].len;
+  allow(c, total);
   while (i < c->nsegs) {
     int n = 0;
     for (size_t j = i; j < c->nsegs && n < 256; j++, n++) {
@@ -380,6 +417,7 @@ int ps_rconn_send(ps_rconn *c, ps_berr *err) {
                            strerror(errno));
       break;
     }
+    progressed(c);
     size_t left = (size_t)w;
     while (left > 0) {
       size_t rest = c->segs[i].len - skip;
@@ -416,6 +454,7 @@ static int read_some(ps_rconn *c, void *dst, size_t n, size_t *got,
     ssize_t r = read(c->fd, dst, n);
     if (r > 0) {
       *got = (size_t)r;
+      progressed(c);
       return PS_BOK;
     }
     if (r == 0)
@@ -507,8 +546,11 @@ int ps_rconn_read_head(ps_rconn *c, ps_rreply *r, ps_berr *err) {
       v = v * 10 + (line[i] - '0');
     }
     r->n = neg ? -v : v;
+    if (r->type != PS_R_INT && r->n < -1)   /* RESP's nil is -1, only */
+      return ps_rconn_fail(c, err, PS_BPROTO, "malformed length %lld", r->n);
     if (r->type == PS_R_INT || (r->type == PS_R_BULK && r->n < 0))
       reply_read(c);
+    if (r->type == PS_R_BULK && r->n > 0) allow(c, (size_t)r->n);
     return PS_BOK;
   }
   default:
@@ -548,6 +590,8 @@ int ps_rconn_read_crlf(ps_rconn *c, ps_berr *err) {
   return PS_BOK;
 }
 
+#define SMALL_REPLY_MAX (64 * 1024)
+
 int ps_rconn_read_reply(ps_rconn *c, ps_rreply *r, ps_berr *err) {
   int code = ps_rconn_read_head(c, r, err);
   if (code || r->type != PS_R_BULK || r->n < 0) {
@@ -555,6 +599,13 @@ int ps_rconn_read_reply(ps_rconn *c, ps_rreply *r, ps_berr *err) {
       return ps_rconn_fail(c, err, PS_BPROTO, "unexpected array reply");
     return code;
   }
+  /* Only small commands (PING, AUTH, SET, GETRANGE of a header...) are
+   * read this way: a huge length is a broken or hostile server, not a
+   * reason to allocate gigabytes. */
+  if (r->n > SMALL_REPLY_MAX)
+    return ps_rconn_fail(c, err, PS_BPROTO,
+                         "a %lld-byte reply to a command that answers in a "
+                         "few bytes", r->n);
   r->len = (size_t)r->n;
   r->str = malloc(r->len + 1);
   if (r->str == NULL) return ps_rconn_fail(c, err, PS_BNOMEM, "out of memory");

@@ -3,7 +3,7 @@
  *
  * hiredis 0.14 makes the connection (TCP or Unix socket, within the time
  * left); after that the fd is ours, non-blocking, and every wait is a poll
- * bounded by the call's deadline. AUTH and SELECT are sent like any other
+ * bounded by the call's deadlines (ps_rconn_begin_call). AUTH and SELECT are sent like any other
  * command. Replies are read with a small buffered reader that can drop a
  * large bulk string straight into a caller's buffer (hiredis' reader grows
  * and copies: 4 ms for a 1 MiB GET where 0.2 ms is possible). Commands
@@ -28,14 +28,16 @@
 typedef struct ps_rconn {
   int fd;                /* -1: not connected */
   unsigned gen;          /* fork generation of the process that opened fd */
-  int fresh;             /* connected by the last ps_rconn_ensure */
   char *rbuf;            /* read buffer */
   size_t rpos, rlen, rcap;
   /* config, owned copies */
   char *host, *path, *username, *password;
   int port, db;
   double timeout;
-  double deadline;       /* of the current call (monotonic s); 0: none */
+  /* The current call's bounds (monotonic seconds; 0: no timeout): its
+   * deadline, moved on by every byte it sends or is promised (see
+   * PS_RCONN_MIN_RATE), and the last time a byte moved. */
+  double deadline, last_io;
   char addr[300];        /* "host:port" or the socket path */
   /* the command being built */
   char *wbuf;            /* small argument bytes */
@@ -62,15 +64,18 @@ typedef struct ps_rreply {
 /* Copies cfg; does not connect. Returns 0 or a PS_B* code. */
 int ps_rconn_init(ps_rconn *c, const ps_bconfig *cfg, ps_berr *err);
 void ps_rconn_free(ps_rconn *c);
-/*
- * Connects if not connected or connected by another process (fork); sets
- * c->fresh when it made a new connection.
- */
+/* Connects if not connected or connected by another process (fork). */
 int ps_rconn_ensure(ps_rconn *c, ps_berr *err);
 /*
- * Starts a call: from now on the call has c->timeout seconds in all
- * (connecting, every write and read; a retry included).
+ * Starts a call. From now on it fails with PS_BTIMEOUT when nothing has
+ * moved for c->timeout seconds (a hanging server), or when it has taken
+ * longer than c->timeout plus one second for every PS_RCONN_MIN_RATE bytes
+ * it sends and is sent (a server whose bytes trickle in): a large object
+ * that moves at any sane speed is never cut off by the timeout meant for
+ * hangs, and no call can be stretched without bound. A retry is part of
+ * the call.
  */
+#define PS_RCONN_MIN_RATE (8.0 * 1024 * 1024)
 void ps_rconn_begin_call(ps_rconn *c);
 /* True when connected, by this process (not inherited across fork). */
 int ps_rconn_owned(const ps_rconn *c);
@@ -105,7 +110,8 @@ int ps_rconn_read_head(ps_rconn *c, ps_rreply *r, ps_berr *err);
 int ps_rconn_read_body(ps_rconn *c, void *dst, size_t n, ps_berr *err);
 /* Reads the CRLF after a bulk body. */
 int ps_rconn_read_crlf(ps_rconn *c, ps_berr *err);
-/* Reads a whole reply without arrays (bulk bodies malloc'ed into r->str). */
+/* Reads a whole small reply without arrays (bulk bodies of at most 64 KiB,
+   malloc'ed into r->str). */
 int ps_rconn_read_reply(ps_rconn *c, ps_rreply *r, ps_berr *err);
 void ps_rreply_free(ps_rreply *r);
 

@@ -1,0 +1,116 @@
+-- What a broken or hostile "Redis" sends can never crash the process nor
+-- make it allocate what the reply claims: every reply below ends in a
+-- one-line proxystore error, in a child whose peak memory stays small.
+-- The server is spec/c/fake_redis.c, answering every read with fixed bytes.
+local shell = require "helpers.shell"
+
+local ROOT = os.getenv("PROXYSTORE_SOURCE_ROOT") or "."
+
+describe("the redis store against a hostile server", function()
+  local tmp, bin
+
+  setup(function()
+    tmp = shell.tempdir("hostile")
+    bin = tmp .. "/fake_redis"
+    local rc, out = shell.sh(("cd %s && ${CC:-cc} -std=c11 -Wall -Wextra -Werror "
+      .. "-D_GNU_SOURCE -O1 -o %s spec/c/fake_redis.c"):format(shell.quote(ROOT),
+      shell.quote(bin)))
+    assert(rc == 0, out)
+  end)
+
+  teardown(function() shell.rmtree(tmp) end)
+
+  local function my_pid()
+    local f = io.open("/proc/self/stat")
+    local pid = f:read("n")
+    f:close()
+    return pid
+  end
+
+  -- Starts the fake server answering first, then rest; runs op against it
+  -- in a child lua5.4; stops the server; returns the child's output. (The
+  -- server also leaves by itself once this process is gone.)
+  local function against(first, rest, op)
+    local portfile = tmp .. "/port"
+    os.remove(portfile)
+    local pidfile = tmp .. "/pid"
+    os.execute(("%s%s %d %s %s %s >/dev/null 2>&1 & echo $! > %s"):format(shell.CLEAN,
+      shell.quote(bin), my_pid(), shell.quote(portfile), shell.quote(first),
+      shell.quote(rest), shell.quote(pidfile)))
+    local port
+    for _ = 1, 200 do
+      local f = io.open(portfile)
+      port = f and tonumber(f:read("a"))
+      if f then f:close() end
+      if port then break end
+      os.execute("sleep 0.01")
+    end
+    local pf = io.open(pidfile)
+    local pid = pf:read("n")
+    pf:close()
+    assert(port, "the fake server did not start")
+    local script = tmp .. "/child.lua"
+    local f = assert(io.open(script, "w"))
+    f:write(([[
+      local ps = require "proxystore"
+      local function hwm()
+        for l in io.lines("/proc/self/status") do
+          local v = l:match("^VmHWM:%%s+(%%d+)")
+          if v then return tonumber(v) end
+        end
+      end
+      local ok, err = pcall(function()
+        local s = ps.init_store("redis", { host = "127.0.0.1", port = %d,
+                                           timeout = 1, cache_size = 0 })
+        %s
+      end)
+      io.write(tostring(ok), "|", type(err) == "table" and tostring(err.kind) or type(err),
+               "|", tostring(err), "|", hwm())
+    ]]):format(port, op or ""))
+    f:close()
+    local p = io.popen("lua5.4 " .. shell.quote(script) .. " 2>&1")
+    local out = p:read("a")
+    p:close()
+    os.execute("kill -9 " .. pid .. " 2>/dev/null")
+    return out
+  end
+
+  local function refused(out)
+    local ok, kind, msg, hwm = out:match("^(%a+)|([%a_]+)|(.-)|(%d+)$")
+    assert.truthy(ok, "the child did not finish cleanly: " .. out)
+    assert.equal("false", ok, out)
+    -- the server was there and answered: never "cannot connect"
+    assert.is_nil(out:find("cannot connect", 1, true), out)
+    assert.truthy(kind == "store" or kind == "connection" or kind == "timeout", out)
+    assert.matches("^proxystore: [^\n]+$", msg)
+    assert.is_true(tonumber(hwm) < 100 * 1024, "peak RSS " .. hwm .. " kB: " .. out)
+    return kind, msg
+  end
+
+  it("refuses a 4 GB answer to PING without allocating it", function()
+    local kind, msg = refused(against("$4000000000\\r\\n", ""))
+    assert.equal("store", kind)
+    assert.matches("4000000000-byte reply", msg, 1, true)
+  end)
+
+  it("refuses arrays, bad numbers and unknown types where a small reply belongs", function()
+    for _, reply in ipairs { "*2\\r\\n$1\\r\\na\\r\\n$1\\r\\nb\\r\\n", ":x\\r\\n",
+                             "$99999999999999999999999\\r\\n", "?what\\r\\n", "\\r\\n" } do
+      refused(against(reply, ""))
+    end
+  end)
+
+  it("turns every hostile answer to a GET into a clear error", function()
+    for _, reply in ipairs {
+      "$4000000000\\r\\n",            -- promises 4 GB, sends nothing
+      "$12\\r\\nshort",                -- fewer bytes than promised
+      "$-7\\r\\n", ":12\\r\\n", "+OK\\r\\n", "-ERR boom\\r\\n",
+      "*1\\r\\n$1\\r\\nx\\r\\n",
+      "$3\\r\\nabcXY",               -- no CRLF after the body
+      "$5\\r\\n\\250\\1\\0\\0\\0\\r\\n",  -- bytes that are no proxystore object
+    } do
+      refused(against("+PONG\\r\\n", reply, "return s:get('k')"))
+      refused(against("+PONG\\r\\n", reply, "return ps.extract(s:proxy_from_key('k'))"))
+    end
+  end)
+end)
