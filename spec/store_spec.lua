@@ -255,6 +255,18 @@ describe("the seed's one-call API", function()
     assert.are.equal("config", err.kind)
     assert.are.equal(store, ps.get_store("local"))
   end)
+
+  it("init_local_backend tells custom serializer pairs apart", function()
+    local ser, deser = function(v) return v end, function(s) return s end
+    local store = ps.init_local_backend({name = "custom-pair", serializer = ser, deserializer = deser})
+    assert.are.equal(store, ps.init_local_backend({name = "custom-pair", serializer = ser,
+                                                   deserializer = deser}))
+    local err = perr(ps.init_local_backend, {name = "custom-pair",
+      serializer = function(v) return v end, deserializer = deser})
+    assert.are.equal("config", err.kind)
+    assert.matches("serializer functions", tostring(err), 1, true)
+    store:close()
+  end)
 end)
 
 describe("errors", function()

@@ -148,6 +148,16 @@ static int new_version(ps_version *v) {
   return 0;
 }
 
+void ps_redis_queue_old_header(ps_redis *x, ps_key k) {
+  char last[24];
+  snprintf(last, sizeof last, "%d", OLDHDR_MAX - 1);
+  ps_rcmd_begin(&x->c, 4);
+  ps_rcmd_str(&x->c, "GETRANGE");
+  ps_redis_arg_key(x, k, NULL);
+  ps_rcmd_str(&x->c, "0");
+  ps_rcmd_str(&x->c, last);
+}
+
 /* Reads the GETRANGE reply of a value being replaced; notes chunks. */
 int ps_redis_read_old_header(ps_redis *x, ps_rchunks *old, int *had_chunks,
                            ps_berr *err) {
@@ -185,11 +195,7 @@ void ps_redis_keep_first(int *first, ps_berr *err, int code,
 /* Queues GETRANGE (old header) + SET of a plain value; hdr must live on. */
 static void queue_put_plain(ps_redis *x, ps_key k, const char *data, size_t len,
                             char *hdr) {
-  ps_rcmd_begin(&x->c, 4);
-  ps_rcmd_str(&x->c, "GETRANGE");
-  ps_redis_arg_key(x, k, NULL);
-  ps_rcmd_str(&x->c, "0");
-  ps_rcmd_str(&x->c, "95");
+  ps_redis_queue_old_header(x, k);
   ps_rcmd_begin(&x->c, 3);
   ps_rcmd_str(&x->c, "SET");
   ps_redis_arg_key(x, k, NULL);
@@ -363,11 +369,7 @@ static int evict_once(void *ctx, ps_key k, ps_berr *err) {
   ps_redis *x = ctx;
   int code = ps_rconn_ensure(&x->c, err);
   if (code) return code;
-  ps_rcmd_begin(&x->c, 4);
-  ps_rcmd_str(&x->c, "GETRANGE");
-  ps_redis_arg_key(x, k, NULL);
-  ps_rcmd_str(&x->c, "0");
-  ps_rcmd_str(&x->c, "95");
+  ps_redis_queue_old_header(x, k);
   ps_rcmd_begin(&x->c, 2);
   ps_rcmd_str(&x->c, "DEL");
   ps_redis_arg_key(x, k, NULL);

@@ -48,7 +48,7 @@ static pthread_mutex_t wraps_mu = PTHREAD_MUTEX_INITIALIZER;
  * cache_mu at the moment another thread forks (a pool starting workers);
  * the child, with no such thread, would then wait forever on its first
  * large allocation. So a fork waits until no thread holds the locks, and
- * the child makes them anew (as unmapper.c does).
+ * both sides release them after (as prefetch.c does).
  */
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
@@ -62,9 +62,11 @@ static void after_fork_parent(void) {
   pthread_mutex_unlock(&wraps_mu);
 }
 
+/* The child's one thread is the one that took the locks: it may release
+ * them (re-initialising a held mutex is undefined). */
 static void after_fork_child(void) {
-  pthread_mutex_init(&cache_mu, NULL);
-  pthread_mutex_init(&wraps_mu, NULL);
+  pthread_mutex_unlock(&cache_mu);
+  pthread_mutex_unlock(&wraps_mu);
 }
 
 static void register_atfork(void) {

@@ -101,11 +101,7 @@ static int set_window(ps_redis *x, ps_key k, const char *data,
                       int with_old, ps_rchunks *old, int *had, ps_berr *err) {
   char suf[80];
   if (with_old) {            /* the header of the value being replaced */
-    ps_rcmd_begin(&x->c, 4);
-    ps_rcmd_str(&x->c, "GETRANGE");
-    ps_redis_arg_key(x, k, NULL);
-    ps_rcmd_str(&x->c, "0");
-    ps_rcmd_str(&x->c, "95");
+    ps_redis_queue_old_header(x, k);
   }
   for (size_t i = i0; i < i0 + m; i++) {
     size_t off = i * ci->chunk;

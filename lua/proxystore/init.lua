@@ -154,8 +154,18 @@ local function normalize(kind, opts)
 end
 
 --- Creates and registers a store. kind: "local", "redis", "file" or a URL.
+-- The function pair of each store made with one (configs carry only the
+-- word "custom"), so that reusing a store can tell the pairs apart.
+local custom_pairs = setmetatable({}, { __mode = "k" })
+
+local function new_store(cfg, ser, deser)
+  local store = core.new_store(cfg, ser, deser)
+  if ser then custom_pairs[store] = { ser, deser } end
+  return store
+end
+
 function M.init_store(kind, opts)
-  return core.new_store(normalize(kind, opts))
+  return new_store(normalize(kind, opts))
 end
 
 --- The registered store called name, or nil.
@@ -206,9 +216,14 @@ local function init_default(kind, opts)
         "options (%s: %s, asked for %s): close it or choose another name",
         cfg.kind, cfg.name, k, shown(k, have[k]), shown(k, cfg[k]))
     end
+    local pair = custom_pairs[existing]
+    if ser and not (pair and pair[1] == ser and pair[2] == deser) then
+      config_error("a %s store named '%s' is already registered with other " ..
+        "serializer functions: close it or choose another name", cfg.kind, cfg.name)
+    end
     default_store = existing
   else
-    default_store = core.new_store(cfg, ser, deser)
+    default_store = new_store(cfg, ser, deser)
   end
   return default_store
 end
