@@ -68,16 +68,26 @@ end
 -- 1 KiB round trip) and on two in others (each side wakes from idle: 42
 -- us), so a baseline and the store measured a second apart could differ 3x
 -- for no reason of theirs. CLIENT_CPU is "" without taskset or one core.
+-- Returns a function that gives this process its CPUs back (later
+-- sections fork pool workers, which would inherit the pinning).
 local CLIENT_CPU = ""
 local function pin(srv)
   local ok = os.execute("command -v taskset >/dev/null 2>&1")
   local f = io.popen("nproc")
   local ncpu = tonumber(f:read("a")) or 1
   f:close()
-  if not ok or ncpu < 2 or not srv.pid then return end
+  if not ok or ncpu < 2 or not srv.pid then return function() end end
+  local me = core.pool_getpid()
+  f = io.popen(("taskset -p %d"):format(me))
+  local mask = f:read("a"):match("mask: (%x+)")
+  f:close()
   os.execute(("taskset -pc 1 %d >/dev/null"):format(srv.pid))
-  os.execute(("taskset -pc 0 %d >/dev/null"):format(core.pool_getpid()))
+  os.execute(("taskset -pc 0 %d >/dev/null"):format(me))
   CLIENT_CPU = "taskset -c 0 "
+  return function()
+    CLIENT_CPU = ""
+    if mask then os.execute(("taskset -p %s %d >/dev/null"):format(mask, me)) end
+  end
 end
 
 local function raw_baselines(srv, sizes)
@@ -142,8 +152,9 @@ end
 
 local function bench(report)
   local srv = redis.start()
+  local unpin = function() end
   local ok, err = pcall(function()
-    pin(srv)
+    unpin = pin(srv)
     local stores = {}
     for _, tr in ipairs { "tcp", "unix" } do
       local conn = tr == "tcp" and { host = srv.host, port = srv.port } or { path = srv.path }
@@ -229,6 +240,7 @@ local function bench(report)
       "peak RSS / size", hwm / size)
     s:close()
   end)
+  unpin()
   srv:stop()
   if not ok then error(err, 0) end
 end
