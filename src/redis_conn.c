@@ -183,6 +183,10 @@ static int ms_left(const ps_rconn *c) {
 static int wait_ready(ps_rconn *c, short events, const char *doing,
                       ps_berr *err) {
   struct pollfd pfd = {.fd = c->fd, .events = events};
+  /* The next segment of a large transfer is microseconds away: sleeping
+   * for it paid a wakeup from idle per segment (see spin.h). Measured, a
+   * 1 MiB GET over TCP: 403-477 us sleeping, 195-333 us spinning first. */
+  if (ps_poll_spin(&pfd, 1) > 0) return PS_BOK;
   for (;;) {
     int ms = ms_left(c);
     if (ms == 0) {
