@@ -480,7 +480,7 @@ static const char *cfg_string(lua_State *L, int cfg, const char *field) {
  */
 static void absolutize_dir(lua_State *L, int cfg) {
   if (lua_getfield(L, cfg, "dir") != LUA_TSTRING ||
-      lua_tostring(L, -1)[0] == '/') {
+      lua_tostring(L, -1)[0] == '/' || lua_tostring(L, -1)[0] == '\0') {
     lua_pop(L, 1);
     return;
   }
