@@ -24,7 +24,6 @@ local SIZES = { 1 * KiB, 1 * MiB, 10 * MiB, 100 * MiB }
 local QUICK = os.getenv("PROXYSTORE_BENCH_QUICK")   -- fewer runs
 
 local function runs_for(size)
-  if size >= 50 * MiB then return QUICK and 5 or 9 end
   if size >= 5 * MiB then return QUICK and 5 or 9 end
   if size >= MiB then return QUICK and 11 or 31 end
   return QUICK and 51 or 301

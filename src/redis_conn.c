@@ -150,26 +150,18 @@ static void progressed(ps_rconn *c) {
 }
 
 /*
- * Seconds until the earlier of the call's bounds (1e9 with none), and
- * which one it is.
+ * Milliseconds poll may wait: -1 with no timeout, 0 once a bound has
+ * passed; *stalled (may be NULL) tells which bound is the nearer one.
  */
-static double time_left(const ps_rconn *c, int *stalled) {
-  *stalled = 0;
-  if (c->deadline == 0) return 1e9;
-  double now = mono_now(), idle = c->last_io + c->timeout - now;
-  double left = c->deadline - now;
+static int ms_left(const ps_rconn *c, int *stalled) {
+  if (stalled) *stalled = 0;
+  if (c->deadline == 0) return -1;
+  double now = mono_now(), left = c->deadline - now;
+  double idle = c->last_io + c->timeout - now;
   if (idle < left) {
-    *stalled = 1;
+    if (stalled) *stalled = 1;
     left = idle;
   }
-  return left;
-}
-
-/* Milliseconds left for poll: -1 with no timeout, 0 once passed. */
-static int ms_left(const ps_rconn *c) {
-  if (c->deadline == 0) return -1;
-  int stalled;
-  double left = time_left(c, &stalled);
   if (left <= 0) return 0;
   return left * 1000 >= INT_MAX - 1 ? INT_MAX : (int)(left * 1000) + 1;
 }
@@ -188,20 +180,18 @@ static int wait_ready(ps_rconn *c, short events, const char *doing,
    * 1 MiB GET over TCP: 403-477 us sleeping, 195-333 us spinning first. */
   if (ps_poll_spin(&pfd, 1) > 0) return PS_BOK;
   for (;;) {
-    int ms = ms_left(c);
-    if (ms == 0) {
-      int stalled;
-      time_left(c, &stalled);
-      if (stalled)
-        return ps_rconn_fail(c, err, PS_BTIMEOUT,
-                             "timed out %s: nothing moved for %gs",
-                             doing, c->timeout);
+    int stalled;
+    int ms = ms_left(c, &stalled);
+    if (ms == 0 && stalled)
+      return ps_rconn_fail(c, err, PS_BTIMEOUT,
+                           "timed out %s: nothing moved for %gs", doing,
+                           c->timeout);
+    if (ms == 0)
       return ps_rconn_fail(c, err, PS_BTIMEOUT,
                            "timed out %s: the call took longer than its "
                            "timeout (%gs) plus 1 s per %.0f MiB moved",
                            doing, c->timeout,
                            PS_RCONN_MIN_RATE / (1024 * 1024));
-    }
     int r = poll(&pfd, 1, ms);
     if (r > 0) return PS_BOK;    /* errors and hangups: the next I/O says */
     if (r < 0 && errno != EINTR)
@@ -214,7 +204,7 @@ static int wait_ready(ps_rconn *c, short events, const char *doing,
 
 /*
  * AUTH and SELECT in one round trip, over the reader below (so the call's
- * deadline holds). Error replies are PS_BCONFIG (bad password, bad db)
+ * bounds hold). Error replies are PS_BCONFIG (bad password, bad db)
  * unless they say the server cannot serve now.
  */
 static int setup(ps_rconn *c, ps_berr *err) {
@@ -253,7 +243,7 @@ static int setup(ps_rconn *c, ps_berr *err) {
 /* hiredis connects (TCP or Unix socket, within the time left); the fd is
    ours from then on, non-blocking: every wait is a poll (wait_ready). */
 static int connect_and_setup(ps_rconn *c, ps_berr *err) {
-  int ms = ms_left(c);
+  int ms = ms_left(c, NULL);
   if (ms == 0)
     return ps_berr_set(err, PS_BTIMEOUT, "redis %s: cannot connect: timed "
                        "out after %gs", c->addr, c->timeout);
@@ -450,7 +440,7 @@ static void reply_read(ps_rconn *c) {
 
 /*
  * One read of at most n bytes into dst (*got >= 1 of them), waiting
- * within the call's deadline while nothing has come.
+ * within the call's bounds while nothing has come.
  */
 static int read_some(ps_rconn *c, void *dst, size_t n, size_t *got,
                      ps_berr *err) {

@@ -3,8 +3,8 @@
  *
  * hiredis 0.14 makes the connection (TCP or Unix socket, within the time
  * left); after that the fd is ours, non-blocking, and every wait is a poll
- * bounded by the call's deadlines (ps_rconn_begin_call). AUTH and SELECT are sent like any other
- * command. Replies are read with a small buffered reader that can drop a
+ * bounded by the call's time bounds (ps_rconn_begin_call). AUTH and
+ * SELECT are sent like any other command. Replies are read with a small buffered reader that can drop a
  * large bulk string straight into a caller's buffer (hiredis' reader grows
  * and copies: 4 ms for a 1 MiB GET where 0.2 ms is possible). Commands
  * are written with sendmsg, large arguments by reference, never copied.

@@ -46,10 +46,10 @@ int ps_redis_expect_ok(ps_redis *x, ps_key k, ps_berr *err);
  */
 void ps_redis_keep_first(int *first, ps_berr *err, int code,
                          const ps_berr *e);
-/* Reads a GETRANGE reply of a replaced value; notes a chunked one. */
 /* Queues GETRANGE of the first OLDHDR_MAX bytes of a value about to be
    replaced or deleted (to find its chunks). */
 void ps_redis_queue_old_header(ps_redis *x, ps_key k);
+/* Reads a GETRANGE reply of a replaced value; notes a chunked one. */
 int ps_redis_read_old_header(ps_redis *x, ps_rchunks *old, int *had_chunks,
                              ps_berr *err);
 

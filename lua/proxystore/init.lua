@@ -153,7 +153,6 @@ local function normalize(kind, opts)
   return cfg, ser, deser
 end
 
---- Creates and registers a store. kind: "local", "redis", "file" or a URL.
 -- The function pair of each store made with one (configs carry only the
 -- word "custom"), so that reusing a store can tell the pairs apart.
 local custom_pairs = setmetatable({}, { __mode = "k" })
@@ -164,6 +163,7 @@ local function new_store(cfg, ser, deser)
   return store
 end
 
+--- Creates and registers a store. kind: "local", "redis", "file" or a URL.
 function M.init_store(kind, opts)
   return new_store(normalize(kind, opts))
 end

@@ -523,9 +523,15 @@ local function signame(n)
   return names[n] or ("signal " .. n)
 end
 
-function Pool:_on_result(slot, reply)
+-- The task running in slot, which is no longer running there.
+function Pool:_take(slot)
   local task = self.running[slot]
   self.running[slot] = nil
+  return task
+end
+
+function Pool:_on_result(slot, reply)
+  local task = self:_take(slot)
   if task and task.id == reply[1] then
     if reply[2] then
       local values = reply[3]
@@ -552,8 +558,7 @@ end
 
 function Pool:_on_exit(slot, pid, how, n)
   self.stats.worker_deaths = self.stats.worker_deaths + 1
-  local task = self.running[slot]
-  self.running[slot] = nil
+  local task = self:_take(slot)
   if task then
     local what = how == "signal"
       and ("was killed by %s (signal %d)"):format(signame(n), n)
@@ -598,8 +603,7 @@ function Pool:_step(timeout)
     elseif kind == "exit" then
       self:_on_exit(ev[1], ev[3], ev[4], ev[5])
     elseif kind == "bad_result" then   -- a reply that did not decode
-      local task = self.running[ev[1]]
-      self.running[ev[1]] = nil
+      local task = self:_take(ev[1])
       if task then
         self:_finish(task, false, nil, perror("pool",
           "task " .. task.id .. ": its result could not be read: " ..
@@ -611,8 +615,7 @@ function Pool:_step(timeout)
         "its workers are gone")
       return
     else -- spawn_failed: the slot stays empty
-      local task = self.running[ev[1]]
-      self.running[ev[1]] = nil
+      local task = self:_take(ev[1])
       if task then
         self:_finish(task, false, nil, perror("pool",
           "cannot start a worker: " .. tostring(ev[3])))
