@@ -22,8 +22,9 @@ print("| section | case | median | spread | baseline | ratio |")
 print("|---|---|---|---|---|---|")
 io.stdout:flush()
 local function report(section, name, ns, spread, baseline, ratio)
-  print(string.format("| %s | %s | %s | %.0f%% | %s | %s |", section, name,
-    fmt_time(ns), spread or 0, baseline or "",
+  -- A row computed from other rows has no spread of its own.
+  print(string.format("| %s | %s | %s | %s | %s | %s |", section, name,
+    fmt_time(ns), spread and string.format("%.0f%%", spread) or "—", baseline or "",
     ratio and string.format("%.2f", ratio) or ""))
   io.stdout:flush()
 end
