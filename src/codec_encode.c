@@ -39,7 +39,7 @@ typedef struct enc {
   frame frames[CODEC_MAX_DEPTH + 1];
 } enc;
 
-static void encode_value(enc *e, int idx);
+static void encode_typed(enc *e, int idx, int type);
 
 /* ---- errors ------------------------------------------------------------ */
 
@@ -246,18 +246,32 @@ static void shift_holes(enc *e, size_t pos, size_t by) {
   }
 }
 
-static void put_string(enc *e, int idx) {
-  size_t n;
-  const char *s = lua_tolstring(e->L, idx, &n);
-  ps_buf *b = e->b;
-  if (n <= SHORTSTR_MAX) {
-    ROOM(e, n + 1);
-    char *p = b->data + b->len;
-    p[0] = (char)(TAG_SHORTSTR + n);
-    memcpy(p + 1, s, n);
-    b->len += n + 1;
-    return;
+/*
+ * Copies n <= SHORTSTR_MAX bytes with fixed-size moves: most strings in
+ * records are a few bytes long, and a call to memcpy costs more than
+ * copying them. Overlapping blocks cover every n; every load stays inside
+ * [s, s + n).
+ */
+static inline void copy_short(char *d, const char *s, size_t n) {
+  if (n >= 16) {
+    for (size_t i = 0; i + 16 < n; i += 16) memcpy(d + i, s + i, 16);
+    memcpy(d + n - 16, s + n - 16, 16);
+  } else if (n >= 8) {
+    memcpy(d, s, 8);
+    memcpy(d + n - 8, s + n - 8, 8);
+  } else if (n >= 4) {
+    memcpy(d, s, 4);
+    memcpy(d + n - 4, s + n - 4, 4);
+  } else if (n > 0) {
+    d[0] = s[0];
+    d[n / 2] = s[n / 2];
+    d[n - 1] = s[n - 1];
   }
+}
+
+/* The string at idx, whose bytes are s[0..n), longer than a short one. */
+static void put_long_string(enc *e, int idx, const char *s, size_t n) {
+  ps_buf *b = e->b;
   ROOM(e, 11);
   b->data[b->len++] = TAG_STRING;
   b->len += put_varint(b->data + b->len, n);
@@ -268,6 +282,53 @@ static void put_string(enc *e, int idx) {
   ROOM(e, n);
   memcpy(b->data + b->len, s, n);
   b->len += n;
+}
+
+/* Inlined into the table walk: keys and values are mostly short strings,
+ * and the call would cost more than writing one. */
+static inline __attribute__((always_inline)) void put_string(enc *e, int idx) {
+  size_t n;
+  const char *s = lua_tolstring(e->L, idx, &n);
+  if (n > SHORTSTR_MAX) {
+    put_long_string(e, idx, s, n);
+    return;
+  }
+  ps_buf *b = e->b;
+  ROOM(e, n + 1);
+  char *p = b->data + b->len;
+  p[0] = (char)(TAG_SHORTSTR + n);
+  copy_short(p + 1, s, n);
+  b->len += n + 1;
+}
+
+/*
+ * Writes the value at idx, whose lua_type is type, if it is a number, a
+ * string or a boolean, and returns 1; returns 0 for anything else. Inlined
+ * into the table walk, where most values are such scalars: nothing about
+ * them can fail in a way that needs the path to them.
+ */
+static inline __attribute__((always_inline)) int put_scalar(enc *e, int idx,
+                                                            int type) {
+  lua_State *L = e->L;
+  ps_buf *b = e->b;
+  switch (type) {
+    case LUA_TNUMBER:
+      ROOM(e, 9);
+      if (lua_isinteger(L, idx))
+        put_integer(b, lua_tointeger(L, idx));
+      else
+        put_float(b, lua_tonumber(L, idx));
+      return 1;
+    case LUA_TSTRING:
+      put_string(e, idx);
+      return 1;
+    case LUA_TBOOLEAN:
+      ROOM(e, 1);
+      b->data[b->len++] = lua_toboolean(L, idx) ? TAG_TRUE : TAG_FALSE;
+      return 1;
+    default:
+      return 0;
+  }
 }
 
 /* ---- tables and proxies --------------------------------------------------- */
@@ -369,9 +430,17 @@ static void encode_table(enc *e, int t) {
   enter(e);
   frame *f = &e->frames[e->depth - 1];
   ps_buf *b = e->b;
-  /* The run 1..k of non-nil entries ends at a border, and #t is a border
-   * at or after it, so #t bounds the array count: reserve its width. */
-  lua_Unsigned bound = lua_rawlen(L, t);
+  lua_pushnil(L);
+  int k = lua_gettop(L);       /* lua_next leaves the key here, value at k+1 */
+  int more = lua_next(L, t);
+  /* The array section is the run of keys 1, 2, 3... the walk starts with.
+   * The run ends at a border, and #t is a border at or after it, so #t
+   * bounds its count: room for the count's width is kept now and the
+   * count written at the end. Only a walk that starts at key 1 has a run,
+   * and only then is #t (a search) worth its cost. */
+  lua_Unsigned bound = 0;
+  if (more && lua_isinteger(L, k) && lua_tointeger(L, k) == 1)
+    bound = lua_rawlen(L, t);
   size_t narr_w = varint_len(bound);
   ROOM(e, 2 + narr_w);
   b->data[b->len++] = TAG_TABLE;
@@ -380,49 +449,34 @@ static void encode_table(enc *e, int t) {
   size_t cntpos = b->len++;   /* hash count, patched below */
 
   lua_Unsigned run = 0, nh = 0;
-  int in_run = bound > 0;
-  lua_pushnil(L);
-  int k = lua_gettop(L);       /* lua_next leaves the key here, value at k+1 */
-  while (lua_next(L, t)) {
-    int kt = lua_type(L, k);
-    if (in_run) {
-      int isint = 0;
-      lua_Integer ki = kt == LUA_TNUMBER ? lua_tointegerx(L, k, &isint) : 0;
-      if (isint && (lua_Unsigned)ki == run + 1 && run < bound) {
-        run++;
-        f->kind = FR_INDEX;
-        f->i = (lua_Integer)run;
-        ROOM(e, 9);
-        switch (lua_type(L, k + 1)) {
-          case LUA_TNUMBER:
-            if (lua_isinteger(L, k + 1))
-              put_integer(b, lua_tointeger(L, k + 1));
-            else
-              put_float(b, lua_tonumber(L, k + 1));
-            break;
-          case LUA_TBOOLEAN:
-            b->data[b->len++] = lua_toboolean(L, k + 1) ? TAG_TRUE : TAG_FALSE;
-            break;
-          default:
-            encode_value(e, k + 1);
-            break;
-        }
-        lua_pop(L, 1);
-        continue;
-      }
-      in_run = 0;
+  for (; more && run < bound; more = lua_next(L, t)) {
+    if (!lua_isinteger(L, k) || (lua_Unsigned)lua_tointeger(L, k) != run + 1)
+      break;
+    run++;
+    int vt = lua_type(L, k + 1);
+    if (!put_scalar(e, k + 1, vt)) {
+      f->kind = FR_INDEX;
+      f->i = (lua_Integer)run;
+      encode_typed(e, k + 1, vt);
     }
+    lua_settop(L, k);
+  }
+  for (; more; more = lua_next(L, t)) {
+    int kt = lua_type(L, k);
     if (kt == LUA_TSTRING) {
       put_string(e, k);
     } else {
       f->kind = FR_ASKEY;
       f->keyidx = k;
-      encode_value(e, k);
+      encode_typed(e, k, kt);
     }
-    f->kind = FR_KEY;
-    f->keyidx = k;
-    encode_value(e, k + 1);
-    lua_pop(L, 1);
+    int vt = lua_type(L, k + 1);
+    if (!put_scalar(e, k + 1, vt)) {
+      f->kind = FR_KEY;
+      f->keyidx = k;
+      encode_typed(e, k + 1, vt);
+    }
+    lua_settop(L, k);
     nh++;
   }
   e->depth--;
@@ -481,30 +535,17 @@ static void encode_proxy(enc *e, int idx) {
   e->depth--;
 }
 
-static void encode_value(enc *e, int idx) {
+/* The value at idx, whose lua_type is type. */
+static void encode_typed(enc *e, int idx, int type) {
   lua_State *L = e->L;
-  ps_buf *b = e->b;
-  switch (lua_type(L, idx)) {
-    case LUA_TNIL:
-      ROOM(e, 1);
-      b->data[b->len++] = TAG_NIL;
-      return;
-    case LUA_TBOOLEAN:
-      ROOM(e, 1);
-      b->data[b->len++] = lua_toboolean(L, idx) ? TAG_TRUE : TAG_FALSE;
-      return;
-    case LUA_TNUMBER:
-      ROOM(e, 9);
-      if (lua_isinteger(L, idx))
-        put_integer(b, lua_tointeger(L, idx));
-      else
-        put_float(b, lua_tonumber(L, idx));
-      return;
-    case LUA_TSTRING:
-      put_string(e, idx);
-      return;
+  if (put_scalar(e, idx, type)) return;
+  switch (type) {
     case LUA_TTABLE:
       encode_table(e, idx);
+      return;
+    case LUA_TNIL:
+      ROOM(e, 1);
+      e->b->data[e->b->len++] = TAG_NIL;
       return;
     case LUA_TUSERDATA:
       if (ps_proxy_is(L, idx)) {
@@ -574,7 +615,7 @@ void ps_codec_encode_ex(lua_State *L, int idx, ps_buf *b, int pieces) {
   b->data[b->len++] = (char)CODEC_MAGIC;
   b->data[b->len++] = CODEC_VERSION;
   b->data[b->len++] = 0;
-  encode_value(&e, idx);
+  encode_typed(&e, idx, lua_type(L, idx));
   b->data[hdr + 2] = (char)e.flags;
   if (pieces) {
     concat_pieces(&e);
