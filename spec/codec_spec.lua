@@ -77,6 +77,25 @@ describe("core.serialize / core.deserialize", function()
       end
     end)
 
+    -- Short strings are copied in overlapping blocks whose sizes depend on
+    -- the length: every length, every byte in a distinct place.
+    it("round-trips strings of every length up to 80, as values and as keys", function()
+      local t = {}
+      for n = 0, 80 do
+        local bytes = {}
+        for i = 1, n do bytes[i] = string.char((i * 37 + n) % 256) end
+        local s = table.concat(bytes)
+        t[#t + 1] = s
+        t[s] = n
+      end
+      local back = rt(t)
+      for n = 0, 80 do
+        local s = t[n + 1]
+        assert.are.equal(s, back[n + 1], "value of length " .. n)
+        assert.are.equal(n, back[s], "key of length " .. n)
+      end
+    end)
+
     it("writes small values compactly", function()
       assert.are.equal(4, #serialize(5))
       assert.are.equal(4, #serialize(true))
@@ -195,6 +214,32 @@ describe("core.serialize / core.deserialize", function()
       for i = 1, 5000 do assert(r["k" .. i][1] == i) end
     end)
   end)
+
+    -- The decoder remembers recent short keys in slots chosen by a key's
+    -- length and its first, middle and last bytes: keys alike in all four
+    -- share a slot, and must still come back as themselves.
+    it("keeps short keys apart that look alike to the key memo", function()
+      local keys = { "", "a", "aXbca", "aYbca", "aZbca", "id", "ie", "name",
+                     "score", string.rep("k", 63), string.rep("k", 62) .. "j",
+                     "k" .. string.rep("x", 8) .. string.rep("z", 54),
+                     "k" .. string.rep("y", 8) .. string.rep("z", 54),
+                     "12345678", "12345679", "1234567890123456", "1234567890123457" }
+      local records = {}
+      for i = 1, 50 do
+        local r = {}
+        for j, k in ipairs(keys) do r[k] = i * 100 + j end
+        records[i] = r
+      end
+      local back = rt(records)
+      for i = 1, 50 do
+        local n = 0
+        for k, v in pairs(back[i]) do
+          n = n + 1
+          assert.are.equal(records[i][k], v, ("record %d, key %q"):format(i, k))
+        end
+        assert.are.equal(#keys, n)
+      end
+    end)
 
   it("round-trips a 100 MiB string", function()
     local s = ("\0\1\2\3\254\255ab"):rep(100 * 1024 * 1024 // 8)

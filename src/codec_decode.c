@@ -15,7 +15,8 @@
 
 #include "codec.h"
 
-#define MEMO_SIZE 64
+#define MEMO_BITS 6
+#define MEMO_SIZE (1 << MEMO_BITS)
 
 typedef struct dec {
   lua_State *L;
@@ -104,18 +105,52 @@ static void ensure_refs(dec *d) {
   }
 }
 
-/* Pushes a short string key, through the memo. */
+/* Loads for same_short; compilers turn them into single moves. */
+static inline uint64_t load64(const char *p) {
+  uint64_t v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+
+static inline uint32_t load32(const char *p) {
+  uint32_t v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+
+/* a[0..n) == b[0..n) for n <= SHORTSTR_MAX, without a call to memcmp
+ * (which costs more than comparing a record key). Overlapping words cover
+ * every n; every load stays inside the n bytes. */
+static inline int same_short(const char *a, const char *b, size_t n) {
+  if (n >= 8) {
+    for (size_t i = 0; i + 8 < n; i += 8)
+      if (load64(a + i) != load64(b + i)) return 0;
+    return load64(a + n - 8) == load64(b + n - 8);
+  }
+  if (n >= 4)
+    return load32(a) == load32(b) && load32(a + n - 4) == load32(b + n - 4);
+  return n == 0 ||
+         (a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1]);
+}
+
+/* Pushes a short string key, through the memo. The memo's slot comes from
+ * the key's length and three of its bytes: cheap, and enough to tell the
+ * keys of a record apart (a collision only costs a miss). */
 static void decode_key_string(dec *d) {
   lua_State *L = d->L;
   size_t n = *d->p - TAG_SHORTSTR;
   need(d, n + 1);
   const char *s = (const char *)d->p + 1;
   d->p += n + 1;
-  uint32_t h = 2166136261u;
-  for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 16777619u;
-  h = (h ^ (h >> 15)) & (MEMO_SIZE - 1);
+  uint32_t x = (uint32_t)n;
+  if (n > 0)
+    x |= (uint32_t)(unsigned char)s[0] << 8 |
+         (uint32_t)(unsigned char)s[n / 2] << 16 |
+         (uint32_t)(unsigned char)s[n - 1] << 24;
+  /* Fibonacci hashing: the top bits of the product mix all four bytes. */
+  uint32_t h = (uint32_t)(x * 0x9E3779B1u) >> (32 - MEMO_BITS);
   if (d->memo_slot[h].s != NULL && d->memo_slot[h].len == n &&
-      memcmp(d->memo_slot[h].s, s, n) == 0) {
+      same_short(d->memo_slot[h].s, s, n)) {
     lua_rawgeti(L, d->memo, (lua_Integer)h + 1);
     return;
   }
@@ -129,6 +164,39 @@ static void decode_key_string(dec *d) {
   lua_rawseti(L, d->memo, (lua_Integer)h + 1);
   d->memo_slot[h].s = lua_tostring(L, -1);
   d->memo_slot[h].len = n;
+}
+
+/*
+ * Pushes the value at d->p if it is one of the common scalars whose bytes
+ * are all there (a small integer, a short string, a float) and returns 1;
+ * returns 0, having read nothing, for anything else, which decode_value
+ * then reads and checks. Needs one byte. Inlined into the table loops:
+ * most entries of real data are such scalars.
+ */
+static inline __attribute__((always_inline)) int push_scalar(dec *d) {
+  lua_State *L = d->L;
+  unsigned tag = *d->p;
+  if (tag >= TAG_FIXINT) {
+    d->p++;
+    lua_pushinteger(L, (lua_Integer)(tag - TAG_FIXINT));
+    return 1;
+  }
+  if (tag >= TAG_SHORTSTR) {
+    size_t n = tag - TAG_SHORTSTR;
+    if (remaining(d) <= n) return 0;
+    lua_pushlstring(L, (const char *)d->p + 1, n);
+    d->p += n + 1;
+    return 1;
+  }
+  if (tag == TAG_FLOAT64 && remaining(d) >= 9) {
+    uint64_t u = codec_ld64((const char *)d->p + 1);
+    double x;
+    memcpy(&x, &u, 8);
+    d->p += 9;
+    lua_pushnumber(L, (lua_Number)x);
+    return 1;
+  }
+  return 0;
 }
 
 static inline int clamp_int(uint64_t n) { return n > INT_MAX ? INT_MAX : (int)n; }
@@ -161,22 +229,11 @@ static void decode_table(dec *d) {
   for (uint64_t i = 1; i <= narr; i++) {
     /* Fast paths for the common scalars. */
     need(d, 1);
-    unsigned tag = *d->p;
-    if (tag >= TAG_FIXINT) {
-      d->p++;
-      lua_pushinteger(L, (lua_Integer)(tag - TAG_FIXINT));
-    } else if (tag == TAG_FLOAT64 && remaining(d) >= 9) {
-      uint64_t u = codec_ld64((const char *)d->p + 1);
-      double x;
-      memcpy(&x, &u, 8);
-      d->p += 9;
-      lua_pushnumber(L, (lua_Number)x);
-    } else if (tag == TAG_NIL) {
+    if (*d->p == TAG_NIL) {
       d->p++;
       continue;
-    } else {
-      decode_value(d);
     }
+    if (!push_scalar(d)) decode_value(d);
     lua_rawseti(L, t, (lua_Integer)i);
   }
 
@@ -194,7 +251,8 @@ static void decode_table(dec *d) {
         if (k != k) fail(d, "NaN table key");
       }
     }
-    decode_value(d);
+    need(d, 1);
+    if (!push_scalar(d)) decode_value(d);
     lua_rawset(L, t);
   }
   d->depth--;
