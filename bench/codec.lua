@@ -3,7 +3,7 @@
 -- 100 MiB string against memcpy into a reused buffer.
 --
 -- Standalone: lua5.4 bench/codec.lua [runs]   (prints a markdown table;
--- runs defaults to 7, medians of that many timed runs after one warm-up)
+-- runs defaults to 11, medians of that many timed runs after one warm-up)
 -- Driver: loading it returns function(report) as bench/run.lua expects.
 -- True when run as a script rather than required or loaded by a driver.
 local is_main = not pcall(debug.getlocal, 4, 1)
@@ -21,7 +21,7 @@ local stats = dofile((debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") or "./"
 local cjson = require "cjson"
 local clock = core.monotonic
 
-local RUNS = 7
+local RUNS = 11
 
 local function floats(n)
   local t = {}
