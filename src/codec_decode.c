@@ -280,17 +280,12 @@ static void decode_proxy(dec *d) {
 static void decode_value(dec *d) {
   lua_State *L = d->L;
   need(d, 1);
+  if (push_scalar(d)) return;
   unsigned tag = *d->p++;
-  if (tag >= TAG_FIXINT) {
-    lua_pushinteger(L, (lua_Integer)(tag - TAG_FIXINT));
-    return;
-  }
   if (tag >= TAG_SHORTSTR) {
-    size_t n = tag - TAG_SHORTSTR;
-    need(d, n);
-    lua_pushlstring(L, (const char *)d->p, n);
-    d->p += n;
-    return;
+    /* push_scalar took every small integer and every short string whose
+     * bytes are all there: this one is cut off, and need() says so. */
+    need(d, tag - TAG_SHORTSTR);
   }
   switch (tag) {
     case TAG_NIL:
