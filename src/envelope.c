@@ -28,10 +28,10 @@ static void call_cjson(lua_State *L, const char *fn) {
 static void call_serializer(lua_State *L, const char *what) {
   if (lua_pcall(L, 1, 1, 0) == LUA_OK) return;
   if (ps_error_is(L, -1)) lua_error(L);
-  const char *msg = lua_tostring(L, -1);
+  /* The cause's text is printed after the message (error.c), so the
+   * message does not repeat it. */
   ps_error_raise(L, PS_ESERIALIZATION, &(ps_errctx){.cause = -1},
-                 "%s failed: %s", what,
-                 msg ? msg : luaL_typename(L, -1));
+                 "%s failed", what);
 }
 
 /* Picks the serializer: a per-call option at opt (0: none) or the store's. */

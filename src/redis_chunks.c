@@ -95,14 +95,14 @@ int ps_redis_del_chunks(ps_redis *x, ps_key k, const ps_rchunks *ci,
 
 /* ---- put ------------------------------------------------------------------- */
 
-/* Sends SETs of chunks [i0, i0 + m) and reads their replies. */
+/* Sends SETs of chunks [i0, i0 + m) and reads their replies; the first
+ * window also reads back the header of the value being replaced. */
 static int set_window(ps_redis *x, ps_key k, const char *data,
                       const ps_rchunks *ci, size_t i0, size_t m,
-                      int with_old, ps_rchunks *old, int *had, ps_berr *err) {
+                      ps_rchunks *old, int *had, ps_berr *err) {
   char suf[80];
-  if (with_old) {            /* the header of the value being replaced */
-    ps_redis_queue_old_header(x, k);
-  }
+  int with_old = i0 == 0;
+  if (with_old) ps_redis_queue_old_header(x, k);
   for (size_t i = i0; i < i0 + m; i++) {
     size_t off = i * ci->chunk;
     size_t l = ci->total - off < ci->chunk ? ci->total - off : ci->chunk;
@@ -137,7 +137,7 @@ int ps_redis_put_chunked(ps_redis *x, ps_key k, const char *data, size_t len,
   size_t written = 0;
   for (size_t i0 = 0; i0 < n && !code; i0 += WINDOW) {
     size_t m = n - i0 < WINDOW ? n - i0 : WINDOW;
-    code = set_window(x, k, data, &ci, i0, m, i0 == 0, &old, &had, err);
+    code = set_window(x, k, data, &ci, i0, m, &old, &had, err);
     written = i0 + m;
   }
   if (!code) {

@@ -474,10 +474,8 @@ static int fill(ps_rconn *c, ps_berr *err) {
     c->rlen -= c->rpos;
     c->rpos = 0;
   }
-  if (c->rlen == c->rpos) {   /* waiting for a reply: see spin.h */
-    struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
-    ps_poll_spin(&pfd, 1);
-  }
+  /* An empty socket is waited for by read_some's wait_ready, which spins
+   * briefly before it sleeps (spin.h). */
   size_t n;
   int code = read_some(c, c->rbuf + c->rlen, c->rcap - c->rlen, &n, err);
   if (code) return code;
