@@ -57,20 +57,16 @@ static void before_fork(void) {
   pthread_mutex_lock(&cache_mu);
 }
 
-static void after_fork_parent(void) {
-  pthread_mutex_unlock(&cache_mu);
-  pthread_mutex_unlock(&wraps_mu);
-}
-
-/* The child's one thread is the one that took the locks: it may release
- * them (re-initialising a held mutex is undefined). */
-static void after_fork_child(void) {
+/* Both sides release the locks after a fork: the child's one thread is
+ * the one that took them, so it may (re-initialising a held mutex is
+ * undefined). */
+static void after_fork(void) {
   pthread_mutex_unlock(&cache_mu);
   pthread_mutex_unlock(&wraps_mu);
 }
 
 static void register_atfork(void) {
-  pthread_atfork(before_fork, after_fork_parent, after_fork_child);
+  pthread_atfork(before_fork, after_fork, after_fork);
 }
 
 static size_t round_up(size_t n, size_t to) {

@@ -177,6 +177,14 @@ end
 -- Automatic proxying: values larger than the threshold go through the
 -- store; the receiving side extracts them and they are evicted after use.
 
+-- Evicts the proxies proxy_large made in list (a message that then could
+-- not be sent, a put that failed half way, a task that failed before it
+-- resolved them).
+local function evict_px(store, list, px)
+  local P = ps()
+  for _, i in ipairs(px or {}) do pcall(store.evict, store, P.key(list[i])) end
+end
+
 -- Replaces the large values of list (1..list.n) by proxies; returns the
 -- indices replaced, or nil. All or nothing: when a put fails, the proxies
 -- already made are evicted, list is as it was, and the error goes up.
@@ -196,10 +204,8 @@ local function proxy_large(store, list, threshold)
       -- single use: deleted by whoever resolves it, off the parent's path
       local ok, p = pcall(store.proxy, store, v, { evict = true })
       if not ok then
-        for j, i2 in ipairs(px or {}) do
-          pcall(store.evict, store, P.key(list[i2]))
-          list[i2] = orig[j]
-        end
+        evict_px(store, list, px)
+        for j, i2 in ipairs(px or {}) do list[i2] = orig[j] end
         error(p, 0)
       end
       list[i] = p
@@ -209,13 +215,6 @@ local function proxy_large(store, list, threshold)
     end
   end
   return px
-end
-
--- Evicts the proxies proxy_large made in list (a message that then could
--- not be sent).
-local function evict_px(store, list, px)
-  local P = ps()
-  for _, i in ipairs(px or {}) do pcall(store.evict, store, P.key(list[i])) end
 end
 
 -- Replaces the pool-made proxies of list by their targets (which deletes
@@ -497,10 +496,7 @@ function Pool:_finish(task, ok, values, err)
   end
   if task.px and not ok then
     -- resolving evicts them; a task that failed may not have resolved them
-    local P = ps()
-    for _, i in ipairs(task.px) do
-      pcall(self.store.evict, self.store, P.key(task.args_px[i]))
-    end
+    evict_px(self.store, task.args_px, task.px)
   end
   task.args_px = nil
 end
