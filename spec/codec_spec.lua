@@ -213,7 +213,6 @@ describe("core.serialize / core.deserialize", function()
       local r = rt(t)
       for i = 1, 5000 do assert(r["k" .. i][1] == i) end
     end)
-  end)
 
     -- The decoder remembers recent short keys in slots chosen by a key's
     -- length and its first, middle and last bytes: keys alike in all four
@@ -240,6 +239,7 @@ describe("core.serialize / core.deserialize", function()
         assert.are.equal(#keys, n)
       end
     end)
+  end)
 
   it("round-trips a 100 MiB string", function()
     local s = ("\0\1\2\3\254\255ab"):rep(100 * 1024 * 1024 // 8)
@@ -506,6 +506,7 @@ describe("core.serialize / core.deserialize", function()
       local blob = "\250\1\0" .. table.concat(parts) .. ("\0"):rep(pad)
       collectgarbage("collect")
       collectgarbage("stop")
+      finally(function() collectgarbage("restart") end)
       local before = collectgarbage("count")
       serialization_error(deserialize, blob)
       local grew = (collectgarbage("count") - before) * 1024

@@ -45,13 +45,20 @@ static void *holder(void *lock) {
 static int child_finishes(pthread_mutex_t *lock, int (*fn)(void)) {
   held = 0;
   pthread_t t;
-  pthread_create(&t, NULL, holder, lock);
+  if (pthread_create(&t, NULL, holder, lock) != 0) {
+    fprintf(stderr, "bigalloc_fork_test: cannot start a thread\n");
+    return 0;
+  }
   pthread_mutex_lock(&mu);
   while (!held) pthread_cond_wait(&cv, &mu);
   pthread_mutex_unlock(&mu);
   pid_t pid = fork();
   if (pid == 0) _exit(fn());
   pthread_join(t, NULL);
+  if (pid < 0) {
+    fprintf(stderr, "bigalloc_fork_test: fork failed\n");
+    return 0;
+  }
   for (int i = 0; i < 500; i++) {        /* 5 s */
     int st;
     if (waitpid(pid, &st, WNOHANG) == pid)

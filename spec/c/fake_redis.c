@@ -19,10 +19,17 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+/* \r, \n and decimal \ddd (Lua's escapes, so a spec can send any byte,
+ * NUL included); any other escaped character stands for itself. */
 static size_t unescape(const char *in, char *out) {
   size_t n = 0;
   for (; *in; in++) {
-    if (*in == '\\' && in[1]) {
+    if (*in == '\\' && in[1] >= '0' && in[1] <= '9') {
+      unsigned v = 0;
+      for (int d = 0; d < 3 && in[1] >= '0' && in[1] <= '9'; d++)
+        v = v * 10 + (unsigned)(*++in - '0');
+      out[n++] = (char)v;
+    } else if (*in == '\\' && in[1]) {
       in++;
       out[n++] = *in == 'r' ? '\r' : *in == 'n' ? '\n' : *in;
     } else {
