@@ -20,13 +20,6 @@ describe("the redis store against a hostile server", function()
 
   teardown(function() shell.rmtree(tmp) end)
 
-  local function my_pid()
-    local f = io.open("/proc/self/stat")
-    local pid = f:read("n")
-    f:close()
-    return pid
-  end
-
   -- Starts the fake server answering first, then rest; runs op against it
   -- in a child lua5.4; stops the server; returns the child's output. (The
   -- server also leaves by itself once this process is gone.)
@@ -35,7 +28,7 @@ describe("the redis store against a hostile server", function()
     os.remove(portfile)
     local pidfile = tmp .. "/pid"
     os.execute(("%s%s %d %s %s %s >/dev/null 2>&1 & echo $! > %s"):format(shell.CLEAN,
-      shell.quote(bin), my_pid(), shell.quote(portfile), shell.quote(first),
+      shell.quote(bin), shell.my_pid(), shell.quote(portfile), shell.quote(first),
       shell.quote(rest), shell.quote(pidfile)))
     local port
     for _ = 1, 200 do

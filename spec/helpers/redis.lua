@@ -18,6 +18,8 @@
 -- run without LD_PRELOAD/ASAN_OPTIONS (spec/run.sh's sanitizer pass must
 -- not instrument redis-server).
 
+local shell = require "helpers.shell"
+
 local M = {}
 
 local CLEAN_ENV = "env -u LD_PRELOAD -u ASAN_OPTIONS -u UBSAN_OPTIONS "
@@ -40,13 +42,6 @@ end
 
 function M.sleep(s)
   sh("sleep " .. s)
-end
-
-local function my_pid()
-  local f = assert(io.open("/proc/self/stat"))
-  local pid = f:read("n")
-  f:close()
-  return pid
 end
 
 -- Running (a zombie, which kill -0 still finds, counts as gone).
@@ -120,7 +115,7 @@ function M.start(opts)
   assert(dir ~= "", "mktemp failed")
   local self = setmetatable({
     host = "127.0.0.1", dir = dir, path = dir .. "/redis.sock",
-    args = opts.args, password = opts.password, owner = my_pid(),
+    args = opts.args, password = opts.password, owner = shell.my_pid(),
   }, Server)
   math.randomseed(os.time() + self.owner)
   for _ = 1, 20 do
@@ -162,7 +157,7 @@ function M.stutter(pid, stopped, running)
   local pidfile = os.tmpname()
   os.remove(pidfile)
   sh("sh -c " .. q("echo $$ > " .. q(pidfile) .. "; while kill -0 " ..
-    my_pid() .. " 2>/dev/null && kill -STOP " .. pid .. "; do sleep " ..
+    shell.my_pid() .. " 2>/dev/null && kill -STOP " .. pid .. "; do sleep " ..
     stopped .. "; kill -CONT " .. pid .. "; sleep " .. running ..
     "; done; kill -CONT " .. pid) .. " >/dev/null 2>&1 </dev/null &")
   local loop

@@ -6,6 +6,7 @@
 --   local rc, out = shell.sh("cc ...")     -- exit code, stdout+stderr
 --   local dir = shell.tempdir("what")      -- a fresh /tmp/ps-what.XXXXXX
 --   shell.rmtree(dir)
+--   shell.my_pid()                         -- this Lua process's pid
 local M = {}
 
 M.CLEAN = "unset LD_PRELOAD ASAN_OPTIONS UBSAN_OPTIONS; "
@@ -30,6 +31,13 @@ end
 
 function M.rmtree(dir)
   if dir then os.execute(M.CLEAN .. "rm -rf " .. M.quote(dir)) end
+end
+
+function M.my_pid()
+  local f = assert(io.open("/proc/self/stat"))
+  local pid = f:read("n")
+  f:close()
+  return pid
 end
 
 return M
