@@ -24,13 +24,19 @@ HIREDIS_LIBS   := $(shell $(PKG) --libs hiredis 2>/dev/null)
 WARN     := -std=c11 -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes
 OPT      ?= -O2 -g
 CPPFLAGS += -D_GNU_SOURCE
-ALL_CFLAGS = $(WARN) $(OPT) -fPIC $(CPPFLAGS) $(LUA_CFLAGS) $(HIREDIS_CFLAGS) $(CFLAGS)
+# One folder per layer: core (proxies, codec, errors), store (stores, cache,
+# file backend), redis (connection, backend), pool, host (the binary and the
+# C API). Every folder is on the include path, so a file includes its
+# neighbours' headers by name.
+SRC_DIRS := $(sort $(dir $(wildcard src/*/*.c)))
+INCLUDES := -Isrc $(SRC_DIRS:%/=-I%)
+ALL_CFLAGS = $(WARN) $(OPT) -fPIC $(CPPFLAGS) $(INCLUDES) $(LUA_CFLAGS) $(HIREDIS_CFLAGS) $(CFLAGS)
 LIBS     := $(HIREDIS_LIBS) -lpthread -lm
 
-HOST_SRC := $(wildcard src/main.c)
-EMBED_SRC := src/embed.c
-CORE_SRC := $(filter-out $(HOST_SRC) $(EMBED_SRC),$(wildcard src/*.c))
-HEADERS  := $(wildcard src/*.h)
+HOST_SRC := $(wildcard src/host/main.c)
+EMBED_SRC := src/host/embed.c
+CORE_SRC := $(filter-out $(HOST_SRC) $(EMBED_SRC),$(wildcard src/*/*.c))
+HEADERS  := $(wildcard src/*.h src/*/*.h)
 LUA_SRC  := $(wildcard lua/proxystore/*.lua)
 VERSION  := $(shell sed -n 's/^\#define PROXYSTORE_VERSION "\(.*\)"/\1/p' src/proxystore.h)
 
@@ -41,7 +47,7 @@ HOST_BIN  = $(if $(HOST_SRC),$(BUILD)/bin/proxystore)
 # For C hosts: the core, the C API (embed.c) and the Lua modules compiled in.
 LIB_A     = $(BUILD)/lib/libproxystore.a
 LUASRC_C  = $(BUILD)/gen/luasrc.inc
-EMBED_OBJ = $(BUILD)/obj/embed.o
+EMBED_OBJ = $(BUILD)/obj/host/embed.o
 
 SANITIZE := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
@@ -59,7 +65,7 @@ $(CORE_SO): $(CORE_OBJ)
 
 # The host binary links the core in and preloads it; -Wl,-E lets other C
 # modules it loads find the Lua API (as lua(1) does).
-$(BUILD)/bin/proxystore: $(BUILD)/obj/main.o $(CORE_OBJ)
+$(BUILD)/bin/proxystore: $(BUILD)/obj/host/main.o $(CORE_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(OPT) -Wl,-E $(LDFLAGS) -o $@ $^ $(LUA_LIBS) $(LIBS) -ldl
 
@@ -68,7 +74,7 @@ $(LUASRC_C): tools/luasrc.lua $(LUA_SRC)
 	@mkdir -p $(dir $@)
 	$(LUA) tools/luasrc.lua $@ $(LUA_SRC)
 
-$(BUILD)/obj/embed.o: src/embed.c $(HEADERS) $(LUASRC_C)
+$(BUILD)/obj/host/embed.o: src/host/embed.c $(HEADERS) $(LUASRC_C)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -DPS_LUASRC='"$(abspath $(LUASRC_C))"' -c $< -o $@
 
@@ -171,7 +177,14 @@ demo: deps
 	@$(MAKE) --no-print-directory all >/dev/null
 	@$(BUILD)/bin/proxystore $(DEMO)
 
-bench: all $(REDIS_RAW)
+# Helpers only the benchmarks use (a memcpy baseline, C-API floors): a
+# module of their own, never installed.
+BENCH_SO = $(BUILD)/lib/proxystore/bench.so
+$(BENCH_SO): bench/c/support.c src/core/buf.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -shared -o $@ bench/c/support.c src/core/buf.c
+
+bench: all $(REDIS_RAW) $(BENCH_SO)
 	@$(LUA) bench/run.lua
 
 # The decoder fuzzer: clang's libFuzzer with ASan+UBSan, linked with every
@@ -187,7 +200,7 @@ FUZZ_RUN_FLAGS ?= -max_len=65536 -rss_limit_mb=2048 -malloc_limit_mb=64 \
 
 $(FUZZ_BIN): fuzz/decode_fuzz.c $(CORE_SRC) $(HEADERS)
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) -std=c11 -D_GNU_SOURCE $(FUZZ_FLAGS) -Isrc $(LUA_CFLAGS) $(HIREDIS_CFLAGS) \
+	$(FUZZ_CC) -std=c11 -D_GNU_SOURCE $(FUZZ_FLAGS) $(INCLUDES) $(LUA_CFLAGS) $(HIREDIS_CFLAGS) \
 	  -o $@ fuzz/decode_fuzz.c $(CORE_SRC) $(LUA_LIBS) $(HIREDIS_LIBS) -lpthread -lm
 
 fuzz: $(FUZZ_BIN)

@@ -17,6 +17,7 @@ local BUILD = os.getenv("PROXYSTORE_BUILD") or (ROOT .. "/build")
 package.cpath = BUILD .. "/lib/?.so;" .. package.cpath
 
 local core = require "proxystore.core"
+local benchlib = require "proxystore.bench"
 local stats = dofile((debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") or "./") .. "stats.lua")
 local cjson = require "cjson"
 local clock = core.monotonic
@@ -74,9 +75,9 @@ end)(function(report)
   -- format: decoding must build the 1e5 tables (with 1e5 new strings),
   -- encoding must read every record's identity, keys and values. The
   -- bound row is the ratio a codec running at both floors would reach.
-  local tf, sf = stats.time(RUNS, function() core._bench_build_records(1e5) end)
+  local tf, sf = stats.time(RUNS, function() benchlib.build_records(1e5) end)
   report("codec", "1e5 records: build through the C API (decode floor)", tf * 1e9, sf)
-  local tr, sr = stats.time(RUNS, function() core._bench_read_records(recs) end)
+  local tr, sr = stats.time(RUNS, function() benchlib.read_records(recs) end)
   report("codec", "1e5 records: read through the C API (encode floor)", tr * 1e9, sr)
   report("codec", "1e5 records: both floors (best any C-API codec can do)",
     (tf + tr) * 1e9, nil, "cjson encode+decode", cjson_records / (tf + tr))
@@ -95,7 +96,7 @@ end)(function(report)
   -- reused buffer; ratio = fraction of memcpy bandwidth reached.
   local N = 100 * 1024 * 1024
   local s = string.rep("\1\2\3\4\5\6\7\0", N // 8)
-  local tm, lo, hi = core._bench_memcpy(N, math.max(RUNS, 5))
+  local tm, lo, hi = benchlib.memcpy(N, math.max(RUNS, 5))
   report("codec", "100 MiB memcpy (reused buffer)", tm * 1e9, (hi - lo) / tm * 100)
   local te, se = stats.time(math.max(RUNS, 5), function() blob = core.serialize(s) end)
   report("codec", "100 MiB string: native encode", te * 1e9, se, "memcpy", tm / te)

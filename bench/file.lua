@@ -7,8 +7,8 @@
 -- Standalone: lua5.4 bench/file.lua [sizes...]   (sizes like 1K 1M 100M)
 -- prints a markdown table. Under bench/run.lua: returns function(report).
 --
--- Baselines come from proxystore.core's benchmark helpers (monotonic,
--- _bench_memcpy). "First resolve" is a fresh proxy on a store with cache_size = 0, so the
+-- Baselines come from the bench module (proxystore.bench.memcpy) and
+-- core.monotonic. "First resolve" is a fresh proxy on a store with cache_size = 0, so the
 -- bytes come from the file every time. The disk directory is under
 -- /var/tmp; its files are in the page cache when read (this measures the
 -- store's code path, not the disk).
@@ -59,6 +59,7 @@ end
 local function run(report, wanted)
   local ps = require "proxystore"
   local core = require "proxystore.core"
+  local benchlib = require "proxystore.bench"
   local clock = core.monotonic
   local function now() return clock() * 1e9 end
   local piece = string.rep("0123456789abcdef", 64)   -- 1 KiB
@@ -83,8 +84,8 @@ local function run(report, wanted)
     local rep_ns, rep_sp = measure(now, runs, iters,
       function() sink = string.rep(piece, n // #piece) end, nil, drop)
     report(section, "baseline: string.rep (fresh Lua string)", rep_ns, rep_sp)
-    -- core._bench_memcpy: median, min, max seconds of single copies.
-    local med, lo, hi = core._bench_memcpy(n, math.min(1000, runs * iters))
+    -- benchlib.memcpy: median, min, max seconds of single copies.
+    local med, lo, hi = benchlib.memcpy(n, math.min(1000, runs * iters))
     local cpy_ns, cpy_sp = med * 1e9, (hi - lo) / med * 100
     report(section, "baseline: memcpy into a reused buffer", cpy_ns, cpy_sp)
 

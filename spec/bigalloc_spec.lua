@@ -1,4 +1,4 @@
--- Large blocks (src/bigalloc.c) across fork, from the plain-C test
+-- Large blocks (src/core/bigalloc.c) across fork, from the plain-C test
 -- spec/c/bigalloc_fork_test.c: a child forked while the prefetch thread
 -- holds the block cache's lock must still allocate.
 local ROOT = os.getenv("PROXYSTORE_SOURCE_ROOT") or "."
@@ -12,7 +12,7 @@ describe("large blocks", function()
     local bin = tmp .. "/bigalloc_fork_test"
     -- bigalloc.c is included by the test itself, so it is built alone.
     local rc, out = shell.sh(string.format(
-      "cd '%s' && ${CC:-cc} -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -g "
+      "cd '%s' && ${CC:-cc} -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -g -Isrc -Isrc/core -Isrc/store "
       .. "$(pkg-config --cflags lua5.4) -o '%s' spec/c/bigalloc_fork_test.c "
       .. "$(pkg-config --libs lua5.4) -lpthread -ldl", ROOT, bin))
     assert.are.equal(0, rc, out)

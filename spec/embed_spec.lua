@@ -5,6 +5,7 @@
 local ROOT = os.getenv("PROXYSTORE_SOURCE_ROOT") or "."
 local BUILD = os.getenv("PROXYSTORE_BUILD") or (ROOT .. "/build")
 local SANITIZED = BUILD:find("build%-asan") ~= nil
+local shell = require "helpers.shell"
 
 local function sh(cmd)
   local f = io.popen(cmd .. " 2>&1; echo \"rc=$?\"")
@@ -91,10 +92,10 @@ describe("the C API (proxystore.h)", function()
     -- that compile every C file of src do.
     local flags = SANITIZED and "-fsanitize=address,undefined -fno-omit-frame-pointer" or ""
     local rc, out = sh(string.format(
-      "cd '%s' && env -u LD_PRELOAD ${CC:-cc} -std=c11 -O1 -g -D_GNU_SOURCE %s -Isrc "
+      "cd '%s' && env -u LD_PRELOAD ${CC:-cc} -std=c11 -O1 -g -D_GNU_SOURCE %s "
       .. "$(pkg-config --cflags lua5.4 hiredis) -o '%s/bare_host' examples/embed/host.c "
-      .. "$(ls src/*.c | grep -v '/main\\.c$') $(pkg-config --libs lua5.4 hiredis) "
-      .. "-lpthread -lm", ROOT, flags, tmp))
+      .. "%s $(pkg-config --libs lua5.4 hiredis) "
+      .. "-lpthread -lm", ROOT, flags, tmp, shell.core_c(ROOT)))
     assert(rc == 0, out)
     rc, out = sh(string.format("cd '%s' && LUA_PATH='%s/lua/?.lua;%s/lua/?/init.lua' "
       .. "'%s/bare_host' '%s/examples/embed/script.lua'", tmp, ROOT, ROOT, tmp, ROOT))

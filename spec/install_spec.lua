@@ -8,7 +8,7 @@
 -- the C API itself runs sanitized in embed_spec.lua.
 local ROOT = os.getenv("PROXYSTORE_SOURCE_ROOT") or "."
 local SANITIZED = (os.getenv("PROXYSTORE_BUILD") or ""):find("build%-asan") ~= nil
-local HAS_HOST = io.open(ROOT .. "/src/main.c") ~= nil
+local HAS_HOST = io.open(ROOT .. "/src/host/main.c") ~= nil
 
 -- Runs a shell command outside the sanitizer preload; returns rc, output.
 -- A user's shell has no LUA_PATH of this checkout either.

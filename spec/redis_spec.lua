@@ -1,5 +1,6 @@
 -- The Redis store, against a real redis-server started by helpers.redis.
 local ps = require "proxystore"
+local shell = require "helpers.shell"
 local core = require "proxystore.core"
 local redis = require "helpers.redis"
 
@@ -1003,7 +1004,7 @@ describe("the redis store", function()
       local dir = srv.dir
       local exe = dir .. "/backend_redis_test"
       -- every C file of the core but the host binary's main
-      local srcs = "$(ls " .. root .. "/src/*.c | grep -v '/main\\.c$')"
+      local srcs = shell.core_c(root)
       local cc = "env -u LD_PRELOAD cc -std=c11 -O1 -g -D_GNU_SOURCE " ..
         "$(pkg-config --cflags lua5.4 hiredis) -o " .. exe .. " " ..
         root .. "/spec/c/backend_redis_test.c " .. srcs ..

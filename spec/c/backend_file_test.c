@@ -12,7 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "../../src/backend.h"
+#include "backend.h"
 
 static int n_ok;
 

@@ -9,8 +9,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "../../src/backend.h"
-#include "../../src/prefetch.h"
+#include "backend.h"
+#include "prefetch.h"
 
 static int failures, count;
 

@@ -5,7 +5,7 @@
  * lock itself, which makes the test deterministic (no race to win).
  * Prints "ok N - what" / "not ok N - what"; exit status 1 on failure.
  */
-#include "../../src/bigalloc.c"
+#include "../../src/core/bigalloc.c"
 
 #include <signal.h>
 #include <stdio.h>

@@ -7,6 +7,8 @@
 --   local dir = shell.tempdir("what")      -- a fresh /tmp/ps-what.XXXXXX
 --   shell.rmtree(dir)
 --   shell.my_pid()                         -- this Lua process's pid
+--   shell.core_c(root)                     -- include flags and sources of
+--                                          -- the C core, for C test programs
 local M = {}
 
 M.CLEAN = "unset LD_PRELOAD ASAN_OPTIONS UBSAN_OPTIONS; "
@@ -31,6 +33,15 @@ end
 
 function M.rmtree(dir)
   if dir then os.execute(M.CLEAN .. "rm -rf " .. M.quote(dir)) end
+end
+
+-- "-I... src/a/x.c ...": every folder of src on the include path and every
+-- C file of the core but the host binary's main, as shell words, for specs
+-- that link the core into a plain-C test program.
+function M.core_c(root)
+  local r = M.quote(root)
+  return "-I" .. r .. "/src $(for d in " .. r .. "/src/*/; do printf -- '-I%s ' \"$d\"; done) "
+    .. "$(ls " .. r .. "/src/*/*.c | grep -v '/host/main\\.c$') "
 end
 
 function M.my_pid()

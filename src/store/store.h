@@ -1,7 +1,8 @@
 /*
- * store.h: what the store's files share (store.c: objects, registry,
- * operations; envelope.c: serializer dispatch; store_batch.c: batches).
- * Internal to proxystore.core.
+ * store.h: what the store's files share (store.c: core operations and
+ * resolution; store_registry.c: the registry and store creation;
+ * store_methods.c: the Lua-facing methods; envelope.c: serializer
+ * dispatch; store_batch.c: batches). Internal to proxystore.core.
  */
 #ifndef PS_STORE_H
 #define PS_STORE_H
@@ -62,9 +63,21 @@ void ps_store_do_put(lua_State *L, int sidx, ps_store *s, int obj, int kidx,
                      int ser);
 int ps_store_do_get(lua_State *L, int sidx, ps_store *s, int kidx,
                     unsigned flags, int deser, ps_prefetch_slot *slot);
+/* Deletes the key at kidx (cache included); an absent key is no error. */
+void ps_store_do_evict(lua_State *L, int sidx, ps_store *s, int kidx);
 int ps_store_opt_table(lua_State *L, int idx);
 int ps_store_opt_field(lua_State *L, int opts, const char *field);
 unsigned ps_store_proxy_flags(lua_State *L, int opts);
+
+/* store_registry.c: stores by name, one table per Lua state. */
+void ps_store_registry_push(lua_State *L);
+/* Removes the store at sidx from the registry if it is the one registered
+ * under its name. */
+void ps_store_unregister(lua_State *L, int sidx);
+void ps_store_registry_open(lua_State *L);   /* module table on top */
+
+/* store_methods.c: the store metatable and its methods. */
+void ps_store_methods_open(lua_State *L);
 
 /* envelope.c: the serializer byte in front of every stored object. */
 ps_buf *ps_envelope_serialize(lua_State *L, int sidx, ps_store *s, int obj,

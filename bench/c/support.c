@@ -1,8 +1,9 @@
 /*
- * bench_support.c: helpers for the benchmarks in bench/, kept out of the
- * public face (underscore names): a monotonic clock, the memcpy baseline
- * the codec benchmark compares large strings against, and the C-API floor
- * for building its records.
+ * bench/c/support.c: the module proxystore.bench, helpers for the
+ * benchmarks in bench/ that ship in no installed library: the memcpy
+ * baseline large strings are compared against, and the C-API floors for
+ * building and reading the codec's records. make bench builds it into
+ * build/lib/proxystore/bench.so.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -150,12 +151,15 @@ static int bench_read_records(lua_State *L) {
 }
 
 static const luaL_Reg bench_funcs[] = {
-  {"_bench_build_records", bench_build_records},
-  {"_bench_read_records", bench_read_records},
-  {"_bench_memcpy", bench_memcpy},
+  {"build_records", bench_build_records},
+  {"read_records", bench_read_records},
+  {"memcpy", bench_memcpy},
   {NULL, NULL},
 };
 
-void ps_bench_open(lua_State *L) {
-  luaL_setfuncs(L, bench_funcs, 0);
+int luaopen_proxystore_bench(lua_State *L);
+int luaopen_proxystore_bench(lua_State *L) {
+  ps_buf_open(L);
+  luaL_newlib(L, bench_funcs);
+  return 1;
 }

@@ -54,5 +54,4 @@ static const luaL_Reg codec_funcs[] = {
 
 void ps_codec_open(lua_State *L) {
   luaL_setfuncs(L, codec_funcs, 0);
-  ps_bench_open(L);
 }

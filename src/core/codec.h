@@ -57,10 +57,6 @@ enum {
  */
 void ps_codec_encode_ex(lua_State *L, int idx, ps_buf *b, int pieces);
 
-/* Registers core._bench_memcpy and friends (bench_support.c),
- * helpers for bench/codec.lua; called by ps_codec_open. */
-void ps_bench_open(lua_State *L);
-
 /* Little-endian stores and loads; compilers turn these into single moves. */
 static inline void codec_st64(char *p, uint64_t v) {
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__

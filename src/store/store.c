@@ -1,0 +1,346 @@
+/*
+ * store.c: the store's core operations (put, get through the cache, evict)
+ * and resolution, for proxies.
+ *
+ * A store is a userdata over either the in-process "local" table (objects
+ * kept by reference, as the seed's local backend did) or a byte backend
+ * (backend.h). For byte backends this file owns serializer dispatch, the
+ * per-process LRU cache of deserialized objects, strict version checks,
+ * evict-on-resolve and metrics; the backend only moves bytes.
+ *
+ * Serializer dispatch is in envelope.c, batches in store_batch.c, the
+ * registry of stores by name (and re-creation from a carried config) in
+ * store_registry.c, the Lua-facing methods in store_methods.c.
+ *
+ * User values: 1 config table, 2 local objects, 3 cached values,
+ * 4 custom serializer, 5 custom deserializer.
+ */
+#include <string.h>
+#include <time.h>
+
+#include "store.h"
+#include "ps_backends.h"
+#include "prefetch.h"
+
+/* Stands for a stored nil in the local store's table. */
+static const char local_nil = 0;
+
+double ps_store_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+void ps_store_record(ps_store *s, int op, double t0, size_t bytes) {
+  if (s->ops == NULL) {
+    /* Local operations take ~100 ns: timing them would double that. */
+    s->m[op].count++;
+    return;
+  }
+  double dt = ps_store_now() - t0;
+  metric *m = &s->m[op];
+  m->count++;
+  m->bytes += (lua_Integer)bytes;
+  m->total += dt;
+  if (dt > m->max) m->max = dt;
+}
+
+ps_store *ps_store_check(lua_State *L, int idx) {
+  return luaL_checkudata(L, idx, STORE_MT);
+}
+
+int ps_store_is_open(lua_State *L, int idx) {
+  return ps_store_check(L, idx)->open;
+}
+
+/* The store's name (anchored in its config table). */
+const char *ps_store_name(lua_State *L, int sidx) {
+  lua_getiuservalue(L, sidx, UV_CONFIG);
+  lua_getfield(L, -1, "name");
+  const char *name = lua_tostring(L, -1);
+  lua_pop(L, 2);
+  return name ? name : "?";
+}
+
+ps_store *ps_store_check_open(lua_State *L, int idx) {
+  ps_store *s = ps_store_check(L, idx);
+  if (!s->open)
+    ps_error_raise(L, PS_ECLOSED, &(ps_errctx){.store = ps_store_name(L, idx)},
+                   "store '%s' is closed", ps_store_name(L, idx));
+  return s;
+}
+
+/* Keys are user input: a bad one is a config error, never a crash. */
+const char *ps_store_check_key(lua_State *L, int idx, size_t *len) {
+  if (lua_type(L, idx) != LUA_TSTRING)
+    ps_error_raise(L, PS_ECONFIG, NULL, "a key must be a string, got %s",
+                   luaL_typename(L, idx));
+  const char *k = lua_tolstring(L, idx, len);
+  if (*len == 0) ps_error_raise(L, PS_ECONFIG, NULL, "a key must not be empty");
+  return k;
+}
+
+static const char *address(ps_store *s) {
+  return s->ops && s->ctx && s->ops->address ? s->ops->address(s->ctx) : NULL;
+}
+
+/* Raises the error a backend reported (err already released everything). */
+int ps_store_raise_backend(lua_State *L, int sidx, ps_store *s,
+                         const ps_berr *err, const char *key, size_t klen) {
+  static const char *const kinds[] = {
+    [PS_BNOTFOUND] = PS_EMISSING_KEY, [PS_BCONN] = PS_ECONNECTION,
+    [PS_BTIMEOUT] = PS_ETIMEOUT,      [PS_BPROTO] = PS_ESTORE,
+    [PS_BCONFIG] = PS_ECONFIG,        [PS_BIO] = PS_EIO,
+    [PS_BNOMEM] = PS_ESTORE};
+  int code = err->code;
+  const char *kind = code > 0 && code <= PS_BNOMEM && kinds[code]
+                         ? kinds[code] : PS_ESTORE;
+  const char *name = ps_store_name(L, sidx);
+  return ps_error_raise(L, kind,
+                        &(ps_errctx){.key = key, .keylen = klen,
+                                     .store = name, .address = address(s)},
+                        "store '%s': %s", name,
+                        err->msg[0] ? err->msg : "backend error");
+}
+
+/* ---- boxes for C memory that must survive a Lua error ------------------- */
+
+
+static int blobs_gc(lua_State *L) {
+  blobs *bs = luaL_checkudata(L, 1, BLOBS_MT);
+  for (size_t i = 0; i < bs->n; i++) ps_blob_release(&bs->b[i]);
+  return 0;
+}
+
+blobs *ps_blobs_push(lua_State *L, size_t n) {
+  blobs *bs = lua_newuserdatauv(L, sizeof *bs + n * sizeof(ps_blob), 0);
+  bs->n = 0;
+  memset(bs->b, 0, n * sizeof(ps_blob));
+  bs->n = n;
+  luaL_setmetatable(L, BLOBS_MT);
+  return bs;
+}
+
+/* ---- core operations ------------------------------------------------------- */
+
+void ps_store_cache_drop(lua_State *L, int sidx, ps_store *s,
+                         const char *key, size_t klen) {
+  if (s->cache.count == 0) return;
+  ps_cache_remove(&s->cache, key, klen);
+  lua_getiuservalue(L, sidx, UV_CACHE);
+  lua_pushlstring(L, key, klen);
+  lua_pushnil(L);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
+
+/* Caches the value on top of the stack under key (leaves it there). */
+void ps_store_cache_add(lua_State *L, int sidx, ps_store *s,
+                        const char *key, size_t klen, const ps_version *ver) {
+  ps_cache_node *n = ps_cache_put(&s->cache, key, klen);
+  if (n == NULL) return;
+  if (ver) {
+    n->version = *ver;
+    n->has_version = 1;
+  }
+  lua_getiuservalue(L, sidx, UV_CACHE);
+  lua_pushlstring(L, key, klen);
+  lua_pushvalue(L, -3);
+  lua_rawset(L, -3);
+  ps_cache_node *old;
+  while ((old = ps_cache_pop_excess(&s->cache)) != NULL) {
+    lua_pushlstring(L, old->key, old->keylen);
+    lua_pushnil(L);
+    lua_rawset(L, -3);
+    ps_cache_release(old);
+  }
+  lua_pop(L, 1);
+}
+
+/* Stores the value at obj under the key at kidx. */
+void ps_store_do_put(lua_State *L, int sidx, ps_store *s, int obj, int kidx,
+                   int ser) {
+  size_t klen;
+  const char *key = lua_tolstring(L, kidx, &klen);
+  double t0 = s->ops ? ps_store_now() : 0;
+  if (s->ops == NULL) {
+    lua_getiuservalue(L, sidx, UV_LOCAL);
+    lua_pushvalue(L, kidx);
+    if (lua_isnil(L, obj)) lua_pushlightuserdata(L, (void *)&local_nil);
+    else lua_pushvalue(L, obj);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+    ps_store_record(s, OP_PUT, t0, 0);
+    return;
+  }
+  ps_buf *b = ps_envelope_serialize(L, sidx, s, obj, ser);
+  if (!s->open) ps_buf_free(b);   /* a user serializer closed the store */
+  ps_store_check_open(L, sidx);
+  ps_berr err = {0, ""};
+  int rc = s->ops->put(s->ctx, (ps_key){key, klen}, b->data, b->len, NULL,
+                       &err);
+  size_t len = b->len;
+  ps_buf_free(b);
+  lua_pop(L, 1);
+  if (rc != PS_BOK) ps_store_raise_backend(L, sidx, s, &err, key, klen);
+  ps_store_cache_drop(L, sidx, s, key, klen);
+  ps_store_record(s, OP_PUT, t0, len);
+}
+
+/*
+ * Pushes the object under the key at kidx and returns 1, or pushes nothing
+ * and returns 0 when the key is absent.
+ */
+int ps_store_do_get(lua_State *L, int sidx, ps_store *s, int kidx,
+                  unsigned flags, int deser, ps_prefetch_slot *slot) {
+  size_t klen;
+  const char *key = lua_tolstring(L, kidx, &klen);
+  double t0 = s->ops ? ps_store_now() : 0;
+  if (s->ops == NULL) {
+    lua_getiuservalue(L, sidx, UV_LOCAL);
+    lua_pushvalue(L, kidx);
+    int t = lua_rawget(L, -2);
+    lua_remove(L, -2);
+    ps_store_record(s, OP_GET, t0, 0);
+    if (t == LUA_TNIL) {
+      lua_pop(L, 1);
+      return 0;
+    }
+    if (lua_touserdata(L, -1) == &local_nil) {
+      lua_pop(L, 1);
+      lua_pushnil(L);
+    }
+    return 1;
+  }
+  /* A per-proxy deserializer makes a value only that proxy may see. */
+  ps_cache_node *hit = deser ? NULL : ps_cache_find(&s->cache, key, klen);
+  if (hit && !(flags & PS_PROXY_STRICT)) {
+    s->hits++;
+    ps_prefetch_slot_free(slot);
+    lua_getiuservalue(L, sidx, UV_CACHE);
+    lua_pushvalue(L, kidx);
+    lua_rawget(L, -2);
+    lua_remove(L, -2);
+    return 1;
+  }
+  ps_version have, ver;
+  int use_have = hit && hit->has_version;
+  if (use_have) have = hit->version;
+  blobs *bs = ps_blobs_push(L, 1);
+  ps_berr err = {0, ""};
+  int rc;
+  if (slot && *slot) {
+    rc = ps_prefetch_wait(*slot, &bs->b[0], &ver, &err);
+    ps_prefetch_slot_free(slot);
+    if (rc == PS_BOK && use_have && memcmp(&ver, &have, sizeof ver) == 0)
+      rc = PS_BUNCHANGED;
+  } else {
+    rc = s->ops->get(s->ctx, (ps_key){key, klen}, use_have ? &have : NULL,
+                     &bs->b[0], &ver, &err);
+  }
+  if (rc == PS_BUNCHANGED) {
+    ps_blob_release(&bs->b[0]);
+    lua_pop(L, 1);
+    s->hits++;
+    ps_store_record(s, OP_GET, t0, 0);
+    lua_getiuservalue(L, sidx, UV_CACHE);
+    lua_pushvalue(L, kidx);
+    lua_rawget(L, -2);
+    lua_remove(L, -2);
+    return 1;
+  }
+  if (rc == PS_BNOTFOUND) {
+    lua_pop(L, 1);
+    if (hit) ps_store_cache_drop(L, sidx, s, key, klen);
+    s->misses++;
+    ps_store_record(s, OP_GET, t0, 0);
+    return 0;
+  }
+  if (rc != PS_BOK) {
+    ps_blob_release(&bs->b[0]);
+    ps_store_raise_backend(L, sidx, s, &err, key, klen);
+  }
+  s->misses++;
+  size_t len = bs->b[0].len;
+  ps_envelope_deserialize(L, sidx, bs->b[0].data, len, deser);
+  ps_blob_release(&bs->b[0]);
+  ps_store_check_open(L, sidx);   /* a user deserializer may have closed it */
+  lua_remove(L, -2);   /* the blob box */
+  if (!deser) ps_store_cache_add(L, sidx, s, key, klen, &ver);
+  ps_store_record(s, OP_GET, t0, len);
+  return 1;
+}
+
+void ps_store_do_evict(lua_State *L, int sidx, ps_store *s, int kidx) {
+  size_t klen;
+  const char *key = lua_tolstring(L, kidx, &klen);
+  double t0 = s->ops ? ps_store_now() : 0;
+  if (s->ops == NULL) {
+    lua_getiuservalue(L, sidx, UV_LOCAL);
+    lua_pushvalue(L, kidx);
+    lua_pushnil(L);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+  } else {
+    ps_berr err = {0, ""};
+    ps_store_cache_drop(L, sidx, s, key, klen);
+    if (s->ops->evict(s->ctx, (ps_key){key, klen}, &err) != PS_BOK)
+      ps_store_raise_backend(L, sidx, s, &err, key, klen);
+  }
+  ps_store_record(s, OP_EVICT, t0, 0);
+}
+
+/* ---- resolution, for proxies ------------------------------------------------ */
+
+void ps_store_resolve_ex(lua_State *L, int sidx, int kidx, unsigned flags,
+                         int deser, ps_prefetch_slot *slot) {
+  sidx = lua_absindex(L, sidx);
+  kidx = lua_absindex(L, kidx);
+  if (deser) deser = lua_absindex(L, deser);
+  ps_store *s = ps_store_check_open(L, sidx);
+  if (!ps_store_do_get(L, sidx, s, kidx, flags, deser, slot)) {
+    size_t klen;
+    const char *key = lua_tolstring(L, kidx, &klen);
+    const char *name = ps_store_name(L, sidx);
+    const char *addr = address(s);
+    ps_error_raise(L, PS_EMISSING_KEY,
+                   &(ps_errctx){.key = key, .keylen = klen, .store = name,
+                                .address = addr},
+                   "no object under key '%s' in store '%s'%s%s", key, name,
+                   addr ? " at " : "", addr ? addr : "");
+  }
+  if (flags & PS_PROXY_EVICT) ps_store_do_evict(L, sidx, s, kidx);
+}
+
+void ps_store_resolve(lua_State *L, int sidx, int kidx, unsigned flags) {
+  ps_store_resolve_ex(L, sidx, kidx, flags, 0, NULL);
+}
+
+void ps_prefetch_slot_free(ps_prefetch_slot *slot) {
+  if (slot && *slot) {
+    ps_prefetch_free(*slot);
+    *slot = NULL;
+  }
+}
+
+void ps_store_prefetch(lua_State *L, int sidx, int kidx, unsigned flags,
+                       ps_prefetch_slot *slot) {
+  ps_store *s = ps_store_check_open(L, sidx);
+  size_t klen;
+  const char *key = lua_tolstring(L, kidx, &klen);
+  if (s->ops == NULL || *slot) return;
+  if (!(flags & PS_PROXY_STRICT) && ps_cache_find(&s->cache, key, klen))
+    return;   /* first use will be a cache hit anyway */
+  ps_berr err = {0, ""};
+  *slot = ps_prefetch_start(s->ops, &s->bcfg, (ps_key){key, klen}, &err);
+  if (*slot == NULL) ps_store_raise_backend(L, sidx, s, &err, key, klen);
+}
+
+void ps_store_open(lua_State *L) {
+  luaL_newmetatable(L, BLOBS_MT);
+  lua_pushcfunction(L, blobs_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pop(L, 1);
+  ps_store_methods_open(L);
+  ps_store_registry_open(L);
+}

@@ -1,0 +1,241 @@
+/*
+ * store_methods.c: the methods of a store userdata as Lua sees them
+ * (store:put, :get, :proxy, :metrics, :close, ...), its metatable, and the
+ * option helpers they share with store_batch.c.
+ */
+#include <string.h>
+
+#include "store.h"
+
+static const char *const op_names[OP_N] = {"put", "get", "exists", "evict"};
+
+/* Key for a put: opts.key at opts (0: none), else 128 random bits. */
+static int push_put_key(lua_State *L, int opts) {
+  if (opts && lua_getfield(L, opts, "key") != LUA_TNIL) {
+    size_t len;
+    ps_store_check_key(L, lua_gettop(L), &len);
+    return lua_gettop(L);
+  }
+  if (opts) lua_pop(L, 1);
+  char key[33];
+  ps_key_random(key);
+  lua_pushlstring(L, key, 32);
+  return lua_gettop(L);
+}
+
+int ps_store_opt_table(lua_State *L, int idx) {
+  if (lua_isnoneornil(L, idx)) return 0;
+  luaL_checktype(L, idx, LUA_TTABLE);
+  return idx;
+}
+
+int ps_store_opt_field(lua_State *L, int opts, const char *field) {
+  if (!opts) return 0;
+  lua_getfield(L, opts, field);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  return lua_gettop(L);
+}
+
+unsigned ps_store_proxy_flags(lua_State *L, int opts) {
+  unsigned flags = 0;
+  if (!opts) return 0;
+  if (lua_getfield(L, opts, "evict"), lua_toboolean(L, -1)) flags |= PS_PROXY_EVICT;
+  if (lua_getfield(L, opts, "strict"), lua_toboolean(L, -1)) flags |= PS_PROXY_STRICT;
+  lua_pop(L, 2);
+  return flags;
+}
+
+static int store_put(lua_State *L) {
+  ps_store *s = ps_store_check_open(L, 1);
+  luaL_checkany(L, 2);
+  int opts = ps_store_opt_table(L, 3);
+  lua_settop(L, 3);
+  int k = push_put_key(L, opts);
+  ps_store_do_put(L, 1, s, 2, k, ps_store_opt_field(L, opts, "serializer"));
+  lua_pushvalue(L, k);
+  return 1;
+}
+
+static int store_get(lua_State *L) {
+  ps_store *s = ps_store_check_open(L, 1);
+  size_t klen;
+  ps_store_check_key(L, 2, &klen);
+  lua_settop(L, 3);
+  if (!ps_store_do_get(L, 1, s, 2, 0, 0, NULL)) lua_pushvalue(L, 3);
+  return 1;
+}
+
+static int store_exists(lua_State *L) {
+  ps_store *s = ps_store_check_open(L, 1);
+  size_t klen;
+  const char *key = ps_store_check_key(L, 2, &klen);
+  double t0 = s->ops ? ps_store_now() : 0;
+  int found;
+  if (s->ops == NULL) {
+    lua_getiuservalue(L, 1, UV_LOCAL);
+    lua_pushvalue(L, 2);
+    found = lua_rawget(L, -2) != LUA_TNIL;
+  } else {
+    ps_berr err = {0, ""};
+    if (s->ops->exists(s->ctx, (ps_key){key, klen}, &found, &err) != PS_BOK)
+      ps_store_raise_backend(L, 1, s, &err, key, klen);
+  }
+  ps_store_record(s, OP_EXISTS, t0, 0);
+  lua_pushboolean(L, found);
+  return 1;
+}
+
+static int store_evict(lua_State *L) {
+  ps_store *s = ps_store_check_open(L, 1);
+  size_t klen;
+  ps_store_check_key(L, 2, &klen);
+  ps_store_do_evict(L, 1, s, 2);
+  return 0;
+}
+
+/* Gives the proxy on top its per-proxy deserializer from opts, if any. */
+static void set_proxy_deserializer(lua_State *L, int opts) {
+  int d = ps_store_opt_field(L, opts, "deserializer");
+  if (d == 0) return;
+  luaL_argexpected(L, lua_isfunction(L, d), opts, "deserializer function");
+  lua_setiuservalue(L, -2, 1);
+}
+
+static int store_proxy(lua_State *L) {
+  ps_store *s = ps_store_check_open(L, 1);
+  luaL_checkany(L, 2);
+  int opts = ps_store_opt_table(L, 3);
+  lua_settop(L, 3);
+  int k = push_put_key(L, opts);
+  ps_store_do_put(L, 1, s, 2, k, ps_store_opt_field(L, opts, "serializer"));
+  ps_proxy_push_store_ref(L, 1, k, ps_store_proxy_flags(L, opts));
+  set_proxy_deserializer(L, opts);
+  return 1;
+}
+
+static int store_proxy_from_key(lua_State *L) {
+  ps_store_check_open(L, 1);
+  size_t klen;
+  ps_store_check_key(L, 2, &klen);
+  int opts = ps_store_opt_table(L, 3);
+  lua_settop(L, 3);
+  ps_proxy_push_store_ref(L, 1, 2, ps_store_proxy_flags(L, opts));
+  set_proxy_deserializer(L, opts);
+  return 1;
+}
+
+static int store_config(lua_State *L) {
+  ps_store_check(L, 1);
+  ps_store_push_config(L, 1);
+  return 1;
+}
+
+static int store_metrics(lua_State *L) {
+  ps_store *s = ps_store_check(L, 1);
+  lua_createtable(L, 0, OP_N + 1);
+  for (int i = 0; i < OP_N; i++) {
+    lua_createtable(L, 0, 4);
+    lua_pushinteger(L, s->m[i].count);
+    lua_setfield(L, -2, "count");
+    lua_pushinteger(L, s->m[i].bytes);
+    lua_setfield(L, -2, "bytes");
+    lua_pushnumber(L, s->m[i].total);
+    lua_setfield(L, -2, "time_total");
+    lua_pushnumber(L, s->m[i].max);
+    lua_setfield(L, -2, "time_max");
+    lua_setfield(L, -2, op_names[i]);
+  }
+  lua_createtable(L, 0, 3);
+  lua_pushinteger(L, s->hits);
+  lua_setfield(L, -2, "hits");
+  lua_pushinteger(L, s->misses);
+  lua_setfield(L, -2, "misses");
+  lua_pushinteger(L, (lua_Integer)s->cache.count);
+  lua_setfield(L, -2, "size");
+  lua_setfield(L, -2, "cache");
+  return 1;
+}
+
+/* Releases the backend and cache; safe on a half-built store, idempotent. */
+static void release(ps_store *s) {
+  if (s->ops && s->ctx) s->ops->close(s->ctx);
+  s->ctx = NULL;
+  s->ops = NULL;
+  s->open = 0;
+  ps_cache_free(&s->cache);
+}
+
+static int store_close(lua_State *L) {
+  ps_store *s = ps_store_check(L, 1);
+  if (s->open) ps_store_unregister(L, 1);
+  release(s);
+  lua_newtable(L);
+  lua_setiuservalue(L, 1, UV_CACHE);
+  return 0;
+}
+
+static int store_gc(lua_State *L) {
+  release(luaL_checkudata(L, 1, STORE_MT));
+  return 0;
+}
+
+static int store_tostring(lua_State *L) {
+  ps_store *s = ps_store_check(L, 1);
+  lua_getiuservalue(L, 1, UV_CONFIG);
+  lua_getfield(L, -1, "name");
+  lua_getfield(L, -2, "kind");
+  lua_pushfstring(L, "proxystore.Store: %s (%s%s)", lua_tostring(L, -2),
+                  lua_tostring(L, -1), s->open ? "" : ", closed");
+  return 1;
+}
+
+static int store_index(lua_State *L) {
+  ps_store_check(L, 1);
+  const char *field = lua_tostring(L, 2);
+  if (field && (strcmp(field, "name") == 0 || strcmp(field, "kind") == 0)) {
+    lua_getiuservalue(L, 1, UV_CONFIG);
+    lua_getfield(L, -1, field);
+    return 1;
+  }
+  lua_getmetatable(L, 1);
+  lua_getfield(L, -1, "__methods");
+  lua_pushvalue(L, 2);
+  lua_rawget(L, -2);
+  return 1;
+}
+
+static const luaL_Reg store_methods[] = {
+  {"put", store_put},
+  {"get", store_get},
+  {"exists", store_exists},
+  {"evict", store_evict},
+  {"proxy", store_proxy},
+  {"proxy_from_key", store_proxy_from_key},
+  {"put_batch", ps_store_put_batch},
+  {"get_batch", ps_store_get_batch},
+  {"proxy_batch", ps_store_proxy_batch},
+  {"config", store_config},
+  {"metrics", store_metrics},
+  {"close", store_close},
+  {NULL, NULL}};
+
+void ps_store_methods_open(lua_State *L) {
+  luaL_newmetatable(L, STORE_MT);
+  /* getmetatable(store) must not hand out __gc to be called on any value */
+  lua_pushliteral(L, STORE_MT);
+  lua_setfield(L, -2, "__metatable");
+  lua_pushcfunction(L, store_index);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, store_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pushcfunction(L, store_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, store_close);
+  lua_setfield(L, -2, "__close");
+  luaL_newlib(L, store_methods);
+  lua_setfield(L, -2, "__methods");
+  lua_pop(L, 1);
+}
