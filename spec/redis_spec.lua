@@ -1020,5 +1020,22 @@ describe("the redis store", function()
       assert.matches("0 failures", out, 1, true)
       assert.is_nil(out:match("not ok"))
     end)
+
+    -- replies of any shape (nested arrays, nils, errors), the limits on
+    -- what a reply may allocate, and waits the server holds on purpose,
+    -- from spec/c/redis_value_test.c
+    it("reads whole replies of any shape within limits", function()
+      local root = os.getenv("PROXYSTORE_SOURCE_ROOT") or "."
+      local exe = srv.dir .. "/redis_value_test"
+      local rc, out = shell.sh("cc -std=c11 -Wall -Wextra -Werror -O1 -g -D_GNU_SOURCE " ..
+        "$(pkg-config --cflags lua5.4 hiredis) -o " .. shell.quote(exe) .. " " ..
+        shell.quote(root .. "/spec/c/redis_value_test.c") .. " " .. shell.core_c(root) ..
+        " $(pkg-config --libs lua5.4 hiredis) -lpthread -lm -ldl")
+      assert.equal(0, rc, out)
+      rc, out = shell.sh(shell.quote(exe) .. " " .. srv.port)
+      assert.equal(0, rc, out)
+      assert.matches(" 0 failures", out, 1, true)
+      assert.is_nil(out:match("not ok"))
+    end)
   end)
 end)

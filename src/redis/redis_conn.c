@@ -140,6 +140,14 @@ void ps_rconn_begin_call(ps_rconn *c) {
   if (c->deadline) c->deadline += c->timeout;
 }
 
+void ps_rconn_allow_wait(ps_rconn *c, double seconds) {
+  if (c->deadline == 0 || seconds <= 0) return;
+  double until = mono_now() + seconds;
+  c->deadline += seconds;
+  /* the idle bound counts from the end of the server's silence */
+  if (c->last_io < until) c->last_io = until;
+}
+
 /* More time for a call that moves n more bytes. */
 static void allow(ps_rconn *c, size_t n) {
   if (c->deadline) c->deadline += (double)n / PS_RCONN_MIN_RATE;
@@ -377,6 +385,12 @@ void ps_rcmd_str(ps_rconn *c, const char *s) {
   ps_rcmd_arg(c, s, strlen(s));
 }
 
+void ps_rcmd_int(ps_rconn *c, long long v) {
+  char num[24];
+  int l = snprintf(num, sizeof num, "%lld", v);
+  ps_rcmd_arg(c, num, (size_t)l);
+}
+
 int ps_rconn_send(ps_rconn *c, ps_berr *err) {
   if (c->oom) {
     c->oom = 0;
@@ -612,4 +626,90 @@ void ps_rreply_free(ps_rreply *r) {
   free(r->str);
   r->str = NULL;
   r->len = 0;
+}
+
+/* ---- whole replies of any shape ---------------------------------------- */
+
+const ps_rlimits ps_rlimits_small = {1 << 20, 1 << 16, 8};
+
+typedef struct budget {
+  size_t bytes, elems;
+} budget;
+
+static int read_tree(ps_rconn *c, ps_rvalue *v, const ps_rlimits *lim,
+                     budget *left, int depth, ps_berr *err) {
+  ps_rreply r;
+  int code = ps_rconn_read_head(c, &r, err);
+  if (code) return code;
+  v->type = r.type;
+  v->n = r.n;
+  if (r.type == PS_R_STATUS || r.type == PS_R_ERROR) {
+    v->str = r.str;
+    v->len = r.len;
+    if (r.len > left->bytes)
+      return ps_rconn_fail(c, err, PS_BPROTO, "reply larger than %zu bytes",
+                           lim->max_bytes);
+    left->bytes -= r.len;
+    return PS_BOK;
+  }
+  if (r.type == PS_R_INT || r.n < 0) return PS_BOK;
+  if (r.type == PS_R_BULK) {
+    if ((unsigned long long)r.n > left->bytes)
+      return ps_rconn_fail(c, err, PS_BPROTO, "reply larger than %zu bytes",
+                           lim->max_bytes);
+    left->bytes -= (size_t)r.n;
+    v->len = (size_t)r.n;
+    v->str = malloc(v->len + 1);
+    if (v->str == NULL)
+      return ps_rconn_fail(c, err, PS_BNOMEM, "out of memory");
+    v->str[v->len] = '\0';
+    code = ps_rconn_read_body(c, v->str, v->len, err);
+    return code ? code : ps_rconn_read_crlf(c, err);
+  }
+  /* an array */
+  if (depth >= lim->max_depth)
+    return ps_rconn_fail(c, err, PS_BPROTO, "reply nested deeper than %d",
+                         lim->max_depth);
+  if ((unsigned long long)r.n > left->elems)
+    return ps_rconn_fail(c, err, PS_BPROTO,
+                         "reply with more than %zu elements", lim->max_elems);
+  left->elems -= (size_t)r.n;
+  if (r.n == 0) return PS_BOK;
+  v->elem = calloc((size_t)r.n, sizeof *v->elem);
+  if (v->elem == NULL) {
+    v->n = 0;
+    return ps_rconn_fail(c, err, PS_BNOMEM, "out of memory");
+  }
+  for (long long i = 0; i < r.n; i++) {
+    code = read_tree(c, &v->elem[i], lim, left, depth + 1, err);
+    if (code) return code;
+  }
+  return PS_BOK;
+}
+
+int ps_rconn_read_value(ps_rconn *c, ps_rvalue *v, const ps_rlimits *lim,
+                        ps_berr *err) {
+  memset(v, 0, sizeof *v);
+  /* The reader below counts every element it completes as a reply;
+     the server owes one reply for the whole tree. */
+  size_t owed = c->pending;
+  budget left = {lim->max_bytes, lim->max_elems};
+  int code = read_tree(c, v, lim, &left, 0, err);
+  if (code == PS_BOK) c->pending = owed ? owed - 1 : 0;
+  return code;
+}
+
+void ps_rvalue_free(ps_rvalue *v) {
+  if (v->type == PS_R_ARRAY && v->elem) {
+    for (long long i = 0; i < v->n; i++) ps_rvalue_free(&v->elem[i]);
+    free(v->elem);
+  }
+  free(v->str);
+  memset(v, 0, sizeof *v);
+}
+
+const ps_rvalue *ps_rvalue_at(const ps_rvalue *v, size_t i) {
+  if (v == NULL || v->type != PS_R_ARRAY || v->n < 0 || i >= (size_t)v->n)
+    return NULL;
+  return &v->elem[i];
 }

@@ -102,8 +102,9 @@ int ps_rconn_send(ps_rconn *c, ps_berr *err);
  * Reads a reply's first line: type and number (integer, bulk length,
  * array count); for status and error replies the text goes to r->str.
  * A reply counts as read once its head is (status, error, integer, nil)
- * or once the CRLF after its bulk body is. Arrays are never read: whoever
- * meets one closes the connection.
+ * or once the CRLF after its bulk body is. An array's elements are not
+ * read here: whoever meets one reads it with ps_rconn_read_value or closes
+ * the connection.
  */
 int ps_rconn_read_head(ps_rconn *c, ps_rreply *r, ps_berr *err);
 /* Reads exactly n bytes of a bulk body into dst. */
@@ -114,6 +115,47 @@ int ps_rconn_read_crlf(ps_rconn *c, ps_berr *err);
    malloc'ed into r->str). */
 int ps_rconn_read_reply(ps_rconn *c, ps_rreply *r, ps_berr *err);
 void ps_rreply_free(ps_rreply *r);
+
+/*
+ * A whole reply of any shape, nested arrays included (stream entries,
+ * CLUSTER SLOTS, BLPOP...), read into a tree of malloc'ed nodes. Limits
+ * bound what a broken or hostile server can make the reader allocate: a
+ * reply past them fails with PS_BPROTO and closes the connection.
+ */
+typedef struct ps_rvalue {
+  int type;                 /* PS_R_STATUS, _ERROR, _INT, _BULK, _ARRAY */
+  long long n;              /* integer; bulk length or element count (-1: nil) */
+  char *str;                /* status, error or bulk bytes, NUL-terminated */
+  size_t len;
+  struct ps_rvalue *elem;   /* an array's n elements */
+} ps_rvalue;
+
+typedef struct ps_rlimits {
+  size_t max_bytes;         /* all strings of the reply together */
+  size_t max_elems;         /* all array elements of the reply together */
+  int max_depth;            /* arrays inside arrays */
+} ps_rlimits;
+
+/* Small replies: 1 MiB of strings, 64k elements, 8 levels. */
+extern const ps_rlimits ps_rlimits_small;
+
+/* Reads one whole reply into *v (freed by ps_rvalue_free, also after a
+   failure). It counts as one reply read, whatever it holds. */
+int ps_rconn_read_value(ps_rconn *c, ps_rvalue *v, const ps_rlimits *lim,
+                        ps_berr *err);
+void ps_rvalue_free(ps_rvalue *v);
+/* The i-th element of an array value, or NULL (not an array, too short). */
+const ps_rvalue *ps_rvalue_at(const ps_rvalue *v, size_t i);
+
+/*
+ * Inside a call, before waiting for the reply of a command the server
+ * holds on purpose (BLPOP, XREADGROUP BLOCK): the server may stay silent
+ * for seconds more, and the call's bounds move on by that much.
+ */
+void ps_rconn_allow_wait(ps_rconn *c, double seconds);
+
+/* A decimal integer argument (COUNT, BLOCK, MAXLEN...). */
+void ps_rcmd_int(ps_rconn *c, long long v);
 
 /* PS_BCONN for error replies meaning "cannot serve now" (maxclients,
    LOADING, BUSY), else otherwise. */
