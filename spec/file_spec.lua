@@ -342,6 +342,48 @@ describe("closing a file store", function()
     b:close()
   end)
 
+  -- A second process writes into the directory the clearing store made.
+  local function put_from_child(dir, key, value)
+    local rc, out = run_child(tmp, CHILD_PRELUDE .. string.format([[
+      local s = ps.init_store("file", { name = "b", dir = %q })
+      s:put(%q, { key = %q })
+      s:close()
+    ]], dir, value, key))
+    assert.are.equal(0, rc, out)
+  end
+
+  it("with clear, keeps what another process wrote into the directory it created", function()
+    local dir = tmp .. "/made"
+    local a = ps.init_store("file", { name = unique("c"), dir = dir, clear = true })
+    a:put("mine", { key = "a-result" })
+    put_from_child(dir, "b-result", "theirs")
+    a:close()
+    assert.are.same({ "b-result" }, listing(dir))
+    local b = ps.init_store("file", { name = unique("c"), dir = dir })
+    assert.are.equal("theirs", b:get("b-result"))
+    b:close()
+  end)
+
+  it("with clear, keeps an object another process put over one of its own", function()
+    local dir = tmp .. "/made"
+    local a = ps.init_store("file", { name = unique("c"), dir = dir, clear = true })
+    a:put("mine", { key = "shared" })
+    put_from_child(dir, "shared", "theirs")
+    a:close()
+    local b = ps.init_store("file", { name = unique("c"), dir = dir })
+    assert.are.equal("theirs", b:get("shared"))
+    b:close()
+  end)
+
+  it("with clear, leaves another process's temporary and spare files", function()
+    local dir = tmp .. "/made"
+    local a = ps.init_store("file", { name = unique("c"), dir = dir, clear = true })
+    a:put("mine", { key = "x" })
+    write_file(dir .. "/.ps-tmp-0123456789abcdef0123456789abcdef", "a put under way")
+    a:close()
+    assert.are.same({ ".ps-tmp-0123456789abcdef0123456789abcdef" }, listing(dir))
+  end)
+
   it("does not carry clear in its config", function()
     local s = ps.init_store("file", { name = unique("c"), dir = tmp .. "/d", clear = true })
     local cfg = s:config()
@@ -598,7 +640,8 @@ describe("file stores shared between processes", function()
     table.sort(expected)
     assert.are.same(expected, listing(dir))
     s:close()
-    assert.is_false(exists(dir))
+    -- the clearing store removes only what it wrote
+    assert.are.same({ "child-object" }, listing(dir))
   end)
 end)
 

@@ -23,7 +23,6 @@
 #include <sys/vfs.h>
 #include <time.h>
 #include <unistd.h>
-#include <dirent.h>
 #include <linux/magic.h>
 
 #include "backend.h"
@@ -55,9 +54,20 @@
 #define MAX_RECYCLE 64
 #define MAX_CREATED_DIRS 32
 
-/* The set of names this context wrote, kept only when clear is asked. */
+/*
+ * The objects this context wrote, kept only when clear is asked: each
+ * name with the inode it was written as, so close removes an object only
+ * while it is still the one this store wrote (another process may have
+ * replaced it since).
+ */
+typedef struct name_entry {
+  dev_t dev;
+  ino_t ino;
+  char name[];
+} name_entry;
+
 typedef struct name_set {
-  char **slots;
+  name_entry **slots;
   size_t cap, count;
 } name_set;
 
@@ -85,13 +95,14 @@ static size_t name_hash(const char *s) {
 
 static size_t set_find(const name_set *set, const char *name) {
   size_t mask = set->cap - 1, i = name_hash(name) & mask;
-  while (set->slots[i] && strcmp(set->slots[i], name) != 0) i = (i + 1) & mask;
+  while (set->slots[i] && strcmp(set->slots[i]->name, name) != 0)
+    i = (i + 1) & mask;
   return i;
 }
 
 static int set_grow(name_set *set) {
   size_t cap = set->cap ? set->cap * 2 : 64;
-  char **old = set->slots;
+  name_entry **old = set->slots;
   size_t oldcap = set->cap;
   set->slots = calloc(cap, sizeof *set->slots);
   if (set->slots == NULL) {
@@ -100,17 +111,26 @@ static int set_grow(name_set *set) {
   }
   set->cap = cap;
   for (size_t i = 0; i < oldcap; i++)
-    if (old[i]) set->slots[set_find(set, old[i])] = old[i];
+    if (old[i]) set->slots[set_find(set, old[i]->name)] = old[i];
   free(old);
   return 0;
 }
 
-static int set_add(name_set *set, const char *name) {
+/* Records name as written with the file st describes (a rewrite of the
+ * same name updates its inode). */
+static int set_add(name_set *set, const char *name, const struct stat *st) {
   if ((set->count + 1) * 2 > set->cap && set_grow(set) != 0) return -1;
   size_t i = set_find(set, name);
-  if (set->slots[i]) return 0;
-  if ((set->slots[i] = strdup(name)) == NULL) return -1;
-  set->count++;
+  if (set->slots[i] == NULL) {
+    size_t n = strlen(name) + 1;
+    name_entry *e = malloc(sizeof *e + n);
+    if (e == NULL) return -1;
+    memcpy(e->name, name, n);
+    set->slots[i] = e;
+    set->count++;
+  }
+  set->slots[i]->dev = st->st_dev;
+  set->slots[i]->ino = st->st_ino;
   return 0;
 }
 
@@ -123,9 +143,9 @@ static void set_remove(name_set *set, const char *name) {
   set->count--;
   /* Re-seat the rest of the probe run so lookups never stop early. */
   for (size_t j = (i + 1) & mask; set->slots[j]; j = (j + 1) & mask) {
-    char *s = set->slots[j];
+    name_entry *e = set->slots[j];
     set->slots[j] = NULL;
-    set->slots[set_find(set, s)] = s;
+    set->slots[set_find(set, e->name)] = e;
   }
 }
 
@@ -299,28 +319,28 @@ fail:
   return NULL;
 }
 
+static void spare_name(char *out, size_t outsz, int i);
+
 /*
- * In a directory this process created, removes every object under this
- * store's prefix (all objects when it has none), whichever process wrote
- * it, and leftover temporary files; subdirectories and other prefixes stay.
+ * Removes what this store wrote and what it alone owns: each object it
+ * wrote that is still the file it wrote (same inode: another process may
+ * have replaced it), and its spares. Objects of other processes, their
+ * temporary files and anything else in the directory stay, whoever
+ * created the directory.
  */
-static void remove_all(file_ctx *c) {
-  int fd = openat(c->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return;
-  DIR *d = fdopendir(fd);
-  if (d == NULL) {
-    close(fd);
-    return;
+static void remove_written(file_ctx *c) {
+  for (size_t i = 0; i < c->written.cap; i++) {
+    const name_entry *e = c->written.slots[i];
+    struct stat st;
+    if (e && fstatat(c->dirfd, e->name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+        st.st_ino == e->ino && st.st_dev == e->dev)
+      unlinkat(c->dirfd, e->name, 0);
   }
-  struct dirent *e;
-  while ((e = readdir(d)) != NULL) {
-    const char *n = e->d_name;
-    if (strncmp(n, TMP_PREFIX, sizeof TMP_PREFIX - 1) == 0 ||
-        strncmp(n, SPARE_PREFIX, sizeof SPARE_PREFIX - 1) == 0 ||
-        (n[0] != '.' && strncmp(n, c->prefix, c->prefix_len) == 0))
-      unlinkat(c->dirfd, n, 0);   /* fails harmlessly on a subdirectory */
+  char spare[sizeof SPARE_PREFIX + 12];
+  for (int i = 0; i < c->recycle; i++) {
+    spare_name(spare, sizeof spare, i);
+    unlinkat(c->dirfd, spare, 0);
   }
-  closedir(d);
 }
 
 static void file_close(void *ctx) {
@@ -328,12 +348,7 @@ static void file_close(void *ctx) {
   if (c == NULL) return;
   /* Only the opening process clears: a forked child shares nothing to own. */
   if (c->clear && c->dirfd >= 0 && c->pid == getpid()) {
-    if (c->ncreated > 0) {
-      remove_all(c);
-    } else {
-      for (size_t i = 0; i < c->written.cap; i++)
-        if (c->written.slots[i]) unlinkat(c->dirfd, c->written.slots[i], 0);
-    }
+    remove_written(c);
     /* rmdir only removes an empty directory: anything else stays. */
     for (int i = c->ncreated - 1; i >= 0; i--)
       if (rmdir(c->created[i]) != 0) break;
@@ -420,7 +435,7 @@ static int file_put(void *ctx, ps_key key, const char *data, size_t len,
   what = "stamp";
   if (futimens(fd, now) != 0) goto fail;
   what = "stat";
-  if (version_out && fstat(fd, &st) != 0) goto fail;
+  if ((version_out || c->clear) && fstat(fd, &st) != 0) goto fail;
   what = "write";
   /* close reports deferred write errors on network filesystems. */
   int closed = close(fd);
@@ -429,7 +444,7 @@ static int file_put(void *ctx, ps_key key, const char *data, size_t len,
   what = "rename";
   if (renameat(c->dirfd, tmp, c->dirfd, name) != 0) goto fail;
   if (version_out) stat_version(&st, version_out);
-  if (c->clear && set_add(&c->written, name) != 0)
+  if (c->clear && set_add(&c->written, name, &st) != 0)
     return ps_berr_set(err, PS_BNOMEM, "out of memory recording '%s'", name);
   return PS_BOK;
 fail: {
