@@ -400,7 +400,17 @@ function M.new(opts)
   if type(store) == "string" then
     npools = npools + 1
     local name = ("pool-%d-%d"):format(core.pool_getpid(), npools)
-    store = P.init_store(store, { name = name })
+    local sopts = { name = name }
+    if opts.store == nil and host.password then
+      -- the binary's --password-file or PROXYSTORE_PASSWORD, for Redis
+      local cfg = require("proxystore.url").parse(store)
+      if cfg.password then
+        error(perror("config", "pool: the --store URL has a password and " ..
+          "--password-file or PROXYSTORE_PASSWORD gives one too: give it once"), 2)
+      end
+      if cfg.kind == "redis" then sopts.password = host.password end
+    end
+    store = P.init_store(store, sopts)
     self.own_store = true
   elseif store == nil then
     self.dir = private_dir()
