@@ -645,6 +645,100 @@ describe("file stores shared between processes", function()
   end)
 end)
 
+-- ---- spares on a directory others can write ---------------------------------
+
+describe("a recycling file store's spares", function()
+  local tmp
+
+  before_each(function() tmp = mktemp("/var/tmp") end)
+  after_each(function() shell("rm -rf " .. quote(tmp)) end)
+
+  local function spare_names(dir)
+    local t = {}
+    for _, n in ipairs(listing(dir)) do
+      if n:find("^%.ps%-spare%-") then t[#t + 1] = n end
+    end
+    return t
+  end
+
+  it("carry a random tag that another store on the directory does not share", function()
+    local dir = tmp .. "/d"
+    local a = ps.init_store("file", { name = unique("sp"), dir = dir, recycle = 2 })
+    local b = ps.init_store("file", { name = unique("sp"), dir = dir, recycle = 2 })
+    a:evict(a:put("x"))
+    b:evict(b:put("y"))
+    local names = spare_names(dir)
+    assert.are.equal(2, #names)
+    for _, n in ipairs(names) do
+      assert.truthy(n:match("^%.ps%-spare%-%x+%-%d+$"), n)
+      assert.truthy(#n:match("^%.ps%-spare%-(%x+)") >= 16, n)
+    end
+    local tag = "^%.ps%-spare%-(%x+)%-"
+    assert.are_not.equal(names[1]:match(tag), names[2]:match(tag))
+    a:close()
+    b:close()
+  end)
+
+  -- Another user who can write the directory and has listed it plants
+  -- files under the names the next spares will have. put must neither
+  -- block on a FIFO nor write into a file that is not its own 0600 file.
+  -- In a child, under timeout(1): a put that blocks fails the spec.
+  it("never write into a FIFO, a 0666 file or another user's file planted under their names", function()
+    local dir = tmp .. "/d"
+    local rc, out = run_child(tmp, CHILD_PRELUDE .. string.format([[
+      local dir, as_root = %q, %s
+      local s = ps.init_store("file", { name = "sp", dir = dir, recycle = 4, cache_size = 0 })
+      s:evict(s:put("first"))
+      local spare
+      for n in io.popen("ls -A " .. dir):lines() do
+        if n:find("^%%.ps%%-spare%%-") then spare = n end
+      end
+      local base = dir .. "/" .. spare:gsub("%%d+$", "")
+      assert(os.execute(CLEAN .. "mkfifo " .. base .. "1"))
+      local f = assert(io.open(base .. "2", "w"))
+      f:write("planted")
+      f:close()
+      assert(os.execute(CLEAN .. "chmod 666 " .. base .. "2"))
+      local planted = assert(io.open(base .. "2", "rb"))   -- keeps the inode
+      local foreign
+      if as_root then
+        f = assert(io.open(base .. "3", "w"))
+        f:write("foreign")
+        f:close()
+        assert(os.execute(CLEAN .. "chmod 600 " .. base .. "3 && chown nobody " .. base .. "3"))
+        foreign = assert(io.open(base .. "3", "rb"))
+      end
+      for i = 1, 4 do
+        local v = ("value %%d "):format(i) .. ("x"):rep(i * 1000)
+        local k = s:put(v)
+        assert(s:get(k) == v, "read back " .. i)
+      end
+      print("planted:", planted:read("a"))
+      if foreign then print("foreign:", foreign:read("a")) end
+      s:close()
+      print("done")
+    ]], dir, tostring(select(2, sh("id -u")):match("^0\n") ~= nil)), "timeout 60 ")
+    assert.are.equal(0, rc, out)
+    assert.truthy(out:find("planted:\tplanted\n", 1, true), out)
+    if out:find("foreign:", 1, true) then
+      assert.truthy(out:find("foreign:\tforeign\n", 1, true), out)
+    end
+    assert.truthy(out:find("done", 1, true), out)
+  end)
+
+  it("never write through a hard link to another object planted under their names", function()
+    local dir = tmp .. "/d"
+    local s = ps.init_store("file", { name = unique("sp"), dir = dir, recycle = 2, cache_size = 0 })
+    s:put("precious", { key = "victim" })
+    s:evict(s:put("dummy"))
+    local base = dir .. "/" .. spare_names(dir)[1]:gsub("%d+$", "")
+    assert(shell("ln " .. quote(dir .. "/victim") .. " " .. quote(base .. "1")))
+    for i = 1, 3 do s:put(("overwrite %d"):format(i)) end
+    assert.are.equal("precious", s:get("victim"))
+    s:close()
+  end)
+end)
+
 -- ---- directories this process may not write ---------------------------------
 
 describe("a file store on a directory it cannot write", function()

@@ -49,8 +49,18 @@
  * 3-7 ms of page allocation plus 1-5 ms to unlink, an overwrite 0.7 ms.
  * Only for stores whose evicted objects nobody still reads (the pool's
  * single-use proxies): a spare is rewritten under an old reader's mapping.
+ *
+ * A shared directory may hold files of other users. Spare names carry a
+ * random tag drawn at open (processes forked from the opener share it, and
+ * so its spares), so nobody can plant a file where a spare will be looked
+ * for without first listing the directory. And a spare is written into only
+ * once an fd on it, opened without following symlinks and without blocking
+ * (a FIFO), shows a regular file owned by this user, mode 0600, with no
+ * other name: anything else found under a spare's name is dropped unwritten.
  */
 #define SPARE_PREFIX ".ps-spare-"
+#define SPARE_TAG_LEN 16
+#define SPARE_NAME_SIZE (sizeof SPARE_PREFIX + SPARE_TAG_LEN + 16)
 #define MAX_RECYCLE 64
 #define MAX_CREATED_DIRS 32
 
@@ -76,6 +86,7 @@ typedef struct file_ctx {
   pid_t pid;             /* the process that opened it */
   int clear;             /* remove what this store wrote at close */
   int recycle;           /* spare files kept for reuse (0: none) */
+  char spare_tag[SPARE_TAG_LEN + 1];   /* random, in every spare's name */
   int ncreated;          /* directories mkdir'ed here, outermost first */
   char *created[MAX_CREATED_DIRS];
   char *dir;             /* as given, for messages and address */
@@ -294,6 +305,10 @@ static void *file_open(const ps_bconfig *cfg, ps_berr *err) {
   c->clear = cfg->clear;
   c->recycle = cfg->recycle < 0 ? 0
                : cfg->recycle > MAX_RECYCLE ? MAX_RECYCLE : cfg->recycle;
+  char rnd[33];
+  ps_key_random(rnd);
+  memcpy(c->spare_tag, rnd, SPARE_TAG_LEN);
+  c->spare_tag[SPARE_TAG_LEN] = '\0';
   c->dir = absolute_dir(cfg->dir);
   c->prefix = strdup(prefix);
   if (c->dir == NULL || c->prefix == NULL) {
@@ -319,7 +334,7 @@ fail:
   return NULL;
 }
 
-static void spare_name(char *out, size_t outsz, int i);
+static void spare_name(const file_ctx *c, char *out, size_t outsz, int i);
 
 /*
  * Removes what this store wrote and what it alone owns: each object it
@@ -336,9 +351,9 @@ static void remove_written(file_ctx *c) {
         st.st_ino == e->ino && st.st_dev == e->dev)
       unlinkat(c->dirfd, e->name, 0);
   }
-  char spare[sizeof SPARE_PREFIX + 12];
+  char spare[SPARE_NAME_SIZE];
   for (int i = 0; i < c->recycle; i++) {
-    spare_name(spare, sizeof spare, i);
+    spare_name(c, spare, sizeof spare, i);
     unlinkat(c->dirfd, spare, 0);
   }
 }
@@ -380,21 +395,36 @@ static int write_all(int fd, const char *data, size_t len) {
   return 0;
 }
 
-static void spare_name(char *out, size_t outsz, int i) {
-  snprintf(out, outsz, "%s%d", SPARE_PREFIX, i);
+static void spare_name(const file_ctx *c, char *out, size_t outsz, int i) {
+  snprintf(out, outsz, "%s%s-%d", SPARE_PREFIX, c->spare_tag, i);
+}
+
+/* The fd shows a file this store may overwrite: a regular file of this
+ * user, mode 0600, with no other name (a hard link would make the write
+ * land in another object too). */
+static int own_plain_file(int fd) {
+  struct stat st;
+  return fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+         st.st_uid == geteuid() && (st.st_mode & 07777) == 0600 &&
+         st.st_nlink == 1;
 }
 
 /*
  * Takes a spare file under the temporary name tmp and opens it for
- * writing; -1 when there is none.
+ * writing; -1 when there is none. What is under a spare's name is checked
+ * on the open fd before anything is written: a symlink fails to open
+ * (O_NOFOLLOW), a FIFO never blocks (O_NONBLOCK: no reader, ENXIO), and
+ * anything but this user's own 0600 file is dropped unwritten.
  */
 static int take_spare(file_ctx *c, const char *tmp) {
-  char spare[sizeof SPARE_PREFIX + 12];
+  char spare[SPARE_NAME_SIZE];
   for (int i = 0; i < c->recycle; i++) {
-    spare_name(spare, sizeof spare, i);
+    spare_name(c, spare, sizeof spare, i);
     if (renameat(c->dirfd, spare, c->dirfd, tmp) != 0) continue;
-    int fd = openat(c->dirfd, tmp, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd >= 0) return fd;
+    int fd = openat(c->dirfd, tmp,
+                    O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    if (fd >= 0 && own_plain_file(fd)) return fd;
+    if (fd >= 0) close(fd);
     unlinkat(c->dirfd, tmp, 0);
   }
   return -1;
@@ -418,7 +448,8 @@ static int file_put(void *ctx, ps_key key, const char *data, size_t len,
     char rnd[33];
     ps_key_random(rnd);
     snprintf(tmp, sizeof tmp, "%s%s", TMP_PREFIX, rnd);
-    fd = openat(c->dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    fd = openat(c->dirfd, tmp,
+                O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0 && errno != EEXIST) break;
   }
   if (fd < 0)
@@ -585,9 +616,9 @@ static int file_evict(void *ctx, ps_key key, ps_berr *err) {
   int rc = make_name(c, key, name, err);
   if (rc != PS_BOK) return rc;
   set_remove(&c->written, name);
-  char spare[sizeof SPARE_PREFIX + 12];
+  char spare[SPARE_NAME_SIZE];
   for (int i = 0; i < c->recycle; i++) {
-    spare_name(spare, sizeof spare, i);
+    spare_name(c, spare, sizeof spare, i);
     if (renameat2(c->dirfd, name, c->dirfd, spare, RENAME_NOREPLACE) == 0)
       return PS_BOK;
     if (errno == ENOENT) return PS_BOK;   /* already gone */
