@@ -212,6 +212,33 @@ for _, root in ipairs(ROOTS) do
       assert.truthy(tostring(err):find("not a regular file", 1, true), tostring(err))
     end)
 
+    it("refuses a symlink under a key's name: get, exists, proxies, resolve_async", function()
+      -- Another store's object, and a symlink to it where a key would be.
+      local other = ps.init_store("file", { name = unique("other"), dir = tmp .. "/other" })
+      other:put("another store's object", { key = "theirs" })
+      local link = tmp .. "/objects/linked"
+      assert(shell("ln -s " .. quote(tmp .. "/other/theirs") .. " " .. quote(link)))
+      local function check(err)
+        assert.are.equal("linked", err.key)
+        local s = tostring(err)
+        assert.truthy(s:find("linked", 1, true), s)
+        assert.truthy(s:find("symbolic link", 1, true), s)
+      end
+      check(raises("io", store.get, store, "linked"))
+      check(raises("io", store.exists, store, "linked"))
+      check(raises("io", ps.resolve, store:proxy_from_key("linked")))
+      local p = ps.resolve_async(store:proxy_from_key("linked"))
+      check(raises("io", ps.resolve, p))
+      -- a dangling symlink is refused as well, not taken for an absent key
+      assert(shell("ln -s /nonexistent/file " .. quote(tmp .. "/objects/dangling")))
+      raises("io", store.exists, store, "dangling")
+      raises("io", store.get, store, "dangling")
+      -- evict removes the link, never its target
+      store:evict("linked")
+      assert.are.equal("another store's object", other:get("theirs"))
+      other:close()
+    end)
+
     it("refuses keys that could leave the directory", function()
       -- The store layer refuses an empty key for every kind.
       local empty = raises("config", store.put, store, "x", { key = "" })

@@ -489,6 +489,12 @@ fail: {
 
 /* ---- get ---------------------------------------------------------------- */
 
+/* Reads never follow a symlink at a key's name: this store wrote none. */
+static int symlink_error(file_ctx *c, const char *name, ps_berr *err) {
+  return ps_berr_set(err, PS_BIO, "refused '%s/%s': it is a symbolic link, "
+                     "which a file store never writes", c->dir, name);
+}
+
 static void unmap_blob(ps_blob *b) {
   ps_unmap_later(b->data, b->len);
 }
@@ -523,12 +529,16 @@ static int file_get(void *ctx, ps_key key, const ps_version *have,
   int rc = make_name(c, key, name, err);
   if (rc != PS_BOK) return rc;
   /* O_NONBLOCK: a FIFO someone left under a key's name must not hang the
-   * open; the S_ISREG check below refuses it. */
-  int fd = openat(c->dirfd, name, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+   * open; the S_ISREG check below refuses it. O_NOFOLLOW: a symlink there
+   * would serve a file this store never wrote (another store's, or any
+   * file this user can read). */
+  int fd = openat(c->dirfd, name,
+                  O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW);
   if (fd < 0) {
     if (errno == ENOENT) return ps_berr_set(err, PS_BNOTFOUND,
                                             "no object '%s' in '%s'", name,
                                             c->dir);
+    if (errno == ELOOP) return symlink_error(c, name, err);
     return ps_berr_set(err, PS_BIO, "cannot open '%s/%s': %s", c->dir, name,
                        strerror(errno));
   }
@@ -598,7 +608,8 @@ static int file_exists(void *ctx, ps_key key, int *found, ps_berr *err) {
   int rc = make_name(c, key, name, err);
   if (rc != PS_BOK) return rc;
   struct stat st;
-  if (fstatat(c->dirfd, name, &st, 0) == 0) {
+  if (fstatat(c->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+    if (S_ISLNK(st.st_mode)) return symlink_error(c, name, err);
     *found = 1;
     return PS_BOK;
   }
