@@ -129,6 +129,24 @@ describe("the redis store", function()
       assert.equal("x", s:get(s:put("x")))
     end)
 
+    it("an empty host or path is a config error, not the default address", function()
+      for _, opt in ipairs { "host", "hostname", "path" } do
+        local err = error_of(ps.init_store, "redis", { name = "empty-" .. opt,
+          [opt] = "", port = opt ~= "path" and srv.port or nil, timeout = 2 })
+        assert.equal("config", err.kind)
+        assert.matches("'" .. opt .. "' must not be empty", tostring(err), 1, true)
+        assert.is_nil(ps.get_store("empty-" .. opt))
+      end
+      -- the core checks a config that did not come through the options
+      for _, opt in ipairs { "host", "path" } do
+        local err = error_of(core.new_store, { name = "raw-empty", kind = "redis",
+          [opt] = "", port = srv.port, timeout = 2 })
+        assert.equal("config", err.kind)
+        assert.matches("'" .. opt .. "' must not be empty", tostring(err), 1, true)
+        assert.is_nil(ps.get_store("raw-empty"))
+      end
+    end)
+
     it("a username without a password is a config error, not a silent no-AUTH", function()
       local err = error_of(new_store, { username = "alice" })
       assert.equal("config", err.kind)
