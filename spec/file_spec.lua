@@ -196,6 +196,27 @@ for _, root in ipairs(ROOTS) do
       assert.are.equal("absent-key", err.key)
     end)
 
+    it("holds no fd on its directory once closed, resolve_async's included", function()
+      local dir = tmp .. "/objects"
+      -- This process's fds that point at dir, from /proc/self/fd's links.
+      local function fds_on_dir()
+        local rc, out = sh("ls -l /proc/" .. require("helpers.shell").my_pid() .. "/fd")
+        assert(rc == 0, out)
+        local n = 0
+        for line in out:gmatch("[^\n]+") do
+          if line:sub(-#dir - 4) == " -> " .. dir then n = n + 1 end
+        end
+        return n
+      end
+      local key = store:put("bytes")
+      local p = ps.resolve_async(store:proxy_from_key(key))
+      assert.are.equal("bytes", ps.extract(p))
+      assert.is_true(fds_on_dir() >= 2)   -- the store's and its prefetch's
+      store:close()
+      store = nil
+      assert.are.equal(0, fds_on_dir())
+    end)
+
     it("does not bring back a removed directory from resolve_async", function()
       local key = store:put(string.rep("z", 1000))
       shell("rm -rf " .. quote(tmp .. "/objects"))

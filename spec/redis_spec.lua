@@ -918,6 +918,27 @@ describe("the redis store", function()
       ps.resolve_async(ps.proxy(function() return 1 end))
     end)
 
+    it("keeps no connection open once its store is closed", function()
+      -- A server of its own: its client list then holds only this store's
+      -- connections (and redis-cli's own).
+      local own = redis.start()
+      finally(function() own:stop() end)
+      local function clients()
+        local n = 0
+        for _ in own:cli("CLIENT", "LIST"):gmatch("id=%d+") do n = n + 1 end
+        return n
+      end
+      local base = clients()
+      local s = ps.init_store("redis", { name = "async-close", host = own.host,
+                                         port = own.port, timeout = 2 })
+      local k = s:put("v")
+      local p = ps.resolve_async(s:proxy_from_key(k))
+      assert.equal("v", ps.extract(p))
+      assert.equal(base + 2, clients())   -- the store's and its prefetch's
+      s:close()
+      assert.equal(base, clients())
+    end)
+
     it("really fetches in the background: first use needs no server", function()
       local s = new_store { timeout = 0.5 }
       local big = string.rep("b", 1024 * 1024)
