@@ -216,6 +216,68 @@ describe("ps.pool", function()
     assert.equal("ok", pool:submit(function() return "ok" end):result())
   end)
 
+  -- Polls until check() is true; the bound is only a guard against a hang.
+  local function wait_for(check, what)
+    for _ = 1, 3000 do
+      if check() then return end
+      os.execute("sleep 0.01")
+    end
+    error("gave up waiting for " .. what)
+  end
+
+  local function worker_pid()
+    return pool:submit(function()
+      return tonumber(io.open("/proc/self/stat"):read("a"):match("^%d+"))
+    end):result()
+  end
+
+  it("runs a task submitted after an idle worker was killed on its replacement", function()
+    -- The next task goes to the worker of slot 1. Kill it while idle and
+    -- wait until it is gone (its socket closed), before the pool reads of
+    -- its death.
+    local victim = pool.h:pids()[1]
+    os.execute("kill -9 " .. victim)
+    wait_for(function()
+      local there, state = alive(victim)
+      return not there or state == "Z"
+    end, "the killed worker to exit")
+    local f = pool:submit(function() return "ran" end)
+    assert.equal("ran", f:result())
+    assert.equal("ran", pool:submit(function() return "ran" end):result())
+    assert.equal(1, pool:metrics().worker_deaths)
+    assert.equal(0, pool:metrics().failed)
+  end)
+
+  it("shows the replacement of a worker killed while idle in pids, and runs tasks there", function()
+    local victim = pool:pids()[1]
+    os.execute("kill -9 " .. victim)
+    local new
+    wait_for(function()
+      new = pool:pids()[1]
+      return new ~= nil and new ~= victim
+    end, "the pool to show the replacement worker")
+    local seen = {}
+    for _ = 1, 2 do seen[worker_pid()] = true end
+    assert.is_true(seen[new])
+    assert.is_nil(seen[victim])
+    assert.equal(1, pool:metrics().worker_deaths)
+  end)
+
+  it("runs a task after every worker was killed while idle", function()
+    local pids = pool.h:pids()
+    for _, p in pairs(pids) do os.execute("kill -9 " .. p) end
+    for _, p in pairs(pids) do
+      wait_for(function()
+        local there, state = alive(p)
+        return not there or state == "Z"
+      end, "the killed workers to exit")
+    end
+    local fs = {}
+    for i = 1, 3 do fs[i] = pool:submit(function(x) return x * 2 end, i) end
+    for i = 1, 3 do assert.equal(i * 2, fs[i]:result()) end
+    assert.equal(2, pool:metrics().worker_deaths)
+  end)
+
   it("leaves queued tasks running when a worker dies", function()
     local fs = {}
     for i = 1, 6 do

@@ -470,27 +470,36 @@ local function send_task(self, slot, task)
       task.px = px
       self.stats.proxied_args = self.stats.proxied_args + #px
     end
-    h:send(slot, task.msg)
+    ok = h:send(slot, task.msg)
   end
-  -- ok == nil: the worker is gone; its exit event fails the task.
+  -- nil: the worker is gone (died idle; its exit is not read yet), so it
+  -- never got the task.
+  return ok == nil
 end
 
--- True when task went out; a task that cannot be sent (an argument the
--- codec refuses...) fails its future instead.
+-- "sent" when task went out; "failed" when it cannot be sent (an argument
+-- the codec refuses...) and its future fails; "gone" when the worker in
+-- slot died before taking it: the task goes back to the head of the queue
+-- as it was, and the slot waits for its replacement (_on_exit).
 function Pool:_dispatch(slot, task)
   local ok, err = pcall(send_task, self, slot, task)
+  if ok and err then
+    self.qhead = self.qhead - 1
+    self.queue[self.qhead] = task
+    return "gone"
+  end
   task.msg = nil
   if ok then
     self.running[slot] = task
     task.slot = slot
     task.state = "running"
-    return true
+    return "sent"
   end
   if not (type(err) == "table" and err.kind) then
     err = perror("pool", "task " .. task.id .. " could not be sent: " .. tostring(err))
   end
   self:_finish(task, false, nil, err)
-  return false
+  return "failed"
 end
 
 function Pool:_finish(task, ok, values, err)
@@ -517,7 +526,15 @@ function Pool:_free_slot(slot)
     local task = q[self.qhead]
     q[self.qhead] = nil
     self.qhead = self.qhead + 1
-    if self:_dispatch(slot, task) then return end
+    local sent = self:_dispatch(slot, task)
+    if sent == "sent" then return end
+    if sent == "gone" then
+      -- another idle worker may take it now; this slot waits for its
+      -- replacement
+      local other = table.remove(self.idle)
+      if other then return self:_free_slot(other) end
+      return
+    end
   end
   self.idle[#self.idle + 1] = slot
 end
@@ -662,7 +679,13 @@ function Pool:_submit_packed(packed, args)
   self.stats.submitted = self.stats.submitted + 1
   local slot = table.remove(self.idle)
   if slot then
-    if not self:_dispatch(slot, task) then self:_free_slot(slot) end
+    local sent = self:_dispatch(slot, task)
+    if sent == "failed" then
+      self:_free_slot(slot)
+    elseif sent == "gone" then   -- queued again: the next idle worker
+      local other = table.remove(self.idle)
+      if other then self:_free_slot(other) end
+    end
   else
     self.qtail = self.qtail + 1
     self.queue[self.qtail] = task
@@ -744,7 +767,11 @@ function Pool:metrics()
   return t
 end
 
+-- The workers' pids by slot and the zygote's; events that arrived are
+-- handled first, so a worker that died shows its replacement.
 function Pool:pids()
+  if self.closed then return {}, nil end
+  self:_step(0)
   if self.closed then return {}, nil end
   return self.h:pids()
 end
