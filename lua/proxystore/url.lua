@@ -9,7 +9,10 @@
 -- "local") and the options the URL names; ps.init_store merges it under the
 -- caller's options. format(cfg) turns a config back into a URL where one can
 -- say everything about the store's location, else nil and the reason.
--- Bad URLs raise a proxystore error of kind "config".
+-- Bad URLs raise a proxystore error of kind "config", whose message and
+-- address never hold a password: redact(url) shows a URL with everything
+-- between "://" and the last '@', and any password parameter, as "***";
+-- without_password(url) is a name for the URL's store.
 
 local M = {}
 
