@@ -527,6 +527,8 @@ function Pool:_finish(task, ok, values, err)
   task.err = err
   if ok then
     self.stats.completed = self.stats.completed + 1
+  elseif type(err) == "table" and err.kind == "cancelled" then
+    self.stats.cancelled = self.stats.cancelled + 1
   else
     self.stats.failed = self.stats.failed + 1
   end
@@ -589,8 +591,6 @@ function Pool:_cancel(task, why)
       end
     end
   end
-  self.stats.cancelled = self.stats.cancelled + 1
-  self.stats.failed = self.stats.failed - 1   -- _finish counts it failed
   self:_finish(task, false, nil, perror("cancelled",
     ("task %d %s"):format(task.id, why), { task = task.id }))
 end
