@@ -384,6 +384,22 @@ describe("proxystore host binary", function()
       assert.is_nil(err:find(PW_URL, 1, true))
     end)
 
+    it("in any form of the --store URL is overwritten in argv", function()
+      local show = q('io.write((io.open("/proc/self/cmdline"):read("a"):gsub("%z", " ")))')
+      for _, url in ipairs { "unix:///s?db=1&%70assword=QXKZsecret",
+                             "unix:///s?PASSWORD=QXKZsecret&db=1",
+                             "redis://user:QXKZ/se#cret@h:1/2",
+                             "redis://QXKZsecret@h" } do
+        local code, out, err = run("--store " .. q(url) .. " -e " .. show)
+        assert.equal(0, code, err)
+        assert.is_nil(out:find("QXKZ", 1, true), out)
+        assert.matches("--store ", out, 1, true)
+      end
+      local code, out = run("--store " .. q("file:///a@b/c") .. " -e " .. show)
+      assert.equal(0, code)
+      assert.matches("file:///a@b/c", out, 1, true)   -- no password there
+    end)
+
     it("is refused when given twice, and its errors never show it", function()
       local code, _, err = run(("--store redis://:%s@%s:%d %s"):format(
         PW_URL, srv.host, srv.port, q(SCRIPT)), nil,

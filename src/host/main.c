@@ -22,6 +22,7 @@
  *     (so build/bin/proxystore runs the Lua files of its own checkout), then
  *     <bindir>/../share/lua/5.4 (the installed layout), then Lua's default.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <signal.h>
@@ -552,10 +553,13 @@ static void setpath(lua_State *L, int noenv) {
   lua_pop(L, 1);
 }
 
+#define MAX_PASSWORD 4096
+
 /*
  * Pushes the --store password: the first line of --password-file (without
  * its line end), else $PROXYSTORE_PASSWORD, else nothing. Returns 0 and
- * pushes an error message when the file cannot be read or is empty.
+ * pushes an error message when the file cannot be read, or its first line
+ * is empty or too long. The file is closed before anything is pushed.
  */
 static int push_password(lua_State *L, const hostopts *ho) {
   if (ho->password_file == NULL) {
@@ -570,24 +574,22 @@ static int push_password(lua_State *L, const hostopts *ho) {
                     ho->password_file, strerror(errno));
     return 0;
   }
-  luaL_Buffer b;
-  luaL_buffinit(L, &b);
-  int c;
-  while ((c = getc(f)) != EOF && c != '\n') luaL_addchar(&b, (char)c);
+  char line[MAX_PASSWORD + 2];
+  int got = fgets(line, sizeof line, f) != NULL;
   int failed = ferror(f);
   fclose(f);
-  luaL_pushresult(&b);
-  size_t len;
-  const char *pw = lua_tolstring(L, -1, &len);
-  if (len > 0 && pw[len - 1] == '\r') {
-    lua_pushlstring(L, pw, len - 1);
-    lua_remove(L, -2);
-    len--;
-  }
-  if (failed || len == 0) {
-    lua_pop(L, 1);
-    lua_pushfstring(L, "password file '%s' %s", ho->password_file,
-                    failed ? "could not be read" : "has an empty first line");
+  size_t len = got ? strlen(line) : 0;
+  int whole = len > 0 && line[len - 1] == '\n';
+  if (whole) line[--len] = '\0';
+  if (len > 0 && line[len - 1] == '\r') line[--len] = '\0';
+  const char *why = failed ? "could not be read"
+                    : len == 0 ? "has an empty first line"
+                    : len > MAX_PASSWORD ? "has a first line over 4096 bytes"
+                    : NULL;
+  if (why == NULL) lua_pushlstring(L, line, len);
+  memset(line, 0, sizeof line);
+  if (why) {
+    lua_pushfstring(L, "password file '%s' %s", ho->password_file, why);
     return 0;
   }
   return 1;
@@ -600,11 +602,29 @@ static int push_password(lua_State *L, const hostopts *ho) {
  * of this process and of the workers it forks no longer shows it. Returns
  * whether anything was hidden.
  */
+/* The query parameter name in [from, to), percent-decoded, says "pass". */
+static int names_password(const char *from, const char *to) {
+  char name[256];
+  size_t n = 0;
+  for (const char *p = from; p < to && n + 1 < sizeof name; p++) {
+    unsigned v;
+    if (*p == '%' && to - p >= 3 && sscanf(p + 1, "%2x", &v) == 1 &&
+        isxdigit((unsigned char)p[1]) && isxdigit((unsigned char)p[2])) {
+      name[n++] = (char)v;
+      p += 2;
+    } else {
+      name[n++] = *p;
+    }
+  }
+  name[n] = '\0';
+  return strcasestr(name, "pass") != NULL;
+}
+
 static int scrub_url(char *url) {
   int hidden = 0;
   char *auth = strstr(url, "://");
-  if (auth && !((strncmp(url, "file:", 5) == 0 || strncmp(url, "unix:", 5) == 0)
-                && auth[3] == '/')) {
+  if (auth && !((strncasecmp(url, "file:", 5) == 0 ||
+                  strncasecmp(url, "unix:", 5) == 0) && auth[3] == '/')) {
     auth += 3;
     char *at = strrchr(auth, '@');
     for (char *p = auth; at && p < at; p++, hidden = 1) *p = '*';
@@ -613,10 +633,7 @@ static int scrub_url(char *url) {
     char *eq = strchr(q + 1, '=');
     char *end = strpbrk(q + 1, "&;?#");
     if (eq == NULL || (end && end < eq)) continue;
-    int pass = 0;
-    for (char *p = q + 1; p + 4 <= eq; p++)
-      if (strncasecmp(p, "pass", 4) == 0) pass = 1;
-    if (!pass) continue;
+    if (!names_password(q + 1, eq)) continue;
     for (char *p = eq + 1; *p; p++, hidden = 1) *p = '*';
     break;
   }
