@@ -196,6 +196,27 @@ for _, root in ipairs(ROOTS) do
       assert.are.equal("absent-key", err.key)
     end)
 
+    it("holds no fd on its directory once closed, resolve_async's included", function()
+      local dir = tmp .. "/objects"
+      -- This process's fds that point at dir, from /proc/self/fd's links.
+      local function fds_on_dir()
+        local rc, out = sh("ls -l /proc/" .. require("helpers.shell").my_pid() .. "/fd")
+        assert(rc == 0, out)
+        local n = 0
+        for line in out:gmatch("[^\n]+") do
+          if line:sub(-#dir - 4) == " -> " .. dir then n = n + 1 end
+        end
+        return n
+      end
+      local key = store:put("bytes")
+      local p = ps.resolve_async(store:proxy_from_key(key))
+      assert.are.equal("bytes", ps.extract(p))
+      assert.is_true(fds_on_dir() >= 2)   -- the store's and its prefetch's
+      store:close()
+      store = nil
+      assert.are.equal(0, fds_on_dir())
+    end)
+
     it("does not bring back a removed directory from resolve_async", function()
       local key = store:put(string.rep("z", 1000))
       shell("rm -rf " .. quote(tmp .. "/objects"))
@@ -210,6 +231,33 @@ for _, root in ipairs(ROOTS) do
       shell("mkfifo " .. quote(tmp .. "/objects/fifo"))
       local err = raises("io", store.get, store, "fifo")
       assert.truthy(tostring(err):find("not a regular file", 1, true), tostring(err))
+    end)
+
+    it("refuses a symlink under a key's name: get, exists, proxies, resolve_async", function()
+      -- Another store's object, and a symlink to it where a key would be.
+      local other = ps.init_store("file", { name = unique("other"), dir = tmp .. "/other" })
+      other:put("another store's object", { key = "theirs" })
+      local link = tmp .. "/objects/linked"
+      assert(shell("ln -s " .. quote(tmp .. "/other/theirs") .. " " .. quote(link)))
+      local function check(err)
+        assert.are.equal("linked", err.key)
+        local s = tostring(err)
+        assert.truthy(s:find("linked", 1, true), s)
+        assert.truthy(s:find("symbolic link", 1, true), s)
+      end
+      check(raises("io", store.get, store, "linked"))
+      check(raises("io", store.exists, store, "linked"))
+      check(raises("io", ps.resolve, store:proxy_from_key("linked")))
+      local p = ps.resolve_async(store:proxy_from_key("linked"))
+      check(raises("io", ps.resolve, p))
+      -- a dangling symlink is refused as well, not taken for an absent key
+      assert(shell("ln -s /nonexistent/file " .. quote(tmp .. "/objects/dangling")))
+      raises("io", store.exists, store, "dangling")
+      raises("io", store.get, store, "dangling")
+      -- evict removes the link, never its target
+      store:evict("linked")
+      assert.are.equal("another store's object", other:get("theirs"))
+      other:close()
     end)
 
     it("refuses keys that could leave the directory", function()
@@ -340,6 +388,48 @@ describe("closing a file store", function()
     assert.are.same({ "b-y" }, listing(dir))
     assert.are.equal(2, b:get("y"))
     b:close()
+  end)
+
+  -- A second process writes into the directory the clearing store made.
+  local function put_from_child(dir, key, value)
+    local rc, out = run_child(tmp, CHILD_PRELUDE .. string.format([[
+      local s = ps.init_store("file", { name = "b", dir = %q })
+      s:put(%q, { key = %q })
+      s:close()
+    ]], dir, value, key))
+    assert.are.equal(0, rc, out)
+  end
+
+  it("with clear, keeps what another process wrote into the directory it created", function()
+    local dir = tmp .. "/made"
+    local a = ps.init_store("file", { name = unique("c"), dir = dir, clear = true })
+    a:put("mine", { key = "a-result" })
+    put_from_child(dir, "b-result", "theirs")
+    a:close()
+    assert.are.same({ "b-result" }, listing(dir))
+    local b = ps.init_store("file", { name = unique("c"), dir = dir })
+    assert.are.equal("theirs", b:get("b-result"))
+    b:close()
+  end)
+
+  it("with clear, keeps an object another process put over one of its own", function()
+    local dir = tmp .. "/made"
+    local a = ps.init_store("file", { name = unique("c"), dir = dir, clear = true })
+    a:put("mine", { key = "shared" })
+    put_from_child(dir, "shared", "theirs")
+    a:close()
+    local b = ps.init_store("file", { name = unique("c"), dir = dir })
+    assert.are.equal("theirs", b:get("shared"))
+    b:close()
+  end)
+
+  it("with clear, leaves another process's temporary and spare files", function()
+    local dir = tmp .. "/made"
+    local a = ps.init_store("file", { name = unique("c"), dir = dir, clear = true })
+    a:put("mine", { key = "x" })
+    write_file(dir .. "/.ps-tmp-0123456789abcdef0123456789abcdef", "a put under way")
+    a:close()
+    assert.are.same({ ".ps-tmp-0123456789abcdef0123456789abcdef" }, listing(dir))
   end)
 
   it("does not carry clear in its config", function()
@@ -598,7 +688,102 @@ describe("file stores shared between processes", function()
     table.sort(expected)
     assert.are.same(expected, listing(dir))
     s:close()
-    assert.is_false(exists(dir))
+    -- the clearing store removes only what it wrote
+    assert.are.same({ "child-object" }, listing(dir))
+  end)
+end)
+
+-- ---- spares on a directory others can write ---------------------------------
+
+describe("a recycling file store's spares", function()
+  local tmp
+
+  before_each(function() tmp = mktemp("/var/tmp") end)
+  after_each(function() shell("rm -rf " .. quote(tmp)) end)
+
+  local function spare_names(dir)
+    local t = {}
+    for _, n in ipairs(listing(dir)) do
+      if n:find("^%.ps%-spare%-") then t[#t + 1] = n end
+    end
+    return t
+  end
+
+  it("carry a random tag that another store on the directory does not share", function()
+    local dir = tmp .. "/d"
+    local a = ps.init_store("file", { name = unique("sp"), dir = dir, recycle = 2 })
+    local b = ps.init_store("file", { name = unique("sp"), dir = dir, recycle = 2 })
+    a:evict(a:put("x"))
+    b:evict(b:put("y"))
+    local names = spare_names(dir)
+    assert.are.equal(2, #names)
+    for _, n in ipairs(names) do
+      assert.truthy(n:match("^%.ps%-spare%-%x+%-%d+$"), n)
+      assert.truthy(#n:match("^%.ps%-spare%-(%x+)") >= 16, n)
+    end
+    local tag = "^%.ps%-spare%-(%x+)%-"
+    assert.are_not.equal(names[1]:match(tag), names[2]:match(tag))
+    a:close()
+    b:close()
+  end)
+
+  -- Another user who can write the directory and has listed it plants
+  -- files under the names the next spares will have. put must neither
+  -- block on a FIFO nor write into a file that is not its own 0600 file.
+  -- In a child, under timeout(1): a put that blocks fails the spec.
+  it("never write into a FIFO, a 0666 file or another user's file planted under their names", function()
+    local dir = tmp .. "/d"
+    local rc, out = run_child(tmp, CHILD_PRELUDE .. string.format([[
+      local dir, as_root = %q, %s
+      local s = ps.init_store("file", { name = "sp", dir = dir, recycle = 4, cache_size = 0 })
+      s:evict(s:put("first"))
+      local spare
+      for n in io.popen("ls -A " .. dir):lines() do
+        if n:find("^%%.ps%%-spare%%-") then spare = n end
+      end
+      local base = dir .. "/" .. spare:gsub("%%d+$", "")
+      assert(os.execute(CLEAN .. "mkfifo " .. base .. "1"))
+      local f = assert(io.open(base .. "2", "w"))
+      f:write("planted")
+      f:close()
+      assert(os.execute(CLEAN .. "chmod 666 " .. base .. "2"))
+      local planted = assert(io.open(base .. "2", "rb"))   -- keeps the inode
+      local foreign
+      if as_root then
+        f = assert(io.open(base .. "3", "w"))
+        f:write("foreign")
+        f:close()
+        assert(os.execute(CLEAN .. "chmod 600 " .. base .. "3 && chown nobody " .. base .. "3"))
+        foreign = assert(io.open(base .. "3", "rb"))
+      end
+      for i = 1, 4 do
+        local v = ("value %%d "):format(i) .. ("x"):rep(i * 1000)
+        local k = s:put(v)
+        assert(s:get(k) == v, "read back " .. i)
+      end
+      print("planted:", planted:read("a"))
+      if foreign then print("foreign:", foreign:read("a")) end
+      s:close()
+      print("done")
+    ]], dir, tostring(select(2, sh("id -u")):match("^0\n") ~= nil)), "timeout 60 ")
+    assert.are.equal(0, rc, out)
+    assert.truthy(out:find("planted:\tplanted\n", 1, true), out)
+    if out:find("foreign:", 1, true) then
+      assert.truthy(out:find("foreign:\tforeign\n", 1, true), out)
+    end
+    assert.truthy(out:find("done", 1, true), out)
+  end)
+
+  it("never write through a hard link to another object planted under their names", function()
+    local dir = tmp .. "/d"
+    local s = ps.init_store("file", { name = unique("sp"), dir = dir, recycle = 2, cache_size = 0 })
+    s:put("precious", { key = "victim" })
+    s:evict(s:put("dummy"))
+    local base = dir .. "/" .. spare_names(dir)[1]:gsub("%d+$", "")
+    assert(shell("ln " .. quote(dir .. "/victim") .. " " .. quote(base .. "1")))
+    for i = 1, 3 do s:put(("overwrite %d"):format(i)) end
+    assert.are.equal("precious", s:get("victim"))
+    s:close()
   end)
 end)
 

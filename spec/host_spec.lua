@@ -314,6 +314,119 @@ describe("proxystore host binary", function()
     end)
   end)
 
+  describe("a --store Redis password", function()
+    local redis = require "helpers.redis"
+    local PW = "pw-Q7/x#y@z"          -- '/', '#', '@': percent-encoded in URLs
+    local PW_URL = "pw-Q7%2Fx%23y%40z"
+    local srv
+
+    setup(function()
+      srv = redis.start { args = "--requirepass " .. q(PW), password = PW }
+    end)
+    teardown(function() if srv then srv:stop() end end)
+
+    -- A script that starts a pool on the --store store, reads the command
+    -- line of itself, its zygote and its workers, and moves a proxied
+    -- argument through the store (which needs the password).
+    local SCRIPT = write(TMP .. "/pw.lua", [[
+      local ps = require "proxystore"
+      local core = require "proxystore.core"
+      local pw = package.loaded["proxystore.host"].password or
+                 require("proxystore.url").parse(package.loaded["proxystore.host"].store).password
+      local pool = ps.pool { workers = 2, progress = false, proxy_threshold = 10 }
+      local pids, z = pool:pids()
+      local all = { core.pool_getpid(), z }
+      for _, p in pairs(pids) do all[#all + 1] = p end
+      local n = pool:submit(function(s) return #s end, ("x"):rep(1000)):result()
+      local leaks = {}
+      for _, p in ipairs(all) do
+        local f = assert(io.open("/proc/" .. p .. "/cmdline", "rb"))
+        local line = f:read("a")
+        f:close()
+        if line:find(pw, 1, true) or line:find("pw-Q7", 1, true) then
+          leaks[#leaks + 1] = p
+        end
+      end
+      io.write(#all, " processes, ", #leaks, " leak(s), ", n, " bytes, ",
+               pool:metrics().proxied_args, " proxied, ", pool.store.kind)
+      pool:close()]])
+
+    local function store_arg()
+      return ("--store redis://%s:%d"):format(srv.host, srv.port)
+    end
+
+    it("comes from PROXYSTORE_PASSWORD, never in argv of the parent or a worker", function()
+      local code, out, err = run("--workers 2 " .. store_arg() .. " " .. q(SCRIPT), nil,
+        "env -u LUA_PATH -u LUA_PATH_5_4 PROXYSTORE_PASSWORD=" .. q(PW))
+      assert.equal(0, code, err)
+      assert.equal("4 processes, 0 leak(s), 1000 bytes, 1 proxied, redis", out)
+      assert.equal("", err)
+    end)
+
+    it("comes from --password-file, first line, line end dropped", function()
+      local file = write(TMP .. "/pw.txt", PW .. "\r\nsecond line\n")
+      local code, out, err = run("--password-file " .. q(file) .. " " .. store_arg() ..
+        " " .. q(SCRIPT))
+      assert.equal(0, code, err)
+      assert.equal("4 processes, 0 leak(s), 1000 bytes, 1 proxied, redis", out)
+      -- the file wins over the environment
+      code, out, err = run("--password-file=" .. q(file) .. " " .. store_arg() .. " " ..
+        q(SCRIPT), nil, "env -u LUA_PATH -u LUA_PATH_5_4 PROXYSTORE_PASSWORD=wrong")
+      assert.equal(0, code, err)
+    end)
+
+    it("written into the --store URL is hidden from the process list, with a warning", function()
+      local code, out, err = run(("--workers 2 --store redis://:%s@%s:%d %s"):format(
+        PW_URL, srv.host, srv.port, q(SCRIPT)))
+      assert.equal(0, code, err)
+      assert.equal("4 processes, 0 leak(s), 1000 bytes, 1 proxied, redis", out)
+      assert.matches("warning: the --store URL holds a password", err, 1, true)
+      assert.is_nil(err:find(PW_URL, 1, true))
+    end)
+
+    it("in any form of the --store URL is overwritten in argv", function()
+      local show = q('io.write((io.open("/proc/self/cmdline"):read("a"):gsub("%z", " ")))')
+      for _, url in ipairs { "unix:///s?db=1&%70assword=QXKZsecret",
+                             "unix:///s?PASSWORD=QXKZsecret&db=1",
+                             "redis://user:QXKZ/se#cret@h:1/2",
+                             "redis://QXKZsecret@h" } do
+        local code, out, err = run("--store " .. q(url) .. " -e " .. show)
+        assert.equal(0, code, err)
+        assert.is_nil(out:find("QXKZ", 1, true), out)
+        assert.matches("--store ", out, 1, true)
+      end
+      local code, out = run("--store " .. q("file:///a@b/c") .. " -e " .. show)
+      assert.equal(0, code)
+      assert.matches("file:///a@b/c", out, 1, true)   -- no password there
+    end)
+
+    it("is refused when given twice, and its errors never show it", function()
+      local code, _, err = run(("--store redis://:%s@%s:%d %s"):format(
+        PW_URL, srv.host, srv.port, q(SCRIPT)), nil,
+        "env -u LUA_PATH -u LUA_PATH_5_4 PROXYSTORE_PASSWORD=" .. q(PW))
+      assert.equal(1, code)
+      assert.matches("give it once", err, 1, true)
+      code, _, err = run(store_arg() .. " " .. q(SCRIPT), nil,
+        "env -u LUA_PATH -u LUA_PATH_5_4 PROXYSTORE_PASSWORD=not-" .. q(PW))
+      assert.equal(1, code)
+      assert.matches("proxystore: ", err, 1, true)
+      assert.is_nil(err:find("pw-Q7", 1, true))
+    end)
+
+    it("from a missing or empty --password-file is a usage error", function()
+      local code, _, err = run("--password-file " .. q(TMP .. "/none") .. " -e 'print(1)'")
+      assert.equal(1, code)
+      assert.matches("cannot read password file", err, 1, true)
+      local empty = write(TMP .. "/empty.txt", "\nx\n")
+      code, _, err = run("--password-file " .. q(empty) .. " -e 'print(1)'")
+      assert.equal(1, code)
+      assert.matches("empty first line", err, 1, true)
+      code, _, err = run("--password-file")
+      assert.equal(1, code)
+      assert.matches("needs a file name", err, 1, true)
+    end)
+  end)
+
   describe("pool:map's progress bar", function()
     local MAP = [[
       local ps = require "proxystore"

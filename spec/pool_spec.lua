@@ -216,6 +216,68 @@ describe("ps.pool", function()
     assert.equal("ok", pool:submit(function() return "ok" end):result())
   end)
 
+  -- Polls until check() is true; the bound is only a guard against a hang.
+  local function wait_for(check, what)
+    for _ = 1, 3000 do
+      if check() then return end
+      os.execute("sleep 0.01")
+    end
+    error("gave up waiting for " .. what)
+  end
+
+  local function worker_pid()
+    return pool:submit(function()
+      return tonumber(io.open("/proc/self/stat"):read("a"):match("^%d+"))
+    end):result()
+  end
+
+  it("runs a task submitted after an idle worker was killed on its replacement", function()
+    -- The next task goes to the worker of slot 1. Kill it while idle and
+    -- wait until it is gone (its socket closed), before the pool reads of
+    -- its death.
+    local victim = pool.h:pids()[1]
+    os.execute("kill -9 " .. victim)
+    wait_for(function()
+      local there, state = alive(victim)
+      return not there or state == "Z"
+    end, "the killed worker to exit")
+    local f = pool:submit(function() return "ran" end)
+    assert.equal("ran", f:result())
+    assert.equal("ran", pool:submit(function() return "ran" end):result())
+    assert.equal(1, pool:metrics().worker_deaths)
+    assert.equal(0, pool:metrics().failed)
+  end)
+
+  it("shows the replacement of a worker killed while idle in pids, and runs tasks there", function()
+    local victim = pool:pids()[1]
+    os.execute("kill -9 " .. victim)
+    local new
+    wait_for(function()
+      new = pool:pids()[1]
+      return new ~= nil and new ~= victim
+    end, "the pool to show the replacement worker")
+    local seen = {}
+    for _ = 1, 2 do seen[worker_pid()] = true end
+    assert.is_true(seen[new])
+    assert.is_nil(seen[victim])
+    assert.equal(1, pool:metrics().worker_deaths)
+  end)
+
+  it("runs a task after every worker was killed while idle", function()
+    local pids = pool.h:pids()
+    for _, p in pairs(pids) do os.execute("kill -9 " .. p) end
+    for _, p in pairs(pids) do
+      wait_for(function()
+        local there, state = alive(p)
+        return not there or state == "Z"
+      end, "the killed workers to exit")
+    end
+    local fs = {}
+    for i = 1, 3 do fs[i] = pool:submit(function(x) return x * 2 end, i) end
+    for i = 1, 3 do assert.equal(i * 2, fs[i]:result()) end
+    assert.equal(2, pool:metrics().worker_deaths)
+  end)
+
   it("leaves queued tasks running when a worker dies", function()
     local fs = {}
     for i = 1, 6 do
@@ -599,5 +661,192 @@ describe("a pool forked from a process that already maps files", function()
       pool:close()
     end
     st:close()
+  end)
+end)
+
+describe("cancelling pool tasks", function()
+  local shell = require "helpers.shell"
+  local pool, tmp, fifo
+
+  -- A task that blocks for ever: opening a FIFO nobody ever writes. Only a
+  -- kill ends it, so a cancel that does not kill hangs no spec (the pool
+  -- below is closed by killing its workers).
+  local function forever(path)
+    return function() io.open(path, "r"):read("a") return "never" end
+  end
+
+  local function wait_for(check, what)
+    for _ = 1, 3000 do           -- a guard against a hang, not a timing
+      if check() then return end
+      os.execute("sleep 0.01")
+    end
+    error("gave up waiting for " .. what)
+  end
+
+  before_each(function()
+    tmp = shell.tempdir("cancel")
+    fifo = tmp .. "/fifo"
+    assert(shell.sh("mkfifo " .. shell.quote(fifo)) == 0)
+    pool = ps.pool { workers = 1, progress = false }
+  end)
+
+  after_each(function()
+    if pool and not pool.closed then pool:_shutdown(true) end
+    pool = nil
+    shell.rmtree(tmp)
+  end)
+
+  it("drops a queued task: its future fails with kind cancelled", function()
+    local running = pool:submit(forever(fifo))
+    local queued = pool:submit(function() return "ran" end)
+    assert.equal("queued", queued.state)
+    assert.is_true(queued:cancel())
+    assert.is_true(queued:done())
+    local e = catch(queued.result, queued)
+    assert.equal("cancelled", e.kind)
+    assert.equal(queued.id, e.task)
+    assert.matches("^proxystore: task %d+ cancelled$", tostring(e))
+    assert.is_false(queued:cancel())   -- already finished
+    assert.equal(0, pool:metrics().queued)
+    assert.equal(1, pool:metrics().cancelled)
+    assert.is_true(running:cancel())
+  end)
+
+  it("kills the worker of a running task, which a replacement takes over", function()
+    local old = pool:pids()[1]
+    local f = pool:submit(forever(fifo))
+    local queued = pool:submit(function() return "after" end)
+    assert.equal("running", f.state)
+    assert.is_true(f:cancel())
+    local e = catch(f.result, f)
+    assert.equal("cancelled", e.kind)
+    -- the queued task runs on the replacement
+    assert.equal("after", queued:result())
+    local new = pool:pids()[1]
+    assert.is_not_nil(new)
+    assert.not_equal(old, new)
+    wait_for(function()
+      local there, state = alive(old)
+      return not there or state == "Z"
+    end, "the cancelled task's worker to die")
+    local m = pool:metrics()
+    assert.equal(1, m.cancelled)
+    assert.equal(0, m.worker_deaths)   -- killed on purpose
+    assert.equal(0, m.failed)
+    assert.equal(1, m.completed)
+    pool:close()
+  end)
+
+  it("returns false for a task that already finished, and leaves its result", function()
+    local f = pool:submit(function() return 42 end)
+    assert.equal(42, f:result())
+    assert.is_false(f:cancel())
+    assert.equal(42, f:result())
+  end)
+
+  it("evicts the proxies made for a cancelled task's arguments", function()
+    pool:_shutdown(true)
+    pool = ps.pool { workers = 1, progress = false, proxy_threshold = 10 }
+    local blocker = pool:submit(forever(fifo))
+    local f = pool:submit(function(s) return #s end, ("p"):rep(100))
+    assert.is_true(blocker:cancel())
+    wait_for(function() return f:done() end, "the argument task")
+    assert.equal(100, f:result())
+    local g = pool:submit(forever(fifo), ("q"):rep(100))
+    assert.equal(2, pool:metrics().proxied_args)
+    assert.is_true(g:cancel())
+    -- only spare files are left in the private store's directory
+    for _, name in ipairs(listdir(pool.dir)) do
+      assert.truthy(name:find("^%.ps%-"), name)
+    end
+  end)
+end)
+
+describe("pool:close with a timeout", function()
+  local shell = require "helpers.shell"
+
+  -- In a child lua5.4 under timeout(1): a close that ignored its timeout
+  -- would wait for ever on tasks that never end.
+  local function run(code)
+    local tmp = shell.tempdir("close")
+    local path = tmp .. "/child.lua"
+    local f = assert(io.open(path, "w"))
+    f:write([[
+      local ps = require "proxystore"
+      local fifo = ...
+      local function forever() io.open(fifo, "r"):read("a") return "never" end
+    ]], code)
+    f:close()
+    os.execute("mkfifo " .. q(tmp .. "/fifo"))
+    local p = io.popen("timeout 120 lua5.4 " .. q(path) .. " " .. q(tmp .. "/fifo") ..
+      " 2>&1; echo rc=$?")
+    local out = p:read("a")
+    p:close()
+    shell.rmtree(tmp)
+    return tonumber(out:match("rc=(%d+)%s*$")), out
+  end
+
+  it("cancels running and queued tasks past the timeout and stops every worker", function()
+    local rc, out = run([[
+      local pool = ps.pool { workers = 2, progress = false }
+      local done = pool:submit(function() return "done" end)
+      assert(done:result() == "done")
+      local fs = { pool:submit(forever), pool:submit(forever), pool:submit(forever) }
+      local pids, z = pool:pids()
+      pool:close { timeout = 0.5 }
+      for i, f in ipairs(fs) do
+        local ok, e = pcall(f.result, f)
+        print(i, ok, e.kind, tostring(e))
+      end
+      print("cancelled", pool:metrics().cancelled)
+      local left = 0
+      for _, p in pairs(pids) do
+        if io.open("/proc/" .. p .. "/stat") then left = left + 1 end
+      end
+      if io.open("/proc/" .. z .. "/stat") then left = left + 1 end
+      print("left", left)
+    ]])
+    assert.equal(0, rc, out)
+    for i = 1, 3 do
+      assert.truthy(out:find(i .. "\tfalse\tcancelled\tproxystore: task " .. (i + 1) ..
+        " cancelled: the pool closed after 0.5 s", 1, true), out)
+    end
+    assert.truthy(out:find("cancelled\t3", 1, true), out)
+    assert.truthy(out:find("left\t0", 1, true), out)
+  end)
+
+  it("waits for tasks that end within the timeout", function()
+    local rc, out = run([[
+      local pool = ps.pool { workers = 1, progress = false }
+      local f = pool:submit(function() os.execute("sleep 0.2") return "in time" end)
+      pool:close { timeout = 60 }
+      print(f:result())
+    ]])
+    assert.equal(0, rc, out)
+    assert.truthy(out:find("in time", 1, true), out)
+  end)
+
+  it("refuses options other than a non-negative timeout, as config errors", function()
+    local pool = ps.pool { workers = 1, progress = false }
+    for _, opts in ipairs { { timeot = 1 }, { timeout = -1 }, { timeout = "1" },
+                            { timeout = 0 / 0 }, "fast" } do
+      local e = catch(pool.close, pool, opts)
+      assert.equal("config", e.kind)
+    end
+    assert.is_false(pool.closed)
+    pool:close { timeout = 5 }
+    assert.is_true(pool.closed)
+  end)
+
+  it("closes a <close> pool whose scope ends with an error", function()
+    local p
+    local ok, e = pcall(function()
+      local pool <close> = ps.pool { workers = 1, progress = false }
+      p = pool
+      error("boom", 0)
+    end)
+    assert.is_false(ok)
+    assert.equal("boom", e)
+    assert.is_true(p.closed)
   end)
 end)

@@ -129,6 +129,24 @@ describe("the redis store", function()
       assert.equal("x", s:get(s:put("x")))
     end)
 
+    it("an empty host or path is a config error, not the default address", function()
+      for _, opt in ipairs { "host", "hostname", "path" } do
+        local err = error_of(ps.init_store, "redis", { name = "empty-" .. opt,
+          [opt] = "", port = opt ~= "path" and srv.port or nil, timeout = 2 })
+        assert.equal("config", err.kind)
+        assert.matches("'" .. opt .. "' must not be empty", tostring(err), 1, true)
+        assert.is_nil(ps.get_store("empty-" .. opt))
+      end
+      -- the core checks a config that did not come through the options
+      for _, opt in ipairs { "host", "path" } do
+        local err = error_of(core.new_store, { name = "raw-empty", kind = "redis",
+          [opt] = "", port = srv.port, timeout = 2 })
+        assert.equal("config", err.kind)
+        assert.matches("'" .. opt .. "' must not be empty", tostring(err), 1, true)
+        assert.is_nil(ps.get_store("raw-empty"))
+      end
+    end)
+
     it("a username without a password is a config error, not a silent no-AUTH", function()
       local err = error_of(new_store, { username = "alice" })
       assert.equal("config", err.kind)
@@ -898,6 +916,27 @@ describe("the redis store", function()
       -- resolved and local proxies: no-ops
       ps.resolve_async(p)
       ps.resolve_async(ps.proxy(function() return 1 end))
+    end)
+
+    it("keeps no connection open once its store is closed", function()
+      -- A server of its own: its client list then holds only this store's
+      -- connections (and redis-cli's own).
+      local own = redis.start()
+      finally(function() own:stop() end)
+      local function clients()
+        local n = 0
+        for _ in own:cli("CLIENT", "LIST"):gmatch("id=%d+") do n = n + 1 end
+        return n
+      end
+      local base = clients()
+      local s = ps.init_store("redis", { name = "async-close", host = own.host,
+                                         port = own.port, timeout = 2 })
+      local k = s:put("v")
+      local p = ps.resolve_async(s:proxy_from_key(k))
+      assert.equal("v", ps.extract(p))
+      assert.equal(base + 2, clients())   -- the store's and its prefetch's
+      s:close()
+      assert.equal(base, clients())
     end)
 
     it("really fetches in the background: first use needs no server", function()

@@ -121,6 +121,11 @@ local function normalize(kind, opts)
   end
 
   if kind == "redis" then
+    for _, k in ipairs { "host", "hostname", "path" } do
+      if cfg[k] == "" then
+        config_error("option '%s' must not be empty (leave it out for the default)", k)
+      end
+    end
     if cfg.hostname and cfg.host and cfg.hostname ~= cfg.host then
       config_error("host and hostname differ ('%s', '%s')", cfg.host, cfg.hostname)
     end

@@ -4,13 +4,15 @@
 --   local pool = ps.pool { workers = 4, store = "redis://...",
 --                          proxy_threshold = 64 * 1024, progress = true }
 --   local f = pool:submit(fn, ...)    -- a Future
---   f:result([timeout]), f:done()
+--   f:result([timeout]), f:done(), f:cancel()
 --   pool:map(fn, list [, {progress = false}])
---   pool:metrics()  -> submitted, completed, failed, worker_deaths,
---                      proxied_args, proxied_results, running, queued
+--   pool:metrics()  -> submitted, completed, failed, cancelled,
+--                      worker_deaths, proxied_args, proxied_results,
+--                      running, queued
 --   pool:pids()     -> {slot = worker pid}, zygote pid
 --   pool.store, pool.dir (the private store's directory, if any)
---   pool:close()    (also <close>; a collected pool kills its workers)
+--   pool:close([{timeout = s}])   (also <close>; a collected pool kills
+--                   its workers; past timeout s, tasks are cancelled)
 --
 -- With no options, `workers` and `store` come from the host binary's
 -- --workers and --store (package.loaded["proxystore.host"]), then default
@@ -19,7 +21,7 @@
 --
 -- Errors are proxystore error objects: kind "task" (the worker's message;
 -- fields traceback, cause), "worker" (the worker died: pid, code or
--- signal), "timeout", "closed", "config", "serialization".
+-- signal), "cancelled", "timeout", "closed", "config", "serialization".
 --
 -- Inside a worker, os.exit flushes stdio and ends the worker at once.
 --
@@ -317,6 +319,20 @@ function Future:done()
   return self.state == "done"
 end
 
+-- Cancels the task: a queued one is dropped; a running one has its worker
+-- killed (a replacement starts). Its future then fails with kind
+-- "cancelled". True, or false when the task had already finished
+-- (replies that already arrived are read first).
+function Future:cancel()
+  if getmetatable(self) ~= Future then
+    error("bad self to 'cancel' (proxystore.Future expected)", 2)
+  end
+  if self.state ~= "done" then self.pool:_step(0) end
+  if self.state == "done" then return false end
+  self.pool:_cancel(self, "cancelled")
+  return true
+end
+
 local now = core.monotonic
 
 function Future:result(timeout)
@@ -392,7 +408,8 @@ function M.new(opts)
     workers = workers, threshold = threshold, progress = opts.progress ~= false,
     queue = {}, qhead = 1, qtail = 0, running = {}, idle = {}, nextid = 0,
     tasks = {}, closed = false, owner = core.pool_getpid(),
-    stats = { submitted = 0, completed = 0, failed = 0, worker_deaths = 0,
+    cancelling = {},   -- slot -> true: its worker is being killed
+    stats = { submitted = 0, completed = 0, failed = 0, cancelled = 0, worker_deaths = 0,
               proxied_args = 0, proxied_results = 0 },
   }, Pool)
 
@@ -400,7 +417,17 @@ function M.new(opts)
   if type(store) == "string" then
     npools = npools + 1
     local name = ("pool-%d-%d"):format(core.pool_getpid(), npools)
-    store = P.init_store(store, { name = name })
+    local sopts = { name = name }
+    if opts.store == nil and host.password then
+      -- the binary's --password-file or PROXYSTORE_PASSWORD, for Redis
+      local cfg = require("proxystore.url").parse(store)
+      if cfg.password then
+        error(perror("config", "pool: the --store URL has a password and " ..
+          "--password-file or PROXYSTORE_PASSWORD gives one too: give it once"), 2)
+      end
+      if cfg.kind == "redis" then sopts.password = host.password end
+    end
+    store = P.init_store(store, sopts)
     self.own_store = true
   elseif store == nil then
     self.dir = private_dir()
@@ -460,27 +487,36 @@ local function send_task(self, slot, task)
       task.px = px
       self.stats.proxied_args = self.stats.proxied_args + #px
     end
-    h:send(slot, task.msg)
+    ok = h:send(slot, task.msg)
   end
-  -- ok == nil: the worker is gone; its exit event fails the task.
+  -- nil: the worker is gone (died idle; its exit is not read yet), so it
+  -- never got the task.
+  return ok == nil
 end
 
--- True when task went out; a task that cannot be sent (an argument the
--- codec refuses...) fails its future instead.
+-- "sent" when task went out; "failed" when it cannot be sent (an argument
+-- the codec refuses...) and its future fails; "gone" when the worker in
+-- slot died before taking it: the task goes back to the head of the queue
+-- as it was, and the slot waits for its replacement (_on_exit).
 function Pool:_dispatch(slot, task)
   local ok, err = pcall(send_task, self, slot, task)
+  if ok and err then
+    self.qhead = self.qhead - 1
+    self.queue[self.qhead] = task
+    return "gone"
+  end
   task.msg = nil
   if ok then
     self.running[slot] = task
     task.slot = slot
     task.state = "running"
-    return true
+    return "sent"
   end
   if not (type(err) == "table" and err.kind) then
     err = perror("pool", "task " .. task.id .. " could not be sent: " .. tostring(err))
   end
   self:_finish(task, false, nil, err)
-  return false
+  return "failed"
 end
 
 function Pool:_finish(task, ok, values, err)
@@ -491,6 +527,8 @@ function Pool:_finish(task, ok, values, err)
   task.err = err
   if ok then
     self.stats.completed = self.stats.completed + 1
+  elseif type(err) == "table" and err.kind == "cancelled" then
+    self.stats.cancelled = self.stats.cancelled + 1
   else
     self.stats.failed = self.stats.failed + 1
   end
@@ -507,7 +545,15 @@ function Pool:_free_slot(slot)
     local task = q[self.qhead]
     q[self.qhead] = nil
     self.qhead = self.qhead + 1
-    if self:_dispatch(slot, task) then return end
+    local sent = self:_dispatch(slot, task)
+    if sent == "sent" then return end
+    if sent == "gone" then
+      -- another idle worker may take it now; this slot waits for its
+      -- replacement
+      local other = table.remove(self.idle)
+      if other then return self:_free_slot(other) end
+      return
+    end
   end
   self.idle[#self.idle + 1] = slot
 end
@@ -526,7 +572,36 @@ function Pool:_take(slot)
   return task
 end
 
+-- Fails task with kind "cancelled": dropped from the queue, or its
+-- worker killed (the slot is taken again once the exit is reported).
+function Pool:_cancel(task, why)
+  if task.state == "running" then
+    local slot = task.slot
+    self.running[slot] = nil
+    self.cancelling[slot] = true
+    self.h:kill(slot)
+  else
+    local q = self.queue
+    for i = self.qhead, self.qtail do
+      if q[i] == task then
+        table.move(q, i + 1, self.qtail, i)
+        q[self.qtail] = nil
+        self.qtail = self.qtail - 1
+        break
+      end
+    end
+  end
+  self:_finish(task, false, nil, perror("cancelled",
+    ("task %d %s"):format(task.id, why), { task = task.id }))
+end
+
 function Pool:_on_result(slot, reply)
+  if self.cancelling[slot] then
+    -- the cancelled task's reply, sent before its worker was killed: its
+    -- proxies are nobody's now; the slot waits for the exit
+    if reply[2] and reply[4] then evict_px(self.store, reply[3], reply[4]) end
+    return
+  end
   local task = self:_take(slot)
   if task and task.id == reply[1] then
     if reply[2] then
@@ -553,7 +628,11 @@ function Pool:_on_result(slot, reply)
 end
 
 function Pool:_on_exit(slot, pid, how, n)
-  self.stats.worker_deaths = self.stats.worker_deaths + 1
+  if self.cancelling[slot] then
+    self.cancelling[slot] = nil   -- killed on purpose: not a death
+  else
+    self.stats.worker_deaths = self.stats.worker_deaths + 1
+  end
   local task = self:_take(slot)
   if task then
     local what = how == "signal"
@@ -598,6 +677,8 @@ function Pool:_step(timeout)
       self:_on_result(ev[1], ev[3])
     elseif kind == "exit" then
       self:_on_exit(ev[1], ev[3], ev[4], ev[5])
+    elseif kind == "bad_result" and self.cancelling[ev[1]] then
+      -- the cancelled task's: ignored, the slot waits for the exit
     elseif kind == "bad_result" then   -- a reply that did not decode
       local task = self:_take(ev[1])
       if task then
@@ -652,7 +733,13 @@ function Pool:_submit_packed(packed, args)
   self.stats.submitted = self.stats.submitted + 1
   local slot = table.remove(self.idle)
   if slot then
-    if not self:_dispatch(slot, task) then self:_free_slot(slot) end
+    local sent = self:_dispatch(slot, task)
+    if sent == "failed" then
+      self:_free_slot(slot)
+    elseif sent == "gone" then   -- queued again: the next idle worker
+      local other = table.remove(self.idle)
+      if other then self:_free_slot(other) end
+    end
   else
     self.qtail = self.qtail + 1
     self.queue[self.qtail] = task
@@ -734,24 +821,64 @@ function Pool:metrics()
   return t
 end
 
+-- The workers' pids by slot and the zygote's; events that arrived are
+-- handled first, so a worker that died shows its replacement.
 function Pool:pids()
+  if self.closed then return {}, nil end
+  self:_step(0)
   if self.closed then return {}, nil end
   return self.h:pids()
 end
 
 -- Waits for running and queued tasks, stops the workers, removes the
--- private store. Idempotent.
-function Pool:close()
+-- private store. Idempotent. opts: timeout (seconds): tasks still queued
+-- or running after that long are cancelled (kind "cancelled").
+function Pool:close(opts)
   if getmetatable(self) ~= Pool then
     error("bad self to 'close' (proxystore.Pool expected)", 2)
+  end
+  local timeout
+  if opts ~= nil then
+    if type(opts) ~= "table" then
+      error(perror("config", "pool:close: options must be a table, got " .. type(opts)), 2)
+    end
+    for k in pairs(opts) do
+      if k ~= "timeout" then
+        error(perror("config", "pool:close: unknown option '" .. tostring(k) ..
+          "' (timeout)"), 2)
+      end
+    end
+    timeout = opts.timeout
+    if timeout ~= nil and (type(timeout) ~= "number" or not (timeout >= 0)) then
+      error(perror("config", "pool:close: timeout must be a non-negative " ..
+        "number of seconds, got " .. tostring(timeout)), 2)
+    end
   end
   if self.closed then return end
   if self.owner ~= core.pool_getpid() then self.closed = true; return end
   self.stopping = true
+  local deadline = timeout and now() + timeout
   while next(self.running) or self.qhead <= self.qtail do
-    self:_step(nil)
+    local left
+    if deadline then
+      left = deadline - now()
+      if left <= 0 then
+        self:_step(0)   -- a reply already waiting counts as in time
+        self:_cancel_all(("cancelled: the pool closed after %g s"):format(timeout))
+        break
+      end
+    end
+    self:_step(left)
   end
   self:_shutdown(false)
+end
+
+-- Cancels every task still queued or running.
+function Pool:_cancel_all(why)
+  while self.qhead <= self.qtail do
+    self:_cancel(self.queue[self.qhead], why)
+  end
+  for _, task in pairs(self.running) do self:_cancel(task, why) end
 end
 
 function Pool:_shutdown(kill)
@@ -774,7 +901,10 @@ function Pool:__gc()
   if not self.closed then pcall(self._shutdown, self, true) end
 end
 
-Pool.__close = Pool.close
+-- A <close> variable passes the error that ends its scope: not options.
+function Pool:__close()
+  return self:close()
+end
 
 M.Pool = Pool
 M.Future = Future

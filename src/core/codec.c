@@ -37,12 +37,41 @@ static int codec_serialize(lua_State *L) {
   return 1;
 }
 
+/* deserialize's options: {untrusted = boolean}; anything else is a
+ * config error, so a misspelt "untrusted" never passes silently. */
+static unsigned decode_options(lua_State *L, int idx) {
+  if (lua_isnoneornil(L, idx)) return 0;
+  if (!lua_istable(L, idx))
+    ps_error_raise(L, PS_ECONFIG, NULL,
+                   "deserialize options must be a table, got %s",
+                   luaL_typename(L, idx));
+  unsigned opts = 0;
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    if (lua_type(L, -2) != LUA_TSTRING ||
+        strcmp(lua_tostring(L, -2), "untrusted") != 0) {
+      lua_pop(L, 1);
+      ps_error_raise(L, PS_ECONFIG, NULL,
+                     "unknown option '%s' for deserialize (untrusted)",
+                     luaL_tolstring(L, -1, NULL));
+    }
+    if (!lua_isboolean(L, -1))
+      ps_error_raise(L, PS_ECONFIG, NULL,
+                     "option 'untrusted' must be a boolean, got %s",
+                     luaL_typename(L, -1));
+    if (lua_toboolean(L, -1)) opts |= PS_DECODE_UNTRUSTED;
+    lua_pop(L, 1);
+  }
+  return opts;
+}
+
 static int codec_deserialize(lua_State *L) {
   size_t len;
   luaL_checktype(L, 1, LUA_TSTRING);
   const char *s = lua_tolstring(L, 1, &len);
+  unsigned opts = decode_options(L, 2);
   lua_settop(L, 1);
-  ps_codec_decode(L, s, len);
+  ps_codec_decode_ex(L, s, len, opts);
   return 1;
 }
 

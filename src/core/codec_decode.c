@@ -25,6 +25,7 @@ typedef struct dec {
   int refs;             /* stack slot of the id -> value table */
   int have_refs;
   int use_refs;         /* the header's CODEC_FLAG_REFS */
+  int untrusted;        /* PS_DECODE_UNTRUSTED: proxies are untrusted */
   lua_Integer nrefs;
   /* Table slots that may still be reserved up front: every entry of a
    * real blob takes at least one byte, so the counts of all its tables add
@@ -269,7 +270,7 @@ static void decode_proxy(dec *d) {
   need(d, 1);
   if (*d->p != TAG_TABLE) fail(d, "proxy reference is not a table");
   decode_value(d);
-  ps_proxy_from_reference(L);
+  ps_proxy_from_reference(L, d->untrusted);
   if (slot) {
     lua_pushvalue(L, -1);
     lua_rawseti(L, d->refs, slot);
@@ -363,8 +364,14 @@ static void decode_value(dec *d) {
 }
 
 void ps_codec_decode(lua_State *L, const char *data, size_t len) {
+  ps_codec_decode_ex(L, data, len, 0);
+}
+
+void ps_codec_decode_ex(lua_State *L, const char *data, size_t len,
+                        unsigned opts) {
   dec d;
   d.L = L;
+  d.untrusted = (opts & PS_DECODE_UNTRUSTED) != 0;
   d.start = d.p = (const unsigned char *)data;
   d.end = d.start + len;
   d.depth = 0;

@@ -69,19 +69,24 @@ static proxy *newproxy(lua_State *L, unsigned flags) {
 /*
  * Pushes the open store of the store proxy at idx. A proxy from another
  * process, or whose store was closed, finds the store by name or creates it
- * from the config (so a re-created store serves old proxies).
+ * from the config (so a re-created store serves old proxies). An untrusted
+ * proxy only finds a registered store; once bound to it, it is an ordinary
+ * proxy of this process's store (its own config, no carried flags).
  */
 static void push_store(lua_State *L, int idx) {
   if (lua_getiuservalue(L, idx, 2) == LUA_TTABLE ||
       !ps_store_is_open(L, -1)) {
+    proxy *p = lua_touserdata(L, idx);
     if (lua_type(L, -1) != LUA_TTABLE) {
       ps_store_push_config(L, -1);
       lua_remove(L, -2);
     }
-    ps_store_from_config(L, -1);
+    if (p->flags & PS_PROXY_UNTRUSTED) ps_store_from_registry(L, -1);
+    else ps_store_from_config(L, -1);
     lua_remove(L, -2);
     lua_pushvalue(L, -1);
     lua_setiuservalue(L, idx, 2);
+    p->flags &= (unsigned char)~PS_PROXY_UNTRUSTED;
   }
 }
 
@@ -363,7 +368,8 @@ void ps_proxy_push_store_ref(lua_State *L, int store_idx, int key_idx,
                              unsigned flags) {
   store_idx = lua_absindex(L, store_idx);
   key_idx = lua_absindex(L, key_idx);
-  newproxy(L, (flags & (PS_PROXY_EVICT | PS_PROXY_STRICT)) | STORE_PROXY);
+  newproxy(L, (flags & (PS_PROXY_EVICT | PS_PROXY_STRICT |
+                        PS_PROXY_UNTRUSTED)) | STORE_PROXY);
   lua_pushvalue(L, store_idx);
   lua_setiuservalue(L, -2, 2);
   lua_pushvalue(L, key_idx);
@@ -446,11 +452,12 @@ static int l_repr(lua_State *L) {
   lua_getfield(L, -1, "kind");
   lua_getfield(L, -2, "name");
   lua_getiuservalue(L, 1, 3);
-  lua_pushfstring(L, "proxystore.Proxy(store=%s:%s, key=%s, %s%s%s)",
+  lua_pushfstring(L, "proxystore.Proxy(store=%s:%s, key=%s, %s%s%s%s)",
                   lua_tostring(L, -3), lua_tostring(L, -2),
                   lua_tostring(L, -1), state,
                   (p->flags & PS_PROXY_EVICT) ? ", evict" : "",
-                  (p->flags & PS_PROXY_STRICT) ? ", strict" : "");
+                  (p->flags & PS_PROXY_STRICT) ? ", strict" : "",
+                  (p->flags & PS_PROXY_UNTRUSTED) ? ", untrusted" : "");
   return 1;
 }
 
@@ -465,14 +472,37 @@ void ps_proxy_push_reference(lua_State *L, int idx) {
   idx = lua_absindex(L, idx);
   lua_createtable(L, 0, 3);
   push_proxy_config(L, idx);
+  /* What only this process asked for never travels: clear is not in a
+   * config anyway, and recycle (evicted files reused in place) is only
+   * for the store's own single-use proxies. */
+  lua_pushnil(L);
+  lua_setfield(L, -2, "recycle");
   lua_setfield(L, -2, "config");
   lua_getiuservalue(L, idx, 3);
   lua_setfield(L, -2, "key");
-  lua_pushinteger(L, p->flags & (PS_PROXY_EVICT | PS_PROXY_STRICT));
+  lua_pushinteger(L, p->flags & (PS_PROXY_EVICT | PS_PROXY_STRICT |
+                                 PS_PROXY_UNTRUSTED));
   lua_setfield(L, -2, "flags");
 }
 
-void ps_proxy_from_reference(lua_State *L) {
+/*
+ * Replaces the config table at cfg with one that holds only what names a
+ * store of this process: name, kind and a local store's instance. An
+ * untrusted proxy keeps nothing else (no address, no options), so nothing
+ * it carries can ever create or configure a store.
+ */
+static void keep_name_only(lua_State *L, int cfg) {
+  static const char *const fields[] = {"name", "kind", "instance"};
+  lua_createtable(L, 0, 3);
+  for (int i = 0; i < 3; i++)
+    if (lua_getfield(L, cfg, fields[i]) == LUA_TSTRING)
+      lua_setfield(L, -2, fields[i]);
+    else
+      lua_pop(L, 1);
+  lua_replace(L, cfg);
+}
+
+void ps_proxy_from_reference(lua_State *L, int untrusted) {
   int t = lua_gettop(L);
   int ok = lua_type(L, t) == LUA_TTABLE &&
            lua_getfield(L, t, "config") == LUA_TTABLE &&
@@ -485,6 +515,12 @@ void ps_proxy_from_reference(lua_State *L) {
                    "malformed proxy reference (needs config.name, "
                    "config.kind, key and flags)");
   unsigned flags = (unsigned)lua_tointeger(L, t + 5);
+  /* Untrusted input, or a reference an untrusted proxy was serialized
+   * into: no carried flag is obeyed (evict would delete at first use). */
+  if (untrusted || (flags & PS_PROXY_UNTRUSTED)) {
+    flags = PS_PROXY_UNTRUSTED;
+    keep_name_only(L, t + 1);
+  }
   ps_proxy_push_store_ref(L, t + 1, t + 4, flags);
   lua_replace(L, t);
   lua_settop(L, t);

@@ -97,16 +97,23 @@ void ps_proxy_push_target(lua_State *L, int idx);
  */
 #define PS_PROXY_EVICT  0x01
 #define PS_PROXY_STRICT 0x02
+/* The proxy came from untrusted input (ps.deserialize(s, {untrusted =
+ * true})) and is not bound to a store yet: it resolves only through a
+ * store registered in this process under its name. Kept when such a proxy
+ * is serialized again, so passing it on does not launder it. */
+#define PS_PROXY_UNTRUSTED 0x04
 void ps_proxy_push_store_ref(lua_State *L, int store_idx, int key_idx,
                              unsigned flags);
 /*
  * For the codec: pushes a plain table {config=, key=, flags=} describing
  * the store proxy at idx. Raises a serialization error for a proxy whose
  * factory is a Lua function. ps_proxy_from_reference pops such a table and
- * pushes a proxy that will resolve through it.
+ * pushes a proxy that will resolve through it; with untrusted != 0 (or a
+ * reference that says it is untrusted) the proxy keeps only the store's
+ * name and kind and drops every carried flag.
  */
 void ps_proxy_push_reference(lua_State *L, int idx);
-void ps_proxy_from_reference(lua_State *L);
+void ps_proxy_from_reference(lua_State *L, int untrusted);
 void ps_proxy_open(lua_State *L);
 
 /* ---- codec (codec.c) ---------------------------------------------------- */
@@ -115,6 +122,11 @@ void ps_proxy_open(lua_State *L);
 void ps_codec_encode(lua_State *L, int idx, ps_buf *b);
 /* Pushes the value encoded in data; raises a serialization error. */
 void ps_codec_decode(lua_State *L, const char *data, size_t len);
+/* The same; with PS_DECODE_UNTRUSTED every proxy in data is untrusted
+ * (PS_PROXY_UNTRUSTED). */
+#define PS_DECODE_UNTRUSTED 0x01
+void ps_codec_decode_ex(lua_State *L, const char *data, size_t len,
+                        unsigned opts);
 void ps_codec_open(lua_State *L);
 
 /* ---- stores (store.c) ---------------------------------------------------- */
@@ -135,6 +147,13 @@ void ps_store_resolve(lua_State *L, int store_idx, int key_idx, unsigned flags);
  * pushes it (for proxies that arrive from another process).
  */
 void ps_store_from_config(lua_State *L, int cfg_idx);
+/*
+ * Pushes the store registered under the config's name when it is the
+ * store the config names (same kind; for a local store, the same
+ * instance), or raises a resolve error saying why not. Never creates a
+ * store: for proxies from untrusted input.
+ */
+void ps_store_from_registry(lua_State *L, int cfg_idx);
 /* Pushes the store's config table (a fresh copy). */
 void ps_store_push_config(lua_State *L, int store_idx);
 /*

@@ -6,8 +6,14 @@
  * prints errors to stderr, and the state is closed before exit. On top of
  * lua's options it preloads the linked-in core as "proxystore.core", puts
  * the binary's own Lua files on package.path, and takes --workers, --store,
- * --version and --help, which it leaves for pools in
+ * --password-file, --version and --help, which it leaves for pools in
  * package.loaded["proxystore.host"].
+ *
+ * Passwords stay off the command line, where /proc/<pid>/cmdline shows
+ * them to every user, for this process and every worker it forks: the
+ * --store store's password comes from --password-file or the environment
+ * (PROXYSTORE_PASSWORD). A password written into the --store URL anyway is
+ * overwritten in argv, once copied, before any worker exists.
  *
  * package.path, in order:
  *   - when LUA_PATH_5_4 or LUA_PATH is set: that (";;" expands to Lua's
@@ -16,11 +22,14 @@
  *     (so build/bin/proxystore runs the Lua files of its own checkout), then
  *     <bindir>/../share/lua/5.4 (the installed layout), then Lua's default.
  */
+#include <ctype.h>
+#include <errno.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include <lua.h>
@@ -69,6 +78,10 @@ static void print_usage(FILE *f) {
   "  --workers N    default worker count for ps.pool() (default: cores)\n"
   "  --store URL    default store for ps.pool(): redis://host:port[/db],\n"
   "                 unix:///path.sock, file:///abs/dir or local:\n"
+  "  --password-file F\n"
+  "                 the --store Redis password: the first line of F (else\n"
+  "                 $PROXYSTORE_PASSWORD; a password in the URL shows in\n"
+  "                 the process list)\n"
   "  --version      print the proxystore and Lua versions and exit\n"
   "  --help         print this help and exit\n"
   "  --             stop handling options\n"
@@ -218,6 +231,8 @@ static int handle_script(lua_State *L, char **argv) {
 typedef struct hostopts {
   const char *workers;
   const char *store;
+  const char *password_file;
+  int password;        /* stack index of the password, 0: none */
   const char *bad;     /* the offending argument when has_error */
   const char *why;     /* what is wrong with it */
 } hostopts;
@@ -284,6 +299,17 @@ static int collectargs(char **argv, int *first, hostopts *ho) {
           ho->store = v;
           break;
         }
+        if (strncmp(a, "--password-file", 15) == 0 &&
+            (a[15] == '\0' || a[15] == '=')) {
+          const char *v = longval(argv, &i, "--password-file");
+          if (v == NULL || *v == '\0') {
+            ho->bad = a;
+            ho->why = "needs a file name";
+            return has_error;
+          }
+          ho->password_file = v;
+          break;
+        }
         ho->bad = a;
         ho->why = "is not a known option";
         return has_error;
@@ -334,8 +360,9 @@ static int runargs(lua_State *L, char **argv, int n) {
     const char *a = argv[i];
     if (a[0] != '-') continue;  /* "run", or an option's value */
     if (a[1] == '-') {
-      /* skip the value of "--workers N" / "--store URL" */
-      if ((strcmp(a, "--workers") == 0 || strcmp(a, "--store") == 0))
+      /* skip the value of "--workers N" / "--store URL" / ... */
+      if (strcmp(a, "--workers") == 0 || strcmp(a, "--store") == 0 ||
+          strcmp(a, "--password-file") == 0)
         i++;
       continue;
     }
@@ -526,10 +553,97 @@ static void setpath(lua_State *L, int noenv) {
   lua_pop(L, 1);
 }
 
+#define MAX_PASSWORD 4096
+
+/*
+ * Pushes the --store password: the first line of --password-file (without
+ * its line end), else $PROXYSTORE_PASSWORD, else nothing. Returns 0 and
+ * pushes an error message when the file cannot be read, or its first line
+ * is empty or too long. The file is closed before anything is pushed.
+ */
+static int push_password(lua_State *L, const hostopts *ho) {
+  if (ho->password_file == NULL) {
+    const char *env = getenv("PROXYSTORE_PASSWORD");
+    if (env && *env) lua_pushstring(L, env);
+    else lua_pushnil(L);
+    return 1;
+  }
+  FILE *f = fopen(ho->password_file, "r");
+  if (f == NULL) {
+    lua_pushfstring(L, "cannot read password file '%s': %s",
+                    ho->password_file, strerror(errno));
+    return 0;
+  }
+  char line[MAX_PASSWORD + 2];
+  int got = fgets(line, sizeof line, f) != NULL;
+  int failed = ferror(f);
+  fclose(f);
+  size_t len = got ? strlen(line) : 0;
+  int whole = len > 0 && line[len - 1] == '\n';
+  if (whole) line[--len] = '\0';
+  if (len > 0 && line[len - 1] == '\r') line[--len] = '\0';
+  const char *why = failed ? "could not be read"
+                    : len == 0 ? "has an empty first line"
+                    : len > MAX_PASSWORD ? "has a first line over 4096 bytes"
+                    : NULL;
+  if (why == NULL) lua_pushlstring(L, line, len);
+  memset(line, 0, sizeof line);
+  if (why) {
+    lua_pushfstring(L, "password file '%s' %s", ho->password_file, why);
+    return 0;
+  }
+  return 1;
+}
+
+/*
+ * Overwrites, in place, whatever in a store URL may be a password (as
+ * proxystore.url redacts it: everything between "://" and the last '@',
+ * and a password query parameter to the end), so that /proc/<pid>/cmdline
+ * of this process and of the workers it forks no longer shows it. Returns
+ * whether anything was hidden.
+ */
+/* The query parameter name in [from, to), percent-decoded, says "pass". */
+static int names_password(const char *from, const char *to) {
+  char name[256];
+  size_t n = 0;
+  for (const char *p = from; p < to && n + 1 < sizeof name; p++) {
+    unsigned v;
+    if (*p == '%' && to - p >= 3 && sscanf(p + 1, "%2x", &v) == 1 &&
+        isxdigit((unsigned char)p[1]) && isxdigit((unsigned char)p[2])) {
+      name[n++] = (char)v;
+      p += 2;
+    } else {
+      name[n++] = *p;
+    }
+  }
+  name[n] = '\0';
+  return strcasestr(name, "pass") != NULL;
+}
+
+static int scrub_url(char *url) {
+  int hidden = 0;
+  char *auth = strstr(url, "://");
+  if (auth && !((strncasecmp(url, "file:", 5) == 0 ||
+                  strncasecmp(url, "unix:", 5) == 0) && auth[3] == '/')) {
+    auth += 3;
+    char *at = strrchr(auth, '@');
+    for (char *p = auth; at && p < at; p++, hidden = 1) *p = '*';
+  }
+  for (char *q = url; (q = strpbrk(q, "?&;")) != NULL; q++) {
+    char *eq = strchr(q + 1, '=');
+    char *end = strpbrk(q + 1, "&;?#");
+    if (eq == NULL || (end && end < eq)) continue;
+    if (!names_password(q + 1, eq)) continue;
+    for (char *p = eq + 1; *p; p++, hidden = 1) *p = '*';
+    break;
+  }
+  return hidden;
+}
+
 /*
  * package.preload["proxystore.core"] = the linked-in core, and
- * package.loaded["proxystore.host"] = {workers=, store=, binary=, version=}
- * for pools created with no options.
+ * package.loaded["proxystore.host"] = {workers=, store=, password=,
+ * binary=, version=} for pools created with no options.
  */
 static void setup_proxystore(lua_State *L, const hostopts *ho) {
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
@@ -547,6 +661,10 @@ static void setup_proxystore(lua_State *L, const hostopts *ho) {
     lua_pushstring(L, ho->store);
     lua_setfield(L, -2, "store");
   }
+  if (ho->password) {
+    lua_pushvalue(L, ho->password);
+    lua_setfield(L, -2, "password");
+  }
   char dir[PATH_MAX];
   if (bindir(dir, sizeof dir)) {
     lua_pushfstring(L, "%s/%s", dir, PROGNAME);
@@ -562,7 +680,7 @@ static int pmain(lua_State *L) {
   int argc = (int)lua_tointeger(L, 1);
   char **argv = (char **)lua_touserdata(L, 2);
   int script = argc;
-  hostopts ho = {NULL, NULL, NULL, NULL};
+  hostopts ho = {NULL, NULL, NULL, 0, NULL, NULL};
   int args = collectargs(argv, &script, &ho);
   luaL_checkversion(L);
   if (args == has_error) {
@@ -587,9 +705,20 @@ static int pmain(lua_State *L) {
     lua_pushboolean(L, 1);
     lua_setfield(L, LUA_REGISTRYINDEX, "LUA_NOENV");
   }
+  if (!push_password(L, &ho)) {
+    fprintf(stderr, "%s: %s\n", PROGNAME, lua_tostring(L, -1));
+    return 0;
+  }
+  if (!lua_isnil(L, -1)) ho.password = lua_gettop(L);
   luaL_openlibs(L);
   setpath(L, args & has_E);
   setup_proxystore(L, &ho);
+  /* The URL is copied into Lua now: hide its password from the process
+   * list before the script (and its workers) run. */
+  if (ho.store && scrub_url((char *)ho.store))
+    fprintf(stderr, "%s: warning: the --store URL holds a password, which "
+            "other users could see in the process list; use "
+            "--password-file or PROXYSTORE_PASSWORD\n", PROGNAME);
   createargtable(L, argv, argc, script);
   lua_gc(L, LUA_GCGEN, 0, 0);
   if (!(args & has_E) && handle_luainit(L) != LUA_OK) return 0;

@@ -18,6 +18,8 @@
  *        {slot, "spawn_failed", message}
  *        {0, "zygote_died"}       (once: the pool cannot go on)
  *   h:spawn(slot)                  starts a replacement worker in slot
+ *   h:kill(slot)                   has the zygote SIGKILL slot's worker (a
+ *                                  cancelled task's); its exit event follows
  *   h:pids() -> {slot = pid}, zygote pid
  *   h:close([kill])                closes sockets, reaps the zygote (which
  *                                  reaps the workers); __gc/__close kill
@@ -372,6 +374,21 @@ static int pool_spawn(lua_State *L) {
   return 0;
 }
 
+static int pool_kill(lua_State *L) {
+  pool_h *h = check_open(L);
+  int s = check_slot(L, h, 2);
+  int sent = 0;
+  if (h->w[s].state != W_FREE && h->w[s].pid > 0 && !h->zdead) {
+    ps_zmsg m = {PS_Z_KILL_ONE, s, h->w[s].pid, 0};
+    ssize_t r;
+    do r = send(h->ctl, &m, sizeof m, MSG_NOSIGNAL);
+    while (r < 0 && errno == EINTR);
+    sent = r == (ssize_t)sizeof m;
+  }
+  lua_pushboolean(L, sent);
+  return 1;
+}
+
 static int pool_send(lua_State *L) {
   pool_h *h = check_open(L);
   int s = check_slot(L, h, 2);
@@ -568,6 +585,7 @@ static const luaL_Reg pool_methods[] = {
   {"send", pool_send},
   {"poll", pool_poll},
   {"spawn", pool_spawn},
+  {"kill", pool_kill},
   {"pids", pool_pids},
   {"close", pool_close},
   {"isopen", pool_isopen},

@@ -53,7 +53,9 @@ enum {
                         workers leave by themselves */
   PS_Z_SPAWNED,      /* zygote -> parent: slot's worker has pid */
   PS_Z_SPAWN_FAILED, /* zygote -> parent: fork failed with err */
-  PS_Z_EXITED        /* zygote -> parent: pid ended with wait status */
+  PS_Z_EXITED,       /* zygote -> parent: pid ended with wait status */
+  PS_Z_KILL_ONE      /* parent -> zygote: SIGKILL worker pid, if it is
+                        still one (the zygote reaps, so no reused pid) */
 };
 
 typedef struct ps_zmsg {

@@ -111,6 +111,13 @@ static void kill_all(zygote *z) {
     if (z->kids[i] > 0) kill(z->kids[i], SIGKILL);
 }
 
+/* Kills one worker (a cancelled task's), only while it is still a child
+ * not yet reaped: its pid cannot have been reused by then. */
+static void kill_one(zygote *z, pid_t pid) {
+  for (int i = 0; i < MAXKIDS; i++)
+    if (pid > 0 && z->kids[i] == pid) kill(pid, SIGKILL);
+}
+
 static void spawn(lua_State *L, zygote *z, int fd, int slot, int fn_idx) {
   pid_t zpid = getpid();
   pid_t pid = fork();
@@ -151,6 +158,7 @@ static int serve(lua_State *L, zygote *z, int fn_idx, int *draining) {
   } else {
     if (fd >= 0) close(fd);
     if (m.type == PS_Z_KILL) kill_all(z);
+    if (m.type == PS_Z_KILL_ONE) kill_one(z, m.pid);
     if (m.type == PS_Z_DRAIN) *draining = 1;
   }
   return 1;

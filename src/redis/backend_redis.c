@@ -49,6 +49,13 @@ static int ping(ps_redis *x, ps_berr *err) {
 static int settled(ps_redis *x, int code);
 
 static void *redis_open(const ps_bconfig *cfg, ps_berr *err) {
+  /* An empty host or path is a mistake, not "the default": it would
+   * quietly reach 127.0.0.1:6379 (configs may also come from elsewhere). */
+  if ((cfg->host && !*cfg->host) || (cfg->path && !*cfg->path)) {
+    ps_berr_set(err, PS_BCONFIG, "redis: option '%s' must not be empty",
+                cfg->path && !*cfg->path ? "path" : "host");
+    return NULL;
+  }
   ps_redis *x = calloc(1, sizeof *x);
   if (x == NULL) {
     ps_berr_set(err, PS_BNOMEM, "redis: out of memory");

@@ -66,8 +66,9 @@ typedef struct ps_bconfig {
   const char *prefix;    /* key prefix */
   const char *dir;       /* file */
   int recycle;           /* file: evicted files kept as spares to reuse */
-  int clear;             /* file: close removes what this store wrote (and
-                            dir, when this process created it) */
+  int clear;             /* file: close removes the objects this store
+                            wrote (while still the files it wrote), then
+                            dir if this process created it and it is empty */
   int no_create;         /* file: dir must exist (a prefetch context must
                             not bring back a directory someone removed) */
 } ps_bconfig;

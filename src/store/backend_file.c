@@ -23,7 +23,6 @@
 #include <sys/vfs.h>
 #include <time.h>
 #include <unistd.h>
-#include <dirent.h>
 #include <linux/magic.h>
 
 #include "backend.h"
@@ -50,14 +49,35 @@
  * 3-7 ms of page allocation plus 1-5 ms to unlink, an overwrite 0.7 ms.
  * Only for stores whose evicted objects nobody still reads (the pool's
  * single-use proxies): a spare is rewritten under an old reader's mapping.
+ *
+ * A shared directory may hold files of other users. Spare names carry a
+ * random tag drawn at open (processes forked from the opener share it, and
+ * so its spares), so nobody can plant a file where a spare will be looked
+ * for without first listing the directory. And a spare is written into only
+ * once an fd on it, opened without following symlinks and without blocking
+ * (a FIFO), shows a regular file owned by this user, mode 0600, with no
+ * other name: anything else found under a spare's name is dropped unwritten.
  */
 #define SPARE_PREFIX ".ps-spare-"
+#define SPARE_TAG_LEN 16
+#define SPARE_NAME_SIZE (sizeof SPARE_PREFIX + SPARE_TAG_LEN + 16)
 #define MAX_RECYCLE 64
 #define MAX_CREATED_DIRS 32
 
-/* The set of names this context wrote, kept only when clear is asked. */
+/*
+ * The objects this context wrote, kept only when clear is asked: each
+ * name with the inode it was written as, so close removes an object only
+ * while it is still the one this store wrote (another process may have
+ * replaced it since).
+ */
+typedef struct name_entry {
+  dev_t dev;
+  ino_t ino;
+  char name[];
+} name_entry;
+
 typedef struct name_set {
-  char **slots;
+  name_entry **slots;
   size_t cap, count;
 } name_set;
 
@@ -66,6 +86,7 @@ typedef struct file_ctx {
   pid_t pid;             /* the process that opened it */
   int clear;             /* remove what this store wrote at close */
   int recycle;           /* spare files kept for reuse (0: none) */
+  char spare_tag[SPARE_TAG_LEN + 1];   /* random, in every spare's name */
   int ncreated;          /* directories mkdir'ed here, outermost first */
   char *created[MAX_CREATED_DIRS];
   char *dir;             /* as given, for messages and address */
@@ -85,13 +106,14 @@ static size_t name_hash(const char *s) {
 
 static size_t set_find(const name_set *set, const char *name) {
   size_t mask = set->cap - 1, i = name_hash(name) & mask;
-  while (set->slots[i] && strcmp(set->slots[i], name) != 0) i = (i + 1) & mask;
+  while (set->slots[i] && strcmp(set->slots[i]->name, name) != 0)
+    i = (i + 1) & mask;
   return i;
 }
 
 static int set_grow(name_set *set) {
   size_t cap = set->cap ? set->cap * 2 : 64;
-  char **old = set->slots;
+  name_entry **old = set->slots;
   size_t oldcap = set->cap;
   set->slots = calloc(cap, sizeof *set->slots);
   if (set->slots == NULL) {
@@ -100,17 +122,26 @@ static int set_grow(name_set *set) {
   }
   set->cap = cap;
   for (size_t i = 0; i < oldcap; i++)
-    if (old[i]) set->slots[set_find(set, old[i])] = old[i];
+    if (old[i]) set->slots[set_find(set, old[i]->name)] = old[i];
   free(old);
   return 0;
 }
 
-static int set_add(name_set *set, const char *name) {
+/* Records name as written with the file st describes (a rewrite of the
+ * same name updates its inode). */
+static int set_add(name_set *set, const char *name, const struct stat *st) {
   if ((set->count + 1) * 2 > set->cap && set_grow(set) != 0) return -1;
   size_t i = set_find(set, name);
-  if (set->slots[i]) return 0;
-  if ((set->slots[i] = strdup(name)) == NULL) return -1;
-  set->count++;
+  if (set->slots[i] == NULL) {
+    size_t n = strlen(name) + 1;
+    name_entry *e = malloc(sizeof *e + n);
+    if (e == NULL) return -1;
+    memcpy(e->name, name, n);
+    set->slots[i] = e;
+    set->count++;
+  }
+  set->slots[i]->dev = st->st_dev;
+  set->slots[i]->ino = st->st_ino;
   return 0;
 }
 
@@ -123,9 +154,9 @@ static void set_remove(name_set *set, const char *name) {
   set->count--;
   /* Re-seat the rest of the probe run so lookups never stop early. */
   for (size_t j = (i + 1) & mask; set->slots[j]; j = (j + 1) & mask) {
-    char *s = set->slots[j];
+    name_entry *e = set->slots[j];
     set->slots[j] = NULL;
-    set->slots[set_find(set, s)] = s;
+    set->slots[set_find(set, e->name)] = e;
   }
 }
 
@@ -274,6 +305,10 @@ static void *file_open(const ps_bconfig *cfg, ps_berr *err) {
   c->clear = cfg->clear;
   c->recycle = cfg->recycle < 0 ? 0
                : cfg->recycle > MAX_RECYCLE ? MAX_RECYCLE : cfg->recycle;
+  char rnd[33];
+  ps_key_random(rnd);
+  memcpy(c->spare_tag, rnd, SPARE_TAG_LEN);
+  c->spare_tag[SPARE_TAG_LEN] = '\0';
   c->dir = absolute_dir(cfg->dir);
   c->prefix = strdup(prefix);
   if (c->dir == NULL || c->prefix == NULL) {
@@ -299,28 +334,28 @@ fail:
   return NULL;
 }
 
+static void spare_name(const file_ctx *c, char *out, size_t outsz, int i);
+
 /*
- * In a directory this process created, removes every object under this
- * store's prefix (all objects when it has none), whichever process wrote
- * it, and leftover temporary files; subdirectories and other prefixes stay.
+ * Removes what this store wrote and what it alone owns: each object it
+ * wrote that is still the file it wrote (same inode: another process may
+ * have replaced it), and its spares. Objects of other processes, their
+ * temporary files and anything else in the directory stay, whoever
+ * created the directory.
  */
-static void remove_all(file_ctx *c) {
-  int fd = openat(c->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return;
-  DIR *d = fdopendir(fd);
-  if (d == NULL) {
-    close(fd);
-    return;
+static void remove_written(file_ctx *c) {
+  for (size_t i = 0; i < c->written.cap; i++) {
+    const name_entry *e = c->written.slots[i];
+    struct stat st;
+    if (e && fstatat(c->dirfd, e->name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+        st.st_ino == e->ino && st.st_dev == e->dev)
+      unlinkat(c->dirfd, e->name, 0);
   }
-  struct dirent *e;
-  while ((e = readdir(d)) != NULL) {
-    const char *n = e->d_name;
-    if (strncmp(n, TMP_PREFIX, sizeof TMP_PREFIX - 1) == 0 ||
-        strncmp(n, SPARE_PREFIX, sizeof SPARE_PREFIX - 1) == 0 ||
-        (n[0] != '.' && strncmp(n, c->prefix, c->prefix_len) == 0))
-      unlinkat(c->dirfd, n, 0);   /* fails harmlessly on a subdirectory */
+  char spare[SPARE_NAME_SIZE];
+  for (int i = 0; i < c->recycle; i++) {
+    spare_name(c, spare, sizeof spare, i);
+    unlinkat(c->dirfd, spare, 0);
   }
-  closedir(d);
 }
 
 static void file_close(void *ctx) {
@@ -328,12 +363,7 @@ static void file_close(void *ctx) {
   if (c == NULL) return;
   /* Only the opening process clears: a forked child shares nothing to own. */
   if (c->clear && c->dirfd >= 0 && c->pid == getpid()) {
-    if (c->ncreated > 0) {
-      remove_all(c);
-    } else {
-      for (size_t i = 0; i < c->written.cap; i++)
-        if (c->written.slots[i]) unlinkat(c->dirfd, c->written.slots[i], 0);
-    }
+    remove_written(c);
     /* rmdir only removes an empty directory: anything else stays. */
     for (int i = c->ncreated - 1; i >= 0; i--)
       if (rmdir(c->created[i]) != 0) break;
@@ -365,21 +395,36 @@ static int write_all(int fd, const char *data, size_t len) {
   return 0;
 }
 
-static void spare_name(char *out, size_t outsz, int i) {
-  snprintf(out, outsz, "%s%d", SPARE_PREFIX, i);
+static void spare_name(const file_ctx *c, char *out, size_t outsz, int i) {
+  snprintf(out, outsz, "%s%s-%d", SPARE_PREFIX, c->spare_tag, i);
+}
+
+/* The fd shows a file this store may overwrite: a regular file of this
+ * user, mode 0600, with no other name (a hard link would make the write
+ * land in another object too). */
+static int own_plain_file(int fd) {
+  struct stat st;
+  return fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+         st.st_uid == geteuid() && (st.st_mode & 07777) == 0600 &&
+         st.st_nlink == 1;
 }
 
 /*
  * Takes a spare file under the temporary name tmp and opens it for
- * writing; -1 when there is none.
+ * writing; -1 when there is none. What is under a spare's name is checked
+ * on the open fd before anything is written: a symlink fails to open
+ * (O_NOFOLLOW), a FIFO never blocks (O_NONBLOCK: no reader, ENXIO), and
+ * anything but this user's own 0600 file is dropped unwritten.
  */
 static int take_spare(file_ctx *c, const char *tmp) {
-  char spare[sizeof SPARE_PREFIX + 12];
+  char spare[SPARE_NAME_SIZE];
   for (int i = 0; i < c->recycle; i++) {
-    spare_name(spare, sizeof spare, i);
+    spare_name(c, spare, sizeof spare, i);
     if (renameat(c->dirfd, spare, c->dirfd, tmp) != 0) continue;
-    int fd = openat(c->dirfd, tmp, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd >= 0) return fd;
+    int fd = openat(c->dirfd, tmp,
+                    O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    if (fd >= 0 && own_plain_file(fd)) return fd;
+    if (fd >= 0) close(fd);
     unlinkat(c->dirfd, tmp, 0);
   }
   return -1;
@@ -403,7 +448,8 @@ static int file_put(void *ctx, ps_key key, const char *data, size_t len,
     char rnd[33];
     ps_key_random(rnd);
     snprintf(tmp, sizeof tmp, "%s%s", TMP_PREFIX, rnd);
-    fd = openat(c->dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    fd = openat(c->dirfd, tmp,
+                O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0 && errno != EEXIST) break;
   }
   if (fd < 0)
@@ -420,7 +466,7 @@ static int file_put(void *ctx, ps_key key, const char *data, size_t len,
   what = "stamp";
   if (futimens(fd, now) != 0) goto fail;
   what = "stat";
-  if (version_out && fstat(fd, &st) != 0) goto fail;
+  if ((version_out || c->clear) && fstat(fd, &st) != 0) goto fail;
   what = "write";
   /* close reports deferred write errors on network filesystems. */
   int closed = close(fd);
@@ -429,7 +475,7 @@ static int file_put(void *ctx, ps_key key, const char *data, size_t len,
   what = "rename";
   if (renameat(c->dirfd, tmp, c->dirfd, name) != 0) goto fail;
   if (version_out) stat_version(&st, version_out);
-  if (c->clear && set_add(&c->written, name) != 0)
+  if (c->clear && set_add(&c->written, name, &st) != 0)
     return ps_berr_set(err, PS_BNOMEM, "out of memory recording '%s'", name);
   return PS_BOK;
 fail: {
@@ -442,6 +488,12 @@ fail: {
 }
 
 /* ---- get ---------------------------------------------------------------- */
+
+/* Reads never follow a symlink at a key's name: this store wrote none. */
+static int symlink_error(file_ctx *c, const char *name, ps_berr *err) {
+  return ps_berr_set(err, PS_BIO, "refused '%s/%s': it is a symbolic link, "
+                     "which a file store never writes", c->dir, name);
+}
 
 static void unmap_blob(ps_blob *b) {
   ps_unmap_later(b->data, b->len);
@@ -477,12 +529,16 @@ static int file_get(void *ctx, ps_key key, const ps_version *have,
   int rc = make_name(c, key, name, err);
   if (rc != PS_BOK) return rc;
   /* O_NONBLOCK: a FIFO someone left under a key's name must not hang the
-   * open; the S_ISREG check below refuses it. */
-  int fd = openat(c->dirfd, name, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+   * open; the S_ISREG check below refuses it. O_NOFOLLOW: a symlink there
+   * would serve a file this store never wrote (another store's, or any
+   * file this user can read). */
+  int fd = openat(c->dirfd, name,
+                  O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW);
   if (fd < 0) {
     if (errno == ENOENT) return ps_berr_set(err, PS_BNOTFOUND,
                                             "no object '%s' in '%s'", name,
                                             c->dir);
+    if (errno == ELOOP) return symlink_error(c, name, err);
     return ps_berr_set(err, PS_BIO, "cannot open '%s/%s': %s", c->dir, name,
                        strerror(errno));
   }
@@ -552,7 +608,8 @@ static int file_exists(void *ctx, ps_key key, int *found, ps_berr *err) {
   int rc = make_name(c, key, name, err);
   if (rc != PS_BOK) return rc;
   struct stat st;
-  if (fstatat(c->dirfd, name, &st, 0) == 0) {
+  if (fstatat(c->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+    if (S_ISLNK(st.st_mode)) return symlink_error(c, name, err);
     *found = 1;
     return PS_BOK;
   }
@@ -570,9 +627,9 @@ static int file_evict(void *ctx, ps_key key, ps_berr *err) {
   int rc = make_name(c, key, name, err);
   if (rc != PS_BOK) return rc;
   set_remove(&c->written, name);
-  char spare[sizeof SPARE_PREFIX + 12];
+  char spare[SPARE_NAME_SIZE];
   for (int i = 0; i < c->recycle; i++) {
-    spare_name(spare, sizeof spare, i);
+    spare_name(c, spare, sizeof spare, i);
     if (renameat2(c->dirfd, name, c->dirfd, spare, RENAME_NOREPLACE) == 0)
       return PS_BOK;
     if (errno == ENOENT) return PS_BOK;   /* already gone */

@@ -23,6 +23,7 @@ struct ps_prefetch {
   ps_bconfig cfg;                /* owned copies of the strings */
   char *key;
   size_t keylen;
+  int forget;                    /* not a fetch: close cfg's contexts */
   int done, abandoned, waited;
   int code;
   ps_blob blob;
@@ -146,7 +147,32 @@ static void *context_for(ps_prefetch *pf, ps_berr *err) {
   return w->ctx;
 }
 
+/* Closes the worker's contexts for cfg; worker thread only (or with no
+ * worker running, under mu). */
+static void close_contexts(const ps_backend_ops *ops, const ps_bconfig *cfg) {
+  for (wctx **pp = &contexts; *pp;) {
+    wctx *w = *pp;
+    if (w->ops == ops && cfg_eq(&w->cfg, cfg)) {
+      *pp = w->next;
+      w->ops->close(w->ctx);
+      cfg_free(&w->cfg);
+      free(w);
+    } else {
+      pp = &w->next;
+    }
+  }
+}
+
 static void run_job(ps_prefetch *pf) {
+  if (pf->forget) {
+    close_contexts(pf->ops, &pf->cfg);
+    pthread_mutex_lock(&mu);
+    if (pf == current) current = NULL;
+    pf->done = 1;
+    pthread_cond_broadcast(&done_cv);
+    pthread_mutex_unlock(&mu);
+    return;
+  }
   ps_berr err = {0};
   ps_blob blob = {0};
   ps_version v;
@@ -316,6 +342,44 @@ int ps_prefetch_wait(ps_prefetch *pf, ps_blob *out, ps_version *version,
   if (err) *err = pf->err;
   pthread_mutex_unlock(&mu);
   return code;
+}
+
+void ps_prefetch_forget(const ps_backend_ops *ops, const ps_bconfig *cfg) {
+  pthread_mutex_lock(&mu);
+  if (!worker_running) {
+    /* Nobody else uses the contexts (a forked child's inherited ones, or
+     * none at all): close them here. */
+    close_contexts(ops, cfg);
+    pthread_mutex_unlock(&mu);
+    return;
+  }
+  pthread_mutex_unlock(&mu);
+  ps_prefetch *req = calloc(1, sizeof *req);
+  if (req == NULL || cfg_copy(&req->cfg, cfg) != 0) {
+    free(req);
+    return;   /* out of memory: the LRU closes them later */
+  }
+  req->ops = ops;
+  req->forget = 1;
+  pthread_mutex_lock(&mu);
+  /* After the last queued fetch of this config (they would open a context
+   * again), else first: waiting behind other stores' fetches is needless. */
+  ps_prefetch *after = NULL;
+  for (ps_prefetch *q = qhead; q; q = q->next)
+    if (!q->forget && q->ops == ops && cfg_eq(&q->cfg, &req->cfg)) after = q;
+  if (after) {
+    req->next = after->next;
+    after->next = req;
+    if (qtail == after) qtail = req;
+  } else {
+    req->next = qhead;
+    qhead = req;
+    if (qtail == NULL) qtail = req;
+  }
+  pthread_cond_signal(&work_cv);
+  while (!req->done) pthread_cond_wait(&done_cv, &mu);
+  pthread_mutex_unlock(&mu);
+  job_free(req);
 }
 
 void ps_prefetch_free(ps_prefetch *pf) {

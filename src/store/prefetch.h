@@ -33,5 +33,12 @@ int ps_prefetch_wait(ps_prefetch *pf, ps_blob *out, ps_version *version,
                      ps_berr *err);
 /* Frees pf; safe while the fetch runs (the worker frees it at the end). */
 void ps_prefetch_free(ps_prefetch *pf);
+/*
+ * Closes the background contexts (sockets, directory fds) kept for cfg,
+ * once the fetches already queued for it have run, and returns when they
+ * are closed. For store:close(): a closed store holds no fd. Another open
+ * store with the same config simply gets a new context at its next fetch.
+ */
+void ps_prefetch_forget(const ps_backend_ops *ops, const ps_bconfig *cfg);
 
 #endif

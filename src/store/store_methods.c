@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "store.h"
+#include "prefetch.h"
 
 static const char *const op_names[OP_N] = {"put", "get", "exists", "evict"};
 
@@ -159,9 +160,13 @@ static int store_metrics(lua_State *L) {
   return 1;
 }
 
-/* Releases the backend and cache; safe on a half-built store, idempotent. */
+/* Releases the backend, its background prefetch contexts and the cache;
+ * safe on a half-built store, idempotent. */
 static void release(ps_store *s) {
-  if (s->ops && s->ctx) s->ops->close(s->ctx);
+  if (s->ops && s->ctx) {
+    ps_prefetch_forget(s->ops, &s->bcfg);
+    s->ops->close(s->ctx);
+  }
   s->ctx = NULL;
   s->ops = NULL;
   s->open = 0;

@@ -99,13 +99,23 @@ void ps_store_from_config(lua_State *L, int cfg) {
                    "process and store that made it "
                    "(use a file or redis store to share objects)", name);
   /*
-   * A carried config never deletes anything, and never brings back a file
-   * store whose directory is gone (e.g. a pool's private store).
+   * A carried config never deletes anything, never recycles files in
+   * place, never waits for ever (a timeout of 0, "none", becomes the
+   * default), and never brings back a file store whose directory is gone
+   * (e.g. a pool's private store).
    */
   copy_table(L, cfg);
   int copy = lua_gettop(L);
   lua_pushnil(L);
   lua_setfield(L, copy, "clear");
+  lua_pushnil(L);
+  lua_setfield(L, copy, "recycle");
+  if (lua_getfield(L, copy, "timeout") == LUA_TNUMBER &&
+      !(lua_tonumber(L, -1) > 0)) {
+    lua_pushnil(L);
+    lua_setfield(L, copy, "timeout");
+  }
+  lua_pop(L, 1);
   if (strcmp(kind, "file") == 0) {
     struct stat st;
     lua_getfield(L, copy, "dir");
@@ -130,6 +140,31 @@ void ps_store_from_config(lua_State *L, int cfg) {
   }
   lua_replace(L, base + 1);
   lua_settop(L, base + 1);
+}
+
+void ps_store_from_registry(lua_State *L, int cfg) {
+  cfg = lua_absindex(L, cfg);
+  lua_getfield(L, cfg, "name");
+  lua_getfield(L, cfg, "kind");
+  if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
+    ps_error_raise(L, PS_ECONFIG, NULL, "store config needs name and kind");
+  const char *name = lua_tostring(L, -2);
+  const char *kind = lua_tostring(L, -1);
+  ps_store_lookup(L, name);
+  if (lua_isnil(L, -1))
+    ps_error_raise(L, PS_ERESOLVE, &(ps_errctx){.store = name},
+                   "untrusted proxy names store '%s', which is not "
+                   "registered in this process (a proxy from untrusted "
+                   "input resolves only through a store registered under "
+                   "its name, never one made from the config it carries)",
+                   name);
+  if (!same_store(L, lua_gettop(L), cfg, kind))
+    ps_error_raise(L, PS_ERESOLVE, &(ps_errctx){.store = name},
+                   "untrusted proxy names a %s store '%s', but the store "
+                   "registered under that name is not that store", kind,
+                   name);
+  lua_replace(L, -3);
+  lua_pop(L, 1);
 }
 
 /* ---- creating stores ------------------------------------------------------- */
