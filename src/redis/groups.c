@@ -509,20 +509,37 @@ int ps_rg_length(ps_rgroups *g, const char *stream, long long *len,
 /* ---- reading -------------------------------------------------------------- */
 
 /*
- * A read (XREAD or XREADGROUP) with its arguments before "STREAMS" in
- * head; the reply [[stream, entries]] or nil goes into out.
+ * A read (XREAD or XREADGROUP, the whole command in argv); the reply
+ * [[stream, entries]] or nil goes into out. pre (may be NULL): a command
+ * sent first in the same round trip (an XACK), whose integer reply goes
+ * to *pre_n (may be NULL); an error reply to it fails the call.
  */
-static int read_stream(ps_rgroups *g, const char **argv, size_t argc,
-                       long block_ms, ps_rentries *out, int *woken,
-                       ps_berr *err) {
+static int read_stream_after(ps_rgroups *g, const ps_rcmd *pre,
+                             long long *pre_n, const char **argv, size_t argc,
+                             long block_ms, ps_rentries *out, int *woken,
+                             ps_berr *err) {
   memset(out, 0, sizeof *out);
   if (woken) *woken = 0;
-  ps_rcmd c = {argc, argv, NULL};
-  ps_rvalue v;
+  ps_rcmd c[2];
+  size_t n = 0;
+  if (pre) c[n++] = *pre;
+  c[n++] = (ps_rcmd){argc, argv, NULL};
+  ps_rvalue r[2];
   int code = block_ms >= 0
-    ? roundtrip(g, &g->blk, 1, &c, (double)block_ms / 1000, &v, woken, err)
-    : roundtrip(g, &g->cmd, 1, &c, -1, &v, NULL, err);
-  if (code == PS_BOK && woken && *woken) return PS_BOK;
+    ? roundtrip(g, &g->blk, n, c, (double)block_ms / 1000, r, woken, err)
+    : roundtrip(g, &g->cmd, n, c, -1, r, NULL, err);
+  if (code == PS_BOK && woken && *woken) {
+    free_values(n, r);
+    return PS_BOK;
+  }
+  if (code == PS_BOK && pre) {
+    if (r[0].type == PS_R_ERROR)
+      code = reply_error(g, &r[0], pre->argv[0], err);
+    else if (pre_n)
+      *pre_n = int_of(&r[0], 0);
+  }
+  ps_rvalue v = r[n - 1];
+  if (pre) ps_rvalue_free(&r[0]);
   if (code == PS_BOK && v.type == PS_R_ERROR)
     code = reply_error(g, &v, argv[0], err);
   if (code != PS_BOK) {
@@ -539,6 +556,13 @@ static int read_stream(ps_rgroups *g, const char **argv, size_t argc,
     }
   }
   return parse_entries(g, &v, list, out, argv[0], err);
+}
+
+static int read_stream(ps_rgroups *g, const char **argv, size_t argc,
+                       long block_ms, ps_rentries *out, int *woken,
+                       ps_berr *err) {
+  return read_stream_after(g, NULL, NULL, argv, argc, block_ms, out, woken,
+                           err);
 }
 
 int ps_rg_read_group(ps_rgroups *g, const char *stream, const char *group,
@@ -581,6 +605,62 @@ int ps_rg_range(ps_rgroups *g, const char *stream, const char *start,
     return code;
   }
   return parse_entries(g, &v, &v, out, "XRANGE", err);
+}
+
+int ps_rg_revrange(ps_rgroups *g, const char *stream, const char *end,
+                   const char *start, long count, ps_rentries *out,
+                   ps_berr *err) {
+  char cnt[24];
+  snprintf(cnt, sizeof cnt, "%ld", count < 1 ? 1 : count);
+  const char *argv[] = {"XREVRANGE", stream, end, start, "COUNT", cnt};
+  memset(out, 0, sizeof *out);
+  ps_rvalue v;
+  int code = simple(g, 6, argv, NULL, &v, err);
+  if (code != PS_BOK) {
+    ps_rvalue_free(&v);
+    return code;
+  }
+  return parse_entries(g, &v, &v, out, "XREVRANGE", err);
+}
+
+int ps_rg_ack_read_group(ps_rgroups *g, const char *stream, const char *group,
+                         const char *consumer, size_t nack,
+                         const char *const *ack_ids, long long *acked,
+                         const char *from, long count, long block_ms,
+                         ps_rentries *out, int *woken, ps_berr *err) {
+  if (acked) *acked = 0;
+  if (nack > 0 && block_ms >= 0 && g->wake_fd >= 0) {
+    int code = ps_rg_ack(g, stream, group, nack, ack_ids, acked, err);
+    if (code) {
+      memset(out, 0, sizeof *out);
+      if (woken) *woken = 0;
+      return code;
+    }
+    nack = 0;
+  }
+  if (nack == 0)
+    return ps_rg_read_group(g, stream, group, consumer, from, count, block_ms,
+                            out, woken, err);
+  const char **ack = malloc((3 + nack) * sizeof *ack);
+  if (ack == NULL) {
+    memset(out, 0, sizeof *out);
+    if (woken) *woken = 0;
+    return ps_berr_set(err, PS_BNOMEM, "redis %s: out of memory", g->cmd.addr);
+  }
+  ack[0] = "XACK", ack[1] = stream, ack[2] = group;
+  memcpy(ack + 3, ack_ids, nack * sizeof *ack);
+  ps_rcmd pre = {3 + nack, ack, NULL};
+  char cnt[24], blk[24];
+  snprintf(cnt, sizeof cnt, "%ld", count < 1 ? 1 : count);
+  snprintf(blk, sizeof blk, "%ld", block_ms < 1 ? 1 : block_ms);
+  const char *argv[12] = {"XREADGROUP", "GROUP", group, consumer, "COUNT", cnt};
+  size_t argc = 6;
+  if (block_ms >= 0) argv[argc++] = "BLOCK", argv[argc++] = blk;
+  argv[argc++] = "STREAMS", argv[argc++] = stream, argv[argc++] = from;
+  int code = read_stream_after(g, &pre, acked, argv, argc, block_ms, out,
+                               woken, err);
+  free(ack);
+  return code;
 }
 
 /* ---- acknowledging, claiming, pending ---------------------------------------- */
@@ -737,4 +817,35 @@ int ps_rg_touch(ps_rgroups *g, const char *stream, const char *group,
     owned[i] = int_of(&v.elem[i], 0) == 1;
   ps_rvalue_free(&v);
   return code;
+}
+
+int ps_rg_reclaim(ps_rgroups *g, const char *stream, const char *group,
+                  const char *consumer, long long min_idle_ms, long count,
+                  char cursor[PS_RID_MAX], ps_rentries *out, ps_berr *err) {
+  int code = ps_rg_autoclaim(g, stream, group, consumer, min_idle_ms,
+                             cursor[0] ? cursor : "0-0", count, out, err);
+  if (code) return code;
+  /* Entries gone from the stream while pending (Redis 6.2 returns them
+     without fields): acknowledged, so that they leave the pending list. */
+  size_t ngone = 0;
+  for (size_t i = 0; i < out->n; i++) ngone += out->e[i].deleted != 0;
+  if (ngone > 0) {
+    const char **gone = malloc(ngone * sizeof *gone);
+    if (gone == NULL)
+      return ps_berr_set(err, PS_BNOMEM, "redis %s: out of memory",
+                         g->cmd.addr);
+    size_t k = 0, kept = 0;
+    for (size_t i = 0; i < out->n; i++) {
+      if (out->e[i].deleted) gone[k++] = out->e[i].id;
+      else out->e[kept++] = out->e[i];
+    }
+    code = ps_rg_ack(g, stream, group, ngone, gone, NULL, err);
+    free(gone);
+    out->n = kept;   /* the ids live in out->reply, still owned */
+    if (code) return code;
+  }
+  code = ps_rg_deliveries(g, stream, group, out, err);
+  if (code) return code;
+  snprintf(cursor, PS_RID_MAX, "%s", out->next[0] ? out->next : "0-0");
+  return PS_BOK;
 }

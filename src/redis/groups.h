@@ -222,6 +222,24 @@ int ps_rg_read(ps_rgroups *g, const char *stream, const char *from,
 /* XRANGE stream start end COUNT count ("-" and "+" for the ends). */
 int ps_rg_range(ps_rgroups *g, const char *stream, const char *start,
                 const char *end, long count, ps_rentries *out, ps_berr *err);
+/* XREVRANGE stream end start COUNT count: the newest entries first (count
+   1: the last entry, say to find whether a topic has ended). */
+int ps_rg_revrange(ps_rgroups *g, const char *stream, const char *end,
+                   const char *start, long count, ps_rentries *out,
+                   ps_berr *err);
+/*
+ * ps_rg_read_group after acknowledging nack ids (XACK) in the same round
+ * trip: a consumer that acknowledges what it finished as it asks for more
+ * pays one round trip, not two. *acked (may be NULL) as ps_rg_ack. With a
+ * wake fd and block_ms >= 0 the XACK goes first on its own (a held read
+ * must be the only reply waited for, so that the wake fd can cut it
+ * short).
+ */
+int ps_rg_ack_read_group(ps_rgroups *g, const char *stream, const char *group,
+                         const char *consumer, size_t nack,
+                         const char *const *ack_ids, long long *acked,
+                         const char *from, long count, long block_ms,
+                         ps_rentries *out, int *woken, ps_berr *err);
 void ps_rentries_free(ps_rentries *es);
 /* The value of field name in e, or NULL. */
 const ps_rvalue *ps_rentry_field(const ps_rentry *e, const char *name);
@@ -276,6 +294,24 @@ int ps_rg_pending_summary(ps_rgroups *g, const char *stream,
 int ps_rg_touch(ps_rgroups *g, const char *stream, const char *group,
                 const char *consumer, size_t n, const char *const *ids,
                 int *owned, ps_berr *err);
+/*
+ * Reclaiming: what other consumers of group have held for at least
+ * min_idle_ms without acknowledging it (they died, or went silent) becomes
+ * consumer's, at most count entries, each with its delivery count filled
+ * (one more than before: the claim is a delivery). This is the one piece
+ * of "hand a dead consumer's work to a live one" that the queue pool and
+ * streams of proxies share; each decides what to do with the entries.
+ * Pending entries no longer in the stream (trimmed or deleted while
+ * pending: Redis 6.2 returns them without fields, Redis 7 reports their
+ * ids) are acknowledged and left out, so nothing is left pending forever
+ * for a consumer that cannot read it. cursor (PS_RID_MAX bytes, "0-0" for
+ * the start of the pending list) is where the scan starts; it is moved on
+ * to where the next call should start, "0-0" once the scan reached the end.
+ * XAUTOCLAIM (Redis 6.2), then XACK and XPENDING when needed.
+ */
+int ps_rg_reclaim(ps_rgroups *g, const char *stream, const char *group,
+                  const char *consumer, long long min_idle_ms, long count,
+                  char cursor[PS_RID_MAX], ps_rentries *out, ps_berr *err);
 
 /* ---- any command -------------------------------------------------------------- */
 

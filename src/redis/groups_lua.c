@@ -17,6 +17,9 @@
  *   g:read_group(stream, group, consumer, from, count [, block]) -> entries, woken
  *   g:read(stream, from, count [, block]) -> entries, woken
  *   g:range(stream, start, end, count) -> entries
+ *   g:revrange(stream, end, start, count) -> entries, newest first
+ *   g:ack_read_group(stream, group, consumer, ack_ids, from, count [, block])
+ *       -> entries, woken, acked   (XACK and XREADGROUP in one round trip)
  *       entry: {id = "...", fields = {name = value}} (deleted = true and no
  *       fields for a pending entry gone from the stream); block in seconds,
  *       nil: answer at once
@@ -24,6 +27,10 @@
  *   g:autoclaim(stream, group, consumer, min_idle, start, count
  *               [, deliveries]) -> entries, next, deleted ids
  *       (deliveries = true: each entry's delivery count, from XPENDING)
+ *   g:reclaim(stream, group, consumer, min_idle, count [, cursor])
+ *       -> entries (with deliveries), next cursor: what others held idle
+ *       for min_idle seconds, entries gone from the stream acknowledged
+ *       and left out (ps_rg_reclaim)
  *   g:pending(stream, group [, {min_idle=, start=, stop=, count=,
  *             consumer=}]) -> {{id=, consumer=, idle=, deliveries=}, ...}
  *   g:pending_summary(stream, group) -> count, lowest id or nil
@@ -569,6 +576,42 @@ static int l_range(lua_State *L) {
   return 1;
 }
 
+static int l_revrange(lua_State *L) {
+  ps_rgroups *g = check_open(L);
+  const char *stream = luaL_checkstring(L, 2);
+  const char *end = luaL_optstring(L, 3, "+"), *start = luaL_optstring(L, 4, "-");
+  long count = check_count(L, 5);
+  box *b = push_box(L);
+  ps_berr err = {0, ""};
+  if (ps_rg_revrange(g, stream, end, start, count, &b->es, &err))
+    return raise_err(L, g, &err);
+  push_entries(L, &b->es, 0);
+  return 1;
+}
+
+static int l_ack_read_group(lua_State *L) {
+  ps_rgroups *g = check_open(L);
+  const char *stream = luaL_checkstring(L, 2), *group = luaL_checkstring(L, 3);
+  const char *consumer = luaL_checkstring(L, 4);
+  lua_settop(L, 8);   /* check_ids pushes its array above the arguments */
+  size_t nack;
+  const char **ids = check_ids(L, 5, &nack);
+  const char *from = luaL_checkstring(L, 6);
+  long count = check_count(L, 7);
+  long block = opt_block(L, 8);
+  box *b = push_box(L);
+  ps_berr err = {0, ""};
+  int woken = 0;
+  long long acked = 0;
+  if (ps_rg_ack_read_group(g, stream, group, consumer, nack, ids, &acked, from,
+                           count, block, &b->es, &woken, &err))
+    return raise_err(L, g, &err);
+  push_entries(L, &b->es, 0);
+  lua_pushboolean(L, woken);
+  lua_pushinteger(L, (lua_Integer)acked);
+  return 3;
+}
+
 /* ---- acknowledging, claiming, pending ---------------------------------------- */
 
 static int l_ack(lua_State *L) {
@@ -607,6 +650,28 @@ static int l_autoclaim(lua_State *L) {
     lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
   return 3;
+}
+
+static int l_reclaim(lua_State *L) {
+  ps_rgroups *g = check_open(L);
+  const char *stream = luaL_checkstring(L, 2), *group = luaL_checkstring(L, 3);
+  const char *consumer = luaL_checkstring(L, 4);
+  double idle = luaL_checknumber(L, 5);
+  luaL_argcheck(L, idle >= 0 && idle <= 1e9, 5, "min_idle must be in [0, 1e9] s");
+  long count = check_count(L, 6);
+  size_t clen;
+  const char *start = luaL_optlstring(L, 7, "0-0", &clen);
+  luaL_argcheck(L, clen < PS_RID_MAX, 7, "not a stream id");
+  char cursor[PS_RID_MAX];
+  memcpy(cursor, start, clen + 1);
+  box *b = push_box(L);
+  ps_berr err = {0, ""};
+  if (ps_rg_reclaim(g, stream, group, consumer, (long long)(idle * 1000 + 0.5),
+                    count, cursor, &b->es, &err))
+    return raise_err(L, g, &err);
+  push_entries(L, &b->es, 1);
+  lua_pushstring(L, cursor);
+  return 2;
 }
 
 static int l_pending(lua_State *L) {
@@ -770,6 +835,9 @@ static const luaL_Reg methods[] = {
   {"pending", l_pending},
   {"pending_summary", l_pending_summary},
   {"touch", l_touch},
+  {"revrange", l_revrange},
+  {"ack_read_group", l_ack_read_group},
+  {"reclaim", l_reclaim},
   {"call", l_call},
   {"pipeline", l_pipeline},
   {"call_blocking", l_call_blocking},
