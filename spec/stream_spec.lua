@@ -40,7 +40,7 @@ describe("streams", function()
     if srv then srv:stop() end
   end)
 
-  for _, kind in ipairs { "local" } do
+  for _, kind in ipairs { "local", "redis" } do
     describe("on a " .. kind .. " broker", function()
       local broker, g
       local open = {}
@@ -409,4 +409,110 @@ describe("streams", function()
       end)
     end)
   end
+
+  describe("on a redis broker only", function()
+    local url, g
+    local open = {}
+
+    before_each(function()
+      if not srv.pid then srv:restart() end
+      url = ("redis://%s:%d"):format(srv.host, srv.port)
+      g = core.redis_groups { host = srv.host, port = srv.port }
+      g:call("FLUSHALL")
+    end)
+
+    after_each(function()
+      for _, x in ipairs(open) do pcall(x.close, x) end
+      open = {}
+      g:close()
+    end)
+
+    local function track(x)
+      open[#open + 1] = x
+      return x
+    end
+
+    local function cmdstat(name)
+      local info = g:call("INFO", "commandstats")
+      return tonumber(info:match("cmdstat_" .. name .. ":calls=(%d+)")) or 0
+    end
+
+    it("routes on metadata alone: the dispatcher makes zero GETs", function()
+      local store = ps.init_store("redis", { name = "routing", port = srv.port })
+      local p = track(ps.stream.producer { broker = url, store = store })
+      local dispatcher = track(ps.stream.consumer("in", { broker = url, group = "d" }))
+      local fwd = track(ps.stream.producer { broker = url })
+      local workers = {
+        even = track(ps.stream.consumer("even", { broker = url, group = "w" })),
+        odd = track(ps.stream.consumer("odd", { broker = url, group = "w" })),
+      }
+      local N = 20
+      for i = 1, N do
+        p:send("in", (i .. ":"):rep(4000),
+          { metadata = { route = i % 2 == 0 and "even" or "odd", i = i } })
+      end
+      p:close_topic("in")
+      local before = store:metrics()
+      g:call("CONFIG", "RESETSTAT")
+      for obj, meta in dispatcher:iter(5) do
+        assert.is_true(ps.is_proxy(obj))
+        fwd:send(meta.route, obj, { metadata = meta })
+      end
+      fwd:close_topic("even")
+      fwd:close_topic("odd")
+      -- the dispatcher read no object: no GET in this process, none at the server
+      local after = store:metrics()
+      assert.equal(before.get.count, after.get.count)
+      assert.equal(0, after.get.count)
+      assert.equal(0, cmdstat("get"))
+      assert.equal(0, cmdstat("getrange"))
+      -- the workers fetch what they use, one GET each
+      for route, w in pairs(workers) do
+        for obj, meta in w:iter(5) do
+          assert.equal(route, meta.i % 2 == 0 and "even" or "odd")
+          assert.equal((meta.i .. ":"):rep(4000), ps.extract(obj))
+        end
+      end
+      assert.equal(N, store:metrics().get.count)
+      assert.equal(N, cmdstat("get"))
+      store:close()
+    end)
+
+    it("names the entry that is no event, and goes on after it", function()
+      local p = track(ps.stream.producer { broker = url })
+      local c = track(ps.stream.consumer("t", { broker = url }))
+      p:send("t", 1)
+      p:flush()
+      g:add("t", { { other = "x" }, { v = "\1\2garbage" } })
+      p:send("t", 2)
+      p:flush()
+      assert.equal(1, c:next(5))
+      local err = raises("serialization", c.next, c, 5)
+      assert.matches("entry %d+%-%d+ of topic 't'", tostring(err))
+      assert.matches("not a proxystore stream event", tostring(err))
+      raises("serialization", c.next, c, 5)
+      assert.equal(2, c:next(5))
+    end)
+
+    it("keeps a topic under the URL's prefix, as a Redis stream", function()
+      local p = track(ps.stream.producer { broker = url .. "?prefix=app:" })
+      local c = track(ps.stream.consumer("t", { broker = url .. "?prefix=app:" }))
+      p:send("t", "v")
+      p:flush()
+      assert.equal("v", c:next(5))
+      assert.equal("stream", g:call("TYPE", "app:t"))
+      assert.equal(0, g:call("EXISTS", "t"))
+    end)
+
+    it("waits for an item a held read brings, without polling", function()
+      local p = track(ps.stream.producer { broker = url })
+      local c = track(ps.stream.consumer("t", { broker = url }))
+      local gc = track(ps.stream.consumer("t", { broker = url, group = "g" }))
+      os.execute(("(sleep 0.3; redis-cli -p %d XADD t '*' s late >/dev/null) &")
+        :format(srv.port))
+      assert.equal("late", c:next(20))
+      assert.equal("late", gc:next(20))
+      assert.is_not_nil(p)
+    end)
+  end)
 end)
