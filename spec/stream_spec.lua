@@ -504,6 +504,25 @@ describe("streams", function()
       assert.equal(0, g:call("EXISTS", "t"))
     end)
 
+    it("runs examples/stream_pipeline.lua: four processes, a dispatcher with zero GETs", function()
+      local root = os.getenv("PROXYSTORE_SOURCE_ROOT") or "."
+      local build = os.getenv("PROXYSTORE_BUILD") or (root .. "/build")
+      local out = os.tmpname()
+      local q = require("helpers.shell").quote
+      local ok = os.execute(("%s %s %s 20 >%s 2>&1"):format(q(build .. "/bin/proxystore"),
+        q(root .. "/examples/stream_pipeline.lua"), q(url), q(out)))
+      local f = assert(io.open(out))
+      local text = f:read("a")
+      f:close()
+      os.remove(out)
+      assert.is_true(ok, text)
+      assert.matches("producer: sent 20 items %(15 as proxies, 5 inline%)", text)
+      assert.matches("dispatcher: routed 20 items on metadata alone %(15 proxies, " ..
+        "none resolved%); its store made 0 GETs", text)
+      assert.matches("worker photo: 15 items, 3.8 MiB, 15 GETs", text, 1, true)
+      assert.matches("worker text: 5 items, 0.0 MiB, 0 GETs", text, 1, true)
+    end)
+
     it("waits for an item a held read brings, without polling", function()
       local p = track(ps.stream.producer { broker = url })
       local c = track(ps.stream.consumer("t", { broker = url }))
