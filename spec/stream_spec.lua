@@ -272,6 +272,16 @@ describe("streams", function()
         assert.matches(kind == "local" and "store=local:" or ("store=redis:proxystore.stream@127.0.0.1:" .. srv.port .. "/0"),
           ps.repr(v), 1, true)
         assert.equal(("d"):rep(10), ps.extract(v))
+        -- or the store a URL names, shared by the producers given that URL
+        local u = kind == "local" and "local:" or ("redis://127.0.0.1:%d/1"):format(srv.port)
+        local q1, q2 = producer { inline_below = 10, store = u }, producer { store = u }
+        assert.equal(q1.store, q2.store)
+        q1:send(t, ("u"):rep(10))
+        q1:flush()
+        v = c:next(5)
+        assert.matches("store=" .. (kind == "local" and "local" or "redis") ..
+          ":proxystore.stream:" .. u, ps.repr(v), 1, true)
+        assert.equal(("u"):rep(10), ps.extract(v))
       end)
 
       it("makes the consumer's proxy single use with evict", function()
@@ -330,6 +340,14 @@ describe("streams", function()
         p:send(t, 6)
         p:close()
         assert.equal(6, c:next(5))
+        -- and those of a producer collected without close, while its
+        -- connection is still open
+        local lost = ps.stream.producer { broker = broker, batch_delay = 3600 }
+        lost:send(t, 7)
+        lost = nil
+        collectgarbage()
+        collectgarbage()
+        assert.equal(7, c:next(5))
       end)
 
       it("trims a topic only with maxlen, keeping the newest", function()

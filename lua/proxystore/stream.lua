@@ -146,6 +146,18 @@ local function default_store(cfg, timeout)
   return P.init_store("redis", opts)
 end
 
+-- The store a URL names, registered under a name made from the URL
+-- (without its password), so that producers given the same URL share it.
+local function url_store(u, timeout)
+  local P, url = ps(), require "proxystore.url"
+  local name = "proxystore.stream:" .. url.without_password(u)
+  local s = P.get_store(name)
+  if s then return s end
+  local cfg = url.parse(u)
+  return P.init_store(u, { name = name,
+    timeout = cfg.kind == "redis" and (timeout or cfg.timeout) or nil })
+end
+
 ---------------------------------------------------------------------------
 -- Producer
 
@@ -165,7 +177,7 @@ function M.producer(opts)
   opts = check_options(opts, PRODUCER_OPTIONS, what, 2)
   local cfg = broker_config(opts.broker, what, 2)
   local timeout = check_number(opts.timeout, "timeout", what, 0, 1e9, false, 2)
-  local self = setmetatable({
+  local self = {
     cfg = cfg, timeout = timeout,
     inline_below = check_number(opts.inline_below, "inline_below", what, 0,
       math.maxinteger, true, 2) or DEFAULT_INLINE,
@@ -179,10 +191,10 @@ function M.producer(opts)
       or DEFAULT_DELAY,
     held = {}, order = {}, nheld = 0, bytes = 0, since = 0,
     stats = { sent = 0, filtered = 0, inline = 0, proxied = 0 },
-  }, Producer)
+  }
   local store = opts.store
   if type(store) == "string" then
-    store = ps().get_store(store) or ps().init_store(store)
+    store = url_store(store, timeout)
   elseif store ~= nil then
     local ok, kind = pcall(function() return not is_proxy(store) and store.kind end)
     if not ok or type(kind) ~= "string" then
@@ -191,7 +203,10 @@ function M.producer(opts)
   end
   self.store = store
   self.broker = open_broker(cfg, timeout)
-  return self
+  -- The metatable (and its __gc) last: finalizers run in the reverse order
+  -- of their marking, so a collected producer still has its connection
+  -- when it sends what it held.
+  return setmetatable(self, Producer)
 end
 
 local function check_producer(self, what)
@@ -402,13 +417,13 @@ function M.consumer(topic, opts)
   end
   local vis = check_number(opts.visibility, "visibility", what, 0.001, 86400,
     false, 2) or DEFAULT_VISIBILITY
-  local self = setmetatable({
+  local self = {
     topic = topic, group = opts.group, name = opts.group and (opts.name or unique_name()),
     batch = check_number(opts.batch, "batch", what, 1, 100000, true, 2)
       or (opts.group and 1 or DEFAULT_READ),
     visibility = vis, tick = math.min(vis / 4, 0.5),
     buf = {}, bi = 1, bn = 0, acks = {}, next_tick = 0, cursor = nil,
-  }, Consumer)
+  }
   local timeout = check_number(opts.timeout, "timeout", what, 0, 1e9, false, 2)
   self.broker = open_broker(cfg, timeout)
   local b = self.broker
@@ -425,7 +440,7 @@ function M.consumer(topic, opts)
     self.pos = last and last.id or b.first_id
     if last and is_end(last) then self.ended = true end
   end
-  return self
+  return setmetatable(self, Consumer)   -- last, as for producers
 end
 
 local function check_consumer(self, what)
