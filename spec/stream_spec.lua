@@ -409,6 +409,11 @@ describe("streams", function()
         raises("config", p.send, p, t, 1, { evict = true, other = 1 })
         raises("serialization", p.send, p, t, { f = print })
         raises("serialization", p.send, p, t, 1, { metadata = { f = print } })
+        -- a large item whose metadata cannot travel is not stored either
+        local puts = p.store and p.store:metrics().put.count or 0
+        raises("serialization", p.send, p, t, ("L"):rep(5000), { metadata = { f = print } })
+        assert.equal(puts, p.store and p.store:metrics().put.count or 0)
+        assert.equal(0, p.stats.proxied)
         raises("serialization", p.send, p, t, io.stdout)
         local c = consumer(t)
         assert.has_error(function() c:next(-1) end)

@@ -232,6 +232,8 @@ end })
 -- producer's store. A string's size is its length; a table's is that of
 -- its encoding, which then is the event when it is small enough.
 function Producer:event(obj, meta, evict)
+  -- the metadata first: when the codec refuses it, nothing is stored
+  local m = meta ~= nil and serialize(meta) or nil
   local t = type(obj)
   local ev
   if t == "string" then
@@ -256,7 +258,7 @@ function Producer:event(obj, meta, evict)
     ev = { v = serialize(store:proxy(obj, evict and { evict = true } or nil)) }
     self.stats.proxied = self.stats.proxied + 1
   end
-  if meta ~= nil then ev.m = serialize(meta) end
+  ev.m = m
   return ev
 end
 
