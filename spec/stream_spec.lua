@@ -179,6 +179,24 @@ describe("streams", function()
         assert.equal(4, other:next(5))
       end)
 
+      it("lets a consumer keep the item it works on with touch, until another takes it", function()
+        local t = new_topic()
+        local p = producer()
+        local a = consumer(t, { group = "g", name = "a" })
+        p:send(t, 1)
+        p:flush()
+        assert.is_false(a:touch())   -- no item yet
+        assert.equal(1, a:next(5))
+        assert.is_true(a:touch())
+        -- a consumer for which any item pending 1 ms is idle enough takes it
+        redis.sleep(0.01)
+        local b = consumer(t, { group = "g", name = "b", visibility = 0.001 })
+        assert.equal(1, b:next(5))
+        assert.is_false(a:touch())
+        assert.is_true(b:touch())
+        assert.is_false(consumer(t):touch())   -- no group
+      end)
+
       it("ends every consumer's iteration at close_topic, late ones too", function()
         local t = new_topic()
         local p = producer()

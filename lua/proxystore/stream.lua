@@ -610,6 +610,17 @@ function Consumer:next(timeout)
   end
 end
 
+--- In a group: tells the broker the item returned last is still being
+--- worked on, so that its visibility starts again (for work that takes
+--- longer than the visibility). True while the item is still this
+--- consumer's, false once another consumer has taken it over (or without
+--- an item, or a group).
+function Consumer:touch()
+  check_consumer(self, "touch")
+  if not self.group or not self.held_id then return false end
+  return self.broker:touch(self.topic, self.group, self.name, self.held_id)
+end
+
 --- for obj, meta in consumer:iter([timeout]) do ... end
 function Consumer:iter(timeout)
   check_consumer(self, "iter")

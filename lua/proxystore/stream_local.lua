@@ -161,6 +161,13 @@ function Broker.pending_count(_, topic, group)
   return n
 end
 
+function Broker.touch(_, topic, group, name, id)
+  local p = group_of(topic_of(topic), group).pending[id]
+  if not p or p.name ~= name then return false end
+  p.at = now()
+  return true
+end
+
 function Broker.release(_, topic, group, name, ids)
   local gr = group_of(topic_of(topic), group)
   for _, id in ipairs(ids) do

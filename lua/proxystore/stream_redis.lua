@@ -18,6 +18,8 @@
 --                                        is an end event the group has had
 --   b:pending_count(topic, group) -> n
 --   b:release(topic, group, name, ids)   a closing consumer's unread entries
+--   b:touch(topic, group, name, id) -> bool   restarts an entry's idle time
+--                                        if it is still name's
 --   b.can_wait, b.first_id, b.address, b:close()
 -- Entries are {id = ..., fields = {...}} or {id = ..., deleted = true}.
 --
@@ -133,6 +135,10 @@ function Broker:pending_count(topic, group)
   return (self:regroup(topic, group, function()
     return g:pending_summary(key, group)
   end))
+end
+
+function Broker:touch(topic, group, name, id)
+  return self.g:touch(self:key(topic), group, name, { id })[1]
 end
 
 -- Entries a closing consumer took but never returned stay pending under
