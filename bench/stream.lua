@@ -5,8 +5,10 @@
 --   2. 1 MiB items as single-use proxies, one producer and one consumer,
 --      against raw SET + GET of the same bytes measured in the same run
 --      (bench/redis_raw: the server-bound limit, and hiredis), each stream
---      run right after its baseline run   target >= 0.8 of the limit's
+--      run right after its baseline runs   target >= 0.8 of the limit's
 --                                                 throughput
+--      and against the same items through the store alone (store:proxy
+--      and resolve, no stream): the stream's own share of the cost
 --   3. a dispatcher that routes on metadata alone (reads each event,
 --      forwards the proxy to one of two topics) over 10,000 proxies of
 --      1 MiB items: events/s, and the GETs it made, from the store's
@@ -95,13 +97,25 @@ local function large_items(report, url, srv, g)
                                          cache_size = 0 })
   local p = ps.stream.producer { broker = url, store = store }
   local c = ps.stream.consumer("bench-large", { broker = url })
-  local per, limit, hiredis = {}, {}, {}
+  local per, limit, hiredis, alone = {}, {}, {}, {}
   for r = 1, runs do
     local base = raw(srv, MiB, QUICK and 5 or 11)
     limit[r] = (base.limit_set + base.limit_get) / 1e9
     hiredis[r] = (base.hiredis_set + base.hiredis_get) / 1e9
+    -- the same items through the store alone, without a stream: what the
+    -- stream adds is the difference
     collectgarbage()
     local t0 = now()
+    for _ = 1, n // chunk do
+      local px = {}
+      for i = 1, chunk do px[i] = store:proxy(data, { evict = true }) end
+      for i = 1, chunk do
+        if #px[i] ~= MiB then error("bench: wrong item") end
+      end
+    end
+    alone[r] = (now() - t0) / n
+    collectgarbage()
+    t0 = now()
     for _ = 1, n // chunk do
       for _ = 1, chunk do p:send("bench-large", data, { evict = true }) end
       p:flush()
@@ -117,13 +131,18 @@ local function large_items(report, url, srv, g)
   store:close()
   local lmed, lspread = stats.median_spread(limit)
   local hmed, hspread = stats.median_spread(hiredis)
+  local amed, aspread = stats.median_spread(alone)
   local med, spread = stats.median_spread(per)
   report("stream baseline", "raw SET + GET of 1 MiB, server-bound limit", lmed * 1e9, lspread)
   report("stream baseline", "raw SET + GET of 1 MiB, hiredis", hmed * 1e9, hspread)
+  report("stream baseline", "1 MiB items through the store alone (proxy, resolve, evict)",
+    amed * 1e9, aspread, "raw SET+GET limit", lmed / amed)
   report("stream", ("1 MiB items as proxies (evict), 1 producer + 1 consumer: %.0f items/s")
     :format(1 / med), med * 1e9, spread, "raw SET+GET limit (target 0.8)", lmed / med)
   report("stream", "1 MiB items as proxies, against hiredis SET + GET", med * 1e9, spread,
     "raw SET+GET hiredis", hmed / med)
+  report("stream", "1 MiB items as proxies, against the store alone", med * 1e9, spread,
+    "store alone", amed / med)
 end
 
 -- 3. A dispatcher routing on metadata alone.
