@@ -262,4 +262,12 @@ function M.pool(opts)
   return require("proxystore.pool").new(opts)
 end
 
+--- Streams of proxies: producers and consumers (see proxystore.stream).
+M.stream = {
+  producer = function(opts) return require("proxystore.stream").producer(opts) end,
+  consumer = function(topic, opts)
+    return require("proxystore.stream").consumer(topic, opts)
+  end,
+}
+
 return M

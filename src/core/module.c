@@ -11,6 +11,7 @@ static void (*const openers[])(lua_State *) = {
   ps_codec_open,
   ps_clock_open,
   ps_pool_open,
+  ps_groups_open,
 };
 
 int luaopen_proxystore_core(lua_State *L) {

@@ -179,4 +179,8 @@ void ps_store_open(lua_State *L);
 
 void ps_pool_open(lua_State *L);   /* module table on top */
 
+/* ---- Redis streams and consumer groups (redis/groups_lua.c) -------------- */
+
+void ps_groups_open(lua_State *L);   /* module table on top */
+
 #endif

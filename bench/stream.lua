@@ -1,0 +1,216 @@
+-- bench/stream.lua: streams of proxies (ps.stream) over a loopback Redis.
+--
+--   1. 100 B items, inline, one producer and one consumer: items/s
+--                                                 target >= 50,000 items/s
+--   2. 1 MiB items as single-use proxies, one producer and one consumer,
+--      against raw SET + GET of the same bytes measured in the same run
+--      (bench/redis_raw: the server-bound limit, and hiredis), each stream
+--      run right after its baseline runs   target >= 0.8 of the limit's
+--                                                 throughput
+--      and against the same items through the store alone (store:proxy
+--      and resolve, no stream): the stream's own share of the cost
+--   3. a dispatcher that routes on metadata alone (reads each event,
+--      forwards the proxy to one of two topics) over 10,000 proxies of
+--      1 MiB items: events/s, and the GETs it made, from the store's
+--      metrics and the server's command counts
+--                                  target: 0 GETs and >= 20,000 events/s
+--
+-- Producer and consumer run in this process, one after the other, on
+-- chunks (send a chunk, flush, read it back): a throughput here pays for
+-- both sides, with no overlap between them, so two processes only do
+-- better.
+--
+-- Standalone: lua5.4 bench/stream.lua   (a markdown table)
+-- PROXYSTORE_BENCH_QUICK=1 for fewer and shorter runs.
+-- From bench/run.lua: returns function(report).
+package.path = "lua/?.lua;lua/?/init.lua;spec/?.lua;" .. package.path
+package.cpath = (os.getenv("PROXYSTORE_BUILD") or "build") .. "/lib/?.so;" .. package.cpath
+
+local ps = require "proxystore"
+local core = require "proxystore.core"
+local stats = dofile((debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") or "./") .. "stats.lua")
+local redis = require "helpers.redis"
+local now = core.monotonic
+
+local MiB = 1024 * 1024
+local QUICK = os.getenv("PROXYSTORE_BENCH_QUICK")
+
+local function payload(size)
+  local seed = {}
+  for i = 1, 1024 do seed[i] = string.char((i * 131 + 7) % 256) end
+  local chunk = table.concat(seed)
+  return string.rep(chunk, size // 1024) .. chunk:sub(1, size % 1024)
+end
+
+local function cmdstat(g, name)
+  local info = g:call("INFO", "commandstats")
+  return tonumber(info:match("cmdstat_" .. name .. ":calls=(%d+)")) or 0
+end
+
+-- Per-op medians (ns) of the raw baselines for size over TCP.
+local function raw(srv, size, runs)
+  local build = os.getenv("PROXYSTORE_BUILD") or "build"
+  local p = assert(io.popen(("env -u LD_PRELOAD %s/bin/redis_raw 127.0.0.1 %d %s %d %d")
+    :format(build, srv.port, srv.path, runs, size)))
+  local base = {}
+  for line in p:lines() do
+    local tr, op, med = line:match("^(%S+) (%S+) %d+ (%S+) %S+$")
+    if tr == "tcp" then base[op] = tonumber(med) end
+  end
+  assert(p:close() and base.limit_get, "bench/redis_raw failed (run `make bench` to build it)")
+  return base
+end
+
+-- 1. Small items, inline.
+local function small_items(report, url, g)
+  local item = ("x"):rep(100)
+  local chunk, n, runs = 2000, QUICK and 10000 or 20000, QUICK and 3 or 7
+  local per = {}
+  for r = 1, runs do
+    local topic = "bench-small-" .. r
+    local p = ps.stream.producer { broker = url }
+    local c = ps.stream.consumer(topic, { broker = url })
+    collectgarbage()
+    local t0 = now()
+    for _ = 1, n // chunk do
+      for _ = 1, chunk do p:send(topic, item) end
+      p:flush()
+      for _ = 1, chunk do
+        if #c:next(10) ~= 100 then error("bench: wrong item") end
+      end
+    end
+    per[r] = (now() - t0) / n
+    p:close()
+    c:close()
+    g:call("DEL", topic)
+  end
+  local med, spread = stats.median_spread(per)
+  report("stream", ("100 B items inline, 1 producer + 1 consumer: %.0f items/s")
+    :format(1 / med), med * 1e9, spread, "target 50,000 items/s", (1 / med) / 50000)
+end
+
+-- 2. Large items as proxies, against raw SET + GET.
+local function large_items(report, url, srv, g)
+  local data = payload(MiB)
+  local chunk, n, runs = 5, QUICK and 20 or 40, QUICK and 3 or 7
+  local store = ps.init_store("redis", { name = "bench-stream-large", port = srv.port,
+                                         cache_size = 0 })
+  local p = ps.stream.producer { broker = url, store = store }
+  local c = ps.stream.consumer("bench-large", { broker = url })
+  local per, limit, hiredis, alone = {}, {}, {}, {}
+  for r = 1, runs do
+    local base = raw(srv, MiB, QUICK and 5 or 11)
+    limit[r] = (base.limit_set + base.limit_get) / 1e9
+    hiredis[r] = (base.hiredis_set + base.hiredis_get) / 1e9
+    -- the same items through the store alone, without a stream: what the
+    -- stream adds is the difference
+    collectgarbage()
+    local t0 = now()
+    for _ = 1, n // chunk do
+      local px = {}
+      for i = 1, chunk do px[i] = store:proxy(data, { evict = true }) end
+      for i = 1, chunk do
+        if #px[i] ~= MiB then error("bench: wrong item") end
+      end
+    end
+    alone[r] = (now() - t0) / n
+    collectgarbage()
+    t0 = now()
+    for _ = 1, n // chunk do
+      for _ = 1, chunk do p:send("bench-large", data, { evict = true }) end
+      p:flush()
+      for _ = 1, chunk do
+        if #c:next(10) ~= MiB then error("bench: wrong item") end
+      end
+    end
+    per[r] = (now() - t0) / n
+  end
+  p:close()
+  c:close()
+  g:call("DEL", "bench-large")
+  store:close()
+  local lmed, lspread = stats.median_spread(limit)
+  local hmed, hspread = stats.median_spread(hiredis)
+  local amed, aspread = stats.median_spread(alone)
+  local med, spread = stats.median_spread(per)
+  report("stream baseline", "raw SET + GET of 1 MiB, server-bound limit", lmed * 1e9, lspread)
+  report("stream baseline", "raw SET + GET of 1 MiB, hiredis", hmed * 1e9, hspread)
+  report("stream baseline", "1 MiB items through the store alone (proxy, resolve, evict)",
+    amed * 1e9, aspread, "raw SET+GET limit", lmed / amed)
+  report("stream", ("1 MiB items as proxies (evict), 1 producer + 1 consumer: %.0f items/s")
+    :format(1 / med), med * 1e9, spread, "raw SET+GET limit (target 0.8)", lmed / med)
+  report("stream", "1 MiB items as proxies, against hiredis SET + GET", med * 1e9, spread,
+    "raw SET+GET hiredis", hmed / med)
+  report("stream", "1 MiB items as proxies, against the store alone", med * 1e9, spread,
+    "store alone", amed / med)
+end
+
+-- 3. A dispatcher routing on metadata alone.
+local function dispatcher(report, url, srv, g)
+  local total = QUICK and 2000 or 10000
+  local round = 500
+  local data = payload(MiB)
+  local store = ps.init_store("redis", { name = "bench-stream-dispatch", port = srv.port })
+  local p = ps.stream.producer { broker = url, store = store }
+  local d = ps.stream.consumer("bench-in", { broker = url })
+  local fwd = ps.stream.producer { broker = url }
+  local per, gets, server_gets = {}, 0, 0
+  for r = 1, total // round do
+    for i = 1, round do
+      p:send("bench-in", data, { metadata = { route = i % 2 == 0 and "even" or "odd", i = i } })
+    end
+    p:flush()
+    local keys = {}
+    local g0, s0 = store:metrics().get.count, cmdstat(g, "get") + cmdstat(g, "getrange")
+    collectgarbage()
+    local t0 = now()
+    for i = 1, round do
+      local obj, meta = d:next(10)
+      keys[i] = ps.key(obj)
+      fwd:send(meta.route, obj, { metadata = meta })
+    end
+    fwd:flush()
+    per[r] = (now() - t0) / round
+    gets = gets + store:metrics().get.count - g0
+    server_gets = server_gets + cmdstat(g, "get") + cmdstat(g, "getrange") - s0
+    for _, k in ipairs(keys) do store:evict(k) end
+    g:call("DEL", "bench-in", "even", "odd")
+  end
+  p:close()
+  d:close()
+  fwd:close()
+  store:close()
+  local med, spread = stats.median_spread(per)
+  report("stream", ("metadata dispatcher over %d proxies of 1 MiB: %.0f events/s, " ..
+    "%d GETs (store metrics), %d GET/GETRANGE at the server"):format(total, 1 / med,
+    gets, server_gets), med * 1e9, spread, "target 20,000 events/s", (1 / med) / 20000)
+end
+
+local function bench(report)
+  local srv = redis.start()
+  local g
+  local ok, err = pcall(function()
+    local url = ("redis://127.0.0.1:%d"):format(srv.port)
+    g = core.redis_groups { host = "127.0.0.1", port = srv.port }
+    small_items(report, url, g)
+    large_items(report, url, srv, g)
+    dispatcher(report, url, srv, g)
+  end)
+  if g then g:close() end
+  srv:stop()
+  if not ok then error(err, 0) end
+end
+
+if arg and arg[0] and arg[0]:match("stream%.lua$") then
+  print("| section | measurement | median | spread | baseline | ratio |")
+  print("|---|---|---|---|---|---|")
+  bench(function(section, name, ns, spread, bname, ratio)
+    local v = ns >= 1e6 and ("%.2f ms"):format(ns / 1e6) or ("%.2f µs"):format(ns / 1e3)
+    print(("| %s | %s | %s | %s | %s | %s |"):format(section, name, v,
+      spread and ("%.0f%%"):format(spread) or "—", bname or "",
+      ratio and ("%.2f"):format(ratio) or ""))
+    io.stdout:flush()
+  end)
+else
+  return bench
+end
