@@ -13,6 +13,7 @@ static void (*const openers[])(lua_State *) = {
   ps_pool_open,
   ps_groups_open,
   ps_secret_open,
+  ps_heartbeat_open,
 };
 
 int luaopen_proxystore_core(lua_State *L) {

@@ -22,6 +22,7 @@ struct ps_rgroups {
   ps_rconn blk;              /* reads the server holds */
   ps_rlimits lim;
   int wake_fd;
+  unsigned long connects;
 };
 
 static const ps_rlimits default_limits = {(size_t)1 << 30, 4u << 20, 8};
@@ -85,6 +86,10 @@ void ps_rg_close(ps_rgroups *g) {
 
 const char *ps_rg_address(const ps_rgroups *g) {
   return g->cmd.addr;
+}
+
+unsigned long ps_rg_connects(const ps_rgroups *g) {
+  return g->connects;
 }
 
 void ps_rg_set_limits(ps_rgroups *g, const ps_rlimits *lim) {
@@ -152,6 +157,7 @@ static void build(ps_rconn *c, size_t n, const ps_rcmd *cmds) {
  */
 static int once(ps_rgroups *g, ps_rconn *c, size_t n, const ps_rcmd *cmds,
                 double wait_s, ps_rvalue *out, int *woken, ps_berr *err) {
+  if (!ps_rconn_owned(c)) g->connects++;
   int code = ps_rconn_ensure(c, err);
   if (code) return code;
   build(c, n, cmds);

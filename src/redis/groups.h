@@ -125,6 +125,14 @@ void ps_rg_close(ps_rgroups *g);
 /* "host:port" or the socket path, for messages. */
 const char *ps_rg_address(const ps_rgroups *g);
 /*
+ * How many connections the handle has opened so far, both kinds, first
+ * ones included. A caller that keeps state on the server (a key that must
+ * exist, a group) checks it again when this changed: calls reconnect by
+ * themselves after a restart, and a server restarted without persistence
+ * has lost that state.
+ */
+unsigned long ps_rg_connects(const ps_rgroups *g);
+/*
  * What one reply may make the reader allocate (strings, elements,
  * depth). The default bounds a reply at 1 GiB of strings and 4M
  * elements: a read of a batch of large entries fits, a broken or hostile

@@ -32,7 +32,8 @@
  *   g:pipeline({cmd...}, ...) -> replies (error replies as error objects)
  *   g:call_blocking(wait, {cmd...}, ...) -> replies, woken
  *   g:set_wake_fd(fd)  g:woken() -> bool  g:sleep(seconds) -> woken
- *   g:address()  g:close()  (also __gc, __close)
+ *   g:address()  g:connects() -> connections opened so far
+ *   g:close()  (also __gc, __close)
  *
  * Replies become Lua values as Redis' own scripting does: integers,
  * strings (status replies too), tables for arrays, false for nil inside
@@ -321,6 +322,11 @@ static int l_tostring(lua_State *L) {
 
 static int l_address(lua_State *L) {
   lua_pushstring(L, ps_rg_address(check_open(L)));
+  return 1;
+}
+
+static int l_connects(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)ps_rg_connects(check_open(L)));
   return 1;
 }
 
@@ -777,6 +783,7 @@ static const luaL_Reg methods[] = {
   {"woken", l_woken},
   {"sleep", l_sleep},
   {"address", l_address},
+  {"connects", l_connects},
   {"close", l_close},
   {NULL, NULL}
 };
