@@ -36,7 +36,7 @@ INCLUDES := -Isrc $(SRC_DIRS:%/=-I%)
 ALL_CFLAGS = $(WARN) $(OPT) -fPIC $(CPPFLAGS) $(INCLUDES) $(LUA_CFLAGS) $(HIREDIS_CFLAGS) $(CRYPTO_CFLAGS) $(CFLAGS)
 LIBS     := $(HIREDIS_LIBS) $(CRYPTO_LIBS) -lpthread -lm
 
-HOST_SRC := $(wildcard src/host/main.c)
+HOST_SRC := $(wildcard src/host/main.c src/host/worker_cmd.c)
 EMBED_SRC := src/host/embed.c
 CORE_SRC := $(filter-out $(HOST_SRC) $(EMBED_SRC),$(wildcard src/*/*.c))
 HEADERS  := $(wildcard src/*.h src/*/*.h)
@@ -68,7 +68,7 @@ $(CORE_SO): $(CORE_OBJ)
 
 # The host binary links the core in and preloads it; -Wl,-E lets other C
 # modules it loads find the Lua API (as lua(1) does).
-$(BUILD)/bin/proxystore: $(BUILD)/obj/host/main.o $(CORE_OBJ)
+$(BUILD)/bin/proxystore: $(HOST_SRC:src/%.c=$(BUILD)/obj/%.o) $(CORE_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(OPT) -Wl,-E $(LDFLAGS) -o $@ $^ $(LUA_LIBS) $(LIBS) -ldl
 

@@ -36,12 +36,12 @@ function M.rmtree(dir)
 end
 
 -- "-I... src/a/x.c ...": every folder of src on the include path and every
--- C file of the core but the host binary's main, as shell words, for specs
--- that link the core into a plain-C test program.
+-- C file of the core but the host binary's own (main, the worker command),
+-- as shell words, for specs that link the core into a plain-C test program.
 function M.core_c(root)
   local r = M.quote(root)
   return "-I" .. r .. "/src $(for d in " .. r .. "/src/*/; do printf -- '-I%s ' \"$d\"; done) "
-    .. "$(ls " .. r .. "/src/*/*.c | grep -v '/host/main\\.c$') "
+    .. "$(ls " .. r .. "/src/*/*.c | grep -v '/host/\\(main\\|worker_cmd\\)\\.c$') "
 end
 
 function M.my_pid()
