@@ -362,7 +362,7 @@ describe("queue pool", function()
       local first = pool:pids()[1]
       local f = pool:submit(handshake, srv.port, "localdeath")
       assert.equal(first, started("localdeath"))
-      os.execute("kill -9 " .. first)
+      os.execute(shell.CLEAN .. "kill -9 " .. first)
       -- the pool replaces its workers while it waits (done() looks)
       local second
       for _ = 1, 300 do

@@ -28,6 +28,11 @@ M.BIN = BUILD .. "/bin/proxystore"
 local q = shell.quote
 local started = {}
 
+-- Shell commands run outside the sanitizer preload (pgrep hangs under it).
+local function sh(cmd)
+  return os.execute(shell.CLEAN .. cmd)
+end
+
 local function slurp(path)
   local f = io.open(path, "rb")
   if not f then return nil end
@@ -37,7 +42,7 @@ local function slurp(path)
 end
 
 local function sleep(s)
-  os.execute("sleep " .. s)
+  sh("sleep " .. s)
 end
 
 local function now()
@@ -69,7 +74,7 @@ function M.start(srv, opts)
     local f = assert(io.open(dir .. "/secret", "wb"))
     f:write(opts.secret, "\n")
     f:close()
-    os.execute("chmod 600 " .. q(dir .. "/secret"))
+    sh("chmod 600 " .. q(dir .. "/secret"))
     args[#args + 1] = "--secret-file " .. q(dir .. "/secret")
   end
   if opts.secret_env then
@@ -81,7 +86,7 @@ function M.start(srv, opts)
   local cmd = ("%s %s worker %s >%s 2>&1 </dev/null & echo $! >%s; wait $!; echo $? >%s")
     :format(env, q(M.BIN), table.concat(args, " "), q(self.logfile),
             q(dir .. "/pid"), q(dir .. "/rc"))
-  os.execute("sh -c " .. q(cmd) .. " >/dev/null 2>&1 </dev/null &")
+  sh("sh -c " .. q(cmd) .. " >/dev/null 2>&1 </dev/null &")
   for _ = 1, 400 do
     local p = slurp(dir .. "/pid")
     self.pid = p and tonumber(p:match("%d+"))
@@ -91,7 +96,7 @@ function M.start(srv, opts)
   assert(self.pid, "the worker did not start")
   -- the watchdog: once the spec's process is gone, the worker goes too
   local me = shell.my_pid()
-  os.execute("sh -c " .. q(("while kill -0 %d 2>/dev/null && kill -0 %d 2>/dev/null; " ..
+  sh("sh -c " .. q(("while kill -0 %d 2>/dev/null && kill -0 %d 2>/dev/null; " ..
     "do sleep 0.5; done; kill -0 %d 2>/dev/null || { for c in $(pgrep -P %d); " ..
     "do kill -9 $c; done; kill -9 %d; }"):format(me, self.pid, me, self.pid, self.pid)) ..
     " >/dev/null 2>&1 </dev/null &")
@@ -116,7 +121,7 @@ function Worker:wait_log(pattern, seconds, regex)
 end
 
 function Worker:signal(sig)
-  os.execute(("kill -%s %d 2>/dev/null"):format(sig, self.pid))
+  sh(("kill -%s %d 2>/dev/null"):format(sig, self.pid))
 end
 
 -- The exit status once the worker (and the sh waiting for it) is done,
@@ -133,7 +138,7 @@ end
 
 -- The worker processes of a supervisor.
 function Worker:children()
-  local f = io.popen("pgrep -P " .. self.pid)
+  local f = io.popen(shell.CLEAN .. "pgrep -P " .. self.pid)
   local out = f:read("a")
   f:close()
   local t = {}
@@ -143,8 +148,8 @@ end
 
 function Worker:kill()
   if self.pid and alive(self.pid) then
-    for _, c in ipairs(self:children()) do os.execute("kill -9 " .. c .. " 2>/dev/null") end
-    os.execute("kill -9 " .. self.pid .. " 2>/dev/null")
+    for _, c in ipairs(self:children()) do sh("kill -9 " .. c .. " 2>/dev/null") end
+    sh("kill -9 " .. self.pid .. " 2>/dev/null")
     self:wait(10)
   end
 end

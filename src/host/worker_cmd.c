@@ -205,9 +205,10 @@ static int parse(int argc, char **argv, wopts *o) {
           !*o->secret_file)
         return bad_usage("'%s' needs a file", a);
     } else if (!strncmp(a, "--secret", 8)) {
-      return bad_usage("'%s': secrets are never taken from arguments (other "
+      /* never echo it: the value may be the secret */
+      return bad_usage("%s: secrets are never taken from arguments (other "
                        "users see them in ps); use --secret-file or "
-                       "PROXYSTORE_SECRET", a);
+                       "PROXYSTORE_SECRET", "--secret");
     } else if (a[0] == '-') {
       return bad_usage("'%s' is not a known option", a);
     } else if (o->url == NULL) {

@@ -299,7 +299,10 @@ int ps_rg_call(ps_rgroups *g, size_t n, const ps_rcmd *cmds, ps_rvalue *out,
 /*
  * The same on the blocking connection, for commands the server may hold
  * up to wait_s seconds (BLPOP key wait_s, and whatever follows it in the
- * same round trip). Woken as the reads are.
+ * same round trip). Woken as the reads are; a pop woken that way may
+ * still take a value pushed in the moment the server had not yet seen
+ * the connection close, and that value is lost with it: wake list pops
+ * only when stopping.
  */
 int ps_rg_call_blocking(ps_rgroups *g, size_t n, const ps_rcmd *cmds,
                         double wait_s, ps_rvalue *out, int *woken,
