@@ -173,6 +173,12 @@ $(REDIS_RAW): bench/redis_raw.c
 	@mkdir -p $(dir $@)
 	$(CC) $(WARN) $(OPT) $(CPPFLAGS) $(HIREDIS_CFLAGS) -o $@ $< $(HIREDIS_LIBS)
 
+# The floor for bench/queue.lua: a task queue over Redis in C (hiredis).
+QUEUE_RAW = $(BUILD)/bin/queue_raw
+$(QUEUE_RAW): bench/queue_raw.c
+	@mkdir -p $(dir $@)
+	$(CC) $(WARN) $(OPT) $(CPPFLAGS) $(HIREDIS_CFLAGS) -o $@ $< $(HIREDIS_LIBS)
+
 # The main job on a fresh machine: install what is missing, build, and run
 # the MapReduce workflow on the embedded default store (no Redis needed).
 DEMO ?= examples/mapreduce.lua
@@ -187,7 +193,7 @@ $(BENCH_SO): bench/c/support.c src/core/buf.c $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -shared -o $@ bench/c/support.c src/core/buf.c
 
-bench: all $(REDIS_RAW) $(BENCH_SO)
+bench: all $(REDIS_RAW) $(QUEUE_RAW) $(BENCH_SO)
 	@$(LUA) bench/run.lua
 
 # The decoder fuzzer: clang's libFuzzer with ASan+UBSan, linked with every

@@ -557,7 +557,8 @@ function QueuePool:_shutdown(kill)
     self:_finish(task, false, nil, perror("closed",
       "pool closed before task " .. task.id .. " finished"))
   end
-  pcall(self.g.call, self.g, "DEL", self.reply_key, self.alive_key)
+  pcall(self.g.call, self.g, "DEL", self.reply_key, self.alive_key,
+        (wire.done_key(self.keys, self.id .. ":0")))
   self.g:close()
   if self.own_store then pcall(self.store.close, self.store) end
 end

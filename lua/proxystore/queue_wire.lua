@@ -5,7 +5,8 @@
 -- Keys of queue NAME (the braces keep them in one Redis Cluster slot):
 --   proxystore:queue:{NAME}:tasks         the stream; group "workers"
 --   proxystore:queue:{NAME}:conf          hash: visibility (ms)
---   proxystore:queue:{NAME}:done:<task>   "first result stored" marker
+--   proxystore:queue:{NAME}:done:<pool>   bitmap: bit n set once task n's
+--                                         result is stored (first wins)
 --   proxystore:queue:{NAME}:reply:<pool>  list of a pool's replies
 --   proxystore:queue:{NAME}:pool:<pool>   exists while the pool lives
 --
@@ -31,7 +32,7 @@ M.GROUP = "workers"
 -- A message that fails its signature is left pending for a worker that
 -- holds the right secret; after this many deliveries it is dropped.
 M.MAX_REFUSALS = 10
--- How long "first result stored" markers and unread replies are kept.
+-- How long done hashes and unread replies are kept after their last use.
 M.DONE_TTL_MS = 3600 * 1000
 
 local function config_error(fmt, ...)
@@ -51,7 +52,14 @@ function M.keys(name)
   return { base = base, stream = base .. "tasks", conf = base .. "conf" }
 end
 
-function M.done_key(keys, t) return keys.base .. "done:" .. t end
+-- The done bitmap of task t ("<pool>:<n>") and the task's bit, or nil
+-- for a task id that is not one.
+function M.done_key(keys, t)
+  local pool, n = t:match("^(.+):(%d+)$")
+  n = tonumber(n)
+  if not n or n >= 2 ^ 32 then return nil end
+  return keys.base .. "done:" .. pool, math.tointeger(n)
+end
 function M.reply_key(keys, pool) return keys.base .. "reply:" .. pool end
 function M.alive_key(keys, pool) return keys.base .. "pool:" .. pool end
 
@@ -181,27 +189,59 @@ end
 -- Server-side scripts
 
 local SCRIPTS = {
-  -- Stores each result unless one is stored already (first wins), pushes
-  -- it to its pool's reply list, and acknowledges its entry.
-  -- KEYS: stream, then per result its done key and reply key;
-  -- ARGV: group, ttl (ms), then per result its entry id and reply.
+  -- Stores each result unless one is stored already (first wins: the
+  -- task's bit in its pool's done bitmap, all of a batch set by one
+  -- BITFIELD that returns their old values), pushes the first ones to
+  -- their reply lists (one RPUSH per list) and acknowledges every entry
+  -- (one XACK).
+  -- KEYS: stream, then per result its done bitmap and reply key;
+  -- ARGV: group, ttl (ms), then per result its task number, entry id and
+  -- reply.
   finish = [==[
 local stream, group, ttl = KEYS[1], ARGV[1], ARGV[2]
-local first, seen = {}, {}
-for i = 2, #KEYS, 2 do
-  local id, reply = ARGV[i + 1], ARGV[i + 2]
-  if redis.call('SET', KEYS[i], '1', 'NX', 'PX', ttl) then
-    redis.call('RPUSH', KEYS[i + 1], reply)
-    if not seen[KEYS[i + 1]] then
-      seen[KEYS[i + 1]] = true
-      redis.call('PEXPIRE', KEYS[i + 1], ttl)
-    end
-    first[#first + 1] = 1
-  else
-    first[#first + 1] = 0
+local n = (#KEYS - 1) / 2
+local ops, donekeys, slot = {}, {}, {}
+for k = 1, n do
+  local done = KEYS[2 * k]
+  local o = ops[done]
+  if not o then
+    o = {}
+    ops[done] = o
+    donekeys[#donekeys + 1] = done
   end
-  if id ~= '' then redis.call('XACK', stream, group, id) end
+  o[#o + 1] = 'SET'
+  o[#o + 1] = 'u1'
+  o[#o + 1] = ARGV[3 * k]
+  o[#o + 1] = 1
+  slot[k] = #o / 4
 end
+local old = {}
+for _, done in ipairs(donekeys) do
+  old[done] = redis.call('BITFIELD', done, unpack(ops[done]))
+  redis.call('PEXPIRE', done, ttl)
+end
+local first, ids, pushes, lists = {}, {}, {}, {}
+for k = 1, n do
+  local rkey, id, reply = KEYS[2 * k + 1], ARGV[3 * k + 1], ARGV[3 * k + 2]
+  if old[KEYS[2 * k]][slot[k]] == 0 then
+    local p = pushes[rkey]
+    if not p then
+      p = {}
+      pushes[rkey] = p
+      lists[#lists + 1] = rkey
+    end
+    p[#p + 1] = reply
+    first[k] = 1
+  else
+    first[k] = 0
+  end
+  if id ~= '' then ids[#ids + 1] = id end
+end
+for _, rkey in ipairs(lists) do
+  redis.call('RPUSH', rkey, unpack(pushes[rkey]))
+  redis.call('PEXPIRE', rkey, ttl)
+end
+if #ids > 0 then redis.call('XACK', stream, group, unpack(ids)) end
 return first
 ]==],
   -- Gives back entries a stopping worker took but will not run: each one

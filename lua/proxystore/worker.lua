@@ -75,7 +75,7 @@ function M.new(opts)
       or wire.secret(opts.secret, "a worker"),
     log = opts.log or function() end,
     stop_reason = opts.stop_reason or function() return nil end,
-    envs = { _G }, stores = {}, count = 1, vis = DEFAULT_VISIBILITY,
+    envs = { _G }, stores = {}, count = 1, vis = DEFAULT_VISIBILITY, ran_for = 0,
     stats = { tasks = 0, failed = 0, reclaimed = 0, refused = 0 },
   }, Worker)
   self.keys = wire.keys(self.name)
@@ -194,6 +194,9 @@ function Worker:process(e)
       "message format is %s, this worker (proxystore %s) reads format %s")
       :format(self.me, shown(f.v), core._VERSION, wire.VERSION))
   end
+  if not wire.done_key(self.keys, t) then
+    return nil, "malformed"
+  end
   local dec, m = pcall(core.deserialize, f.m)
   if not dec or type(m) ~= "table" or type(m.args) ~= "table" then
     return self:failure(e, f, "task", ("cannot run on worker %s: " ..
@@ -219,7 +222,9 @@ function Worker:process(e)
       "longer than the queue's visibility (%g s)"):format(deliveries - 1,
       max, self.vis), { attempts = deliveries - 1 })
   end
+  local t0 = now()
   local ok, res = xpcall(run_task, task_traceback, m, self.envs)
+  self.ran_for = self.ran_for + (now() - t0)
   if self.stop_reason() == "SIGINT" then return nil, "interrupted" end
   self.stats.tasks = self.stats.tasks + 1
   if not ok then
@@ -242,8 +247,10 @@ function Worker:flush(items)
   if #items == 0 then return end
   local keys, args = { self.keys.stream }, { wire.GROUP, wire.DONE_TTL_MS }
   for _, it in ipairs(items) do
-    keys[#keys + 1] = wire.done_key(self.keys, it.t)
+    local done, field = wire.done_key(self.keys, it.t)
+    keys[#keys + 1] = done
     keys[#keys + 1] = it.r
+    args[#args + 1] = field
     args[#args + 1] = it.id
     args[#args + 1] = wire.seal_reply(self.secret, it.blob)
   end
@@ -274,11 +281,11 @@ end
 -- Entries that fail their signature stay pending for a worker with the
 -- right secret (the heartbeat leaves them alone, so they are claimed after
 -- the visibility); after MAX_REFUSALS deliveries they are dropped.
-function Worker:refuse(e, why)
+function Worker:refuse(e, why, drop)
   self.stats.refused = self.stats.refused + 1
   local f = e.fields or {}
   local d = e.deliveries or 1
-  local drop = d >= wire.MAX_REFUSALS
+  drop = drop or d >= wire.MAX_REFUSALS
   self.log(("refused entry %s (task '%s'): %s; this worker's secret has " ..
     "fingerprint %s%s"):format(e.id, shown(f.t), why, self.secret:fingerprint(),
     drop and ("; dropped after %d deliveries"):format(d) or ""))
@@ -304,8 +311,9 @@ function Worker:run_batch(entries)
   end
   if #held == 0 then return end
   self.hb:hold(held)
-  local items, t0, last = {}, now(), now()
+  local items, last = {}, now()
   local bytes = 0
+  self.ran_for = 0
   for i, e in ipairs(ok_entries) do
     if i > 1 and (self.stop_reason() or self.g:woken()) then
       self.stopping = true
@@ -317,7 +325,9 @@ function Worker:run_batch(entries)
     end
     bytes = bytes + #e.fields.m
     local item, why = self:process(e)
-    if why == "interrupted" then
+    if why == "malformed" then   -- signed, yet no pool's task: no reply
+      self:refuse(e, "its task id is not one a pool makes", true)
+    elseif why == "interrupted" then
       local rest = {}
       for j = i, #ok_entries do rest[#rest + 1] = ok_entries[j].id end
       self:flush(items)
@@ -326,21 +336,24 @@ function Worker:run_batch(entries)
       break
     end
     items[#items + 1] = item
-    if now() - last > FLUSH_AFTER then
+    if item and now() - last > FLUSH_AFTER then
       self:flush(items)
       last = now()
     end
   end
   self:flush(items)
-  for _, id in ipairs(self.hb:lost()) do
+  for _, id in ipairs(self.hb:release() or {}) do
     self.log(("entry %s was claimed by another worker while this one ran " ..
       "it (silent for longer than the visibility?); the first result " ..
       "stored wins"):format(id))
   end
-  self.hb:release()
-  -- Read more at once while tasks are short and small; one at a time
-  -- otherwise, so that other workers get the rest.
-  local per = (now() - t0) / #ok_entries
+  -- Large entries done: trim now rather than at the next trimming tick,
+  -- so the server does not hold many of them.
+  if bytes >= 1024 * 1024 then pcall(self.trim, self) end
+  -- Read more at once while tasks run briefly and are small; one at a
+  -- time otherwise, so that other workers get the rest. (Their own run
+  -- time: the round trips of a batch are shared by all its tasks.)
+  local per = self.ran_for / #ok_entries
   if per * self.count * 2 <= BATCH_BUDGET and bytes < 1024 * 1024 then
     self.count = math.min(self.count * 2, MAX_BATCH)
   elseif per * self.count > BATCH_BUDGET * 4 or bytes >= 1024 * 1024 then

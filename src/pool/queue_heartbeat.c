@@ -12,10 +12,10 @@
  *
  *   local hb = core.queue_heartbeat(cfg, stream, group, consumer, interval)
  *   hb:hold(ids)     the entries held from now on (copied)
- *   hb:release()     none
+ *   hb:release()     none; returns the ids found taken by another consumer
+ *                    while held, if any (the task runs twice; the first
+ *                    result wins), else nothing
  *   hb:set_interval(s)  touches every s seconds from now on
- *   hb:lost()        ids found taken by another consumer since the last
- *                    call (the task runs twice; the first result wins)
  *   hb:close()       stops and joins the thread (also __gc, __close)
  *
  * A heartbeat copied into a child by fork has no thread there: only the
@@ -250,9 +250,23 @@ static int l_release(lua_State *L) {
   h->ids = NULL;
   h->nids = 0;
   h->gen++;
+  size_t nlost = h->nlost;
   pthread_mutex_unlock(&h->mu);
   free_ids(old, nold);
-  return 0;
+  if (nlost == 0) return 0;
+  /* Lost ids stay owned by h until all are pushed (a push may raise);
+     the thread cannot add more now that nothing is held. */
+  lua_createtable(L, (int)nlost, 0);
+  for (size_t i = 0; i < nlost; i++) {
+    lua_pushstring(L, h->lost[i]);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  pthread_mutex_lock(&h->mu);
+  for (size_t i = 0; i < nlost; i++) free(h->lost[i]);
+  memmove(h->lost, h->lost + nlost, (h->nlost - nlost) * sizeof *h->lost);
+  h->nlost -= nlost;
+  pthread_mutex_unlock(&h->mu);
+  return 1;
 }
 
 static int l_set_interval(lua_State *L) {
@@ -265,28 +279,6 @@ static int l_set_interval(lua_State *L) {
   pthread_cond_signal(&h->cv);
   pthread_mutex_unlock(&h->mu);
   return 0;
-}
-
-static int l_lost(lua_State *L) {
-  heartbeat *h = check_running(L);
-  lua_createtable(L, MAXLOST, 0);
-  char *lost[MAXLOST];
-  pthread_mutex_lock(&h->mu);
-  size_t n = h->nlost;
-  memcpy(lost, h->lost, n * sizeof *lost);
-  pthread_mutex_unlock(&h->mu);
-  /* The thread only appends: the first n stay put, and stay owned by h
-     until they are all pushed (a push may raise). */
-  for (size_t i = 0; i < n; i++) {
-    lua_pushstring(L, lost[i]);
-    lua_rawseti(L, -2, (lua_Integer)i + 1);
-  }
-  pthread_mutex_lock(&h->mu);
-  for (size_t i = 0; i < n; i++) free(h->lost[i]);
-  memmove(h->lost, h->lost + n, (h->nlost - n) * sizeof *h->lost);
-  h->nlost -= n;
-  pthread_mutex_unlock(&h->mu);
-  return 1;
 }
 
 static int l_tostring(lua_State *L) {
@@ -303,7 +295,6 @@ static const luaL_Reg methods[] = {
   {"hold", l_hold},
   {"release", l_release},
   {"set_interval", l_set_interval},
-  {"lost", l_lost},
   {"close", l_close},
   {NULL, NULL}
 };

@@ -106,8 +106,9 @@ static double mono(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-/* Polls the wake fd and, when sock >= 0, the socket: 1 the wake fd is
-   readable, 0 the socket is (or the time ran out). ms < 0: no limit. */
+/* Polls the wake fd (skipped when < 0) and, when sock >= 0, the socket:
+   1 the wake fd is readable, 0 the socket is (or the time ran out).
+   seconds < 0: no limit. */
 static int wait_wake(int wake, int sock, double seconds) {
   struct pollfd p[2] = {{.fd = wake, .events = POLLIN},
                         {.fd = sock, .events = POLLIN}};
@@ -122,7 +123,7 @@ static int wait_wake(int wake, int sock, double seconds) {
     if (r < 0 && errno == EINTR) continue;   /* a signal's handler wrote to
                                                 the wake fd, or did not */
     if (r <= 0) return 0;
-    return p[0].revents != 0;
+    return wake >= 0 && p[0].revents != 0;
   }
 }
 
@@ -165,9 +166,11 @@ static int once(ps_rgroups *g, ps_rconn *c, size_t n, const ps_rcmd *cmds,
   if (code) return code;
   if (wait_s >= 0) {
     ps_rconn_allow_wait(c, wait_s);
-    /* Nothing is buffered before a held read's reply: every earlier
-       reply on this connection was read whole. */
-    if (g->wake_fd >= 0 && c->rpos == c->rlen &&
+    /* A held read's reply is rarely microseconds away: sleep in poll at
+       once rather than spin first as short replies do (spin.h), which
+       only takes CPU from the processes that will produce it. Nothing is
+       buffered before it: every earlier reply was read whole. */
+    if (c->rpos == c->rlen &&
         wait_wake(g->wake_fd, c->fd,
                   c->timeout > 0 ? wait_s + c->timeout : -1)) {
       ps_rconn_drop(c);   /* the server forgets the read with the client */
