@@ -329,6 +329,25 @@ describe("queue pool", function()
     end)
   end)
 
+  it("runs examples/cluster_mapreduce.lua on two worker processes", function()
+    local root = os.getenv("PROXYSTORE_SOURCE_ROOT") or "."
+    local w = workers.start(srv, { queue = "mapreduce", secret = SECRET, workers = 2 })
+    w:wait_log("supervising 2 workers")
+    local rc, out = shell.sh("cd " .. shell.quote(root) .. " && PROXYSTORE_SECRET=" ..
+      shell.quote(SECRET) .. " env -u LD_PRELOAD " .. shell.quote(workers.BIN) ..
+      " examples/cluster_mapreduce.lua " .. shell.quote(url()) .. " 6 2000 3")
+    assert.equal(0, rc, out)
+    assert.matches("counted 12000 words on the workers of queue 'mapreduce'", out)
+    assert.matches("top 3 words:\n +1%. the ", out)
+    -- the documents were evicted after the map
+    assert.equal(0, #g:call("KEYS", "[0-9a-f]*"))
+    w:signal("TERM")
+    assert.equal(0, w:wait(60))
+    local ran = 0
+    for n in w:log():gmatch("stopped after (%d+) task") do ran = ran + tonumber(n) end
+    assert.equal(6, ran)
+  end)
+
   describe("with local workers", function()
     it("forks them, runs on them, and stops them at close", function()
       local pool = new_pool { name = "local", workers = 2 }

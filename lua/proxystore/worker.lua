@@ -480,6 +480,7 @@ function Worker:close()
                        { consumer = self.me, count = 1 }) == 0 then
       self.g:delete_consumer(self.keys.stream, wire.GROUP, self.me)
     end
+    self:trim()
   end)
   self.log(("worker %s %s after %d task(s) (%d failed, %d reclaimed, " ..
     "%d refused)"):format(self.me, self.closed, self.stats.tasks,
