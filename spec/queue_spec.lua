@@ -67,7 +67,7 @@ describe("queue pool", function()
     it("runs tasks and maps in order, results and errors as the local pool's", function()
       local w = workers.start(srv, { queue = "basic", secret = SECRET })
       local pool = new_pool { name = "basic" }
-      finally(function() pool:close() end)
+      finally(function() pool:close { timeout = 60 } end)
       local f = pool:submit(function(a, b) return a + b, nil, "x" end, 2, 3)
       local r = table.pack(f:result(60))
       assert.equal(3, r.n)
@@ -102,7 +102,7 @@ describe("queue pool", function()
     it("times a result out and the task goes on", function()
       workers.start(srv, { queue = "slow", secret = SECRET })
       local pool = new_pool { name = "slow" }
-      finally(function() pool:close() end)
+      finally(function() pool:close { timeout = 60 } end)
       local f = pool:submit(handshake, srv.port, "slow")
       local pid = started("slow")
       local ok, err = pcall(f.result, f, 0.2)
@@ -116,7 +116,7 @@ describe("queue pool", function()
     it("moves large arguments and results as proxies through the queue's store", function()
       workers.start(srv, { queue = "big", secret = SECRET })
       local pool = new_pool { name = "big", proxy_threshold = 1000 }
-      finally(function() pool:close() end)
+      finally(function() pool:close { timeout = 60 } end)
       local big = ("abc"):rep(100000)
       local f = pool:submit(function(s, n) return #s + n, s:upper() end, big, 1)
       local n, up = f:result(60)
@@ -171,7 +171,7 @@ describe("queue pool", function()
       local before = workers.start(srv, { queue = "order", secret = SECRET })
       before:wait_log("started on queue 'order'")
       local pool = new_pool { name = "order" }
-      finally(function() pool:close() end)
+      finally(function() pool:close { timeout = 60 } end)
       local pid = core.pool_getpid()
       local first = pool:submit(function() return core.pool_getpid() end):result(60)
       assert.equal(before.pid, first)
@@ -189,7 +189,7 @@ describe("queue pool", function()
     it("counts queued, running, done, failed and reclaimed tasks", function()
       workers.start(srv, { queue = "counts", secret = SECRET })
       local pool = new_pool { name = "counts" }
-      finally(function() pool:close() end)
+      finally(function() pool:close { timeout = 60 } end)
       local busy = pool:submit(handshake, srv.port, "counts")
       local pid = started("counts")
       local waiting = pool:submit(function() return 1 end)
@@ -215,7 +215,7 @@ describe("queue pool", function()
     it("refuses, and reports, a task whose signature does not verify", function()
       local w = workers.start(srv, { queue = "forged", secret = SECRET })
       local pool = new_pool { name = "forged", visibility = 0.3 }
-      finally(function() pool:close() end)
+      finally(function() pool:close { timeout = 60 } end)
       local keys = wire.keys("forged")
       -- a task signed with another secret, then one with no signature
       local other = core.secret("not the shared secret at all!!")
@@ -238,7 +238,7 @@ describe("queue pool", function()
     it("fails with a clear error a task whose code is for another Lua", function()
       workers.start(srv, { queue = "lua53", secret = SECRET })
       local pool = new_pool { name = "lua53" }
-      finally(function() pool:close() end)
+      finally(function() pool:close { timeout = 60 } end)
       local code = string.dump(function() return 1 end)
       local forged = code:sub(1, 4) .. "\x53" .. code:sub(6)
       local f = pool:_submit_packed({ code = forged, n = 0 }, table.pack())
@@ -275,7 +275,7 @@ describe("queue pool", function()
     it("ignores replies that are not signed with the secret", function()
       workers.start(srv, { queue = "replies", secret = SECRET })
       local pool = new_pool { name = "replies" }
-      finally(function() pool:close() end)
+      finally(function() pool:close { timeout = 60 } end)
       local f = pool:submit(handshake, srv.port, "replies")
       local pid = started("replies")
       -- a forged reply for that very task
@@ -292,7 +292,7 @@ describe("queue pool", function()
       local a = workers.start(srv, { queue = "late", secret = SECRET })
       a:wait_log("started on queue")
       local pool = new_pool { name = "late", visibility = 0.5 }
-      finally(function() pool:close() end)
+      finally(function() pool:close { timeout = 60 } end)
       local f = pool:submit(handshake, srv.port, "late")
       local pid_a = started("late")
       assert.equal(a.pid, pid_a)
@@ -314,7 +314,7 @@ describe("queue pool", function()
 
     it("never puts the secret in the stream, a proxy or an error", function()
       local pool = new_pool { name = "secret", proxy_threshold = 10 }
-      finally(function() pool:close() end)
+      finally(function() pool:close { timeout = 60 } end)
       local f = pool:submit(function(s) return s .. "!" end, ("x"):rep(100))
       -- the task as it waits in the stream for a worker
       local rc, dump = shell.sh("redis-cli -p " .. srv.port .. " XRANGE " ..
@@ -348,6 +348,37 @@ describe("queue pool", function()
     assert.equal(6, ran)
   end)
 
+  it("gives back the tasks of a batch that wait behind a long one", function()
+    local pool = new_pool { name = "holdlimit" }
+    local w = require("proxystore.worker").new {
+      redis = wire.redis_config(url()), queue = "holdlimit", secret = SECRET }
+    finally(function()
+      w:close()
+      pool:close { timeout = 60 }
+    end)
+    local long = pool:submit(function()
+      os.execute("sleep 1.2")   -- longer than a batch may hold the others
+      return "long"
+    end)
+    local a = pool:submit(function() return "a" end)
+    local b = pool:submit(function() return "b" end)
+    local before = g:range(wire.keys("holdlimit").stream, "-", "+", 10)
+    w.count = 8        -- as after a run of short tasks
+    w:cycle()          -- takes all three, runs the long one, gives back two
+    assert.equal("long", long:result(0))
+    assert.is_false(a:done())
+    -- the long task's entry (done), then the two given back as new
+    -- entries (not a delivery: no attempt is counted against them)
+    local after = g:range(wire.keys("holdlimit").stream, "-", "+", 10)
+    assert.equal(3, #after)
+    assert.equal(before[1].id, after[1].id)
+    assert.is_true(after[2].id > before[3].id)
+    workers.start(srv, { queue = "holdlimit", secret = SECRET })
+    assert.equal("a", a:result(60))
+    assert.equal("b", b:result(60))
+    assert.equal(0, pool:metrics().reclaimed)
+  end)
+
   describe("with local workers", function()
     it("forks them, runs on them, and stops them at close", function()
       local pool = new_pool { name = "local", workers = 2 }
@@ -377,7 +408,7 @@ describe("queue pool", function()
 
     it("replaces a local worker that dies, and its task runs again", function()
       local pool = new_pool { name = "localdeath", workers = 1, visibility = 0.5 }
-      finally(function() pool:close() end)
+      finally(function() pool:close { timeout = 60 } end)
       local first = pool:pids()[1]
       local f = pool:submit(handshake, srv.port, "localdeath")
       assert.equal(first, started("localdeath"))
@@ -461,6 +492,16 @@ io.stdout:write("sum ", #r, "\n")
         redis.dead_port(), secret = SECRET })
       assert.is_false(ok)
       assert.equal("connection", err.kind)
+    end)
+
+    it("closes within a timeout, failing what no worker finished", function()
+      local pool = new_pool { name = "nobody" }
+      local f = pool:submit(function() return 1 end)
+      pool:close { timeout = 0.2 }
+      local ok, err = pcall(f.result, f)
+      assert.is_false(ok)
+      assert.equal("closed", err.kind)
+      assert.has_error(function() new_pool { name = "x" }:close { timeout = -1 } end)
     end)
 
     it("takes the secret from PROXYSTORE_SECRET", function()

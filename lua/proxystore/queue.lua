@@ -533,15 +533,26 @@ function QueuePool:pids()
 end
 
 -- Waits for unfinished tasks, stops the local workers, removes this pool's
--- keys. Idempotent.
-function QueuePool:close()
+-- keys. Idempotent. opts.timeout (seconds): wait no longer; tasks still
+-- unfinished then fail with kind "closed" (they may still run on a worker:
+-- their results go nowhere).
+function QueuePool:close(opts)
   if getmetatable(self) ~= QueuePool then
     error("bad self to 'close' (proxystore.QueuePool expected)", 2)
+  end
+  local timeout = type(opts) == "table" and opts.timeout or nil
+  if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
+    error(perror("config", "close: timeout must be a non-negative number"), 2)
   end
   if self.closed then return end
   if self.owner ~= core.pool_getpid() then self.closed = true; return end
   self.stopping = true
-  while next(self.tasks) do self:_step(nil) end
+  local deadline = timeout and now() + timeout
+  while next(self.tasks) do
+    local left = deadline and deadline - now()
+    if left and left <= 0 then break end
+    self:_step(left)
+  end
   self:_shutdown(false)
 end
 

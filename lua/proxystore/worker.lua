@@ -47,6 +47,8 @@ local DEFAULT_VISIBILITY = 10   -- seconds, until a pool says otherwise
 local MAX_BATCH = 128           -- entries read at once, for short tasks
 local BATCH_BUDGET = 0.002      -- s of work a batch may be expected to take
 local FLUSH_AFTER = 0.002       -- s a finished result may wait for others
+local HOLD_LIMIT = 1            -- s tasks taken but not started may wait:
+                                -- then they go back for other workers
 
 local Worker = {}
 Worker.__index = Worker
@@ -314,9 +316,13 @@ function Worker:run_batch(entries)
   local items, last = {}, now()
   local bytes = 0
   self.ran_for = 0
+  local t0 = last
   for i, e in ipairs(ok_entries) do
-    if i > 1 and (self.stop_reason() or self.g:woken()) then
-      self.stopping = true
+    local stop = i > 1 and (self.stop_reason() or self.g:woken())
+    -- a batch of short tasks met a long one: the rest go back to the
+    -- queue rather than wait behind it
+    if stop or (i > 1 and now() - t0 > HOLD_LIMIT) then
+      if stop then self.stopping = true end
       local rest = {}
       for j = i, #ok_entries do rest[#rest + 1] = ok_entries[j].id end
       self:flush(items)
