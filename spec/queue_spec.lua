@@ -333,6 +333,7 @@ describe("queue pool", function()
     local root = os.getenv("PROXYSTORE_SOURCE_ROOT") or "."
     local w = workers.start(srv, { queue = "mapreduce", secret = SECRET, workers = 2 })
     w:wait_log("supervising 2 workers")
+    local objects = #g:call("KEYS", "[0-9a-f]*")   -- what earlier specs left
     local rc, out = shell.sh("cd " .. shell.quote(root) .. " && PROXYSTORE_SECRET=" ..
       shell.quote(SECRET) .. " env -u LD_PRELOAD " .. shell.quote(workers.BIN) ..
       " examples/cluster_mapreduce.lua " .. shell.quote(url()) .. " 6 2000 3")
@@ -340,7 +341,7 @@ describe("queue pool", function()
     assert.matches("counted 12000 words on the workers of queue 'mapreduce'", out)
     assert.matches("top 3 words:\n +1%. the ", out)
     -- the documents were evicted after the map
-    assert.equal(0, #g:call("KEYS", "[0-9a-f]*"))
+    assert.equal(objects, #g:call("KEYS", "[0-9a-f]*"))
     w:signal("TERM")
     assert.equal(0, w:wait(60))
     local ran = 0
