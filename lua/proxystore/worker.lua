@@ -142,7 +142,6 @@ local function run_task(m, envs)
   return pack(fn(unpack(args, 1, args.n)))
 end
 
-
 -- The signed reply for task t. Results too large to go inline go as
 -- proxies (not single use: the submitter evicts them once read); a result
 -- the codec refuses becomes an error saying so.
@@ -187,17 +186,18 @@ function Worker:failure(e, f, kind, message, extra)
 end
 
 -- Runs entry e (already verified); returns its finish item, or nil and
--- "interrupted" when SIGINT stopped it.
+-- "interrupted" when SIGINT stopped it, or "malformed" for a task id no
+-- pool makes.
 function Worker:process(e)
   local f = e.fields
   local t = f.t
+  if not wire.done_key(self.keys, t) then   -- no pool's: no way to answer
+    return nil, "malformed"
+  end
   if f.v ~= wire.VERSION then
     return self:failure(e, f, "task", ("cannot run on worker %s: its " ..
       "message format is %s, this worker (proxystore %s) reads format %s")
       :format(self.me, shown(f.v), core._VERSION, wire.VERSION))
-  end
-  if not wire.done_key(self.keys, t) then
-    return nil, "malformed"
   end
   local dec, m = pcall(core.deserialize, f.m)
   if not dec or type(m) ~= "table" or type(m.args) ~= "table" then
