@@ -20,6 +20,9 @@ LUA_CFLAGS  := $(shell $(PKG) --cflags lua5.4 2>/dev/null)
 LUA_LIBS    := $(shell $(PKG) --libs lua5.4 2>/dev/null)
 HIREDIS_CFLAGS := $(shell $(PKG) --cflags hiredis 2>/dev/null)
 HIREDIS_LIBS   := $(shell $(PKG) --libs hiredis 2>/dev/null)
+# libcrypto (OpenSSL) signs the queue pool's task messages (HMAC-SHA256).
+CRYPTO_CFLAGS  := $(shell $(PKG) --cflags libcrypto 2>/dev/null)
+CRYPTO_LIBS    := $(shell $(PKG) --libs libcrypto 2>/dev/null || echo -lcrypto)
 
 WARN     := -std=c11 -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes
 OPT      ?= -O2 -g
@@ -30,10 +33,10 @@ CPPFLAGS += -D_GNU_SOURCE
 # neighbours' headers by name.
 SRC_DIRS := $(sort $(dir $(wildcard src/*/*.c)))
 INCLUDES := -Isrc $(SRC_DIRS:%/=-I%)
-ALL_CFLAGS = $(WARN) $(OPT) -fPIC $(CPPFLAGS) $(INCLUDES) $(LUA_CFLAGS) $(HIREDIS_CFLAGS) $(CFLAGS)
-LIBS     := $(HIREDIS_LIBS) -lpthread -lm
+ALL_CFLAGS = $(WARN) $(OPT) -fPIC $(CPPFLAGS) $(INCLUDES) $(LUA_CFLAGS) $(HIREDIS_CFLAGS) $(CRYPTO_CFLAGS) $(CFLAGS)
+LIBS     := $(HIREDIS_LIBS) $(CRYPTO_LIBS) -lpthread -lm
 
-HOST_SRC := $(wildcard src/host/main.c)
+HOST_SRC := $(wildcard src/host/main.c src/host/worker_cmd.c)
 EMBED_SRC := src/host/embed.c
 CORE_SRC := $(filter-out $(HOST_SRC) $(EMBED_SRC),$(wildcard src/*/*.c))
 HEADERS  := $(wildcard src/*.h src/*/*.h)
@@ -65,7 +68,7 @@ $(CORE_SO): $(CORE_OBJ)
 
 # The host binary links the core in and preloads it; -Wl,-E lets other C
 # modules it loads find the Lua API (as lua(1) does).
-$(BUILD)/bin/proxystore: $(BUILD)/obj/host/main.o $(CORE_OBJ)
+$(BUILD)/bin/proxystore: $(HOST_SRC:src/%.c=$(BUILD)/obj/%.o) $(CORE_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(OPT) -Wl,-E $(LDFLAGS) -o $@ $^ $(LUA_LIBS) $(LIBS) -ldl
 
@@ -123,7 +126,7 @@ $(PC_FILE): Makefile src/proxystore.h
 	  'includedir=$${prefix}/$(call relpath,$(INCLUDEDIR),$(PREFIX))' '' 'Name: proxystore' \
 	  'Description: lazy object proxies for Lua 5.4 (C API for embedding hosts)' \
 	  'Version: $(VERSION)' 'Requires: lua5.4' \
-	  'Libs: -L$${libdir} -lproxystore $(HIREDIS_LIBS) -lpthread -lm' \
+	  'Libs: -L$${libdir} -lproxystore $(HIREDIS_LIBS) $(CRYPTO_LIBS) -lpthread -lm' \
 	  'Cflags: -I$${includedir}' > $@
 
 install: all $(LIB_A) $(PC_FILE)
@@ -170,6 +173,12 @@ $(REDIS_RAW): bench/redis_raw.c
 	@mkdir -p $(dir $@)
 	$(CC) $(WARN) $(OPT) $(CPPFLAGS) $(HIREDIS_CFLAGS) -o $@ $< $(HIREDIS_LIBS)
 
+# The floor for bench/queue.lua: a task queue over Redis in C (hiredis).
+QUEUE_RAW = $(BUILD)/bin/queue_raw
+$(QUEUE_RAW): bench/queue_raw.c
+	@mkdir -p $(dir $@)
+	$(CC) $(WARN) $(OPT) $(CPPFLAGS) $(HIREDIS_CFLAGS) -o $@ $< $(HIREDIS_LIBS)
+
 # The main job on a fresh machine: install what is missing, build, and run
 # the MapReduce workflow on the embedded default store (no Redis needed).
 DEMO ?= examples/mapreduce.lua
@@ -184,7 +193,7 @@ $(BENCH_SO): bench/c/support.c src/core/buf.c $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -shared -o $@ bench/c/support.c src/core/buf.c
 
-bench: all $(REDIS_RAW) $(BENCH_SO)
+bench: all $(REDIS_RAW) $(QUEUE_RAW) $(BENCH_SO)
 	@$(LUA) bench/run.lua
 
 # The decoder fuzzer: clang's libFuzzer with ASan+UBSan, linked with every
@@ -201,7 +210,7 @@ FUZZ_RUN_FLAGS ?= -max_len=65536 -rss_limit_mb=2048 -malloc_limit_mb=64 \
 $(FUZZ_BIN): fuzz/decode_fuzz.c $(CORE_SRC) $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) -std=c11 -D_GNU_SOURCE $(FUZZ_FLAGS) $(INCLUDES) $(LUA_CFLAGS) $(HIREDIS_CFLAGS) \
-	  -o $@ fuzz/decode_fuzz.c $(CORE_SRC) $(LUA_LIBS) $(HIREDIS_LIBS) -lpthread -lm
+	  -o $@ fuzz/decode_fuzz.c $(CORE_SRC) $(LUA_LIBS) $(HIREDIS_LIBS) $(CRYPTO_LIBS) -lpthread -lm
 
 fuzz: $(FUZZ_BIN)
 	@mkdir -p build-fuzz/corpus

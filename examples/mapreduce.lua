@@ -11,12 +11,16 @@
 --
 -- With no --store the pool keeps a private file store on /dev/shm, removed
 -- when the pool closes; with --store the documents go to that store.
+-- examples/cluster_mapreduce.lua runs this file through a queue pool: it
+-- loads it with {pool = options for ps.pool, args = {documents, ...}}.
 
 local ps = require "proxystore"
 
-local ndocs = math.tointeger(tonumber(arg and arg[1] or "") or 16)
-local nwords = math.tointeger(tonumber(arg and arg[2] or "") or 50000)
-local top = math.tointeger(tonumber(arg and arg[3] or "") or 10)
+local cluster = type(...) == "table" and ... or nil
+local args = cluster and cluster.args or arg or {}
+local ndocs = math.tointeger(tonumber(args[1] or "") or 16)
+local nwords = math.tointeger(tonumber(args[2] or "") or 50000)
+local top = math.tointeger(tonumber(args[3] or "") or 10)
 assert(ndocs and ndocs > 0 and nwords and nwords > 0 and top and top > 0,
   "usage: mapreduce.lua [documents] [words-per-doc] [top]")
 
@@ -72,7 +76,7 @@ end
 
 math.randomseed(tonumber(os.getenv("SEED") or "") or 42)
 
-local pool <close> = ps.pool()
+local pool <close> = ps.pool(cluster and cluster.pool)
 local store = pool.store
 
 local t0 = os.clock()
@@ -80,12 +84,17 @@ local docs, bytes = {}, 0
 for i = 1, ndocs do
   local text = generate_document(nwords)
   bytes = bytes + #text
-  docs[i] = store:proxy(text, { evict = true })
+  -- single use, except on a queue: a task may run twice there (at least
+  -- once), so its document must outlive a first attempt
+  docs[i] = store:proxy(text, { evict = not cluster })
 end
 print(("generated %d documents, %.1f MiB, into %s"):format(
   ndocs, bytes / 2^20, tostring(store)))
 
 local counts = merge(pool:map(count_words, docs))
+if cluster then
+  for _, doc in ipairs(docs) do store:evict(ps.key(doc)) end
+end
 
 local words = {}
 for word, n in pairs(counts) do words[#words + 1] = { word = word, n = n } end
@@ -98,8 +107,9 @@ local sum = 0
 for _, w in ipairs(words) do sum = sum + w.n end
 assert(sum == ndocs * nwords, "word count mismatch")
 
-print(("counted %d words on %d workers (%.2f s of parent CPU)"):format(
-  sum, pool.workers, os.clock() - t0))
+print(("counted %d words on %s (%.2f s of parent CPU)"):format(sum,
+  cluster and ("the workers of queue '" .. pool.name .. "'")
+    or (pool.workers .. " workers"), os.clock() - t0))
 print(("top %d words:"):format(math.min(top, #words)))
 for i = 1, math.min(top, #words) do
   print(("%4d. %-10s %d"):format(i, words[i].word, words[i].n))

@@ -27,6 +27,7 @@ dependencies = {
 }
 external_dependencies = {
   HIREDIS = { header = "hiredis/hiredis.h", library = "hiredis" },
+  OPENSSL = { header = "openssl/evp.h", library = "crypto" },
 }
 build = {
   type = "make",
@@ -38,6 +39,8 @@ build = {
     LUA_CFLAGS = "-I$(LUA_INCDIR)",
     HIREDIS_CFLAGS = "-I$(HIREDIS_INCDIR)",
     HIREDIS_LIBS = "-L$(HIREDIS_LIBDIR) -lhiredis",
+    CRYPTO_CFLAGS = "-I$(OPENSSL_INCDIR)",
+    CRYPTO_LIBS = "-L$(OPENSSL_LIBDIR) -lcrypto",
   },
   install_target = "rock-install",
   install_variables = {
@@ -47,6 +50,8 @@ build = {
     LUA_CFLAGS = "-I$(LUA_INCDIR)",
     HIREDIS_CFLAGS = "-I$(HIREDIS_INCDIR)",
     HIREDIS_LIBS = "-L$(HIREDIS_LIBDIR) -lhiredis",
+    CRYPTO_CFLAGS = "-I$(OPENSSL_INCDIR)",
+    CRYPTO_LIBS = "-L$(OPENSSL_LIBDIR) -lcrypto",
     LIBDIR = "$(LIBDIR)",
     LUADIR = "$(LUADIR)",
     BINDIR = "$(BINDIR)",

@@ -26,6 +26,7 @@ dependencies = {
 }
 external_dependencies = {
   HIREDIS = { header = "hiredis/hiredis.h", library = "hiredis" },
+  OPENSSL = { header = "openssl/evp.h", library = "crypto" },
 }
 build = {
   type = "make",
@@ -37,6 +38,8 @@ build = {
     LUA_CFLAGS = "-I$(LUA_INCDIR)",
     HIREDIS_CFLAGS = "-I$(HIREDIS_INCDIR)",
     HIREDIS_LIBS = "-L$(HIREDIS_LIBDIR) -lhiredis",
+    CRYPTO_CFLAGS = "-I$(OPENSSL_INCDIR)",
+    CRYPTO_LIBS = "-L$(OPENSSL_LIBDIR) -lcrypto",
   },
   install_target = "rock-install",
   install_variables = {
@@ -46,6 +49,8 @@ build = {
     LUA_CFLAGS = "-I$(LUA_INCDIR)",
     HIREDIS_CFLAGS = "-I$(HIREDIS_INCDIR)",
     HIREDIS_LIBS = "-L$(HIREDIS_LIBDIR) -lhiredis",
+    CRYPTO_CFLAGS = "-I$(OPENSSL_INCDIR)",
+    CRYPTO_LIBS = "-L$(OPENSSL_LIBDIR) -lcrypto",
     LIBDIR = "$(LIBDIR)",
     LUADIR = "$(LUADIR)",
     BINDIR = "$(BINDIR)",

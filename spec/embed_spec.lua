@@ -24,7 +24,7 @@ local function build_host(src, out)
   return sh(string.format(
     "cd '%s' && env -u LD_PRELOAD ${CC:-cc} -std=c11 -Wall -Wextra -Werror "
     .. "-D_GNU_SOURCE %s -Isrc $(pkg-config --cflags lua5.4) -o '%s' '%s' "
-    .. "'%s/lib/libproxystore.a' $(pkg-config --libs lua5.4 hiredis) -lpthread -lm",
+    .. "'%s/lib/libproxystore.a' $(pkg-config --libs lua5.4 hiredis libcrypto) -lpthread -lm",
     ROOT, flags, out, src, BUILD))
 end
 
@@ -94,7 +94,7 @@ describe("the C API (proxystore.h)", function()
     local rc, out = sh(string.format(
       "cd '%s' && env -u LD_PRELOAD ${CC:-cc} -std=c11 -O1 -g -D_GNU_SOURCE %s "
       .. "$(pkg-config --cflags lua5.4 hiredis) -o '%s/bare_host' examples/embed/host.c "
-      .. "%s $(pkg-config --libs lua5.4 hiredis) "
+      .. "%s $(pkg-config --libs lua5.4 hiredis libcrypto) "
       .. "-lpthread -lm", ROOT, flags, tmp, shell.core_c(ROOT)))
     assert(rc == 0, out)
     rc, out = sh(string.format("cd '%s' && LUA_PATH='%s/lua/?.lua;%s/lua/?/init.lua' "

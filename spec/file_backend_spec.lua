@@ -18,7 +18,7 @@ describe("the file backend from C", function()
       "cd '%s' && ${CC:-cc} -std=c11 -Wall -Wextra -Werror "
       .. "-D_GNU_SOURCE -g $(pkg-config --cflags lua5.4 hiredis) -o '%s' "
       .. "spec/c/backend_file_test.c %s "
-      .. "$(pkg-config --libs lua5.4 hiredis) -lpthread -lm -ldl",
+      .. "$(pkg-config --libs lua5.4 hiredis libcrypto) -lpthread -lm -ldl",
       ROOT, bin, shell.core_c(ROOT)))
     assert(rc == 0, out)
   end)

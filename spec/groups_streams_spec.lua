@@ -122,7 +122,7 @@ describe("redis groups, for streams", function()
     local rc, out = shell.sh("cc -std=c11 -Wall -Wextra -Werror -O1 -g -D_GNU_SOURCE " ..
       "$(pkg-config --cflags lua5.4 hiredis) -o " .. shell.quote(exe) .. " " ..
       shell.quote(root .. "/spec/c/groups_streams_test.c") .. " " .. shell.core_c(root) ..
-      " $(pkg-config --libs lua5.4 hiredis) -lpthread -lm -ldl")
+      shell.core_libs())
     assert.equal(0, rc, out)
     rc, out = shell.sh(shell.quote(exe) .. " " .. srv.port)
     assert.equal(0, rc, out)

@@ -1047,7 +1047,7 @@ describe("the redis store", function()
       local cc = "env -u LD_PRELOAD cc -std=c11 -O1 -g -D_GNU_SOURCE " ..
         "$(pkg-config --cflags lua5.4 hiredis) -o " .. exe .. " " ..
         root .. "/spec/c/backend_redis_test.c " .. srcs ..
-        " $(pkg-config --libs lua5.4 hiredis) -lpthread -ldl 2>&1"
+        " $(pkg-config --libs lua5.4 hiredis libcrypto) -lpthread -ldl 2>&1"
       local p = io.popen(cc)
       local out = p:read("a")
       assert.is_true(p:close(), out)
@@ -1069,7 +1069,7 @@ describe("the redis store", function()
       local rc, out = shell.sh("cc -std=c11 -Wall -Wextra -Werror -O1 -g -D_GNU_SOURCE " ..
         "$(pkg-config --cflags lua5.4 hiredis) -o " .. shell.quote(exe) .. " " ..
         shell.quote(root .. "/spec/c/redis_value_test.c") .. " " .. shell.core_c(root) ..
-        " $(pkg-config --libs lua5.4 hiredis) -lpthread -lm -ldl")
+        shell.core_libs())
       assert.equal(0, rc, out)
       rc, out = shell.sh(shell.quote(exe) .. " " .. srv.port)
       assert.equal(0, rc, out)

@@ -257,8 +257,12 @@ function M.to_proxy(obj, opts)
   return default_store:proxy(obj, opts)
 end
 
---- A pool of worker processes (see proxystore.pool).
+--- A pool of worker processes (see proxystore.pool), or with opts.queue a
+--- pool whose tasks go through Redis to workers anywhere (proxystore.queue).
 function M.pool(opts)
+  if type(opts) == "table" and opts.queue ~= nil then
+    return require("proxystore.queue").new(opts)
+  end
   return require("proxystore.pool").new(opts)
 end
 

@@ -190,7 +190,9 @@ end
 -- Replaces the large values of list (1..list.n) by proxies; returns the
 -- indices replaced, or nil. All or nothing: when a put fails, the proxies
 -- already made are evicted, list is as it was, and the error goes up.
-local function proxy_large(store, list, threshold)
+-- popts: the proxies' options (default single use; a queue's tasks may run
+-- twice, so theirs are evicted by the submitter instead).
+local function proxy_large(store, list, threshold, popts)
   local P = ps()
   local px, orig
   for i = 1, list.n do
@@ -204,7 +206,7 @@ local function proxy_large(store, list, threshold)
     end
     if big then
       -- single use: deleted by whoever resolves it, off the parent's path
-      local ok, p = pcall(store.proxy, store, v, { evict = true })
+      local ok, p = pcall(store.proxy, store, v, popts or { evict = true })
       if not ok then
         evict_px(store, list, px)
         for j, i2 in ipairs(px or {}) do list[i2] = orig[j] end
@@ -909,4 +911,10 @@ end
 M.Pool = Pool
 M.Future = Future
 M._pack_fn = pack_fn
+-- for the queue pool (proxystore.queue, proxystore.worker)
+M._unpack_fn = unpack_fn
+M._proxy_large = proxy_large
+M._evict_px = evict_px
+M._task_traceback = task_traceback
+M._progress_bar = bar
 return M

@@ -9,6 +9,7 @@
 --   shell.my_pid()                         -- this Lua process's pid
 --   shell.core_c(root)                     -- include flags and sources of
 --                                          -- the C core, for C test programs
+--   shell.core_libs()                      -- the libraries they link with
 local M = {}
 
 M.CLEAN = "unset LD_PRELOAD ASAN_OPTIONS UBSAN_OPTIONS; "
@@ -36,12 +37,17 @@ function M.rmtree(dir)
 end
 
 -- "-I... src/a/x.c ...": every folder of src on the include path and every
--- C file of the core but the host binary's main, as shell words, for specs
--- that link the core into a plain-C test program.
+-- C file of the core but the host binary's own (main, the worker command),
+-- as shell words, for specs that link the core into a plain-C test program.
 function M.core_c(root)
   local r = M.quote(root)
   return "-I" .. r .. "/src $(for d in " .. r .. "/src/*/; do printf -- '-I%s ' \"$d\"; done) "
-    .. "$(ls " .. r .. "/src/*/*.c | grep -v '/host/main\\.c$') "
+    .. "$(ls " .. r .. "/src/*/*.c | grep -v '/host/\\(main\\|worker_cmd\\)\\.c$') "
+end
+
+-- The libraries a program linking the core needs (after its objects).
+function M.core_libs()
+  return " $(pkg-config --libs lua5.4 hiredis libcrypto) -lpthread -lm -ldl "
 end
 
 function M.my_pid()

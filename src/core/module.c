@@ -12,6 +12,8 @@ static void (*const openers[])(lua_State *) = {
   ps_clock_open,
   ps_pool_open,
   ps_groups_open,
+  ps_secret_open,
+  ps_heartbeat_open,
 };
 
 int luaopen_proxystore_core(lua_State *L) {

@@ -183,4 +183,10 @@ void ps_pool_open(lua_State *L);   /* module table on top */
 
 void ps_groups_open(lua_State *L);   /* module table on top */
 
+/* ---- HMAC-SHA256 under a shared secret (pool/secret.c) ------------------- */
+
+void ps_secret_open(lua_State *L);   /* module table on top */
+/* A queue worker's heartbeat thread (pool/queue_heartbeat.c). */
+void ps_heartbeat_open(lua_State *L);   /* module table on top */
+
 #endif

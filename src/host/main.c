@@ -37,6 +37,7 @@
 #include <lualib.h>
 
 #include "proxystore.h"
+#include "worker_cmd.h"
 
 #define PROGNAME "proxystore"
 #define PROMPT   "> "
@@ -66,7 +67,9 @@ static void print_usage(FILE *f) {
   fprintf(f,
   "usage: %s [options] [script [args]]\n"
   "       %s run script [args]\n"
-  "Runs a Lua 5.4 script with proxystore preloaded (require \"proxystore\").\n"
+  "       %s worker URL [--queue NAME] [--workers N] [--secret-file F]\n"
+  "Runs a Lua 5.4 script with proxystore preloaded (require \"proxystore\"),\n"
+  "or a queue pool's worker ('proxystore worker --help').\n"
   "Options:\n"
   "  -e stat        execute string 'stat'\n"
   "  -i             enter interactive mode after executing 'script'\n"
@@ -97,7 +100,7 @@ static void print_usage(FILE *f) {
   "  %s --workers 4 --store redis://localhost:6379 run job.lua in.txt\n"
   "  %s -e 'print(require(\"proxystore\")._VERSION)'\n"
   "  echo 'print(1 + 1)' | %s -\n",
-  PROGNAME, PROGNAME, PROGNAME, PROGNAME, PROGNAME, PROGNAME);
+  PROGNAME, PROGNAME, PROGNAME, PROGNAME, PROGNAME, PROGNAME, PROGNAME);
 }
 
 static void l_message(const char *pname, const char *msg) {
@@ -719,6 +722,13 @@ static int pmain(lua_State *L) {
     fprintf(stderr, "%s: warning: the --store URL holds a password, which "
             "other users could see in the process list; use "
             "--password-file or PROXYSTORE_PASSWORD\n", PROGNAME);
+  /* "worker" where the script would be is the worker command (after
+   * "run" it is a script called worker) */
+  if (script < argc && strcmp(argv[script], "worker") == 0 &&
+      strcmp(argv[script - 1], "run") != 0) {
+    lua_pushboolean(L, ps_host_worker(L, argc - script, argv + script) == 0);
+    return 1;
+  }
   createargtable(L, argv, argc, script);
   lua_gc(L, LUA_GCGEN, 0, 0);
   if (!(args & has_E) && handle_luainit(L) != LUA_OK) return 0;

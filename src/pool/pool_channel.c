@@ -174,6 +174,13 @@ static int channel_close(lua_State *L) {
   return 0;
 }
 
+/* chan:fileno() -> the socket's fd (readable at end of file: a queue
+   worker forked by a pool wakes on it when the pool closes). */
+static int channel_fileno(lua_State *L) {
+  lua_pushinteger(L, check_channel(L)->fd);
+  return 1;
+}
+
 static int channel_tostring(lua_State *L) {
   channel *c = check_channel(L);
   lua_pushfstring(L, "proxystore.Channel: fd %d", c->fd);
@@ -184,6 +191,7 @@ static const luaL_Reg channel_methods[] = {
   {"recv", channel_recv},
   {"send", channel_send},
   {"close", channel_close},
+  {"fileno", channel_fileno},
   {NULL, NULL}
 };
 

@@ -125,6 +125,14 @@ void ps_rg_close(ps_rgroups *g);
 /* "host:port" or the socket path, for messages. */
 const char *ps_rg_address(const ps_rgroups *g);
 /*
+ * How many connections the handle has opened so far, both kinds, first
+ * ones included. A caller that keeps state on the server (a key that must
+ * exist, a group) checks it again when this changed: calls reconnect by
+ * themselves after a restart, and a server restarted without persistence
+ * has lost that state.
+ */
+unsigned long ps_rg_connects(const ps_rgroups *g);
+/*
  * What one reply may make the reader allocate (strings, elements,
  * depth). The default bounds a reply at 1 GiB of strings and 4M
  * elements: a read of a batch of large entries fits, a broken or hostile
@@ -327,7 +335,10 @@ int ps_rg_call(ps_rgroups *g, size_t n, const ps_rcmd *cmds, ps_rvalue *out,
 /*
  * The same on the blocking connection, for commands the server may hold
  * up to wait_s seconds (BLPOP key wait_s, and whatever follows it in the
- * same round trip). Woken as the reads are.
+ * same round trip). Woken as the reads are; a pop woken that way may
+ * still take a value pushed in the moment the server had not yet seen
+ * the connection close, and that value is lost with it: wake list pops
+ * only when stopping.
  */
 int ps_rg_call_blocking(ps_rgroups *g, size_t n, const ps_rcmd *cmds,
                         double wait_s, ps_rvalue *out, int *woken,

@@ -35,17 +35,14 @@
  *             consumer=}]) -> {{id=, consumer=, idle=, deliveries=}, ...}
  *   g:pending_summary(stream, group) -> count, lowest id or nil
  *   g:touch(stream, group, consumer, ids) -> {true|false, ...}
- *   g:call(cmd, ...) -> the reply (an error reply raises)
- *   g:pipeline({cmd...}, ...) -> replies (error replies as error objects)
- *   g:call_blocking(wait, {cmd...}, ...) -> replies, woken
+ *   g:call, g:pipeline, g:call_blocking: any command (groups_lua_call.c)
  *   g:set_wake_fd(fd)  g:woken() -> bool  g:sleep(seconds) -> woken
- *   g:address()  g:close()  (also __gc, __close)
+ *   g:address()  g:connects() -> connections opened so far
+ *   g:close()  (also __gc, __close)
  *
- * Replies become Lua values as Redis' own scripting does: integers,
- * strings (status replies too), tables for arrays, false for nil inside
- * an array (nil at the top). Errors are proxystore errors: "connection",
- * "timeout", "config", "missing_key" (no such stream or group: NOGROUP),
- * "store" (any other error reply; field redis = the server's text).
+ * Errors are proxystore errors: "connection", "timeout", "config",
+ * "missing_key" (no such stream or group: NOGROUP), "store" (any other
+ * error reply, with the server's text).
  *
  * Every C result is put in a box userdata before anything is pushed, so
  * a Lua error (out of memory) frees it through __gc.
@@ -54,7 +51,7 @@
 #include <string.h>
 
 #include "ps.h"
-#include "groups.h"
+#include "groups_lua.h"
 
 #define GROUPS_MT "proxystore.RedisGroups"
 #define BOX_MT "proxystore.RedisReply"
@@ -63,13 +60,7 @@ typedef struct handle {
   ps_rgroups *g;
 } handle;
 
-/* Replies owned by a userdata until they are turned into Lua values. */
-typedef struct box {
-  ps_rentries es;
-  ps_rpendings ps;
-  size_t nvals;
-  ps_rvalue *vals;
-} box;
+typedef ps_rgl_box box;
 
 static int box_gc(lua_State *L) {
   box *b = luaL_checkudata(L, 1, BOX_MT);
@@ -82,33 +73,25 @@ static int box_gc(lua_State *L) {
   return 0;
 }
 
-static box *push_box(lua_State *L) {
+box *ps_rgl_push_box(lua_State *L) {
   box *b = lua_newuserdatauv(L, sizeof *b, 0);
   memset(b, 0, sizeof *b);
   luaL_setmetatable(L, BOX_MT);
   return b;
 }
 
-/* Room for n replies in b (raises before anything is owned). */
-static ps_rvalue *box_values(lua_State *L, box *b, size_t n) {
-  b->vals = calloc(n ? n : 1, sizeof *b->vals);
-  if (b->vals == NULL) ps_error_raise(L, PS_ESTORE, NULL, "out of memory");
-  b->nvals = n;
-  return b->vals;
-}
-
 static handle *check_handle(lua_State *L) {
   return luaL_checkudata(L, 1, GROUPS_MT);
 }
 
-static ps_rgroups *check_open(lua_State *L) {
+ps_rgroups *ps_rgl_check(lua_State *L) {
   handle *h = check_handle(L);
   if (h->g == NULL)
     ps_error_raise(L, PS_ECLOSED, NULL, "redis groups handle is closed");
   return h->g;
 }
 
-static int raise_err(lua_State *L, ps_rgroups *g, const ps_berr *err) {
+int ps_rgl_raise(lua_State *L, ps_rgroups *g, const ps_berr *err) {
   const char *kind = err->code == PS_BCONN      ? PS_ECONNECTION
                      : err->code == PS_BTIMEOUT  ? PS_ETIMEOUT
                      : err->code == PS_BCONFIG   ? PS_ECONFIG
@@ -119,49 +102,6 @@ static int raise_err(lua_State *L, ps_rgroups *g, const ps_berr *err) {
 }
 
 /* ---- replies as Lua values ----------------------------------------------- */
-
-static void push_value(lua_State *L, ps_rgroups *g, const ps_rvalue *v,
-                       int top);
-
-static void push_error_value(lua_State *L, ps_rgroups *g, const ps_rvalue *v) {
-  ps_errctx ctx = {.address = ps_rg_address(g)};
-  ps_error_push(L, PS_ESTORE, &ctx, "redis %s: %s", ps_rg_address(g), v->str);
-  lua_pushlstring(L, v->str, v->len);
-  lua_setfield(L, -2, "redis");
-}
-
-static void push_value(lua_State *L, ps_rgroups *g, const ps_rvalue *v,
-                       int top) {
-  luaL_checkstack(L, 4, "redis reply too deep");
-  switch (v->type) {
-  case PS_R_STATUS:
-    lua_pushlstring(L, v->str, v->len);
-    return;
-  case PS_R_ERROR:
-    push_error_value(L, g, v);
-    return;
-  case PS_R_INT:
-    lua_pushinteger(L, (lua_Integer)v->n);
-    return;
-  case PS_R_BULK:
-    if (v->n < 0) {
-      if (top) lua_pushnil(L); else lua_pushboolean(L, 0);
-    } else {
-      lua_pushlstring(L, v->str, v->len);
-    }
-    return;
-  default:
-    if (v->n < 0) {
-      if (top) lua_pushnil(L); else lua_pushboolean(L, 0);
-      return;
-    }
-    lua_createtable(L, (int)v->n, 0);
-    for (long long i = 0; i < v->n; i++) {
-      push_value(L, g, &v->elem[i], 0);
-      lua_rawseti(L, -2, (lua_Integer)i + 1);
-    }
-  }
-}
 
 static void push_entries(lua_State *L, const ps_rentries *es, int deliveries) {
   lua_createtable(L, (int)es->n, 0);
@@ -228,7 +168,7 @@ static void check_trim(lua_State *L, int idx, ps_rtrim *t) {
 
 /* A string argument of a command: strings as they are, numbers as Lua
    writes them (kept alive in the anchor table at anchor). */
-static const char *arg_string(lua_State *L, int anchor, size_t *len) {
+const char *ps_rgl_arg_string(lua_State *L, int anchor, size_t *len) {
   int t = lua_type(L, -1);
   if (t != LUA_TSTRING && t != LUA_TNUMBER)
     luaL_error(L, "redis command arguments must be strings or numbers, got %s",
@@ -239,33 +179,6 @@ static const char *arg_string(lua_State *L, int anchor, size_t *len) {
     lua_rawseti(L, anchor, (lua_Integer)lua_rawlen(L, anchor) + 1);
   }
   return s;
-}
-
-/* Commands from the lists at first..last (each {word, arg, ...}). */
-static ps_rcmd *check_cmds(lua_State *L, int first, int last, int anchor) {
-  size_t n = (size_t)(last - first + 1), total = 0;
-  for (int i = first; i <= last; i++) {
-    luaL_checktype(L, i, LUA_TTABLE);
-    size_t argc = (size_t)luaL_len(L, i);
-    luaL_argcheck(L, argc > 0, i, "empty command");
-    total += argc;
-  }
-  char *mem = lua_newuserdatauv(L, n * sizeof(ps_rcmd) +
-                                total * (sizeof(char *) + sizeof(size_t)), 0);
-  ps_rcmd *cmds = (ps_rcmd *)mem;
-  const char **argv = (const char **)(mem + n * sizeof(ps_rcmd));
-  size_t *lens = (size_t *)(argv + total);
-  size_t k = 0;
-  for (int i = first; i <= last; i++) {
-    size_t argc = (size_t)luaL_len(L, i);
-    cmds[i - first] = (ps_rcmd){argc, argv + k, lens + k};
-    for (size_t j = 0; j < argc; j++, k++) {
-      lua_rawgeti(L, i, (lua_Integer)j + 1);
-      argv[k] = arg_string(L, anchor, &lens[k]);
-      lua_pop(L, 1);
-    }
-  }
-  return cmds;
 }
 
 /* ---- the handle ---------------------------------------------------------- */
@@ -327,22 +240,27 @@ static int l_tostring(lua_State *L) {
 }
 
 static int l_address(lua_State *L) {
-  lua_pushstring(L, ps_rg_address(check_open(L)));
+  lua_pushstring(L, ps_rg_address(ps_rgl_check(L)));
+  return 1;
+}
+
+static int l_connects(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)ps_rg_connects(ps_rgl_check(L)));
   return 1;
 }
 
 static int l_set_wake_fd(lua_State *L) {
-  ps_rg_set_wake_fd(check_open(L), (int)luaL_optinteger(L, 2, -1));
+  ps_rg_set_wake_fd(ps_rgl_check(L), (int)luaL_optinteger(L, 2, -1));
   return 0;
 }
 
 static int l_woken(lua_State *L) {
-  lua_pushboolean(L, ps_rg_woken(check_open(L)));
+  lua_pushboolean(L, ps_rg_woken(ps_rgl_check(L)));
   return 1;
 }
 
 static int l_sleep(lua_State *L) {
-  ps_rgroups *g = check_open(L);
+  ps_rgroups *g = ps_rgl_check(L);
   double s = luaL_checknumber(L, 2);
   lua_pushboolean(L, ps_rg_sleep(g, s < 0 ? 0 : s));
   return 1;
@@ -351,43 +269,43 @@ static int l_sleep(lua_State *L) {
 /* ---- groups --------------------------------------------------------------- */
 
 static int l_create_group(lua_State *L) {
-  ps_rgroups *g = check_open(L);
+  ps_rgroups *g = ps_rgl_check(L);
   ps_berr err = {0, ""};
   if (ps_rg_create_group(g, luaL_checkstring(L, 2), luaL_checkstring(L, 3),
                          luaL_optstring(L, 4, "0"), &err))
-    return raise_err(L, g, &err);
+    return ps_rgl_raise(L, g, &err);
   return 0;
 }
 
 static int l_destroy_group(lua_State *L) {
-  ps_rgroups *g = check_open(L);
+  ps_rgroups *g = ps_rgl_check(L);
   ps_berr err = {0, ""};
   int existed = 0;
   if (ps_rg_destroy_group(g, luaL_checkstring(L, 2), luaL_checkstring(L, 3),
                           &existed, &err))
-    return raise_err(L, g, &err);
+    return ps_rgl_raise(L, g, &err);
   lua_pushboolean(L, existed);
   return 1;
 }
 
 static int l_delete_consumer(lua_State *L) {
-  ps_rgroups *g = check_open(L);
+  ps_rgroups *g = ps_rgl_check(L);
   ps_berr err = {0, ""};
   long long dropped = 0;
   if (ps_rg_delete_consumer(g, luaL_checkstring(L, 2), luaL_checkstring(L, 3),
                             luaL_checkstring(L, 4), &dropped, &err))
-    return raise_err(L, g, &err);
+    return ps_rgl_raise(L, g, &err);
   lua_pushinteger(L, (lua_Integer)dropped);
   return 1;
 }
 
 static int l_group_info(lua_State *L) {
-  ps_rgroups *g = check_open(L);
+  ps_rgroups *g = ps_rgl_check(L);
   ps_berr err = {0, ""};
   ps_rgroup_info info;
   if (ps_rg_group_info(g, luaL_checkstring(L, 2), luaL_checkstring(L, 3),
                        &info, &err))
-    return raise_err(L, g, &err);
+    return ps_rgl_raise(L, g, &err);
   lua_createtable(L, 0, 5);
   lua_pushinteger(L, (lua_Integer)info.consumers);
   lua_setfield(L, -2, "consumers");
@@ -409,7 +327,7 @@ static int l_group_info(lua_State *L) {
 /* ---- adding and trimming --------------------------------------------------- */
 
 static int l_add(lua_State *L) {
-  ps_rgroups *g = check_open(L);
+  ps_rgroups *g = ps_rgl_check(L);
   const char *stream = luaL_checkstring(L, 2);
   luaL_checktype(L, 3, LUA_TTABLE);
   ps_rtrim trim;
@@ -448,17 +366,17 @@ static int l_add(lua_State *L) {
     if (len > 0) {
       for (size_t j = 1; j <= len; j++, k++) {
         lua_rawgeti(L, -1, (lua_Integer)j);
-        fv[k].p = arg_string(L, 5, &fv[k].len);
+        fv[k].p = ps_rgl_arg_string(L, 5, &fv[k].len);
         lua_pop(L, 1);
       }
     } else {
       lua_pushnil(L);
       while (lua_next(L, -2)) {
         lua_pushvalue(L, -2);
-        fv[k].p = arg_string(L, 5, &fv[k].len);
+        fv[k].p = ps_rgl_arg_string(L, 5, &fv[k].len);
         lua_pop(L, 1);
         k++;
-        fv[k].p = arg_string(L, 5, &fv[k].len);
+        fv[k].p = ps_rgl_arg_string(L, 5, &fv[k].len);
         lua_pop(L, 1);
         k++;
       }
@@ -468,7 +386,7 @@ static int l_add(lua_State *L) {
   }
   ps_berr err = {0, ""};
   if (ps_rg_add(g, stream, &trim, n, entries, ids, &err))
-    return raise_err(L, g, &err);
+    return ps_rgl_raise(L, g, &err);
   lua_createtable(L, (int)n, 0);
   for (size_t i = 0; i < n; i++) {
     lua_pushstring(L, ids[i]);
@@ -478,37 +396,37 @@ static int l_add(lua_State *L) {
 }
 
 static int l_trim(lua_State *L) {
-  ps_rgroups *g = check_open(L);
+  ps_rgroups *g = ps_rgl_check(L);
   const char *stream = luaL_checkstring(L, 2);
   ps_rtrim trim;
   check_trim(L, 3, &trim);
   ps_berr err = {0, ""};
   long long removed = 0;
   if (ps_rg_trim(g, stream, &trim, &removed, &err))
-    return raise_err(L, g, &err);
+    return ps_rgl_raise(L, g, &err);
   lua_pushinteger(L, (lua_Integer)removed);
   return 1;
 }
 
 static int l_delete(lua_State *L) {
-  ps_rgroups *g = check_open(L);
+  ps_rgroups *g = ps_rgl_check(L);
   const char *stream = luaL_checkstring(L, 2);
   size_t n;
   const char **ids = check_ids(L, 3, &n);
   ps_berr err = {0, ""};
   long long deleted = 0;
   if (ps_rg_delete(g, stream, n, ids, &deleted, &err))
-    return raise_err(L, g, &err);
+    return ps_rgl_raise(L, g, &err);
   lua_pushinteger(L, (lua_Integer)deleted);
   return 1;
 }
 
 static int l_length(lua_State *L) {
-  ps_rgroups *g = check_open(L);
+  ps_rgroups *g = ps_rgl_check(L);
   ps_berr err = {0, ""};
   long long len = 0;
   if (ps_rg_length(g, luaL_checkstring(L, 2), &len, &err))
-    return raise_err(L, g, &err);
+    return ps_rgl_raise(L, g, &err);
   lua_pushinteger(L, (lua_Integer)len);
   return 1;
 }
@@ -531,66 +449,66 @@ static long check_count(lua_State *L, int idx) {
 }
 
 static int l_read_group(lua_State *L) {
-  ps_rgroups *g = check_open(L);
+  ps_rgroups *g = ps_rgl_check(L);
   const char *stream = luaL_checkstring(L, 2), *group = luaL_checkstring(L, 3);
   const char *consumer = luaL_checkstring(L, 4);
   const char *from = luaL_checkstring(L, 5);
   long count = check_count(L, 6);
   long block = opt_block(L, 7);
-  box *b = push_box(L);
+  box *b = ps_rgl_push_box(L);
   ps_berr err = {0, ""};
   int woken = 0;
   if (ps_rg_read_group(g, stream, group, consumer, from, count, block, &b->es,
                        &woken, &err))
-    return raise_err(L, g, &err);
+    return ps_rgl_raise(L, g, &err);
   push_entries(L, &b->es, 0);
   lua_pushboolean(L, woken);
   return 2;
 }
 
 static int l_read(lua_State *L) {
-  ps_rgroups *g = check_open(L);
+  ps_rgroups *g = ps_rgl_check(L);
   const char *stream = luaL_checkstring(L, 2), *from = luaL_checkstring(L, 3);
   long count = check_count(L, 4);
   long block = opt_block(L, 5);
-  box *b = push_box(L);
+  box *b = ps_rgl_push_box(L);
   ps_berr err = {0, ""};
   int woken = 0;
   if (ps_rg_read(g, stream, from, count, block, &b->es, &woken, &err))
-    return raise_err(L, g, &err);
+    return ps_rgl_raise(L, g, &err);
   push_entries(L, &b->es, 0);
   lua_pushboolean(L, woken);
   return 2;
 }
 
 static int l_range(lua_State *L) {
-  ps_rgroups *g = check_open(L);
+  ps_rgroups *g = ps_rgl_check(L);
   const char *stream = luaL_checkstring(L, 2);
   const char *start = luaL_optstring(L, 3, "-"), *end = luaL_optstring(L, 4, "+");
   long count = check_count(L, 5);
-  box *b = push_box(L);
+  box *b = ps_rgl_push_box(L);
   ps_berr err = {0, ""};
   if (ps_rg_range(g, stream, start, end, count, &b->es, &err))
-    return raise_err(L, g, &err);
+    return ps_rgl_raise(L, g, &err);
   push_entries(L, &b->es, 0);
   return 1;
 }
 
 static int l_revrange(lua_State *L) {
-  ps_rgroups *g = check_open(L);
+  ps_rgroups *g = ps_rgl_check(L);
   const char *stream = luaL_checkstring(L, 2);
   const char *end = luaL_optstring(L, 3, "+"), *start = luaL_optstring(L, 4, "-");
   long count = check_count(L, 5);
-  box *b = push_box(L);
+  box *b = ps_rgl_push_box(L);
   ps_berr err = {0, ""};
   if (ps_rg_revrange(g, stream, end, start, count, &b->es, &err))
-    return raise_err(L, g, &err);
+    return ps_rgl_raise(L, g, &err);
   push_entries(L, &b->es, 0);
   return 1;
 }
 
 static int l_ack_read_group(lua_State *L) {
-  ps_rgroups *g = check_open(L);
+  ps_rgroups *g = ps_rgl_check(L);
   const char *stream = luaL_checkstring(L, 2), *group = luaL_checkstring(L, 3);
   const char *consumer = luaL_checkstring(L, 4);
   lua_settop(L, 8);   /* check_ids pushes its array above the arguments */
@@ -599,13 +517,13 @@ static int l_ack_read_group(lua_State *L) {
   const char *from = luaL_checkstring(L, 6);
   long count = check_count(L, 7);
   long block = opt_block(L, 8);
-  box *b = push_box(L);
+  box *b = ps_rgl_push_box(L);
   ps_berr err = {0, ""};
   int woken = 0;
   long long acked = 0;
   if (ps_rg_ack_read_group(g, stream, group, consumer, nack, ids, &acked, from,
                            count, block, &b->es, &woken, &err))
-    return raise_err(L, g, &err);
+    return ps_rgl_raise(L, g, &err);
   push_entries(L, &b->es, 0);
   lua_pushboolean(L, woken);
   lua_pushinteger(L, (lua_Integer)acked);
@@ -615,33 +533,33 @@ static int l_ack_read_group(lua_State *L) {
 /* ---- acknowledging, claiming, pending ---------------------------------------- */
 
 static int l_ack(lua_State *L) {
-  ps_rgroups *g = check_open(L);
+  ps_rgroups *g = ps_rgl_check(L);
   const char *stream = luaL_checkstring(L, 2), *group = luaL_checkstring(L, 3);
   size_t n;
   const char **ids = check_ids(L, 4, &n);
   ps_berr err = {0, ""};
   long long acked = 0;
   if (ps_rg_ack(g, stream, group, n, ids, &acked, &err))
-    return raise_err(L, g, &err);
+    return ps_rgl_raise(L, g, &err);
   lua_pushinteger(L, (lua_Integer)acked);
   return 1;
 }
 
 static int l_autoclaim(lua_State *L) {
-  ps_rgroups *g = check_open(L);
+  ps_rgroups *g = ps_rgl_check(L);
   const char *stream = luaL_checkstring(L, 2), *group = luaL_checkstring(L, 3);
   const char *consumer = luaL_checkstring(L, 4);
   double idle = luaL_checknumber(L, 5);
   const char *start = luaL_optstring(L, 6, "0-0");
   long count = check_count(L, 7);
   int deliveries = lua_toboolean(L, 8);
-  box *b = push_box(L);
+  box *b = ps_rgl_push_box(L);
   ps_berr err = {0, ""};
   if (ps_rg_autoclaim(g, stream, group, consumer,
                       (long long)(idle * 1000 + 0.5), start, count, &b->es,
                       &err) ||
       (deliveries && ps_rg_deliveries(g, stream, group, &b->es, &err)))
-    return raise_err(L, g, &err);
+    return ps_rgl_raise(L, g, &err);
   push_entries(L, &b->es, deliveries);
   lua_pushstring(L, b->es.next);
   lua_createtable(L, (int)b->es.ndeleted, 0);
@@ -653,7 +571,7 @@ static int l_autoclaim(lua_State *L) {
 }
 
 static int l_reclaim(lua_State *L) {
-  ps_rgroups *g = check_open(L);
+  ps_rgroups *g = ps_rgl_check(L);
   const char *stream = luaL_checkstring(L, 2), *group = luaL_checkstring(L, 3);
   const char *consumer = luaL_checkstring(L, 4);
   double idle = luaL_checknumber(L, 5);
@@ -664,18 +582,18 @@ static int l_reclaim(lua_State *L) {
   luaL_argcheck(L, clen < PS_RID_MAX, 7, "not a stream id");
   char cursor[PS_RID_MAX];
   memcpy(cursor, start, clen + 1);
-  box *b = push_box(L);
+  box *b = ps_rgl_push_box(L);
   ps_berr err = {0, ""};
   if (ps_rg_reclaim(g, stream, group, consumer, (long long)(idle * 1000 + 0.5),
                     count, cursor, &b->es, &err))
-    return raise_err(L, g, &err);
+    return ps_rgl_raise(L, g, &err);
   push_entries(L, &b->es, 1);
   lua_pushstring(L, cursor);
   return 2;
 }
 
 static int l_pending(lua_State *L) {
-  ps_rgroups *g = check_open(L);
+  ps_rgroups *g = ps_rgl_check(L);
   const char *stream = luaL_checkstring(L, 2), *group = luaL_checkstring(L, 3);
   double idle = 0;
   const char *start = "-", *stop = "+", *consumer = NULL;
@@ -693,11 +611,11 @@ static int l_pending(lua_State *L) {
     if (!start) start = "-";
     if (!stop) stop = "+";
   }
-  box *b = push_box(L);
+  box *b = ps_rgl_push_box(L);
   ps_berr err = {0, ""};
   if (ps_rg_pending(g, stream, group, (long long)(idle * 1000 + 0.5), start,
                     stop, count, consumer, &b->ps, &err))
-    return raise_err(L, g, &err);
+    return ps_rgl_raise(L, g, &err);
   lua_createtable(L, (int)b->ps.n, 0);
   for (size_t i = 0; i < b->ps.n; i++) {
     const ps_rpending *p = &b->ps.p[i];
@@ -716,20 +634,20 @@ static int l_pending(lua_State *L) {
 }
 
 static int l_pending_summary(lua_State *L) {
-  ps_rgroups *g = check_open(L);
+  ps_rgroups *g = ps_rgl_check(L);
   ps_berr err = {0, ""};
   long long count = 0;
   char lowest[PS_RID_MAX];
   if (ps_rg_pending_summary(g, luaL_checkstring(L, 2), luaL_checkstring(L, 3),
                             &count, lowest, &err))
-    return raise_err(L, g, &err);
+    return ps_rgl_raise(L, g, &err);
   lua_pushinteger(L, (lua_Integer)count);
   if (lowest[0]) lua_pushstring(L, lowest); else lua_pushnil(L);
   return 2;
 }
 
 static int l_touch(lua_State *L) {
-  ps_rgroups *g = check_open(L);
+  ps_rgroups *g = ps_rgl_check(L);
   const char *stream = luaL_checkstring(L, 2), *group = luaL_checkstring(L, 3);
   const char *consumer = luaL_checkstring(L, 4);
   size_t n;
@@ -737,85 +655,13 @@ static int l_touch(lua_State *L) {
   int *owned = lua_newuserdatauv(L, (n ? n : 1) * sizeof *owned, 0);
   ps_berr err = {0, ""};
   if (ps_rg_touch(g, stream, group, consumer, n, ids, owned, &err))
-    return raise_err(L, g, &err);
+    return ps_rgl_raise(L, g, &err);
   lua_createtable(L, (int)n, 0);
   for (size_t i = 0; i < n; i++) {
     lua_pushboolean(L, owned[i]);
     lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
   return 1;
-}
-
-/* ---- any command -------------------------------------------------------------- */
-
-static int l_call(lua_State *L) {
-  ps_rgroups *g = check_open(L);
-  int n = lua_gettop(L);
-  luaL_argcheck(L, n >= 2, 2, "command expected");
-  lua_createtable(L, n - 1, 0);   /* the command as a list */
-  for (int i = 2; i <= n; i++) {
-    lua_pushvalue(L, i);
-    lua_rawseti(L, -2, i - 1);
-  }
-  lua_replace(L, 2);
-  lua_settop(L, 2);
-  lua_newtable(L);   /* 3: anchors */
-  ps_rcmd *cmds = check_cmds(L, 2, 2, 3);
-  box *b = push_box(L);
-  ps_rvalue *v = box_values(L, b, 1);
-  ps_berr err = {0, ""};
-  if (ps_rg_call(g, 1, cmds, v, &err)) return raise_err(L, g, &err);
-  push_value(L, g, v, 1);
-  if (v->type == PS_R_ERROR) return lua_error(L);
-  return 1;
-}
-
-static void push_replies(lua_State *L, ps_rgroups *g, box *b) {
-  lua_createtable(L, (int)b->nvals, 0);
-  for (size_t i = 0; i < b->nvals; i++) {
-    push_value(L, g, &b->vals[i], 0);
-    lua_rawseti(L, -2, (lua_Integer)i + 1);
-  }
-}
-
-static int l_pipeline(lua_State *L) {
-  ps_rgroups *g = check_open(L);
-  int last = lua_gettop(L);
-  luaL_argcheck(L, last >= 2, 2, "a command (table) expected");
-  lua_newtable(L);
-  int anchor = lua_gettop(L);
-  ps_rcmd *cmds = check_cmds(L, 2, last, anchor);
-  box *b = push_box(L);
-  ps_rvalue *v = box_values(L, b, (size_t)(last - 1));
-  ps_berr err = {0, ""};
-  if (ps_rg_call(g, (size_t)(last - 1), cmds, v, &err))
-    return raise_err(L, g, &err);
-  push_replies(L, g, b);
-  return 1;
-}
-
-static int l_call_blocking(lua_State *L) {
-  ps_rgroups *g = check_open(L);
-  double wait = luaL_checknumber(L, 2);
-  luaL_argcheck(L, wait >= 0 && wait <= 86400, 2, "wait must be in [0, 86400] s");
-  int last = lua_gettop(L);
-  luaL_argcheck(L, last >= 3, 3, "a command (table) expected");
-  lua_newtable(L);
-  int anchor = lua_gettop(L);
-  ps_rcmd *cmds = check_cmds(L, 3, last, anchor);
-  box *b = push_box(L);
-  ps_rvalue *v = box_values(L, b, (size_t)(last - 2));
-  ps_berr err = {0, ""};
-  int woken = 0;
-  if (ps_rg_call_blocking(g, (size_t)(last - 2), cmds, wait, v, &woken, &err))
-    return raise_err(L, g, &err);
-  if (woken) {
-    lua_pushnil(L);
-  } else {
-    push_replies(L, g, b);
-  }
-  lua_pushboolean(L, woken);
-  return 2;
 }
 
 static const luaL_Reg methods[] = {
@@ -838,13 +684,11 @@ static const luaL_Reg methods[] = {
   {"revrange", l_revrange},
   {"ack_read_group", l_ack_read_group},
   {"reclaim", l_reclaim},
-  {"call", l_call},
-  {"pipeline", l_pipeline},
-  {"call_blocking", l_call_blocking},
   {"set_wake_fd", l_set_wake_fd},
   {"woken", l_woken},
   {"sleep", l_sleep},
   {"address", l_address},
+  {"connects", l_connects},
   {"close", l_close},
   {NULL, NULL}
 };
@@ -852,6 +696,7 @@ static const luaL_Reg methods[] = {
 void ps_groups_open(lua_State *L) {
   if (luaL_newmetatable(L, GROUPS_MT)) {
     luaL_newlib(L, methods);
+    ps_rgl_call_methods(L);   /* call, pipeline, call_blocking */
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, l_close);
     lua_setfield(L, -2, "__gc");
