@@ -132,6 +132,15 @@ static char tagged_at(const ps_redis *x, ps_key k, size_t i) {
 
 static int key_slot(ps_redis *x, ps_key k, unsigned *slot, ps_berr *err) {
   const char *p = memchr(x->prefix, '{', x->plen);
+  if (p == NULL) {
+    /* The common case: the span is the key up to its first '}'. */
+    const char *e = memchr(k.data, '}', k.len);
+    size_t n = e ? (size_t)(e - k.data) : k.len;
+    if (n > 0) {
+      *slot = ps_rcluster_crc16(k.data, n) & (PS_CLUSTER_SLOTS - 1);
+      return PS_BOK;
+    }
+  }
   size_t open = p ? (size_t)(p - x->prefix) : x->plen;
   size_t close = open + 1;
   while (tagged_at(x, k, close) != '}') close++;
