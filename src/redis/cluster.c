@@ -168,6 +168,8 @@ int ps_rcluster_open_node(ps_rcluster *cl, int i, ps_rconn **c,
   ps_rcluster_join(cl, nc);
   int code = ps_rconn_ensure(nc, err);
   if (code && nc->fd < 0) cl->nodes[i].down_at = ps_rcluster_now();
+  /* AUTH's reply on a new connection is no reply of the attempt's */
+  ps_rconn_reset_counts(nc);
   return code;
 }
 

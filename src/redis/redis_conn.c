@@ -594,22 +594,29 @@ void ps_rconn_reset_counts(ps_rconn *c) {
   c->redirect[0] = '\0';
 }
 
-/* A reply's head, after the +OK of the ASKING sent before its command. */
-int ps_rconn_read_head(ps_rconn *c, ps_rreply *r, ps_berr *err) {
-  int code;
-  if (c->asks_owed) {
-    code = read_head(c, r, err);
-    if (code) return code;
-    c->asks_owed--;
-    int ok = r->type == PS_R_STATUS && strcmp(r->str, "OK") == 0;
-    if (!ok) {
-      char what[100];
-      snprintf(what, sizeof what, "%s", r->str ? r->str : "");
-      ps_rreply_free(r);
-      return ps_rconn_fail(c, err, PS_BPROTO, "ASKING refused: %s", what);
-    }
-    ps_rreply_free(r);
+/* Reads the +OK of the ASKING sent before the next reply's command. */
+static int take_asking(ps_rconn *c, ps_berr *err) {
+  if (c->asks_owed == 0) return PS_BOK;
+  ps_rreply r;
+  int code = read_head(c, &r, err);
+  if (code) return code;
+  c->asks_owed--;
+  int ok = r.type == PS_R_STATUS && strcmp(r.str, "OK") == 0;
+  if (!ok) {
+    char what[100];
+    snprintf(what, sizeof what, "%s", r.str ? r.str : "");
+    ps_rreply_free(&r);
+    return ps_rconn_fail(c, err, PS_BPROTO, "ASKING refused: %s", what);
   }
+  ps_rreply_free(&r);
+  return PS_BOK;
+}
+
+/* A reply's head (after its ASKING's +OK); counted on a cluster node. */
+int ps_rconn_read_head(ps_rconn *c, ps_rreply *r, ps_berr *err) {
+  memset(r, 0, sizeof *r);
+  int code = take_asking(c, err);
+  if (code) return code;
   code = read_head(c, r, err);
   if (code || !c->cluster) return code;
   c->replies++;
@@ -745,11 +752,13 @@ static int read_tree(ps_rconn *c, ps_rvalue *v, const ps_rlimits *lim,
 int ps_rconn_read_value(ps_rconn *c, ps_rvalue *v, const ps_rlimits *lim,
                         ps_berr *err) {
   memset(v, 0, sizeof *v);
+  int code = take_asking(c, err);
+  if (code) return code;
   /* The reader below counts every element it completes as a reply;
      the server owes one reply for the whole tree. */
   size_t owed = c->pending;
   budget left = {lim->max_bytes, lim->max_elems};
-  int code = read_tree(c, v, lim, &left, 0, err);
+  code = read_tree(c, v, lim, &left, 0, err);
   if (code == PS_BOK) c->pending = owed ? owed - 1 : 0;
   return code;
 }
