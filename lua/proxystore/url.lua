@@ -236,7 +236,7 @@ function M.parse(url)
     config_error(tostring(url), "a URL must be a string, got %s", type(url))
   end
   local scheme, rest = url:match("^(%a[%w+.-]*):(.*)$")
-  if not scheme then config_error(url, "no scheme (redis://, unix://, file://, local:)") end
+  if not scheme then config_error(url, "no scheme (redis://, redis+cluster://, unix://, file://, local:)") end
   scheme = scheme:lower()
   if scheme == "local" then
     if rest ~= "" and rest ~= "//" then
