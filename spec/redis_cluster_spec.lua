@@ -181,6 +181,23 @@ describe("the redis store on a Redis Cluster", function()
       assert.matches("not a cluster node", tostring(err), 1, true)
     end)
 
+    it("authenticates on every node with the store's password", function()
+      local locked = rc.start { masters = 3, replicas = 0, password = "s3cret" }
+      finally(function() locked:stop() end)
+      local s = open { cluster = locked.seeds, password = "s3cret" }
+      local keys = s:put_batch({ "a", "b", "c", "d", "e", "f" })
+      assert.same({ "a", "b", "c", "d", "e", "f" }, { table.unpack(s:get_batch(keys), 1, 6) })
+      local u = ps.init_store("redis+cluster://:s3cret@" .. locked.seeds[2], { name = "auth-url" })
+      stores[#stores + 1] = u
+      assert.equal("c", u:get(keys[3]))
+      local err = error_of(open, { cluster = locked.seeds, password = "wrong" })
+      assert.equal("config", err.kind)
+      assert.is_nil(tostring(err):find("wrong", 1, true))
+      err = error_of(open, { cluster = locked.seeds })
+      assert.equal("config", err.kind)
+      assert.matches("NOAUTH", tostring(err), 1, true)
+    end)
+
     it("takes any live seed; with none alive it fails naming them", function()
       local dead = redis.dead_port()
       local s = open { cluster = { "127.0.0.1:" .. dead, c.seeds[2] } }
@@ -263,6 +280,16 @@ describe("the redis store on a Redis Cluster", function()
       assert.equal(7, ps.extract(ps.to_proxy(7)))
     end)
 
+    it("a pool's workers pass large arguments and results through the cluster", function()
+      local s = open()
+      local pool = ps.pool { workers = 2, store = s, proxy_threshold = 100 }
+      finally(function() pool:close() end)
+      local list = {}
+      for i = 1, 6 do list[i] = ("w"):rep(1000 + i) end
+      local out = pool:map(function(v) return v:upper() end, list)
+      for i = 1, 6 do assert.equal(list[i]:upper(), out[i]) end
+    end)
+
     it("strict proxies, resolve_async and the cache work as on one server", function()
       local s = open { cache_size = 16 }
       local other = open()
@@ -317,6 +344,47 @@ describe("the redis store on a Redis Cluster", function()
       assert.equal("two", s:get("mig}2"))
       assert.equal("three", s:get("mig}3"))
       assert.same({ "two", "three" }, { table.unpack(s:get_batch({ "mig}2", "mig}3" }), 1, 2) })
+      assert.is_true(c:wait_ok())
+    end)
+
+    it("waits while an object's keys are on both nodes of a moving slot", function()
+      local env = "PROXYSTORE_REDIS_CHUNK_SIZE=1000"
+      local function child(op, timeout)
+        return run_lua(([[
+          local ps = require "proxystore"
+          local s = ps.init_store("redis", { cluster = %s, cache_size = 0, timeout = %s })
+          local ok, err = pcall(function() %s end)
+          io.write(ok and "ok" or (err.kind .. "|" .. tostring(err)))
+        ]]):format(lua_list(c.seeds), timeout, op), env)
+      end
+      local value = ("m"):rep(3000)
+      assert.equal("ok", child(("s:put(%q, { key = 'mix}1' })"):format(value), 5))
+      local slot = c:slot("mix")
+      local topo = c:topology()
+      local from = c:owner(slot, topo)
+      local to
+      for _, m in ipairs(c:masters(topo)) do if m ~= from then to = m break end end
+      local chunks = {}
+      for k in c:cli(from, "KEYS", "{mix}1}:chunk:*"):gmatch("[^\n]+") do chunks[#chunks + 1] = k end
+      assert.is_true(#chunks > 1)
+      c:cli(to, "CLUSTER", "SETSLOT", slot, "IMPORTING", topo[from].id)
+      c:cli(from, "CLUSTER", "SETSLOT", slot, "MIGRATING", topo[to].id)
+      assert.matches("OK", c:cli(from, "MIGRATE", "127.0.0.1", c.nodes[to].port, "", "0",
+                                 "5000", "KEYS", chunks[1]))
+      -- the header and some chunks here, one chunk there: no single node
+      -- can serve the object, so the read waits, and ends with its timeout
+      local out = child(("assert(s:get('mix}1') == %q)"):format(value), 0.5)
+      assert.matches("^connection|proxystore: [^\n]*still so after", out)
+      -- the move ends: everything there, the slot handed over
+      local rest = { "MIGRATE", "127.0.0.1", c.nodes[to].port, "", "0", "5000", "KEYS",
+                     "{mix}1}" }
+      for i = 2, #chunks do rest[#rest + 1] = chunks[i] end
+      assert.matches("OK", c:cli(from, table.unpack(rest)))
+      for _, m in ipairs(c:masters(topo)) do
+        c:cli(m, "CLUSTER", "SETSLOT", slot, "NODE", topo[to].id)
+      end
+      assert.equal("ok", child(("assert(s:get('mix}1') == %q); s:evict('mix}1')"):format(value), 5))
+      assert.equal("", c:cli(to, "KEYS", "{mix}1}*"):gsub("%s+", ""))
       assert.is_true(c:wait_ok())
     end)
 

@@ -4,7 +4,8 @@
 -- `redis-cli --cluster create`.
 --
 --   local rc = require "helpers.redis_cluster"
---   local c = rc.start { masters = 3, replicas = 1, node_timeout = 1000 }
+--   local c = rc.start { masters = 3, replicas = 1, node_timeout = 1000,
+--                        password = nil }
 --   c.seeds                      -- { "127.0.0.1:port", ... } every node
 --   c.nodes[i]                   -- { port =, pid =, dir = }
 --   c:cli(i, "GET", "k")         -- redis-cli -p <node i> (output string)
@@ -78,11 +79,16 @@ M.wait_for = wait_for
 local Cluster = {}
 Cluster.__index = Cluster
 
+-- "-a pass --no-auth-warning " when the cluster has a password.
+function Cluster:auth()
+  return self.password and ("-a " .. q(self.password) .. " --no-auth-warning ") or ""
+end
+
 function Cluster:cli(i, ...)
   local args = {}
   for k = 1, select("#", ...) do args[#args + 1] = q(select(k, ...)) end
   return read_cmd("redis-cli -h 127.0.0.1 -p " .. self.nodes[i].port .. " " ..
-                  table.concat(args, " ") .. " 2>&1")
+                  self:auth() .. table.concat(args, " ") .. " 2>&1")
 end
 
 -- Many commands in one redis-cli run (each a list of words without
@@ -96,8 +102,8 @@ function Cluster:pipe(i, commands)
     f:write(table.concat(words, " "), "\n")
   end
   f:close()
-  local out = read_cmd("redis-cli -h 127.0.0.1 -p " .. self.nodes[i].port .. " < " ..
-                       q(file) .. " 2>&1")
+  local out = read_cmd("redis-cli -h 127.0.0.1 -p " .. self.nodes[i].port .. " " ..
+                       self:auth() .. "< " .. q(file) .. " 2>&1")
   os.remove(file)
   local lines = {}
   for line in out:gmatch("[^\n]*") do
@@ -246,6 +252,8 @@ local function launch(self, n, timeout)
     " --cluster-node-timeout " .. timeout ..
     " --save '' --appendonly no --repl-diskless-sync-delay 0" ..
     " --dir " .. q(n.dir) .. " --daemonize yes --pidfile " .. q(pidfile) ..
+    (self.password and (" --requirepass " .. q(self.password) .. " --masterauth " ..
+                        q(self.password)) or "") ..
     " --logfile " .. q(n.dir .. "/redis.log") .. " " .. (self.args or "") ..
     " >/dev/null 2>&1")
   if not ok then return false end
@@ -258,13 +266,14 @@ local function launch(self, n, timeout)
       f:close()
     end
     if n.pid and not alive(n.pid) then return "gone" end
-    local info = read_cmd("redis-cli -p " .. n.port .. " INFO server 2>&1")
+    local info = read_cmd("redis-cli -p " .. n.port .. " " .. self:auth() .. "INFO server 2>&1")
     return n.pid and tonumber(info:match("process_id:(%d+)")) == n.pid
   end, 10, 0.05) == true
 end
 
 -- opts: masters (3), replicas per master (1), node_timeout (ms, 1000),
--- args (more redis-server arguments).
+-- password (every node's, for clients and replication), args (more
+-- redis-server arguments).
 function M.start(opts)
   opts = opts or {}
   local masters, replicas = opts.masters or 3, opts.replicas or 1
@@ -272,6 +281,7 @@ function M.start(opts)
   local dir = read_cmd("mktemp -d \"${TMPDIR:-/tmp}/proxystore-cluster.XXXXXX\""):gsub("%s+$", "")
   assert(dir ~= "", "mktemp failed")
   local self = setmetatable({ dir = dir, nodes = {}, seeds = {}, args = opts.args,
+                              password = opts.password,
                               owner_pid = shell.my_pid() }, Cluster)
   -- Watchdog: once the process that started the cluster is gone, kill
   -- every node (their pids are in the pid files) and remove the dir.
@@ -287,20 +297,26 @@ function M.start(opts)
       local base = math.random(20000, 55000 - count)
       local all = true
       for i = 1, count do
-        local n = { port = base + i - 1, dir = dir .. "/" .. i }
+        -- a directory per port: a node of a failed try may still hold its
+        -- nodes.conf lock a moment after kill -9
+        local n = { port = base + i - 1, dir = dir .. "/" .. (base + i - 1) }
         self.nodes[i] = n
         sh("mkdir -p " .. q(n.dir))
         if not launch(self, n, opts.node_timeout or 1000) then all = false break end
       end
       if all then break end
       for _, n in ipairs(self.nodes) do
-        if n.pid then sh("kill -9 " .. n.pid .. " 2>/dev/null") end
+        if n.pid then
+          sh("kill -9 " .. n.pid .. " 2>/dev/null")
+          wait_for(function() return not alive(n.pid) end, 10, 0.02)
+        end
       end
       self.nodes = {}
     end
     assert(#self.nodes == count, "could not start the cluster's redis-servers")
     for i, n in ipairs(self.nodes) do self.seeds[i] = "127.0.0.1:" .. n.port end
-    local out = read_cmd("redis-cli --cluster create " .. table.concat(self.seeds, " ") ..
+    local out = read_cmd("redis-cli " .. self:auth() .. "--cluster create " ..
+      table.concat(self.seeds, " ") ..
       " --cluster-replicas " .. replicas .. " --cluster-yes 2>&1")
     assert(out:find("All 16384 slots covered", 1, true), "cluster create failed: " .. out)
     assert(self:wait_ok(), "the cluster did not reach cluster_state:ok")
