@@ -114,6 +114,13 @@ static const char *redis_address(void *ctx) {
 
 /* ---- routing ------------------------------------------------------------ */
 
+/* Byte i of prefix{key} (its '}' is at plen + len + 1). */
+static char tagged_at(const ps_redis *x, ps_key k, size_t i) {
+  if (i < x->plen) return x->prefix[i];
+  if (i == x->plen) return '{';
+  return i <= x->plen + k.len ? k.data[i - x->plen - 1] : '}';
+}
+
 /*
  * The slot of every key of object k. In a cluster they are named
  * prefix{key}suffix, and Redis hashes what lies between the first '{' of
@@ -123,13 +130,6 @@ static const char *redis_address(void *ctx) {
  * stay legal. A name where that span is empty (a key starting with '}',
  * a prefix holding "{}") would hash whole, suffix included: refused.
  */
-/* Byte i of prefix{key} (its '}' is at plen + len + 1). */
-static char tagged_at(const ps_redis *x, ps_key k, size_t i) {
-  if (i < x->plen) return x->prefix[i];
-  if (i == x->plen) return '{';
-  return i <= x->plen + k.len ? k.data[i - x->plen - 1] : '}';
-}
-
 static int key_slot(ps_redis *x, ps_key k, unsigned *slot, ps_berr *err) {
   const char *p = memchr(x->prefix, '{', x->plen);
   if (p == NULL) {
