@@ -132,6 +132,7 @@ void ps_rcluster_begin_call(ps_rcluster *cl) {
   cl->cur = -1;
   cl->retried = 0;
   cl->ask_node = -1;
+  cl->why[0] = '\0';
 }
 
 /* A node to ask about a slot nobody is known to serve: it answers with
@@ -255,7 +256,14 @@ int ps_rcluster_again(ps_rcluster *cl, int *code, ps_berr *err) {
   if (k == PS_BOK || k == PS_BNOTFOUND || k == PS_BUNCHANGED) return 0;
   int kind = c->redirects ? ps_rconn_redirect_kind(c->redirect) : 0;
   if (kind == PS_RREDIR_NONE) {
-    if (k != PS_BCONN) return 0;   /* timeouts, refusals, bad data: final */
+    /* Timeouts, refusals, bad data: final. A timeout met while waiting
+       out the cluster's state says what was waited for. */
+    if (k == PS_BTIMEOUT && cl->why[0]) {
+      size_t l = strlen(err->msg);
+      snprintf(err->msg + l, sizeof err->msg - l, " (after %.1f s of retries: %s)",
+               ps_rcluster_now() - cl->started, cl->why);
+    }
+    if (k != PS_BCONN) return 0;
     /* A connection that died while idle (the node restarted): once at
        once, as on a single server. */
     if (c->fd < 0 && cl->reused && !cl->retried) {
@@ -272,6 +280,7 @@ int ps_rcluster_again(ps_rcluster *cl, int *code, ps_berr *err) {
   }
   char redirect[sizeof c->redirect];
   snprintf(redirect, sizeof redirect, "%s", c->redirect);
+  snprintf(cl->why, sizeof cl->why, "%s", redirect);
   unsigned slot = 0;
   int to = -1;
   if (kind == PS_RREDIR_MOVED || kind == PS_RREDIR_ASK) {

@@ -69,6 +69,7 @@ typedef struct ps_rcluster {
   int reused, retried;   /* its connection was open before; retried once */
   int ask_node;          /* the next attempt goes there with ASKING, or -1 */
   unsigned ask_slot;
+  char why[160];         /* the last redirection of the call, for messages */
 } ps_rcluster;
 
 /* The slot of a key: CRC16 (XMODEM) of its hash tag (the bytes between
