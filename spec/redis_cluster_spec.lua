@@ -198,6 +198,23 @@ describe("the redis store on a Redis Cluster", function()
       assert.matches("NOAUTH", tostring(err), 1, true)
     end)
 
+    it("asks the next seed when one does not answer (stopped)", function()
+      local topo = c:topology()
+      local replica, master
+      for i, n in pairs(topo) do
+        if n.master and #n.slots > 0 then master = master or i else replica = replica or i end
+      end
+      local pid = c.nodes[replica].pid
+      os.execute("kill -STOP " .. pid)
+      finally(function()
+        os.execute("kill -CONT " .. pid)
+        assert.is_true(c:wait_ok())
+      end)
+      -- the stopped node would take the whole timeout; it gets a second
+      local s = open { cluster = { c.seeds[replica], c.seeds[master] }, timeout = 5 }
+      assert.equal("v", s:get(s:put("v")))
+    end)
+
     it("takes any live seed; with none alive it fails naming them", function()
       local dead = redis.dead_port()
       local s = open { cluster = { "127.0.0.1:" .. dead, c.seeds[2] } }

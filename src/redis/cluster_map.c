@@ -17,6 +17,8 @@
 
 #include "cluster.h"
 
+#define MAP_WAIT 1.0      /* seconds one node may take to give its map */
+
 /* CRC16-CCITT (XMODEM), Redis' key hash: table for polynomial 0x1021. */
 static const uint16_t crc16tab[256] = {
   0x0000, 0x1021, 0x2042, 0x3063, 0x4084, 0x50a5, 0x60c6, 0x70e7,
@@ -345,6 +347,11 @@ int ps_rcluster_read_map(ps_rcluster *cl, int i, ps_berr *err) {
   ps_rconn *c = ps_rcluster_node_conn(cl, i);
   if (c == NULL) return ps_berr_set(err, PS_BNOMEM, "redis: out of memory");
   ps_rcluster_join(cl, c);
+  /* A map is a few kilobytes: a node silent for longer than MAP_WAIT
+     (stopped, swapping) is not answering, and the next one is asked
+     rather than letting it take the whole call. */
+  if (c->timeout > 0 && c->deadline > ps_rcluster_now() + MAP_WAIT)
+    c->deadline = ps_rcluster_now() + MAP_WAIT;
   int code = ps_rconn_ensure(c, err);
   if (code) {
     if (c->fd < 0) cl->nodes[i].down_at = ps_rcluster_now();
