@@ -70,7 +70,7 @@ describe("the C API (proxystore.h)", function()
       "summarize: 85 bytes, 3 lines, 18 words (resolved before use: false)",
       "extracted 85 bytes, same as put: yes",
       "bad URL: code 2, proxystore: bad store URL 'nosuch://x': unknown scheme "
-        .. "'nosuch' (redis://, unix://, file://, local:)",
+        .. "'nosuch' (redis://, redis+cluster://, unix://, file://, local:)",
     }, "\n") .. "\n", out:gsub("rc=%d+\n?$", ""))
   end)
 

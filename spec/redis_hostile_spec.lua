@@ -22,8 +22,9 @@ describe("the redis store against a hostile server", function()
 
   -- Starts the fake server answering first, then rest; runs op against it
   -- in a child lua5.4; stops the server; returns the child's output. (The
-  -- server also leaves by itself once this process is gone.)
-  local function against(first, rest, op)
+  -- server also leaves by itself once this process is gone.) With cluster,
+  -- the store is a cluster store whose one seed is the fake server.
+  local function against(first, rest, op, cluster)
     local portfile = tmp .. "/port"
     os.remove(portfile)
     local pidfile = tmp .. "/pid"
@@ -54,13 +55,13 @@ describe("the redis store against a hostile server", function()
         end
       end
       local ok, err = pcall(function()
-        local s = ps.init_store("redis", { host = "127.0.0.1", port = %d,
-                                           timeout = 1, cache_size = 0 })
+        local s = ps.init_store("redis", { %s = %s, timeout = 1, cache_size = 0 })
         %s
       end)
       io.write(tostring(ok), "|", type(err) == "table" and tostring(err.kind) or type(err),
                "|", tostring(err), "|", hwm())
-    ]]):format(port, op or ""))
+    ]]):format(cluster and "cluster" or "port", cluster and ('{ "127.0.0.1:' .. port .. '" }')
+      or port, op or ""))
     f:close()
     local p = io.popen("lua5.4 " .. shell.quote(script) .. " 2>&1")
     local out = p:read("a")
@@ -105,6 +106,76 @@ describe("the redis store against a hostile server", function()
     } do
       refused(against("+PONG\\r\\n", reply, "return s:get('k')"))
       refused(against("+PONG\\r\\n", reply, "return ps.extract(s:proxy_from_key('k'))"))
+    end
+  end)
+  -- A cluster store reads the slot map (CLUSTER SHARDS) from its seed at
+  -- init_store: whatever comes back instead of a topology is refused.
+  local function shard(fields)
+    return "*" .. (#fields) .. "\\r\\n" .. table.concat(fields)
+  end
+  local function bulk(s) return "$" .. #s .. "\\r\\n" .. s .. "\\r\\n" end
+  local function int(n) return ":" .. n .. "\\r\\n" end
+  local function master(port, host)
+    return shard { bulk "port", port, bulk "ip", bulk(host or "127.0.0.1"),
+                   bulk "role", bulk "master" }
+  end
+  local function shards(from, to, node)
+    return "*1\\r\\n" .. shard { bulk "slots", "*2\\r\\n" .. int(from) .. int(to),
+                                bulk "nodes", "*1\\r\\n" .. node }
+  end
+
+  it("refuses a garbled or hostile topology with a clear error", function()
+    for _, case in ipairs {
+      { "+OK\\r\\n", "not an array" },
+      { "*1\\r\\n:5\\r\\n", "a shard is not a field list" },
+      { "*1\\r\\n" .. shard { bulk "nodes", "*0\\r\\n" }, "without its slot ranges" },
+      { shards(0, 20000, master(int(7000))), "slot range out of 0..16383" },
+      { shards(100, 5, master(int(7000))), "slot range out of 0..16383" },
+      { shards(0, 16383, master(int(0))), "port out of range" },
+      { shards(0, 16383, master(bulk "x")), "a master without a port" },
+      { shards(0, 16383, master(int(7000), "bad host")), "a bad host name" },
+      { shards(0, 16383, master(int(7000), "a,b")), "a bad host name" },
+      { "*99999999\\r\\n", "more than 65536 elements" },
+      { ("*1\\r\\n"):rep(20), "nested deeper than 8" },
+      { "*1\\r\\n$4000000000\\r\\n", "reply larger than" },
+    } do
+      local kind, msg = refused(against(case[1], "", nil, true))
+      assert.equal("store", kind, msg)
+      assert.matches(case[2], msg, 1, true)
+    end
+    -- no slot served at all: a cluster not created yet
+    local kind, msg = refused(against("*0\\r\\n", "", nil, true))
+    assert.equal("connection", kind)
+    assert.matches("serves no slot", msg, 1, true)
+    -- before Redis 7 (no SHARDS), the same checks on CLUSTER SLOTS
+    kind, msg = refused(against("-ERR unknown subcommand 'SHARDS'\\r\\n",
+      "*1\\r\\n*3\\r\\n" .. int(0) .. int(16383) .. "*2\\r\\n" .. bulk "127.0.0.1" .. int(0),
+      nil, true))
+    assert.equal("store", kind)
+    assert.matches("malformed CLUSTER SLOTS reply: port out of range", msg, 1, true)
+    -- not a cluster node
+    local out = against("-ERR This instance has cluster support disabled\\r\\n", "", nil, true)
+    assert.matches("^false|config|proxystore: [^\n]*not a cluster node", out)
+  end)
+
+  it("turns hostile redirections into clear errors, within the timeout", function()
+    local map = shards(0, 16383, master(":\\p\\r\\n"))
+    for _, case in ipairs {
+      { "-MOVED 99999 127.0.0.1:1\\r\\n", "store", "malformed redirection" },
+      { "-MOVED 5 nohost\\r\\n", "store", "malformed redirection" },
+      { "-ASK 5 127.0.0.1:70000\\r\\n", "store", "malformed redirection" },
+      { "-ASK 7629 127.0.0.1:\\p\\r\\n", "store", "ASKING refused" },   -- 'k' hashes to 7629
+      { "-MOVED 7629 127.0.0.1:\\p\\r\\n", "connection", "still so after" },
+      { "-ASK 5 127.0.0.1:\\p\\r\\n", "connection", "still so after" },
+      { "-TRYAGAIN Multiple keys request during rehashing of slot\\r\\n", "connection",
+        "still so after" },
+      { "-CLUSTERDOWN The cluster is down\\r\\n", "connection", "still so after" },
+    } do
+      local t0 = os.time()
+      local kind, msg = refused(against(map, case[1], "return s:get('k')", true))
+      assert.equal(case[2], kind, msg)
+      assert.matches(case[3], msg, 1, true)
+      assert.is_true(os.time() - t0 < 10, "took " .. os.time() - t0 .. " s")
     end
   end)
 end)

@@ -239,3 +239,39 @@ describe("proxystore.url.without_password", function()
     assert.are.equal("file:///d", w("file:///d"))
   end)
 end)
+
+describe("proxystore.url redis+cluster://", function()
+  it("reads the seed nodes into cluster, ports defaulting to 6379", function()
+    assert.are.same({ kind = "redis", cluster = { "10.0.0.1:7000", "10.0.0.2:7001", "h:6379" } },
+      url.parse("redis+cluster://10.0.0.1:7000,10.0.0.2:7001,h"))
+    assert.are.same({ kind = "redis", cluster = { "[::1]:7000" }, username = "u",
+                      password = "p,w", prefix = "ps:", timeout = 2 },
+      url.parse("redis+CLUSTER://u:p%2Cw@[::1]:7000/?prefix=ps%3A&timeout=2"))
+  end)
+
+  it("refuses a database, empty or bad nodes and unknown parameters", function()
+    for _, bad in ipairs {
+      "redis+cluster://h:7000/2", "redis+cluster://", "redis+cluster://h:7000,",
+      "redis+cluster://,h:7000", "redis+cluster://h:70000", "redis+cluster://h:",
+      "redis+cluster://a b:1", "redis+cluster://h:1?db=1", "redis+cluster://h:1?path=/x",
+    } do
+      config_error(bad)
+    end
+  end)
+
+  it("never shows the password in an error", function()
+    local err = config_error("redis+cluster://u:s3cret@h:1/4")
+    assert.is_nil(tostring(err):find("s3cret", 1, true))
+  end)
+
+  for _, u in ipairs {
+    "redis+cluster://127.0.0.1:7000,127.0.0.1:7001",
+    "redis+cluster://u:p%2Cw@[::1]:7000?prefix=ps%3A&timeout=2",
+  } do
+    it("round trips " .. u, function()
+      local cfg = url.parse(u)
+      assert.are.equal(u, assert(url.format(cfg)))
+      assert.are.same(cfg, url.parse(url.format(cfg)))
+    end)
+  end
+end)

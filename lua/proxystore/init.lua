@@ -29,7 +29,7 @@ local KIND_OPTIONS = {
   redis = {
     host = "string", hostname = "string", port = "number", path = "string",
     db = "number", username = "string", password = "string",
-    timeout = "number", prefix = "string",
+    timeout = "number", prefix = "string", cluster = "table",
   },
   file = { dir = "string", prefix = "string", clear = "boolean", recycle = "number" },
 }
@@ -51,6 +51,36 @@ local function cache_size_default()
     config_error("PROXYSTORE_CACHE_SIZE must be a non-negative integer, got '%s'", env)
   end
   return n
+end
+
+-- A Redis Cluster's seed nodes: a list of "host:port" ("[v6]:port"),
+-- copied, so the caller's table can change without changing the store.
+local function cluster_option(cfg)
+  local list, n = cfg.cluster, 0
+  for _ in pairs(list) do n = n + 1 end
+  if n == 0 or n ~= #list then
+    config_error("option 'cluster' must be a list of \"host:port\" strings")
+  end
+  for _, k in ipairs { "host", "hostname", "path", "port" } do
+    if cfg[k] ~= nil then
+      config_error("give either cluster (its nodes) or %s, not both", k)
+    end
+  end
+  if cfg.db ~= nil and cfg.db ~= 0 then
+    config_error("a Redis Cluster has only db 0, got db %s", tostring(cfg.db))
+  end
+  local seeds = {}
+  for i, v in ipairs(list) do
+    local port = type(v) == "string" and
+      (v:match("^%[[%x:.%%%w]+%]:(%d+)$") or v:match("^[%w%-%._%%]+:(%d+)$"))
+    port = port and math.tointeger(tonumber(port))
+    if not port or port < 1 or port > 65535 then
+      config_error("option 'cluster': entry %d must be \"host:port\", got %s", i,
+        type(v) == "string" and ("'" .. v .. "'") or type(v))
+    end
+    seeds[i] = v
+  end
+  cfg.cluster = seeds
 end
 
 local function integer_option(cfg, name, lo, hi)
@@ -129,9 +159,10 @@ local function normalize(kind, opts)
     if cfg.hostname and cfg.host and cfg.hostname ~= cfg.host then
       config_error("host and hostname differ ('%s', '%s')", cfg.host, cfg.hostname)
     end
+    if cfg.cluster ~= nil then cluster_option(cfg) end
     cfg.host = cfg.host or cfg.hostname
     cfg.hostname = nil
-    if not cfg.path then cfg.host = cfg.host or "127.0.0.1" end
+    if not cfg.path and not cfg.cluster then cfg.host = cfg.host or "127.0.0.1" end
     if cfg.path and cfg.host then
       config_error("give either host/port or path (a Unix socket), not both")
     end
@@ -194,16 +225,28 @@ local default_store
 
 -- The first option whose value differs between two normalized configs,
 -- or nil ("instance" is a local store's identity, not an option).
+local function same_value(x, y)
+  if type(x) == "table" and type(y) == "table" then   -- cluster: a list
+    if #x ~= #y then return false end
+    for i = 1, #x do
+      if x[i] ~= y[i] then return false end
+    end
+    return true
+  end
+  return x == y
+end
+
 local function differing_option(a, b)
   for _, pair in ipairs { { a, b }, { b, a } } do
     for k, v in pairs(pair[1]) do
-      if k ~= "instance" and pair[2][k] ~= v then return k end
+      if k ~= "instance" and not same_value(pair[2][k], v) then return k end
     end
   end
 end
 
 local function shown(k, v)
   if v == nil then return "none" end
+  if type(v) == "table" then return table.concat(v, ",") end
   return k == "password" and "(hidden)" or tostring(v)
 end
 

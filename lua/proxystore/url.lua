@@ -1,6 +1,7 @@
 -- proxystore.url: store URLs <-> store config tables.
 --
 --   redis://[user[:pass]@]host[:port][/db][?db=N&prefix=P&timeout=S]
+--   redis+cluster://[user[:pass]@]host[:port][,host[:port]...][?prefix=P&timeout=S]
 --   unix:///path/to.sock[?db=N&prefix=P&timeout=S&username=U&password=W]
 --   file:///abs/dir[?prefix=P]
 --   local:
@@ -169,6 +170,7 @@ local allowed = {
   unix = { db = true, prefix = true, timeout = true, username = true,
            password = true },
   file = { prefix = true },
+  ["redis+cluster"] = { prefix = true, timeout = true },
 }
 
 local function parse_query(url, scheme, query, cfg)
@@ -253,6 +255,37 @@ local function parse_redis(url, rest)
   return cfg
 end
 
+-- redis+cluster://[user[:pass]@]node[,node...]: the seed nodes of a Redis
+-- Cluster (any that answers will do), as cfg.cluster = {"host:port", ...}.
+local function parse_cluster(url, rest)
+  local authority, tail = rest:match("^([^/?]*)(.*)$")
+  local cfg = { kind = "redis", cluster = {} }
+  local userinfo, hosts = authority:match("^(.*)@([^@]*)$")
+  if userinfo then
+    local user, pass = userinfo:match("^([^:]*):(.*)$")
+    if not user then user = userinfo end
+    if user ~= "" then cfg.username = decode(url, user, "the user name") end
+    if pass then cfg.password = decode(url, pass, "the password") end
+  else
+    hosts = authority
+  end
+  for node in (hosts .. ","):gmatch("([^,]*),") do
+    local host, port = node:match("^(%[[%x:.%%%w]+%]):?(%d*)$")
+    if not host then host, port = node:match("^([%w%-%._%%]+):?(%d*)$") end
+    if not host or node:sub(-1) == ":" then
+      config_error(url, "bad cluster node '%s' (host:port)", node)
+    end
+    port = port ~= "" and to_int(url, port, "port", 1, 65535) or DEFAULT_REDIS_PORT
+    cfg.cluster[#cfg.cluster + 1] = host .. ":" .. port
+  end
+  local path, query = split_query(url, tail)
+  if path ~= "" and path ~= "/" then
+    config_error(url, "a Redis Cluster has only db 0: no path, got '%s'", path)
+  end
+  parse_query(url, "redis+cluster", query, cfg)
+  return cfg
+end
+
 -- file:///p and unix:///p: an empty authority (or "localhost") and an
 -- absolute path.
 local function parse_local_path(url, scheme, rest, what)
@@ -332,7 +365,7 @@ function M.parse(url)
     config_error(tostring(url), "a URL must be a string, got %s", type(url))
   end
   local scheme, rest = url:match("^(%a[%w+.-]*):(.*)$")
-  if not scheme then config_error(url, "no scheme (redis://, unix://, file://, local:)") end
+  if not scheme then config_error(url, "no scheme (redis://, redis+cluster://, unix://, file://, local:)") end
   scheme = scheme:lower()
   if scheme == "local" then
     if rest ~= "" and rest ~= "//" then
@@ -343,9 +376,10 @@ function M.parse(url)
   local after = rest:match("^//(.*)$")
   if not after then config_error(url, "expected %s://", piece(scheme)) end
   if scheme == "redis" then return parse_redis(url, after) end
+  if scheme == "redis+cluster" then return parse_cluster(url, after) end
   if scheme == "unix" then return parse_unix(url, after) end
   if scheme == "file" then return parse_file(url, after) end
-  config_error(url, "unknown scheme '%s' (redis://, unix://, file://, local:)", piece(scheme))
+  config_error(url, "unknown scheme '%s' (redis://, redis+cluster://, unix://, file://, local:)", piece(scheme))
 end
 
 local function query_string(cfg, keys)
@@ -357,6 +391,22 @@ local function query_string(cfg, keys)
     end
   end
   return #parts > 0 and "?" .. table.concat(parts, "&") or ""
+end
+
+local function format_cluster(cfg)
+  local auth = ""
+  if cfg.username or cfg.password then
+    auth = encode(cfg.username or "")
+    if cfg.password then auth = auth .. ":" .. encode(cfg.password) end
+    auth = auth .. "@"
+  end
+  for i, node in ipairs(cfg.cluster) do
+    if type(node) ~= "string" or node:find("[,/?#@]") then
+      return nil, string.format("cluster node %d is not host:port", i)
+    end
+  end
+  return "redis+cluster://" .. auth .. table.concat(cfg.cluster, ",") ..
+    query_string(cfg, { "prefix", "timeout" })
 end
 
 --- A URL for the config's store location, or nil and the reason.
@@ -377,6 +427,7 @@ function M.format(cfg)
       return "unix://" .. encode(cfg.path, true) ..
         query_string(cfg, { "db", "prefix", "timeout", "username", "password" })
     end
+    if type(cfg.cluster) == "table" then return format_cluster(cfg) end
     local host = cfg.host or cfg.hostname
     if type(host) ~= "string" or host == "" then
       return nil, "a redis store URL needs a host or a path"

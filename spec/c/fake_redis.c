@@ -6,7 +6,8 @@
  *
  * Listens on a free loopback port (written to PORTFILE), takes one client
  * at a time, and answers the first read of each connection with FIRST and
- * every later read with REST (C-style escapes \r \n \\ are understood).
+ * every later read with REST (C-style escapes \r \n \\ are understood, and
+ * \p stands for the port it listens on, for replies that name the server).
  * Exits once process OWNER is gone, so a failed spec leaves nothing behind.
  */
 #include <arpa/inet.h>
@@ -20,11 +21,15 @@
 #include <unistd.h>
 
 /* \r, \n and decimal \ddd (Lua's escapes, so a spec can send any byte,
- * NUL included); any other escaped character stands for itself. */
-static size_t unescape(const char *in, char *out) {
+ * NUL included), \p the port; any other escaped character stands for
+ * itself. out has room for 5 bytes per input byte. */
+static size_t unescape(const char *in, char *out, int port) {
   size_t n = 0;
   for (; *in; in++) {
-    if (*in == '\\' && in[1] >= '0' && in[1] <= '9') {
+    if (*in == '\\' && in[1] == 'p') {
+      in++;
+      n += (size_t)sprintf(out + n, "%d", port);
+    } else if (*in == '\\' && in[1] >= '0' && in[1] <= '9') {
       unsigned v = 0;
       for (int d = 0; d < 3 && in[1] >= '0' && in[1] <= '9'; d++)
         v = v * 10 + (unsigned)(*++in - '0');
@@ -55,9 +60,8 @@ int main(int argc, char **argv) {
   }
   pid_t owner = (pid_t)atol(argv[1]);
   signal(SIGPIPE, SIG_IGN);
-  char *first = malloc(strlen(argv[3]) + 1), *rest = malloc(strlen(argv[4]) + 1);
+  char *first = malloc(5 * strlen(argv[3]) + 6), *rest = malloc(5 * strlen(argv[4]) + 6);
   if (!first || !rest) return 1;
-  size_t nfirst = unescape(argv[3], first), nrest = unescape(argv[4], rest);
   int ls = socket(AF_INET, SOCK_STREAM, 0);
   struct sockaddr_in a = {.sin_family = AF_INET};
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -67,6 +71,8 @@ int main(int argc, char **argv) {
     perror("fake_redis");
     return 1;
   }
+  size_t nfirst = unescape(argv[3], first, ntohs(a.sin_port));
+  size_t nrest = unescape(argv[4], rest, ntohs(a.sin_port));
   FILE *f = fopen(argv[2], "w");
   if (!f) return 1;
   fprintf(f, "%d\n", ntohs(a.sin_port));

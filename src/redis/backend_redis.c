@@ -32,21 +32,22 @@ static const char HAVE_SCRIPT[] =
   "return redis.call('GET', KEYS[1])\n";
 
 static int ping(ps_redis *x, ps_berr *err) {
-  ps_rcmd_begin(&x->c, 1);
-  ps_rcmd_str(&x->c, "PING");
-  int code = ps_rconn_send(&x->c, err);
+  ps_rcmd_begin(x->c, 1);
+  ps_rcmd_str(x->c, "PING");
+  int code = ps_rconn_send(x->c, err);
   if (code) return code;
   ps_rreply r;
-  code = ps_rconn_read_reply(&x->c, &r, err);
+  code = ps_rconn_read_reply(x->c, &r, err);
   if (code) return code;
   if (r.type == PS_R_ERROR)
     code = ps_berr_set(err, ps_rconn_error_code(r.str, PS_BCONFIG),
-                      "redis %s: %s", x->c.addr, r.str);
+                      "redis %s: %s", x->c->addr, r.str);
   ps_rreply_free(&r);
   return code;
 }
 
 static int settled(ps_redis *x, int code);
+static void redis_close(void *ctx);
 
 static void *redis_open(const ps_bconfig *cfg, ps_berr *err) {
   /* An empty host or path is a mistake, not "the default": it would
@@ -61,13 +62,9 @@ static void *redis_open(const ps_bconfig *cfg, ps_berr *err) {
     ps_berr_set(err, PS_BNOMEM, "redis: out of memory");
     return NULL;
   }
-  if (ps_rconn_init(&x->c, cfg, err) != PS_BOK) {
-    free(x);
-    return NULL;
-  }
+  x->one.fd = -1;
   x->prefix = strdup(cfg->prefix ? cfg->prefix : "");
   if (x->prefix == NULL) {
-    ps_rconn_free(&x->c);
     free(x);
     ps_berr_set(err, PS_BNOMEM, "redis: out of memory");
     return NULL;
@@ -81,14 +78,28 @@ static void *redis_open(const ps_bconfig *cfg, ps_berr *err) {
     unsigned long long v = strtoull(cs, &end, 10);
     if (*end == '\0' && v > 0 && v <= DEFAULT_CHUNK) x->chunk = (size_t)v;
   }
+  if (cfg->cluster && *cfg->cluster) {
+    /* Reads the slot map: no reachable node, a bad password or a server
+       that is no cluster node fails here. */
+    x->cl = ps_rcluster_open(cfg, err);
+    if (x->cl == NULL) {
+      redis_close(x);
+      return NULL;
+    }
+    return x;
+  }
+  if (ps_rconn_init(&x->one, cfg, err) != PS_BOK) {
+    x->one.fd = -1;
+    redis_close(x);
+    return NULL;
+  }
+  x->c = &x->one;
   /* Connect and PING now, so that a bad address, a missing password or a
      bad db fails at init_store rather than at first use. */
-  ps_rconn_begin_call(&x->c);
-  if (ps_rconn_ensure(&x->c, err) != PS_BOK ||
+  ps_rconn_begin_call(x->c);
+  if (ps_rconn_ensure(x->c, err) != PS_BOK ||
       settled(x, ping(x, err)) != PS_BOK) {
-    ps_rconn_free(&x->c);
-    free(x->prefix);
-    free(x);
+    redis_close(x);
     return NULL;
   }
   return x;
@@ -97,24 +108,93 @@ static void *redis_open(const ps_bconfig *cfg, ps_berr *err) {
 static void redis_close(void *ctx) {
   ps_redis *x = ctx;
   if (x == NULL) return;
-  ps_rconn_free(&x->c);
+  if (x->c == &x->one) ps_rconn_free(&x->one);
+  ps_rcluster_free(x->cl);
   free(x->prefix);
   free(x);
 }
 
 static const char *redis_address(void *ctx) {
-  return ((ps_redis *)ctx)->c.addr;
+  ps_redis *x = ctx;
+  return x->cl ? ps_rcluster_address(x->cl) : x->one.addr;
+}
+
+/* ---- routing ------------------------------------------------------------ */
+
+/* Byte i of prefix{key} (its '}' is at plen + len + 1). */
+static char tagged_at(const ps_redis *x, ps_key k, size_t i) {
+  if (i < x->plen) return x->prefix[i];
+  if (i == x->plen) return '{';
+  return i <= x->plen + k.len ? k.data[i - x->plen - 1] : '}';
+}
+
+/*
+ * The slot of every key of object k. In a cluster they are named
+ * prefix{key}suffix, and Redis hashes what lies between the first '{' of
+ * the name and the next '}': that is within prefix{key}, the same for the
+ * object's main key, its chunks and any other key made from it, so one
+ * object is one slot and the commands that touch several of its keys
+ * stay legal. A name where that span is empty (a key starting with '}',
+ * a prefix holding "{}") would hash whole, suffix included: refused.
+ */
+static int key_slot(ps_redis *x, ps_key k, unsigned *slot, ps_berr *err) {
+  const char *p = memchr(x->prefix, '{', x->plen);
+  if (p == NULL) {
+    /* The common case: the span is the key up to its first '}'. */
+    const char *e = memchr(k.data, '}', k.len);
+    size_t n = e ? (size_t)(e - k.data) : k.len;
+    if (n > 0) {
+      *slot = ps_rcluster_crc16(k.data, n) & (PS_CLUSTER_SLOTS - 1);
+      return PS_BOK;
+    }
+  }
+  size_t open = p ? (size_t)(p - x->prefix) : x->plen;
+  size_t close = open + 1;
+  while (tagged_at(x, k, close) != '}') close++;
+  if (close == open + 1) {
+    char kb[80];
+    return ps_berr_set(err, PS_BCONFIG,
+                       "redis cluster: key '%s' (prefix '%s') cannot be "
+                       "stored: Redis would hash each of its keys apart (a "
+                       "key starting with '}', or a prefix holding \"{}\")",
+                       ps_redis_keyname(k, kb, sizeof kb), x->prefix);
+  }
+  /* the CRC of bytes open+1 .. close-1, over prefix, '{' and key */
+  const char *seg[3] = {x->prefix, "{", k.data};
+  size_t len[3] = {x->plen, 1, k.len}, base = 0;
+  unsigned crc = 0;
+  for (int i = 0; i < 3; base += len[i], i++) {
+    size_t lo = open + 1 > base ? open + 1 : base;
+    size_t hi = close < base + len[i] ? close : base + len[i];
+    if (lo < hi) crc = ps_rcluster_crc16_update(crc, seg[i] + (lo - base), hi - lo);
+  }
+  *slot = crc & (PS_CLUSTER_SLOTS - 1);
+  return PS_BOK;
+}
+
+int ps_redis_route(ps_redis *x, ps_key k, ps_berr *err) {
+  if (x->cl == NULL) return ps_rconn_ensure(x->c, err);
+  unsigned slot;
+  int code = key_slot(x, k, &slot, err);
+  return code ? code : ps_rcluster_conn(x->cl, slot, &x->c, err);
+}
+
+int ps_redis_slot(ps_redis *x, ps_key k, unsigned *slot, ps_berr *err) {
+  return key_slot(x, k, slot, err);
 }
 
 /* ---- keys --------------------------------------------------------------- */
 
 void ps_redis_arg_key(ps_redis *x, ps_key k, const char *suffix) {
   size_t sl = suffix ? strlen(suffix) : 0;
-  ps_rcmd_bulk_begin(&x->c, x->plen + k.len + sl);
-  ps_rcmd_bulk_part(&x->c, x->prefix, x->plen);
-  ps_rcmd_bulk_part(&x->c, k.data, k.len);
-  if (sl) ps_rcmd_bulk_part(&x->c, suffix, sl);
-  ps_rcmd_bulk_end(&x->c);
+  int tag = x->cl != NULL;     /* a cluster: prefix{key}suffix, see key_slot */
+  ps_rcmd_bulk_begin(x->c, x->plen + k.len + sl + (tag ? 2 : 0));
+  ps_rcmd_bulk_part(x->c, x->prefix, x->plen);
+  if (tag) ps_rcmd_bulk_part(x->c, "{", 1);
+  ps_rcmd_bulk_part(x->c, k.data, k.len);
+  if (tag) ps_rcmd_bulk_part(x->c, "}", 1);
+  if (sl) ps_rcmd_bulk_part(x->c, suffix, sl);
+  ps_rcmd_bulk_end(x->c);
 }
 
 /* Short printable form of a key for messages. */
@@ -131,17 +211,17 @@ const char *ps_redis_keyname(ps_key k, char *buf, size_t n) {
 int ps_redis_reply_error(ps_redis *x, ps_key k, const ps_rreply *r, ps_berr *err) {
   char kb[80];
   if (ps_rconn_error_code(r->str, 0) == PS_BCONN)
-    return ps_berr_set(err, PS_BCONN, "redis %s: %s", x->c.addr, r->str);
+    return ps_berr_set(err, PS_BCONN, "redis %s: %s", x->c->addr, r->str);
   if (!strncmp(r->str, "NOAUTH", 6) || !strncmp(r->str, "WRONGPASS", 9) ||
       !strncmp(r->str, "NOPERM", 6))
-    return ps_berr_set(err, PS_BCONFIG, "redis %s: %s", x->c.addr, r->str);
+    return ps_berr_set(err, PS_BCONFIG, "redis %s: %s", x->c->addr, r->str);
   if (strstr(r->str, "WRONGTYPE"))
     return ps_berr_set(err, PS_BPROTO,
                        "redis %s: key '%s%s' holds a Redis value that is not "
                        "a string (not a proxystore object): %s",
-                       x->c.addr, x->prefix, ps_redis_keyname(k, kb, sizeof kb),
+                       x->c->addr, x->prefix, ps_redis_keyname(k, kb, sizeof kb),
                        r->str);
-  return ps_berr_set(err, PS_BPROTO, "redis %s: key '%s%s': %s", x->c.addr,
+  return ps_berr_set(err, PS_BPROTO, "redis %s: key '%s%s': %s", x->c->addr,
                      x->prefix, ps_redis_keyname(k, kb, sizeof kb), r->str);
 }
 
@@ -158,18 +238,18 @@ static int new_version(ps_version *v) {
 void ps_redis_queue_old_header(ps_redis *x, ps_key k) {
   char last[24];
   snprintf(last, sizeof last, "%d", OLDHDR_MAX - 1);
-  ps_rcmd_begin(&x->c, 4);
-  ps_rcmd_str(&x->c, "GETRANGE");
+  ps_rcmd_begin(x->c, 4);
+  ps_rcmd_str(x->c, "GETRANGE");
   ps_redis_arg_key(x, k, NULL);
-  ps_rcmd_str(&x->c, "0");
-  ps_rcmd_str(&x->c, last);
+  ps_rcmd_str(x->c, "0");
+  ps_rcmd_str(x->c, last);
 }
 
 /* Reads the GETRANGE reply of a value being replaced; notes chunks. */
 int ps_redis_read_old_header(ps_redis *x, ps_rchunks *old, int *had_chunks,
                            ps_berr *err) {
   ps_rreply r;
-  int code = ps_rconn_read_reply(&x->c, &r, err);
+  int code = ps_rconn_read_reply(x->c, &r, err);
   if (code) return code;
   /* An error here (WRONGTYPE) is fine: SET replaces any type. */
   *had_chunks = r.type == PS_R_BULK && r.str &&
@@ -180,11 +260,11 @@ int ps_redis_read_old_header(ps_redis *x, ps_rchunks *old, int *had_chunks,
 
 int ps_redis_expect_ok(ps_redis *x, ps_key k, ps_berr *err) {
   ps_rreply r;
-  int code = ps_rconn_read_reply(&x->c, &r, err);
+  int code = ps_rconn_read_reply(x->c, &r, err);
   if (code) return code;
   if (r.type == PS_R_ERROR) code = ps_redis_reply_error(x, k, &r, err);
   else if (r.type != PS_R_STATUS)
-    code = ps_rconn_fail(&x->c, err, PS_BPROTO, "unexpected reply to SET");
+    code = ps_rconn_fail(x->c, err, PS_BPROTO, "unexpected reply to SET");
   ps_rreply_free(&r);
   return code;
 }
@@ -203,13 +283,13 @@ void ps_redis_keep_first(int *first, ps_berr *err, int code,
 static void queue_put_plain(ps_redis *x, ps_key k, const char *data, size_t len,
                             char *hdr) {
   ps_redis_queue_old_header(x, k);
-  ps_rcmd_begin(&x->c, 3);
-  ps_rcmd_str(&x->c, "SET");
+  ps_rcmd_begin(x->c, 3);
+  ps_rcmd_str(x->c, "SET");
   ps_redis_arg_key(x, k, NULL);
-  ps_rcmd_bulk_begin(&x->c, HDR_LEN + len);
-  ps_rcmd_bulk_part(&x->c, hdr, HDR_LEN);
-  ps_rcmd_bulk_part(&x->c, data, len);
-  ps_rcmd_bulk_end(&x->c);
+  ps_rcmd_bulk_begin(x->c, HDR_LEN + len);
+  ps_rcmd_bulk_part(x->c, hdr, HDR_LEN);
+  ps_rcmd_bulk_part(x->c, data, len);
+  ps_rcmd_bulk_end(x->c);
 }
 
 static int put_once(void *ctx, ps_key k, const char *data, size_t len,
@@ -218,7 +298,7 @@ static int put_once(void *ctx, ps_key k, const char *data, size_t len,
   ps_version v;
   if (new_version(&v) != 0)
     return ps_berr_set(err, PS_BIO, "redis: getrandom failed");
-  int code = ps_rconn_ensure(&x->c, err);
+  int code = ps_redis_route(x, k, err);
   if (code) return code;
   if (len > x->chunk) {
     code = ps_redis_put_chunked(x, k, data, len, &v, err);
@@ -227,7 +307,7 @@ static int put_once(void *ctx, ps_key k, const char *data, size_t len,
     hdr[0] = 'P';
     memcpy(hdr + 1, v.bytes, PS_VERSION_LEN);
     queue_put_plain(x, k, data, len, hdr);
-    code = ps_rconn_send(&x->c, err);
+    code = ps_rconn_send(x->c, err);
     ps_rchunks old;
     int had = 0;
     if (!code) code = ps_redis_read_old_header(x, &old, &had, err);
@@ -252,20 +332,20 @@ static int read_value(ps_redis *x, ps_key k, size_t n, ps_blob *out,
   char kb[80];
   *chunked = 0;
   if (n < HDR_LEN) {
-    ps_rconn_drop(&x->c);        /* unread body: resynchronise by reconnect */
+    ps_rconn_drop(x->c);        /* unread body: resynchronise by reconnect */
     return ps_berr_set(err, PS_BPROTO,
                        "redis %s: key '%s%s' does not hold a proxystore "
-                       "object", x->c.addr, x->prefix,
+                       "object", x->c->addr, x->prefix,
                        ps_redis_keyname(k, kb, sizeof kb));
   }
-  int code = ps_rconn_read_body(&x->c, hdr, HDR_LEN, err);
+  int code = ps_rconn_read_body(x->c, hdr, HDR_LEN, err);
   if (code) return code;
   if (hdr[0] == 'P') {
     if (ps_blob_alloc(out, n - HDR_LEN) != 0)
-      return ps_rconn_fail(&x->c, err, PS_BNOMEM,
+      return ps_rconn_fail(x->c, err, PS_BNOMEM,
                            "out of memory for a %zu-byte value", n);
-    code = ps_rconn_read_body(&x->c, out->data, n - HDR_LEN, err);
-    if (!code) code = ps_rconn_read_crlf(&x->c, err);
+    code = ps_rconn_read_body(x->c, out->data, n - HDR_LEN, err);
+    if (!code) code = ps_rconn_read_crlf(x->c, err);
     if (code) {
       ps_blob_release(out);
       return code;
@@ -274,8 +354,8 @@ static int read_value(ps_redis *x, ps_key k, size_t n, ps_blob *out,
     return PS_BOK;
   }
   if (hdr[0] == 'C' && n - HDR_LEN < OLDHDR_MAX) {
-    code = ps_rconn_read_body(&x->c, hdr + HDR_LEN, n - HDR_LEN, err);
-    if (!code) code = ps_rconn_read_crlf(&x->c, err);
+    code = ps_rconn_read_body(x->c, hdr + HDR_LEN, n - HDR_LEN, err);
+    if (!code) code = ps_rconn_read_crlf(x->c, err);
     if (code) return code;
     if (ps_redis_parse_chunks(hdr, n, ci) == 0) {
       *chunked = 1;
@@ -283,13 +363,13 @@ static int read_value(ps_redis *x, ps_key k, size_t n, ps_blob *out,
     }
     return ps_berr_set(err, PS_BPROTO,
                        "redis %s: key '%s%s' holds a damaged chunk header "
-                       "(not written by proxystore?)", x->c.addr, x->prefix,
+                       "(not written by proxystore?)", x->c->addr, x->prefix,
                        ps_redis_keyname(k, kb, sizeof kb));
   }
-  ps_rconn_drop(&x->c);        /* its body is unread */
+  ps_rconn_drop(x->c);        /* its body is unread */
   return ps_berr_set(err, PS_BPROTO,
                      "redis %s: key '%s%s' does not hold a proxystore object",
-                     x->c.addr, x->prefix, ps_redis_keyname(k, kb, sizeof kb));
+                     x->c->addr, x->prefix, ps_redis_keyname(k, kb, sizeof kb));
 }
 
 /* Reads one GET-like reply for key k into out. */
@@ -298,7 +378,7 @@ static int read_get_reply(ps_redis *x, ps_key k, const ps_version *have,
                           int *chunked, ps_berr *err) {
   ps_rreply r;
   *chunked = 0;
-  int code = ps_rconn_read_head(&x->c, &r, err);
+  int code = ps_rconn_read_head(x->c, &r, err);
   if (code) return code;
   switch (r.type) {
   case PS_R_ERROR:
@@ -318,20 +398,20 @@ static int read_get_reply(ps_redis *x, ps_key k, const ps_version *have,
     break;
   }
   ps_rreply_free(&r);
-  return ps_rconn_fail(&x->c, err, PS_BPROTO, "unexpected reply to GET");
+  return ps_rconn_fail(x->c, err, PS_BPROTO, "unexpected reply to GET");
 }
 
 static void queue_get(ps_redis *x, ps_key k, const ps_version *have) {
   if (have) {
-    ps_rcmd_begin(&x->c, 5);
-    ps_rcmd_str(&x->c, "EVAL");
-    ps_rcmd_str(&x->c, HAVE_SCRIPT);
-    ps_rcmd_str(&x->c, "1");
+    ps_rcmd_begin(x->c, 5);
+    ps_rcmd_str(x->c, "EVAL");
+    ps_rcmd_str(x->c, HAVE_SCRIPT);
+    ps_rcmd_str(x->c, "1");
     ps_redis_arg_key(x, k, NULL);
-    ps_rcmd_arg(&x->c, have->bytes, PS_VERSION_LEN);
+    ps_rcmd_arg(x->c, have->bytes, PS_VERSION_LEN);
   } else {
-    ps_rcmd_begin(&x->c, 2);
-    ps_rcmd_str(&x->c, "GET");
+    ps_rcmd_begin(x->c, 2);
+    ps_rcmd_str(x->c, "GET");
     ps_redis_arg_key(x, k, NULL);
   }
 }
@@ -339,10 +419,10 @@ static void queue_get(ps_redis *x, ps_key k, const ps_version *have) {
 static int get_once(void *ctx, ps_key k, const ps_version *have,
                      ps_blob *out, ps_version *vout, ps_berr *err) {
   ps_redis *x = ctx;
-  int code = ps_rconn_ensure(&x->c, err);
+  int code = ps_redis_route(x, k, err);
   if (code) return code;
   queue_get(x, k, have);
-  code = ps_rconn_send(&x->c, err);
+  code = ps_rconn_send(x->c, err);
   if (code) return code;
   ps_rchunks ci;
   int chunked;
@@ -355,39 +435,39 @@ static int get_once(void *ctx, ps_key k, const ps_version *have,
 
 static int exists_once(void *ctx, ps_key k, int *found, ps_berr *err) {
   ps_redis *x = ctx;
-  int code = ps_rconn_ensure(&x->c, err);
+  int code = ps_redis_route(x, k, err);
   if (code) return code;
-  ps_rcmd_begin(&x->c, 2);
-  ps_rcmd_str(&x->c, "EXISTS");
+  ps_rcmd_begin(x->c, 2);
+  ps_rcmd_str(x->c, "EXISTS");
   ps_redis_arg_key(x, k, NULL);
-  code = ps_rconn_send(&x->c, err);
+  code = ps_rconn_send(x->c, err);
   if (code) return code;
   ps_rreply r;
-  code = ps_rconn_read_reply(&x->c, &r, err);
+  code = ps_rconn_read_reply(x->c, &r, err);
   if (code) return code;
   if (r.type == PS_R_INT) *found = r.n > 0;
   else if (r.type == PS_R_ERROR) code = ps_redis_reply_error(x, k, &r, err);
-  else code = ps_rconn_fail(&x->c, err, PS_BPROTO, "unexpected reply");
+  else code = ps_rconn_fail(x->c, err, PS_BPROTO, "unexpected reply");
   ps_rreply_free(&r);
   return code;
 }
 
 static int evict_once(void *ctx, ps_key k, ps_berr *err) {
   ps_redis *x = ctx;
-  int code = ps_rconn_ensure(&x->c, err);
+  int code = ps_redis_route(x, k, err);
   if (code) return code;
   ps_redis_queue_old_header(x, k);
-  ps_rcmd_begin(&x->c, 2);
-  ps_rcmd_str(&x->c, "DEL");
+  ps_rcmd_begin(x->c, 2);
+  ps_rcmd_str(x->c, "DEL");
   ps_redis_arg_key(x, k, NULL);
-  code = ps_rconn_send(&x->c, err);
+  code = ps_rconn_send(x->c, err);
   if (code) return code;
   ps_rchunks old;
   int had = 0;
   code = ps_redis_read_old_header(x, &old, &had, err);
   if (code) return code;
   ps_rreply r;
-  code = ps_rconn_read_reply(&x->c, &r, err);
+  code = ps_rconn_read_reply(x->c, &r, err);
   if (code) return code;
   if (r.type == PS_R_ERROR) code = ps_redis_reply_error(x, k, &r, err);
   ps_rreply_free(&r);
@@ -416,7 +496,7 @@ static int put_batch_once(void *ctx, size_t n, const ps_key *keys,
       code = ps_berr_set(err, PS_BIO, "redis: getrandom failed");
       goto done;
     }
-  code = ps_rconn_ensure(&x->c, err);
+  code = ps_rconn_ensure(x->c, err);
   if (code) goto done;
   /* Small values: one pipeline. Values over the chunk size: one by one. */
   size_t queued = 0;
@@ -427,11 +507,11 @@ static int put_batch_once(void *ctx, size_t n, const ps_key *keys,
     queue_put_plain(x, keys[i], values[i].data, values[i].len, hdrs[i]);
     queued++;
   }
-  if (queued) code = ps_rconn_send(&x->c, err);
+  if (queued) code = ps_rconn_send(x->c, err);
   if (code) goto done;
   /* Every reply is read while the connection lives, also after an error
      reply (NOPERM on one key): the first error is the batch's. */
-  for (size_t i = 0; i < n && x->c.fd >= 0; i++) {
+  for (size_t i = 0; i < n && x->c->fd >= 0; i++) {
     if (values[i].len > x->chunk) continue;
     ps_berr e;
     int h = 0;
@@ -442,7 +522,7 @@ static int put_batch_once(void *ctx, size_t n, const ps_key *keys,
   }
   /* The chunks of values that were replaced are deleted even when another
      key failed; large values are written only while all went well. */
-  for (size_t i = 0; i < n && x->c.fd >= 0; i++) {
+  for (size_t i = 0; i < n && x->c->fd >= 0; i++) {
     ps_berr e;
     int c = PS_BOK;
     if (values[i].len > x->chunk) {
@@ -479,14 +559,14 @@ static int get_batch_once(void *ctx, size_t n, const ps_key *keys,
     code = ps_berr_set(err, PS_BNOMEM, "redis: out of memory");
     goto done;
   }
-  code = ps_rconn_ensure(&x->c, err);
+  code = ps_rconn_ensure(x->c, err);
   if (code) goto done;
   for (size_t i = 0; i < n; i++) queue_get(x, keys[i], NULL);
-  code = ps_rconn_send(&x->c, err);
+  code = ps_rconn_send(x->c, err);
   if (code) goto done;
   /* Every reply is read while the connection lives, also after an error
      reply: the first error is the batch's. */
-  for (size_t i = 0; i < n && x->c.fd >= 0; i++) {
+  for (size_t i = 0; i < n && x->c->fd >= 0; i++) {
     int ch = 0;
     ps_berr e;
     int c = read_get_reply(x, keys[i], NULL, &out[i], vout ? &vout[i] : NULL,
@@ -508,8 +588,9 @@ done:
 }
 
 /*
- * Every call has one set of time bounds (ps_rconn_begin_call) and ends
- * settled: no reply left unread on a connection that is kept
+ * Every call has one set of time bounds (ps_rconn_begin_call; on a
+ * cluster, ps_rcluster_begin_call, shared by every node it visits) and
+ * ends settled: no reply left unread on a connection that is kept
  * (ps_rconn_settle closes it otherwise).
  *
  * A connection that worked before may have died since (server restarted):
@@ -518,20 +599,40 @@ done:
  * succeeds; every operation here is safe to repeat. A PS_BCONN that left
  * the connection open (a LOADING or BUSY reply: the server is there but
  * cannot serve now) is not repeated: the same socket would answer the same.
+ * On a cluster, ps_rcluster_again decides instead: redirections, and
+ * nodes that cannot serve while the cluster fails over (cluster.h).
  */
 static int settled(ps_redis *x, int code) {
-  ps_rconn_settle(&x->c);
+  if (x->c) ps_rconn_settle(x->c);
   return code;
 }
 
-#define RETRY(call)                                              \
+void ps_redis_begin_call(ps_redis *x) {
+  if (x->cl) {
+    ps_rcluster_begin_call(x->cl);
+    return;
+  }
+  ps_rconn_begin_call(x->c);
+  x->reused = ps_rconn_owned(x->c);
+  x->retried = 0;
+}
+
+int ps_redis_again(ps_redis *x, int *code, ps_berr *err) {
+  if (x->cl) return ps_rcluster_again(x->cl, code, err);
+  if (*code != PS_BCONN || !x->reused || x->c->fd >= 0 || x->retried)
+    return 0;
+  x->retried = 1;
+  return 1;
+}
+
+/* One call: attempts of op until ps_redis_again says it is done. */
+#define RETRY(op)                                                \
   do {                                                           \
     ps_redis *x_ = ctx;                                          \
-    ps_rconn_begin_call(&x_->c);   /* one set of bounds, retry included */ \
-    int reused_ = ps_rconn_owned(&x_->c);                        \
-    int code_ = settled(x_, (call));                             \
-    if (code_ == PS_BCONN && reused_ && x_->c.fd < 0)            \
-      code_ = settled(x_, (call));                               \
+    int code_;                                                   \
+    ps_redis_begin_call(x_);                                     \
+    do code_ = settled(x_, (op));                                \
+    while (ps_redis_again(x_, &code_, err));                     \
     return code_;                                                \
   } while (0)
 
@@ -556,13 +657,71 @@ static int redis_evict(void *ctx, ps_key k, ps_berr *err) {
 static int redis_put_batch(void *ctx, size_t n, const ps_key *keys,
                            const ps_blob *values, ps_version *vout,
                            ps_berr *err) {
+  if (((ps_redis *)ctx)->cl)
+    return ps_redis_cluster_put_batch(ctx, n, keys, values, vout, err);
   RETRY(put_batch_once(ctx, n, keys, values, vout, err));
 }
 
 static int redis_get_batch(void *ctx, size_t n, const ps_key *keys,
                            ps_blob *out, ps_version *vout, int *codes,
                            ps_berr *err) {
+  if (((ps_redis *)ctx)->cl)
+    return ps_redis_cluster_get_batch(ctx, n, keys, out, vout, codes, err);
   RETRY(get_batch_once(ctx, n, keys, out, vout, codes, err));
+}
+
+/* ---- for the cluster's batches (redis_cluster_batch.c) ------------------ */
+
+int ps_redis_new_version(ps_version *v) {
+  return new_version(v);
+}
+
+void ps_redis_queue_get(ps_redis *x, ps_key k) {
+  queue_get(x, k, NULL);
+}
+
+int ps_redis_read_get(ps_redis *x, ps_key k, ps_blob *out, ps_version *vout,
+                      int *chunked, ps_berr *err) {
+  ps_rchunks ci;
+  int code = read_get_reply(x, k, NULL, out, vout, &ci, chunked, err);
+  /* a chunked value is fetched again, alone: ps_redis_get_retried */
+  return code;
+}
+
+void ps_redis_queue_put(ps_redis *x, ps_key k, const char *data, size_t len,
+                        char *hdr) {
+  queue_put_plain(x, k, data, len, hdr);
+}
+
+/* Attempts of op within the call already begun, until ps_redis_again
+   says it is done. */
+#define ATTEMPTS(x, op)                                          \
+  do {                                                           \
+    int code_;                                                   \
+    do code_ = settled((x), (op));                               \
+    while (ps_redis_again((x), &code_, err));                    \
+    return code_;                                                \
+  } while (0)
+
+int ps_redis_get_retried(ps_redis *x, ps_key k, ps_blob *out,
+                         ps_version *vout, ps_berr *err) {
+  ATTEMPTS(x, get_once(x, k, NULL, out, vout, err));
+}
+
+int ps_redis_put_retried(ps_redis *x, ps_key k, const char *data, size_t len,
+                         ps_version *vout, ps_berr *err) {
+  ATTEMPTS(x, put_once(x, k, data, len, vout, err));
+}
+
+static int del_chunks_once(ps_redis *x, ps_key k, const ps_rchunks *ci,
+                           ps_berr *err) {
+  int code = ps_redis_route(x, k, err);
+  return code ? code : ps_redis_del_chunks(x, k, ci, err);
+}
+
+int ps_redis_del_chunks_retried(ps_redis *x, ps_key k, const ps_rchunks *ci,
+                                ps_berr *err) {
+  ATTEMPTS(x, del_chunks_once(x, k, ci, err));
 }
 
 const ps_backend_ops ps_backend_redis = {

@@ -71,16 +71,16 @@ static int del_range(ps_redis *x, ps_key k, const ps_rchunks *ci, size_t upto,
   int code = PS_BOK;
   for (size_t i0 = 0; i0 < upto && !code; i0 += WINDOW) {
     size_t m = upto - i0 < WINDOW ? upto - i0 : WINDOW;
-    ps_rcmd_begin(&x->c, m + 1);
-    ps_rcmd_str(&x->c, "DEL");
+    ps_rcmd_begin(x->c, m + 1);
+    ps_rcmd_str(x->c, "DEL");
     for (size_t i = i0; i < i0 + m; i++) {
       chunk_suffix(suf, sizeof suf, &ci->v, i);
       ps_redis_arg_key(x, k, suf);
     }
-    code = ps_rconn_send(&x->c, err);
+    code = ps_rconn_send(x->c, err);
     if (code) break;
     ps_rreply r;
-    code = ps_rconn_read_reply(&x->c, &r, err);
+    code = ps_rconn_read_reply(x->c, &r, err);
     if (code) break;
     if (r.type == PS_R_ERROR) code = ps_redis_reply_error(x, k, &r, err);
     ps_rreply_free(&r);
@@ -107,17 +107,17 @@ static int set_window(ps_redis *x, ps_key k, const char *data,
     size_t off = i * ci->chunk;
     size_t l = ci->total - off < ci->chunk ? ci->total - off : ci->chunk;
     chunk_suffix(suf, sizeof suf, &ci->v, i);
-    ps_rcmd_begin(&x->c, 3);
-    ps_rcmd_str(&x->c, "SET");
+    ps_rcmd_begin(x->c, 3);
+    ps_rcmd_str(x->c, "SET");
     ps_redis_arg_key(x, k, suf);
-    ps_rcmd_arg(&x->c, data + off, l);
+    ps_rcmd_arg(x->c, data + off, l);
   }
-  int code = ps_rconn_send(&x->c, err);
+  int code = ps_rconn_send(x->c, err);
   if (!code && with_old) code = ps_redis_read_old_header(x, old, had, err);
   if (code) return code;
   /* Every reply is read while the connection lives, also after an error
      reply: the first error is the put's. */
-  for (size_t i = 0; i < m && x->c.fd >= 0; i++) {
+  for (size_t i = 0; i < m && x->c->fd >= 0; i++) {
     ps_berr e;
     ps_redis_keep_first(&code, err, ps_redis_expect_ok(x, k, &e), &e);
   }
@@ -130,7 +130,7 @@ int ps_redis_put_chunked(ps_redis *x, ps_key k, const char *data, size_t len,
   if (n > PS_REDIS_MAX_CHUNKS)
     return ps_berr_set(err, PS_BCONFIG,
                        "redis %s: a %zu-byte value needs more than %d chunks "
-                       "of %zu bytes", x->c.addr, len, PS_REDIS_MAX_CHUNKS,
+                       "of %zu bytes", x->c->addr, len, PS_REDIS_MAX_CHUNKS,
                        x->chunk);
   ps_rchunks ci = {*v, len, n, x->chunk}, old;
   int had = 0, code = PS_BOK;
@@ -147,17 +147,17 @@ int ps_redis_put_chunked(ps_redis *x, ps_key k, const char *data, size_t len,
     memcpy(main + 1, v->bytes, PS_VERSION_LEN);
     int ml = snprintf(main + HDR_LEN, 64, "%zu %zu %zu", ci.total, ci.n,
                       ci.chunk);
-    ps_rcmd_begin(&x->c, 3);
-    ps_rcmd_str(&x->c, "SET");
+    ps_rcmd_begin(x->c, 3);
+    ps_rcmd_str(x->c, "SET");
     ps_redis_arg_key(x, k, NULL);
-    ps_rcmd_arg(&x->c, main, HDR_LEN + (size_t)ml);
-    code = ps_rconn_send(&x->c, err);
+    ps_rcmd_arg(x->c, main, HDR_LEN + (size_t)ml);
+    code = ps_rconn_send(x->c, err);
     if (!code) code = ps_redis_expect_ok(x, k, err);
   }
   if (code) {
     /* Best effort: chunks nothing will ever point to. */
     ps_berr ignored;
-    if (x->c.fd >= 0) del_range(x, k, &ci, written, &ignored);
+    if (x->c->fd >= 0) del_range(x, k, &ci, written, &ignored);
     return code;
   }
   if (had) code = ps_redis_del_chunks(x, k, &old, err);
@@ -175,43 +175,43 @@ int ps_redis_get_chunks(ps_redis *x, ps_key k, const ps_rchunks *ci,
   if (ps_blob_alloc(out, ci->total) != 0)
     return ps_berr_set(err, PS_BNOMEM,
                        "redis %s: key '%s%s': out of memory for its %zu-byte "
-                       "value", x->c.addr, x->prefix,
+                       "value", x->c->addr, x->prefix,
                        ps_redis_keyname(k, kb, sizeof kb), ci->total);
   int code = PS_BOK;
   for (size_t i0 = 0; i0 < ci->n && !code; i0 += WINDOW) {
     size_t m = ci->n - i0 < WINDOW ? ci->n - i0 : WINDOW;
     for (size_t i = i0; i < i0 + m; i++) {
       chunk_suffix(suf, sizeof suf, &ci->v, i);
-      ps_rcmd_begin(&x->c, 2);
-      ps_rcmd_str(&x->c, "GET");
+      ps_rcmd_begin(x->c, 2);
+      ps_rcmd_str(x->c, "GET");
       ps_redis_arg_key(x, k, suf);
     }
-    code = ps_rconn_send(&x->c, err);
+    code = ps_rconn_send(x->c, err);
     for (size_t i = i0; i < i0 + m && !code; i++) {
       size_t off = i * ci->chunk;
       size_t want = ci->total - off < ci->chunk ? ci->total - off : ci->chunk;
       ps_rreply r;
-      code = ps_rconn_read_head(&x->c, &r, err);
+      code = ps_rconn_read_head(x->c, &r, err);
       if (code) break;
       if (r.type == PS_R_ERROR) {   /* NOPERM, BUSY...: say what it is */
         code = ps_redis_reply_error(x, k, &r, err);
         ps_rreply_free(&r);
-        ps_rconn_drop(&x->c);   /* the rest of the window is still owed */
+        ps_rconn_drop(x->c);   /* the rest of the window is still owed */
         break;
       }
       if (r.type != PS_R_BULK || r.n != (long long)want) {
         ps_rreply_free(&r);
         /* Replies may remain unread: drop the connection to resynchronise. */
-        ps_rconn_drop(&x->c);
+        ps_rconn_drop(x->c);
         code = ps_berr_set(err, PS_BPROTO,
                            "redis %s: chunk %zu of key '%s%s' is missing or "
                            "damaged (value replaced while reading?)",
-                           x->c.addr, i, x->prefix,
+                           x->c->addr, i, x->prefix,
                            ps_redis_keyname(k, kb, sizeof kb));
         break;
       }
-      code = ps_rconn_read_body(&x->c, out->data + off, want, err);
-      if (!code) code = ps_rconn_read_crlf(&x->c, err);
+      code = ps_rconn_read_body(x->c, out->data + off, want, err);
+      if (!code) code = ps_rconn_read_crlf(x->c, err);
     }
   }
   if (code) {

@@ -47,6 +47,15 @@ typedef struct ps_rconn {
   int oom;               /* an append failed while building */
   size_t queued;         /* commands built, not yet sent */
   size_t pending;        /* replies the server owes us */
+  /* Redis Cluster (cluster.c). With asking set, every command built is
+   * preceded by ASKING, whose +OK the reader takes before each reply. With
+   * cluster set, the reader counts the replies it reads and notes those
+   * that redirect (MOVED, ASK, TRYAGAIN, CLUSTERDOWN): the first one's
+   * text is kept in redirect, until the counts are reset. */
+  int cluster, asking;
+  size_t asks_owed;      /* ASKING replies not read yet */
+  unsigned replies, redirects;
+  char redirect[160];
 } ps_rconn;
 
 /* Reply types (RESP2 first bytes). */
@@ -153,6 +162,14 @@ const ps_rvalue *ps_rvalue_at(const ps_rvalue *v, size_t i);
  * for seconds more, and the call's bounds move on by that much.
  */
 void ps_rconn_allow_wait(ps_rconn *c, double seconds);
+
+/* Redirection replies (cluster.c reads their details from c->redirect). */
+enum { PS_RREDIR_NONE, PS_RREDIR_MOVED, PS_RREDIR_ASK, PS_RREDIR_TRYAGAIN,
+       PS_RREDIR_CLUSTERDOWN };
+/* Which kind of redirection an error reply's text is, or PS_RREDIR_NONE. */
+int ps_rconn_redirect_kind(const char *msg);
+/* Forgets the replies and redirections counted so far. */
+void ps_rconn_reset_counts(ps_rconn *c);
 
 /* A decimal integer argument (COUNT, BLOCK, MAXLEN...). */
 void ps_rcmd_int(ps_rconn *c, long long v);

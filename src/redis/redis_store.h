@@ -6,6 +6,7 @@
 #ifndef PS_REDIS_STORE_H
 #define PS_REDIS_STORE_H
 
+#include "cluster.h"
 #include "redis_conn.h"
 
 #define HDR_LEN (1 + PS_VERSION_LEN)
@@ -17,7 +18,12 @@
 #define PS_REDIS_MAX_CHUNKS 65536
 
 typedef struct ps_redis {
-  ps_rconn c;
+  /* The connection of the current attempt: &one on a single server; on a
+     cluster, that of the node serving the key (ps_redis_route). */
+  ps_rconn *c;
+  ps_rconn one;
+  ps_rcluster *cl;       /* a cluster, or NULL */
+  int reused, retried;   /* single server: see ps_redis_again */
   char *prefix;
   size_t plen;
   size_t chunk;
@@ -29,7 +35,20 @@ typedef struct ps_rchunks {
   size_t total, n, chunk;
 } ps_rchunks;
 
-/* Appends a key argument: prefix..key..suffix (suffix may be NULL). */
+/*
+ * Points x->c at the server for object k and connects it: the one server,
+ * or the node serving k's slot. Every command of an attempt for k goes
+ * there (its keys all share one slot: ps_redis_arg_key).
+ */
+int ps_redis_route(ps_redis *x, ps_key k, ps_berr *err);
+/* The slot of object k's keys; PS_BCONFIG for a key no slot can hold. */
+int ps_redis_slot(ps_redis *x, ps_key k, unsigned *slot, ps_berr *err);
+/* A call: begin, then attempts while ps_redis_again returns 1. */
+void ps_redis_begin_call(ps_redis *x);
+int ps_redis_again(ps_redis *x, int *code, ps_berr *err);
+
+/* Appends a key argument: prefix..key..suffix (suffix may be NULL); on a
+   cluster prefix..{key}..suffix, so all keys of an object share a slot. */
 void ps_redis_arg_key(ps_redis *x, ps_key k, const char *suffix);
 /* A printable, shortened key for messages, written to buf. */
 const char *ps_redis_keyname(ps_key k, char *buf, size_t n);
@@ -62,5 +81,32 @@ int ps_redis_put_chunked(ps_redis *x, ps_key k, const char *data, size_t len,
                          const ps_version *v, ps_berr *err);
 int ps_redis_get_chunks(ps_redis *x, ps_key k, const ps_rchunks *ci,
                         ps_blob *out, ps_version *vout, ps_berr *err);
+
+/* backend_redis.c, for redis_cluster_batch.c: the pieces of a batch, and
+   whole operations retried within the current call. */
+/* 16 random bytes: 0, or -1 when getrandom fails. */
+int ps_redis_new_version(ps_version *v);
+void ps_redis_queue_get(ps_redis *x, ps_key k);
+/* Reads a GET reply; *chunked: a chunked value, whose chunks were not
+   read (fetch it with ps_redis_get_retried). */
+int ps_redis_read_get(ps_redis *x, ps_key k, ps_blob *out, ps_version *vout,
+                      int *chunked, ps_berr *err);
+/* GETRANGE of the old header, then SET of a plain value; hdr must live on. */
+void ps_redis_queue_put(ps_redis *x, ps_key k, const char *data, size_t len,
+                        char *hdr);
+int ps_redis_get_retried(ps_redis *x, ps_key k, ps_blob *out,
+                         ps_version *vout, ps_berr *err);
+int ps_redis_put_retried(ps_redis *x, ps_key k, const char *data, size_t len,
+                         ps_version *vout, ps_berr *err);
+int ps_redis_del_chunks_retried(ps_redis *x, ps_key k, const ps_rchunks *ci,
+                                ps_berr *err);
+
+/* redis_cluster_batch.c: batches split by node, all nodes at once. */
+int ps_redis_cluster_get_batch(void *ctx, size_t n, const ps_key *keys,
+                               ps_blob *out, ps_version *vout, int *codes,
+                               ps_berr *err);
+int ps_redis_cluster_put_batch(void *ctx, size_t n, const ps_key *keys,
+                               const ps_blob *values, ps_version *vout,
+                               ps_berr *err);
 
 #endif

@@ -64,6 +64,8 @@ typedef struct ps_bconfig {
   const char *password;
   double timeout;        /* seconds; 0 = none */
   const char *prefix;    /* key prefix */
+  const char *cluster;   /* redis: "host:port,host:port" seeds of a Redis
+                            Cluster (host, port and path unused), or NULL */
   const char *dir;       /* file */
   int recycle;           /* file: evicted files kept as spares to reuse */
   int clear;             /* file: close removes the objects this store

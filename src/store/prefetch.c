@@ -64,6 +64,7 @@ static void cfg_free(ps_bconfig *c) {
   free((char *)c->password);
   free((char *)c->prefix);
   free((char *)c->dir);
+  free((char *)c->cluster);
 }
 
 static int cfg_copy(ps_bconfig *d, const ps_bconfig *s) {
@@ -71,7 +72,8 @@ static int cfg_copy(ps_bconfig *d, const ps_bconfig *s) {
   int bad = dup_field(&d->host, s->host) | dup_field(&d->path, s->path) |
             dup_field(&d->username, s->username) |
             dup_field(&d->password, s->password) |
-            dup_field(&d->prefix, s->prefix) | dup_field(&d->dir, s->dir);
+            dup_field(&d->prefix, s->prefix) | dup_field(&d->dir, s->dir) |
+            dup_field(&d->cluster, s->cluster);
   d->clear = 0;       /* a prefetch context never deletes anything */
   d->no_create = 1;   /* ...nor creates a directory */
   if (bad) {
@@ -90,7 +92,8 @@ static int cfg_eq(const ps_bconfig *a, const ps_bconfig *b) {
          str_eq(a->path, b->path) && a->db == b->db &&
          str_eq(a->username, b->username) &&
          str_eq(a->password, b->password) && a->timeout == b->timeout &&
-         str_eq(a->prefix, b->prefix) && str_eq(a->dir, b->dir);
+         str_eq(a->prefix, b->prefix) && str_eq(a->dir, b->dir) &&
+         str_eq(a->cluster, b->cluster);
 }
 
 /* ---- jobs ----------------------------------------------------------------- */

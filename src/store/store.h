@@ -38,6 +38,7 @@ typedef struct ps_store {
   metric m[OP_N];
   lua_Integer hits, misses;
   ps_bconfig bcfg;             /* strings point into the config table */
+  char *cluster;               /* bcfg.cluster: the seeds joined by ',' */
 } ps_store;
 
 

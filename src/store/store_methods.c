@@ -3,6 +3,7 @@
  * (store:put, :get, :proxy, :metrics, :close, ...), its metatable, and the
  * option helpers they share with store_batch.c.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "store.h"
@@ -171,6 +172,9 @@ static void release(ps_store *s) {
   s->ops = NULL;
   s->open = 0;
   ps_cache_free(&s->cache);
+  free(s->cluster);
+  s->cluster = NULL;
+  s->bcfg.cluster = NULL;
 }
 
 static int store_close(lua_State *L) {

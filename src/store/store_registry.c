@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <limits.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -50,6 +51,20 @@ void ps_store_push_config(lua_State *L, int sidx) {
   lua_getiuservalue(L, sidx, UV_CONFIG);
   copy_table(L, -1);
   lua_remove(L, -2);
+  /* a list option (cluster) is copied too: the store's own must not
+     change under it */
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    if (lua_type(L, -1) == LUA_TTABLE) {
+      copy_table(L, -1);
+      lua_replace(L, -2);
+      lua_pushvalue(L, -2);
+      lua_insert(L, -2);
+      lua_rawset(L, -4);
+    } else {
+      lua_pop(L, 1);
+    }
+  }
 }
 
 static int l_new_store(lua_State *L);
@@ -234,6 +249,48 @@ static lua_Integer cfg_int(lua_State *L, int cfg, const char *field,
 }
 
 /*
+ * The seeds of a Redis Cluster, cfg.cluster = {"host:port", ...}, joined
+ * by ',' into s->cluster (NULL when absent). Configs may come from another
+ * process: anything but a non-empty list of plain strings is refused.
+ */
+static void cluster_seeds(lua_State *L, int cfg, ps_store *s) {
+  int t = lua_getfield(L, cfg, "cluster");
+  if (t == LUA_TNIL) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_Integer n = t == LUA_TTABLE ? luaL_len(L, -1) : 0;
+  if (n < 1 || n > 1024)
+    ps_error_raise(L, PS_ECONFIG, NULL, "store option 'cluster' must be a "
+                   "list of 1 to 1024 \"host:port\" strings");
+  size_t total = 0;
+  for (lua_Integer i = 1; i <= n; i++) {
+    size_t len;
+    const char *v = lua_rawgeti(L, -1, i) == LUA_TSTRING
+                        ? lua_tolstring(L, -1, &len) : NULL;
+    if (v == NULL || len == 0 || len > 300 || strlen(v) != len ||
+        strchr(v, ','))
+      ps_error_raise(L, PS_ECONFIG, NULL, "store option 'cluster': entry %I "
+                     "must be a \"host:port\" string", i);
+    total += len + 1;
+    lua_pop(L, 1);
+  }
+  s->cluster = malloc(total);   /* freed by the store's release */
+  if (s->cluster == NULL) ps_error_raise(L, PS_ESTORE, NULL, "out of memory");
+  char *p = s->cluster;
+  for (lua_Integer i = 1; i <= n; i++) {
+    size_t len;
+    lua_rawgeti(L, -1, i);
+    const char *v = lua_tolstring(L, -1, &len);
+    memcpy(p, v, len);
+    p += len;
+    *p++ = i < n ? ',' : '\0';
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
+/*
  * core.new_store(cfg [, serializer, deserializer]): cfg is normalized by
  * the Lua face (name, kind, cache_size, serializer, backend options).
  */
@@ -299,6 +356,8 @@ static int l_new_store(lua_State *L) {
     b->timeout = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : 5.0;
     lua_pop(L, 1);
     b->prefix = cfg_string(L, 5, "prefix");
+    cluster_seeds(L, 5, s);
+    b->cluster = s->cluster;
     b->dir = cfg_string(L, 5, "dir");
     b->recycle = (int)cfg_int(L, 5, "recycle", 0, 0, 64);
     b->clear = clear;

@@ -1,0 +1,512 @@
+-- The Redis store over a real Redis Cluster (3 masters, 3 replicas,
+-- cluster-node-timeout 1000 ms), started once for this file by
+-- helpers.redis_cluster. The specs that move slots and kill a master come
+-- last, in that order.
+local ps = require "proxystore"
+local core = require "proxystore.core"
+local rc = require "helpers.redis_cluster"
+local redis = require "helpers.redis"
+local shell = require "helpers.shell"
+
+local now = core.monotonic
+
+local function error_of(fn, ...)
+  local ok, err = pcall(fn, ...)
+  assert(not ok, "expected an error")
+  return err
+end
+
+-- Runs a Lua chunk in a fresh lua5.4 process (same paths and sanitizer
+-- settings as this run); its output.
+local function run_lua(code, env)
+  local file = os.tmpname()
+  local f = assert(io.open(file, "w"))
+  f:write(code)
+  f:close()
+  local p = assert(io.popen((env or "") .. " lua5.4 " .. shell.quote(file) .. " 2>&1"))
+  local out = p:read("a")
+  p:close()
+  os.remove(file)
+  return out
+end
+
+local function lua_list(t)
+  local parts = {}
+  for i, v in ipairs(t) do parts[i] = string.format("%q", v) end
+  return "{" .. table.concat(parts, ", ") .. "}"
+end
+
+describe("the redis store on a Redis Cluster", function()
+  local c
+  local stores = {}
+  local serial = 0
+
+  setup(function() c = rc.start { masters = 3, replicas = 1, node_timeout = 1000 } end)
+  teardown(function()
+    for _, s in ipairs(stores) do pcall(s.close, s) end
+    if c then c:stop() end
+  end)
+
+  local function open(opts)
+    serial = serial + 1
+    local o = { name = "cluster-spec-" .. serial, cluster = c.seeds, cache_size = 0 }
+    for k, v in pairs(opts or {}) do o[k] = v end
+    local s = ps.init_store("redis", o)
+    stores[#stores + 1] = s
+    return s
+  end
+
+  -- The node holding object key k (no prefix): the owner of its Redis
+  -- key's slot, as the cluster itself computes it.
+  local function node_of(k, topo)
+    return c:owner(c:slot("{" .. k .. "}"), topo)
+  end
+
+  -- The same for many keys, asking the cluster once.
+  local function nodes_of(keys, topo)
+    topo = topo or c:topology()
+    local names = {}
+    for i, k in ipairs(keys) do names[i] = "{" .. k .. "}" end
+    local out = {}
+    for i, slot in ipairs(c:slots(names)) do out[i] = c:owner(slot, topo) end
+    return out
+  end
+
+  describe("topology", function()
+    it("spreads objects over every master, each on the node serving its slot", function()
+      local s = open()
+      local keys = {}
+      for i = 1, 40 do
+        keys[i] = s:put({ i = i, pad = ("p"):rep(i) })
+        assert.same({ i = i, pad = ("p"):rep(i) }, s:get(keys[i]))
+      end
+      local topo = c:topology()
+      local per = {}
+      for i, n in ipairs(nodes_of(keys, topo)) do
+        per[n] = per[n] or {}
+        table.insert(per[n], { "EXISTS", "{" .. keys[i] .. "}" })
+      end
+      for _, m in ipairs(c:masters(topo)) do
+        assert.is_true(per[m] ~= nil, "no object on master " .. m)
+        for _, line in ipairs(c:pipe(m, per[m])) do assert.equal("1", line) end
+      end
+    end)
+
+    it("puts, gets, tests and evicts as on one server, under a prefix", function()
+      local s = open { prefix = "pfx:" }
+      local bin = "a\0b\255" .. ("x"):rep(5000)
+      local k = s:put(bin, { key = "mine" })
+      assert.equal("mine", k)
+      assert.equal("1", c:cli(node_of("mine"), "EXISTS", "pfx:{mine}"):match("%d+"))
+      assert.equal(bin, s:get("mine"))
+      assert.is_true(s:exists("mine"))
+      s:evict("mine")
+      assert.is_false(s:exists("mine"))
+      assert.equal("dflt", s:get("mine", "dflt"))
+      s:evict("mine")
+      local m = s:metrics()
+      assert.equal(1, m.put.count)
+      assert.equal(2, m.get.count)
+      assert.equal(2, m.evict.count)
+    end)
+
+    it("keeps every chunk of an object larger than the chunk size in its slot", function()
+      local out = run_lua(([[
+        local ps = require "proxystore"
+        local s = ps.init_store("redis", { cluster = %s, cache_size = 0 })
+        local big = ("0123456789"):rep(2000)
+        s:put(big, { key = "big" })
+        assert(s:get("big") == big)
+        assert(s:get_batch({ "big", "nothing" })[1] == big)
+        io.write("written")
+      ]]):format(lua_list(c.seeds)), "PROXYSTORE_REDIS_CHUNK_SIZE=1000")
+      assert.equal("written", out)
+      local n = node_of("big")
+      local keys = {}
+      for k in c:cli(n, "KEYS", "{big}*"):gmatch("[^\n]+") do keys[#keys + 1] = k end
+      -- the header and 21 chunks (the serialized value is a few bytes
+      -- over 20000)
+      assert.equal(22, #keys, table.concat(keys, "\n"))
+      local slot = c:slot("{big}")
+      for _, sl in ipairs(c:slots(keys)) do assert.equal(slot, sl) end
+      -- replaced by another process: the old chunks go, in one DEL
+      out = run_lua(([[
+        local ps = require "proxystore"
+        local s = ps.init_store("redis", { cluster = %s, cache_size = 0 })
+        s:put(("z"):rep(3500), { key = "big" })
+        assert(s:get("big") == ("z"):rep(3500))
+        s:evict("big")
+        io.write(tostring(s:exists("big")))
+      ]]):format(lua_list(c.seeds)), "PROXYSTORE_REDIS_CHUNK_SIZE=1000")
+      assert.equal("false", out)
+      assert.equal("", c:cli(n, "KEYS", "{big}*"):gsub("%s+", ""))
+    end)
+
+    it("refuses keys and options a cluster cannot take", function()
+      local s = open()
+      local err = error_of(s.put, s, "x", { key = "}starts" })
+      assert.equal("config", err.kind)
+      assert.matches("hash each of its keys apart", tostring(err), 1, true)
+      -- a '}' further in is fine: Redis hashes the key up to it
+      assert.equal("ok", s:get(s:put("ok", { key = "tag}1" })))
+      local braces = open { prefix = "a{}" }
+      err = error_of(braces.put, braces, 1)
+      assert.equal("config", err.kind)
+      -- a prefix with a tag of its own puts every object in its slot
+      local tagged = open { prefix = "{all}:" }
+      local slot = c:slot("all")
+      for i = 1, 5 do
+        local k = tagged:put(i)
+        assert.equal(slot, c:slot("{all}:{" .. k .. "}"))
+        assert.equal(i, tagged:get(k))
+      end
+      for _, bad in ipairs {
+        { db = 2 }, { host = "127.0.0.1" }, { port = 7000 }, { path = "/tmp/x.sock" },
+        { cluster = {} }, { cluster = { "nohost" } }, { cluster = { "h:0" } },
+        { cluster = { "h:1", x = 1 } }, { cluster = "127.0.0.1:7000" },
+      } do
+        local o = { name = "bad" }
+        for k, v in pairs(bad) do o[k] = v end
+        if not o.cluster then o.cluster = c.seeds end
+        err = error_of(ps.init_store, "redis", o)
+        assert.equal("config", err.kind)
+      end
+    end)
+
+    it("says so when a seed is a Redis that is no cluster node", function()
+      local single = redis.start()
+      finally(function() single:stop() end)
+      local err = error_of(open, { cluster = { "127.0.0.1:" .. single.port } })
+      assert.equal("config", err.kind)
+      assert.matches("not a cluster node", tostring(err), 1, true)
+    end)
+
+    it("authenticates on every node with the store's password", function()
+      local locked = rc.start { masters = 3, replicas = 0, password = "s3cret" }
+      finally(function() locked:stop() end)
+      local s = open { cluster = locked.seeds, password = "s3cret" }
+      local keys = s:put_batch({ "a", "b", "c", "d", "e", "f" })
+      assert.same({ "a", "b", "c", "d", "e", "f" }, { table.unpack(s:get_batch(keys), 1, 6) })
+      local u = ps.init_store("redis+cluster://:s3cret@" .. locked.seeds[2], { name = "auth-url" })
+      stores[#stores + 1] = u
+      assert.equal("c", u:get(keys[3]))
+      local err = error_of(open, { cluster = locked.seeds, password = "wrong" })
+      assert.equal("config", err.kind)
+      assert.is_nil(tostring(err):find("wrong", 1, true))
+      err = error_of(open, { cluster = locked.seeds })
+      assert.equal("config", err.kind)
+      assert.matches("NOAUTH", tostring(err), 1, true)
+    end)
+
+    it("asks the next seed when one does not answer (stopped)", function()
+      local topo = c:topology()
+      local replica, master
+      for i, n in pairs(topo) do
+        if n.master and #n.slots > 0 then master = master or i else replica = replica or i end
+      end
+      local pid = c.nodes[replica].pid
+      os.execute("kill -STOP " .. pid)
+      finally(function()
+        os.execute("kill -CONT " .. pid)
+        assert.is_true(c:wait_ok())
+      end)
+      -- the stopped node would take the whole timeout; it gets a second
+      local s = open { cluster = { c.seeds[replica], c.seeds[master] }, timeout = 5 }
+      assert.equal("v", s:get(s:put("v")))
+    end)
+
+    it("takes any live seed; with none alive it fails naming them", function()
+      local dead = redis.dead_port()
+      local s = open { cluster = { "127.0.0.1:" .. dead, c.seeds[2] } }
+      assert.equal("v", s:get(s:put("v")))
+      local err = error_of(open, { cluster = { "127.0.0.1:" .. dead }, timeout = 1 })
+      assert.equal("connection", err.kind)
+      assert.matches(tostring(dead), tostring(err), 1, true)
+    end)
+  end)
+
+  describe("the store's calls", function()
+    it("batches across nodes come back in the caller's order", function()
+      local s = open()
+      local list = {}
+      for i = 1, 300 do list[i] = i % 3 == 0 and { n = i } or ("v" .. i) end
+      local keys = s:put_batch(list)
+      local per = {}
+      local topo = c:topology()
+      for _, n in ipairs(nodes_of(keys, topo)) do per[n] = true end
+      assert.equal(3, #c:masters(topo))
+      for _, m in ipairs(c:masters(topo)) do assert.is_true(per[m]) end
+      local ask = {}
+      for i, k in ipairs(keys) do
+        ask[#ask + 1] = k
+        if i % 50 == 0 then ask[#ask + 1] = "absent-" .. i end
+      end
+      local got = s:get_batch(ask)
+      assert.equal(#ask, got.n)
+      local j = 0
+      for i, k in ipairs(ask) do
+        if k:find("^absent") then
+          assert.is_nil(got[i])
+        else
+          j = j + 1
+          assert.same(list[j], got[i])
+        end
+      end
+      local proxies = s:proxy_batch({ "a", "b", "c" })
+      assert.equal("abc", ps.extract(proxies[1]) .. ps.extract(proxies[2]) .. ps.extract(proxies[3]))
+    end)
+
+    it("a proxy resolves in another process from the config it carries", function()
+      local s = open()
+      local p = s:proxy({ msg = "from afar", n = 42 })
+      local blob = ps.serialize(p)
+      local file = os.tmpname()
+      local f = assert(io.open(file, "wb"))
+      f:write(blob)
+      f:close()
+      finally(function() os.remove(file) end)
+      local url = require("proxystore.url").format(s:config())
+      assert.matches("^redis%+cluster://", url)
+      local out = run_lua(([[
+        local ps = require "proxystore"
+        local f = assert(io.open(%q, "rb"))
+        local p = ps.deserialize(f:read("a"))
+        f:close()
+        io.write(p.msg, " ", p.n)
+        local s = ps.init_store(%q, { name = "by-url" })
+        io.write(" ", s:get(%q).msg)
+      ]]):format(file, url, ps.key(p)))
+      assert.equal("from afar 42 from afar", out)
+    end)
+
+    it("config() recreates the store and hands out a copy of its nodes", function()
+      local s = open { prefix = "cfg:", timeout = 3 }
+      local cfg = s:config()
+      assert.same(c.seeds, cfg.cluster)
+      cfg.cluster[1] = "changed:1"
+      assert.same(c.seeds, s:config().cluster)
+      cfg = s:config()
+      cfg.name = cfg.name .. "-again"
+      local again = ps.init_store(cfg.kind, cfg)
+      stores[#stores + 1] = again
+      assert.equal("same", again:get(s:put("same")))
+      -- the seed's one-call API reuses a store with the same nodes
+      local d = ps.init_redis_backend { name = "seed-cluster", cluster = c.seeds }
+      stores[#stores + 1] = d
+      assert.equal(d, ps.init_redis_backend { name = "seed-cluster", cluster = c.seeds })
+      assert.equal(7, ps.extract(ps.to_proxy(7)))
+    end)
+
+    it("a pool's workers pass large arguments and results through the cluster", function()
+      local s = open()
+      local pool = ps.pool { workers = 2, store = s, proxy_threshold = 100 }
+      finally(function() pool:close() end)
+      local list = {}
+      for i = 1, 6 do list[i] = ("w"):rep(1000 + i) end
+      local out = pool:map(function(v) return v:upper() end, list)
+      for i = 1, 6 do assert.equal(list[i]:upper(), out[i]) end
+    end)
+
+    it("strict proxies, resolve_async and the cache work as on one server", function()
+      local s = open { cache_size = 16 }
+      local other = open()
+      local k = s:put("old")
+      local strict = s:proxy_from_key(k, { strict = true })
+      assert.equal("old", s:get(k))
+      other:put("new", { key = k })
+      assert.equal("new", ps.extract(strict))
+      local p = s:proxy({ async = true })
+      ps.resolve_async(p)
+      assert.is_true(p.async)
+      local once = s:proxy("single use", { evict = true })
+      local key = ps.key(once)
+      assert.equal("single use", ps.extract(once))
+      assert.is_false(s:exists(key))
+      local m = s:metrics()
+      assert.is_true(m.cache.hits + m.cache.misses > 0)
+    end)
+  end)
+
+  describe("slots that move", function()
+    it("follows ASK while a slot migrates and MOVED once it has", function()
+      local s = open()
+      local slot = c:slot("mig")        -- the keys below hash as "mig"
+      local topo = c:topology()
+      local from = c:owner(slot, topo)
+      local to
+      for _, m in ipairs(c:masters(topo)) do if m ~= from then to = m break end end
+      s:put("one", { key = "mig}1" })
+      s:put("two", { key = "mig}2" })
+      local from_id, to_id = topo[from].id, topo[to].id
+      assert.matches("OK", c:cli(to, "CLUSTER", "SETSLOT", slot, "IMPORTING", from_id))
+      assert.matches("OK", c:cli(from, "CLUSTER", "SETSLOT", slot, "MIGRATING", to_id))
+      assert.matches("OK", c:cli(from, "MIGRATE", "127.0.0.1", c.nodes[to].port, "", "0",
+                                 "5000", "KEYS", "{mig}1}"))
+      -- mig}1 is on the importing node (the old one answers ASK), mig}2 not yet
+      assert.matches("ASK", c:cli(from, "GET", "{mig}1}"))
+      assert.equal("one", s:get("mig}1"))
+      assert.equal("two", s:get("mig}2"))
+      local both = s:get_batch({ "mig}2", "mig}1" })
+      assert.same({ "two", "one" }, { both[1], both[2] })
+      -- a new key goes where the slot is going
+      s:put("three", { key = "mig}3" })
+      assert.matches("ASK", c:cli(from, "EXISTS", "{mig}3}"))
+      assert.equal("three", s:get("mig}3"))
+      s:evict("mig}1")
+      assert.is_false(s:exists("mig}1"))
+      -- the rest moves and the slot is handed over: the store's map is
+      -- now wrong, and the old owner answers MOVED
+      assert.matches("OK", c:cli(from, "MIGRATE", "127.0.0.1", c.nodes[to].port, "", "0",
+                                 "5000", "KEYS", "{mig}2}"))
+      for _, m in ipairs(c:masters(topo)) do
+        assert.matches("OK", c:cli(m, "CLUSTER", "SETSLOT", slot, "NODE", to_id))
+      end
+      assert.matches("MOVED", c:cli(from, "GET", "{mig}2}"))
+      assert.equal("two", s:get("mig}2"))
+      assert.equal("three", s:get("mig}3"))
+      assert.same({ "two", "three" }, { table.unpack(s:get_batch({ "mig}2", "mig}3" }), 1, 2) })
+      assert.is_true(c:wait_ok())
+    end)
+
+    it("waits while an object's keys are on both nodes of a moving slot", function()
+      local env = "PROXYSTORE_REDIS_CHUNK_SIZE=1000"
+      local function child(op, timeout)
+        return run_lua(([[
+          local ps = require "proxystore"
+          local s = ps.init_store("redis", { cluster = %s, cache_size = 0, timeout = %s })
+          local ok, err = pcall(function() %s end)
+          io.write(ok and "ok" or (err.kind .. "|" .. tostring(err)))
+        ]]):format(lua_list(c.seeds), timeout, op), env)
+      end
+      local value = ("m"):rep(3000)
+      assert.equal("ok", child(("s:put(%q, { key = 'mix}1' })"):format(value), 5))
+      local slot = c:slot("mix")
+      local topo = c:topology()
+      local from = c:owner(slot, topo)
+      local to
+      for _, m in ipairs(c:masters(topo)) do if m ~= from then to = m break end end
+      local chunks = {}
+      for k in c:cli(from, "KEYS", "{mix}1}:chunk:*"):gmatch("[^\n]+") do chunks[#chunks + 1] = k end
+      assert.is_true(#chunks > 1)
+      -- the move ends, whatever happens below: everything there, the slot
+      -- handed over (a slot left half moved would fail every later spec)
+      local function finish()
+        local rest = { "MIGRATE", "127.0.0.1", c.nodes[to].port, "", "0", "5000", "KEYS" }
+        for k in c:cli(from, "KEYS", "{mix}*"):gmatch("[^\n]+") do rest[#rest + 1] = k end
+        if #rest > 7 then assert.matches("OK", c:cli(from, table.unpack(rest))) end
+        for _, m in ipairs(c:masters(topo)) do
+          c:cli(m, "CLUSTER", "SETSLOT", slot, "NODE", topo[to].id)
+        end
+      end
+      finally(function() pcall(finish) end)
+      c:cli(to, "CLUSTER", "SETSLOT", slot, "IMPORTING", topo[from].id)
+      c:cli(from, "CLUSTER", "SETSLOT", slot, "MIGRATING", topo[to].id)
+      assert.matches("OK", c:cli(from, "MIGRATE", "127.0.0.1", c.nodes[to].port, "", "0",
+                                 "5000", "KEYS", chunks[1]))
+      -- the header and some chunks here, one chunk there: no single node
+      -- can serve the object, so the read waits, and ends with its timeout
+      -- (kind connection, or timeout when the deadline fell in a connect)
+      local out = child(("assert(s:get('mix}1') == %q)"):format(value), 1.5)
+      assert.matches("^%a+|proxystore: [^\n]*ASK [^\n]*", out)
+      assert.truthy(out:match("^connection|") or out:match("^timeout|"), out)
+      finish()
+      assert.equal("ok", child(("assert(s:get('mix}1') == %q); s:evict('mix}1')"):format(value), 5))
+      assert.equal("", c:cli(to, "KEYS", "{mix}1}*"):gsub("%s+", ""))
+      assert.is_true(c:wait_ok())
+    end)
+
+    it("reads stay right through a resharding (redis-cli --cluster reshard)", function()
+      local s = open()
+      local list = {}
+      for i = 1, 1000 do list[i] = "value " .. i end
+      local keys = s:put_batch(list)
+      local topo = c:topology()
+      local masters = c:masters(topo)
+      local from, to = masters[1], masters[2]
+      local log = os.tmpname()
+      local p = io.popen(rc.CLEAN_ENV .. "redis-cli --cluster reshard " .. c.seeds[from] ..
+        " --cluster-from " .. topo[from].id .. " --cluster-to " .. topo[to].id ..
+        " --cluster-slots 600 --cluster-yes --cluster-pipeline 4 >" .. shell.quote(log) ..
+        " 2>&1 & echo $!")
+      local pid = tonumber(p:read("a"))
+      p:close()
+      finally(function()
+        os.execute("kill " .. pid .. " 2>/dev/null")
+        os.remove(log)
+      end)
+      local rounds, t0 = 0, now()
+      repeat
+        local got = s:get_batch(keys)
+        for i = 1, #keys do assert(got[i] == list[i], "wrong value for key " .. i) end
+        for i = rounds % 10 + 1, #keys, 10 do assert.equal(list[i], s:get(keys[i])) end
+        rounds = rounds + 1
+        local running = os.execute("kill -0 " .. pid .. " 2>/dev/null")
+        assert(now() - t0 < 300, "the resharding did not end")
+      until not running
+      local f = io.open(log)
+      local out = f and f:read("a") or ""
+      if f then f:close() end
+      assert.is_nil(out:find("ERR", 1, true), out)
+      assert.is_true(c:wait_ok())
+      -- the moved slots are served by the new owner, and read from there
+      local before = nodes_of(keys, topo)
+      local after = nodes_of(keys)
+      local moved = 0
+      for i, k in ipairs(keys) do
+        if before[i] == from and after[i] == to then moved = moved + 1 end
+        if i % 7 == 0 then assert.equal(list[i], s:get(k)) end
+      end
+      assert.is_true(moved > 0)
+    end)
+  end)
+
+  describe("failover", function()
+    it("after kill -9 of a master its slots fail clearly, then come back through the same store", function()
+      assert.is_true(c:wait_replicas(), "replicas did not sync")
+      local s = open { timeout = 20 }         -- a hang guard, not a wait
+      local quick = open { timeout = 0.3 }
+      local topo = c:topology()
+      local victim = c:masters(topo)[3]
+      local mine, others = {}, {}
+      local keys = s:put_batch((function()
+        local l = {}
+        for i = 1, 60 do l[i] = "v" .. i end
+        return l
+      end)())
+      for i, n in ipairs(nodes_of(keys, topo)) do
+        if n == victim then mine[#mine + 1] = { keys[i], "v" .. i }
+        else others[#others + 1] = { keys[i], "v" .. i } end
+      end
+      assert.is_true(#mine > 0 and #others > 0)
+      local killed = now()
+      c:kill(victim)
+      -- the slots' master is gone; no replica can take over within the
+      -- node timeout (1 s), so a short call fails, with a clear error
+      local ok, err = pcall(quick.get, quick, mine[1][1])
+      if now() - killed < 1 then
+        assert.is_false(ok)
+        assert.truthy(err.kind == "connection" or err.kind == "timeout", tostring(err))
+        assert.matches("^proxystore: [^\n]+$", tostring(err))
+      end
+      -- the other slots keep working while the cluster fails over (their
+      -- CLUSTERDOWN is waited out); the victim's come back by themselves
+      local back = false
+      repeat
+        for _, o in ipairs(others) do assert.equal(o[2], s:get(o[1])) end
+        back = pcall(quick.get, quick, mine[1][1])
+        assert(now() - killed < 60, "no replica took over")
+      until back
+      for _, o in ipairs(mine) do assert.equal(o[2], s:get(o[1])) end
+      for _, o in ipairs(mine) do assert.equal(o[2], quick:get(o[1])) end
+      local all = {}
+      for _, o in ipairs(mine) do all[#all + 1] = o[1] end
+      for _, o in ipairs(others) do all[#all + 1] = o[1] end
+      local got = s:get_batch(all)
+      for i, o in ipairs(mine) do assert.equal(o[2], got[i]) end
+      assert.equal("after", s:get(s:put("after", { key = mine[1][1] })))
+      -- a new store whose first seed is the dead master
+      local fresh = open { cluster = { c.seeds[victim], c.seeds[c:masters()[1]] } }
+      assert.equal("after", fresh:get(mine[1][1]))
+    end)
+  end)
+end)
