@@ -7,7 +7,8 @@
 --   f:result([timeout]), f:done()
 --   pool:map(fn, list [, {progress = false}])
 --   pool:metrics()  -> submitted, completed, failed, worker_deaths,
---                      proxied_args, proxied_results, running, queued
+--                      proxied_args, proxied_results, shm_args, shm_results,
+--                      running, queued
 --   pool:pids()     -> {slot = worker pid}, zygote pid
 --   pool.store, pool.dir (the private store's directory, if any)
 --   pool:close()    (also <close>; a collected pool kills its workers)
@@ -24,9 +25,10 @@
 -- Inside a worker, os.exit flushes stdio and ends the worker at once.
 --
 -- The C side (src/pool*.c) forks a zygote at pool start and the workers
--- from it, and moves codec-encoded frames over one socket per worker. This
--- file keeps the queue, the futures, function packing, automatic proxying
--- and the progress bar.
+-- from it, and moves codec-encoded frames over one socket per worker, or,
+-- for a pool on its private store, frames over the threshold through the
+-- slot's shared memory (pool_shm.c). This file keeps the queue, the
+-- futures, function packing, automatic proxying and the progress bar.
 --
 -- A task message is {id, fn, args, px}: fn a packed function (bytecode and
 -- upvalues), args a packed argument list ({n=...}), px the indices of the
@@ -256,9 +258,11 @@ end
 -- ends the worker: a reply too large to go inline goes with proxies, one
 -- the codec refuses (a function, a coroutine...) becomes an error reply
 -- saying so. Only a broken socket (the parent is gone) raises.
-local function send_reply(chan, store, threshold, id, ok, res)
+local function send_reply(chan, store, threshold, shm, id, ok, res)
   local reply = { id, ok, res }
-  local sent, fits = pcall(chan.send, chan, reply, threshold)
+  -- over the threshold, a reply goes through shared memory as it is when
+  -- there is some
+  local sent, fits = pcall(chan.send, chan, reply, threshold, shm)
   if sent and fits then return end
   local why = fits
   if sent then   -- larger than the threshold
@@ -288,14 +292,14 @@ local function send_reply(chan, store, threshold, id, ok, res)
   chan:send({ id, false, info })
 end
 
-local function make_worker(store, threshold, envs)
+local function make_worker(store, threshold, envs, shm)
   return function(chan)
     os.exit = core.pool_exit   -- a worker's exit skips the parent's atexit
     while true do
       local msg = chan:recv()
       if msg == nil then break end
       local ok, res = xpcall(run_task, task_traceback, msg, envs)
-      send_reply(chan, store, threshold, msg[1], ok, res)
+      send_reply(chan, store, threshold, shm, msg[1], ok, res)
       io.stdout:flush()
     end
   end
@@ -393,7 +397,8 @@ function M.new(opts)
     queue = {}, qhead = 1, qtail = 0, running = {}, idle = {}, nextid = 0,
     tasks = {}, closed = false, owner = core.pool_getpid(),
     stats = { submitted = 0, completed = 0, failed = 0, worker_deaths = 0,
-              proxied_args = 0, proxied_results = 0 },
+              proxied_args = 0, proxied_results = 0, shm_args = 0,
+              shm_results = 0 },
   }, Pool)
 
   local store = opts.store or host.store
@@ -410,6 +415,9 @@ function M.new(opts)
     store = P.init_store("file", { name = name, dir = self.dir,
                                    recycle = workers + 2 })
     self.own_store = true
+    -- The store is the pool's own: large frames may travel through the
+    -- slots' shared memory instead (src/pool/pool_shm.c).
+    self.shm = true
   end
   if store.kind == "local" then
     if self.own_store then pcall(store.close, store) end
@@ -423,7 +431,8 @@ function M.new(opts)
   local envs = stack_envs()
   self.envindex = setmetatable({}, { __mode = "k" })
   for i, e in ipairs(envs) do self.envindex[e] = i end
-  self.h = core.pool_start(workers, make_worker(store, threshold, envs), self.dir)
+  self.h = core.pool_start(workers,
+    make_worker(store, threshold, envs, self.shm), self.dir)
   for s = workers, 1, -1 do self.idle[#self.idle + 1] = s end
   return self
 end
@@ -444,6 +453,13 @@ end
 -- arguments as proxies.
 local function send_task(self, slot, task)
   local h = self.h
+  if self.shm then
+    -- over the threshold, the frame goes through shared memory as it is
+    local ok, via = h:send(slot, task.msg, self.threshold, true)
+    if via then self.stats.shm_args = self.stats.shm_args + 1 end
+    if ok ~= false then return end
+    -- this slot has no shared memory: the store it is
+  end
   local ok = false
   local args, threshold = task.msg[3], self.threshold
   for i = 1, args.n do   -- a large string: no need to encode it to know
@@ -526,7 +542,8 @@ function Pool:_take(slot)
   return task
 end
 
-function Pool:_on_result(slot, reply)
+function Pool:_on_result(slot, reply, via_shm)
+  if via_shm then self.stats.shm_results = self.stats.shm_results + 1 end
   local task = self:_take(slot)
   if task and task.id == reply[1] then
     if reply[2] then
@@ -595,7 +612,7 @@ function Pool:_step(timeout)
     local ev = evs[i]
     local kind = ev[2]
     if kind == "result" then
-      self:_on_result(ev[1], ev[3])
+      self:_on_result(ev[1], ev[3], ev[4])
     elseif kind == "exit" then
       self:_on_exit(ev[1], ev[3], ev[4], ev[5])
     elseif kind == "bad_result" then   -- a reply that did not decode

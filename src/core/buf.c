@@ -12,11 +12,13 @@ void ps_buf_init(ps_buf *b) {
   b->data = NULL;
   b->len = 0;
   b->cap = 0;
+  b->grow = NULL;
 }
 
 int ps_buf_reserve(ps_buf *b, size_t n) {
   if (n <= b->cap - b->len) return 0;
   if (n > SIZE_MAX - b->len) return -1;
+  if (b->grow) return b->grow(b, n);
   size_t need = b->len + n;
   size_t cap = b->cap ? b->cap : 64;
   while (cap < need) cap = cap > SIZE_MAX / 2 ? need : cap * 2;
@@ -43,7 +45,7 @@ int ps_buf_append(ps_buf *b, const void *p, size_t n) {
 }
 
 void ps_buf_free(ps_buf *b) {
-  free(b->data);
+  if (b->grow == NULL) free(b->data);
   ps_buf_init(b);
 }
 

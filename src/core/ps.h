@@ -61,6 +61,10 @@ typedef struct ps_buf {
   char *data;
   size_t len;
   size_t cap;
+  /* NULL: data is malloc'ed and grows with realloc. Otherwise the owner's
+   * memory (a pool's shared mapping): called to make room for n more
+   * bytes, 0 or -1; ps_buf_free leaves such memory to its owner. */
+  int (*grow)(struct ps_buf *b, size_t n);
 } ps_buf;
 
 void ps_buf_init(ps_buf *b);
