@@ -1,4 +1,5 @@
--- ps.pool: large frames through the slots' shared memory.
+-- ps.pool: large frames through the slots' shared memory, and the store
+-- calls that let the pool encode a value once.
 
 local ps = require "proxystore"
 local pool_mod = require "proxystore.pool"
@@ -116,5 +117,50 @@ describe("a pool's shared memory", function()
     rc, out = shell.sh(shell.quote(bin))
     assert.are.equal(0, rc, out)
     assert.truthy(out:find("0 failures", 1, true), out)
+  end)
+end)
+
+describe("store internals for the pool", function()
+  local dir, store
+  before_each(function()
+    dir = shell.tempdir("encoded")
+    store = ps.init_store("file", { name = "enc-" .. dir:match("[^/]+$"), dir = dir })
+  end)
+  after_each(function()
+    store:close()
+    shell.rmtree(dir)
+  end)
+
+  it("puts bytes encoded once, under a new key or a given one", function()
+    local box, size = store:_encode({ 1, 2, x = "y" })
+    assert.is_true(size > 0)
+    local key = store:_put_encoded(box)
+    assert.same({ 1, 2, x = "y" }, store:get(key))
+    local e = select(2, pcall(store._put_encoded, store, box))
+    assert.matches("already put", tostring(e))
+    box = store:_encode("z")
+    assert.equal("k1", store:_put_encoded(box, { key = "k1" }))
+    assert.equal("z", store:get("k1"))
+  end)
+
+  it("encodes with the store's serializer", function()
+    local json = ps.init_store("file", { name = "enc-json-" .. dir:match("[^/]+$"),
+                                         dir = dir, serializer = "json" })
+    finally(function() json:close() end)
+    local box, size = json:_encode({ a = 1 })
+    assert.equal(#'{"a":1}', size)
+    assert.same({ a = 1 }, json:get(json:_put_encoded(box)))
+  end)
+
+  it("gets a fresh copy that the cache neither serves nor keeps", function()
+    local key = store:put({ n = 1 })
+    local a = store:get(key)
+    local b = store:_get_copy(key)
+    local c = store:_get_copy(key)
+    assert.is_false(rawequal(a, b))
+    assert.is_false(rawequal(b, c))
+    assert.is_true(rawequal(a, store:get(key)))
+    assert.same({ n = 1 }, c)
+    assert.equal("missing_key", select(2, pcall(store._get_copy, store, "nope")).kind)
   end)
 end)

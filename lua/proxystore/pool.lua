@@ -187,29 +187,40 @@ local function evict_px(store, list, px)
   for _, i in ipairs(px or {}) do pcall(store.evict, store, P.key(list[i])) end
 end
 
+local function put_box(store, box, opts)
+  return store:proxy_from_key(store:_put_encoded(box), opts)
+end
+
+local SINGLE_USE = { evict = true }
+
 -- Replaces the large values of list (1..list.n) by proxies; returns the
--- indices replaced, or nil. All or nothing: when a put fails, the proxies
--- already made are evicted, list is as it was, and the error goes up.
+-- indices replaced, or nil. A table is encoded once: the bytes that tell
+-- its size are the bytes put. All or nothing: when a put fails, the
+-- proxies already made are evicted, list is as it was, and the error goes
+-- up.
 local function proxy_large(store, list, threshold)
-  local P = ps()
   local px, orig
   for i = 1, list.n do
     local v = list[i]
-    local big
-    if type(v) == "string" then
-      big = #v > threshold
-    elseif type(v) == "table" and not P.is_proxy(v) then
-      local ok, blob = pcall(P.serialize, v)
-      big = not ok or #blob > threshold   -- the put below raises the error
-    end
-    if big then
-      -- single use: deleted by whoever resolves it, off the parent's path
-      local ok, p = pcall(store.proxy, store, v, { evict = true })
+    local ok, p = true, nil
+    -- single use: deleted by whoever resolves it, off the parent's path
+    if type(v) == "string" and #v > threshold then
+      ok, p = pcall(store.proxy, store, v, SINGLE_USE)
+    elseif type(v) == "table" then
+      local box, size
+      ok, box, size = pcall(store._encode, store, v)
       if not ok then
-        evict_px(store, list, px)
-        for j, i2 in ipairs(px or {}) do list[i2] = orig[j] end
-        error(p, 0)
+        p = box
+      elseif size > threshold then
+        ok, p = pcall(put_box, store, box, SINGLE_USE)
       end
+    end
+    if not ok then
+      evict_px(store, list, px)
+      for j, i2 in ipairs(px or {}) do list[i2] = orig[j] end
+      error(p, 0)
+    end
+    if p then
       list[i] = p
       px, orig = px or {}, orig or {}
       orig[#px + 1] = v
@@ -260,11 +271,15 @@ end
 -- saying so. Only a broken socket (the parent is gone) raises.
 local function send_reply(chan, store, threshold, shm, id, ok, res)
   local reply = { id, ok, res }
-  -- over the threshold, a reply goes through shared memory as it is when
-  -- there is some
-  local sent, fits = pcall(chan.send, chan, reply, threshold, shm)
-  if sent and fits then return end
-  local why = fits
+  -- Over the threshold, a reply goes through shared memory as it is when
+  -- there is some; else its large values go to the store first.
+  local sent, why = true, nil
+  if shm or not ok then
+    local fits
+    sent, fits = pcall(chan.send, chan, reply, threshold, shm)
+    if sent and fits then return end
+    why = fits
+  end
   if sent then   -- larger than the threshold
     if ok then
       local made, px = pcall(proxy_large, store, res, threshold)
@@ -460,25 +475,15 @@ local function send_task(self, slot, task)
     if ok ~= false then return end
     -- this slot has no shared memory: the store it is
   end
-  local ok = false
-  local args, threshold = task.msg[3], self.threshold
-  for i = 1, args.n do   -- a large string: no need to encode it to know
-    local v = args[i]
-    if type(v) == "string" and #v > threshold then goto proxy end
+  local msg = task.msg
+  local px = proxy_large(self.store, msg[3], self.threshold)
+  msg[4] = px
+  if px then
+    task.px = px
+    self.stats.proxied_args = self.stats.proxied_args + #px
   end
-  ok = h:send(slot, task.msg, threshold)
-  ::proxy::
-  if ok == false then
-    local args = task.msg[3]
-    local px = proxy_large(self.store, args, self.threshold)
-    task.msg[4] = px
-    if px then
-      task.px = px
-      self.stats.proxied_args = self.stats.proxied_args + #px
-    end
-    h:send(slot, task.msg)
-  end
-  -- ok == nil: the worker is gone; its exit event fails the task.
+  h:send(slot, msg)
+  -- nil from h:send: the worker is gone; its exit event fails the task.
 end
 
 -- True when task went out; a task that cannot be sent (an argument the

@@ -61,6 +61,10 @@ ps_buf *ps_buf_box(lua_State *L) {
   return b;
 }
 
+ps_buf *ps_buf_check(lua_State *L, int idx) {
+  return luaL_checkudata(L, idx, BUF_BOX);
+}
+
 void ps_buf_open(lua_State *L) {
   if (luaL_newmetatable(L, BUF_BOX)) {
     lua_pushcfunction(L, buf_gc);

@@ -79,6 +79,8 @@ void ps_buf_free(ps_buf *b);
  * Call ps_buf_free on it when done to release memory early.
  */
 ps_buf *ps_buf_box(lua_State *L);
+/* The buffer of the box at idx (raises for anything else). */
+ps_buf *ps_buf_check(lua_State *L, int idx);
 void ps_buf_open(lua_State *L);
 
 /* ---- random keys (key.c) ---------------------------------------------- */
