@@ -1,5 +1,6 @@
--- ps.pool: large frames through the slots' shared memory, and the store
--- calls that let the pool encode a value once.
+-- ps.pool: large frames through the slots' shared memory, values that
+-- several tasks share put in the store once, and the store calls that let
+-- the pool encode a value once.
 
 local ps = require "proxystore"
 local pool_mod = require "proxystore.pool"
@@ -78,6 +79,7 @@ describe("a pool's shared memory", function()
       assert.equal(string.char(64 + i), last)
     end
     assert.equal(#sizes, pool:metrics().shm_args)
+    assert.equal(0, pool:metrics().shared_puts)
   end)
 
   it("keeps a replacement worker's frames apart from the dead one's", function()
@@ -117,6 +119,155 @@ describe("a pool's shared memory", function()
     rc, out = shell.sh(shell.quote(bin))
     assert.are.equal(0, rc, out)
     assert.truthy(out:find("0 failures", 1, true), out)
+  end)
+end)
+
+describe("values shared by tasks", function()
+  local dir, store, pool, saved
+
+  before_each(function()
+    dir = shell.tempdir("poolshared")
+    store = ps.init_store("file", { name = "shared-" .. dir:match("[^/]+$"), dir = dir })
+    saved = { pool_mod._shared_idle, pool_mod._seen_bytes }
+  end)
+
+  after_each(function()
+    pool_mod._shared_idle, pool_mod._seen_bytes = saved[1], saved[2]
+    if pool then pool:close() end
+    pool = nil
+    store:close()
+    shell.rmtree(dir)
+  end)
+
+  it("puts a string that many tasks take in the store once", function()
+    pool = ps.pool { workers = 2, store = store, proxy_threshold = 1024 }
+    local big = ("s"):rep(100000)
+    local fs = {}
+    for i = 1, 10 do fs[i] = pool:submit(len, big) end
+    for i = 1, 10 do assert.equal(100000, fs[i]:result()) end
+    local m = pool:metrics()
+    assert.equal(1, m.shared_puts)
+    -- the first task took it in its frame (by the store, single use); the
+    -- nine others a proxy to the one copy
+    assert.equal(9, m.shared_args)
+    assert.equal(1, m.proxied_args)
+    assert.equal(2, store:metrics().put.count)
+    -- shared, not single use: still there for the next task
+    assert.equal(1, #objects(dir))
+    assert.equal(100000, pool:submit(len, big):result())
+    assert.equal(1, pool:metrics().shared_puts)
+  end)
+
+  it("puts a string the task's function captures in the store once", function()
+    pool = ps.pool { workers = 2, proxy_threshold = 1024 }
+    local big = ("u"):rep(200000)
+    local f = function() return #big, big:sub(1, 2) end
+    local fs = {}
+    for i = 1, 6 do fs[i] = pool:submit(f) end
+    for i = 1, 6 do assert.same({ 200000, "uu" }, { fs[i]:result() }) end
+    assert.same({ 200000, 200000, 200000 },
+      pool:map(function() return #big end, { 1, 2, 3 }))
+    local m = pool:metrics()
+    assert.equal(1, m.shared_puts)
+    assert.equal(8, m.shared_args)
+    assert.equal(1, m.shm_args)
+  end)
+
+  it("gives each task its own copy of a shared table", function()
+    pool = ps.pool { workers = 1, store = store, proxy_threshold = 1024 }
+    local t = {}
+    for i = 1, 1000 do t[i] = i end
+    local grab = function(list)
+      local before = list[1]
+      list[1] = "changed by a task"
+      return before, #list
+    end
+    for _ = 1, 4 do
+      assert.same({ 1, 1000 }, { pool:submit(grab, t):result() })
+    end
+    assert.equal(1, t[1])
+    assert.equal(1, pool:metrics().shared_puts)
+  end)
+
+  it("keeps one table one table within a task (argument and upvalue)", function()
+    pool = ps.pool { workers = 1, proxy_threshold = 1024 }
+    local t = {}
+    for i = 1, 1000 do t[i] = i end
+    local f = function(a, b) return rawequal(a, b), rawequal(a, t), #a end
+    for _ = 1, 3 do
+      assert.same({ true, true, 1000 }, { pool:submit(f, t, t):result() })
+    end
+    assert.equal(1, pool:metrics().shared_puts)
+  end)
+
+  it("evicts a shared table's copy once the table is collected", function()
+    pool = ps.pool { workers = 1, store = store, proxy_threshold = 1024 }
+    do
+      local t = {}
+      for i = 1, 1000 do t[i] = i end
+      for _ = 1, 3 do assert.equal(1000, pool:submit(len, t):result()) end
+    end
+    assert.equal(1, #objects(dir))
+    collectgarbage()
+    collectgarbage()
+    pool:submit(len, "x"):result()   -- the pool evicts on its next step
+    assert.same({}, objects(dir))
+  end)
+
+  it("evicts the oldest idle shared strings beyond its budget", function()
+    pool_mod._shared_idle = 150000
+    pool = ps.pool { workers = 1, store = store, proxy_threshold = 1024 }
+    local a, b = ("a"):rep(100000), ("b"):rep(100000)
+    for _ = 1, 2 do assert.equal(100000, pool:submit(len, a):result()) end
+    assert.equal(1, #objects(dir))
+    for _ = 1, 2 do assert.equal(100000, pool:submit(len, b):result()) end
+    -- a went idle first and does not fit beside b
+    assert.equal(1, #objects(dir))
+    assert.equal(2, pool:metrics().shared_puts)
+    assert.equal(100000, pool:submit(len, b):result())
+    assert.equal(2, pool:metrics().shared_puts)
+  end)
+
+  it("never takes a new string for an old one that had the same address", function()
+    pool_mod._seen_bytes = 1
+    pool = ps.pool { workers = 1, proxy_threshold = 1024 }
+    for i = 1, 20 do
+      -- same length each time: only the address could tell them apart
+      local s = string.char(64 + i):rep(50000)
+      local n, c = pool:submit(function(x) return #x, x:sub(-1) end, s):result()
+      assert.equal(#s, n)
+      assert.equal(string.char(64 + i), c)
+      s = nil
+      collectgarbage()
+    end
+    -- none was taken for one seen before
+    assert.equal(0, pool:metrics().shared_puts)
+    assert.equal(20, pool:metrics().shm_args)
+  end)
+
+  it("leaves nothing in the store after close", function()
+    pool = ps.pool { workers = 2, store = store, proxy_threshold = 1024 }
+    local s = ("c"):rep(100000)
+    local t = {}
+    for i = 1, 1000 do t[i] = i end
+    local fs = {}
+    for i = 1, 6 do fs[i] = pool:submit(function(x, y) return #x + #y end, s, t) end
+    for i = 1, 6 do assert.equal(101000, fs[i]:result()) end
+    assert.equal(2, pool:metrics().shared_puts)
+    assert.equal(2, #objects(dir))
+    pool:close()
+    pool = nil
+    assert.same({}, objects(dir))
+  end)
+
+  it("sends a shared value by value when the store refuses it", function()
+    pool = ps.pool { workers = 1, proxy_threshold = 1024 }
+    local big = ("r"):rep(100000)
+    assert.equal(100000, pool:submit(len, big):result())
+    shell.rmtree(pool.dir)   -- the private store can write nothing now
+    assert.equal(100000, pool:submit(len, big):result())
+    assert.equal(0, pool:metrics().shared_puts)
+    assert.equal(2, pool:metrics().shm_args)
   end)
 end)
 
