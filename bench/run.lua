@@ -4,6 +4,10 @@
 -- measured in the same run.
 --
 --   lua5.4 bench/run.lua [section ...]     (sections: proxy codec file redis pool)
+--
+-- The pool section is what a user of the `proxystore` binary gets: it runs
+-- in a child build/bin/proxystore process (whose Lua state has the
+-- big-block allocator), which prints its rows tab-separated.
 
 local root = arg[0]:match("^(.*)/bench/run%.lua$") or "."
 package.path = root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;" .. package.path
@@ -29,11 +33,36 @@ local function report(section, name, ns, spread, baseline, ratio)
   io.stdout:flush()
 end
 
+-- Sections run by the host binary.
+local UNDER_BINARY = { pool = true }
+
+local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+local function run_child(name, path)
+  local build = os.getenv("PROXYSTORE_BUILD") or (root .. "/build")
+  local cmd = ("env LUA_PATH=%s %s %s --rows"):format(
+    q(root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;;"),
+    q(build .. "/bin/proxystore"), q(path))
+  local p = assert(io.popen(cmd))
+  for line in p:lines() do
+    local f = {}
+    for field in (line .. "\t"):gmatch("([^\t]*)\t") do f[#f + 1] = field end
+    report(f[1], f[2], tonumber(f[3]), tonumber(f[4]), f[5] ~= "" and f[5] or nil,
+      tonumber(f[6]))
+  end
+  return p:close()
+end
+
 local failed = 0
 for _, name in ipairs(wanted) do
   local path = root .. "/bench/" .. name .. ".lua"
   local chunk = loadfile(path)
-  if not chunk then
+  if chunk and UNDER_BINARY[name] then
+    if not run_child(name, path) then
+      io.stderr:write("bench ", name, " failed\n")
+      failed = failed + 1
+    end
+  elseif not chunk then
     io.stderr:write("bench: no ", path, "\n")
     failed = failed + 1
   else
