@@ -43,8 +43,8 @@ local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
 local function run_child(name, path)
   local build = os.getenv("PROXYSTORE_BUILD") or (root .. "/build")
-  local cmd = ("env LUA_PATH=%s %s %s --rows"):format(
-    q(root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;;"),
+  local cmd = ("env LUA_PATH=%s LUA_CPATH=%s %s %s --rows"):format(
+    q(root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;;"), q(build .. "/lib/?.so;;"),
     q(build .. "/bin/proxystore"), q(path))
   local p = assert(io.popen(cmd))
   for line in p:lines() do
