@@ -315,3 +315,30 @@ describe("store internals for the pool", function()
     assert.equal("missing_key", select(2, pcall(store._get_copy, store, "nope")).kind)
   end)
 end)
+
+describe("values shared by tasks on a Redis store", function()
+  local redis = require "helpers.redis"
+  local srv, pool
+
+  setup(function() srv = redis.start() end)
+  teardown(function() if srv then srv:stop() end end)
+  after_each(function()
+    if pool then pool:close() end
+    pool = nil
+  end)
+
+  it("are put once and gone from Redis after close", function()
+    local url = ("redis://%s:%d"):format(srv.host, srv.port)
+    pool = ps.pool { workers = 2, store = url, proxy_threshold = 1024 }
+    local big = ("q"):rep(50000)
+    local fs = {}
+    for i = 1, 6 do fs[i] = pool:submit(function(s, k) return #s + k end, big, i) end
+    for i = 1, 6 do assert.equal(50000 + i, fs[i]:result()) end
+    assert.equal(1, pool:metrics().shared_puts)
+    -- the shared copy is there, the single-use one is gone
+    assert.equal("1", srv:cli("DBSIZE"):match("%d+"))
+    pool:close()
+    pool = nil
+    assert.equal("0", srv:cli("DBSIZE"):match("%d+"))
+  end)
+end)
