@@ -45,6 +45,8 @@ typedef struct big_hdr {
 static pthread_mutex_t cache_mu = PTHREAD_MUTEX_INITIALIZER;
 static void *cache_base[CACHE_SLOTS];
 static size_t cache_len[CACHE_SLOTS];
+static uint64_t cache_seq[CACHE_SLOTS];   /* when each was freed */
+static uint64_t cache_clock;
 static size_t cache_total;
 
 /* Guards the list of lua_State allocator wrappers (below). */
@@ -117,24 +119,43 @@ static void *cache_take(size_t len) {
   return best;
 }
 
+/*
+ * Keeps a freed block, making room by dropping the blocks freed longest
+ * ago: the cache follows the sizes in use now (blocks of sizes no longer
+ * asked for would otherwise fill its slots, and every new block of the
+ * current size would be fresh memory).
+ */
 static int cache_put(void *base, size_t len) {
-  int kept = 0;
+  void *drop[CACHE_SLOTS];
+  size_t droplen[CACHE_SLOTS], ndrop = 0;
   if (len > CACHE_ONE) return 0;
   pthread_once(&atfork_once, register_atfork);
   pthread_mutex_lock(&cache_mu);
-  if (cache_total + len <= CACHE_MAX) {
+  size_t free_slot = CACHE_SLOTS;
+  for (;;) {
+    size_t oldest = CACHE_SLOTS;
+    free_slot = CACHE_SLOTS;
     for (size_t i = 0; i < CACHE_SLOTS; i++) {
       if (cache_base[i] == NULL) {
-        cache_base[i] = base;
-        cache_len[i] = len;
-        cache_total += len;
-        kept = 1;
-        break;
+        if (free_slot == CACHE_SLOTS) free_slot = i;
+      } else if (oldest == CACHE_SLOTS || cache_seq[i] < cache_seq[oldest]) {
+        oldest = i;
       }
     }
+    if (free_slot < CACHE_SLOTS && cache_total + len <= CACHE_MAX) break;
+    drop[ndrop] = cache_base[oldest];
+    droplen[ndrop++] = cache_len[oldest];
+    cache_total -= cache_len[oldest];
+    cache_base[oldest] = NULL;
+    cache_len[oldest] = 0;
   }
+  cache_base[free_slot] = base;
+  cache_len[free_slot] = len;
+  cache_seq[free_slot] = ++cache_clock;
+  cache_total += len;
   pthread_mutex_unlock(&cache_mu);
-  return kept;
+  for (size_t i = 0; i < ndrop; i++) munmap(drop[i], droplen[i]);
+  return 1;
 }
 
 void *ps_big_alloc(size_t n) {
