@@ -253,8 +253,8 @@ end
 -- the value in its own frame, so a value each task has for itself never
 -- goes through the store.
 --
--- Lifetime: an entry is pinned while a task that took it is queued or
--- running. A table's entry lives as long as the table (weak keys) and its
+-- Lifetime: an entry is pinned from when a task that takes it is sent to
+-- a worker until the task ends. A table's entry lives as long as the table (weak keys) and its
 -- finalizer evicts the stored copy. Lua cannot hold a string weakly, so a
 -- string's entry that no task pins waits in a list of idle entries that
 -- keeps at most _shared_idle bytes, the oldest evicted first. Closing the
