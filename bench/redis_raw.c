@@ -2,8 +2,10 @@
  * redis_raw.c: the baselines for the Redis store benchmarks.
  *
  *   redis_raw HOST PORT SOCKET RUNS SIZE...
+ *   redis_raw fresh HOST PORT SOCKET tcp|unix KEY SIZE
+ *   redis_raw get HOST PORT SOCKET tcp|unix KEY SIZE RUNS
  *
- * For each size and transport (tcp, unix) it times
+ * For each size and transport (tcp, unix) the first form times
  *   hiredis_set / hiredis_get   redisCommand SET/GET (hiredis 0.14)
  *   limit_set / limit_get       the server-bound limit: SET written with one
  *                               writev, GET's reply read with plain read()
@@ -11,9 +13,24 @@
  * and prints one line per measurement:
  *   <transport> <op> <size> <median ns> <spread %>
  * spread is (max - min) / median in percent, as bench/run.lua reports.
+ * Then, per size and transport, the CPU time one limit_get costs:
+ *   <transport> limit_get_cpu <size> <ns with the spin> <ns blocking>
+ *
+ * The limit waits as the store does (src/core/spin.h): a read that finds
+ * the socket empty polls it without sleeping for up to SPIN_NS before it
+ * blocks, on every wait of a transfer. Without that the store, which
+ * spins, beat its "limit" on small replies (a blocking read pays a wakeup
+ * from idle); the spin costs CPU, which the limit_get_cpu line shows.
+ *
+ * The second form is the limit in a fresh process: it connects, then
+ * times one GET of KEY (SIZE bytes) into a freshly allocated buffer and
+ * prints the nanoseconds. The third is the warm limit for an existing
+ * key: RUNS GETs into one reused buffer, "<median ns> <spread %>".
  */
 
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,10 +40,49 @@
 
 #include <hiredis/hiredis.h>
 
+#define SPIN_NS 30000.0   /* as PS_SPIN_NS in src/core/spin.h */
+
 static double now_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return ts.tv_sec * 1e9 + ts.tv_nsec;
+}
+
+static double cpu_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return ts.tv_sec * 1e9 + ts.tv_nsec;
+}
+
+static int spin = 1;   /* limit reads spin before they block */
+
+/* Waits until fd is ready for events: first polling without sleeping for
+ * up to SPIN_NS (when spin is on), then blocking. */
+static void wait_fd(int fd, short events) {
+  struct pollfd p = {fd, events, 0};
+  if (spin) {
+    double t0 = now_ns();
+    do {
+      if (poll(&p, 1, 0) > 0) return;
+    } while (now_ns() - t0 < SPIN_NS);
+  }
+  while (poll(&p, 1, -1) < 0 && errno == EINTR) {}
+}
+
+/* read(2) on the non-blocking fd, waiting as the store does. */
+static ssize_t read_wait(int fd, void *p, size_t n) {
+  for (;;) {
+    ssize_t r = read(fd, p, n);
+    if (r >= 0) return r;
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) return -1;
+    wait_fd(fd, POLLIN);
+  }
+}
+
+static void set_nonblock(int fd, int on) {
+  int fl = fcntl(fd, F_GETFL);
+  fcntl(fd, F_SETFL, on ? fl | O_NONBLOCK : fl & ~O_NONBLOCK);
 }
 
 static int cmp_d(const void *a, const void *b) {
@@ -53,6 +109,10 @@ static void write_all(int fd, struct iovec *iov, int n) {
     ssize_t w = writev(fd, iov, n);
     if (w < 0) {
       if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        wait_fd(fd, POLLOUT);
+        continue;
+      }
       die("writev", NULL);
     }
     while (n > 0 && (size_t)w >= iov->iov_len) {
@@ -69,8 +129,7 @@ static void write_all(int fd, struct iovec *iov, int n) {
 
 static void read_exact(int fd, char *p, size_t n) {
   while (n > 0) {
-    ssize_t r = read(fd, p, n);
-    if (r < 0 && errno == EINTR) continue;
+    ssize_t r = read_wait(fd, p, n);
     if (r <= 0) die("read", NULL);
     p += r;
     n -= r;
@@ -82,8 +141,7 @@ static void read_status(int fd, char *line, size_t cap) {
   size_t n = 0;
   while (n < 2 || line[n - 1] != '\n') {
     if (n + 1 >= cap) die("line too long", NULL);
-    ssize_t r = read(fd, line + n, cap - 1 - n);
-    if (r < 0 && errno == EINTR) continue;
+    ssize_t r = read_wait(fd, line + n, cap - 1 - n);
     if (r <= 0) die("read", NULL);
     n += r;
   }
@@ -114,8 +172,7 @@ static void limit_get(int fd, const char *key, char *buf, size_t len) {
   size_t total = 0, need = 0;
   char *eol = NULL;
   while (eol == NULL) {
-    ssize_t r = read(fd, buf + total, len + 64 - total);
-    if (r < 0 && errno == EINTR) continue;
+    ssize_t r = read_wait(fd, buf + total, len + 64 - total);
     if (r <= 0) die("read", NULL);
     total += r;
     eol = memchr(buf, '\n', total);
@@ -148,22 +205,36 @@ static void bench(const char *tr, redisContext *c, size_t size, int runs) {
     freeReplyObject(r);
   }
   report(tr, "hiredis_get", size, t, runs);
+  /* hiredis reads its (blocking) socket itself; the limit's waits are
+   * ours, on a non-blocking one, as in the store. */
+  set_nonblock(c->fd, 1);
   for (int i = 0; i < runs; i++) {
     double t0 = now_ns();
     limit_set(c->fd, key, data, size);
     t[i] = now_ns() - t0;
   }
   report(tr, "limit_set", size, t, runs);
+  double cpu0 = cpu_ns();
   for (int i = 0; i < runs; i++) {
     double t0 = now_ns();
     limit_get(c->fd, key, buf, size);
     t[i] = now_ns() - t0;
   }
+  double cpu_spin = (cpu_ns() - cpu0) / runs;
   {
     char *body = memchr(buf, '\n', 64) + 1;
     if (memcmp(body, data, size) != 0) die("GET bytes differ", NULL);
   }
   report(tr, "limit_get", size, t, runs);
+  /* The same GETs blocking at once: what the spin costs in CPU. */
+  spin = 0;
+  cpu0 = cpu_ns();
+  for (int i = 0; i < runs; i++) limit_get(c->fd, key, buf, size);
+  double cpu_block = (cpu_ns() - cpu0) / runs;
+  spin = 1;
+  printf("%s limit_get_cpu %zu %.0f %.0f\n", tr, size, cpu_spin, cpu_block);
+  fflush(stdout);
+  set_nonblock(c->fd, 0);
   r = redisCommand(c, "DEL %s", key);
   freeReplyObject(r);
   free(data);
@@ -171,7 +242,58 @@ static void bench(const char *tr, redisContext *c, size_t size, int runs) {
   free(t);
 }
 
+static redisContext *connect_to(char **argv) {
+  int unix_ = strcmp(argv[5], "unix") == 0;
+  redisContext *c = unix_ ? redisConnectUnix(argv[4])
+                          : redisConnect(argv[2], atoi(argv[3]));
+  if (!c || c->err) die("connect", c);
+  set_nonblock(c->fd, 1);
+  return c;
+}
+
+/* redis_raw fresh HOST PORT SOCKET tcp|unix KEY SIZE */
+static int fresh(char **argv) {
+  redisContext *c = connect_to(argv);
+  size_t size = strtoull(argv[7], NULL, 10);
+  double t0 = now_ns();
+  char *buf = malloc(size + 64);
+  if (buf == NULL) die("malloc", NULL);
+  limit_get(c->fd, argv[6], buf, size);
+  double dt = now_ns() - t0;
+  printf("%.0f\n", dt);
+  free(buf);
+  redisFree(c);
+  return 0;
+}
+
+/* redis_raw get HOST PORT SOCKET tcp|unix KEY SIZE RUNS */
+static int warm_get(char **argv) {
+  redisContext *c = connect_to(argv);
+  size_t size = strtoull(argv[7], NULL, 10);
+  int runs = atoi(argv[8]);
+  if (runs < 1) runs = 1;
+  char *buf = malloc(size + 64);
+  double *t = malloc((size_t)runs * sizeof *t);
+  if (buf == NULL || t == NULL) die("malloc", NULL);
+  memset(buf, 0, size + 64);
+  limit_get(c->fd, argv[6], buf, size);   /* warm-up */
+  for (int i = 0; i < runs; i++) {
+    double t0 = now_ns();
+    limit_get(c->fd, argv[6], buf, size);
+    t[i] = now_ns() - t0;
+  }
+  qsort(t, (size_t)runs, sizeof *t, cmp_d);
+  double med = runs % 2 ? t[runs / 2] : (t[runs / 2 - 1] + t[runs / 2]) / 2;
+  printf("%.0f %.1f\n", med, med > 0 ? 100 * (t[runs - 1] - t[0]) / med : 0);
+  free(buf);
+  free(t);
+  redisFree(c);
+  return 0;
+}
+
 int main(int argc, char **argv) {
+  if (argc == 8 && strcmp(argv[1], "fresh") == 0) return fresh(argv);
+  if (argc == 9 && strcmp(argv[1], "get") == 0) return warm_get(argv);
   if (argc < 6) {
     fprintf(stderr, "usage: redis_raw HOST PORT SOCKET RUNS SIZE...\n");
     return 2;

@@ -3,13 +3,19 @@
 -- the spread (max-min over median), and the ratio against the baseline
 -- measured in the same run.
 --
---   lua5.4 bench/run.lua [section ...]     (sections: proxy codec file redis cluster pool queue stream)
+--   lua5.4 bench/run.lua [section ...]
+--       (sections: proxy codec file redis cluster pool queue stream sweep)
+--
+-- The pool and sweep sections are what a user of the `proxystore` binary
+-- gets: they run in a child build/bin/proxystore process (whose Lua state
+-- has the big-block allocator), which prints its rows tab-separated; other
+-- lines it prints (the sweep's own table) come after the main table.
 
 local root = arg[0]:match("^(.*)/bench/run%.lua$") or "."
 package.path = root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;" .. package.path
 package.cpath = root .. "/build/lib/?.so;" .. package.cpath
 
-local ALL = { "proxy", "codec", "file", "redis", "cluster", "pool", "queue", "stream" }
+local ALL = { "proxy", "codec", "file", "redis", "cluster", "pool", "queue", "stream", "sweep" }
 local wanted = #arg > 0 and arg or ALL
 
 local function fmt_time(ns)
@@ -29,11 +35,41 @@ local function report(section, name, ns, spread, baseline, ratio)
   io.stdout:flush()
 end
 
+-- Sections run by the host binary.
+local UNDER_BINARY = { pool = true, sweep = true }
+local after = {}   -- lines printed after the table
+
+local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+local function run_child(name, path)
+  local build = os.getenv("PROXYSTORE_BUILD") or (root .. "/build")
+  local cmd = ("env LUA_PATH=%s LUA_CPATH=%s %s %s --rows"):format(
+    q(root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;;"), q(build .. "/lib/?.so;;"),
+    q(build .. "/bin/proxystore"), q(path))
+  local p = assert(io.popen(cmd))
+  for line in p:lines() do
+    if line:find("\t", 1, true) then
+      local f = {}
+      for field in (line .. "\t"):gmatch("([^\t]*)\t") do f[#f + 1] = field end
+      report(f[1], f[2], tonumber(f[3]), tonumber(f[4]), f[5] ~= "" and f[5] or nil,
+        tonumber(f[6]))
+    else
+      after[#after + 1] = line
+    end
+  end
+  return p:close()
+end
+
 local failed = 0
 for _, name in ipairs(wanted) do
   local path = root .. "/bench/" .. name .. ".lua"
   local chunk = loadfile(path)
-  if not chunk then
+  if chunk and UNDER_BINARY[name] then
+    if not run_child(name, path) then
+      io.stderr:write("bench ", name, " failed\n")
+      failed = failed + 1
+    end
+  elseif not chunk then
     io.stderr:write("bench: no ", path, "\n")
     failed = failed + 1
   else
@@ -44,4 +80,5 @@ for _, name in ipairs(wanted) do
     end
   end
 end
+for _, line in ipairs(after) do print(line) end
 os.exit(failed == 0)

@@ -5,6 +5,27 @@ local ROOT = os.getenv("PROXYSTORE_SOURCE_ROOT") or "."
 
 local shell = require "helpers.shell"
 
+local function build_and_run(name)
+  local tmp = shell.tempdir("bigalloc")
+  local bin = tmp .. "/" .. name
+  -- bigalloc.c is included by the test itself, so it is built alone.
+  local rc, out = shell.sh(string.format(
+    "cd '%s' && ${CC:-cc} -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -g -Isrc -Isrc/core -Isrc/store "
+    .. "$(pkg-config --cflags lua5.4) -o '%s' spec/c/%s.c "
+    .. "$(pkg-config --libs lua5.4) -lpthread -ldl", ROOT, bin, name))
+  if rc == 0 then rc, out = shell.sh(shell.quote(bin)) end
+  shell.rmtree(tmp)
+  return rc, out
+end
+
+describe("medium blocks", function()
+  it("are carved from huge-page chunks and move between kinds in a Lua state", function()
+    local rc, out = build_and_run("bigalloc_medium_test")
+    assert.are.equal(0, rc, out)
+    assert.truthy(out:find(" 0 failures", 1, true), out)
+  end)
+end)
+
 describe("large blocks", function()
   it("stay usable in a child forked while another thread holds their lock", function()
     local tmp = shell.tempdir("bigalloc")

@@ -1,14 +1,19 @@
 /*
  * bench/c/support.c: the module proxystore.bench, helpers for the
  * benchmarks in bench/ that ship in no installed library: the memcpy
- * baseline large strings are compared against, and the C-API floors for
- * building and reading the codec's records. make bench builds it into
+ * baseline large strings are compared against, the C-API floors for
+ * building and reading the codec's records, and the raw read limit of a
+ * stored file (warm and in a fresh process). make bench builds it into
  * build/lib/proxystore/bench.so.
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "ps.h"
 
@@ -150,7 +155,116 @@ static int bench_read_records(lua_State *L) {
   return 1;
 }
 
+/* open, fstat, read all of it into buf (at least size bytes), close: what
+ * any reader of a stored file must do. 0, or -1. */
+static int read_file(const char *path, char *buf, size_t size) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  struct stat st;
+  if (fstat(fd, &st) != 0 || (size_t)st.st_size != size) {
+    close(fd);
+    return -1;
+  }
+  size_t got = 0;
+  while (got < size) {
+    ssize_t r = read(fd, buf + got, size - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    got += (size_t)r;
+  }
+  close(fd);
+  return got == size ? 0 : -1;
+}
+
+/*
+ * file_read(path, size, reps) -> median, min, max seconds: the raw read
+ * limit of a warm process, the file read into a buffer reused (and paged
+ * in) across reps reads.
+ */
+static int bench_file_read(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  lua_Integer n = luaL_checkinteger(L, 2);
+  lua_Integer reps = luaL_optinteger(L, 3, 5);
+  luaL_argcheck(L, n >= 0, 2, "size must not be negative");
+  luaL_argcheck(L, reps > 0 && reps <= 1000, 3, "1..1000 repetitions");
+  ps_buf *b = ps_buf_box(L);
+  double *t = lua_newuserdatauv(L, sizeof(double) * (size_t)reps, 0);
+  if (ps_buf_reserve(b, (size_t)n + 1)) return luaL_error(L, "out of memory");
+  memset(b->data, 0, (size_t)n + 1);
+  for (lua_Integer i = 0; i < reps; i++) {
+    double t0 = now();
+    if (read_file(path, b->data, (size_t)n) != 0)
+      return luaL_error(L, "cannot read %s", path);
+    t[i] = now() - t0;
+  }
+  qsort(t, (size_t)reps, sizeof *t, cmp_double);
+  lua_pushnumber(L, t[reps / 2]);
+  lua_pushnumber(L, t[0]);
+  lua_pushnumber(L, t[reps - 1]);
+  ps_buf_free(b);
+  return 3;
+}
+
+/*
+ * file_read_fresh(path, size) -> seconds: the raw read limit of a fresh
+ * process (call it once, first thing): the file read into a buffer just
+ * allocated, whose pages fault in as the read fills them.
+ */
+static int bench_file_read_fresh(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  lua_Integer n = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, n >= 0, 2, "size must not be negative");
+  double t0 = now();
+  char *buf = malloc((size_t)n + 1);
+  if (buf == NULL) return luaL_error(L, "out of memory");
+  int rc = read_file(path, buf, (size_t)n);
+  double dt = now() - t0;
+  free(buf);
+  if (rc != 0) return luaL_error(L, "cannot read %s", path);
+  lua_pushnumber(L, dt);
+  return 1;
+}
+
+/*
+ * copy_strings(list) -> seconds: memcpy of each string of the list (1..#list)
+ * into one reused, paged-in buffer; the least any encoder of those strings
+ * must do (read each once, write it once).
+ */
+static int bench_copy_strings(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_Integer n = luaL_len(L, 1);
+  size_t max = 0;
+  for (lua_Integer i = 1; i <= n; i++) {
+    size_t len;
+    lua_rawgeti(L, 1, i);
+    if (lua_type(L, -1) != LUA_TSTRING) return luaL_error(L, "list[%d] is not a string", (int)i);
+    lua_tolstring(L, -1, &len);
+    if (len > max) max = len;
+    lua_pop(L, 1);
+  }
+  ps_buf *b = ps_buf_box(L);
+  if (ps_buf_reserve(b, max + 1)) return luaL_error(L, "out of memory");
+  memset(b->data, 0, max + 1);
+  double total = 0;
+  for (lua_Integer i = 1; i <= n; i++) {
+    size_t len;
+    lua_rawgeti(L, 1, i);
+    const char *p = lua_tolstring(L, -1, &len);
+    double t0 = now();
+    memcpy(b->data, p, len);
+    __asm__ volatile("" : : "r"(b->data) : "memory");
+    total += now() - t0;
+    lua_pop(L, 1);
+  }
+  ps_buf_free(b);
+  lua_pushnumber(L, total);
+  return 1;
+}
+
 static const luaL_Reg bench_funcs[] = {
+  {"copy_strings", bench_copy_strings},
+  {"file_read", bench_file_read},
+  {"file_read_fresh", bench_file_read_fresh},
   {"build_records", bench_build_records},
   {"read_records", bench_read_records},
   {"memcpy", bench_memcpy},

@@ -8,6 +8,7 @@
 --   pool:map(fn, list [, {progress = false}])
 --   pool:metrics()  -> submitted, completed, failed, cancelled,
 --                      worker_deaths, proxied_args, proxied_results,
+--                      shm_args, shm_results, shared_puts, shared_args,
 --                      running, queued
 --   pool:pids()     -> {slot = worker pid}, zygote pid
 --   pool.store, pool.dir (the private store's directory, if any)
@@ -26,15 +27,18 @@
 -- Inside a worker, os.exit flushes stdio and ends the worker at once.
 --
 -- The C side (src/pool*.c) forks a zygote at pool start and the workers
--- from it, and moves codec-encoded frames over one socket per worker. This
--- file keeps the queue, the futures, function packing, automatic proxying
--- and the progress bar.
+-- from it, and moves codec-encoded frames over one socket per worker, or,
+-- for a pool on its private store, frames over the threshold through the
+-- slot's shared memory (pool_shm.c). This file keeps the queue, the
+-- futures, function packing, automatic proxying and the progress bar.
 --
--- A task message is {id, fn, args, px}: fn a packed function (bytecode and
--- upvalues), args a packed argument list ({n=...}), px the indices of the
--- arguments the pool itself turned into proxies (resolved in the worker
--- before the call, evicted by the parent when the task ends). A reply is
--- {id, true, results, px} or {id, false, {message=, traceback=, cause=}}.
+-- A task message is {id, fn, args, px, sx}: fn a packed function (bytecode
+-- and upvalues), args a packed argument list ({n=...}), px the indices of
+-- the arguments the pool itself turned into single-use proxies (resolved
+-- in the worker before the call, evicted by the parent when the task
+-- ends), sx those that are proxies to values shared by tasks (negative
+-- for tables; see "Values shared by tasks"). A reply is {id, true,
+-- results, px} or {id, false, {message=, traceback=, cause=}}.
 
 local core = require "proxystore.core"
 
@@ -150,7 +154,9 @@ end
 
 local loaded = {}   -- worker side: code -> closure (reused, upvalues reset)
 
-local function unpack_fn(p, memo, envs)
+local shared_value   -- below
+
+local function unpack_fn(p, memo, envs, store)
   local f = memo[p]
   if f then return f end
   f = loaded[p.code]
@@ -167,7 +173,9 @@ local function unpack_fn(p, memo, envs)
       local mod = require(u.m)
       setupvalue(f, i, u.k and mod[u.k] or mod)
     elseif u.f then
-      setupvalue(f, i, unpack_fn(u.f, memo, envs))
+      setupvalue(f, i, unpack_fn(u.f, memo, envs, store))
+    elseif u.s then
+      setupvalue(f, i, shared_value(u.v, u.s, store))
     else
       setupvalue(f, i, u.v)
     end
@@ -187,31 +195,42 @@ local function evict_px(store, list, px)
   for _, i in ipairs(px or {}) do pcall(store.evict, store, P.key(list[i])) end
 end
 
+local function put_box(store, box, opts)
+  return store:proxy_from_key(store:_put_encoded(box), opts)
+end
+
+local SINGLE_USE = { evict = true }
+
 -- Replaces the large values of list (1..list.n) by proxies; returns the
--- indices replaced, or nil. All or nothing: when a put fails, the proxies
--- already made are evicted, list is as it was, and the error goes up.
--- popts: the proxies' options (default single use; a queue's tasks may run
--- twice, so theirs are evicted by the submitter instead).
+-- indices replaced, or nil. A table is encoded once: the bytes that tell
+-- its size are the bytes put. All or nothing: when a put fails, the
+-- proxies already made are evicted, list is as it was, and the error goes
+-- up. popts: the proxies' options (default single use; a queue's tasks
+-- may run twice, so theirs are evicted by the submitter instead).
 local function proxy_large(store, list, threshold, popts)
-  local P = ps()
+  popts = popts or SINGLE_USE
   local px, orig
   for i = 1, list.n do
     local v = list[i]
-    local big
-    if type(v) == "string" then
-      big = #v > threshold
-    elseif type(v) == "table" and not P.is_proxy(v) then
-      local ok, blob = pcall(P.serialize, v)
-      big = not ok or #blob > threshold   -- the put below raises the error
-    end
-    if big then
-      -- single use: deleted by whoever resolves it, off the parent's path
-      local ok, p = pcall(store.proxy, store, v, popts or { evict = true })
+    local ok, p = true, nil
+    -- single use: deleted by whoever resolves it, off the parent's path
+    if type(v) == "string" and #v > threshold then
+      ok, p = pcall(store.proxy, store, v, popts)
+    elseif type(v) == "table" then
+      local box, size
+      ok, box, size = pcall(store._encode, store, v)
       if not ok then
-        evict_px(store, list, px)
-        for j, i2 in ipairs(px or {}) do list[i2] = orig[j] end
-        error(p, 0)
+        p = box
+      elseif size > threshold then
+        ok, p = pcall(put_box, store, box, popts)
       end
+    end
+    if not ok then
+      evict_px(store, list, px)
+      for j, i2 in ipairs(px or {}) do list[i2] = orig[j] end
+      error(p, 0)
+    end
+    if p then
       list[i] = p
       px, orig = px or {}, orig or {}
       orig[#px + 1] = v
@@ -227,6 +246,302 @@ local function extract_px(list, px)
   if not px then return end
   local P = ps()
   for _, i in ipairs(px) do list[i] = P.extract(list[i]) end
+end
+
+---------------------------------------------------------------------------
+-- Values shared by tasks. A large string or table that a second task takes
+-- (as an argument, or as an upvalue of its function) is put in the pool's
+-- store once, and from then on tasks get a proxy to it, which a worker
+-- resolves once and then finds in its store cache. The first task takes
+-- the value in its own frame, so a value each task has for itself never
+-- goes through the store.
+--
+-- Lifetime: an entry is pinned from when a task that takes it is sent to
+-- a worker until the task ends. A table's entry lives as long as the table (weak keys) and its
+-- finalizer evicts the stored copy. Lua cannot hold a string weakly, so a
+-- string's entry that no task pins waits in a list of idle entries that
+-- keeps at most _shared_idle bytes, the oldest evicted first. Closing the
+-- pool evicts every entry.
+--
+-- Seen once: tables in a weak set. A string is known by its address, which
+-- names it only while it is alive (a new string often gets the address of
+-- one just freed), so the last large strings seen are held, up to
+-- _seen_bytes (and always the last one).
+--
+-- A worker takes a shared table as a fresh copy (never the one in its
+-- cache), so a task that changes its argument changes no other task's. A
+-- table is read when it is first shared: tasks sent later get that copy.
+
+-- Module fields, so that a spec can make them small.
+M._shared_idle = 64 * 1024 * 1024
+M._seen_bytes = 64 * 1024 * 1024
+
+local function new_shared(store, private)
+  return {
+    store = store, private = private, owner = core.pool_getpid(),
+    str = {},                                     -- "%p" -> entry
+    seen = {},        -- "%p" -> {v = s}: strings seen once, and in order:
+    seen_q = {}, seen_head = 1, seen_tail = 0, seen_bytes = 0,
+    tbl = setmetatable({}, { __mode = "k" }),     -- table -> entry
+    seen_t = setmetatable({}, { __mode = "k" }),  -- table -> true: seen once,
+                                                  -- false: small
+    idle_bytes = 0,   -- idle string entries: a list from sh.oldest
+    gone = {},        -- table entries whose table was collected
+  }
+end
+
+local function evict_entry(sh, e)
+  if e.dead then return end
+  e.dead = true
+  -- the private store's directory goes as a whole at close
+  if not (sh.private and sh.closing) then
+    pcall(sh.store.evict, sh.store, e.key)
+  end
+end
+
+-- A table's entry evicts its stored copy once the table is gone: queued
+-- (no store calls inside the collector) for the pool's next step, in the
+-- process that made it only (a forked worker has a copy of the state).
+local TableEntry = { __gc = function(e)
+  local sh = e.sh
+  if sh.owner ~= core.pool_getpid() then return end
+  if sh.closing then
+    evict_entry(sh, e)
+  else
+    sh.gone[#sh.gone + 1] = e
+  end
+end }
+
+local function evict_gone(sh)
+  local gone = sh.gone
+  if not gone[1] then return end
+  sh.gone = {}
+  for _, e in ipairs(gone) do evict_entry(sh, e) end
+end
+
+local function idle_unlink(sh, e)
+  if e.newer then e.newer.older = e.older else sh.newest = e.older end
+  if e.older then e.older.newer = e.newer else sh.oldest = e.newer end
+  e.newer, e.older, e.idle = nil, nil, false
+  sh.idle_bytes = sh.idle_bytes - e.size
+end
+
+local function pin(sh, e)
+  if e.idle then idle_unlink(sh, e) end
+  e.pins = e.pins + 1
+end
+
+local function unpin(sh, e)
+  e.pins = e.pins - 1
+  if e.pins > 0 or e.kind ~= "s" or e.dead then return end
+  e.idle, e.older = true, sh.newest
+  if sh.newest then sh.newest.newer = e else sh.oldest = e end
+  sh.newest = e
+  sh.idle_bytes = sh.idle_bytes + e.size
+  while sh.idle_bytes > M._shared_idle do
+    local old = sh.oldest
+    idle_unlink(sh, old)
+    sh.str[old.id] = nil
+    evict_entry(sh, old)
+  end
+end
+
+local function unsee(sh, id, node)
+  sh.seen[id] = nil
+  node.v = nil
+  sh.seen_bytes = sh.seen_bytes - node.n
+end
+
+local function see(sh, id, v)
+  local node = { id = id, v = v, n = #v }
+  sh.seen[id] = node
+  sh.seen_tail = sh.seen_tail + 1
+  sh.seen_q[sh.seen_tail] = node
+  sh.seen_bytes = sh.seen_bytes + node.n
+  local q = sh.seen_q
+  while sh.seen_head < sh.seen_tail and
+      (sh.seen_bytes > M._seen_bytes or not q[sh.seen_head].v) do
+    local old = q[sh.seen_head]
+    q[sh.seen_head] = nil
+    sh.seen_head = sh.seen_head + 1
+    if old.v then unsee(sh, old.id, old) end
+  end
+end
+
+-- The entry for v, a value a task takes, when v is large and shared: made
+-- when v is seen a second time (the store's error, if any, leaves v to go
+-- by value). decided keeps this task's answers, so that a value a task
+-- takes twice travels one way.
+local function share(self, v, decided)
+  local sh, threshold = self.shared, self.threshold
+  local tv = type(v)
+  if tv == "string" then
+    if #v <= threshold then return nil end
+    local id = ("%p"):format(v)
+    local e = decided[id]
+    if e ~= nil then return e or nil end
+    -- e.v (a seen node's v) keeps v alive: the same address is the same
+    -- string
+    e = sh.str[id]
+    if not e then
+      local node = sh.seen[id]
+      if not node then
+        see(sh, id, v)
+      else
+        unsee(sh, id, node)
+        local ok, p = pcall(sh.store.proxy, sh.store, v)
+        if ok then
+          e = { kind = "s", v = v, p = p, key = ps().key(p), size = #v,
+                pins = 0, id = id }
+          sh.str[id] = e
+          self.stats.shared_puts = self.stats.shared_puts + 1
+        end
+      end
+    end
+    decided[id] = e or false
+    return e
+  elseif tv == "table" then
+    local e = decided[v]
+    if e ~= nil then return e or nil end
+    e = sh.tbl[v]
+    if not e then
+      local seen = sh.seen_t[v]
+      if seen == nil then
+        sh.seen_t[v] = true
+      elseif seen then
+        local ok, box, size = pcall(sh.store._encode, sh.store, v)
+        if not ok or size <= threshold then
+          sh.seen_t[v] = false   -- small (or not encodable: the send says why)
+        else
+          local made, p = pcall(put_box, sh.store, box)
+          if made then
+            e = setmetatable({ kind = "t", p = p, key = ps().key(p),
+                               size = size, pins = 0, sh = sh }, TableEntry)
+            sh.tbl[v] = e
+            sh.seen_t[v] = nil
+            self.stats.shared_puts = self.stats.shared_puts + 1
+          end
+        end
+      end
+    end
+    decided[v] = e or false
+    return e
+  end
+end
+
+-- Whether the packed function p (or one it calls) captures a value that
+-- may be shared: a string over the threshold or a table.
+local function captures_large(p, threshold, seen)
+  for i = 1, p.n do
+    local u = p[i]
+    local v, f = u.v, u.f
+    if type(v) == "table" or type(v) == "string" and #v > threshold then
+      return true
+    end
+    if f then   -- functions may call each other: visit each once
+      seen = seen or { [p] = true }
+      if not seen[f] then
+        seen[f] = true
+        if captures_large(f, threshold, seen) then return true end
+      end
+    end
+  end
+  return false
+end
+
+-- A copy of the packed function p whose shared upvalues are proxies.
+local function share_upvalues(self, p, memo, decided, pinned)
+  local c = memo[p]
+  if c then return c end
+  c = { code = p.code, n = p.n }
+  memo[p] = c
+  for i = 1, p.n do
+    local u = p[i]
+    local e = u.v ~= nil and share(self, u.v, decided)
+    if e then
+      c[i] = { v = e.p, s = e.kind }
+      pinned[#pinned + 1] = e
+    elseif u.f then
+      c[i] = { f = share_upvalues(self, u.f, memo, decided, pinned) }
+    else
+      c[i] = u
+    end
+  end
+  return c
+end
+
+-- Replaces the shared values among task's arguments and upvalues by
+-- proxies (msg[5]: the arguments' indices, negative for tables) and pins
+-- their entries until the task ends.
+local function substitute_shared(self, task)
+  local msg, sh, threshold = task.msg, self.shared, self.threshold
+  local decided, pinned, sx
+  local args = msg[3]
+  for i = 1, args.n do
+    local v = args[i]
+    -- most arguments are small: no tables made for them
+    if type(v) == "table" or type(v) == "string" and #v > threshold then
+      decided, pinned = decided or {}, pinned or {}
+      local e = share(self, v, decided)
+      if e then
+        args[i] = e.p
+        sx = sx or {}
+        sx[#sx + 1] = e.kind == "s" and i or -i
+        pinned[#pinned + 1] = e
+      end
+    end
+  end
+  msg[5] = sx
+  if captures_large(msg[2], threshold) then
+    decided, pinned = decided or {}, pinned or {}
+    msg[2] = share_upvalues(self, msg[2], {}, decided, pinned)
+  end
+  if not pinned then return end
+  for _, e in ipairs(pinned) do pin(sh, e) end
+  if pinned[1] then
+    task.shared = pinned
+    self.stats.shared_args = self.stats.shared_args + #pinned
+  end
+end
+
+local function release_shared(self, task)
+  if not task.shared then return end
+  for _, e in ipairs(task.shared) do unpin(self.shared, e) end
+  task.shared = nil
+end
+
+-- At close: every stored copy goes.
+local function drop_shared(self)
+  local sh = self.shared
+  sh.closing = true
+  evict_gone(sh)
+  for _, e in pairs(sh.str) do evict_entry(sh, e) end
+  for _, e in pairs(sh.tbl) do evict_entry(sh, e) end
+  sh.str, sh.oldest, sh.newest, sh.idle_bytes = {}, nil, nil, 0
+  sh.seen, sh.seen_q, sh.seen_bytes = {}, {}, 0
+  sh.seen_head, sh.seen_tail = 1, 0
+end
+
+-- Worker side: the value behind a shared proxy, once per task and key
+-- (got, made for the task at its first shared value): a string from the
+-- store's cache, a table as a fresh copy.
+local got
+shared_value = function(p, kind, store)
+  local key = ps().key(p)
+  got = got or {}
+  local v = got[key]
+  if v == nil then
+    if kind == "s" then v = ps().extract(p) else v = store:_get_copy(key) end
+    got[key] = v
+  end
+  return v
+end
+
+local function take_shared(list, sx, store)
+  for _, k in ipairs(sx) do
+    local i = k < 0 and -k or k
+    list[i] = shared_value(list[i], k < 0 and "t" or "s", store)
+  end
 end
 
 ---------------------------------------------------------------------------
@@ -249,10 +564,13 @@ local function task_traceback(e)
            cause = type(e) ~= "string" and e or nil }
 end
 
-local function run_task(msg, envs)
-  local fn = unpack_fn(msg[2], {}, envs)
+local function run_task(msg, envs, store)
+  got = nil   -- the task's shared values by key: one copy each
+  local fn = unpack_fn(msg[2], {}, envs, store)
   local args = msg[3]
   extract_px(args, msg[4])
+  if msg[5] then take_shared(args, msg[5], store) end
+  got = nil
   return pack(fn(unpack(args, 1, args.n)))
 end
 
@@ -260,11 +578,17 @@ end
 -- ends the worker: a reply too large to go inline goes with proxies, one
 -- the codec refuses (a function, a coroutine...) becomes an error reply
 -- saying so. Only a broken socket (the parent is gone) raises.
-local function send_reply(chan, store, threshold, id, ok, res)
+local function send_reply(chan, store, threshold, shm, id, ok, res)
   local reply = { id, ok, res }
-  local sent, fits = pcall(chan.send, chan, reply, threshold)
-  if sent and fits then return end
-  local why = fits
+  -- Over the threshold, a reply goes through shared memory as it is when
+  -- there is some; else its large values go to the store first.
+  local sent, why = true, nil
+  if shm or not ok then
+    local fits
+    sent, fits = pcall(chan.send, chan, reply, threshold, shm)
+    if sent and fits then return end
+    why = fits
+  end
   if sent then   -- larger than the threshold
     if ok then
       local made, px = pcall(proxy_large, store, res, threshold)
@@ -292,14 +616,14 @@ local function send_reply(chan, store, threshold, id, ok, res)
   chan:send({ id, false, info })
 end
 
-local function make_worker(store, threshold, envs)
+local function make_worker(store, threshold, envs, shm)
   return function(chan)
     os.exit = core.pool_exit   -- a worker's exit skips the parent's atexit
     while true do
       local msg = chan:recv()
       if msg == nil then break end
-      local ok, res = xpcall(run_task, task_traceback, msg, envs)
-      send_reply(chan, store, threshold, msg[1], ok, res)
+      local ok, res = xpcall(run_task, task_traceback, msg, envs, store)
+      send_reply(chan, store, threshold, shm, msg[1], ok, res)
       io.stdout:flush()
     end
   end
@@ -411,8 +735,9 @@ function M.new(opts)
     queue = {}, qhead = 1, qtail = 0, running = {}, idle = {}, nextid = 0,
     tasks = {}, closed = false, owner = core.pool_getpid(),
     cancelling = {},   -- slot -> true: its worker is being killed
-    stats = { submitted = 0, completed = 0, failed = 0, cancelled = 0, worker_deaths = 0,
-              proxied_args = 0, proxied_results = 0 },
+    stats = { submitted = 0, completed = 0, failed = 0, cancelled = 0,
+              worker_deaths = 0, proxied_args = 0, proxied_results = 0,
+              shm_args = 0, shm_results = 0, shared_puts = 0, shared_args = 0 },
   }, Pool)
 
   local store = opts.store or host.store
@@ -439,6 +764,9 @@ function M.new(opts)
     store = P.init_store("file", { name = name, dir = self.dir,
                                    recycle = workers + 2 })
     self.own_store = true
+    -- The store is the pool's own: large frames may travel through the
+    -- slots' shared memory instead (src/pool/pool_shm.c).
+    self.shm = true
   end
   if store.kind == "local" then
     if self.own_store then pcall(store.close, store) end
@@ -447,12 +775,14 @@ function M.new(opts)
       "workers need a file or redis store"), 2)
   end
   self.store = store
+  self.shared = new_shared(store, self.dir ~= nil)
 
   -- From here on, forked processes see the globals as they are now.
   local envs = stack_envs()
   self.envindex = setmetatable({}, { __mode = "k" })
   for i, e in ipairs(envs) do self.envindex[e] = i end
-  self.h = core.pool_start(workers, make_worker(store, threshold, envs), self.dir)
+  self.h = core.pool_start(workers,
+    make_worker(store, threshold, envs, self.shm), self.dir)
   for s = workers, 1, -1 do self.idle[#self.idle + 1] = s end
   return self
 end
@@ -472,28 +802,24 @@ end
 -- Sends task to the worker in slot: inline when small, else with its large
 -- arguments as proxies.
 local function send_task(self, slot, task)
-  local h = self.h
-  local ok = false
-  local args, threshold = task.msg[3], self.threshold
-  for i = 1, args.n do   -- a large string: no need to encode it to know
-    local v = args[i]
-    if type(v) == "string" and #v > threshold then goto proxy end
+  local h, msg = self.h, task.msg
+  substitute_shared(self, task)
+  if self.shm then
+    -- over the threshold, the frame goes through shared memory as it is
+    local ok, via = h:send(slot, msg, self.threshold, true)
+    if via then self.stats.shm_args = self.stats.shm_args + 1 end
+    if ok ~= false then return ok == nil end
+    -- this slot has no shared memory: the store it is
   end
-  ok = h:send(slot, task.msg, threshold)
-  ::proxy::
-  if ok == false then
-    local args = task.msg[3]
-    local px = proxy_large(self.store, args, self.threshold)
-    task.msg[4] = px
-    if px then
-      task.px = px
-      self.stats.proxied_args = self.stats.proxied_args + #px
-    end
-    ok = h:send(slot, task.msg)
+  local px = proxy_large(self.store, msg[3], self.threshold)
+  msg[4] = px
+  if px then
+    task.px = px
+    self.stats.proxied_args = self.stats.proxied_args + #px
   end
   -- nil: the worker is gone (died idle; its exit is not read yet), so it
   -- never got the task.
-  return ok == nil
+  return h:send(slot, msg) == nil
 end
 
 -- "sent" when task went out; "failed" when it cannot be sent (an argument
@@ -523,6 +849,7 @@ end
 
 function Pool:_finish(task, ok, values, err)
   self.tasks[task.id] = nil
+  release_shared(self, task)
   task.state = "done"
   task.ok = ok
   task.values = values
@@ -597,13 +924,14 @@ function Pool:_cancel(task, why)
     ("task %d %s"):format(task.id, why), { task = task.id }))
 end
 
-function Pool:_on_result(slot, reply)
+function Pool:_on_result(slot, reply, via_shm)
   if self.cancelling[slot] then
     -- the cancelled task's reply, sent before its worker was killed: its
     -- proxies are nobody's now; the slot waits for the exit
     if reply[2] and reply[4] then evict_px(self.store, reply[3], reply[4]) end
     return
   end
+  if via_shm then self.stats.shm_results = self.stats.shm_results + 1 end
   local task = self:_take(slot)
   if task and task.id == reply[1] then
     if reply[2] then
@@ -671,12 +999,13 @@ end
 -- every event that arrived.
 function Pool:_step(timeout)
   if self.closed then return end
+  evict_gone(self.shared)
   local evs = self.h:poll(timeout)
   for i = 1, #evs do
     local ev = evs[i]
     local kind = ev[2]
     if kind == "result" then
-      self:_on_result(ev[1], ev[3])
+      self:_on_result(ev[1], ev[3], ev[4])
     elseif kind == "exit" then
       self:_on_exit(ev[1], ev[3], ev[4], ev[5])
     elseif kind == "bad_result" and self.cancelling[ev[1]] then
@@ -894,6 +1223,7 @@ function Pool:_shutdown(kill)
         "pool closed before task " .. task.id .. " finished"))
     end
   end
+  drop_shared(self)
   if self.own_store and self.store.close then pcall(self.store.close, self.store) end
   if self.dir then core.pool_rmtree(self.dir) end
 end

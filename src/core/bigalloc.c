@@ -4,7 +4,7 @@
  * (so big Lua strings, e.g. a resolved 100 MiB object, land on warm or
  * huge-page memory too).
  *
- * Why: first touch of fresh 4 KiB pages is slow here (DESIGN.md measured
+ * Why: first touch of fresh 4 KiB pages is slow here (docs/performance.md:
  * 0.37 GB/s; ~3 GB/s on a quiet day), so a 100 MiB reply buffer costs tens
  * to hundreds of ms of page faults; with MADV_HUGEPAGE (THP mode
  * "madvise") it is ~10 GB/s or better. Blocks are rounded to 2 MiB so that
@@ -12,8 +12,15 @@
  * freed blocks stay mapped so that repeated transfers reuse warm memory
  * (a 100 MiB resolve: ~97 -> ~88 ms). The price: up to CACHE_MAX bytes
  * stay resident after a large transfer.
+ *
+ * Medium blocks (PS_MED_MIN up to PS_BIG_MIN) are carved from 2 MiB
+ * chunks on huge pages in MED_UNIT units, so that a 512 KiB resolve in a
+ * fresh process does not fault 128 fresh 4 KiB pages (12 us each on these
+ * VMs: 1.5 ms, several times what a 1 MiB block on one huge page costs)
+ * and no size in between is slower than a larger one.
  */
 #include <dlfcn.h>
+#include <link.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -38,6 +45,8 @@ typedef struct big_hdr {
 static pthread_mutex_t cache_mu = PTHREAD_MUTEX_INITIALIZER;
 static void *cache_base[CACHE_SLOTS];
 static size_t cache_len[CACHE_SLOTS];
+static uint64_t cache_seq[CACHE_SLOTS];   /* when each was freed */
+static uint64_t cache_clock;
 static size_t cache_total;
 
 /* Guards the list of lua_State allocator wrappers (below). */
@@ -110,24 +119,43 @@ static void *cache_take(size_t len) {
   return best;
 }
 
+/*
+ * Keeps a freed block, making room by dropping the blocks freed longest
+ * ago: the cache follows the sizes in use now (blocks of sizes no longer
+ * asked for would otherwise fill its slots, and every new block of the
+ * current size would be fresh memory).
+ */
 static int cache_put(void *base, size_t len) {
-  int kept = 0;
+  void *drop[CACHE_SLOTS];
+  size_t droplen[CACHE_SLOTS], ndrop = 0;
   if (len > CACHE_ONE) return 0;
   pthread_once(&atfork_once, register_atfork);
   pthread_mutex_lock(&cache_mu);
-  if (cache_total + len <= CACHE_MAX) {
+  size_t free_slot = CACHE_SLOTS;
+  for (;;) {
+    size_t oldest = CACHE_SLOTS;
+    free_slot = CACHE_SLOTS;
     for (size_t i = 0; i < CACHE_SLOTS; i++) {
       if (cache_base[i] == NULL) {
-        cache_base[i] = base;
-        cache_len[i] = len;
-        cache_total += len;
-        kept = 1;
-        break;
+        if (free_slot == CACHE_SLOTS) free_slot = i;
+      } else if (oldest == CACHE_SLOTS || cache_seq[i] < cache_seq[oldest]) {
+        oldest = i;
       }
     }
+    if (free_slot < CACHE_SLOTS && cache_total + len <= CACHE_MAX) break;
+    drop[ndrop] = cache_base[oldest];
+    droplen[ndrop++] = cache_len[oldest];
+    cache_total -= cache_len[oldest];
+    cache_base[oldest] = NULL;
+    cache_len[oldest] = 0;
   }
+  cache_base[free_slot] = base;
+  cache_len[free_slot] = len;
+  cache_seq[free_slot] = ++cache_clock;
+  cache_total += len;
   pthread_mutex_unlock(&cache_mu);
-  return kept;
+  for (size_t i = 0; i < ndrop; i++) munmap(drop[i], droplen[i]);
+  return 1;
 }
 
 void *ps_big_alloc(size_t n) {
@@ -166,16 +194,144 @@ void ps_big_free(void *p) {
   if (!cache_put(h, h->maplen)) munmap(h, h->maplen);
 }
 
+/* ---- medium blocks ---------------------------------------------------- */
+
+/*
+ * A chunk is 2 MiB on one huge page; its first unit holds this header
+ * (the rest of that unit is unused), the other MED_UNITS - 1 units are
+ * handed out in runs, first fit. A block's chunk is its address rounded
+ * down to 2 MiB. Up to MED_KEEP empty chunks stay; the others go to the
+ * big-block cache (or back to the system). Guarded by cache_mu.
+ */
+#define MED_UNIT ((size_t)16 << 10)
+#define MED_UNITS (HUGE_SZ / MED_UNIT)
+#define MED_KEEP 2
+
+typedef struct med_chunk {
+  uint64_t used[MED_UNITS / 64];   /* unit 0, the header, is always used */
+  uint8_t len[MED_UNITS];          /* at a block's first unit: its units */
+  struct med_chunk *next, *prev;
+  size_t nfree;
+} med_chunk;
+
+static med_chunk *med_chunks;
+static int med_empty;              /* chunks holding no block */
+
+static int med_bit(const med_chunk *c, size_t i) {
+  return (int)((c->used[i / 64] >> (i % 64)) & 1);
+}
+
+static void med_mark(med_chunk *c, size_t at, size_t k, int on) {
+  for (size_t i = at; i < at + k; i++) {
+    uint64_t m = (uint64_t)1 << (i % 64);
+    if (on) c->used[i / 64] |= m;
+    else c->used[i / 64] &= ~m;
+  }
+}
+
+/* The first run of k free units, or 0 (unit 0 is the header). */
+static size_t med_find(const med_chunk *c, size_t k) {
+  size_t run = 0;
+  for (size_t i = 1; i < MED_UNITS; i++) {
+    if (med_bit(c, i)) run = 0;
+    else if (++run == k) return i + 1 - k;
+  }
+  return 0;
+}
+
+/* Under cache_mu: a block of k units from the chunks there are, or NULL. */
+static void *med_carve(size_t k) {
+  for (med_chunk *c = med_chunks; c; c = c->next) {
+    size_t at;
+    if (c->nfree < k || (at = med_find(c, k)) == 0) continue;
+    if (c->nfree == MED_UNITS - 1) med_empty--;
+    med_mark(c, at, k, 1);
+    c->len[at] = (uint8_t)k;
+    c->nfree -= k;
+    return (char *)c + at * MED_UNIT;
+  }
+  return NULL;
+}
+
+void *ps_med_alloc(size_t n) {
+  size_t k = (n + MED_UNIT - 1) / MED_UNIT;
+  if (n == 0 || k > MED_UNITS - 1) return NULL;
+  pthread_once(&atfork_once, register_atfork);
+  pthread_mutex_lock(&cache_mu);
+  void *p = med_carve(k);
+  pthread_mutex_unlock(&cache_mu);
+  if (p) return p;
+  /* A new chunk (outside the lock: cache_take takes it), warm when a
+   * freed big block is there: its first 2 MiB, the rest unmapped. */
+  char *base = cache_take(HUGE_SZ);
+  if (base) {
+    size_t len = ((big_hdr *)base)->maplen;
+    if (len > HUGE_SZ) munmap(base + HUGE_SZ, len - HUGE_SZ);
+  } else if ((base = map_aligned(HUGE_SZ)) == NULL) {
+    return NULL;
+  }
+  med_chunk *c = (med_chunk *)base;
+  memset(c, 0, sizeof *c);
+  med_mark(c, 0, 1, 1);
+  c->nfree = MED_UNITS - 1;
+  pthread_mutex_lock(&cache_mu);
+  c->next = med_chunks;
+  if (med_chunks) med_chunks->prev = c;
+  med_chunks = c;
+  med_empty++;
+  p = med_carve(k);
+  pthread_mutex_unlock(&cache_mu);
+  return p;
+}
+
+void ps_med_free(void *p) {
+  if (p == NULL) return;
+  med_chunk *c = (med_chunk *)((uintptr_t)p & ~(uintptr_t)(HUGE_SZ - 1));
+  size_t at = (size_t)((char *)p - (char *)c) / MED_UNIT;
+  pthread_mutex_lock(&cache_mu);
+  size_t k = c->len[at];
+  med_mark(c, at, k, 0);
+  c->len[at] = 0;
+  c->nfree += k;
+  int release = 0;
+  if (c->nfree == MED_UNITS - 1) {
+    if (med_empty < MED_KEEP) {
+      med_empty++;
+    } else {
+      if (c->prev) c->prev->next = c->next;
+      else med_chunks = c->next;
+      if (c->next) c->next->prev = c->prev;
+      release = 1;
+    }
+  }
+  pthread_mutex_unlock(&cache_mu);
+  if (release) {
+    big_hdr *h = (big_hdr *)c;
+    h->maplen = HUGE_SZ;
+    h->magic = MAGIC;
+    if (!cache_put(h, HUGE_SZ)) munmap(h, HUGE_SZ);
+  }
+}
+
+/* ---- blobs ------------------------------------------------------------ */
+
 static void blob_big_release(ps_blob *b) {
   ps_big_free(b->data);
+}
+
+static void blob_med_release(ps_blob *b) {
+  ps_med_free(b->data);
 }
 
 int ps_blob_alloc(ps_blob *b, size_t n) {
   b->len = n;
   b->opaque = NULL;
+  b->data = NULL;
   if (n >= PS_BIG_MIN) {
     b->data = ps_big_alloc(n);
     b->release = blob_big_release;
+  } else if (n >= PS_MED_MIN && (b->data = ps_med_alloc(n)) != NULL) {
+    b->release = blob_med_release;
   } else {
     b->data = malloc(n ? n : 1);
     b->release = NULL;
@@ -191,9 +347,10 @@ int ps_blob_alloc(ps_blob *b, size_t n) {
 /* ---- the lua_State allocator wrapper ---------------------------------- */
 
 /*
- * Pointer set of the big blocks this wrapper handed out, so that blocks
- * the original allocator made (before installation, or small ones) go
- * back to it. Open addressing, linear probing, tombstones.
+ * Pointer set of the big and medium blocks this wrapper handed out (which
+ * is which follows from the size Lua gives back), so that blocks the
+ * original allocator made (before installation, or small ones) go back to
+ * it. Open addressing, linear probing, tombstones.
  */
 #define TOMB ((void *)1)
 
@@ -258,62 +415,102 @@ static void set_del(lwrap *w, size_t i) {
   w->slots[i] = TOMB;
 }
 
+enum { K_ORIG, K_MED, K_BIG };   /* who made a block of a wrapped state */
+
+static int kind_for(size_t n) {
+  return n >= PS_BIG_MIN ? K_BIG : n >= PS_MED_MIN ? K_MED : K_ORIG;
+}
+
+static void kind_free(int kind, void *p) {
+  if (kind == K_BIG) ps_big_free(p);
+  else ps_med_free(p);
+}
+
+/* A tracked block of ours, or NULL. */
+static void *kind_alloc(lwrap *w, int kind, size_t n) {
+  void *q = kind == K_BIG ? ps_big_alloc(n) : ps_med_alloc(n);
+  if (q && set_add(w, q) != 0) {
+    kind_free(kind, q);
+    q = NULL;
+  }
+  return q;
+}
+
+static size_t med_units(size_t n) {
+  return (n + MED_UNIT - 1) / MED_UNIT;
+}
+
 static void *wrap_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   lwrap *w = ud;
   /* With ptr == NULL, osize is a type tag, never a size. */
-  size_t at = (ptr && osize >= PS_BIG_MIN) ? set_find(w, ptr) : SIZE_MAX;
-  int ours = at != SIZE_MAX;
+  size_t at = (ptr && osize >= PS_MED_MIN) ? set_find(w, ptr) : SIZE_MAX;
+  int okind = at == SIZE_MAX ? K_ORIG : osize >= PS_BIG_MIN ? K_BIG : K_MED;
   if (nsize == 0) {
-    if (ours) {
-      set_del(w, at);
-      ps_big_free(ptr);
-      return NULL;
-    }
-    return w->orig(w->orig_ud, ptr, osize, 0);
-  }
-  if (nsize >= PS_BIG_MIN) {
-    if (ours) {
-      void *q = ps_big_realloc(ptr, nsize);
-      if (q && q != ptr) {
-        set_del(w, at);
-        if (set_add(w, q) != 0) {     /* cannot track: hand back a copy */
-          void *c = w->orig(w->orig_ud, NULL, 0, nsize);
-          if (c) memcpy(c, q, osize < nsize ? osize : nsize);
-          ps_big_free(q);
-          return c;
-        }
-      }
-      return q;
-    }
-    void *q = ps_big_alloc(nsize);
-    if (q && set_add(w, q) != 0) {
-      ps_big_free(q);
-      q = NULL;
-    }
-    if (q == NULL) return w->orig(w->orig_ud, ptr, osize, nsize);
-    if (ptr) {
-      memcpy(q, ptr, osize < nsize ? osize : nsize);
-      w->orig(w->orig_ud, ptr, osize, 0);
-    }
-    return q;
-  }
-  if (ours) {                         /* shrinking below the threshold */
-    void *q = w->orig(w->orig_ud, NULL, 0, nsize);
-    if (q == NULL) return NULL;
-    memcpy(q, ptr, nsize);
+    if (okind == K_ORIG) return w->orig(w->orig_ud, ptr, osize, 0);
     set_del(w, at);
-    ps_big_free(ptr);
+    kind_free(okind, ptr);
+    return NULL;
+  }
+  int nkind = kind_for(nsize);
+  if (okind == K_ORIG && nkind == K_ORIG)
+    return w->orig(w->orig_ud, ptr, osize, nsize);
+  if (okind == K_MED && nkind == K_MED && med_units(osize) == med_units(nsize))
+    return ptr;
+  if (okind == K_BIG && nkind == K_BIG) {   /* mremap: no copy */
+    void *q = ps_big_realloc(ptr, nsize);
+    if (q && q != ptr) {
+      set_del(w, at);
+      if (set_add(w, q) != 0) {     /* cannot track: hand back a copy */
+        void *c = w->orig(w->orig_ud, NULL, 0, nsize);
+        if (c) memcpy(c, q, osize < nsize ? osize : nsize);
+        ps_big_free(q);
+        return c;
+      }
+    }
     return q;
   }
-  return w->orig(w->orig_ud, ptr, osize, nsize);
+  /* Another kind or size class: a new block and a copy. When ours cannot
+   * be had, the original allocator's will do. */
+  void *q = nkind == K_ORIG ? NULL : kind_alloc(w, nkind, nsize);
+  if (q == NULL) {
+    if (okind == K_ORIG) return w->orig(w->orig_ud, ptr, osize, nsize);
+    if ((q = w->orig(w->orig_ud, NULL, 0, nsize)) == NULL) return NULL;
+  }
+  if (ptr) {
+    memcpy(q, ptr, osize < nsize ? osize : nsize);
+    if (okind == K_ORIG) {
+      w->orig(w->orig_ud, ptr, osize, 0);
+    } else {
+      set_del(w, at);
+      kind_free(okind, ptr);
+    }
+  }
+  return q;
+}
+
+/* dl_iterate_phdr callback: 1 when the address in data lies in the main
+ * program (the first object, which has no name), 2 in another object. */
+static int object_of(struct dl_phdr_info *info, size_t size, void *data) {
+  (void)size;
+  uintptr_t a = (uintptr_t)data;
+  for (int i = 0; i < info->dlpi_phnum; i++) {
+    const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+    uintptr_t lo = info->dlpi_addr + ph->p_vaddr;
+    if (ph->p_type == PT_LOAD && a >= lo && a - lo < ph->p_memsz)
+      return info->dlpi_name[0] == '\0' ? 1 : 2;
+  }
+  return 0;
 }
 
 /*
  * lua_close unloads C modules (the _CLIBS finalizer) before it frees the
  * remaining objects through the allocator: wrap_alloc must outlive that,
- * so the library that holds it is made undeletable. Returns 0 on success.
+ * so the library that holds it is made undeletable. Linked into a program
+ * (the proxystore binary), there is nothing to pin: dlopen could not even
+ * name it. Returns 0 on success.
  */
 static int pin_library(void) {
+  if (dl_iterate_phdr(object_of, (void *)wrap_alloc) == 1) return 0;
   Dl_info info;
   if (dladdr((void *)wrap_alloc, &info) == 0 || info.dli_fname == NULL)
     return -1;

@@ -4,8 +4,8 @@
  * Fresh 4 KiB pages cost about 11 us each to fault in on these machines;
  * with madvise(MADV_HUGEPAGE) a block is ~25x cheaper to touch. Large
  * backend reply buffers therefore come from mmap, and a few freed blocks
- * are kept warm for reuse. Thread-safe (prefetch threads allocate reply
- * buffers).
+ * are kept warm for reuse; medium ones are carved from huge pages.
+ * Thread-safe (prefetch threads allocate reply buffers).
  */
 #ifndef PS_BIGALLOC_H
 #define PS_BIGALLOC_H
@@ -16,12 +16,17 @@
 
 /* Blocks of at least this many bytes go to mmap. */
 #define PS_BIG_MIN ((size_t)1 << 20)
+/* From here up to PS_BIG_MIN: medium blocks, carved from huge pages. */
+#define PS_MED_MIN ((size_t)64 << 10)
 
 /* A block of at least n bytes from mmap (huge pages advised), or NULL. */
 void *ps_big_alloc(size_t n);
 /* Resizes a ps_big_alloc block (mremap: no copy); NULL on failure. */
 void *ps_big_realloc(void *p, size_t n);
 void ps_big_free(void *p);
+/* A medium block of n bytes (n < PS_BIG_MIN), or NULL. Thread-safe. */
+void *ps_med_alloc(size_t n);
+void ps_med_free(void *p);
 
 /*
  * Fills b with a buffer of exactly n usable bytes: malloc for small n,
@@ -32,7 +37,8 @@ int ps_blob_alloc(ps_blob *b, size_t n);
 #ifdef LUA_VERSION_NUM
 /*
  * Wraps the allocator of L so that blocks of PS_BIG_MIN bytes or more use
- * ps_big_alloc; blocks from before the call stay with the old allocator.
+ * ps_big_alloc, and from PS_MED_MIN medium blocks; blocks from before the
+ * call stay with the old allocator.
  * Idempotent. Only the thread running L may use it (as with any lua_State).
  */
 void ps_alloc_install(lua_State *L);

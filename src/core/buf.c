@@ -12,11 +12,13 @@ void ps_buf_init(ps_buf *b) {
   b->data = NULL;
   b->len = 0;
   b->cap = 0;
+  b->grow = NULL;
 }
 
 int ps_buf_reserve(ps_buf *b, size_t n) {
   if (n <= b->cap - b->len) return 0;
   if (n > SIZE_MAX - b->len) return -1;
+  if (b->grow) return b->grow(b, n);
   size_t need = b->len + n;
   size_t cap = b->cap ? b->cap : 64;
   while (cap < need) cap = cap > SIZE_MAX / 2 ? need : cap * 2;
@@ -25,8 +27,8 @@ int ps_buf_reserve(ps_buf *b, size_t n) {
   b->data = p;
   b->cap = cap;
   /* A large buffer (a serialized 100 MiB string) is written right after
-     this: on huge pages its fresh memory faults in ~5x faster (DESIGN.md,
-     "Performance facts"). glibc serves it from mmap; still malloc/free. */
+     this: on huge pages its fresh memory faults in ~5x faster (docs/performance.md,
+     "Machine facts"). glibc serves it from mmap; still malloc/free. */
   if (cap >= ((size_t)2 << 20)) {
     uintptr_t a = ((uintptr_t)p + 4095) & ~(uintptr_t)4095;
     uintptr_t e = ((uintptr_t)p + cap) & ~(uintptr_t)4095;
@@ -43,7 +45,7 @@ int ps_buf_append(ps_buf *b, const void *p, size_t n) {
 }
 
 void ps_buf_free(ps_buf *b) {
-  free(b->data);
+  if (b->grow == NULL) free(b->data);
   ps_buf_init(b);
 }
 
@@ -57,6 +59,10 @@ ps_buf *ps_buf_box(lua_State *L) {
   ps_buf_init(b);
   luaL_setmetatable(L, BUF_BOX);
   return b;
+}
+
+ps_buf *ps_buf_check(lua_State *L, int idx) {
+  return luaL_checkudata(L, idx, BUF_BOX);
 }
 
 void ps_buf_open(lua_State *L) {

@@ -61,6 +61,10 @@ typedef struct ps_buf {
   char *data;
   size_t len;
   size_t cap;
+  /* NULL: data is malloc'ed and grows with realloc. Otherwise the owner's
+   * memory (a pool's shared mapping): called to make room for n more
+   * bytes, 0 or -1; ps_buf_free leaves such memory to its owner. */
+  int (*grow)(struct ps_buf *b, size_t n);
 } ps_buf;
 
 void ps_buf_init(ps_buf *b);
@@ -75,6 +79,8 @@ void ps_buf_free(ps_buf *b);
  * Call ps_buf_free on it when done to release memory early.
  */
 ps_buf *ps_buf_box(lua_State *L);
+/* The buffer of the box at idx (raises for anything else). */
+ps_buf *ps_buf_check(lua_State *L, int idx);
 void ps_buf_open(lua_State *L);
 
 /* ---- random keys (key.c) ---------------------------------------------- */

@@ -9,10 +9,14 @@
  *                   zygote and the first workers; the zygote removes dir,
  *                   a private store's directory, after its workers are gone,
  *                   even when the parent dies without closing)
- *   h:send(slot, value [, limit])  -> true | false, size (over limit: not sent)
+ *   h:send(slot, value [, limit [, shm]])
+ *                                  -> true [, true: it went through the
+ *                                     slot's shared memory (over limit,
+ *                                     with shm)]
+ *                                   | false, size (over limit: not sent)
  *                                   | nil, message (the worker is gone)
  *   h:poll([timeout_s])            -> list of events:
- *        {slot, "result", value}
+ *        {slot, "result", value, via_shm}
  *        {slot, "exit", pid, "code"|"signal", n}
  *        {slot, "bad_result", error}  (a reply that did not decode)
  *        {slot, "spawn_failed", message}
@@ -49,6 +53,9 @@ typedef struct pworker {
   int fd;
   pid_t pid;
   int state;
+  int shm;         /* the slot's memfd (pool_shm.c), kept for replacements */
+  ps_shm_out down; /* task frames we write */
+  ps_shm_in up;    /* replies the worker writes */
 } pworker;
 
 typedef struct pool_h {
@@ -57,7 +64,7 @@ typedef struct pool_h {
   int ctl;
   int n;
   pworker *w;
-  ps_buf buf;      /* reused for every frame in and out */
+  ps_buf buf;      /* reused for inline frames in and out */
   ps_zmsg *later;  /* zygote messages read while waiting for a spawn */
   int nlater, caplater;
   int zdead;       /* the zygote is gone: no spawns, no exit reports */
@@ -123,6 +130,29 @@ static void close_worker_fd(pworker *w) {
     close(w->fd);
   }
   w->fd = -1;
+  /* Nobody reads the frame left in shared memory any more. */
+  w->down.busy = 0;
+  if (w->down.fd >= 0) ps_shm_out_trim(&w->down);
+}
+
+/* The slot's shared memory, made once; without it frames go inline. */
+static void open_shm(pworker *w) {
+  if (w->shm >= 0) return;
+  w->shm = ps_shm_create();
+  if (w->shm < 0) return;
+  ps_pool_fds_add(w->shm);
+  ps_shm_out_init(&w->down, w->shm, 0);
+  ps_shm_in_init(&w->up, w->shm, 1);
+}
+
+static void close_shm(pworker *w) {
+  ps_shm_out_release(&w->down);
+  ps_shm_in_release(&w->up);
+  if (w->shm >= 0) {
+    ps_pool_fds_remove(w->shm);
+    close(w->shm);
+  }
+  w->shm = -1;
 }
 
 /* Asks the zygote for a worker in slot s. 0, or an errno. */
@@ -131,19 +161,22 @@ static int spawn_slot(pool_h *h, int s) {
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
     return errno;
   ps_zmsg m = {PS_Z_SPAWN, s, 0, 0};
-  char cbuf[CMSG_SPACE(sizeof(int))];
+  open_shm(&h->w[s]);
+  int fds[2] = {sv[1], h->w[s].shm};
+  int nfds = fds[1] >= 0 ? 2 : 1;
+  char cbuf[CMSG_SPACE(sizeof fds)];
   memset(cbuf, 0, sizeof cbuf);
   struct iovec iov = {&m, sizeof m};
   struct msghdr msg = {0};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
   msg.msg_control = cbuf;
-  msg.msg_controllen = sizeof cbuf;
+  msg.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
   struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
   c->cmsg_level = SOL_SOCKET;
   c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int));
-  memcpy(CMSG_DATA(c), &sv[1], sizeof(int));
+  c->cmsg_len = CMSG_LEN(nfds * sizeof(int));
+  memcpy(CMSG_DATA(c), fds, nfds * sizeof(int));
   ssize_t r;
   do r = sendmsg(h->ctl, &msg, MSG_NOSIGNAL); while (r < 0 && errno == EINTR);
   int err = r < 0 ? errno : 0;
@@ -219,9 +252,14 @@ static void append(lua_State *L, int list, int *nev) {
   lua_rawseti(L, list, ++*nev);
 }
 
+typedef struct frame_ref {
+  const char *p;
+  size_t len;
+} frame_ref;
+
 static int decode_frame(lua_State *L) {
-  ps_buf *b = lua_touserdata(L, 1);
-  ps_codec_decode(L, b->data, b->len);
+  frame_ref *f = lua_touserdata(L, 1);
+  ps_codec_decode(L, f->p, f->len);
   return 1;
 }
 
@@ -230,21 +268,41 @@ static int decode_frame(lua_State *L) {
  * event for its task alone: raising here would drop the other events. */
 static int read_result(lua_State *L, pool_h *h, int s, int list, int *nev) {
   pworker *w = &h->w[s];
-  if (ps_frame_recv(w->fd, &h->buf) != 0) {
+  size_t shm_len;
+  if (ps_frame_recv(w->fd, &h->buf, &shm_len) != 0) {
     close_worker_fd(w);
     w->state = W_EOF;
     return 0;
   }
-  lua_createtable(L, 3, 0);
+  /* A reply: the worker is done with the task frame it was sent. */
+  w->down.busy = 0;
+  if (w->down.fd >= 0) ps_shm_out_trim(&w->down);
+  frame_ref f = {h->buf.data, h->buf.len};
+  if (shm_len > 0) {
+    f.p = ps_shm_in_map(&w->up, PS_FRAME_HEADER + shm_len);
+    f.len = shm_len;
+    if (f.p) f.p += PS_FRAME_HEADER;
+  }
+  lua_createtable(L, 4, 0);
   lua_pushinteger(L, s + 1);
   lua_rawseti(L, -2, 1);
-  lua_pushcfunction(L, decode_frame);
-  lua_pushlightuserdata(L, &h->buf);
-  int st = lua_pcall(L, 1, 1, 0);
+  int st;
+  if (f.p == NULL) {
+    lua_pushfstring(L, "cannot map the worker's shared memory: %s",
+                    strerror(errno));
+    st = LUA_ERRRUN;
+  } else {
+    lua_pushcfunction(L, decode_frame);
+    lua_pushlightuserdata(L, &f);
+    st = lua_pcall(L, 1, 1, 0);
+  }
   ps_frame_trim(&h->buf);
+  if (shm_len > 0) ps_shm_in_trim(&w->up);
   lua_pushstring(L, st == LUA_OK ? "result" : "bad_result");
   lua_rawseti(L, -3, 2);
   lua_rawseti(L, -2, 3);
+  lua_pushboolean(L, shm_len > 0);
+  lua_rawseti(L, -2, 4);
   append(L, list, nev);
   return 1;
 }
@@ -326,7 +384,12 @@ static int pool_start(lua_State *L) {
   if (h->w == NULL)
     return ps_error_raise(L, PS_EPOOL, NULL, "out of memory");
   h->n = (int)n;
-  for (int s = 0; s < h->n; s++) h->w[s].fd = -1;
+  for (int s = 0; s < h->n; s++) {
+    h->w[s].fd = -1;
+    h->w[s].shm = -1;
+    ps_shm_out_init(&h->w[s].down, -1, 0);
+    ps_shm_in_init(&h->w[s].up, -1, 1);
+  }
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
     return ps_error_raise(L, PS_EPOOL, NULL, "socketpair: %s",
@@ -394,28 +457,42 @@ static int pool_send(lua_State *L) {
   int s = check_slot(L, h, 2);
   luaL_checkany(L, 3);
   lua_Integer limit = luaL_optinteger(L, 4, -1);
-  if (h->w[s].state != W_LIVE) {
+  int shm = lua_toboolean(L, 5);
+  pworker *w = &h->w[s];
+  if (w->state != W_LIVE) {
     lua_pushnil(L);
     lua_pushliteral(L, "worker is gone");
     return 2;
   }
-  size_t n = ps_frame_encode(L, 3, &h->buf);
+  /* Encoded straight into the slot's shared half when it is free: a frame
+   * over the limit then goes as it is, with no copy. */
+  ps_buf *b = w->down.fd >= 0 && !w->down.busy ? &w->down.buf : &h->buf;
+  size_t n = ps_frame_encode(L, 3, b);
+  int via_shm = 0;
   if (limit >= 0 && n > (size_t)limit) {
-    ps_frame_trim(&h->buf);
-    lua_pushboolean(L, 0);
-    lua_pushinteger(L, (lua_Integer)n);
-    return 2;
+    if (!shm || b != &w->down.buf) {
+      if (b == &h->buf) ps_frame_trim(&h->buf);
+      else ps_shm_out_trim(&w->down);
+      lua_pushboolean(L, 0);
+      lua_pushinteger(L, (lua_Integer)n);
+      return 2;
+    }
+    via_shm = 1;
   }
-  int r = ps_frame_send(h->w[s].fd, &h->buf);
+  int r = via_shm ? ps_frame_send_shm(w->fd, b) : ps_frame_send(w->fd, b);
   int err = errno;
-  ps_frame_trim(&h->buf);
+  if (b == &h->buf) ps_frame_trim(&h->buf);
   if (r != 0) {
+    if (b != &h->buf) ps_shm_out_trim(&w->down);
     lua_pushnil(L);
     lua_pushstring(L, strerror(err));
     return 2;
   }
+  if (via_shm) w->down.busy = 1;
+  else if (b != &h->buf) ps_shm_out_trim(&w->down);
   lua_pushboolean(L, 1);
-  return 1;
+  lua_pushboolean(L, via_shm);
+  return 2;
 }
 
 static int pool_poll(lua_State *L) {
@@ -479,7 +556,10 @@ static int pool_pids(lua_State *L) {
 /* close, __gc and __close: idempotent, safe half-built, inert in a child. */
 static void close_handle(pool_h *h, int kill) {
   if (h->owner == getpid()) {
-    for (int s = 0; s < h->n; s++) close_worker_fd(&h->w[s]);
+    for (int s = 0; s < h->n; s++) {
+      close_worker_fd(&h->w[s]);
+      close_shm(&h->w[s]);
+    }
     if (h->ctl >= 0) {
       ps_zmsg m = {kill ? PS_Z_KILL : PS_Z_DRAIN, 0, 0, 0};
       send(h->ctl, &m, sizeof m, MSG_NOSIGNAL);

@@ -57,12 +57,13 @@ int ps_fd_read_all(int fd, void *p, size_t n) {
 }
 
 void ps_frame_trim(ps_buf *b) {
-  if (b->cap > KEEP_MAX) ps_buf_free(b);
+  /* A shared half (grow hook) is trimmed by its owner (ps_shm_out_trim). */
+  if (b->grow == NULL && b->cap > KEEP_MAX) ps_buf_free(b);
   b->len = 0;
 }
 
 /* Large buffers go on huge pages: first touch of 4 KiB pages is the cost
- * of moving big frames on these machines (DESIGN.md). */
+ * of moving big frames on these machines (docs/performance.md). */
 static int reserve(ps_buf *b, size_t n) {
   size_t old = b->cap;
   if (ps_buf_reserve(b, n) != 0) return -1;
@@ -87,10 +88,25 @@ int ps_frame_send(int fd, ps_buf *b) {
   return ps_fd_write_all(fd, b->data, b->len);
 }
 
-int ps_frame_recv(int fd, ps_buf *b) {
+int ps_frame_send_shm(int fd, ps_buf *b) {
+  uint64_t n = (uint64_t)(b->len - PS_FRAME_HEADER) | PS_FRAME_SHM;
+  return ps_fd_write_all(fd, &n, sizeof n);
+}
+
+int ps_frame_recv(int fd, ps_buf *b, size_t *shm_len) {
   uint64_t n;
+  *shm_len = 0;
   int r = ps_fd_read_all(fd, &n, sizeof n);
   if (r != 0) return r;
+  if (n & PS_FRAME_SHM) {
+    n &= ~PS_FRAME_SHM;
+    if (n == 0 || n > PS_FRAME_MAX) {
+      errno = EPROTO;
+      return -1;
+    }
+    *shm_len = (size_t)n;
+    return 0;
+  }
   if (n > PS_FRAME_MAX) {
     errno = EPROTO;
     return -1;
@@ -112,19 +128,28 @@ int ps_frame_recv(int fd, ps_buf *b) {
 
 typedef struct channel {
   int fd;
-  ps_buf buf;
+  ps_buf buf;         /* inline frames in and out */
+  int shm;            /* the slot's memfd, or -1 */
+  ps_shm_in down;     /* task frames from the parent */
+  ps_shm_out up;      /* replies to the parent */
 } channel;
 
 static channel *check_channel(lua_State *L) {
   return luaL_checkudata(L, 1, CHANNEL_MT);
 }
 
-void ps_channel_push(lua_State *L, int fd) {
+void ps_channel_push(lua_State *L, int fd, int shm) {
   channel *c = lua_newuserdatauv(L, sizeof *c, 0);
   c->fd = -1;
+  c->shm = -1;
   ps_buf_init(&c->buf);
+  ps_shm_in_init(&c->down, -1, 0);
+  ps_shm_out_init(&c->up, -1, 1);
   luaL_setmetatable(L, CHANNEL_MT);
   c->fd = fd;
+  c->shm = shm;
+  ps_shm_in_init(&c->down, shm, 0);
+  ps_shm_out_init(&c->up, shm, 1);
 }
 
 /* chan:recv() -> value, or nothing when the parent has closed the pool. */
@@ -133,37 +158,62 @@ static int channel_recv(lua_State *L) {
   if (c->fd < 0) return 0;
   struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
   ps_poll_spin(&pfd, 1);   /* the next task often follows at once */
-  int r = ps_frame_recv(c->fd, &c->buf);
+  size_t shm_len;
+  int r = ps_frame_recv(c->fd, &c->buf, &shm_len);
   if (r == 1) return 0;
+  /* A new task: the parent has read our last reply. */
+  c->up.busy = 0;
+  ps_shm_out_trim(&c->up);
+  const char *p = NULL;
+  if (r == 0 && shm_len > 0 &&
+      (p = ps_shm_in_map(&c->down, PS_FRAME_HEADER + shm_len)) == NULL)
+    r = -1;
   if (r < 0)
     return ps_error_raise(L, PS_EPOOL, NULL, "worker: reading a task: %s",
                           strerror(errno));
-  ps_codec_decode(L, c->buf.data, c->buf.len);
+  if (p) {
+    ps_codec_decode(L, p + PS_FRAME_HEADER, shm_len);
+    ps_shm_in_trim(&c->down);
+  } else {
+    ps_codec_decode(L, c->buf.data, c->buf.len);
+  }
   return 1;
 }
 
 /*
- * chan:send(v [, limit]) -> true; or false, size without sending when the
- * encoding is larger than limit (the caller then proxies parts of it).
+ * chan:send(v [, limit [, shm]]) -> true [, true when it went through
+ * shared memory]; or false, size without sending when the encoding is
+ * larger than limit and shm is false or there is no shared memory (the
+ * caller then proxies parts of it).
  */
 static int channel_send(lua_State *L) {
   channel *c = check_channel(L);
   luaL_checkany(L, 2);
   lua_Integer limit = luaL_optinteger(L, 3, -1);
+  int shm = lua_toboolean(L, 4);
   if (c->fd < 0)
     return ps_error_raise(L, PS_EPOOL, NULL, "worker: channel closed");
-  size_t n = ps_frame_encode(L, 2, &c->buf);
+  /* Encoded straight into the shared half when it is free. */
+  ps_buf *b = c->up.fd >= 0 && !c->up.busy ? &c->up.buf : &c->buf;
+  size_t n = ps_frame_encode(L, 2, b);
+  int via_shm = 0;
   if (limit >= 0 && n > (size_t)limit) {
-    lua_pushboolean(L, 0);
-    lua_pushinteger(L, (lua_Integer)n);
-    return 2;
+    if (!shm || b != &c->up.buf) {
+      lua_pushboolean(L, 0);
+      lua_pushinteger(L, (lua_Integer)n);
+      return 2;
+    }
+    via_shm = 1;
   }
-  if (ps_frame_send(c->fd, &c->buf) != 0)
+  int r = via_shm ? ps_frame_send_shm(c->fd, b) : ps_frame_send(c->fd, b);
+  if (r != 0)
     return ps_error_raise(L, PS_EPOOL, NULL, "worker: sending a result: %s",
                           strerror(errno));
-  ps_frame_trim(&c->buf);
+  if (via_shm) c->up.busy = 1;
+  else if (b == &c->buf) ps_frame_trim(b);
   lua_pushboolean(L, 1);
-  return 1;
+  lua_pushboolean(L, via_shm);
+  return 2;
 }
 
 static int channel_close(lua_State *L) {
@@ -171,6 +221,10 @@ static int channel_close(lua_State *L) {
   if (c->fd >= 0) close(c->fd);
   c->fd = -1;
   ps_buf_free(&c->buf);
+  ps_shm_in_release(&c->down);
+  ps_shm_out_release(&c->up);
+  if (c->shm >= 0) close(c->shm);
+  c->shm = -1;
   return 0;
 }
 

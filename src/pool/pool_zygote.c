@@ -56,8 +56,8 @@ static void die_with_parent(pid_t parent) {
   if (getppid() != parent) _exit(1);
 }
 
-static void become_worker(lua_State *L, zygote *z, int fd, int fn_idx,
-                          pid_t zpid) {
+static void become_worker(lua_State *L, zygote *z, int fd, int shm,
+                          int fn_idx, pid_t zpid) {
   close(z->ctl);
   close(z->sfd);
   sigset_t all;
@@ -67,7 +67,7 @@ static void become_worker(lua_State *L, zygote *z, int fd, int fn_idx,
   signal(SIGCHLD, SIG_DFL);
   die_with_parent(zpid);
   lua_pushvalue(L, fn_idx);
-  ps_channel_push(L, fd);
+  ps_channel_push(L, fd, shm);
   int status = lua_pcall(L, 1, 0, 0);
   if (status != LUA_OK) {
     const char *msg = luaL_tolstring(L, -1, NULL);
@@ -118,12 +118,14 @@ static void kill_one(zygote *z, pid_t pid) {
     if (pid > 0 && z->kids[i] == pid) kill(pid, SIGKILL);
 }
 
-static void spawn(lua_State *L, zygote *z, int fd, int slot, int fn_idx) {
+static void spawn(lua_State *L, zygote *z, int fd, int shm, int slot,
+                  int fn_idx) {
   pid_t zpid = getpid();
   pid_t pid = fork();
-  if (pid == 0) become_worker(L, z, fd, fn_idx, zpid);
+  if (pid == 0) become_worker(L, z, fd, shm, fn_idx, zpid);
   int err = errno;
   close(fd);
+  if (shm >= 0) close(shm);
   if (pid < 0 || add_kid(z, pid) != 0) {
     if (pid > 0) kill(pid, SIGKILL);
     zsend(z->ctl, PS_Z_SPAWN_FAILED, slot, 0, pid < 0 ? err : EAGAIN);
@@ -135,7 +137,8 @@ static void spawn(lua_State *L, zygote *z, int fd, int slot, int fn_idx) {
 /* One message from the parent; 0 when the parent has closed. */
 static int serve(lua_State *L, zygote *z, int fn_idx, int *draining) {
   ps_zmsg m;
-  char cbuf[CMSG_SPACE(sizeof(int))];
+  int fds[2] = {-1, -1};
+  char cbuf[CMSG_SPACE(sizeof fds)];
   struct iovec iov = {&m, sizeof m};
   struct msghdr h = {0};
   h.msg_iov = &iov;
@@ -145,18 +148,22 @@ static int serve(lua_State *L, zygote *z, int fn_idx, int *draining) {
   ssize_t n = recvmsg(z->ctl, &h, MSG_CMSG_CLOEXEC);
   if (n < 0) return errno == EINTR || errno == EAGAIN;
   if (n == 0) return 0;
-  int fd = -1;
   struct cmsghdr *c = CMSG_FIRSTHDR(&h);
-  if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
-    memcpy(&fd, CMSG_DATA(c), sizeof fd);
+  if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+    size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    memcpy(fds, CMSG_DATA(c), (k < 2 ? k : 2) * sizeof(int));
+  }
+  int fd = fds[0], shm = fds[1];
   if ((size_t)n != sizeof m) {
     if (fd >= 0) close(fd);
+    if (shm >= 0) close(shm);
     return 1;
   }
   if (m.type == PS_Z_SPAWN && fd >= 0) {
-    spawn(L, z, fd, m.slot, fn_idx);
+    spawn(L, z, fd, shm, m.slot, fn_idx);
   } else {
     if (fd >= 0) close(fd);
+    if (shm >= 0) close(shm);
     if (m.type == PS_Z_KILL) kill_all(z);
     if (m.type == PS_Z_KILL_ONE) kill_one(z, m.pid);
     if (m.type == PS_Z_DRAIN) *draining = 1;

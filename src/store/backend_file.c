@@ -27,18 +27,23 @@
 
 #include "backend.h"
 #include "ps.h"
+#include "bigalloc.h"
 #include "unmapper.h"
 
 /*
  * Files this size or larger are mapped rather than read into a buffer.
- * Measured first resolves of freshly written files (mapping with
- * MADV_SEQUENTIAL and the unmap on a background thread): on tmpfs mapping
- * wins from about 1 MiB (1 MiB: 82 vs 102 us, 4 MiB: 319 vs 411 us); on
- * ext4, whose page cache holds large folios so read(2) copies cheaply, from
- * about 2 MiB (1 MiB: 36 vs 52 us read faster, 2 MiB: 57 vs 68 us mapped).
+ * On ext4, whose page cache holds large folios, a mapping faults in many
+ * pages at a time and the bytes are then copied once (into the Lua
+ * string) instead of twice: mapping wins from about 2 MiB (1 MiB: 36 vs
+ * 52 us read faster, 2 MiB: 57 vs 68 us mapped). tmpfs holds 4 KiB pages
+ * (huge ones only with its huge= option or shmem_enabled, both off on the
+ * VMs measured), so a mapping costs a fault per 16 pages (fault-around):
+ * first resolves on /dev/shm, mapped vs read() into a buffer on warm huge
+ * pages (min of 11-31, A/B on a loaded 2-core VM): 1 MiB 600 vs 112 us,
+ * 10 MiB 19 vs 2.5 ms. So tmpfs files are always read.
  */
 #define FILE_MAP_MIN ((size_t)2 << 20)
-#define FILE_MAP_MIN_TMPFS ((size_t)1 << 20)
+#define FILE_MAP_MIN_TMPFS SIZE_MAX
 /* Temporary names start with '.', which no accepted key does. */
 #define TMP_PREFIX ".ps-tmp-"
 /*
@@ -499,26 +504,24 @@ static void unmap_blob(ps_blob *b) {
   ps_unmap_later(b->data, b->len);
 }
 
+/* Into a blob from bigalloc.c: warm or huge-page memory from 64 KiB on. */
 static int read_into(int fd, ps_blob *out, size_t size) {
-  char *buf = malloc(size ? size : 1);
-  if (buf == NULL) return PS_BNOMEM;
+  if (ps_blob_alloc(out, size) != 0) return PS_BNOMEM;
+  char *buf = out->data;
   size_t got = 0;
   while (got < size) {
     ssize_t n = read(fd, buf + got, size - got);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) {
       int e = errno;
-      free(buf);
+      ps_blob_release(out);
       errno = e;
       return PS_BIO;
     }
     if (n == 0) break;   /* truncated behind our back: take what is there */
     got += (size_t)n;
   }
-  out->data = buf;
   out->len = got;
-  out->release = NULL;
-  out->opaque = NULL;
   return PS_BOK;
 }
 

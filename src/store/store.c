@@ -157,6 +157,18 @@ void ps_store_cache_add(lua_State *L, int sidx, ps_store *s,
   lua_pop(L, 1);
 }
 
+static void put_bytes(lua_State *L, int sidx, ps_store *s, const char *key,
+                      size_t klen, ps_buf *b, double t0) {
+  ps_berr err = {0, ""};
+  int rc = s->ops->put(s->ctx, (ps_key){key, klen}, b->data, b->len, NULL,
+                       &err);
+  size_t len = b->len;
+  ps_buf_free(b);
+  if (rc != PS_BOK) ps_store_raise_backend(L, sidx, s, &err, key, klen);
+  ps_store_cache_drop(L, sidx, s, key, klen);
+  ps_store_record(s, OP_PUT, t0, len);
+}
+
 /* Stores the value at obj under the key at kidx. */
 void ps_store_do_put(lua_State *L, int sidx, ps_store *s, int obj, int kidx,
                    int ser) {
@@ -176,15 +188,15 @@ void ps_store_do_put(lua_State *L, int sidx, ps_store *s, int obj, int kidx,
   ps_buf *b = ps_envelope_serialize(L, sidx, s, obj, ser);
   if (!s->open) ps_buf_free(b);   /* a user serializer closed the store */
   ps_store_check_open(L, sidx);
-  ps_berr err = {0, ""};
-  int rc = s->ops->put(s->ctx, (ps_key){key, klen}, b->data, b->len, NULL,
-                       &err);
-  size_t len = b->len;
-  ps_buf_free(b);
+  put_bytes(L, sidx, s, key, klen, b, t0);
   lua_pop(L, 1);
-  if (rc != PS_BOK) ps_store_raise_backend(L, sidx, s, &err, key, klen);
-  ps_store_cache_drop(L, sidx, s, key, klen);
-  ps_store_record(s, OP_PUT, t0, len);
+}
+
+void ps_store_put_bytes(lua_State *L, int sidx, ps_store *s, int kidx,
+                        ps_buf *b) {
+  size_t klen;
+  const char *key = lua_tolstring(L, kidx, &klen);
+  put_bytes(L, sidx, s, key, klen, b, ps_store_now());
 }
 
 /*
@@ -213,7 +225,8 @@ int ps_store_do_get(lua_State *L, int sidx, ps_store *s, int kidx,
     return 1;
   }
   /* A per-proxy deserializer makes a value only that proxy may see. */
-  ps_cache_node *hit = deser ? NULL : ps_cache_find(&s->cache, key, klen);
+  int cached = !deser && !(flags & PS_GET_FRESH);
+  ps_cache_node *hit = cached ? ps_cache_find(&s->cache, key, klen) : NULL;
   if (hit && !(flags & PS_PROXY_STRICT)) {
     s->hits++;
     ps_prefetch_slot_free(slot);
@@ -266,7 +279,7 @@ int ps_store_do_get(lua_State *L, int sidx, ps_store *s, int kidx,
   ps_blob_release(&bs->b[0]);
   ps_store_check_open(L, sidx);   /* a user deserializer may have closed it */
   lua_remove(L, -2);   /* the blob box */
-  if (!deser) ps_store_cache_add(L, sidx, s, key, klen, &ver);
+  if (cached) ps_store_cache_add(L, sidx, s, key, klen, &ver);
   ps_store_record(s, OP_GET, t0, len);
   return 1;
 }

@@ -24,6 +24,10 @@ enum { ENV_NATIVE = 1, ENV_JSON = 2, ENV_CUSTOM = 3 };
 
 enum { OP_PUT, OP_GET, OP_EXISTS, OP_EVICT, OP_N };
 
+/* A get flag beside PS_PROXY_*: neither read nor fill the cache (a fresh
+ * copy of the object). Never stored in a proxy. */
+#define PS_GET_FRESH 0x100
+
 typedef struct metric {
   lua_Integer count, bytes;
   double total, max;
@@ -62,6 +66,10 @@ void ps_store_cache_add(lua_State *L, int sidx, ps_store *s, const char *key,
                         size_t klen, const ps_version *ver);
 void ps_store_do_put(lua_State *L, int sidx, ps_store *s, int obj, int kidx,
                      int ser);
+/* Puts the bytes of b (an envelope and its payload, as ps_envelope_serialize
+ * makes them) under the key at kidx; frees b's memory. */
+void ps_store_put_bytes(lua_State *L, int sidx, ps_store *s, int kidx,
+                        ps_buf *b);
 int ps_store_do_get(lua_State *L, int sidx, ps_store *s, int kidx,
                     unsigned flags, int deser, ps_prefetch_slot *slot);
 /* Deletes the key at kidx (cache included); an absent key is no error. */

@@ -129,6 +129,55 @@ static int store_proxy_from_key(lua_State *L) {
   return 1;
 }
 
+/* ---- internal: for the pool, which measures a value before it puts it --- */
+
+static ps_store *check_bytes_store(lua_State *L) {
+  ps_store *s = ps_store_check_open(L, 1);
+  if (s->ops == NULL)
+    ps_error_raise(L, PS_ECONFIG, NULL, "a local store holds no bytes");
+  return s;
+}
+
+/*
+ * store:_encode(v) -> box, size: v as a put would store it (the envelope
+ * byte and the store's serializer) in a buffer box; size is the payload's.
+ * With _put_encoded, a value is encoded once even when its size decides
+ * whether it is put at all.
+ */
+static int store_encode(lua_State *L) {
+  ps_store *s = check_bytes_store(L);
+  luaL_checkany(L, 2);
+  lua_settop(L, 2);
+  ps_buf *b = ps_envelope_serialize(L, 1, s, 2, 0);
+  lua_pushinteger(L, (lua_Integer)b->len - 1);
+  return 2;
+}
+
+/* store:_put_encoded(box [, opts]) -> key: puts a box from _encode (its
+ * memory is released); opts: key. */
+static int store_put_encoded(lua_State *L) {
+  ps_store *s = check_bytes_store(L);
+  ps_buf *b = ps_buf_check(L, 2);
+  int opts = ps_store_opt_table(L, 3);
+  lua_settop(L, 3);
+  if (b->data == NULL) luaL_argerror(L, 2, "an encoded box already put");
+  int k = push_put_key(L, opts);
+  ps_store_put_bytes(L, 1, s, k, b);
+  lua_pushvalue(L, k);
+  return 1;
+}
+
+/* store:_get_copy(key) -> the object, decoded afresh: the cache is neither
+ * read nor filled (a pool worker's own copy of a shared table). */
+static int store_get_copy(lua_State *L) {
+  check_bytes_store(L);
+  size_t klen;
+  ps_store_check_key(L, 2, &klen);
+  lua_settop(L, 2);
+  ps_store_resolve(L, 1, 2, PS_GET_FRESH);
+  return 1;
+}
+
 static int store_config(lua_State *L) {
   ps_store_check(L, 1);
   ps_store_push_config(L, 1);
@@ -228,6 +277,9 @@ static const luaL_Reg store_methods[] = {
   {"proxy_batch", ps_store_proxy_batch},
   {"config", store_config},
   {"metrics", store_metrics},
+  {"_encode", store_encode},
+  {"_put_encoded", store_put_encoded},
+  {"_get_copy", store_get_copy},
   {"close", store_close},
   {NULL, NULL}};
 
