@@ -20,6 +20,8 @@ LUA_CFLAGS  := $(shell $(PKG) --cflags lua5.4 2>/dev/null)
 LUA_LIBS    := $(shell $(PKG) --libs lua5.4 2>/dev/null)
 HIREDIS_CFLAGS := $(shell $(PKG) --cflags hiredis 2>/dev/null)
 HIREDIS_LIBS   := $(shell $(PKG) --libs hiredis 2>/dev/null)
+# The binary's prompt: libedit's readline interface (BSD-licensed).
+EDIT_LIBS      ?= -ledit
 
 WARN     := -std=c11 -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes
 OPT      ?= -O2 -g
@@ -67,7 +69,7 @@ $(CORE_SO): $(CORE_OBJ)
 # modules it loads find the Lua API (as lua(1) does).
 $(BUILD)/bin/proxystore: $(BUILD)/obj/host/main.o $(CORE_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(OPT) -Wl,-E $(LDFLAGS) -o $@ $^ $(LUA_LIBS) $(LIBS) -ldl
+	$(CC) $(OPT) -Wl,-E $(LDFLAGS) -o $@ $^ $(LUA_LIBS) $(LIBS) $(EDIT_LIBS) -ldl
 
 # The Lua modules as C strings, so an embedding host needs no Lua path.
 $(LUASRC_C): tools/luasrc.lua $(LUA_SRC)

@@ -3,7 +3,7 @@
 # nothing when all are present.
 set -eu
 PACKAGES="gcc make pkg-config lua5.4 liblua5.4-dev libhiredis-dev lua-cjson
-lua-busted luarocks redis-server clang libclang-rt-14-dev procps"
+lua-busted luarocks redis-server clang libclang-rt-14-dev procps libedit-dev"
 missing=""
 for p in $PACKAGES; do
   status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
