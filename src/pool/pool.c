@@ -11,7 +11,8 @@
  *                   even when the parent dies without closing)
  *   h:send(slot, value [, limit])  -> true | false, size (over limit: not sent)
  *                                   | nil, message (the worker is gone)
- *   h:poll([timeout_s])            -> list of events:
+ *   h:poll([timeout_s])            -> list of events (empty when a signal
+ *                                    ended the wait early):
  *        {slot, "result", value}
  *        {slot, "exit", pid, "code"|"signal", n}
  *        {slot, "bad_result", error}  (a reply that did not decode)
@@ -433,8 +434,10 @@ static int pool_poll(lua_State *L) {
   int r;
   if (h->nlater > 0) timeout = 0;
   r = timeout != 0 ? ps_poll_spin(fds, (nfds_t)nfds) : 0;
-  if (r == 0)
-    do r = poll(fds, (nfds_t)nfds, timeout); while (r < 0 && errno == EINTR);
+  if (r == 0) r = poll(fds, (nfds_t)nfds, timeout);
+  /* A signal ends the wait with no event: the caller's Lua loop runs again,
+   * so a host's SIGINT hook (lua.c's "interrupted!") gets its chance. */
+  if (r < 0 && errno == EINTR) r = 0;
   if (r < 0)
     return ps_error_raise(L, PS_EPOOL, NULL, "poll: %s", strerror(errno));
   for (int i = 1; i < nfds && r > 0; i++) {

@@ -127,14 +127,20 @@ void ps_channel_push(lua_State *L, int fd) {
   c->fd = fd;
 }
 
-/* chan:recv() -> value, or nothing when the parent has closed the pool. */
+/* The parent's end is gone (it closed the pool or died). */
+static int parent_gone(int err) {
+  return err == EPIPE || err == ECONNRESET;
+}
+
+/* chan:recv() -> value, or nothing when the parent has closed the pool or
+ * is gone. */
 static int channel_recv(lua_State *L) {
   channel *c = check_channel(L);
   if (c->fd < 0) return 0;
   struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
   ps_poll_spin(&pfd, 1);   /* the next task often follows at once */
   int r = ps_frame_recv(c->fd, &c->buf);
-  if (r == 1) return 0;
+  if (r == 1 || (r < 0 && parent_gone(errno))) return 0;
   if (r < 0)
     return ps_error_raise(L, PS_EPOOL, NULL, "worker: reading a task: %s",
                           strerror(errno));
@@ -145,22 +151,32 @@ static int channel_recv(lua_State *L) {
 /*
  * chan:send(v [, limit]) -> true; or false, size without sending when the
  * encoding is larger than limit (the caller then proxies parts of it).
+ * When the parent is gone it raises kind "closed", which ends the worker
+ * quietly: nobody is left to read what it would say.
  */
 static int channel_send(lua_State *L) {
   channel *c = check_channel(L);
   luaL_checkany(L, 2);
   lua_Integer limit = luaL_optinteger(L, 3, -1);
   if (c->fd < 0)
-    return ps_error_raise(L, PS_EPOOL, NULL, "worker: channel closed");
+    return ps_error_raise(L, PS_ECLOSED, NULL, "worker: channel closed");
   size_t n = ps_frame_encode(L, 2, &c->buf);
   if (limit >= 0 && n > (size_t)limit) {
     lua_pushboolean(L, 0);
     lua_pushinteger(L, (lua_Integer)n);
     return 2;
   }
-  if (ps_frame_send(c->fd, &c->buf) != 0)
+  if (ps_frame_send(c->fd, &c->buf) != 0) {
+    int err = errno;
+    ps_frame_trim(&c->buf);
+    if (parent_gone(err)) {
+      close(c->fd);
+      c->fd = -1;
+      return ps_error_raise(L, PS_ECLOSED, NULL, "worker: the pool is gone");
+    }
     return ps_error_raise(L, PS_EPOOL, NULL, "worker: sending a result: %s",
-                          strerror(errno));
+                          strerror(err));
+  }
   ps_frame_trim(&c->buf);
   lua_pushboolean(L, 1);
   return 1;

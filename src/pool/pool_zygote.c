@@ -17,6 +17,9 @@
  * vanished (os.exit, a crash) nobody will read what workers make, so it
  * kills them at once. Then it reaps them all, removes the pool's private
  * store directory and exits: no orphans, no zombies, no files left behind.
+ * SIGTERM or SIGHUP (timeout(1), a closed terminal, kill -- -PGID: often
+ * the whole process group at once) end it the same way, so the directory
+ * goes even when the parent died of the same signal.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -40,7 +43,7 @@
 
 typedef struct zygote {
   int ctl;
-  int sfd;              /* signalfd for SIGCHLD */
+  int sfd;              /* signalfd for SIGCHLD, SIGTERM and SIGHUP */
   pid_t kids[MAXKIDS];  /* live workers, 0 for a free entry */
 } zygote;
 
@@ -69,7 +72,10 @@ static void become_worker(lua_State *L, zygote *z, int fd, int fn_idx,
   lua_pushvalue(L, fn_idx);
   ps_channel_push(L, fd);
   int status = lua_pcall(L, 1, 0, 0);
-  if (status != LUA_OK) {
+  const char *kind = status == LUA_OK ? NULL : ps_error_kind(L, -1);
+  if (kind && strcmp(kind, PS_ECLOSED) == 0) {
+    status = LUA_OK;   /* the parent is gone: nobody to tell */
+  } else if (status != LUA_OK) {
     const char *msg = luaL_tolstring(L, -1, NULL);
     fprintf(stderr, "proxystore: worker %d: %s\n", (int)getpid(), msg);
   }
@@ -92,10 +98,13 @@ static int nkids(const zygote *z) {
   return n;
 }
 
-/* Reaps every finished worker and reports it (unless the parent is gone). */
-static void reap(zygote *z, int report) {
+/* Reaps every finished worker and reports it (unless the parent is gone).
+ * Returns 1 when SIGTERM or SIGHUP arrived. */
+static int reap(zygote *z, int report) {
   struct signalfd_siginfo si;
-  while (read(z->sfd, &si, sizeof si) > 0) {}
+  int stop = 0;
+  while (read(z->sfd, &si, sizeof si) > 0)
+    if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGHUP) stop = 1;
   for (;;) {
     int status;
     pid_t pid = waitpid(-1, &status, WNOHANG);
@@ -104,6 +113,7 @@ static void reap(zygote *z, int report) {
       if (z->kids[i] == pid) z->kids[i] = 0;
     if (report) zsend(z->ctl, PS_Z_EXITED, -1, pid, status);
   }
+  return stop;
 }
 
 static void kill_all(zygote *z) {
@@ -180,12 +190,14 @@ void ps_zygote_run(lua_State *L, int ctl, int fn_idx, const char *dir) {
   static zygote z;  /* this process is the zygote and nothing else */
   memset(&z, 0, sizeof z);
   z.ctl = ctl;
-  sigset_t chld;
-  sigemptyset(&chld);
-  sigaddset(&chld, SIGCHLD);
-  sigprocmask(SIG_BLOCK, &chld, NULL);
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGCHLD);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGHUP);
+  sigprocmask(SIG_BLOCK, &sigs, NULL);
   signal(SIGINT, SIG_IGN);  /* the parent decides; workers take ^C */
-  z.sfd = signalfd(-1, &chld, SFD_NONBLOCK | SFD_CLOEXEC);
+  z.sfd = signalfd(-1, &sigs, SFD_NONBLOCK | SFD_CLOEXEC);
   if (z.sfd < 0) _exit(1);
   int devnull = open("/dev/null", O_RDONLY);
   if (devnull >= 0) {
@@ -209,7 +221,11 @@ void ps_zygote_run(lua_State *L, int ctl, int fn_idx, const char *dir) {
     }
     int r = poll(p, open_ctl ? 2 : 1, timeout);
     if (r < 0 && errno != EINTR) break;
-    if (p[0].revents) reap(&z, open_ctl);
+    if (p[0].revents && reap(&z, open_ctl) && open_ctl) {
+      open_ctl = 0;       /* as if the parent had vanished */
+      deadline = now_ms();
+      continue;
+    }
     if (open_ctl && p[1].revents) {
       if (!serve(L, &z, fn_idx, &draining)) {
         open_ctl = 0;
