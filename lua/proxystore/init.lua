@@ -1,9 +1,11 @@
 -- proxystore: lazy object proxies that resolve themselves from a store.
 --
 -- The public face over the C core (proxystore.core): options, defaults,
--- URLs and the seed's one-call API. Hot paths live in C.
+-- URLs and ProxyStore's one-call init_*_backend API. Hot paths live in C.
 
 local core = require "proxystore.core"
+-- Errors name the user's line, never one of this file's.
+core.internal_source(debug.getinfo(1, "S").source)
 
 local M = { _VERSION = core._VERSION }
 
@@ -183,7 +185,7 @@ core.set_store_factory(function(cfg)
   return M.init_store(copy.kind, copy)
 end)
 
--- ---- the seed's one-call API -------------------------------------------
+-- ---- ProxyStore's one-call init_*_backend API -------------------------
 
 local default_store
 
