@@ -182,6 +182,97 @@ describe("ps.pool", function()
     assert.same({ code = 7 }, e.cause)
   end)
 
+  it("shows a task's error table by its fields, not its address", function()
+    local f = pool:submit(function() error({ code = 42 }) end)
+    local e = catch(f.result, f)
+    assert.same({ code = 42 }, e.cause)
+    local s = tostring(e)
+    assert.matches("failed: {code = 42}$", s)
+    assert.not_matches("table: 0x", s, 1, true)
+  end)
+
+  it("says 'not enough memory' for a task that runs out of memory, and its worker goes on", function()
+    -- The task caps its own address space 256 MiB above what it has, then
+    -- asks for 2 GiB: the allocator refuses and nothing is touched.
+    local f = pool:submit(function()
+      local pid = io.open("/proc/self/stat"):read("n")
+      local vm = io.open("/proc/self/status"):read("a"):match("VmSize:%s*(%d+)")
+      assert(os.execute(("env -u LD_PRELOAD prlimit --pid %d --as=%d"):format(pid,
+        (tonumber(vm) + 256 * 1024) * 1024)))
+      return string.rep("x", (1 << 31) - 1)
+    end)
+    local e = catch(f.result, f)
+    assert.equal("task", e.kind)
+    assert.matches("failed: not enough memory$", tostring(e))
+    assert.equal(0, pool:metrics().worker_deaths)
+    assert.equal(2, pool:submit(function() return 2 end):result())
+  end)
+
+  it("keeps a task's proxystore error as an error object, quoted once with the task's line", function()
+    local f = pool:submit(function()
+      local s = require("proxystore").init_store("local", { name = "in-task" })
+      return s:proxy_from_key("gone").x
+    end)
+    local e = catch(f.result, f)
+    assert.equal("task", e.kind)
+    assert.is_true(ps.is_error(e.cause))
+    assert.equal("missing_key", e.cause.kind)
+    assert.equal("gone", e.cause.key)
+    local s = tostring(e)
+    assert.not_matches("proxystore: proxystore:", s, 1, true)
+    local _, n = s:gsub("no object under key 'gone'", "")
+    assert.equal(1, n, s)
+    assert.matches("failed: spec/pool_spec%.lua:%d+: no object under key 'gone'", s)
+  end)
+
+  it("names the map item that failed by its index in the list", function()
+    local e = catch(pool.map, pool, function(x)
+      if x == "bad" then error("bad item") end
+      return x
+    end, { "a", "b", "bad", "c" })
+    assert.equal("task", e.kind)
+    assert.equal(3, e.index)
+    assert.matches("item 3 of the map failed: [^\n]*bad item", tostring(e))
+    e = catch(pool.map, pool, function(x)
+      if x == 2 then os.exit(5) end
+      return x
+    end, { 1, 2 })
+    assert.equal("worker", e.kind)
+    assert.equal(2, e.index)
+    assert.matches("exited with code 5 while running item 2 of the map", tostring(e), 1, true)
+  end)
+
+  it("gives map results a field n, and maps over such a list again", function()
+    local r = pool:map(function(x) return x end, { 1, 2, 3 })
+    assert.same({ 1, 2, 3, n = 3 }, r)
+    r = pool:map(function(x) if x ~= 2 then return x end end, { 1, 2, 3 })
+    assert.same({ 1, nil, 3, n = 3 }, r)
+    r = pool:map(function(x) return x == nil end, r)
+    assert.same({ false, true, false, n = 3 }, r)
+    assert.same({ n = 0 }, pool:map(function(x) return x end, {}))
+  end)
+
+  it("refuses unknown pool and map options, and a list that is not a sequence", function()
+    local e = catch(ps.pool, { worker = 2 })
+    assert.equal("config", e.kind)
+    assert.matches("unknown option 'worker' for ps.pool", e.message, 1, true)
+    e = catch(ps.pool, { progress = "no" })
+    assert.equal("config", e.kind)
+    local id = function(x) return x end
+    e = catch(pool.map, pool, id, { 1 }, { progres = false })
+    assert.equal("config", e.kind)
+    assert.matches("unknown option 'progres' for pool:map", e.message, 1, true)
+    for _, list in ipairs {
+      { 1, nil, 3 }, { 1, 2, x = 3 }, { [2] = 1 }, { [1.5] = 1 },
+      { 1, 2, 3, n = 2 }, { n = -1 }, { n = "2" },
+    } do
+      e = catch(pool.map, pool, id, list)
+      assert.equal("config", e.kind)
+      assert.matches("pool:map", e.message, 1, true)
+    end
+    assert.equal(0, pool:metrics().submitted)
+  end)
+
   it("fails the future of a worker that calls os.exit, naming the code, and replaces it", function()
     local before = pool:pids()
     local f = pool:submit(function() os.exit(3) end)
@@ -191,7 +282,7 @@ describe("ps.pool", function()
     assert.matches("exited with code 3", tostring(e), 1, true)
     -- still two workers, one of them new
     local r = pool:map(function(x) return x end, { 1, 2, 3, 4 })
-    assert.same({ 1, 2, 3, 4 }, r)
+    assert.same({ 1, 2, 3, 4, n = 4 }, r)
     local after, n, new = pool:pids(), 0, 0
     local old = {}
     for _, p in pairs(before) do old[p] = true end

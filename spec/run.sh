@@ -45,7 +45,7 @@ mkdir -p "$SAN"
 ASAN_LIB=$(gcc -print-file-name=libasan.so)
 run sanitized build-asan/lib \
   LD_PRELOAD="$ASAN_LIB" \
-  ASAN_OPTIONS="detect_leaks=1:log_path=$SAN/asan:allow_user_segv_handler=1" \
+  ASAN_OPTIONS="detect_leaks=1:log_path=$SAN/asan:allow_user_segv_handler=1:allocator_may_return_null=1" \
   LSAN_OPTIONS="exitcode=0" \
   UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$SAN/ubsan"
 # LD_PRELOAD reaches every program the specs start (mktemp, sh, ...); only
