@@ -40,7 +40,9 @@ EMBED_SRC := src/host/embed.c
 CORE_SRC := $(filter-out $(HOST_SRC) $(EMBED_SRC),$(wildcard src/*/*.c))
 HEADERS  := $(wildcard src/*.h src/*/*.h)
 LUA_SRC  := $(wildcard lua/proxystore/*.lua)
-VERSION  := $(shell sed -n 's/^\#define PROXYSTORE_VERSION "\(.*\)"/\1/p' src/proxystore.h)
+# The version: the three numbers of src/proxystore.h, where it is defined once.
+version_part = $(shell sed -n 's/^\#define PROXYSTORE_VERSION_$(1) \([0-9]*\)$$/\1/p' src/proxystore.h)
+VERSION  := $(call version_part,MAJOR).$(call version_part,MINOR).$(call version_part,PATCH)
 
 BUILD    ?= build
 CORE_OBJ  = $(CORE_SRC:src/%.c=$(BUILD)/obj/%.o)

@@ -2,7 +2,7 @@
 # Installs the Debian packages proxystore needs that are missing; does
 # nothing when all are present.
 set -eu
-PACKAGES="gcc make pkg-config lua5.4 liblua5.4-dev libhiredis-dev lua-cjson
+PACKAGES="gcc g++ make pkg-config lua5.4 liblua5.4-dev libhiredis-dev lua-cjson
 lua-busted luarocks redis-server clang libclang-rt-14-dev procps libedit-dev"
 missing=""
 for p in $PACKAGES; do

@@ -302,7 +302,10 @@ describe("the version", function()
     if f then
       local header = f:read("a")
       f:close()
-      assert.are.equal(ps._VERSION, header:match('PROXYSTORE_VERSION "([^"]+)"'))
+      local part = function(name)
+        return header:match("#define PROXYSTORE_VERSION_" .. name .. " (%d+)\n")
+      end
+      assert.are.equal(ps._VERSION, part("MAJOR") .. "." .. part("MINOR") .. "." .. part("PATCH"))
     end
     local r = io.open(root .. "/rockspec/proxystore-" .. ps._VERSION .. "-1.rockspec")
     if r then

@@ -254,6 +254,14 @@ function M.to_proxy(obj, opts)
   return default_store:proxy(obj, opts)
 end
 
+--- Large strings and tables of this Lua state on huge pages and a warm
+--- cache of freed blocks (a 100 MiB resolve pays fewer page faults). The
+--- state's allocator is its host's: this is the host's choice, never done
+--- by require. True when installed (or already), false when it cannot be.
+function M.use_big_allocator()
+  return core.use_big_allocator()
+end
+
 --- A pool of worker processes (see proxystore.pool).
 function M.pool(opts)
   return require("proxystore.pool").new(opts)

@@ -4,16 +4,22 @@
  * (so big Lua strings, e.g. a resolved 100 MiB object, land on warm or
  * huge-page memory too).
  *
- * Why: first touch of fresh 4 KiB pages is slow here (DESIGN.md measured
- * 0.37 GB/s; ~3 GB/s on a quiet day), so a 100 MiB reply buffer costs tens
+ * Why: first touch of fresh 4 KiB pages is slow here (docs/performance.md
+ * measured 0.37 GB/s; ~3 GB/s on a quiet day), so a 100 MiB reply buffer costs tens
  * to hundreds of ms of page faults; with MADV_HUGEPAGE (THP mode
  * "madvise") it is ~10 GB/s or better. Blocks are rounded to 2 MiB so that
  * even a 1 MiB block gets one huge page, and up to CACHE_MAX bytes of
  * freed blocks stay mapped so that repeated transfers reuse warm memory
  * (a 100 MiB resolve: ~97 -> ~88 ms). The price: up to CACHE_MAX bytes
  * stay resident after a large transfer.
+ *
+ * The lua_State wrapper is never installed by the module on its own: a
+ * state's allocator belongs to whoever made the state (a host may cap
+ * memory with it). The proxystore binary installs it for its own state;
+ * a module user opts in with ps.use_big_allocator().
  */
 #include <dlfcn.h>
+#include <link.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -308,12 +314,31 @@ static void *wrap_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   return w->orig(w->orig_ud, ptr, osize, nsize);
 }
 
+/* dl_iterate_phdr calls back for the main program first: does it hold
+ * the address in *data? */
+static int in_first_object(struct dl_phdr_info *info, size_t size,
+                           void *data) {
+  (void)size;
+  uintptr_t *addr = data;
+  for (int i = 0; i < info->dlpi_phnum; i++) {
+    const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+    uintptr_t lo = info->dlpi_addr + ph->p_vaddr;
+    if (ph->p_type == PT_LOAD && *addr >= lo && *addr < lo + ph->p_memsz)
+      *addr = 0;
+  }
+  return 1;
+}
+
 /*
  * lua_close unloads C modules (the _CLIBS finalizer) before it frees the
  * remaining objects through the allocator: wrap_alloc must outlive that,
- * so the library that holds it is made undeletable. Returns 0 on success.
+ * so the library that holds it is made undeletable. Linked into a program
+ * (the proxystore binary) it is never unloaded. Returns 0 on success.
  */
 static int pin_library(void) {
+  uintptr_t addr = (uintptr_t)wrap_alloc;
+  dl_iterate_phdr(in_first_object, &addr);
+  if (addr == 0) return 0;
   Dl_info info;
   if (dladdr((void *)wrap_alloc, &info) == 0 || info.dli_fname == NULL)
     return -1;
@@ -321,13 +346,13 @@ static int pin_library(void) {
   return h ? 0 : -1;     /* the handle is deliberately never closed */
 }
 
-void ps_alloc_install(lua_State *L) {
+int ps_alloc_install(lua_State *L) {
   void *ud;
   lua_Alloc f = lua_getallocf(L, &ud);
-  if (f == wrap_alloc) return;
-  if (pin_library() != 0) return;     /* keep the plain allocator */
+  if (f == wrap_alloc) return 0;
+  if (pin_library() != 0) return -1;  /* keep the plain allocator */
   lwrap *w = calloc(1, sizeof *w);
-  if (w == NULL) return;              /* keep the plain allocator */
+  if (w == NULL) return -1;           /* keep the plain allocator */
   w->orig = f;
   w->orig_ud = ud;
   pthread_once(&atfork_once, register_atfork);
@@ -336,4 +361,5 @@ void ps_alloc_install(lua_State *L) {
   wraps = w;
   pthread_mutex_unlock(&wraps_mu);
   lua_setallocf(L, wrap_alloc, w);
+  return 0;
 }

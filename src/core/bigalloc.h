@@ -33,9 +33,12 @@ int ps_blob_alloc(ps_blob *b, size_t n);
 /*
  * Wraps the allocator of L so that blocks of PS_BIG_MIN bytes or more use
  * ps_big_alloc; blocks from before the call stay with the old allocator.
- * Idempotent. Only the thread running L may use it (as with any lua_State).
+ * Idempotent; 0, or -1 when it cannot (L keeps its allocator). Only the
+ * owner of L may decide this: the proxystore binary for its own state, or
+ * a user through ps.use_big_allocator(); the module never does it alone.
+ * Only the thread running L may use it (as with any lua_State).
  */
-void ps_alloc_install(lua_State *L);
+int ps_alloc_install(lua_State *L);
 #endif
 
 #endif

@@ -35,6 +35,7 @@
 #include <editline/readline.h>
 
 #include "proxystore.h"
+#include "bigalloc.h"
 
 #define PROGNAME "proxystore"
 #define PROMPT   "> "
@@ -678,6 +679,9 @@ int main(int argc, char **argv) {
     l_message(argv[0], "cannot create state: not enough memory");
     return EXIT_FAILURE;
   }
+  /* This program owns its state: large strings and tables go on warm or
+   * huge-page memory (a module never does this to its host's state). */
+  ps_alloc_install(L);
   lua_pushcfunction(L, &pmain);
   lua_pushinteger(L, argc);
   lua_pushlightuserdata(L, argv);
