@@ -639,6 +639,39 @@ describe("proxystore host binary", function()
       assert.matches("sum 20", out, 1, true)
     end)
 
+    it("shows workers' output whole, above the bar, never inside its line", function()
+      local status, out = on_tty([[
+        local ps = require "proxystore"
+        local pool = ps.pool { workers = 2 }
+        local t = {}
+        for i = 1, 8 do t[i] = i end
+        local r = pool:map(function(x)
+          local e = os.clock() + 0.15   -- the bar is up before the first line
+          while os.clock() < e do end
+          print("line from task " .. x)
+          io.stderr:write("err from task " .. x .. "\n")
+          return x
+        end, t)
+        pool:close()
+        io.stdout:write("sum ", #r, "\n")]])
+      assert.equal(0, status, out)
+      assert.matches("8/8", out, 1, true)
+      assert.matches("sum 8", out, 1, true)
+      for _, what in ipairs { "line", "err" } do
+        for i = 1, 8 do
+          local text = what .. " from task " .. i
+          local at = out:find(text, 1, true)
+          assert.is_truthy(at, text .. " is missing:\n" .. out)
+          assert.is_nil(out:find(text, at + 1, true), text .. " twice")
+          -- its line starts with it: after a newline or the bar cleared
+          local before = out:sub(1, at - 1)
+          assert.is_truthy(before == "" or before:match("\n$") or before:match("\27%[K$"),
+            text .. " split the bar's line:\n" .. out)
+          assert.matches("^" .. text .. "\r?\n", out:sub(at))
+        end
+      end
+    end)
+
     it("is silent with progress = false", function()
       local status, out = on_tty(MAP:format(", progress = false"))
       assert.equal(0, status, out)

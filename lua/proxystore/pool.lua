@@ -23,6 +23,10 @@
 --
 -- Inside a worker, os.exit flushes stdio and ends the worker at once.
 --
+-- When stderr is a terminal (and progress is not off), workers' stdout and
+-- stderr come through the pool, which prints them line by line during its
+-- waits, so a worker's print never splits the progress bar's line.
+--
 -- The C side (src/pool*.c) forks a zygote at pool start and the workers
 -- from it, and moves codec-encoded frames over one socket per worker. This
 -- file keeps the queue, the futures, function packing, automatic proxying
@@ -341,8 +345,8 @@ local function make_worker(store, threshold, envs)
         -- xpcall calls no handler for a memory error: res is its message
         res = { message = tostring(res), traceback = "" }
       end
+      io.stdout:flush()   -- what the task printed goes out before its result
       send_reply(chan, store, threshold, msg[1], ok, res)
-      io.stdout:flush()
     end
   end
 end
@@ -473,7 +477,10 @@ function M.new(opts)
   local envs = stack_envs()
   self.envindex = setmetatable({}, { __mode = "k" })
   for i, e in ipairs(envs) do self.envindex[e] = i end
-  self.h = core.pool_start(workers, make_worker(store, threshold, envs), self.dir)
+  -- On a terminal, workers' output comes through the pool (see the top).
+  self.relay = self.progress and core.pool_isatty(2)
+  self.h = core.pool_start(workers, make_worker(store, threshold, envs), self.dir,
+    self.relay)
   for s = workers, 1, -1 do self.idle[#self.idle + 1] = s end
   return self
 end
@@ -661,6 +668,8 @@ function Pool:_step(timeout)
           { cause = ev[3], task = task.id, index = task.index }))
       end
       self:_free_slot(ev[1])
+    elseif kind == "output" then
+      self:_output(ev[3], ev[4])
     elseif kind == "zygote_died" then
       self:_broken("the pool's zygote process died (killed from outside?); " ..
         "its workers are gone")
@@ -724,8 +733,21 @@ function Pool:submit(fn, ...)
   return self:_submit_packed(pack_fn(fn, {}, self.envindex), pack(...))
 end
 
+-- Lines a worker wrote (fd 1 or 2), relayed: the bar's line is cleared
+-- first and drawn again after, so the lines appear whole above it.
+function Pool:_output(fd, text)
+  if self.bar_shown then
+    io.stderr:write("\r\27[K")
+    io.stderr:flush()
+    self.bar_shown = false
+  end
+  local f = fd == 1 and io.stdout or io.stderr
+  f:write(text)
+  f:flush()
+end
+
 -- The progress bar: done/total, rate, elapsed; on stderr, only a terminal.
-local function bar(done, total, t0, final)
+local function bar(pool, done, total, t0, final)
   local el = now() - t0
   local rate = el > 0 and done / el or 0
   local width = 30
@@ -734,6 +756,7 @@ local function bar(done, total, t0, final)
     ("#"):rep(fill), ("."):rep(width - fill), done, total, rate, el,
     final and "\n" or ""))
   io.stderr:flush()
+  pool.bar_shown = not final
 end
 
 -- The number of items of a map's list: a sequence (every key 1..#list),
@@ -801,19 +824,20 @@ function Pool:map(fn, list, opts)
         for j = i, n do if futures[j].state == "done" then d = d + 1 end end
         d = d + i - 1
         local t = now()
-        if d ~= done or t - last > 0.2 then
+        if d ~= done or t - last > 0.2 or not self.bar_shown then
           done, last = d, t
-          bar(done, n, t0)
+          bar(self, done, n, t0)
         end
       end
     end
     if not f.ok then
-      if show then io.stderr:write("\n") end
+      if show and self.bar_shown then io.stderr:write("\n") end
+      self.bar_shown = false
       core.raise(f.err)
     end
     results[i] = f.values[1]
   end
-  if show then bar(n, n, t0, true) end
+  if show then bar(self, n, n, t0, true) end
   results.n = n
   return results
 end

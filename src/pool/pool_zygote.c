@@ -59,10 +59,19 @@ static void die_with_parent(pid_t parent) {
   if (getppid() != parent) _exit(1);
 }
 
-static void become_worker(lua_State *L, zygote *z, int fd, int fn_idx,
-                          pid_t zpid) {
+/* out: the relay pipes for stdout and stderr, or -1. */
+static void become_worker(lua_State *L, zygote *z, int fd, const int out[2],
+                          int fn_idx, pid_t zpid) {
   close(z->ctl);
   close(z->sfd);
+  if (out[0] >= 0) {
+    fflush(NULL);
+    dup2(out[0], 1);
+    dup2(out[1], 2);
+    close(out[0]);
+    close(out[1]);
+    setvbuf(stdout, NULL, _IOLBF, 0);   /* lines reach the parent whole */
+  }
   sigset_t all;
   sigemptyset(&all);
   sigprocmask(SIG_SETMASK, &all, NULL);
@@ -121,12 +130,15 @@ static void kill_all(zygote *z) {
     if (z->kids[i] > 0) kill(z->kids[i], SIGKILL);
 }
 
-static void spawn(lua_State *L, zygote *z, int fd, int slot, int fn_idx) {
+static void spawn(lua_State *L, zygote *z, int fd, const int out[2],
+                  int slot, int fn_idx) {
   pid_t zpid = getpid();
   pid_t pid = fork();
-  if (pid == 0) become_worker(L, z, fd, fn_idx, zpid);
+  if (pid == 0) become_worker(L, z, fd, out, fn_idx, zpid);
   int err = errno;
   close(fd);
+  if (out[0] >= 0) close(out[0]);
+  if (out[1] >= 0) close(out[1]);
   if (pid < 0 || add_kid(z, pid) != 0) {
     if (pid > 0) kill(pid, SIGKILL);
     zsend(z->ctl, PS_Z_SPAWN_FAILED, slot, 0, pid < 0 ? err : EAGAIN);
@@ -138,7 +150,7 @@ static void spawn(lua_State *L, zygote *z, int fd, int slot, int fn_idx) {
 /* One message from the parent; 0 when the parent has closed. */
 static int serve(lua_State *L, zygote *z, int fn_idx, int *draining) {
   ps_zmsg m;
-  char cbuf[CMSG_SPACE(sizeof(int))];
+  char cbuf[CMSG_SPACE(3 * sizeof(int))];
   struct iovec iov = {&m, sizeof m};
   struct msghdr h = {0};
   h.msg_iov = &iov;
@@ -148,17 +160,24 @@ static int serve(lua_State *L, zygote *z, int fn_idx, int *draining) {
   ssize_t n = recvmsg(z->ctl, &h, MSG_CMSG_CLOEXEC);
   if (n < 0) return errno == EINTR || errno == EAGAIN;
   if (n == 0) return 0;
-  int fd = -1;
+  /* the worker's socket, then its stdout and stderr when relayed */
+  int fds[3] = {-1, -1, -1};
   struct cmsghdr *c = CMSG_FIRSTHDR(&h);
-  if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
-    memcpy(&fd, CMSG_DATA(c), sizeof fd);
-  if ((size_t)n != sizeof m) {
-    if (fd >= 0) close(fd);
+  if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+    size_t nfds = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    memcpy(fds, CMSG_DATA(c), (nfds > 3 ? 3 : nfds) * sizeof(int));
+  }
+  int fd = fds[0];
+  if ((size_t)n != sizeof m || (fds[1] >= 0) != (fds[2] >= 0)) {
+    for (int i = 0; i < 3; i++)
+      if (fds[i] >= 0) close(fds[i]);
     return 1;
   }
   if (m.type == PS_Z_SPAWN && fd >= 0) {
-    spawn(L, z, fd, m.slot, fn_idx);
+    spawn(L, z, fd, fds + 1, m.slot, fn_idx);
   } else {
+    for (int i = 1; i < 3; i++)
+      if (fds[i] >= 0) close(fds[i]);
     if (fd >= 0) close(fd);
     if (m.type == PS_Z_KILL) kill_all(z);
     if (m.type == PS_Z_DRAIN) *draining = 1;
