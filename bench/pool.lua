@@ -7,7 +7,8 @@
 --      proxies on the pool's /dev/shm store        target: proxies <= 1.2x
 --
 -- Standalone: lua5.4 bench/pool.lua [runs]   (a markdown table; needs
--- LUA_PATH/LUA_CPATH as in BRIEF.md, or run with build/bin/proxystore)
+-- LUA_PATH/LUA_CPATH as in the README's Development section, or run with
+-- build/bin/proxystore)
 -- Driver: returns function(report) as bench/run.lua expects; ratio is
 -- baseline time / time (above 1: faster than the baseline).
 local is_main = not pcall(debug.getlocal, 4, 1)

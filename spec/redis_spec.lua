@@ -139,7 +139,7 @@ describe("the redis store", function()
     end)
   end)
 
-  describe("the seed's one-call API", function()
+  describe("ProxyStore's init_*_backend API", function()
     it("init_redis_backend takes hostname and port, and to_proxy goes through Redis", function()
       local s = ps.init_redis_backend { hostname = srv.host, port = srv.port,
                                         prefix = "seed:", timeout = 2 }

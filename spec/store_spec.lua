@@ -1,4 +1,5 @@
--- The local store, the registry of stores, the seed's one-call API, errors.
+-- The local store, the registry of stores, ProxyStore's init_*_backend
+-- API, errors.
 local ps = require "proxystore"
 
 local function perr(f, ...)
@@ -230,7 +231,7 @@ describe("the store registry", function()
   end)
 end)
 
-describe("the seed's one-call API", function()
+describe("ProxyStore's init_*_backend API", function()
   after_each(function()
     local s = ps.get_store("local")
     if s then s:close() end

@@ -68,7 +68,7 @@ int luaopen_proxystore_core(lua_State *L);
  * package.preload["proxystore.core"] and the compiled-in Lua modules
  * ("proxystore", "proxystore.url", ...) in package.preload, then runs
  * require "proxystore". (libproxystore always carries the modules; the
- * project's src/embed.c compiled on its own finds them on package.path.)
+ * project's src/host/embed.c compiled on its own finds them on package.path.)
  * On success pushes the module table (the value of require "proxystore");
  * the host may set it as a global or pop it.
  * Needs the standard libraries (luaL_openlibs, at least package, string,

@@ -27,7 +27,7 @@
 -- stderr come through the pool, which prints them line by line during its
 -- waits, so a worker's print never splits the progress bar's line.
 --
--- The C side (src/pool*.c) forks a zygote at pool start and the workers
+-- The C side (src/pool/) forks a zygote at pool start and the workers
 -- from it, and moves codec-encoded frames over one socket per worker. This
 -- file keeps the queue, the futures, function packing, automatic proxying
 -- and the progress bar.

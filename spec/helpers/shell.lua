@@ -35,7 +35,7 @@ function M.rmtree(dir)
   if dir then os.execute(M.CLEAN .. "rm -rf " .. M.quote(dir)) end
 end
 
--- "-I... src/a/x.c ...": every folder of src on the include path and every
+-- "-I... src/<layer>/<file>.c ...": every folder of src on the include path and every
 -- C file of the core but the host binary's main, as shell words, for specs
 -- that link the core into a plain-C test program.
 function M.core_c(root)

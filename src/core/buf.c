@@ -25,8 +25,8 @@ int ps_buf_reserve(ps_buf *b, size_t n) {
   b->data = p;
   b->cap = cap;
   /* A large buffer (a serialized 100 MiB string) is written right after
-     this: on huge pages its fresh memory faults in ~5x faster (DESIGN.md,
-     "Performance facts"). glibc serves it from mmap; still malloc/free. */
+     this: on huge pages its fresh memory faults in ~5x faster
+     (docs/performance.md). glibc serves it from mmap; still malloc/free. */
   if (cap >= ((size_t)2 << 20)) {
     uintptr_t a = ((uintptr_t)p + 4095) & ~(uintptr_t)4095;
     uintptr_t e = ((uintptr_t)p + cap) & ~(uintptr_t)4095;

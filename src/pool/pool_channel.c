@@ -62,7 +62,7 @@ void ps_frame_trim(ps_buf *b) {
 }
 
 /* Large buffers go on huge pages: first touch of 4 KiB pages is the cost
- * of moving big frames on these machines (DESIGN.md). */
+ * of moving big frames on these machines (docs/performance.md). */
 static int reserve(ps_buf *b, size_t n) {
   size_t old = b->cap;
   if (ps_buf_reserve(b, n) != 0) return -1;

@@ -3,7 +3,7 @@
  * and resolution, for proxies.
  *
  * A store is a userdata over either the in-process "local" table (objects
- * kept by reference, as the seed's local backend did) or a byte backend
+ * kept by reference, as ProxyStore's local backend does) or a byte backend
  * (backend.h). For byte backends this file owns serializer dispatch, the
  * per-process LRU cache of deserialized objects, strict version checks,
  * evict-on-resolve and metrics; the backend only moves bytes.
