@@ -135,14 +135,18 @@ print(p.x)
       assert_at(line, e)
       e, line = catch(function() return (pool:submit(42)) end), here()
       assert_at(line, e)
-      local slow = pool:submit(function()
-        local t = os.clock() + 0.3
-        while os.clock() < t do end
-      end)
+      local go = os.tmpname()
+      os.remove(go)
+      local slow = pool:submit(function(path)   -- ends when told to
+        local t = os.time() + 60
+        while not io.open(path) and os.time() < t do os.execute("sleep 0.01") end
+      end, go)
       e, line = catch(function() return (slow:result(0)) end), here()
+      io.open(go, "w"):close()
       assert_at(line, e)
       assert.equal("timeout", e.kind)
       slow:result()
+      os.remove(go)
     end)
   end)
 

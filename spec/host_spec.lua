@@ -369,9 +369,9 @@ describe("proxystore host binary", function()
     local pids = {}
     for p in out:gmatch("%d+") do pids[#pids + 1] = p end
     assert.equal(3, #pids)
-    -- the zygote may need a moment to reap and leave
+    -- the zygote may need a moment to reap and leave (30 s: a hang guard)
     local alive
-    for _ = 1, 50 do
+    for _ = 1, 300 do
       alive = {}
       for _, p in ipairs(pids) do
         if io.open("/proc/" .. p .. "/stat") then alive[#alive + 1] = p end

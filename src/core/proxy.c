@@ -449,13 +449,17 @@ static int l_repr(lua_State *L) {
       lua_pushliteral(L, "proxystore.Proxy(factory, unresolved)");
     return 1;
   }
+  /* a background fetch (ps.resolve_async) still running, or done */
+  const char *bg = "";
+  if (p->state != RESOLVED && p->prefetch)
+    bg = ps_prefetch_slot_done(&p->prefetch) ? ", fetched" : ", fetching";
   push_proxy_config(L, 1);
   lua_getfield(L, -1, "kind");
   lua_getfield(L, -2, "name");
   lua_getiuservalue(L, 1, 3);
-  lua_pushfstring(L, "proxystore.Proxy(store=%s:%s, key=%s, %s%s%s)",
+  lua_pushfstring(L, "proxystore.Proxy(store=%s:%s, key=%s, %s%s%s%s)",
                   lua_tostring(L, -3), lua_tostring(L, -2),
-                  lua_tostring(L, -1), state,
+                  lua_tostring(L, -1), state, bg,
                   (p->flags & PS_PROXY_EVICT) ? ", evict" : "",
                   (p->flags & PS_PROXY_STRICT) ? ", strict" : "");
   return 1;

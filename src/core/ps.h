@@ -158,6 +158,8 @@ void ps_store_push_config(lua_State *L, int store_idx);
 struct ps_prefetch;
 typedef struct ps_prefetch *ps_prefetch_slot;
 void ps_prefetch_slot_free(ps_prefetch_slot *slot);
+/* True once the slot's fetch has finished (never blocks). */
+int ps_prefetch_slot_done(ps_prefetch_slot *slot);
 /* Starts fetching key in the background when the store's backend can. */
 void ps_store_prefetch(lua_State *L, int store_idx, int key_idx,
                        unsigned flags, ps_prefetch_slot *slot);

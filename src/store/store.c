@@ -333,6 +333,10 @@ void ps_store_resolve(lua_State *L, int sidx, int kidx, unsigned flags) {
   ps_store_resolve_ex(L, sidx, kidx, flags, 0, NULL);
 }
 
+int ps_prefetch_slot_done(ps_prefetch_slot *slot) {
+  return *slot != NULL && ps_prefetch_done(*slot);
+}
+
 void ps_prefetch_slot_free(ps_prefetch_slot *slot) {
   if (slot && *slot) {
     ps_prefetch_free(*slot);
