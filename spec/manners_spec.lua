@@ -90,6 +90,21 @@ describe("the module's manners", function()
   end)
 end)
 
+describe("proxystore.core", function()
+  it("stays loaded after lua_close: its threads may still run its code", function()
+    local tmp = shell.tempdir("pinned")
+    finally(function() shell.rmtree(tmp) end)
+    local bin = tmp .. "/pinned_test"
+    local rc, out = shell.sh(string.format("cd %s && ${CC:-cc} -std=c11 -Wall -Wextra -Werror " ..
+      "%s -o %s spec/c/pinned_test.c $(pkg-config --cflags --libs lua5.4) -ldl",
+      shell.quote(ROOT), SANITIZED and SAN_FLAGS or "-O1 -g", shell.quote(bin)))
+    assert.equal(0, rc, out)
+    rc, out = run(shell.quote(bin) .. " " .. shell.quote(BUILD .. "/lib/?.so"))
+    assert.equal(0, rc, out)
+    assert.equal("loaded mapped\nclosed mapped\nrc=0\n", out)
+  end)
+end)
+
 describe("proxystore.h", function()
   local tmp
   setup(function() tmp = shell.tempdir("cxx") end)

@@ -335,7 +335,7 @@ static int in_first_object(struct dl_phdr_info *info, size_t size,
  * so the library that holds it is made undeletable. Linked into a program
  * (the proxystore binary) it is never unloaded. Returns 0 on success.
  */
-static int pin_library(void) {
+int ps_pin_library(void) {
   uintptr_t addr = (uintptr_t)wrap_alloc;
   dl_iterate_phdr(in_first_object, &addr);
   if (addr == 0) return 0;
@@ -350,7 +350,7 @@ int ps_alloc_install(lua_State *L) {
   void *ud;
   lua_Alloc f = lua_getallocf(L, &ud);
   if (f == wrap_alloc) return 0;
-  if (pin_library() != 0) return -1;  /* keep the plain allocator */
+  if (ps_pin_library() != 0) return -1;  /* keep the plain allocator */
   lwrap *w = calloc(1, sizeof *w);
   if (w == NULL) return -1;           /* keep the plain allocator */
   w->orig = f;

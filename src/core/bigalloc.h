@@ -29,6 +29,12 @@ void ps_big_free(void *p);
  */
 int ps_blob_alloc(ps_blob *b, size_t n);
 
+/*
+ * Makes the library that holds this code undeletable (dlclose leaves it
+ * mapped); a no-op linked into a program. 0, or -1 when it cannot.
+ */
+int ps_pin_library(void);
+
 #ifdef LUA_VERSION_NUM
 /*
  * Wraps the allocator of L so that blocks of PS_BIG_MIN bytes or more use

@@ -25,6 +25,11 @@ static int l_use_big_allocator(lua_State *L) {
 }
 
 int luaopen_proxystore_core(lua_State *L) {
+  /* Background threads (resolve_async's fetches, the unmapper) run this
+   * library's code and wait on its static locks, past lua_close, which
+   * unloads C modules: the library must stay mapped (unloaded under a
+   * waiting thread, a process aborted at exit with a futex error). */
+  ps_pin_library();
   lua_newtable(L);
   lua_pushcfunction(L, l_use_big_allocator);
   lua_setfield(L, -2, "use_big_allocator");
