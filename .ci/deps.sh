@@ -1,9 +1,19 @@
 #!/bin/sh
 # Installs the Debian packages proxystore needs that are missing; does
 # nothing when all are present.
+#
+#   sh .ci/deps.sh         everything: build, test, fuzz, bench, packaging
+#   sh .ci/deps.sh demo    only what make demo needs: a compiler and the
+#                          libraries the core and the binary link
 set -eu
-PACKAGES="gcc make pkg-config lua5.4 liblua5.4-dev libhiredis-dev libssl-dev lua-cjson
-lua-busted luarocks redis-server redis-tools clang libclang-rt-14-dev procps"
+BUILD="gcc make pkg-config liblua5.4-dev libhiredis-dev libssl-dev libedit-dev"
+TEST="g++ lua5.4 lua-cjson lua-busted luarocks redis-server redis-tools clang
+libclang-rt-14-dev procps zip unzip"
+case "${1:-all}" in
+  demo) PACKAGES=$BUILD ;;
+  all) PACKAGES="$BUILD $TEST" ;;
+  *) echo "usage: $0 [all|demo]" >&2; exit 2 ;;
+esac
 missing=""
 for p in $PACKAGES; do
   status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
@@ -23,6 +33,9 @@ apt-get update -qq
 # shellcheck disable=SC2086
 apt-get install -y -qq --no-install-recommends $missing >/dev/null
 # Debian starts a system redis-server on 6379; the tests start their own.
-if command -v systemctl >/dev/null 2>&1; then
-  systemctl disable --now redis-server >/dev/null 2>&1 || true
-fi
+case "$missing" in
+  *redis-server*)
+    if command -v systemctl >/dev/null 2>&1; then
+      systemctl disable --now redis-server >/dev/null 2>&1 || true
+    fi ;;
+esac

@@ -4,18 +4,20 @@
 -- measured in the same run.
 --
 --   lua5.4 bench/run.lua [section ...]
---       (sections: proxy codec file redis cluster pool queue stream sweep)
+--       (sections: proxy codec file alloc redis cluster pool queue stream sweep)
 --
 -- The pool and sweep sections are what a user of the `proxystore` binary
 -- gets: they run in a child build/bin/proxystore process (whose Lua state
 -- has the big-block allocator), which prints its rows tab-separated; other
--- lines it prints (the sweep's own table) come after the main table.
+-- lines it prints (the sweep's own table) come after the main table. The
+-- alloc section starts lua5.4 processes of its own, as a module user's.
 
 local root = arg[0]:match("^(.*)/bench/run%.lua$") or "."
 package.path = root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;" .. package.path
 package.cpath = root .. "/build/lib/?.so;" .. package.cpath
 
-local ALL = { "proxy", "codec", "file", "redis", "cluster", "pool", "queue", "stream", "sweep" }
+local ALL = { "proxy", "codec", "file", "alloc", "redis", "cluster", "pool", "queue", "stream",
+  "sweep" }
 local wanted = #arg > 0 and arg or ALL
 
 local function fmt_time(ns)

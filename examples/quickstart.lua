@@ -28,7 +28,7 @@ print(s:upper(), #s, s .. "!")
 local n = store:proxy(41)
 print("41 + 1 =", n + 1)
 
--- The seed's one-call API: a default store for ps.to_proxy.
+-- ProxyStore's init_*_backend API: a default store for ps.to_proxy.
 ps.init_local_backend()
 local q = ps.to_proxy({ answer = 42 }, { evict = true })   -- single use
 print("answer:", q.answer)

@@ -150,6 +150,78 @@ describe("proxystore host binary", function()
     assert.equal("from LUA_PATH", out)
   end)
 
+  describe("reads LUA_PATH and LUA_CPATH as lua5.4 does", function()
+    -- The peer is lua5.4 itself: both print package.path, package.cpath
+    -- and what require made of a module in M (a file, a directory with
+    -- init.lua) and of lua-cjson (a C module on Lua's default cpath).
+    local M = TMP .. "/m"
+    local PROBE = [[
+      local function try(name)
+        local ok, e = pcall(require, name)
+        return ok and "ok" or (e:gsub("\n", "|"))
+      end
+      io.write(package.path, "\n", package.cpath, "\n", try("foo"), "\n",
+        try("bar"), "\n", try("cjson"), "\n")]]
+
+    setup(function()
+      os.execute("mkdir -p " .. q(M .. "/bar"))
+      write(M .. "/foo.lua", "return 'foo'")
+      write(M .. "/bar/init.lua", "return 'bar'")
+    end)
+
+    local function both(vars, flags)
+      local env = "env -u LUA_PATH -u LUA_PATH_5_4 -u LUA_CPATH -u LUA_CPATH_5_4"
+      for k, v in pairs(vars) do env = env .. " " .. k .. "=" .. q(v) end
+      local cmd = ("cd %s && %s %%s %s -e %s 2>&1"):format(q(TMP), env,
+        flags or "", q(PROBE))
+      local function out(bin)
+        local f = assert(io.popen(cmd:format(q(bin))))
+        local s = f:read("a")
+        f:close()
+        return s
+      end
+      return out("lua5.4"), out(BIN)
+    end
+
+    local cases = {
+      { LUA_PATH = M .. "/?.lua" },
+      { LUA_PATH = "/nowhere/?.lua;" .. M .. "/?.lua;/else/?.lua" },
+      { LUA_PATH = ";;" .. M .. "/?.lua" },
+      { LUA_PATH = M .. "/?.lua;;" },
+      { LUA_PATH = "/nowhere/?.lua;;" .. M .. "/?/init.lua" },
+      { LUA_PATH = M .. "/?.lua;" .. M .. "/?/init.lua" },
+      { LUA_PATH = "/nowhere/?.lua" },
+      { LUA_PATH = "" },
+      { LUA_PATH = ";;" },
+      { LUA_PATH_5_4 = M .. "/?.lua", LUA_PATH = "/nowhere/?.lua" },
+      { LUA_PATH = M .. "/?.lua;;", LUA_CPATH = "/nowhere/?.so" },
+      { LUA_CPATH = "/nowhere/?.so;;" },
+      { LUA_CPATH_5_4 = ";;/x/?.so", LUA_CPATH = "/nowhere/?.so" },
+      {},
+    }
+    for i, vars in ipairs(cases) do
+      local names = {}
+      for k, v in pairs(vars) do names[#names + 1] = k .. "='" .. v .. "'" end
+      table.sort(names)
+      it(("case %d: %s"):format(i, #names > 0 and table.concat(names, " ") or "(unset)"), function()
+        local peer, ours = both(vars)
+        assert.equal(peer, ours)
+      end)
+    end
+
+    it("ignores them with -E, as lua5.4 -E does", function()
+      local peer, ours = both({ LUA_PATH = M .. "/?.lua", LUA_CPATH = "/nowhere/?.so" }, "-E")
+      assert.equal(peer, ours)
+    end)
+
+    it("still finds its own Lua face whatever LUA_PATH says", function()
+      local code, out, err = run("-e " .. q("io.write(require('proxystore')._VERSION)"),
+        nil, "env LUA_PATH=" .. q(M .. "/?.lua"))
+      assert.equal(0, code, err)
+      assert.equal(require("proxystore")._VERSION, out)
+    end)
+  end)
+
   it("runs -e chunks and -l modules in order, before the script", function()
     local script = write(TMP .. "/after.lua", "io.write(' script ', X)")
     local code, out = run("-e " .. q("X = 1 io.write('e1')") ..
@@ -192,7 +264,31 @@ describe("proxystore host binary", function()
     assert.equal(0, status, out)
     assert.matches("proxystore " .. require("proxystore")._VERSION, out, 1, true)
     assert.matches("Lua 5.4", out, 1, true)
-    assert.matches("> 42", out, 1, true)
+    assert.matches("> print%(6 %* 7%)\r*\n42\r*\n", out)
+  end)
+
+  it("edits lines and recalls history at the prompt, as lua5.4 does", function()
+    -- "print(4)", cursor left, "2": print(42); then print(6 * 7); then the
+    -- up arrow and Enter run print(6 * 7) again. Without line editing the
+    -- escape sequences are Lua syntax errors.
+    local keys = "print(4)\27[D2\nprint(6 * 7)\n\27[A\nos.exit(0)\n"
+    local function on_tty(bin)
+      write(TMP .. "/keys", keys)
+      local cmd = ("cd %s && env -u LD_PRELOAD timeout 20 script -qec %s /dev/null " ..
+        "<%s >%s/repl 2>&1"):format(q(TMP), q(bin), q(TMP .. "/keys"), q(TMP))
+      local _, _, status = os.execute(cmd)
+      local out = slurp(TMP .. "/repl")
+      local n = 0   -- result lines (lua5.4's readline puts escapes before them)
+      for _ in out:gmatch("%f[%d]42\r*\n") do n = n + 1 end
+      return status, n, out
+    end
+    local status, n, out = on_tty("lua5.4")
+    assert.equal(0, status, out)
+    assert.equal(3, n, out)
+    status, n, out = on_tty(BIN)
+    assert.equal(0, status, out)
+    assert.equal(3, n, out)
+    assert.not_matches("unexpected symbol", out, 1, true)
   end)
 
   it("exits 1 with the message and a traceback on stderr when the script fails", function()
@@ -215,7 +311,8 @@ describe("proxystore host binary", function()
       local ps = require "proxystore"
       ps.deserialize("\255garbage")]]))
     assert.equal(1, code)
-    assert.matches("proxystore: ", err, 1, true)
+    assert.matches("^proxystore: [^\n]*cannot deserialize", err)
+    assert.not_matches("proxystore: proxystore:", err, 1, true)
     assert.not_matches("error object is a table", err, 1, true)
     assert.matches("stack traceback:", err, 1, true)
   end)
@@ -272,9 +369,9 @@ describe("proxystore host binary", function()
     local pids = {}
     for p in out:gmatch("%d+") do pids[#pids + 1] = p end
     assert.equal(3, #pids)
-    -- the zygote may need a moment to reap and leave
+    -- the zygote may need a moment to reap and leave (30 s: a hang guard)
     local alive
-    for _ = 1, 50 do
+    for _ = 1, 300 do
       alive = {}
       for _, p in ipairs(pids) do
         if io.open("/proc/" .. p .. "/stat") then alive[#alive + 1] = p end
@@ -283,6 +380,200 @@ describe("proxystore host binary", function()
       os.execute("sleep 0.1")
     end
     assert.same({}, alive)
+  end)
+
+  describe("signals", function()
+    local core = require "proxystore.core"
+
+    -- Starts the binary in the background (as its own process group with
+    -- setsid when group is true) on a script; returns its pid. Its output
+    -- goes to TMP/bg.out and TMP/bg.err.
+    local function spawn(args, group)
+      local f = assert(io.popen(("cd %s && env -u LUA_PATH -u LUA_PATH_5_4 %s %s %s " ..
+        "</dev/null >%s/bg.out 2>%s/bg.err & echo $!"):format(q(ROOT),
+        group and "setsid" or "", q(BIN), args, q(TMP), q(TMP))))
+      local pid = tonumber(f:read("a"):match("%d+"))
+      f:close()
+      return pid
+    end
+
+    -- "R", "S", "Z", ... and the process group of pid; nil once it is gone.
+    local function stat(pid)
+      local f = io.open("/proc/" .. pid .. "/stat")
+      if not f then return nil end
+      local s = f:read("a") or ""
+      f:close()
+      local state, pgrp = s:match("^%d+ %b() (%a) %d+ (%d+)")
+      return state, tonumber(pgrp)
+    end
+
+    local function alive(pid)
+      local state = stat(pid)
+      return state ~= nil and state ~= "Z" and state ~= "X"
+    end
+
+    -- Live processes of process group pgid.
+    local function group(pgid)
+      local found = {}
+      local ls = io.popen("ls /proc")
+      for d in ls:lines() do
+        if d:match("^%d+$") then
+          local state, pg = stat(d)
+          if pg == pgid and state ~= "Z" and state ~= "X" then found[#found + 1] = d end
+        end
+      end
+      ls:close()
+      return found
+    end
+
+    -- Waits until cond() is true; the bound only guards against a hang.
+    local function wait_until(cond, what)
+      local t0 = core.monotonic()
+      while not cond() do
+        assert(core.monotonic() - t0 < 60, "still waiting: " .. what)
+        os.execute("sleep 0.02")
+      end
+    end
+
+    local function read_or_empty(path)
+      local f = io.open(path, "rb")
+      if not f then return "" end
+      local s = f:read("a")
+      f:close()
+      return s
+    end
+
+    -- The script writes "<private dir> <zygote> <workers...>" to arg[1]
+    -- once its pool is up and busy, then waits on it (arg[2]: "result" or
+    -- "map") with tasks that never end.
+    local POOL_SCRIPT = [[
+      local ps = require "proxystore"
+      local pool = ps.pool { workers = 2 }
+      local pids, z = pool:pids()
+      local t = { pool.dir, z }
+      for _, p in pairs(pids) do t[#t + 1] = p end
+      local forever = function() while true do end end
+      local fut = arg[2] == "result" and pool:submit(forever)
+      local f = io.open(arg[1] .. ".tmp", "w")
+      f:write(table.concat(t, " "), "\n")
+      f:close()
+      os.rename(arg[1] .. ".tmp", arg[1])
+      if fut then fut:result() else pool:map(forever, { 1, 2, 3 }) end
+    ]]
+
+    local function pool_info(info)
+      wait_until(function() return io.open(info) ~= nil end, "the pool to start")
+      local words = {}
+      for w in read_or_empty(info):gmatch("%S+") do words[#words + 1] = w end
+      local dir = table.remove(words, 1)
+      return dir, words
+    end
+
+    local function kill_all(pid, pids, dir)
+      os.execute("kill -9 " .. pid .. " " .. table.concat(pids or {}, " ") .. " 2>/dev/null")
+      if dir then os.execute("rm -rf " .. q(dir)) end
+    end
+
+    for _, how in ipairs { "result", "map" } do
+      it(("SIGINT interrupts a wait in %s, as lua5.4 stops a loop, and stops the pool"):format(
+          how == "result" and "future:result()" or "pool:map"), function()
+        local script = write(TMP .. "/sigint.lua", POOL_SCRIPT)
+        local info = TMP .. "/sigint-" .. how .. ".info"
+        os.remove(info)
+        local pid = spawn(q(script) .. " " .. q(info) .. " " .. how)
+        local dir, pids
+        finally(function() kill_all(pid, pids, dir) end)
+        dir, pids = pool_info(info)
+        os.execute("kill -INT " .. pid)
+        wait_until(function() return not alive(pid) end, "the binary to stop")
+        for _, p in ipairs(pids) do
+          wait_until(function() return not alive(p) end, "pool process " .. p .. " to end")
+        end
+        assert.is_nil(io.open(dir), "the private store is left: " .. dir)
+        local err = read_or_empty(TMP .. "/bg.err")
+        local _, n = err:gsub("interrupted!", "")
+        assert.equal(1, n, err)
+        assert.not_matches("proxystore: proxystore:", err, 1, true)
+        assert.matches("^proxystore: [^\n]*interrupted!\nstack traceback:", err)
+
+        -- the peer: lua5.4 on a loop that never ends
+        local loop = write(TMP .. "/loop.lua", [[
+          local f = io.open(arg[1], "w") f:close()
+          while true do end]])
+        local ready = TMP .. "/loop.ready"
+        os.remove(ready)
+        local f = assert(io.popen(("lua5.4 %s %s </dev/null >/dev/null 2>%s/peer.err & echo $!")
+          :format(q(loop), q(ready), q(TMP))))
+        local lpid = tonumber(f:read("a"):match("%d+"))
+        f:close()
+        finally(function() os.execute("kill -9 " .. lpid .. " 2>/dev/null") end)
+        wait_until(function() return io.open(ready) ~= nil end, "lua5.4 to start")
+        os.execute("kill -INT " .. lpid)
+        wait_until(function() return not alive(lpid) end, "lua5.4 to stop")
+        assert.matches("^lua5.4: [^\n]*interrupted!\nstack traceback:",
+          read_or_empty(TMP .. "/peer.err"))
+      end)
+    end
+
+    for _, sig in ipairs { "TERM", "HUP" } do
+      it(("SIG%s to the process group leaves no process and no private store"):format(sig), function()
+        local script = write(TMP .. "/group.lua", POOL_SCRIPT)
+        local info = TMP .. "/group-" .. sig .. ".info"
+        os.remove(info)
+        local pid = spawn(q(script) .. " " .. q(info) .. " result", true)
+        local dir, pids
+        finally(function() kill_all(pid, pids, dir) end)
+        dir, pids = pool_info(info)
+        assert.equal(pid, select(2, stat(pid)))   -- its own group
+        os.execute(("kill -%s -%d"):format(sig, pid))
+        wait_until(function() return #group(pid) == 0 end, "the group to end")
+        assert.is_nil(io.open(dir), "the private store is left: " .. dir)
+        assert.not_matches("Broken pipe", read_or_empty(TMP .. "/bg.err"), 1, true)
+      end)
+    end
+
+    it("orphaned workers end without a word (no 'Broken pipe')", function()
+      -- The task returns once the spec says so, after the parent died;
+      -- the zygote is stopped meanwhile so it cannot kill the worker first.
+      local go = TMP .. "/orphan.go"
+      os.remove(go)
+      local script = write(TMP .. "/orphan.lua", [[
+        local ps = require "proxystore"
+        local pool = ps.pool { workers = 1 }
+        local pids, z = pool:pids()
+        local fut = pool:submit(function(path)
+          while not io.open(path) do os.execute("sleep 0.02") end
+          io.write("task done\n")
+          return ("x"):rep(100)
+        end, arg[2])
+        local f = io.open(arg[1] .. ".tmp", "w")
+        f:write(pool.dir, " ", z, " ", pids[1], "\n")
+        f:close()
+        os.rename(arg[1] .. ".tmp", arg[1])
+        fut:result()]])
+      local info = TMP .. "/orphan.info"
+      os.remove(info)
+      local pid = spawn(q(script) .. " " .. q(info) .. " " .. q(go))
+      local dir, pids
+      finally(function()
+        if pids then os.execute("kill -CONT " .. pids[1] .. " 2>/dev/null") end
+        kill_all(pid, pids, dir)
+      end)
+      dir, pids = pool_info(info)
+      local zygote, worker = pids[1], pids[2]
+      os.execute("kill -STOP " .. zygote)
+      wait_until(function() return stat(zygote) == "T" end, "the zygote to stop")
+      os.execute("kill -KILL " .. pid)
+      wait_until(function() return not alive(pid) end, "the parent to die")
+      write(go, "")
+      wait_until(function() return not alive(worker) end, "the worker to end")
+      os.execute("kill -CONT " .. zygote)
+      wait_until(function() return not alive(zygote) end, "the zygote to end")
+      assert.is_nil(io.open(dir), "the private store is left: " .. dir)
+      local out, err = read_or_empty(TMP .. "/bg.out"), read_or_empty(TMP .. "/bg.err")
+      assert.matches("task done", out, 1, true)   -- it did try to reply
+      assert.equal("", err)
+    end)
   end)
 
   describe("examples/mapreduce.lua", function()
@@ -459,6 +750,39 @@ describe("proxystore host binary", function()
       assert.matches("%d+%.%ds", out)
       assert.matches("[#", out, 1, true)
       assert.matches("sum 20", out, 1, true)
+    end)
+
+    it("shows workers' output whole, above the bar, never inside its line", function()
+      local status, out = on_tty([[
+        local ps = require "proxystore"
+        local pool = ps.pool { workers = 2 }
+        local t = {}
+        for i = 1, 8 do t[i] = i end
+        local r = pool:map(function(x)
+          local e = os.clock() + 0.15   -- the bar is up before the first line
+          while os.clock() < e do end
+          print("line from task " .. x)
+          io.stderr:write("err from task " .. x .. "\n")
+          return x
+        end, t)
+        pool:close()
+        io.stdout:write("sum ", #r, "\n")]])
+      assert.equal(0, status, out)
+      assert.matches("8/8", out, 1, true)
+      assert.matches("sum 8", out, 1, true)
+      for _, what in ipairs { "line", "err" } do
+        for i = 1, 8 do
+          local text = what .. " from task " .. i
+          local at = out:find(text, 1, true)
+          assert.is_truthy(at, text .. " is missing:\n" .. out)
+          assert.is_nil(out:find(text, at + 1, true), text .. " twice")
+          -- its line starts with it: after a newline or the bar cleared
+          local before = out:sub(1, at - 1)
+          assert.is_truthy(before == "" or before:match("\n$") or before:match("\27%[K$"),
+            text .. " split the bar's line:\n" .. out)
+          assert.matches("^" .. text .. "\r?\n", out:sub(at))
+        end
+      end
     end)
 
     it("is silent with progress = false", function()

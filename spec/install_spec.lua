@@ -13,7 +13,7 @@ local HAS_HOST = io.open(ROOT .. "/src/host/main.c") ~= nil
 -- Runs a shell command outside the sanitizer preload; returns rc, output.
 -- A user's shell has no LUA_PATH of this checkout either.
 local function sh(cmd)
-  local f = io.popen("env -u LD_PRELOAD -u LUA_PATH -u LUA_CPATH sh -c '"
+  local f = io.popen("env -u LD_PRELOAD -u LUA_PATH -u LUA_CPATH MAKEFLAGS=-j2 sh -c '"
     .. cmd:gsub("'", "'\\''") .. "' 2>&1; echo \"rc=$?\"")
   local out = f:read("a")
   f:close()
@@ -62,8 +62,8 @@ describe("installation", function()
 
   -- A fresh copy of the tracked files: luarocks builds it offline, as a
   -- user's checkout, without reusing this checkout's build/.
-  local function fresh_copy()
-    local src = tmp .. "/src"
+  local function fresh_copy(name)
+    local src = tmp .. "/" .. (name or "src")
     if not io.open(src .. "/Makefile") then
       -- git's list of files when this is a checkout, else all but builds.
       ok(string.format("mkdir -p '%s' && cd '%s' && if git ls-files >/dev/null 2>&1; "
@@ -122,22 +122,118 @@ describe("installation", function()
     end
   end)
 
-  it("luarocks make installs the versioned rockspec too", function()
+  -- Commands in a directory first on PATH: `fakes` maps a name to the
+  -- body of a shell script standing in for that program.
+  local function fake_path(name, fakes)
+    local bin = tmp .. "/" .. name
+    ok("mkdir -p '" .. bin .. "'")
+    for prog, body in pairs(fakes) do
+      local f = assert(io.open(bin .. "/" .. prog, "w"))
+      f:write("#!/bin/sh\n", body, "\n")
+      f:close()
+      ok("chmod +x '" .. bin .. "/" .. prog .. "'")
+    end
+    return "PATH='" .. bin .. "':\"$PATH\""
+  end
+
+  it("luarocks make builds with its own variables and flags, over a build/ left by make, "
+    .. "without a pkg-config entry for Lua", function()
+    if SANITIZED then pending("plain build only (see the top of install_spec.lua)") return end
+    -- other distributions call Lua's .pc lua, lua54, or have none
+    local path = fake_path("no-lua-pc", {
+      ["pkg-config"] = 'case "$*" in *lua*) exit 1;; esac\nexec /usr/bin/pkg-config "$@"',
+    })
+    local src, tree = fresh_copy("src-nopc"), tmp .. "/tree-nopc"
+    ok(string.format("cd '%s' && make -s all", src))   -- a build/ with make's flags
+    local out = ok(string.format("cd '%s' && %s luarocks --lua-version=5.4 make --tree='%s' "
+      .. "rockspec/proxystore-scm-1.rockspec", src, path, tree))
+    -- every object compiled again, with luarocks' CFLAGS
+    local n = 0
+    for line in out:gmatch("[^\n]+") do
+      if line:find(" -c src/", 1, true) and line:find("-O2 -fPIC", 1, true) then n = n + 1 end
+    end
+    local sources = ok(string.format("cd '%s' && ls src/*/*.c | grep -vc embed.c", src))
+    assert.equal(tonumber(sources), n, out)
+    out = ok(string.format("cd '%s/elsewhere' && eval \"$(luarocks --lua-version=5.4 path "
+      .. "--tree='%s')\" && lua5.4 '%s/script.lua' '%s/data/nopc'", tmp, tree, tmp, tmp))
+    assert.truthy(out:find("\tlazy proxy\t" .. tree, 1, true), out)
+    if HAS_HOST then
+      out = ok(string.format("cd '%s/elsewhere' && '%s/bin/proxystore' '%s/script.lua' "
+        .. "'%s/data/nopcbin'", tmp, tree, tmp, tmp))
+      assert.truthy(out:find("\tlazy proxy\t", 1, true), out)
+    end
+    -- and make after it builds with its own flags again
+    out = ok(string.format("cd '%s' && make all", src))
+    assert.matches(" -c src/core/error.c", out, 1, true)
+    assert.not_matches("-O2 -fPIC", out, 1, true)
+  end)
+
+  it("make dist writes a source rock of the versioned rockspec that luarocks installs "
+    .. "offline, module and binary", function()
     if SANITIZED then pending("plain build only (see the top of install_spec.lua)") return end
     local version = require("proxystore")._VERSION
-    local src, tree = fresh_copy(), tmp .. "/tree-versioned"
-    ok(string.format("cd '%s' && luarocks --lua-version=5.4 make --tree='%s' "
-      .. "rockspec/proxystore-%s-1.rockspec", src, tree, version))
-    local out = ok(string.format(
-      "cd '%s/elsewhere' && eval \"$(luarocks --lua-version=5.4 path --tree='%s')\" "
-      .. "&& lua5.4 '%s/script.lua' '%s/data/versioned' && luarocks --lua-version=5.4 "
-      .. "list --tree='%s' --porcelain", tmp, tree, tmp, tmp, tree))
+    local src, tree = fresh_copy("src-dist"), tmp .. "/tree-dist"
+    local rock = "proxystore-" .. version .. "-1.src.rock"
+    local out = ok(string.format("cd '%s' && make -s dist", src))
+    assert.equal(rock .. "\n", out)
+    -- any attempt to reach the network fails
+    ok(string.format("cd '%s/elsewhere' && http_proxy=http://127.0.0.1:1 "
+      .. "https_proxy=http://127.0.0.1:1 luarocks --lua-version=5.4 install --tree='%s' "
+      .. "'%s/%s'", tmp, tree, src, rock))
+    out = ok(string.format("cd '%s/elsewhere' && eval \"$(luarocks --lua-version=5.4 path "
+      .. "--tree='%s')\" && lua5.4 '%s/script.lua' '%s/data/dist' && luarocks "
+      .. "--lua-version=5.4 list --tree='%s' --porcelain", tmp, tree, tmp, tmp, tree))
     assert.truthy(out:find(version .. "\tlazy proxy\t" .. tree, 1, true), out)
     assert.truthy(out:find("proxystore\t" .. version .. "%-1\tinstalled"), out)
     if HAS_HOST then
       assert.are.equal("proxystore " .. version,
         ok(string.format("'%s/bin/proxystore' --version", tree)):match("[^\n]+"))
     end
+  end)
+
+  it("gives the versioned rockspec a homepage, and luarocks test runs the specs", function()
+    if SANITIZED then pending("plain build only (see the top of install_spec.lua)") return end
+    local version = require("proxystore")._VERSION
+    -- the copy whose build/ make made last (above): only the library is left to build
+    local src = fresh_copy("src-nopc")
+    local rockspec = "rockspec/proxystore-" .. version .. "-1.rockspec"
+    local f = assert(io.open(src .. "/" .. rockspec))
+    local text = f:read("a")
+    f:close()
+    assert.matches('homepage%s*=%s*"https://', text)
+    local out = ok(string.format("cd '%s' && luarocks --lua-version=5.4 test %s "
+      .. "spec/url_spec.lua", src, rockspec))
+    local passed, failed = out:match("\n(%d+) passed, (%d+) failed\n?$")
+    assert.is_truthy(passed, out)
+    assert.is_true(tonumber(passed) > 10, out)
+    assert.equal("0", failed)
+  end)
+
+  it("make demo installs only what the demo needs: no clang, no redis-server, no busted", function()
+    if SANITIZED then pending("plain build only (see the top of install_spec.lua)") return end
+    -- as on a machine where nothing is installed yet; apt-get only says
+    -- what it was asked for
+    local log = tmp .. "/apt.log"
+    local path = fake_path("fresh-machine", {
+      ["dpkg-query"] = "exit 1",
+      ["apt-get"] = "echo \"$*\" >> '" .. log .. "'",
+      id = "echo 0",
+    })
+    local out = ok(string.format("cd '%s' && %s make --no-print-directory demo "
+      .. "DEMO='examples/mapreduce.lua 4 500 3'", ROOT, path))
+    assert.matches("counted 2000 words", out, 1, true)
+    local f = assert(io.open(log))
+    local asked = f:read("a")
+    f:close()
+    local install = asked:match("install [^\n]*")
+    assert.is_truthy(install, asked)
+    local pkgs = {}
+    for p in install:gmatch("%S+") do
+      if not p:match("^%-") and p ~= "install" then pkgs[#pkgs + 1] = p end
+    end
+    table.sort(pkgs)
+    assert.same({ "gcc", "libedit-dev", "libhiredis-dev", "liblua5.4-dev", "libssl-dev", "make",
+      "pkg-config" }, pkgs)
   end)
 
   it("make install puts exactly its files in DESTDIR, a C host builds against them, "

@@ -165,7 +165,7 @@ describe("values shared by tasks", function()
     local fs = {}
     for i = 1, 6 do fs[i] = pool:submit(f) end
     for i = 1, 6 do assert.same({ 200000, "uu" }, { fs[i]:result() }) end
-    assert.same({ 200000, 200000, 200000 },
+    assert.same({ 200000, 200000, 200000, n = 3 },
       pool:map(function() return #big end, { 1, 2, 3 }))
     local m = pool:metrics()
     assert.equal(1, m.shared_puts)

@@ -75,12 +75,12 @@ describe("queue pool", function()
       assert.is_true(f:done())
       assert.matches("^proxystore.Future: task %d+, done$", tostring(f))
       local squares = pool:map(function(x) return x * x end, { 1, 2, 3, 4, 5, 6, 7 })
-      assert.same({ 1, 4, 9, 16, 25, 36, 49 }, squares)
+      assert.same({ 1, 4, 9, 16, 25, 36, 49, n = 7 }, squares)
       local bad = pool:submit(function() error("boom") end)
       local ok, err = pcall(bad.result, bad, 60)
       assert.is_false(ok)
       assert.equal("task", err.kind)
-      assert.matches("^proxystore: task %d+ failed: .*boom", tostring(err))
+      assert.matches("^proxystore: spec/queue_spec.lua:%d+: task %d+ failed: .*boom", tostring(err))
       assert.matches("queue_spec.lua", err.traceback)
       assert.is_nil(err.traceback:find("proxystore/worker.lua", 1, true))
       local e2 = pool:submit(function() error({ code = 7 }) end)
@@ -92,7 +92,21 @@ describe("queue pool", function()
         return x
       end, { 1, 2, 3 })
       assert.is_false(ok)
-      assert.matches("two", tostring(err))
+      assert.matches("item 2 of the map failed: .*two", tostring(err))
+      -- map's arguments and options are checked as the local pool's are
+      assert.equal(7, squares.n)
+      local function config_err(...)
+        local ok2, e = pcall(pool.map, pool, ...)
+        assert.is_false(ok2)
+        assert.equal("config", e.kind)
+        return tostring(e)
+      end
+      assert.matches("unknown option 'progres'",
+        config_err(function(x) return x end, { 1 }, { progres = false }))
+      assert.matches("needs a sequence",
+        config_err(function(x) return x end, { 1, 2, x = 3 }))
+      assert.matches("bad argument #3 to 'map'",
+        config_err(function(x) return x end, { 1 }, "fast"))
       -- the worker logged its start, not each task
       local log = w:wait_log("started on queue 'basic'")
       assert.is_nil(log:find("task %d", 1))
@@ -133,7 +147,7 @@ describe("queue pool", function()
       -- a proxy passed by the caller is used in place: one copy for many tasks
       local p = pool.store:proxy(big)
       local lens = pool:map(function(s) return #s end, { p, p, p })
-      assert.same({ 300000, 300000, 300000 }, lens)
+      assert.same({ 300000, 300000, 300000, n = 3 }, lens)
       assert.is_true(pool.store:exists(ps.key(p)))
     end)
 

@@ -35,6 +35,40 @@ local function lua_literal(s)
   return string.format("%q", s)
 end
 
+-- A relay in front of port that moves bytes on a fixed schedule
+-- (spec/c/trickle_relay.c): at most up bytes to the server and down bytes
+-- back per tick of pause_ms (0: all there are). Returns {port=, stop=}.
+local relay_bin
+local function trickle(port, up, down, pause_ms)
+  local ROOT = os.getenv("PROXYSTORE_SOURCE_ROOT") or "."
+  if not relay_bin then
+    local dir = shell.tempdir("relay")
+    relay_bin = dir .. "/trickle_relay"
+    local rc, out = shell.sh(("cd %s && ${CC:-cc} -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE "
+      .. "-O1 -o %s spec/c/trickle_relay.c"):format(shell.quote(ROOT), shell.quote(relay_bin)))
+    assert(rc == 0, out)
+  end
+  local portfile = os.tmpname()
+  os.remove(portfile)
+  local f = assert(io.popen(("%s%s %d %s %d %d %d %d >/dev/null 2>&1 & echo $!"):format(
+    shell.CLEAN, shell.quote(relay_bin), shell.my_pid(), shell.quote(portfile), port, up,
+    down, pause_ms)))
+  local pid = tonumber(f:read("a"):match("%d+"))
+  f:close()
+  local relay_port
+  local t0 = now()
+  while not relay_port and now() - t0 < 30 do
+    local pf = io.open(portfile)
+    relay_port = pf and tonumber(pf:read("a"))
+    if pf then pf:close() else os.execute("sleep 0.01") end
+  end
+  os.remove(portfile)
+  local function stop() os.execute("kill -9 " .. pid .. " 2>/dev/null") end
+  if not relay_port then stop() end
+  assert(relay_port, "the relay did not start")
+  return { port = relay_port, stop = stop }
+end
+
 describe("the redis store", function()
   local srv
   local stores = {}
@@ -53,16 +87,39 @@ describe("the redis store", function()
     if srv.pid then srv:resume() else srv:restart() end
   end)
 
-  -- A store on srv with a unique name and prefix; opts override.
+  -- A store on srv with a unique name and prefix; opts override. Its
+  -- timeout is generous: on a loaded machine an ordinary call may take
+  -- seconds, and only specs about timeouts want a short one.
   local function new_store(opts)
     serial = serial + 1
     local o = { name = "redis-spec-" .. serial, host = srv.host, port = srv.port,
-                timeout = 2, prefix = "spec" .. serial .. ":", cache_size = 0 }
+                timeout = 30, prefix = "spec" .. serial .. ":", cache_size = 0 }
     for k, v in pairs(opts or {}) do o[k] = v end
     if o.path then o.host, o.port = nil, nil end
     local s = ps.init_store("redis", o)
     stores[#stores + 1] = s
     return s
+  end
+
+  -- fn(), tried again while it fails with a timeout: for calls to a
+  -- running server through a store with a short timeout, which a loaded
+  -- machine can make late (what such specs test is the hang, not this).
+  local function eventually(fn, ...)
+    for _ = 1, 19 do
+      local res = table.pack(pcall(fn, ...))
+      if res[1] then return table.unpack(res, 2, res.n) end
+      if not (ps.is_error(res[2]) and res[2].kind == "timeout") then error(res[2], 0) end
+    end
+    return fn(...)
+  end
+
+  -- A store with a short timeout, for a server about to hang, sharing the
+  -- prefix of `like` (a store with the usual timeout that does the
+  -- set-up): its first PING goes to a running server, hence eventually.
+  local function hang_store(like, opts)
+    local o = { prefix = like:config().prefix }
+    for k, v in pairs(opts) do o[k] = v end
+    return eventually(new_store, o)
   end
 
   describe("basic operations", function()
@@ -157,10 +214,10 @@ describe("the redis store", function()
     end)
   end)
 
-  describe("the seed's one-call API", function()
+  describe("ProxyStore's init_*_backend API", function()
     it("init_redis_backend takes hostname and port, and to_proxy goes through Redis", function()
       local s = ps.init_redis_backend { hostname = srv.host, port = srv.port,
-                                        prefix = "seed:", timeout = 2 }
+                                        prefix = "seed:", timeout = 30 }
       stores[#stores + 1] = s
       assert.equal("redis", s.kind)
       assert.equal(srv.host, s:config().host)
@@ -175,16 +232,16 @@ describe("the redis store", function()
 
     it("init_redis_backend reuses the store for the same options and refuses others", function()
       local opts = { name = "seed-reuse", host = srv.host, port = srv.port, db = 1,
-                     timeout = 2 }
+                     timeout = 30 }
       local s = ps.init_redis_backend(opts)
       stores[#stores + 1] = s
       assert.equal(s, ps.init_redis_backend(opts))
       assert.equal(s, ps.init_redis_backend { name = "seed-reuse", hostname = srv.host,
-                                              port = srv.port, db = 1, timeout = 2 })
+                                              port = srv.port, db = 1, timeout = 30 })
       local other = redis.start()
       finally(function() other:stop() end)
       for _, change in ipairs { { port = other.port }, { db = 2 }, { prefix = "x:" },
-                                { timeout = 3 }, { cache_size = 99 } } do
+                                { timeout = 31 }, { cache_size = 99 } } do
         local o = {}
         for k, v in pairs(opts) do o[k] = v end
         for k, v in pairs(change) do o[k] = v end
@@ -406,10 +463,10 @@ describe("the redis store", function()
         :match("cmdstat_set:[^\n]*rejected_calls=(%d+)") or 0)
       os.execute("env -u LD_PRELOAD redis-cli -p " .. srv.port ..
                  " EVAL 'while true do end' 0 >/dev/null 2>&1 &")
-      local busy = false
-      for _ = 1, 100 do
-        if srv:cli("PING"):match("BUSY") then busy = true break end
-        redis.sleep(0.05)
+      local busy, t0 = false, now()
+      while not busy and now() - t0 < 30 do
+        busy = srv:cli("PING"):match("BUSY") ~= nil
+        if not busy then redis.sleep(0.05) end
       end
       assert.is_true(busy, "the script did not start")
       local function rejected_sets()
@@ -421,10 +478,8 @@ describe("the redis store", function()
       err = error_of(s.get_batch, s, keys)
       assert.matches("BUSY", tostring(err), 1, true)
       srv:cli("SCRIPT", "KILL")
-      for _ = 1, 100 do
-        if srv:ping() then break end
-        redis.sleep(0.05)
-      end
+      t0 = now()
+      while not srv:ping() and now() - t0 < 30 do redis.sleep(0.05) end
       -- three SETs refused once each: the pipeline was sent once
       assert.equal(3, rejected_sets() - rejected_before)
       assert.same({ "a", "b", "c", n = 3 }, s:get_batch(keys))
@@ -458,7 +513,7 @@ describe("the redis store", function()
     it("an unreachable port raises connection naming the address", function()
       local port = redis.dead_port()
       local err = error_of(ps.init_store, "redis",
-        { name = "unreach", host = "127.0.0.1", port = port, timeout = 1 })
+        { name = "unreach", host = "127.0.0.1", port = port, timeout = 30 })
       assert.equal("connection", err.kind)
       assert.matches("127.0.0.1:" .. port, tostring(err), 1, true)
       assert.matches("refused", tostring(err), 1, true)
@@ -470,10 +525,10 @@ describe("the redis store", function()
       finally(function() full:stop() end)
       serial = serial + 1
       local a = ps.init_store("redis", { name = "full" .. serial, host = full.host,
-                                         port = full.port, timeout = 2 })
+                                         port = full.port, timeout = 30 })
       stores[#stores + 1] = a                   -- holds the only slot
       local err = error_of(ps.init_store, "redis", { name = "full-b" .. serial,
-        host = full.host, port = full.port, timeout = 2 })
+        host = full.host, port = full.port, timeout = 30 })
       assert.equal("connection", err.kind)
       assert.matches("max number of clients", tostring(err), 1, true)
       assert.equal("fine", a:get(a:put("fine")))
@@ -486,8 +541,9 @@ describe("the redis store", function()
     end)
 
     it("a hanging server (SIGSTOP) times out within the timeout, then recovers", function()
-      local s = new_store { timeout = 0.5 }
-      local k = s:put("before")
+      local direct = new_store {}
+      local s = hang_store(direct, { timeout = 0.5 })
+      local k = direct:put("before")
       srv:pause()
       finally(function() srv:resume() end)
       local t0 = now()
@@ -495,30 +551,33 @@ describe("the redis store", function()
       local dt = now() - t0
       assert.equal("timeout", err.kind)
       assert.matches(tostring(srv.port), tostring(err), 1, true)
-      assert.is_true(dt >= 0.4 and dt < 2, "took " .. dt)
+      -- never early; the upper bounds here are hang guards, far above
+      -- the timeout, so load on the machine cannot fail them
+      assert.is_true(dt >= 0.45 and dt < 10, "took " .. dt)
       t0 = now()
       err = error_of(s.put, s, "during")
       assert.equal("timeout", err.kind)
-      assert.is_true(now() - t0 < 2)
+      assert.is_true(now() - t0 < 10)
       local p = s:proxy_from_key(k)
       error_of(ps.resolve, p)
       assert.is_false(ps.is_resolved(p))
       srv:resume()
-      assert.equal("before", s:get(k))
-      assert.equal("before", ps.extract(p))
+      assert.equal("before", eventually(s.get, s, k))
+      assert.equal("before", eventually(ps.extract, p))
     end)
 
     -- The timeout bounds a whole call, not each system call: a large
     -- transfer to a stopped server must not take a timeout per partial
-    -- write. Bounds are generous (timeout + 1 s), not tight timings.
+    -- write. Bounds are hang guards (timeout + 5 s), not tight timings.
     it("a large put, a large get and batches to a hanging server raise timeout within the timeout", function()
       local timeout = 1
-      local s = new_store { timeout = timeout }
+      local direct = new_store {}
+      local s = hang_store(direct, { timeout = timeout })
       local big = string.rep("0123456789abcdef", 4 * 1024 * 1024)   -- 64 MiB
-      local k = s:put(big)
+      local k = direct:put(big)
       local list = {}
       for i = 1, 8 do list[i] = string.rep(string.char(64 + i), 4 * 1024 * 1024) end
-      local keys = s:put_batch(list)
+      local keys = direct:put_batch(list)
       srv:pause()
       finally(function() srv:resume() end)
       local function times_out(what, fn, ...)
@@ -527,68 +586,62 @@ describe("the redis store", function()
         local dt = now() - t0
         assert.equal("timeout", err.kind, what .. ": " .. tostring(err))
         assert.matches(tostring(srv.port), tostring(err), 1, true)
-        assert.is_true(dt < timeout + 1, what .. " took " .. dt .. " s")
+        assert.is_true(dt < timeout + 5, what .. " took " .. dt .. " s")
       end
       times_out("put", s.put, s, big)
       times_out("get", s.get, s, k)
       times_out("put_batch", s.put_batch, s, list)
       times_out("get_batch", s.get_batch, s, keys)
       srv:resume()
-      assert.equal(big, s:get(k))
-      assert.equal(list[8], s:get_batch(keys)[8])
+      assert.equal(big, eventually(s.get, s, k))
+      assert.equal(list[8], eventually(s.get_batch, s, keys)[8])
     end)
 
-    -- The timeout is for hangs: a large transfer that keeps moving, here
-    -- through a server that stalls 0.4 s in every 0.4 s, takes longer than
-    -- the timeout and still succeeds (it has 1 s more per 8 MiB it moves).
+    -- The timeout is for hangs: a large transfer that keeps moving takes
+    -- longer than the timeout and still succeeds (it has 1 s more per
+    -- 8 MiB it moves). The relay lets 4 MiB through every 0.2 s: the
+    -- 32 MiB put needs at least 8 ticks, 1.4 s, more than the 1 s timeout;
+    -- a byte moves at least once a tick, so it never hangs; its cap (1 s
+    -- plus 4 s for 32 MiB) is far off.
     it("lets a large put that keeps moving take longer than the timeout", function()
       local timeout = 1
-      local s = new_store { timeout = timeout }
-      local big = string.rep("0123456789abcdef", 3 * 1024 * 1024)   -- 48 MiB
-      local done = srv:stutter(0.4, 0.002)
+      local relay = trickle(srv.port, 4 * 1024 * 1024, 0, 200)
+      finally(relay.stop)
+      local s = new_store { port = relay.port, timeout = timeout }
+      local big = string.rep("0123456789abcdef", 32 * 1024 * 1024 // 16)
       local t0 = now()
       local ok, k = pcall(s.put, s, big)
       local dt = now() - t0
-      done()
       assert.is_true(ok, tostring(k))
       assert.is_true(dt > timeout, "the put was not slowed: " .. dt .. " s")
       assert.equal(big, s:get(k))
     end)
 
-    -- A server whose stalls are each shorter than the timeout, so that
-    -- something moves now and then: a timeout per read or write never
-    -- fires, and the transfer would crawl on for minutes. The call's cap,
-    -- its timeout plus 1 s per 8 MiB moved, ends it.
+    -- Bytes that keep trickling in, each far sooner than the timeout: a
+    -- timeout per read never fires, and the 8 MiB would crawl on for
+    -- minutes (1000 bytes every 20 ms). The call's cap, its timeout plus
+    -- 1 s per 8 MiB moved, ends it.
     it("a server that keeps stalling cannot stretch a get beyond its cap", function()
-      -- Many replies (the chunks of a value, 1000 bytes each) trickle in
-      -- between stalls; the chunk size is internal, hence a child process.
-      local out = run_lua(([[
-        local ps = require "proxystore"
-        local redis = require "helpers.redis"
-        local now = require("proxystore.core").monotonic
-        local s = ps.init_store("redis", { host = "127.0.0.1", port = %d,
-                                           timeout = 1, cache_size = 0 })
-        local big = string.rep("0123456789abcdef", 512 * 1024)  -- 8 MiB
-        local k = s:put(big)
-        local done = redis.stutter(%d, 0.4, 0.002)
-        local t0 = now()
-        local ok, err = pcall(s.get, s, k)
-        local dt = now() - t0
-        done()
-        assert(not ok, "get succeeded after " .. dt .. " s")
-        assert(err.kind == "timeout", tostring(err))
-        assert(tostring(err):find("plus 1 s per 8 MiB", 1, true), tostring(err))
-        assert(s:get(k) == big)
-        io.write(string.format("%%.3f", dt))
-      ]]):format(srv.port, srv.pid), "PROXYSTORE_REDIS_CHUNK_SIZE=1000 timeout 60")
-      local dt = tonumber(out)
-      assert(dt, out)
-      -- the cap: 1 s, plus 1 s per 8 MiB of what arrived (little)
-      assert.is_true(dt < 3, "get took " .. dt .. " s")
+      local direct = new_store {}
+      local big = string.rep("0123456789abcdef", 512 * 1024)   -- 8 MiB
+      local k = direct:put(big)
+      local relay = trickle(srv.port, 0, 1000, 20)
+      finally(relay.stop)
+      local s = new_store { port = relay.port, timeout = 1,
+                            prefix = direct:config().prefix }
+      local t0 = now()
+      local ok, err = pcall(s.get, s, k)
+      local dt = now() - t0
+      assert.is_false(ok, "the get succeeded after " .. dt .. " s")
+      assert.equal("timeout", err.kind, tostring(err))
+      assert.matches("plus 1 s per 8 MiB", tostring(err), 1, true)
+      -- a hang guard: at the trickle's pace the get would take minutes
+      assert.is_true(dt < 30, "get took " .. dt .. " s")
+      assert.equal(big, direct:get(k))
     end)
 
     it("a killed server raises connection; after a restart the first call reconnects", function()
-      local s = new_store { timeout = 1 }
+      local s = new_store {}
       local k = s:put("before")
       srv:kill()
       local err = error_of(s.get, s, k)
@@ -601,7 +654,7 @@ describe("the redis store", function()
     end)
 
     it("a restarted server is reconnected to by the first call over a unix socket", function()
-      local s = new_store { path = srv.path, timeout = 1 }
+      local s = new_store { path = srv.path }
       assert.equal("x", s:get(s:put("x")))
       srv:restart()
       assert.equal("y", s:get(s:put("y")))
@@ -609,8 +662,9 @@ describe("the redis store", function()
 
     it("exists, evict and the batches time out against a hanging server, then recover", function()
       local timeout = 0.5
-      local s = new_store { timeout = timeout }
-      local keys = s:put_batch({ "a", "b" })
+      local direct = new_store {}
+      local s = hang_store(direct, { timeout = timeout })
+      local keys = direct:put_batch({ "a", "b" })
       srv:pause()
       finally(function() srv:resume() end)
       for name, call in pairs {
@@ -625,17 +679,17 @@ describe("the redis store", function()
         local dt = now() - t0
         assert.equal("timeout", err.kind, name .. ": " .. tostring(err))
         assert.matches(tostring(srv.port), tostring(err), 1, true)
-        assert.is_true(dt < timeout + 1, name .. " took " .. dt .. " s")
+        assert.is_true(dt < timeout + 5, name .. " took " .. dt .. " s")
       end
       srv:resume()
       -- (a command that was sent still runs when the server goes on: the
       -- evict of keys[1] may or may not have happened)
-      assert.is_true(s:exists(keys[2]))
-      assert.same({ "b", n = 1 }, s:get_batch({ keys[2] }))
+      assert.is_true(eventually(s.exists, s, keys[2]))
+      assert.same({ "b", n = 1 }, eventually(s.get_batch, s, { keys[2] }))
     end)
 
     it("exists, evict and the batches reconnect by themselves after a restart", function()
-      local s = new_store { timeout = 1 }
+      local s = new_store {}
       local ops = {
         { "exists", function(k) assert.is_false(s:exists(k)) end },
         { "evict", function(k) s:evict(k) end },
@@ -667,15 +721,16 @@ describe("the redis store", function()
         local err = error_of(new_store, opts)
         local dt = now() - t0
         assert.equal("timeout", err.kind, tostring(err))
-        assert.is_true(dt < 1.5, "took " .. dt .. " s")
+        assert.is_true(dt < 6, "took " .. dt .. " s")
       end
     end)
 
     it("a hanging server over the unix socket times out within the timeout, then recovers", function()
       local timeout = 0.5
-      local s = new_store { path = srv.path, timeout = timeout }
+      local direct = new_store { path = srv.path }
+      local s = hang_store(direct, { path = srv.path, timeout = timeout })
       local big = string.rep("u", 16 * 1024 * 1024)
-      local k = s:put(big)
+      local k = direct:put(big)
       srv:pause()
       finally(function() srv:resume() end)
       for name, call in pairs {
@@ -688,10 +743,10 @@ describe("the redis store", function()
         local dt = now() - t0
         assert.equal("timeout", err.kind, name .. ": " .. tostring(err))
         assert.matches(srv.path, tostring(err), 1, true)
-        assert.is_true(dt < timeout + 1, name .. " took " .. dt .. " s")
+        assert.is_true(dt < timeout + 5, name .. " took " .. dt .. " s")
       end
       srv:resume()
-      assert.equal(big, s:get(k))
+      assert.equal(big, eventually(s.get, s, k))
     end)
   end)
 
@@ -706,11 +761,11 @@ describe("the redis store", function()
     it("accepts the right password, with or without a username", function()
       serial = serial + 1
       local a = ps.init_store("redis", { name = "auth" .. serial, host = auth.host,
-        port = auth.port, password = "s3cret", timeout = 2 })
+        port = auth.port, password = "s3cret", timeout = 30 })
       stores[#stores + 1] = a
       assert.equal("ok", a:get(a:put("ok")))
       local b = ps.init_store("redis", { name = "authu" .. serial, host = auth.host,
-        port = auth.port, username = "alice", password = "wonder", timeout = 2 })
+        port = auth.port, username = "alice", password = "wonder", timeout = 30 })
       stores[#stores + 1] = b
       assert.equal("ok", b:get(b:put("ok")))
     end)
@@ -727,17 +782,17 @@ describe("the redis store", function()
 
     it("rejects a wrong password or none", function()
       local err = error_of(ps.init_store, "redis", { name = "badauth", host = auth.host,
-        port = auth.port, password = "nope", timeout = 2 })
+        port = auth.port, password = "nope", timeout = 30 })
       assert.equal("config", err.kind)
       assert.matches("WRONGPASS", tostring(err), 1, true)
       err = error_of(ps.init_store, "redis", { name = "noauth", host = auth.host,
-        port = auth.port, timeout = 2 })
+        port = auth.port, timeout = 30 })
       assert.matches("NOAUTH", tostring(err), 1, true)
     end)
 
     it("rejects a wrong password given with a username", function()
       local err = error_of(ps.init_store, "redis", { name = "badauthu", host = auth.host,
-        port = auth.port, username = "alice", password = "wrong", timeout = 2 })
+        port = auth.port, username = "alice", password = "wrong", timeout = 30 })
       assert.equal("config", err.kind)
       assert.matches("WRONGPASS", tostring(err), 1, true)
       assert.is_nil(ps.get_store("badauthu"))
@@ -755,7 +810,7 @@ describe("the redis store", function()
         port = auth.port, username = "alice", password = "wonder", db = 1, timeout = 0.5 })
       local dt = now() - t0
       assert.equal("timeout", err.kind, tostring(err))
-      assert.is_true(dt < 1.5, "took " .. dt .. " s")
+      assert.is_true(dt < 6, "took " .. dt .. " s")
     end)
   end)
 
@@ -852,7 +907,8 @@ describe("the redis store", function()
                  ("%q, "):rep(#names):format(table.unpack(names))), "timeout 60")
       local slowest, hwm = out:match("^(%S+) (%d+)$")
       assert(slowest, out)
-      assert.is_true(tonumber(slowest) < 1, "a call took " .. slowest .. " s")
+      -- at once: well below the store's 5 s timeout a wait would end in
+      assert.is_true(tonumber(slowest) < 4, "a call took " .. slowest .. " s")
       -- peak RSS of the whole process, in kB: far below what 1e7 queued
       -- GETs cost (about 700 MB)
       assert.is_true(tonumber(hwm) < 300 * 1024, "peak RSS " .. hwm .. " kB")
@@ -940,7 +996,7 @@ describe("the redis store", function()
     end)
 
     it("really fetches in the background: first use needs no server", function()
-      local s = new_store { timeout = 0.5 }
+      local s = new_store {}
       local big = string.rep("b", 1024 * 1024)
       local k = s:put(big)
       local function gets()
@@ -950,17 +1006,17 @@ describe("the redis store", function()
       local p = s:proxy_from_key(k)
       ps.resolve_async(p)
       assert.is_false(ps.is_resolved(p))
-      for _ = 1, 200 do                -- the worker's GET reached the server
-        if gets() > g0 then break end
-        redis.sleep(0.02)
-      end
+      local t1 = now()                 -- the worker's GET reached the server
+      while gets() <= g0 and now() - t1 < 30 do redis.sleep(0.02) end
       assert.is_true(gets() > g0, "the prefetch never asked the server")
-      redis.sleep(0.3)                 -- and its reply reached the worker
+      local t0 = now()                 -- and its reply reached the worker
+      while not ps.repr(p):find("fetched", 1, true) and now() - t0 < 30 do
+        redis.sleep(0.01)
+      end
+      assert.matches("unresolved, fetched", ps.repr(p), 1, true)
       srv:pause()
       finally(function() srv:resume() end)
-      local t0 = now()
       assert.equal(#big, #p)           -- a stopped server: a fetch would time out
-      assert.is_true(now() - t0 < 0.4)
       assert.is_true(ps.extract(p) == big)
       srv:resume()
     end)
@@ -988,8 +1044,9 @@ describe("the redis store", function()
     end)
 
     it("times out like a synchronous resolve when the server hangs", function()
-      local s = new_store { timeout = 0.5 }
-      local k = s:put("v")
+      local direct = new_store {}
+      local s = hang_store(direct, { timeout = 0.5 })
+      local k = direct:put("v")
       srv:pause()
       finally(function() srv:resume() end)
       local p = s:proxy_from_key(k)
@@ -997,7 +1054,7 @@ describe("the redis store", function()
       local err = error_of(ps.resolve, p)
       assert.equal("timeout", err.kind)
       srv:resume()
-      assert.equal("v", ps.extract(p))
+      assert.equal("v", eventually(ps.extract, p))
     end)
   end)
 

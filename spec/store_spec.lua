@@ -1,4 +1,5 @@
--- The local store, the registry of stores, the seed's one-call API, errors.
+-- The local store, the registry of stores, ProxyStore's init_*_backend
+-- API, errors.
 local ps = require "proxystore"
 
 local function perr(f, ...)
@@ -71,7 +72,9 @@ describe("the local store", function()
     assert.are.equal("missing_key", err.kind)
     assert.are.equal("never", err.key)
     assert.are.equal("spec-local", err.store)
-    assert.matches("^proxystore: no object under key 'never' in store 'spec%-local'", tostring(err))
+    assert.matches("store_spec%.lua:%d+$", err.where)
+    assert.equal("proxystore: " .. err.where .. ": no object under key 'never' in store 'spec-local'",
+      tostring(err))
   end)
 
   it("does batches", function()
@@ -228,7 +231,7 @@ describe("the store registry", function()
   end)
 end)
 
-describe("the seed's one-call API", function()
+describe("ProxyStore's init_*_backend API", function()
   after_each(function()
     local s = ps.get_store("local")
     if s then s:close() end
@@ -275,14 +278,15 @@ describe("errors", function()
     local e = core.error("timeout", "too slow", {address = "h:1"})
     assert.are.equal("timeout", e.kind)
     assert.are.equal("h:1", e.address)
-    assert.are.equal("proxystore: too slow", tostring(e))
+    assert.matches("^spec/store_spec%.lua:%d+$", e.where)
+    assert.are.equal("proxystore: " .. e.where .. ": too slow", tostring(e))
     assert.is_true(ps.is_error(e))
     assert.is_false(ps.is_error({kind = "x"}))
   end)
 
   it("bad keys are config errors", function()
     local s = ps.init_store("local", {name = "keys"})
-    for _, k in ipairs {"", 12, true} do
+    for _, k in ipairs {"", {}, true} do
       local err = perr(s.get, s, k)
       assert.are.equal("config", err.kind)
     end
@@ -299,7 +303,10 @@ describe("the version", function()
     if f then
       local header = f:read("a")
       f:close()
-      assert.are.equal(ps._VERSION, header:match('PROXYSTORE_VERSION "([^"]+)"'))
+      local part = function(name)
+        return header:match("#define PROXYSTORE_VERSION_" .. name .. " (%d+)\n")
+      end
+      assert.are.equal(ps._VERSION, part("MAJOR") .. "." .. part("MINOR") .. "." .. part("PATCH"))
     end
     local r = io.open(root .. "/rockspec/proxystore-" .. ps._VERSION .. "-1.rockspec")
     if r then

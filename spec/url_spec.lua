@@ -1,4 +1,4 @@
--- Store URLs: parse every form API.md names, refuse bad ones with a
+-- Store URLs: parse every form the README names, refuse bad ones with a
 -- "config" error, and format configs back into URLs that parse the same.
 local url = require "proxystore.url"
 

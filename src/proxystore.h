@@ -20,15 +20,39 @@
  *     are not accepted.
  *   - proxystore_open must have been called on the state (or on the main
  *     state of a thread) first: the others rely on the module it loads.
+ *   - The library never replaces the state's allocator (the host's: it may
+ *     cap memory with it). ps.use_big_allocator() is the opt-in, from Lua.
+ *
+ * C++ hosts include it as it is: the declarations, lua.h's included, have
+ * C linkage.
  */
 #ifndef PROXYSTORE_H
 #define PROXYSTORE_H
 
 #include <stddef.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #include <lua.h>
 
-#define PROXYSTORE_VERSION "0.1.0"
+/* The version, defined once: the numbers; the string and
+ * PROXYSTORE_VERSION_NUM (10000 * major + 100 * minor + patch, for #if:
+ * 0.1.0 is 100) come from them. */
+#define PROXYSTORE_VERSION_MAJOR 0
+#define PROXYSTORE_VERSION_MINOR 1
+#define PROXYSTORE_VERSION_PATCH 0
+
+#define PROXYSTORE_VERSION_NUM                                        \
+  (PROXYSTORE_VERSION_MAJOR * 10000 + PROXYSTORE_VERSION_MINOR * 100 + \
+   PROXYSTORE_VERSION_PATCH)
+#define PROXYSTORE_STR_(x) #x
+#define PROXYSTORE_STR(x) PROXYSTORE_STR_(x)
+#define PROXYSTORE_VERSION                                  \
+  PROXYSTORE_STR(PROXYSTORE_VERSION_MAJOR) "."              \
+  PROXYSTORE_STR(PROXYSTORE_VERSION_MINOR) "."              \
+  PROXYSTORE_STR(PROXYSTORE_VERSION_PATCH)
 
 #define PROXYSTORE_OK 0
 
@@ -44,7 +68,7 @@ int luaopen_proxystore_core(lua_State *L);
  * package.preload["proxystore.core"] and the compiled-in Lua modules
  * ("proxystore", "proxystore.url", ...) in package.preload, then runs
  * require "proxystore". (libproxystore always carries the modules; the
- * project's src/embed.c compiled on its own finds them on package.path.)
+ * project's src/host/embed.c compiled on its own finds them on package.path.)
  * On success pushes the module table (the value of require "proxystore");
  * the host may set it as a global or pop it.
  * Needs the standard libraries (luaL_openlibs, at least package, string,
@@ -88,5 +112,9 @@ int proxystore_isproxy(lua_State *L, int idx);
  * "missing_key" error when the proxy's object is gone from its store.
  */
 int proxystore_extract(lua_State *L, int idx, char *err, size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -2,7 +2,7 @@
 -- which src/host/embed.c includes when built for libproxystore (see
 -- src/host/luasrc.h). Run with Lua 5.x:
 --   lua tools/luasrc.lua OUT.inc lua/proxystore/init.lua lua/proxystore/url.lua ...
--- Module names come from the paths: lua/a/init.lua is "a", lua/a/b.lua "a.b".
+-- Module names come from the paths: lua/<m>/init.lua is "<m>", lua/<m>/<n>.lua "<m>.<n>".
 local out_path = assert(arg[1], "usage: luasrc.lua OUT.inc FILE.lua...")
 
 -- A C string literal: printable ASCII as is (but \, " and ? escaped: "??"

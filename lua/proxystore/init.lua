@@ -1,9 +1,11 @@
 -- proxystore: lazy object proxies that resolve themselves from a store.
 --
 -- The public face over the C core (proxystore.core): options, defaults,
--- URLs and the seed's one-call API. Hot paths live in C.
+-- URLs and ProxyStore's one-call init_*_backend API. Hot paths live in C.
 
 local core = require "proxystore.core"
+-- Errors name the user's line, never one of this file's.
+core.internal_source(debug.getinfo(1, "S").source)
 
 local M = { _VERSION = core._VERSION }
 
@@ -219,7 +221,7 @@ core.set_store_factory(function(cfg)
   return M.init_store(copy.kind, copy)
 end)
 
--- ---- the seed's one-call API -------------------------------------------
+-- ---- ProxyStore's one-call init_*_backend API -------------------------
 
 local default_store
 
@@ -298,6 +300,14 @@ function M.to_proxy(obj, opts)
       "no default store: call ps.init_local_backend() or ps.init_redis_backend() first"), 2)
   end
   return default_store:proxy(obj, opts)
+end
+
+--- Large strings and tables of this Lua state on huge pages and a warm
+--- cache of freed blocks (a 100 MiB resolve pays fewer page faults). The
+--- state's allocator is its host's: this is the host's choice, never done
+--- by require. True when installed (or already), false when it cannot be.
+function M.use_big_allocator()
+  return core.use_big_allocator()
 end
 
 --- A pool of worker processes (see proxystore.pool), or with opts.queue a

@@ -26,7 +26,11 @@
 --
 -- Inside a worker, os.exit flushes stdio and ends the worker at once.
 --
--- The C side (src/pool*.c) forks a zygote at pool start and the workers
+-- When stderr is a terminal (and progress is not off), workers' stdout and
+-- stderr come through the pool, which prints them line by line during its
+-- waits, so a worker's print never splits the progress bar's line.
+--
+-- The C side (src/pool/) forks a zygote at pool start and the workers
 -- from it, and moves codec-encoded frames over one socket per worker, or,
 -- for a pool on its private store, frames over the threshold through the
 -- slot's shared memory (pool_shm.c). This file keeps the queue, the
@@ -41,6 +45,8 @@
 -- results, px} or {id, false, {message=, traceback=, cause=}}.
 
 local core = require "proxystore.core"
+-- Errors name the user's line, never one of this file's.
+core.internal_source(debug.getinfo(1, "S").source)
 
 local M = {}
 
@@ -52,6 +58,35 @@ local getupvalue, setupvalue = debug.getupvalue, debug.setupvalue
 
 local function perror(kind, message, fields)
   return core.error(kind, message, fields)
+end
+
+-- An argument error worded as Lua's own, as an error object of kind config.
+local function argerror(n, fname, msg)
+  error(perror("config", ("bad argument #%d to '%s' (%s)"):format(n, fname, msg)))
+end
+
+-- Options: name -> the types it may have.
+local function check_options(opts, allowed, what)
+  for k, v in pairs(opts) do
+    local want = allowed[k]
+    if not want then
+      local names = {}
+      for name in pairs(allowed) do names[#names + 1] = name end
+      table.sort(names)
+      error(perror("config", ("unknown option '%s' for %s (%s)"):format(
+        tostring(k), what, table.concat(names, ", "))))
+    end
+    if not want:find(type(v), 1, true) then
+      error(perror("config", ("option '%s' of %s must be a %s, got %s"):format(
+        k, what, want:gsub("|", " or "), type(v))))
+    end
+  end
+end
+
+-- How messages name a task: a map's by its index in the list.
+local function tname(task)
+  if task.index then return ("item %d of the map"):format(task.index) end
+  return "task " .. task.id
 end
 
 local function ps()
@@ -551,17 +586,25 @@ local function task_traceback(e)
   local msg
   if type(e) == "string" then
     msg = e
+  elseif core.is_error(e) then   -- "where: message", the parent adds its prefix
+    msg = tostring(e):gsub("^proxystore: ", "")
   else
     local mt = getmetatable(e)
-    msg = (mt and mt.__tostring) and tostring(e) or
-          ("(error object is a " .. type(e) .. " value)")
+    if mt and mt.__tostring then
+      msg = tostring(e)
+    elseif type(e) == "table" then
+      msg = core.describe(e)   -- error({code = 42}) reads {code = 42}
+    else
+      msg = "(error object is a " .. type(e) .. " value)"
+    end
   end
   -- the worker's own frames below the task are noise to the user
   local tb = debug.traceback(nil, 2)
   local cut = tb:find("\n[^\n]*proxystore/pool%.lua:%d+:")
   if cut then tb = tb:sub(1, cut - 1) end
   return { message = msg, traceback = tb,
-           cause = type(e) ~= "string" and e or nil }
+           cause = type(e) ~= "string" and e or nil,
+           is_error = core.is_error(e) or nil }
 end
 
 local function run_task(msg, envs, store)
@@ -613,6 +656,9 @@ local function send_reply(chan, store, threshold, shm, id, ok, res)
   else   -- the error's cause cannot travel: send its text
     info = { message = res.message, traceback = res.traceback }
   end
+  if not ok and info.message == nil then
+    info.message = "(an error the worker could not describe)"
+  end
   chan:send({ id, false, info })
 end
 
@@ -623,8 +669,12 @@ local function make_worker(store, threshold, envs, shm)
       local msg = chan:recv()
       if msg == nil then break end
       local ok, res = xpcall(run_task, task_traceback, msg, envs, store)
+      if not ok and type(res) ~= "table" then
+        -- xpcall calls no handler for a memory error: res is its message
+        res = { message = tostring(res), traceback = "" }
+      end
+      io.stdout:flush()   -- what the task printed goes out before its result
       send_reply(chan, store, threshold, shm, msg[1], ok, res)
-      io.stdout:flush()
     end
   end
 end
@@ -663,7 +713,7 @@ local now = core.monotonic
 
 function Future:result(timeout)
   if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
-    error("bad argument #1 to 'result' (non-negative number expected)", 2)
+    argerror(1, "result", "non-negative number expected")
   end
   if self.state ~= "done" then
     local pool = self.pool
@@ -675,8 +725,8 @@ function Future:result(timeout)
         if left <= 0 then
           pool:_step(0)   -- a reply already waiting counts as in time
           if self.state == "done" then break end
-          error(perror("timeout", ("task %d not done after %g s")
-            :format(self.id, timeout), { task = self.id }), 2)
+          error(perror("timeout", ("%s not done after %g s")
+            :format(tname(self), timeout), { task = self.id, index = self.index }))
         end
       end
       pool:_step(left)
@@ -686,7 +736,7 @@ function Future:result(timeout)
     local v = self.values
     return unpack(v, 1, v.n)
   end
-  error(self.err, 2)
+  core.raise(self.err)   -- a copy naming this call's line
 end
 
 ---------------------------------------------------------------------------
@@ -709,11 +759,15 @@ end
 
 local npools = 0
 
+local POOL_OPTIONS = { workers = "number", store = "string|userdata",
+  proxy_threshold = "number", progress = "boolean" }
+
 function M.new(opts)
   if opts ~= nil and type(opts) ~= "table" then
-    error("bad argument #1 to 'pool' (table expected, got " .. type(opts) .. ")", 2)
+    argerror(1, "pool", "table expected, got " .. type(opts))
   end
   opts = opts or {}
+  check_options(opts, POOL_OPTIONS, "ps.pool")
   local host = host_defaults()
   local P = ps()
   local workers = opts.workers or host.workers or core.pool_ncpu()
@@ -762,7 +816,7 @@ function M.new(opts)
     -- Its proxies are single use, resolved by one worker: evicted files
     -- can be recycled (no fresh tmpfs pages, no unlink per task).
     store = P.init_store("file", { name = name, dir = self.dir,
-                                   recycle = workers + 2 })
+                                   recycle = math.min(workers + 2, 64) })
     self.own_store = true
     -- The store is the pool's own: large frames may travel through the
     -- slots' shared memory instead (src/pool/pool_shm.c).
@@ -781,8 +835,10 @@ function M.new(opts)
   local envs = stack_envs()
   self.envindex = setmetatable({}, { __mode = "k" })
   for i, e in ipairs(envs) do self.envindex[e] = i end
+  -- On a terminal, workers' output comes through the pool (see the top).
+  self.relay = self.progress and core.pool_isatty(2)
   self.h = core.pool_start(workers,
-    make_worker(store, threshold, envs, self.shm), self.dir)
+    make_worker(store, threshold, envs, self.shm), self.dir, self.relay)
   for s = workers, 1, -1 do self.idle[#self.idle + 1] = s end
   return self
 end
@@ -841,7 +897,7 @@ function Pool:_dispatch(slot, task)
     return "sent"
   end
   if not (type(err) == "table" and err.kind) then
-    err = perror("pool", "task " .. task.id .. " could not be sent: " .. tostring(err))
+    err = perror("pool", tname(task) .. " could not be sent: " .. tostring(err))
   end
   self:_finish(task, false, nil, err)
   return "failed"
@@ -945,13 +1001,18 @@ function Pool:_on_result(slot, reply, via_shm)
         self:_finish(task, true, values)
       else
         self:_finish(task, false, nil, perror("pool",
-          "task " .. task.id .. ": fetching its result: " .. tostring(e), { cause = e }))
+          tname(task) .. ": fetching its result", { cause = e }))
       end
     else
       local info = reply[3]
+      local cause = info.cause
+      if info.is_error and type(cause) == "table" then   -- an error object again
+        cause = perror(tostring(cause.kind), tostring(cause.message), cause)
+      end
       self:_finish(task, false, nil, perror("task",
-        "task " .. task.id .. " failed: " .. tostring(info.message),
-        { traceback = info.traceback, cause = info.cause, task = task.id }))
+        tname(task) .. " failed: " .. tostring(info.message),
+        { traceback = info.traceback, cause = cause, task = task.id,
+          index = task.index }))
     end
   end
   self:_free_slot(slot)
@@ -969,9 +1030,9 @@ function Pool:_on_exit(slot, pid, how, n)
       and ("was killed by %s (signal %d)"):format(signame(n), n)
       or ("exited with code %d"):format(n)
     self:_finish(task, false, nil, perror("worker",
-      ("worker %d %s while running task %d"):format(pid, what, task.id),
+      ("worker %d %s while running %s"):format(pid, what, tname(task)),
       { pid = pid, signal = how == "signal" and n or nil,
-        code = how == "code" and n or nil, task = task.id }))
+        code = how == "code" and n or nil, task = task.id, index = task.index }))
   end
   if not self.closed then
     local ok, err = pcall(self.h.spawn, self.h, slot)
@@ -1014,10 +1075,12 @@ function Pool:_step(timeout)
       local task = self:_take(ev[1])
       if task then
         self:_finish(task, false, nil, perror("pool",
-          "task " .. task.id .. ": its result could not be read: " ..
-          tostring(ev[3]), { cause = ev[3], task = task.id }))
+          tname(task) .. ": its result could not be read",
+          { cause = ev[3], task = task.id, index = task.index }))
       end
       self:_free_slot(ev[1])
+    elseif kind == "output" then
+      self:_output(ev[3], ev[4])
     elseif kind == "zygote_died" then
       self:_broken("the pool's zygote process died (killed from outside?); " ..
         "its workers are gone")
@@ -1038,7 +1101,7 @@ end
 function Pool:_broken(why)
   for _, task in pairs(self.tasks) do
     if task.state ~= "done" then
-      self:_finish(task, false, nil, perror("pool", why .. " (task " .. task.id .. ")"))
+      self:_finish(task, false, nil, perror("pool", why .. " (" .. tname(task) .. ")"))
     end
   end
   self.running, self.queue, self.qhead, self.qtail = {}, {}, 1, 0
@@ -1047,17 +1110,18 @@ end
 
 local function check_open(self, what)
   if getmetatable(self) ~= Pool then
-    error("bad self to '" .. what .. "' (proxystore.Pool expected)", 3)
+    error(perror("config", ("calling '%s' on bad self (proxystore.Pool expected, got %s)")
+      :format(what, type(self))))
   end
   if self.closed or self.stopping then
-    error(perror("closed", "pool is closed: " .. what .. " refused"), 3)
+    error(perror("closed", "pool is closed: " .. what .. " refused"))
   end
 end
 
-function Pool:_submit_packed(packed, args)
+function Pool:_submit_packed(packed, args, index)
   self.nextid = self.nextid + 1
-  local task = setmetatable({ id = self.nextid, pool = self, state = "queued" },
-    Future)
+  local task = setmetatable({ id = self.nextid, pool = self, state = "queued",
+    index = index }, Future)
   task.msg = { task.id, packed, args }
   task.args_px = args
   self.tasks[task.id] = task
@@ -1081,13 +1145,26 @@ end
 function Pool:submit(fn, ...)
   check_open(self, "submit")
   if type(fn) ~= "function" then
-    error("bad argument #1 to 'submit' (function expected, got " .. type(fn) .. ")", 2)
+    argerror(1, "submit", "function expected, got " .. type(fn))
   end
   return self:_submit_packed(pack_fn(fn, {}, self.envindex), pack(...))
 end
 
+-- Lines a worker wrote (fd 1 or 2), relayed: the bar's line is cleared
+-- first and drawn again after, so the lines appear whole above it.
+function Pool:_output(fd, text)
+  if self.bar_shown then
+    io.stderr:write("\r\27[K")
+    io.stderr:flush()
+    self.bar_shown = false
+  end
+  local f = fd == 1 and io.stdout or io.stderr
+  f:write(text)
+  f:flush()
+end
+
 -- The progress bar: done/total, rate, elapsed; on stderr, only a terminal.
-local function bar(done, total, t0, final)
+local function bar(pool, done, total, t0, final)
   local el = now() - t0
   local rate = el > 0 and done / el or 0
   local width = 30
@@ -1096,24 +1173,62 @@ local function bar(done, total, t0, final)
     ("#"):rep(fill), ("."):rep(width - fill), done, total, rate, el,
     final and "\n" or ""))
   io.stderr:flush()
+  pool.bar_shown = not final
 end
+
+-- The number of items of a map's list: a sequence (every key 1..#list),
+-- or a list with field n (keys 1..n, nil holes allowed, as table.pack and
+-- get_batch make them); anything else is a config error.
+local function list_length(list)
+  local n = list.n
+  if n ~= nil then
+    if math.type(n) ~= "integer" or n < 0 then
+      error(perror("config", "pool:map: the list's field n must be a " ..
+        "non-negative integer, got " .. tostring(n)))
+    end
+  else
+    n = #list
+  end
+  local count = 0
+  for k in pairs(list) do
+    if k ~= "n" or list.n == nil then
+      if math.type(k) ~= "integer" or k < 1 or k > n then
+        error(perror("config", ("pool:map needs a sequence (keys 1..%d), " ..
+          "but the list has key %s"):format(n, type(k) == "string" and
+          ("'" .. k .. "'") or tostring(k))))
+      end
+      count = count + 1
+    end
+  end
+  if list.n == nil and count ~= n then
+    error(perror("config", "pool:map needs a sequence, but the list has holes " ..
+      "(give it a field n to map over nil items)"))
+  end
+  return n
+end
+
+local MAP_OPTIONS = { progress = "boolean" }
 
 function Pool:map(fn, list, opts)
   check_open(self, "map")
   if type(fn) ~= "function" then
-    error("bad argument #1 to 'map' (function expected, got " .. type(fn) .. ")", 2)
+    argerror(1, "map", "function expected, got " .. type(fn))
   end
   if type(list) ~= "table" then
-    error("bad argument #2 to 'map' (table expected, got " .. type(list) .. ")", 2)
+    argerror(2, "map", "table expected, got " .. type(list))
   end
+  if opts ~= nil and type(opts) ~= "table" then
+    argerror(3, "map", "table expected, got " .. type(opts))
+  end
+  check_options(opts or {}, MAP_OPTIONS, "pool:map")
+  local n = list_length(list)
   local show = self.progress
   if opts and opts.progress ~= nil then show = opts.progress end
   show = show and core.pool_isatty(2)
   local packed = pack_fn(fn, {}, self.envindex)
-  local n = #list
   local futures = {}
   for i = 1, n do
-    futures[i] = self:_submit_packed(packed, pack(list[i]))
+    futures[i] = self:_submit_packed(packed, pack(list[i]), i)
   end
   local results = {}
   local t0, last, done = now(), -1, 0
@@ -1126,19 +1241,21 @@ function Pool:map(fn, list, opts)
         for j = i, n do if futures[j].state == "done" then d = d + 1 end end
         d = d + i - 1
         local t = now()
-        if d ~= done or t - last > 0.2 then
+        if d ~= done or t - last > 0.2 or not self.bar_shown then
           done, last = d, t
-          bar(done, n, t0)
+          bar(self, done, n, t0)
         end
       end
     end
     if not f.ok then
-      if show then io.stderr:write("\n") end
-      error(f.err, 2)
+      if show and self.bar_shown then io.stderr:write("\n") end
+      self.bar_shown = false
+      core.raise(f.err)
     end
     results[i] = f.values[1]
   end
-  if show then bar(n, n, t0, true) end
+  if show then bar(self, n, n, t0, true) end
+  results.n = n
   return results
 end
 
@@ -1166,7 +1283,8 @@ end
 -- or running after that long are cancelled (kind "cancelled").
 function Pool:close(opts)
   if getmetatable(self) ~= Pool then
-    error("bad self to 'close' (proxystore.Pool expected)", 2)
+    error(perror("config", "calling 'close' on bad self (proxystore.Pool expected, got "
+      .. type(self) .. ")"))
   end
   local timeout
   if opts ~= nil then
@@ -1220,7 +1338,7 @@ function Pool:_shutdown(kill)
   for _, task in pairs(self.tasks) do
     if task.state ~= "done" then
       self:_finish(task, false, nil, perror("closed",
-        "pool closed before task " .. task.id .. " finished"))
+        "pool closed before " .. tname(task) .. " finished"))
     end
   end
   drop_shared(self)
@@ -1247,4 +1365,8 @@ M._proxy_large = proxy_large
 M._evict_px = evict_px
 M._task_traceback = task_traceback
 M._progress_bar = bar
+M._check_options = check_options
+M._argerror = argerror
+M._list_length = list_length
+M._task_name = tname
 return M

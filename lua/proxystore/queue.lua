@@ -27,12 +27,15 @@
 -- they stop when the pool closes.
 
 local core = require "proxystore.core"
+core.internal_source(debug.getinfo(1, "S").source)   -- errors name the caller
 local wire = require "proxystore.queue_wire"
 local poolmod = require "proxystore.pool"
 
 local Future = poolmod.Future
 local pack_fn, proxy_large = poolmod._pack_fn, poolmod._proxy_large
 local evict_px, bar = poolmod._evict_px, poolmod._progress_bar
+local check_options, argerror = poolmod._check_options, poolmod._argerror
+local list_length, tname = poolmod._list_length, poolmod._task_name
 
 local pack = table.pack
 local now = core.monotonic
@@ -255,17 +258,17 @@ function QueuePool:_send(tasks, entries)
   end
 end
 
-function QueuePool:_submit_packed(packed, args, outbox)
+function QueuePool:_submit_packed(packed, args, outbox, index)
   self.nextid = self.nextid + 1
-  local task = setmetatable({ id = self.nextid, pool = self, state = "queued" },
-    Future)
+  local task = setmetatable({ id = self.nextid, pool = self, state = "queued",
+    index = index }, Future)
   task.t = self.id .. ":" .. task.id
   self.tasks[task.t] = task
   self.stats.submitted = self.stats.submitted + 1
   local ok, entry = pcall(self._message, self, task, packed, args)
   if not ok then
     if not (type(entry) == "table" and entry.kind) then
-      entry = perror("pool", "task " .. task.id .. " could not be sent: " ..
+      entry = perror("pool", tname(task) .. " could not be sent: " ..
         tostring(entry))
     end
     self:_finish(task, false, nil, entry)
@@ -319,7 +322,7 @@ function QueuePool:_on_reply(s)
       for _, k in ipairs(keys) do pcall(self.store.evict, self.store, k) end
       if not ok then
         return self:_finish(task, false, nil, perror("pool",
-          "task " .. task.id .. ": fetching its result: " .. tostring(e),
+          tname(task) .. ": fetching its result: " .. tostring(e),
           { cause = e, task = task.id }))
       end
     end
@@ -327,8 +330,8 @@ function QueuePool:_on_reply(s)
   else
     local e = type(r.e) == "table" and r.e or {}
     local kind = e.kind == "worker" and "worker" or "task"
-    local msg = e.ran and ("task %d failed: %s"):format(task.id, tostring(e.message))
-      or ("task %d %s"):format(task.id, tostring(e.message))
+    local msg = e.ran and ("%s failed: %s"):format(tname(task), tostring(e.message))
+      or ("%s %s"):format(tname(task), tostring(e.message))
     self:_finish(task, false, nil, perror(kind, msg, {
       traceback = e.traceback, cause = e.cause, task = task.id,
       attempts = e.attempts, worker = r.w }))
@@ -355,7 +358,7 @@ function QueuePool:_fail_all(why, cause, except)
   table.sort(lost, function(a, b) return a.id < b.id end)
   for _, task in ipairs(lost) do
     self:_finish(task, false, nil, perror("connection",
-      ("task %d lost: %s; submit it again"):format(task.id, why),
+      ("%s lost: %s; submit it again"):format(tname(task), why),
       { address = self.g:address(), cause = cause, task = task.id }))
   end
 end
@@ -438,28 +441,34 @@ end
 ---------------------------------------------------------------------------
 -- map, metrics, close
 
+local MAP_OPTIONS = { progress = "boolean" }
+
 function QueuePool:map(fn, list, opts)
   check_open(self, "map")
   if type(fn) ~= "function" then
-    error("bad argument #1 to 'map' (function expected, got " .. type(fn) .. ")", 2)
+    argerror(1, "map", "function expected, got " .. type(fn))
   end
   if type(list) ~= "table" then
-    error("bad argument #2 to 'map' (table expected, got " .. type(list) .. ")", 2)
+    argerror(2, "map", "table expected, got " .. type(list))
   end
+  if opts ~= nil and type(opts) ~= "table" then
+    argerror(3, "map", "table expected, got " .. type(opts))
+  end
+  check_options(opts or {}, MAP_OPTIONS, "pool:map")
+  local n = list_length(list)
   local show = self.progress
   if opts and opts.progress ~= nil then show = opts.progress end
   show = show and core.pool_isatty(2)
   local packed = pack_fn(fn, {}, self.envindex)
-  local n = #list
   local futures = {}
   local box = { tasks = {}, entries = {} }
   for i = 1, n do
-    futures[i] = self:_submit_packed(packed, pack(list[i]), box)
+    futures[i] = self:_submit_packed(packed, pack(list[i]), box, i)
     if #box.tasks >= OUTBOX or i == n then
       local tasks, entries = box.tasks, box.entries
       box.tasks, box.entries = {}, {}
       local ok, err = pcall(self._send, self, tasks, entries)
-      if not ok then error(err, 2) end
+      if not ok then core.raise(err) end
     end
   end
   local results = {}
@@ -472,19 +481,21 @@ function QueuePool:map(fn, list, opts)
         local d = i - 1
         for j = i, n do if futures[j].state == "done" then d = d + 1 end end
         local t = now()
-        if d ~= done or t - last > 0.2 then
+        if d ~= done or t - last > 0.2 or not self.bar_shown then
           done, last = d, t
-          bar(done, n, t0)
+          bar(self, done, n, t0)
         end
       end
     end
     if not f.ok then
-      if show then io.stderr:write("\n") end
-      error(f.err, 2)
+      if show and self.bar_shown then io.stderr:write("\n") end
+      self.bar_shown = false
+      core.raise(f.err)
     end
     results[i] = f.values[1]
   end
-  if show then bar(n, n, t0, true) end
+  if show then bar(self, n, n, t0, true) end
+  results.n = n
   return results
 end
 

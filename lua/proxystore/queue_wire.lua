@@ -24,6 +24,7 @@
 -- a = the delivery that ran it, w = the worker's name}.
 
 local core = require "proxystore.core"
+core.internal_source(debug.getinfo(1, "S").source)   -- errors name the caller
 
 local M = {}
 

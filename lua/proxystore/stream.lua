@@ -25,6 +25,7 @@
 --   end  "1": the end of the topic (close_topic)
 
 local core = require "proxystore.core"
+core.internal_source(debug.getinfo(1, "S").source)   -- errors name the caller
 
 local M = {}
 

@@ -12,6 +12,7 @@
 -- group's next reclaim hands them to another consumer at once.
 
 local core = require "proxystore.core"
+core.internal_source(debug.getinfo(1, "S").source)   -- errors name the caller
 
 local now = core.monotonic
 

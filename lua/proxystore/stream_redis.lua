@@ -28,6 +28,7 @@
 -- group again, from the start of the (new) stream, and tries once more.
 
 local core = require "proxystore.core"
+core.internal_source(debug.getinfo(1, "S").source)   -- errors name the caller
 
 local M = {}
 

@@ -17,6 +17,14 @@
 
 local M = {}
 
+-- Errors name the user's line, never one of this file's.
+do
+  local ok, core = pcall(require, "proxystore.core")
+  if ok and type(core) == "table" and core.internal_source then
+    core.internal_source(debug.getinfo(1, "S").source)
+  end
+end
+
 local DEFAULT_REDIS_PORT = 6379
 
 -- Errors are proxystore error objects when the C core offers a way to make

@@ -32,6 +32,7 @@
 -- upvalue becomes this _G, modules its upvalues name are required here.
 
 local core = require "proxystore.core"
+core.internal_source(debug.getinfo(1, "S").source)   -- errors name the caller
 local wire = require "proxystore.queue_wire"
 local poolmod = require "proxystore.pool"
 

@@ -66,7 +66,7 @@ int main(int argc, char **argv) {
   (void)argc;
   const ps_backend_ops *o = &ps_backend_redis;
   ps_berr err = {0};
-  ps_bconfig cfg = {.host = "127.0.0.1", .port = atoi(argv[1]), .timeout = 2,
+  ps_bconfig cfg = {.host = "127.0.0.1", .port = atoi(argv[1]), .timeout = 30,
                     .prefix = "t:"};
   void *ctx = o->open(&cfg, &err);
   check(ctx != NULL, "open tcp", &err);
@@ -167,7 +167,7 @@ int main(int argc, char **argv) {
     check(c == PS_BOK && b.len == (10u << 20), "and in the parent", &err);
     ps_blob_release(&b);
     ps_prefetch_free(pf);
-    ps_bconfig bad = {.host = "127.0.0.1", .port = 1, .timeout = 1};
+    ps_bconfig bad = {.host = "127.0.0.1", .port = 1, .timeout = 30};
     pf = ps_prefetch_start(o, &bad, K("d"), &err);
     c = ps_prefetch_wait(pf, &b, &pv, &err);
     check(c == PS_BCONN, "prefetch unreachable", &err);
@@ -193,18 +193,18 @@ int main(int argc, char **argv) {
     ps_prefetch_free(pf);   /* left running at exit */
   }
   /* unix socket */
-  ps_bconfig ucfg = {.path = argv[2], .timeout = 2, .prefix = "t:", .db = 3};
+  ps_bconfig ucfg = {.path = argv[2], .timeout = 30, .prefix = "t:", .db = 3};
   ctx = o->open(&ucfg, &err);
   check(ctx != NULL, "open unix db 3", &err);
   if (ctx) { roundtrip(ctx, "u", 5000); o->close(ctx); }
   /* failures */
-  ps_bconfig bad = {.host = "127.0.0.1", .port = 1, .timeout = 1};
+  ps_bconfig bad = {.host = "127.0.0.1", .port = 1, .timeout = 30};
   check(o->open(&bad, &err) == NULL && err.code == PS_BCONN, "unreachable", &err);
   printf("# %s\n", err.msg);
-  bad = (ps_bconfig){.host = "127.0.0.1", .port = atoi(argv[1]), .timeout = 1, .password = "x"};
+  bad = (ps_bconfig){.host = "127.0.0.1", .port = atoi(argv[1]), .timeout = 30, .password = "x"};
   check(o->open(&bad, &err) == NULL && err.code == PS_BCONFIG, "bad password", &err);
   printf("# %s\n", err.msg);
-  bad = (ps_bconfig){.host = "127.0.0.1", .port = atoi(argv[1]), .timeout = 1, .db = 99};
+  bad = (ps_bconfig){.host = "127.0.0.1", .port = atoi(argv[1]), .timeout = 30, .db = 99};
   check(o->open(&bad, &err) == NULL && err.code == PS_BCONFIG, "bad db", &err);
   printf("# %s\n", err.msg);
   printf("%d tests, %d failures\n", count, failures);

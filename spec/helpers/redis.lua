@@ -4,10 +4,10 @@
 --   local srv = redis.start()          -- free loopback port + Unix socket
 --   srv.host, srv.port, srv.path, srv.dir
 --   srv:cli("SET", "k", "v")           -- redis-cli output (string)
---   srv:pause() / srv:resume()         -- SIGSTOP / SIGCONT
---   local done = srv:stutter(0.4, 0.002) -- stopped 0.4 s, running 2 ms, ...
---   done()                             -- ends that, leaves the server running
---   redis.stutter(pid, 0.4, 0.002)     -- the same for any pid
+--   srv:pause() / srv:resume()         -- SIGSTOP / SIGCONT (a server that
+--                                      -- hangs; slow servers are
+--                                      -- spec/c/trickle_relay.c's, on a
+--                                      -- fixed schedule)
 --   srv:kill()                         -- SIGKILL
 --   srv:restart()                      -- start again, same port and socket
 --   srv:stop()                         -- SIGTERM, wait, remove the temp dir
@@ -81,7 +81,7 @@ function Server:_launch()
     " --logfile " .. q(self.dir .. "/redis.log") .. " " .. (self.args or "") ..
     " >/dev/null 2>&1"
   if not sh(cmd) then return false end
-  for _ = 1, 100 do
+  for _ = 1, 400 do      -- up to 20 s: a hang guard on a loaded machine
     local f = io.open(pidfile)
     if f then
       self.pid = f:read("n")
@@ -133,50 +133,12 @@ end
 function Server:pause() self:signal("STOP") end
 function Server:resume() self:signal("CONT") end
 
-local function read_pid(file)
-  local f = io.open(file)
-  if not f then return nil end
-  local pid = f:read("n")
-  f:close()
-  return pid
-end
-
 local function wait_gone(pid)
-  for _ = 1, 200 do
+  for _ = 1, 800 do      -- up to 20 s
     if not alive(pid) then return true end
     M.sleep(0.025)
   end
   return false
-end
-
--- A process that keeps stalling: a background loop stops pid for
--- `stopped` seconds, lets it run for `running`, and again, until the
--- returned function is called (which leaves it running) or the Lua
--- process that started the loop is gone.
-function M.stutter(pid, stopped, running)
-  local pidfile = os.tmpname()
-  os.remove(pidfile)
-  sh("sh -c " .. q("echo $$ > " .. q(pidfile) .. "; while kill -0 " ..
-    shell.my_pid() .. " 2>/dev/null && kill -STOP " .. pid .. "; do sleep " ..
-    stopped .. "; kill -CONT " .. pid .. "; sleep " .. running ..
-    "; done; kill -CONT " .. pid) .. " >/dev/null 2>&1 </dev/null &")
-  local loop
-  for _ = 1, 200 do
-    loop = read_pid(pidfile)
-    if loop then break end
-    M.sleep(0.01)
-  end
-  os.remove(pidfile)
-  assert(loop, "the stutter loop did not start")
-  return function()
-    sh("kill " .. loop .. " 2>/dev/null")
-    wait_gone(loop)
-    sh("kill -CONT " .. pid .. " 2>/dev/null")
-  end
-end
-
-function Server:stutter(stopped, running)
-  return M.stutter(self.pid, stopped, running)
 end
 
 function Server:kill()

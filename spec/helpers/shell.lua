@@ -36,9 +36,10 @@ function M.rmtree(dir)
   if dir then os.execute(M.CLEAN .. "rm -rf " .. M.quote(dir)) end
 end
 
--- "-I... src/a/x.c ...": every folder of src on the include path and every
--- C file of the core but the host binary's own (main, the worker command),
--- as shell words, for specs that link the core into a plain-C test program.
+-- "-I... src/<layer>/<file>.c ...": every folder of src on the include
+-- path and every C file of the core but the host binary's own (main, the
+-- worker command), as shell words, for specs that link the core into a
+-- plain-C test program.
 function M.core_c(root)
   local r = M.quote(root)
   return "-I" .. r .. "/src $(for d in " .. r .. "/src/*/; do printf -- '-I%s ' \"$d\"; done) "

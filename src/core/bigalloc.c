@@ -18,6 +18,11 @@
  * fresh process does not fault 128 fresh 4 KiB pages (12 us each on these
  * VMs: 1.5 ms, several times what a 1 MiB block on one huge page costs)
  * and no size in between is slower than a larger one.
+ *
+ * The lua_State wrapper is never installed by the module on its own: a
+ * state's allocator belongs to whoever made the state (a host may cap
+ * memory with it). The proxystore binary installs it for its own state;
+ * a module user opts in with ps.use_big_allocator().
  */
 #include <dlfcn.h>
 #include <link.h>
@@ -507,9 +512,9 @@ static int object_of(struct dl_phdr_info *info, size_t size, void *data) {
  * remaining objects through the allocator: wrap_alloc must outlive that,
  * so the library that holds it is made undeletable. Linked into a program
  * (the proxystore binary), there is nothing to pin: dlopen could not even
- * name it. Returns 0 on success.
+ * name it, and a program is never unloaded. Returns 0 on success.
  */
-static int pin_library(void) {
+int ps_pin_library(void) {
   if (dl_iterate_phdr(object_of, (void *)wrap_alloc) == 1) return 0;
   Dl_info info;
   if (dladdr((void *)wrap_alloc, &info) == 0 || info.dli_fname == NULL)
@@ -518,13 +523,13 @@ static int pin_library(void) {
   return h ? 0 : -1;     /* the handle is deliberately never closed */
 }
 
-void ps_alloc_install(lua_State *L) {
+int ps_alloc_install(lua_State *L) {
   void *ud;
   lua_Alloc f = lua_getallocf(L, &ud);
-  if (f == wrap_alloc) return;
-  if (pin_library() != 0) return;     /* keep the plain allocator */
+  if (f == wrap_alloc) return 0;
+  if (ps_pin_library() != 0) return -1;  /* keep the plain allocator */
   lwrap *w = calloc(1, sizeof *w);
-  if (w == NULL) return;              /* keep the plain allocator */
+  if (w == NULL) return -1;           /* keep the plain allocator */
   w->orig = f;
   w->orig_ud = ud;
   pthread_once(&atfork_once, register_atfork);
@@ -533,4 +538,5 @@ void ps_alloc_install(lua_State *L) {
   wraps = w;
   pthread_mutex_unlock(&wraps_mu);
   lua_setallocf(L, wrap_alloc, w);
+  return 0;
 }

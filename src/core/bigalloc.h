@@ -34,14 +34,23 @@ void ps_med_free(void *p);
  */
 int ps_blob_alloc(ps_blob *b, size_t n);
 
+/*
+ * Makes the library that holds this code undeletable (dlclose leaves it
+ * mapped); a no-op linked into a program. 0, or -1 when it cannot.
+ */
+int ps_pin_library(void);
+
 #ifdef LUA_VERSION_NUM
 /*
  * Wraps the allocator of L so that blocks of PS_BIG_MIN bytes or more use
  * ps_big_alloc, and from PS_MED_MIN medium blocks; blocks from before the
- * call stay with the old allocator.
- * Idempotent. Only the thread running L may use it (as with any lua_State).
+ * call stay with the old allocator. Idempotent; 0, or -1 when it cannot
+ * (L keeps its allocator). Only the owner of L may decide this: the
+ * proxystore binary for its own state, or a user through
+ * ps.use_big_allocator(); the module never does it alone.
+ * Only the thread running L may use it (as with any lua_State).
  */
-void ps_alloc_install(lua_State *L);
+int ps_alloc_install(lua_State *L);
 #endif
 
 #endif

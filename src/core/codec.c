@@ -14,7 +14,7 @@ static const char buffer_key = 0;
 #define KEEP_MAX (32u << 20)
 
 static int codec_serialize(lua_State *L) {
-  luaL_checkany(L, 1);
+  ps_checkany(L, 1);
   lua_settop(L, 1);
   /* Take the cached buffer out of the registry while it is in use: if the
    * encode raises, the box is just garbage (its __gc frees it) and the
@@ -67,7 +67,7 @@ static unsigned decode_options(lua_State *L, int idx) {
 
 static int codec_deserialize(lua_State *L) {
   size_t len;
-  luaL_checktype(L, 1, LUA_TSTRING);
+  ps_checktype(L, 1, LUA_TSTRING);
   const char *s = lua_tolstring(L, 1, &len);
   unsigned opts = decode_options(L, 2);
   lua_settop(L, 1);

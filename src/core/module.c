@@ -16,10 +16,26 @@ static void (*const openers[])(lua_State *) = {
   ps_heartbeat_open,
 };
 
+/*
+ * core.use_big_allocator() -> true, or false when it cannot: large strings
+ * and tables of this state on warm or huge-page memory (bigalloc.c). The
+ * user's choice (ps.use_big_allocator), never the module's: the state's
+ * allocator belongs to its host.
+ */
+static int l_use_big_allocator(lua_State *L) {
+  lua_pushboolean(L, ps_alloc_install(L) == 0);
+  return 1;
+}
+
 int luaopen_proxystore_core(lua_State *L) {
-  /* Large strings and tables on warm or huge-page memory (bigalloc.c). */
-  ps_alloc_install(L);
+  /* Background threads (resolve_async's fetches, the unmapper) run this
+   * library's code and wait on its static locks, past lua_close, which
+   * unloads C modules: the library must stay mapped (unloaded under a
+   * waiting thread, a process aborted at exit with a futex error). */
+  ps_pin_library();
   lua_newtable(L);
+  lua_pushcfunction(L, l_use_big_allocator);
+  lua_setfield(L, -2, "use_big_allocator");
   for (size_t i = 0; i < sizeof openers / sizeof openers[0]; i++)
     openers[i](L);
   lua_pushliteral(L, PROXYSTORE_VERSION);

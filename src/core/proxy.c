@@ -50,7 +50,7 @@ static proxy *toproxy(lua_State *L, int idx) {
 
 static proxy *checkproxy(lua_State *L, int idx) {
   proxy *p = toproxy(L, idx);
-  if (p == NULL) luaL_typeerror(L, idx, "proxy");
+  if (p == NULL) ps_typeerror(L, idx, "proxy");
   return p;
 }
 
@@ -356,7 +356,7 @@ static int is_callable(lua_State *L, int idx) {
 }
 
 static int l_proxy(lua_State *L) {
-  luaL_argexpected(L, is_callable(L, 1), 1, "callable factory");
+  if (!is_callable(L, 1)) ps_typeerror(L, 1, "callable factory");
   lua_settop(L, 1);
   newproxy(L, 0);
   lua_pushvalue(L, 1);
@@ -414,10 +414,17 @@ static int l_extract(lua_State *L) {
 }
 
 static int l_type(lua_State *L) {
-  luaL_checkany(L, 1);
+  ps_checkany(L, 1);
   lua_settop(L, 1);
   ps_proxy_push_target(L, 1);
   lua_pushstring(L, luaL_typename(L, -1));
+  return 1;
+}
+
+int ps_proxy_push_key(lua_State *L, int idx) {
+  proxy *p = toproxy(L, idx);
+  if (p == NULL || !(p->flags & STORE_PROXY)) return 0;
+  lua_getiuservalue(L, idx, 3);
   return 1;
 }
 
@@ -448,13 +455,17 @@ static int l_repr(lua_State *L) {
       lua_pushliteral(L, "proxystore.Proxy(factory, unresolved)");
     return 1;
   }
+  /* a background fetch (ps.resolve_async) still running, or done */
+  const char *bg = "";
+  if (p->state != RESOLVED && p->prefetch)
+    bg = ps_prefetch_slot_done(&p->prefetch) ? ", fetched" : ", fetching";
   push_proxy_config(L, 1);
   lua_getfield(L, -1, "kind");
   lua_getfield(L, -2, "name");
   lua_getiuservalue(L, 1, 3);
-  lua_pushfstring(L, "proxystore.Proxy(store=%s:%s, key=%s, %s%s%s%s)",
+  lua_pushfstring(L, "proxystore.Proxy(store=%s:%s, key=%s, %s%s%s%s%s)",
                   lua_tostring(L, -3), lua_tostring(L, -2),
-                  lua_tostring(L, -1), state,
+                  lua_tostring(L, -1), state, bg,
                   (p->flags & PS_PROXY_EVICT) ? ", evict" : "",
                   (p->flags & PS_PROXY_STRICT) ? ", strict" : "",
                   (p->flags & PS_PROXY_UNTRUSTED) ? ", untrusted" : "");

@@ -19,9 +19,10 @@
 /* ---- errors (error.c) ------------------------------------------------ */
 
 /*
- * Library errors are tables {kind=, message=, key=, store=, address=,
- * cause=} whose metatable's __tostring gives one line starting with
- * "proxystore:". Kinds are short lowercase words (see API.md).
+ * Library errors are tables {kind=, message=, where=, key=, store=,
+ * address=, cause=} whose metatable's __tostring gives one line starting
+ * with "proxystore:" and the user's position (where). Kinds are short
+ * lowercase words.
  */
 #define PS_EMISSING_KEY   "missing_key"
 #define PS_ECONNECTION    "connection"
@@ -53,6 +54,17 @@ int ps_error_raise(lua_State *L, const char *kind, const ps_errctx *ctx,
 int ps_error_is(lua_State *L, int idx);
 /* Kind of the error object at idx, or NULL. */
 const char *ps_error_kind(lua_State *L, int idx);
+/*
+ * Argument errors worded as lauxlib's ("bad argument #1 to 'evict' (string
+ * expected, got userdata)"), raised as error objects of kind "config".
+ */
+int ps_argerror(lua_State *L, int arg, const char *extramsg);
+int ps_typeerror(lua_State *L, int arg, const char *tname);
+void ps_checktype(lua_State *L, int arg, int t);
+void ps_checkany(lua_State *L, int arg);
+void *ps_checkudata(lua_State *L, int arg, const char *tname);
+/* Pushes a one-line rendering of the plain table at idx: {code = 42}. */
+void ps_error_describe(lua_State *L, int idx);
 void ps_error_open(lua_State *L);   /* module table on top */
 
 /* ---- byte buffers (buf.c) -------------------------------------------- */
@@ -75,7 +87,7 @@ void ps_buf_free(ps_buf *b);
 
 /*
  * A ps_buf owned by a userdata pushed on the stack, so that a Lua error
- * raised while the buffer is in use frees it through __gc (STYLE 14).
+ * raised while the buffer is in use frees it through __gc.
  * Call ps_buf_free on it when done to release memory early.
  */
 ps_buf *ps_buf_box(lua_State *L);
@@ -95,6 +107,8 @@ extern const char ps_proxy_tag;
 
 /* True if the value at idx is a proxy (never resolves). */
 int ps_proxy_is(lua_State *L, int idx);
+/* Pushes the key of the store proxy at idx and returns 1; else 0. */
+int ps_proxy_push_key(lua_State *L, int idx);
 /* Resolves the proxy at idx if needed and pushes its target. */
 void ps_proxy_push_target(lua_State *L, int idx);
 /*
@@ -169,6 +183,8 @@ void ps_store_push_config(lua_State *L, int store_idx);
 struct ps_prefetch;
 typedef struct ps_prefetch *ps_prefetch_slot;
 void ps_prefetch_slot_free(ps_prefetch_slot *slot);
+/* True once the slot's fetch has finished (never blocks). */
+int ps_prefetch_slot_done(ps_prefetch_slot *slot);
 /* Starts fetching key in the background when the store's backend can. */
 void ps_store_prefetch(lua_State *L, int store_idx, int key_idx,
                        unsigned flags, ps_prefetch_slot *slot);

@@ -1,5 +1,4 @@
 /* spin.c: see spin.h. */
-#include <errno.h>
 #include <time.h>
 
 #include "spin.h"
@@ -9,7 +8,7 @@ int ps_poll_spin(struct pollfd *fds, nfds_t n) {
   clock_gettime(CLOCK_MONOTONIC, &t0);
   for (;;) {
     int r = poll(fds, n, 0);
-    if (r != 0) return r < 0 && errno == EINTR ? 0 : r;
+    if (r != 0) return r;
     clock_gettime(CLOCK_MONOTONIC, &t);
     if ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) >
         PS_SPIN_NS)

@@ -14,7 +14,8 @@
 
 #define PS_SPIN_NS 30000L
 
-/* poll(fds, n, 0) until an event or PS_SPIN_NS; poll's result, or 0. */
+/* poll(fds, n, 0) until an event, an error or PS_SPIN_NS: poll's result
+ * (-1 with errno EINTR when a signal arrived), or 0. */
 int ps_poll_spin(struct pollfd *fds, nfds_t n);
 
 #endif

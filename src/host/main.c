@@ -5,9 +5,10 @@
  * under lua_pcall with a message handler that appends a traceback, report()
  * prints errors to stderr, and the state is closed before exit. On top of
  * lua's options it preloads the linked-in core as "proxystore.core", puts
- * the binary's own Lua files on package.path, and takes --workers, --store,
+ * a searcher for its own Lua files, and takes --workers, --store,
  * --password-file, --version and --help, which it leaves for pools in
- * package.loaded["proxystore.host"].
+ * package.loaded["proxystore.host"]; `proxystore worker` runs a queue
+ * pool's worker (worker_cmd.c).
  *
  * Passwords stay off the command line, where /proc/<pid>/cmdline shows
  * them to every user, for this process and every worker it forks: the
@@ -15,12 +16,17 @@
  * (PROXYSTORE_PASSWORD). A password written into the --store URL anyway is
  * overwritten in argv, once copied, before any worker exists.
  *
- * package.path, in order:
- *   - when LUA_PATH_5_4 or LUA_PATH is set: that (";;" expands to Lua's
- *     default), then the binary's directories below as a fallback;
- *   - otherwise: <checkout>/lua when the binary sits in <checkout>/build*\/bin
- *     (so build/bin/proxystore runs the Lua files of its own checkout), then
- *     <bindir>/../share/lua/5.4 (the installed layout), then Lua's default.
+ * package.path and package.cpath are exactly lua(1)'s: liblua reads
+ * LUA_PATH_5_4/LUA_PATH and LUA_CPATH_5_4/LUA_CPATH (";;" is Lua's default
+ * path) unless -E is given. proxystore's own Lua modules ("proxystore",
+ * "proxystore.*") are found by a searcher placed right after the preload
+ * one, in <checkout>/lua when the binary sits in <checkout>/build*\/bin (so
+ * build/bin/proxystore runs the Lua files of its own checkout), then in
+ * <bindir>/../share/lua/5.4 (the installed layout): the Lua face always
+ * matches the linked-in core, whatever LUA_PATH says.
+ *
+ * Signals are lua.c's: SIGINT while Lua code runs (a pool's waits return
+ * to Lua when a signal arrives) raises "interrupted!" through a hook.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -36,7 +42,10 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
+#include <editline/readline.h>
+
 #include "proxystore.h"
+#include "bigalloc.h"
 #include "worker_cmd.h"
 
 #define PROGNAME "proxystore"
@@ -55,9 +64,18 @@ static void lstop(lua_State *L, lua_Debug *ar) {
   luaL_error(L, "interrupted!");
 }
 
+/* sigaction without SA_RESTART, as lua.c: a wait in poll() returns EINTR. */
+static void setsignal(int sig, void (*handler)(int)) {
+  struct sigaction sa;
+  sa.sa_handler = handler;
+  sa.sa_flags = 0;
+  sigemptyset(&sa.sa_mask);
+  sigaction(sig, &sa, NULL);
+}
+
 static void laction(int i) {
   int flag = LUA_MASKCALL | LUA_MASKRET | LUA_MASKLINE | LUA_MASKCOUNT;
-  signal(i, SIG_DFL);  /* a second SIGINT terminates the process */
+  setsignal(i, SIG_DFL);  /* a second SIGINT terminates the process */
   lua_sethook(globalL, lstop, flag, 1);
 }
 
@@ -93,8 +111,9 @@ static void print_usage(FILE *f) {
   "terminal and reads a script from stdin otherwise. The script sees its\n"
   "arguments in 'arg' as lua builds it (arg[0] the script, arg[1..] its\n"
   "arguments, the interpreter and options at negative indices) and as '...'.\n"
-  "Lua files are searched in LUA_PATH when set, else in the checkout the\n"
-  "binary was built in (build/bin -> lua/) and <bindir>/../share/lua/5.4.\n"
+  "Modules are found through LUA_PATH and LUA_CPATH as lua finds them;\n"
+  "proxystore's own Lua files come from the checkout the binary was built\n"
+  "in (build/bin -> lua/) or from <bindir>/../share/lua/5.4.\n"
   "Examples:\n"
   "  %s examples/mapreduce.lua\n"
   "  %s --workers 4 --store redis://localhost:6379 run job.lua in.txt\n"
@@ -109,10 +128,14 @@ static void l_message(const char *pname, const char *msg) {
   fflush(stderr);
 }
 
+/* A library error already starts with "proxystore:": one prefix is enough. */
 static int report(lua_State *L, int status) {
   if (status != LUA_OK) {
     const char *msg = lua_tostring(L, -1);
-    l_message(progname, msg ? msg : "(error object is not a string)");
+    const char *pname = progname;
+    if (msg && pname && strncmp(msg, PROGNAME ":", sizeof PROGNAME) == 0)
+      pname = NULL;
+    l_message(pname, msg ? msg : "(error object is not a string)");
     lua_pop(L, 1);
   }
   return status;
@@ -144,9 +167,9 @@ static int docall(lua_State *L, int narg, int nres) {
   lua_pushcfunction(L, msghandler);
   lua_insert(L, base);
   globalL = L;
-  signal(SIGINT, laction);
+  setsignal(SIGINT, laction);
   int status = lua_pcall(L, narg, nres, base);
-  signal(SIGINT, SIG_DFL);
+  setsignal(SIGINT, SIG_DFL);
   lua_remove(L, base);
   return status;
 }
@@ -396,7 +419,29 @@ static int handle_luainit(lua_State *L) {
   return dostring(L, init, name);
 }
 
-/* ---- the interactive prompt (lua.c's, without readline) ---------------- */
+/* ---- the interactive prompt (lua.c's) ---------------------------------- */
+
+/*
+ * On a terminal, lines are read with libedit's readline interface (line
+ * editing, history; BSD-licensed, where GNU readline would put the binary
+ * under the GPL). Otherwise with fgets, the prompt still written.
+ */
+static int use_readline;
+
+static char *read_input(char *buf, const char *prompt) {
+  if (use_readline) return readline(prompt);
+  fputs(prompt, stdout);
+  fflush(stdout);
+  return fgets(buf, MAXINPUT, stdin);
+}
+
+static void free_input(char *line) {
+  if (use_readline) free(line);
+}
+
+static void save_line(const char *line) {
+  if (use_readline && line[0] != '\0') add_history(line);
+}
 
 static const char *get_prompt(lua_State *L, int firstline) {
   if (lua_getglobal(L, firstline ? "_PROMPT" : "_PROMPT2") == LUA_TNIL)
@@ -420,19 +465,18 @@ static int incomplete(lua_State *L, int status) {
 }
 
 static int pushline(lua_State *L, int firstline) {
-  char b[MAXINPUT];
+  char buf[MAXINPUT];
   const char *prmt = get_prompt(L, firstline);
-  fputs(prmt, stdout);
-  fflush(stdout);
-  int ok = fgets(b, MAXINPUT, stdin) != NULL;
+  char *b = read_input(buf, prmt);
   lua_settop(L, firstline ? 0 : 1);  /* drop the prompt(s) */
-  if (!ok) return 0;
+  if (b == NULL) return 0;
   size_t l = strlen(b);
   if (l > 0 && b[l - 1] == '\n') b[--l] = '\0';
   if (firstline && b[0] == '=')
     lua_pushfstring(L, "return %s", b + 1);
   else
     lua_pushlstring(L, b, l);
+  free_input(b);
   return 1;
 }
 
@@ -440,10 +484,12 @@ static int addreturn(lua_State *L) {
   const char *line = lua_tostring(L, -1);
   const char *retline = lua_pushfstring(L, "return %s;", line);
   int status = luaL_loadbuffer(L, retline, strlen(retline), "=stdin");
-  if (status == LUA_OK)
+  if (status == LUA_OK) {
     lua_remove(L, -2);
-  else
+    save_line(line);
+  } else {
     lua_pop(L, 2);
+  }
   return status;
 }
 
@@ -452,8 +498,10 @@ static int multiline(lua_State *L) {
     size_t len;
     const char *line = lua_tolstring(L, 1, &len);
     int status = luaL_loadbuffer(L, line, len, "=stdin");
-    if (!incomplete(L, status) || !pushline(L, 0))
+    if (!incomplete(L, status) || !pushline(L, 0)) {
+      save_line(line);
       return status;
+    }
     lua_pushliteral(L, "\n");
     lua_insert(L, -2);
     lua_concat(L, 3);
@@ -485,6 +533,7 @@ static void doREPL(lua_State *L) {
   int status;
   const char *oldprogname = progname;
   progname = NULL;
+  use_readline = isatty(0);
   while ((status = loadline(L)) != -1) {
     if (status == LUA_OK) status = docall(L, 0, LUA_MULTRET);
     if (status == LUA_OK)
@@ -515,45 +564,61 @@ static int isfile(const char *path) {
   return access(path, R_OK) == 0;
 }
 
-/* Puts the binary's own Lua directories on package.path (see the top). */
-static void setpath(lua_State *L, int noenv) {
-  char dir[PATH_MAX];
-  luaL_Buffer b;
-  int fromenv = !noenv && (getenv("LUA_PATH_5_4") || getenv("LUA_PATH"));
-  lua_getglobal(L, "package");
-  luaL_buffinit(L, &b);
-  if (fromenv) {
-    lua_getfield(L, -2, "path");
-    luaL_addvalue(&b);
-  }
-  if (bindir(dir, sizeof dir)) {
-    /* <checkout>/build*\/bin/proxystore: use <checkout>/lua */
-    char probe[PATH_MAX + 64];
-    snprintf(probe, sizeof probe, "%s/../../lua/proxystore/init.lua", dir);
-    const char *bin = strrchr(dir, '/');
-    if (bin && strcmp(bin, "/bin") == 0 && strstr(dir, "/build") &&
-        isfile(probe)) {
-      lua_pushfstring(L, "%s/../../lua/?.lua;%s/../../lua/?/init.lua;",
-                      dir, dir);
-      luaL_addvalue(&b);
-    }
-    lua_pushfstring(L, "%s/../share/lua/5.4/?.lua;"
-                       "%s/../share/lua/5.4/?/init.lua;", dir, dir);
-    luaL_addvalue(&b);
-  }
-  if (!fromenv) {
-    lua_getfield(L, -2, "path");
-    luaL_addvalue(&b);
-  }
-  luaL_pushresult(&b);
-  const char *path = lua_tostring(L, -1);
-  size_t len = strlen(path);
-  if (len > 0 && path[len - 1] == ';') {
-    lua_pushlstring(L, path, len - 1);
-    lua_remove(L, -2);
-  }
-  lua_setfield(L, -2, "path");
+/*
+ * A package.searchers entry for "proxystore" and "proxystore.*": the Lua
+ * file from the binary's own directories (upvalue 1, a path template;
+ * upvalue 2, package.searchpath), as Lua's own searcher loads one. Other
+ * names are left to the standard searchers, with nothing added to their
+ * "module not found" message.
+ */
+static int searcher_own(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1);
+  if (strcmp(name, "proxystore") != 0 && strncmp(name, "proxystore.", 11) != 0)
+    return 0;
+  lua_pushvalue(L, lua_upvalueindex(2));
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_call(L, 2, 2);
+  if (lua_isnil(L, -2)) return 1;  /* the "no file" list */
   lua_pop(L, 1);
+  const char *file = lua_tostring(L, -1);
+  if (luaL_loadfile(L, file) != LUA_OK)
+    return luaL_error(L, "error loading module '%s' from file '%s':\n\t%s",
+                      name, file, lua_tostring(L, -1));
+  lua_pushstring(L, file);
+  return 2;
+}
+
+/* Inserts searcher_own after the preload searcher (see the top). */
+static void add_own_searcher(lua_State *L) {
+  char dir[PATH_MAX];
+  if (bindir(dir, sizeof dir) == NULL) return;
+  lua_getglobal(L, "package");
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  /* <checkout>/build*\/bin/proxystore: use <checkout>/lua */
+  char probe[PATH_MAX + 64];
+  snprintf(probe, sizeof probe, "%s/../../lua/proxystore/init.lua", dir);
+  const char *bin = strrchr(dir, '/');
+  if (bin && strcmp(bin, "/bin") == 0 && strstr(dir, "/build") && isfile(probe)) {
+    lua_pushfstring(L, "%s/../../lua/?.lua;%s/../../lua/?/init.lua;", dir, dir);
+    luaL_addvalue(&b);
+  }
+  lua_pushfstring(L, "%s/../share/lua/5.4/?.lua;%s/../share/lua/5.4/?/init.lua",
+                  dir, dir);
+  luaL_addvalue(&b);
+  luaL_pushresult(&b);
+  lua_getfield(L, -2, "searchpath");
+  lua_pushcclosure(L, searcher_own, 2);   /* path, searchpath */
+  lua_getfield(L, -2, "searchers");
+  lua_Integer n = luaL_len(L, -1);
+  for (lua_Integer i = n; i >= 2; i--) {  /* table.insert(searchers, 2, f) */
+    lua_rawgeti(L, -1, i);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_pushvalue(L, -2);
+  lua_rawseti(L, -2, 2);
+  lua_pop(L, 3);  /* searchers, the searcher, package */
 }
 
 #define MAX_PASSWORD 4096
@@ -714,7 +779,7 @@ static int pmain(lua_State *L) {
   }
   if (!lua_isnil(L, -1)) ho.password = lua_gettop(L);
   luaL_openlibs(L);
-  setpath(L, args & has_E);
+  add_own_searcher(L);
   setup_proxystore(L, &ho);
   /* The URL is copied into Lua now: hide its password from the process
    * list before the script (and its workers) run. */
@@ -754,6 +819,9 @@ int main(int argc, char **argv) {
     l_message(argv[0], "cannot create state: not enough memory");
     return EXIT_FAILURE;
   }
+  /* This program owns its state: large strings and tables go on warm or
+   * huge-page memory (a module never does this to its host's state). */
+  ps_alloc_install(L);
   lua_pushcfunction(L, &pmain);
   lua_pushinteger(L, argc);
   lua_pushlightuserdata(L, argv);

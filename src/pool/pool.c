@@ -5,21 +5,28 @@
  * worker slot. Lua (lua/proxystore/pool.lua) keeps the task queue and the
  * futures; this file only moves frames and reports what happened:
  *
- *   core.pool_start(nslots, worker_main [, dir]) -> handle  (forks the
- *                   zygote and the first workers; the zygote removes dir,
- *                   a private store's directory, after its workers are gone,
- *                   even when the parent dies without closing)
+ *   core.pool_start(nslots, worker_main [, dir [, relay]]) -> handle
+ *                   (forks the zygote and the first workers; the zygote
+ *                   removes dir, a private store's directory, after its
+ *                   workers are gone, even when the parent dies without
+ *                   closing; with relay, workers' stdout and stderr are
+ *                   pipes this handle reads, so the parent prints their
+ *                   lines whole, e.g. above a progress bar)
  *   h:send(slot, value [, limit [, shm]])
  *                                  -> true [, true: it went through the
  *                                     slot's shared memory (over limit,
  *                                     with shm)]
  *                                   | false, size (over limit: not sent)
  *                                   | nil, message (the worker is gone)
- *   h:poll([timeout_s])            -> list of events:
+ *   h:poll([timeout_s])            -> list of events (empty when a signal
+ *                                    ended the wait early):
  *        {slot, "result", value, via_shm}
  *        {slot, "exit", pid, "code"|"signal", n}
  *        {slot, "bad_result", error}  (a reply that did not decode)
  *        {slot, "spawn_failed", message}
+ *        {slot, "output", 1|2, text}  (relay: complete lines a worker
+ *                                      wrote to stdout or stderr; before
+ *                                      that worker's result)
  *        {0, "zygote_died"}       (once: the pool cannot go on)
  *   h:spawn(slot)                  starts a replacement worker in slot
  *   h:kill(slot)                   has the zygote SIGKILL slot's worker (a
@@ -32,6 +39,7 @@
  * state) is inert there: only the process that created it touches its fds.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -49,6 +57,9 @@
 
 enum { W_FREE, W_LIVE, W_EOF };
 
+/* A relayed line longer than this is passed on in pieces. */
+#define LINE_MAX_RELAY ((size_t)64 << 10)
+
 typedef struct pworker {
   int fd;
   pid_t pid;
@@ -56,6 +67,8 @@ typedef struct pworker {
   int shm;         /* the slot's memfd (pool_shm.c), kept for replacements */
   ps_shm_out down; /* task frames we write */
   ps_shm_in up;    /* replies the worker writes */
+  int out[2];      /* relay: read ends of the worker's stdout and stderr */
+  ps_buf pend[2];  /* relay: a line not finished yet */
 } pworker;
 
 typedef struct pool_h {
@@ -68,6 +81,7 @@ typedef struct pool_h {
   ps_zmsg *later;  /* zygote messages read while waiting for a spawn */
   int nlater, caplater;
   int zdead;       /* the zygote is gone: no spawns, no exit reports */
+  int relay;       /* workers' stdout and stderr come through pipes */
 } pool_h;
 
 /* ---- parent-side fds of live pools (process-wide by nature: they are
@@ -124,15 +138,12 @@ static int check_slot(lua_State *L, pool_h *h, int arg) {
   return (int)s - 1;
 }
 
-static void close_worker_fd(pworker *w) {
-  if (w->fd >= 0) {
-    ps_pool_fds_remove(w->fd);
-    close(w->fd);
+static void close_fd(int *fd) {
+  if (*fd >= 0) {
+    ps_pool_fds_remove(*fd);
+    close(*fd);
   }
-  w->fd = -1;
-  /* Nobody reads the frame left in shared memory any more. */
-  w->down.busy = 0;
-  if (w->down.fd >= 0) ps_shm_out_trim(&w->down);
+  *fd = -1;
 }
 
 /* The slot's shared memory, made once; without it frames go inline. */
@@ -148,41 +159,91 @@ static void open_shm(pworker *w) {
 static void close_shm(pworker *w) {
   ps_shm_out_release(&w->down);
   ps_shm_in_release(&w->up);
-  if (w->shm >= 0) {
-    ps_pool_fds_remove(w->shm);
-    close(w->shm);
-  }
-  w->shm = -1;
+  close_fd(&w->shm);
 }
 
-/* Asks the zygote for a worker in slot s. 0, or an errno. */
+static void close_worker_fd(pworker *w) {
+  close_fd(&w->fd);
+  /* Nobody reads the frame left in shared memory any more. */
+  w->down.busy = 0;
+  if (w->down.fd >= 0) ps_shm_out_trim(&w->down);
+}
+
+static void close_relay(pworker *w) {
+  for (int k = 0; k < 2; k++) {
+    close_fd(&w->out[k]);
+    ps_buf_free(&w->pend[k]);
+  }
+}
+
+/* Two pipes for a worker's stdout and stderr: read ends (non-blocking) in
+ * w->out, write ends in wr. 0, or an errno. */
+static int relay_pipes(pworker *w, int wr[2]) {
+  for (int k = 0; k < 2; k++) {
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) != 0) {
+      int err = errno;
+      if (k == 1) {
+        close(wr[0]);
+        close_fd(&w->out[0]);
+      }
+      return err;
+    }
+    fcntl(p[0], F_SETFL, O_NONBLOCK);
+    w->out[k] = p[0];
+    wr[k] = p[1];
+    ps_pool_fds_add(p[0]);
+  }
+  return 0;
+}
+
+/* Asks the zygote for a worker in slot s (with relay pipes when the pool
+ * relays). 0, or an errno. */
 static int spawn_slot(pool_h *h, int s) {
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
     return errno;
   ps_zmsg m = {PS_Z_SPAWN, s, 0, 0};
+  int fds[4] = {sv[1], -1, -1, -1}, nfds = 1;
   open_shm(&h->w[s]);
-  int fds[2] = {sv[1], h->w[s].shm};
-  int nfds = fds[1] >= 0 ? 2 : 1;
-  char cbuf[CMSG_SPACE(sizeof fds)];
+  if (h->w[s].shm >= 0) {
+    fds[nfds++] = h->w[s].shm;
+    m.status |= PS_SPAWN_SHM;
+  }
+  int relay_at = nfds;   /* the relay pipes start here */
+  if (h->relay) {
+    close_relay(&h->w[s]);
+    int err = relay_pipes(&h->w[s], fds + nfds);
+    if (err) {
+      close(sv[0]);
+      close(sv[1]);
+      return err;
+    }
+    nfds += 2;
+    m.status |= PS_SPAWN_RELAY;
+  }
+  char cbuf[CMSG_SPACE(4 * sizeof(int))];
   memset(cbuf, 0, sizeof cbuf);
   struct iovec iov = {&m, sizeof m};
   struct msghdr msg = {0};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
   msg.msg_control = cbuf;
-  msg.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
+  msg.msg_controllen = CMSG_SPACE((size_t)nfds * sizeof(int));
   struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
   c->cmsg_level = SOL_SOCKET;
   c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(nfds * sizeof(int));
-  memcpy(CMSG_DATA(c), fds, nfds * sizeof(int));
+  c->cmsg_len = CMSG_LEN((size_t)nfds * sizeof(int));
+  memcpy(CMSG_DATA(c), fds, (size_t)nfds * sizeof(int));
   ssize_t r;
   do r = sendmsg(h->ctl, &msg, MSG_NOSIGNAL); while (r < 0 && errno == EINTR);
   int err = r < 0 ? errno : 0;
-  close(sv[1]);
+  /* The zygote has them; the memfd stays ours for replacements. */
+  close(fds[0]);
+  for (int i = relay_at; i < nfds; i++) close(fds[i]);
   if (err) {
     close(sv[0]);
+    close_relay(&h->w[s]);
     return err;
   }
   h->w[s].fd = sv[0];
@@ -221,6 +282,7 @@ static int await_spawn(pool_h *h, int s) {
     }
     if (m.type == PS_Z_SPAWN_FAILED && m.slot == s) {
       close_worker_fd(&h->w[s]);
+      close_relay(&h->w[s]);
       h->w[s].state = W_FREE;
       return m.status ? m.status : EAGAIN;
     }
@@ -252,6 +314,67 @@ static void append(lua_State *L, int list, int *nev) {
   lua_rawseti(L, list, ++*nev);
 }
 
+/* Pushes an output event for slot s with text. */
+static void push_output(lua_State *L, int s, int k, const char *text,
+                        size_t len, int list, int *nev) {
+  lua_createtable(L, 4, 0);
+  lua_pushinteger(L, s + 1);
+  lua_rawseti(L, -2, 1);
+  lua_pushliteral(L, "output");
+  lua_rawseti(L, -2, 2);
+  lua_pushinteger(L, k + 1);
+  lua_rawseti(L, -2, 3);
+  lua_pushlstring(L, text, len);
+  lua_rawseti(L, -2, 4);
+  append(L, list, nev);
+}
+
+/*
+ * Reads what worker s wrote to its relayed stdout (k = 0) or stderr
+ * (k = 1) without blocking, and pushes its complete lines as one event.
+ * At the end (the pipe's end of file, or done: the worker is gone) the
+ * unfinished line too, with a newline, and the pipe is closed; a
+ * process the worker left behind cannot hold the pool up.
+ */
+static void read_output(lua_State *L, pool_h *h, int s, int k, int done,
+                        int list, int *nev) {
+  pworker *w = &h->w[s];
+  ps_buf *b = &w->pend[k];
+  int eof = 0;
+  while (w->out[k] >= 0) {
+    if (ps_buf_reserve(b, 4096) != 0) break;
+    ssize_t r = read(w->out[k], b->data + b->len, b->cap - b->len);
+    if (r > 0) {
+      b->len += (size_t)r;
+      if (b->len >= LINE_MAX_RELAY) break;
+      continue;
+    }
+    if (r < 0 && errno == EINTR) continue;
+    eof = r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK);
+    break;
+  }
+  size_t whole = b->len;
+  while (whole > 0 && b->data[whole - 1] != '\n') whole--;
+  if (whole == 0 && b->len >= LINE_MAX_RELAY) whole = b->len;
+  if (eof || done) {
+    if (b->len > whole && ps_buf_append(b, "\n", 1) == 0) whole = b->len;
+    close_fd(&w->out[k]);
+  }
+  if (whole > 0) {
+    push_output(L, s, k, b->data, whole, list, nev);
+    memmove(b->data, b->data + whole, b->len - whole);
+    b->len -= whole;
+  }
+  if (w->out[k] < 0) ps_buf_free(b);
+}
+
+/* Relays what worker s wrote so far (done: all of it, it is gone). */
+static void drain_output(lua_State *L, pool_h *h, int s, int done, int list,
+                         int *nev) {
+  for (int k = 0; k < 2; k++)
+    if (h->w[s].out[k] >= 0) read_output(L, h, s, k, done, list, nev);
+}
+
 typedef struct frame_ref {
   const char *p;
   size_t len;
@@ -268,6 +391,7 @@ static int decode_frame(lua_State *L) {
  * event for its task alone: raising here would drop the other events. */
 static int read_result(lua_State *L, pool_h *h, int s, int list, int *nev) {
   pworker *w = &h->w[s];
+  drain_output(L, h, s, 0, list, nev);   /* what it printed comes first */
   size_t shm_len;
   if (ps_frame_recv(w->fd, &h->buf, &shm_len) != 0) {
     close_worker_fd(w);
@@ -344,6 +468,7 @@ static void read_ctl(lua_State *L, pool_h *h, int list, int *nev) {
       h->w[m.slot].pid = m.pid;
     } else if (m.type == PS_Z_SPAWN_FAILED && m.slot >= 0 && m.slot < h->n) {
       close_worker_fd(&h->w[m.slot]);
+      close_relay(&h->w[m.slot]);
       h->w[m.slot].state = W_FREE;
       lua_createtable(L, 3, 0);
       lua_pushinteger(L, m.slot + 1);
@@ -358,6 +483,7 @@ static void read_ctl(lua_State *L, pool_h *h, int list, int *nev) {
       if (s < 0) continue;
       /* A result written just before dying is still delivered. */
       while (h->w[s].state == W_LIVE && read_result(L, h, s, list, nev)) {}
+      drain_output(L, h, s, 1, list, nev);
       close_worker_fd(&h->w[s]);
       h->w[s].state = W_FREE;
       h->w[s].pid = 0;
@@ -374,6 +500,7 @@ static int pool_start(lua_State *L) {
   luaL_argcheck(L, n >= 1 && n <= MAXSLOTS, 1, "worker count out of range");
   luaL_checktype(L, 2, LUA_TFUNCTION);
   const char *dir = luaL_optstring(L, 3, NULL);
+  int relay = lua_toboolean(L, 4);
   lua_settop(L, 3);
   pool_h *h = lua_newuserdatauv(L, sizeof *h, 0);
   memset(h, 0, sizeof *h);
@@ -384,8 +511,11 @@ static int pool_start(lua_State *L) {
   if (h->w == NULL)
     return ps_error_raise(L, PS_EPOOL, NULL, "out of memory");
   h->n = (int)n;
+  h->relay = relay;
   for (int s = 0; s < h->n; s++) {
-    h->w[s].fd = -1;
+    h->w[s].fd = h->w[s].out[0] = h->w[s].out[1] = -1;
+    ps_buf_init(&h->w[s].pend[0]);
+    ps_buf_init(&h->w[s].pend[1]);
     h->w[s].shm = -1;
     ps_shm_out_init(&h->w[s].down, -1, 0);
     ps_shm_in_init(&h->w[s].up, -1, 1);
@@ -504,9 +634,10 @@ static int pool_poll(lua_State *L) {
   int stackslots[16];
   struct pollfd *fds = stackfds;
   int *slot_of = stackslots;
-  if (h->n + 1 > 16) {
+  int per = h->relay ? 3 : 1;   /* fds per worker */
+  if (per * h->n + 1 > 16) {
     /* a userdata, so that a raise below cannot leak it */
-    size_t m = (size_t)h->n + 1;
+    size_t m = (size_t)(per * h->n) + 1;
     fds = lua_newuserdatauv(L, m * (sizeof *fds + sizeof *slot_of), 0);
     lua_replace(L, 2);
     slot_of = (int *)(fds + m);
@@ -521,17 +652,29 @@ static int pool_poll(lua_State *L) {
       fds[nfds].events = POLLIN;
       slot_of[nfds++] = s;
     }
+  int nsock = nfds;   /* then the relay pipes: slot_of is -2 - slot */
+  for (int s = 0; s < h->n; s++)
+    for (int k = 0; k < 2; k++)
+      if (h->w[s].out[k] >= 0) {
+        fds[nfds].fd = h->w[s].out[k];
+        fds[nfds].events = POLLIN;
+        slot_of[nfds++] = -2 - s;
+      }
   lua_newtable(L);
   int list = lua_gettop(L);
   int nev = 0;
   int r;
   if (h->nlater > 0) timeout = 0;
   r = timeout != 0 ? ps_poll_spin(fds, (nfds_t)nfds) : 0;
-  if (r == 0)
-    do r = poll(fds, (nfds_t)nfds, timeout); while (r < 0 && errno == EINTR);
+  if (r == 0) r = poll(fds, (nfds_t)nfds, timeout);
+  /* A signal ends the wait with no event: the caller's Lua loop runs again,
+   * so a host's SIGINT hook (lua.c's "interrupted!") gets its chance. */
+  if (r < 0 && errno == EINTR) r = 0;
   if (r < 0)
     return ps_error_raise(L, PS_EPOOL, NULL, "poll: %s", strerror(errno));
-  for (int i = 1; i < nfds && r > 0; i++) {
+  for (int i = nsock; i < nfds && r > 0; i++)
+    if (fds[i].revents) drain_output(L, h, -2 - slot_of[i], 0, list, &nev);
+  for (int i = 1; i < nsock && r > 0; i++) {
     int s = slot_of[i];
     if (fds[i].revents && h->w[s].state == W_LIVE)
       read_result(L, h, s, list, &nev);
@@ -559,6 +702,7 @@ static void close_handle(pool_h *h, int kill) {
     for (int s = 0; s < h->n; s++) {
       close_worker_fd(&h->w[s]);
       close_shm(&h->w[s]);
+      close_relay(&h->w[s]);
     }
     if (h->ctl >= 0) {
       ps_zmsg m = {kill ? PS_Z_KILL : PS_Z_DRAIN, 0, 0, 0};
@@ -572,6 +716,10 @@ static void close_handle(pool_h *h, int kill) {
   h->owner = 0;
   h->ctl = -1;
   h->zpid = 0;
+  for (int s = 0; s < h->n; s++) {   /* a forked copy's buffers too */
+    ps_buf_free(&h->w[s].pend[0]);
+    ps_buf_free(&h->w[s].pend[1]);
+  }
   free(h->w);
   h->w = NULL;
   free(h->later);

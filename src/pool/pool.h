@@ -110,15 +110,22 @@ typedef struct ps_zmsg {
   int32_t type;
   int32_t slot;
   int32_t pid;
-  int32_t status;    /* wait status, or errno for SPAWN_FAILED */
+  int32_t status;    /* wait status, or errno for SPAWN_FAILED, or for
+                        SPAWN the PS_SPAWN_* flags of the passed fds */
 } ps_zmsg;
+
+/* Which fds a PS_Z_SPAWN passes after the worker's socket, in this order. */
+enum {
+  PS_SPAWN_SHM = 1,    /* the slot's memfd */
+  PS_SPAWN_RELAY = 2   /* the write ends of its stdout and stderr pipes */
+};
 
 /*
  * Runs the zygote in the freshly forked child: serves ctl until the parent
  * closes it, forking workers that call the Lua function at fn_idx with a
  * channel; removes dir (when not NULL) on the way out. Never returns.
- * A PS_Z_SPAWN message carries the worker's socket and, when the slot has
- * one, its memfd (SCM_RIGHTS).
+ * A PS_Z_SPAWN message carries the worker's socket, then (SCM_RIGHTS, as
+ * its status flags say) the slot's memfd and the relay pipes.
  */
 void ps_zygote_run(lua_State *L, int ctl, int fn_idx, const char *dir);
 /* rm -rf dir (no symlinks followed). 0, or -1. */

@@ -152,7 +152,13 @@ void ps_channel_push(lua_State *L, int fd, int shm) {
   ps_shm_out_init(&c->up, shm, 1);
 }
 
-/* chan:recv() -> value, or nothing when the parent has closed the pool. */
+/* The parent's end is gone (it closed the pool or died). */
+static int parent_gone(int err) {
+  return err == EPIPE || err == ECONNRESET;
+}
+
+/* chan:recv() -> value, or nothing when the parent has closed the pool or
+ * is gone. */
 static int channel_recv(lua_State *L) {
   channel *c = check_channel(L);
   if (c->fd < 0) return 0;
@@ -160,7 +166,7 @@ static int channel_recv(lua_State *L) {
   ps_poll_spin(&pfd, 1);   /* the next task often follows at once */
   size_t shm_len;
   int r = ps_frame_recv(c->fd, &c->buf, &shm_len);
-  if (r == 1) return 0;
+  if (r == 1 || (r < 0 && parent_gone(errno))) return 0;
   /* A new task: the parent has read our last reply. */
   c->up.busy = 0;
   ps_shm_out_trim(&c->up);
@@ -184,7 +190,9 @@ static int channel_recv(lua_State *L) {
  * chan:send(v [, limit [, shm]]) -> true [, true when it went through
  * shared memory]; or false, size without sending when the encoding is
  * larger than limit and shm is false or there is no shared memory (the
- * caller then proxies parts of it).
+ * caller then proxies parts of it). When the parent is gone it raises kind
+ * "closed", which ends the worker quietly: nobody is left to read what it
+ * would say.
  */
 static int channel_send(lua_State *L) {
   channel *c = check_channel(L);
@@ -192,7 +200,7 @@ static int channel_send(lua_State *L) {
   lua_Integer limit = luaL_optinteger(L, 3, -1);
   int shm = lua_toboolean(L, 4);
   if (c->fd < 0)
-    return ps_error_raise(L, PS_EPOOL, NULL, "worker: channel closed");
+    return ps_error_raise(L, PS_ECLOSED, NULL, "worker: channel closed");
   /* Encoded straight into the shared half when it is free. */
   ps_buf *b = c->up.fd >= 0 && !c->up.busy ? &c->up.buf : &c->buf;
   size_t n = ps_frame_encode(L, 2, b);
@@ -206,9 +214,17 @@ static int channel_send(lua_State *L) {
     via_shm = 1;
   }
   int r = via_shm ? ps_frame_send_shm(c->fd, b) : ps_frame_send(c->fd, b);
-  if (r != 0)
+  if (r != 0) {
+    int err = errno;
+    if (b == &c->buf) ps_frame_trim(b);
+    if (parent_gone(err)) {
+      close(c->fd);
+      c->fd = -1;
+      return ps_error_raise(L, PS_ECLOSED, NULL, "worker: the pool is gone");
+    }
     return ps_error_raise(L, PS_EPOOL, NULL, "worker: sending a result: %s",
-                          strerror(errno));
+                          strerror(err));
+  }
   if (via_shm) c->up.busy = 1;
   else if (b == &c->buf) ps_frame_trim(b);
   lua_pushboolean(L, 1);

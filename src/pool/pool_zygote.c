@@ -17,6 +17,9 @@
  * vanished (os.exit, a crash) nobody will read what workers make, so it
  * kills them at once. Then it reaps them all, removes the pool's private
  * store directory and exits: no orphans, no zombies, no files left behind.
+ * SIGTERM or SIGHUP (timeout(1), a closed terminal, kill -- -PGID: often
+ * the whole process group at once) end it the same way, so the directory
+ * goes even when the parent died of the same signal.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -40,7 +43,7 @@
 
 typedef struct zygote {
   int ctl;
-  int sfd;              /* signalfd for SIGCHLD */
+  int sfd;              /* signalfd for SIGCHLD, SIGTERM and SIGHUP */
   pid_t kids[MAXKIDS];  /* live workers, 0 for a free entry */
 } zygote;
 
@@ -56,10 +59,20 @@ static void die_with_parent(pid_t parent) {
   if (getppid() != parent) _exit(1);
 }
 
+/* shm: the slot's memfd, or -1; out: the relay pipes for stdout and
+ * stderr, or -1. */
 static void become_worker(lua_State *L, zygote *z, int fd, int shm,
-                          int fn_idx, pid_t zpid) {
+                          const int out[2], int fn_idx, pid_t zpid) {
   close(z->ctl);
   close(z->sfd);
+  if (out[0] >= 0) {
+    fflush(NULL);
+    dup2(out[0], 1);
+    dup2(out[1], 2);
+    close(out[0]);
+    close(out[1]);
+    setvbuf(stdout, NULL, _IOLBF, 0);   /* lines reach the parent whole */
+  }
   sigset_t all;
   sigemptyset(&all);
   sigprocmask(SIG_SETMASK, &all, NULL);
@@ -69,7 +82,10 @@ static void become_worker(lua_State *L, zygote *z, int fd, int shm,
   lua_pushvalue(L, fn_idx);
   ps_channel_push(L, fd, shm);
   int status = lua_pcall(L, 1, 0, 0);
-  if (status != LUA_OK) {
+  const char *kind = status == LUA_OK ? NULL : ps_error_kind(L, -1);
+  if (kind && strcmp(kind, PS_ECLOSED) == 0) {
+    status = LUA_OK;   /* the parent is gone: nobody to tell */
+  } else if (status != LUA_OK) {
     const char *msg = luaL_tolstring(L, -1, NULL);
     fprintf(stderr, "proxystore: worker %d: %s\n", (int)getpid(), msg);
   }
@@ -92,10 +108,13 @@ static int nkids(const zygote *z) {
   return n;
 }
 
-/* Reaps every finished worker and reports it (unless the parent is gone). */
-static void reap(zygote *z, int report) {
+/* Reaps every finished worker and reports it (unless the parent is gone).
+ * Returns 1 when SIGTERM or SIGHUP arrived. */
+static int reap(zygote *z, int report) {
   struct signalfd_siginfo si;
-  while (read(z->sfd, &si, sizeof si) > 0) {}
+  int stop = 0;
+  while (read(z->sfd, &si, sizeof si) > 0)
+    if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGHUP) stop = 1;
   for (;;) {
     int status;
     pid_t pid = waitpid(-1, &status, WNOHANG);
@@ -104,6 +123,7 @@ static void reap(zygote *z, int report) {
       if (z->kids[i] == pid) z->kids[i] = 0;
     if (report) zsend(z->ctl, PS_Z_EXITED, -1, pid, status);
   }
+  return stop;
 }
 
 static void kill_all(zygote *z) {
@@ -118,14 +138,16 @@ static void kill_one(zygote *z, pid_t pid) {
     if (pid > 0 && z->kids[i] == pid) kill(pid, SIGKILL);
 }
 
-static void spawn(lua_State *L, zygote *z, int fd, int shm, int slot,
-                  int fn_idx) {
+static void spawn(lua_State *L, zygote *z, int fd, int shm, const int out[2],
+                  int slot, int fn_idx) {
   pid_t zpid = getpid();
   pid_t pid = fork();
-  if (pid == 0) become_worker(L, z, fd, shm, fn_idx, zpid);
+  if (pid == 0) become_worker(L, z, fd, shm, out, fn_idx, zpid);
   int err = errno;
   close(fd);
   if (shm >= 0) close(shm);
+  if (out[0] >= 0) close(out[0]);
+  if (out[1] >= 0) close(out[1]);
   if (pid < 0 || add_kid(z, pid) != 0) {
     if (pid > 0) kill(pid, SIGKILL);
     zsend(z->ctl, PS_Z_SPAWN_FAILED, slot, 0, pid < 0 ? err : EAGAIN);
@@ -137,8 +159,7 @@ static void spawn(lua_State *L, zygote *z, int fd, int shm, int slot,
 /* One message from the parent; 0 when the parent has closed. */
 static int serve(lua_State *L, zygote *z, int fn_idx, int *draining) {
   ps_zmsg m;
-  int fds[2] = {-1, -1};
-  char cbuf[CMSG_SPACE(sizeof fds)];
+  char cbuf[CMSG_SPACE(4 * sizeof(int))];
   struct iovec iov = {&m, sizeof m};
   struct msghdr h = {0};
   h.msg_iov = &iov;
@@ -148,22 +169,38 @@ static int serve(lua_State *L, zygote *z, int fn_idx, int *draining) {
   ssize_t n = recvmsg(z->ctl, &h, MSG_CMSG_CLOEXEC);
   if (n < 0) return errno == EINTR || errno == EAGAIN;
   if (n == 0) return 0;
+  /* the worker's socket, then as m.status says its memfd and the write
+   * ends of its relayed stdout and stderr */
+  int got[4] = {-1, -1, -1, -1};
+  size_t ngot = 0;
   struct cmsghdr *c = CMSG_FIRSTHDR(&h);
   if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-    size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    memcpy(fds, CMSG_DATA(c), (k < 2 ? k : 2) * sizeof(int));
+    ngot = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    if (ngot > 4) ngot = 4;
+    memcpy(got, CMSG_DATA(c), ngot * sizeof(int));
   }
-  int fd = fds[0], shm = fds[1];
-  if ((size_t)n != sizeof m) {
-    if (fd >= 0) close(fd);
-    if (shm >= 0) close(shm);
+  size_t want = 1;
+  if (m.type == PS_Z_SPAWN) {
+    if (m.status & PS_SPAWN_SHM) want += 1;
+    if (m.status & PS_SPAWN_RELAY) want += 2;
+  }
+  int fd = got[0], shm = -1, out[2] = {-1, -1};
+  if ((size_t)n != sizeof m || (m.type == PS_Z_SPAWN && ngot != want)) {
+    for (size_t i = 0; i < ngot; i++) close(got[i]);
     return 1;
   }
+  if (m.type == PS_Z_SPAWN) {
+    int k = 1;
+    if (m.status & PS_SPAWN_SHM) shm = got[k++];
+    if (m.status & PS_SPAWN_RELAY) {
+      out[0] = got[k++];
+      out[1] = got[k++];
+    }
+  }
   if (m.type == PS_Z_SPAWN && fd >= 0) {
-    spawn(L, z, fd, shm, m.slot, fn_idx);
+    spawn(L, z, fd, shm, out, m.slot, fn_idx);
   } else {
-    if (fd >= 0) close(fd);
-    if (shm >= 0) close(shm);
+    for (size_t i = 0; i < ngot; i++) close(got[i]);
     if (m.type == PS_Z_KILL) kill_all(z);
     if (m.type == PS_Z_KILL_ONE) kill_one(z, m.pid);
     if (m.type == PS_Z_DRAIN) *draining = 1;
@@ -195,12 +232,14 @@ void ps_zygote_run(lua_State *L, int ctl, int fn_idx, const char *dir) {
   static zygote z;  /* this process is the zygote and nothing else */
   memset(&z, 0, sizeof z);
   z.ctl = ctl;
-  sigset_t chld;
-  sigemptyset(&chld);
-  sigaddset(&chld, SIGCHLD);
-  sigprocmask(SIG_BLOCK, &chld, NULL);
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGCHLD);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGHUP);
+  sigprocmask(SIG_BLOCK, &sigs, NULL);
   signal(SIGINT, SIG_IGN);  /* the parent decides; workers take ^C */
-  z.sfd = signalfd(-1, &chld, SFD_NONBLOCK | SFD_CLOEXEC);
+  z.sfd = signalfd(-1, &sigs, SFD_NONBLOCK | SFD_CLOEXEC);
   if (z.sfd < 0) _exit(1);
   int devnull = open("/dev/null", O_RDONLY);
   if (devnull >= 0) {
@@ -224,7 +263,11 @@ void ps_zygote_run(lua_State *L, int ctl, int fn_idx, const char *dir) {
     }
     int r = poll(p, open_ctl ? 2 : 1, timeout);
     if (r < 0 && errno != EINTR) break;
-    if (p[0].revents) reap(&z, open_ctl);
+    if (p[0].revents && reap(&z, open_ctl) && open_ctl) {
+      open_ctl = 0;       /* as if the parent had vanished */
+      deadline = now_ms();
+      continue;
+    }
     if (open_ctl && p[1].revents) {
       if (!serve(L, &z, fn_idx, &draining)) {
         open_ctl = 0;

@@ -3,7 +3,7 @@
  * and resolution, for proxies.
  *
  * A store is a userdata over either the in-process "local" table (objects
- * kept by reference, as the seed's local backend did) or a byte backend
+ * kept by reference, as ProxyStore's local backend does) or a byte backend
  * (backend.h). For byte backends this file owns serializer dispatch, the
  * per-process LRU cache of deserialized objects, strict version checks,
  * evict-on-resolve and metrics; the backend only moves bytes.
@@ -46,7 +46,7 @@ void ps_store_record(ps_store *s, int op, double t0, size_t bytes) {
 }
 
 ps_store *ps_store_check(lua_State *L, int idx) {
-  return luaL_checkudata(L, idx, STORE_MT);
+  return ps_checkudata(L, idx, STORE_MT);
 }
 
 int ps_store_is_open(lua_State *L, int idx) {
@@ -70,13 +70,24 @@ ps_store *ps_store_check_open(lua_State *L, int idx) {
   return s;
 }
 
-/* Keys are user input: a bad one is a config error, never a crash. */
+/* Keys are user input: a bad one is a config error, never a crash. A
+ * number is taken as its string, as Lua's string arguments are. */
 const char *ps_store_check_key(lua_State *L, int idx, size_t *len) {
-  if (lua_type(L, idx) != LUA_TSTRING)
+  if (lua_type(L, idx) != LUA_TSTRING && lua_type(L, idx) != LUA_TNUMBER)
     ps_error_raise(L, PS_ECONFIG, NULL, "a key must be a string, got %s",
                    luaL_typename(L, idx));
   const char *k = lua_tolstring(L, idx, len);
   if (*len == 0) ps_error_raise(L, PS_ECONFIG, NULL, "a key must not be empty");
+  return k;
+}
+
+const char *ps_store_check_key_arg(lua_State *L, int arg, int proxy_ok,
+                                   size_t *len) {
+  if (proxy_ok && ps_proxy_push_key(L, arg)) lua_replace(L, arg);
+  if (lua_type(L, arg) != LUA_TSTRING && lua_type(L, arg) != LUA_TNUMBER)
+    ps_typeerror(L, arg, "string");
+  const char *k = lua_tolstring(L, arg, len);
+  if (*len == 0) ps_argerror(L, arg, "a key must not be empty");
   return k;
 }
 
@@ -87,6 +98,12 @@ static const char *address(ps_store *s) {
 /* Raises the error a backend reported (err already released everything). */
 int ps_store_raise_backend(lua_State *L, int sidx, ps_store *s,
                          const ps_berr *err, const char *key, size_t klen) {
+  return ps_store_raise_backend_at(L, sidx, err, key, klen, address(s));
+}
+
+int ps_store_raise_backend_at(lua_State *L, int sidx, const ps_berr *err,
+                              const char *key, size_t klen,
+                              const char *addr) {
   static const char *const kinds[] = {
     [PS_BNOTFOUND] = PS_EMISSING_KEY, [PS_BCONN] = PS_ECONNECTION,
     [PS_BTIMEOUT] = PS_ETIMEOUT,      [PS_BPROTO] = PS_ESTORE,
@@ -98,7 +115,7 @@ int ps_store_raise_backend(lua_State *L, int sidx, ps_store *s,
   const char *name = ps_store_name(L, sidx);
   return ps_error_raise(L, kind,
                         &(ps_errctx){.key = key, .keylen = klen,
-                                     .store = name, .address = address(s)},
+                                     .store = name, .address = addr},
                         "store '%s': %s", name,
                         err->msg[0] ? err->msg : "backend error");
 }
@@ -327,6 +344,10 @@ void ps_store_resolve_ex(lua_State *L, int sidx, int kidx, unsigned flags,
 
 void ps_store_resolve(lua_State *L, int sidx, int kidx, unsigned flags) {
   ps_store_resolve_ex(L, sidx, kidx, flags, 0, NULL);
+}
+
+int ps_prefetch_slot_done(ps_prefetch_slot *slot) {
+  return *slot != NULL && ps_prefetch_done(*slot);
 }
 
 void ps_prefetch_slot_free(ps_prefetch_slot *slot) {

@@ -58,8 +58,16 @@ void ps_store_record(ps_store *s, int op, double t0, size_t bytes);
 const char *ps_store_name(lua_State *L, int sidx);
 ps_store *ps_store_check_open(lua_State *L, int idx);
 const char *ps_store_check_key(lua_State *L, int idx, size_t *len);
+/* A key argument: a non-empty string, or (proxy_ok) a store proxy, whose
+ * key replaces it on the stack. Errors read as lauxlib's argument errors. */
+const char *ps_store_check_key_arg(lua_State *L, int arg, int proxy_ok,
+                                   size_t *len);
 int ps_store_raise_backend(lua_State *L, int sidx, ps_store *s,
                            const ps_berr *err, const char *key, size_t klen);
+/* The same with the address given (a backend that failed to open). */
+int ps_store_raise_backend_at(lua_State *L, int sidx, const ps_berr *err,
+                              const char *key, size_t klen,
+                              const char *addr);
 void ps_store_cache_drop(lua_State *L, int sidx, ps_store *s, const char *key,
                          size_t klen);
 void ps_store_cache_add(lua_State *L, int sidx, ps_store *s, const char *key,

@@ -27,7 +27,7 @@ static lua_Integer batch_len(lua_State *L, int idx) {
  */
 static int put_batch(lua_State *L, int make_proxies) {
   ps_store *s = ps_store_check_open(L, 1);
-  luaL_checktype(L, 2, LUA_TTABLE);
+  ps_checktype(L, 2, LUA_TTABLE);
   int opts = ps_store_opt_table(L, 3);
   lua_settop(L, 3);
   lua_Integer n = batch_len(L, 2);
@@ -102,7 +102,7 @@ int ps_store_proxy_batch(lua_State *L) { return put_batch(L, 1); }
 /* get_batch(keys): values in order (nil where absent), with field n. */
 int ps_store_get_batch(lua_State *L) {
   ps_store *s = ps_store_check_open(L, 1);
-  luaL_checktype(L, 2, LUA_TTABLE);
+  ps_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
   lua_Integer n = batch_len(L, 2);
   /* Keys are copied to a private table (3) first: the backend keeps

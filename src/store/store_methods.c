@@ -27,7 +27,7 @@ static int push_put_key(lua_State *L, int opts) {
 
 int ps_store_opt_table(lua_State *L, int idx) {
   if (lua_isnoneornil(L, idx)) return 0;
-  luaL_checktype(L, idx, LUA_TTABLE);
+  ps_checktype(L, idx, LUA_TTABLE);
   return idx;
 }
 
@@ -52,7 +52,7 @@ unsigned ps_store_proxy_flags(lua_State *L, int opts) {
 
 static int store_put(lua_State *L) {
   ps_store *s = ps_store_check_open(L, 1);
-  luaL_checkany(L, 2);
+  ps_checkany(L, 2);
   int opts = ps_store_opt_table(L, 3);
   lua_settop(L, 3);
   int k = push_put_key(L, opts);
@@ -64,7 +64,7 @@ static int store_put(lua_State *L) {
 static int store_get(lua_State *L) {
   ps_store *s = ps_store_check_open(L, 1);
   size_t klen;
-  ps_store_check_key(L, 2, &klen);
+  ps_store_check_key_arg(L, 2, 1, &klen);
   lua_settop(L, 3);
   if (!ps_store_do_get(L, 1, s, 2, 0, 0, NULL)) lua_pushvalue(L, 3);
   return 1;
@@ -73,7 +73,7 @@ static int store_get(lua_State *L) {
 static int store_exists(lua_State *L) {
   ps_store *s = ps_store_check_open(L, 1);
   size_t klen;
-  const char *key = ps_store_check_key(L, 2, &klen);
+  const char *key = ps_store_check_key_arg(L, 2, 1, &klen);
   double t0 = s->ops ? ps_store_now() : 0;
   int found;
   if (s->ops == NULL) {
@@ -93,7 +93,7 @@ static int store_exists(lua_State *L) {
 static int store_evict(lua_State *L) {
   ps_store *s = ps_store_check_open(L, 1);
   size_t klen;
-  ps_store_check_key(L, 2, &klen);
+  ps_store_check_key_arg(L, 2, 1, &klen);
   ps_store_do_evict(L, 1, s, 2);
   return 0;
 }
@@ -102,13 +102,16 @@ static int store_evict(lua_State *L) {
 static void set_proxy_deserializer(lua_State *L, int opts) {
   int d = ps_store_opt_field(L, opts, "deserializer");
   if (d == 0) return;
-  luaL_argexpected(L, lua_isfunction(L, d), opts, "deserializer function");
+  if (!lua_isfunction(L, d))
+    ps_error_raise(L, PS_ECONFIG, NULL,
+                   "option 'deserializer' must be a function, got %s",
+                   luaL_typename(L, d));
   lua_setiuservalue(L, -2, 1);
 }
 
 static int store_proxy(lua_State *L) {
   ps_store *s = ps_store_check_open(L, 1);
-  luaL_checkany(L, 2);
+  ps_checkany(L, 2);
   int opts = ps_store_opt_table(L, 3);
   lua_settop(L, 3);
   int k = push_put_key(L, opts);
@@ -121,7 +124,7 @@ static int store_proxy(lua_State *L) {
 static int store_proxy_from_key(lua_State *L) {
   ps_store_check_open(L, 1);
   size_t klen;
-  ps_store_check_key(L, 2, &klen);
+  ps_store_check_key_arg(L, 2, 0, &klen);
   int opts = ps_store_opt_table(L, 3);
   lua_settop(L, 3);
   ps_proxy_push_store_ref(L, 1, 2, ps_store_proxy_flags(L, opts));
@@ -236,7 +239,7 @@ static int store_close(lua_State *L) {
 }
 
 static int store_gc(lua_State *L) {
-  release(luaL_checkudata(L, 1, STORE_MT));
+  release(ps_checkudata(L, 1, STORE_MT));
   return 0;
 }
 

@@ -248,6 +248,17 @@ static lua_Integer cfg_int(lua_State *L, int cfg, const char *field,
   return v;
 }
 
+/* Pushes the address a backend reports once open (see redis_conn.c and
+ * backend_file.c), for the error of one that could not open. */
+static const char *push_config_address(lua_State *L, const char *kind,
+                                       const ps_bconfig *b) {
+  if (strcmp(kind, "file") == 0 || b->path)
+    return lua_pushstring(L, strcmp(kind, "file") == 0 ? b->dir : b->path);
+  const char *host = b->host ? b->host : "127.0.0.1";
+  return lua_pushfstring(L, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host,
+                         b->port);
+}
+
 /*
  * The seeds of a Redis Cluster, cfg.cluster = {"host:port", ...}, joined
  * by ',' into s->cluster (NULL when absent). Configs may come from another
@@ -364,7 +375,8 @@ static int l_new_store(lua_State *L) {
     ps_berr err = {0, ""};
     s->ctx = ops->open(b, &err);
     if (s->ctx == NULL)
-      return ps_store_raise_backend(L, 4, s, &err, NULL, 0);
+      return ps_store_raise_backend_at(L, 4, &err, NULL, 0,
+                                       push_config_address(L, kind, b));
     s->ops = ops;
   }
   s->open = 1;
@@ -376,7 +388,8 @@ static int l_new_store(lua_State *L) {
 }
 
 static int l_get_store(lua_State *L) {
-  ps_store_lookup(L, luaL_checkstring(L, 1));
+  if (lua_type(L, 1) != LUA_TSTRING) ps_typeerror(L, 1, "string");
+  ps_store_lookup(L, lua_tostring(L, 1));
   return 1;
 }
 
