@@ -16,7 +16,8 @@
 
 local ps = require "proxystore"
 
-local cluster = type(...) == "table" and ... or nil
+local first = ...   -- nothing when run with no arguments
+local cluster = type(first) == "table" and first or nil
 local args = cluster and cluster.args or arg or {}
 local ndocs = math.tointeger(tonumber(args[1] or "") or 16)
 local nwords = math.tointeger(tonumber(args[2] or "") or 50000)

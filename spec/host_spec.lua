@@ -584,6 +584,13 @@ describe("proxystore host binary", function()
       assert.matches("3%. and%s+%d+", out)
     end
 
+    it("runs with no arguments, as make demo runs it", function()
+      local code, out, err = run("--workers 2 examples/mapreduce.lua")
+      assert.equal(0, code, err)
+      assert.matches("generated 16 documents", out, 1, true)
+      assert.matches("10%. %a+%s+%d+", out)
+    end)
+
     it("runs with the default private store", function()
       local code, out, err = run("--workers 2 examples/mapreduce.lua 6 2000 3")
       assert.equal(0, code, err)
