@@ -13,6 +13,8 @@ local function alive(pid)
   if not f then return false end
   local stat = f:read("a")
   f:close()
+  -- reaped between the open and the read: the read fails, and it is gone
+  if not stat then return false end
   -- a zombie is not alive, but it is left behind: count it
   return true, stat:match("^%d+ %b() (%a)")
 end

@@ -20,13 +20,14 @@ local function raises(kind, fn, ...)
   return err
 end
 
--- Running, not a zombie.
+-- Running, not a zombie (a process reaped between the open and the read
+-- makes the read fail: gone).
 local function alive(pid)
   local f = io.open("/proc/" .. pid .. "/stat")
   if not f then return false end
   local st = f:read("a")
   f:close()
-  local state = st:match("^%d+ %b() (%a)")
+  local state = st and st:match("^%d+ %b() (%a)")
   return state ~= nil and state ~= "Z" and state ~= "X"
 end
 
