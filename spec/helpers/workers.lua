@@ -62,12 +62,15 @@ local Worker = {}
 Worker.__index = Worker
 
 -- opts: queue, workers, secret (written to a 0600 file), secret_env (put
--- in PROXYSTORE_SECRET instead), args (more shell words), url.
+-- in PROXYSTORE_SECRET instead), args (more shell words), url (default:
+-- srv's, with a 30 s timeout).
 function M.start(srv, opts)
   opts = opts or {}
   local dir = shell.tempdir("worker")
   local self = setmetatable({ dir = dir, logfile = dir .. "/log" }, Worker)
-  local args = { q(opts.url or ("redis://127.0.0.1:" .. srv.port)) }
+  -- a generous timeout: on a loaded machine a call may take seconds, and
+  -- a worker logs each call that timed out ("lost ...; retrying")
+  local args = { q(opts.url or ("redis://127.0.0.1:" .. srv.port .. "?timeout=30")) }
   if opts.queue then args[#args + 1] = "--queue " .. q(opts.queue) end
   if opts.workers then args[#args + 1] = "--workers " .. opts.workers end
   local env = "env -u LD_PRELOAD -u PROXYSTORE_SECRET"
