@@ -251,7 +251,7 @@ describe("streams under faults", function()
     local survivor = track(ps.stream.consumer("t", { broker = url, group = "g",
       name = "survivor", visibility = 0.3 }))
     local got = {}
-    for v in survivor:iter(30) do got[#got + 1] = v end
+    for v in survivor:iter(WAIT) do got[#got + 1] = v end
     table.sort(got)
     assert.same({ 1, 2, 3, 4 }, got)
     -- every item acknowledged
