@@ -13,8 +13,10 @@ local shell = require "helpers.shell"
 local SECRET = "faults spec secret, long enough.."
 
 -- In a task: pushes its pid to started:<tag>, waits for go:<tag>:<pid>.
+-- (Handles to the server here get a generous timeout: on a loaded machine
+-- a call may take seconds; a server that is gone fails them at once.)
 local function handshake(port, tag)
-  local g = core.redis_groups { host = "127.0.0.1", port = port }
+  local g = core.redis_groups { host = "127.0.0.1", port = port, timeout = 30 }
   local pid = core.pool_getpid()
   g:call("RPUSH", "started:" .. tag, pid)
   g:call_blocking(60, { "BLPOP", "go:" .. tag .. ":" .. pid, 60 })
@@ -48,7 +50,7 @@ describe("queue pool faults", function()
 
   setup(function()
     srv = redis.start()
-    g = core.redis_groups { host = "127.0.0.1", port = srv.port }
+    g = core.redis_groups { host = "127.0.0.1", port = srv.port, timeout = 30 }
   end)
 
   teardown(function()
@@ -180,7 +182,7 @@ describe("queue pool faults", function()
     w:wait_log("lost 127.0.0.1:" .. srv.port, 60)
     srv:restart()
     g:close()
-    g = core.redis_groups { host = "127.0.0.1", port = srv.port }
+    g = core.redis_groups { host = "127.0.0.1", port = srv.port, timeout = 30 }
     local ok, err = pcall(f.result, f, 60)
     assert.is_false(ok)
     assert.equal("connection", err.kind, tostring(err))
@@ -201,7 +203,7 @@ describe("queue pool faults", function()
     assert.equal("connection", err.kind)
     srv:restart()
     g:close()
-    g = core.redis_groups { host = "127.0.0.1", port = srv.port }
+    g = core.redis_groups { host = "127.0.0.1", port = srv.port, timeout = 30 }
     assert.equal("back", pool:submit(function() return "back" end):result(60))
   end)
 

@@ -105,7 +105,7 @@ describe("streams under faults", function()
   before_each(function()
     if not srv.pid then srv:restart() end
     srv:resume()
-    local g = core.redis_groups { host = srv.host, port = srv.port }
+    local g = core.redis_groups { host = srv.host, port = srv.port, timeout = 30 }
     g:call("FLUSHALL")
     g:close()
   end)
@@ -255,7 +255,7 @@ describe("streams under faults", function()
     table.sort(got)
     assert.same({ 1, 2, 3, 4 }, got)
     -- every item acknowledged
-    local g = core.redis_groups { host = srv.host, port = srv.port }
+    local g = core.redis_groups { host = srv.host, port = srv.port, timeout = 30 }
     assert.equal(0, (g:pending_summary("t", "g")))
     g:close()
   end)

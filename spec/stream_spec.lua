@@ -82,7 +82,7 @@ describe("streams", function()
         else
           if not srv.pid then srv:restart() end
           broker = ("redis://%s:%d"):format(srv.host, srv.port)
-          g = core.redis_groups { host = srv.host, port = srv.port }
+          g = core.redis_groups { host = srv.host, port = srv.port, timeout = 30 }
           g:call("FLUSHALL")
         end
       end)
@@ -466,7 +466,7 @@ describe("streams", function()
     before_each(function()
       if not srv.pid then srv:restart() end
       url = ("redis://%s:%d"):format(srv.host, srv.port)
-      g = core.redis_groups { host = srv.host, port = srv.port }
+      g = core.redis_groups { host = srv.host, port = srv.port, timeout = 30 }
       g:call("FLUSHALL")
     end)
 
