@@ -30,6 +30,20 @@ local function run_lua(code, env)
   return out
 end
 
+-- fn(...), tried again (up to 20 times in all) while it fails with kind
+-- timeout or connection: for calls to a running cluster through a store
+-- with a short timeout, which a loaded machine can make late (what such
+-- specs test is the failure, not this).
+local function eventually(fn, ...)
+  for _ = 1, 19 do
+    local res = table.pack(pcall(fn, ...))
+    if res[1] then return table.unpack(res, 2, res.n) end
+    local kind = ps.is_error(res[2]) and res[2].kind
+    if kind ~= "timeout" and kind ~= "connection" then error(res[2], 0) end
+  end
+  return fn(...)
+end
+
 local function lua_list(t)
   local parts = {}
   for i, v in ipairs(t) do parts[i] = string.format("%q", v) end
@@ -47,9 +61,13 @@ describe("the redis store on a Redis Cluster", function()
     if c then c:stop() end
   end)
 
+  -- A store on the cluster. Its timeout is generous: on a loaded machine
+  -- an ordinary call may take seconds, and only specs about failures want
+  -- a short one.
   local function open(opts)
     serial = serial + 1
-    local o = { name = "cluster-spec-" .. serial, cluster = c.seeds, cache_size = 0 }
+    local o = { name = "cluster-spec-" .. serial, cluster = c.seeds, cache_size = 0,
+                timeout = 30 }
     for k, v in pairs(opts or {}) do o[k] = v end
     local s = ps.init_store("redis", o)
     stores[#stores + 1] = s
@@ -113,7 +131,7 @@ describe("the redis store on a Redis Cluster", function()
     it("keeps every chunk of an object larger than the chunk size in its slot", function()
       local out = run_lua(([[
         local ps = require "proxystore"
-        local s = ps.init_store("redis", { cluster = %s, cache_size = 0 })
+        local s = ps.init_store("redis", { cluster = %s, cache_size = 0, timeout = 30 })
         local big = ("0123456789"):rep(2000)
         s:put(big, { key = "big" })
         assert(s:get("big") == big)
@@ -132,7 +150,7 @@ describe("the redis store on a Redis Cluster", function()
       -- replaced by another process: the old chunks go, in one DEL
       out = run_lua(([[
         local ps = require "proxystore"
-        local s = ps.init_store("redis", { cluster = %s, cache_size = 0 })
+        local s = ps.init_store("redis", { cluster = %s, cache_size = 0, timeout = 30 })
         s:put(("z"):rep(3500), { key = "big" })
         assert(s:get("big") == ("z"):rep(3500))
         s:evict("big")
@@ -211,7 +229,10 @@ describe("the redis store on a Redis Cluster", function()
         assert.is_true(c:wait_ok())
       end)
       -- the stopped node would take the whole timeout; it gets a second
-      local s = open { cluster = { c.seeds[replica], c.seeds[master] }, timeout = 5 }
+      -- (and the master as long, which a loaded machine can make late:
+      -- hence eventually; a store that never asked the next seed would
+      -- fail every try)
+      local s = eventually(open, { cluster = { c.seeds[replica], c.seeds[master] }, timeout = 5 })
       assert.equal("v", s:get(s:put("v")))
     end)
 
@@ -280,7 +301,7 @@ describe("the redis store on a Redis Cluster", function()
     end)
 
     it("config() recreates the store and hands out a copy of its nodes", function()
-      local s = open { prefix = "cfg:", timeout = 3 }
+      local s = open { prefix = "cfg:", timeout = 40 }
       local cfg = s:config()
       assert.same(c.seeds, cfg.cluster)
       cfg.cluster[1] = "changed:1"
@@ -379,7 +400,7 @@ describe("the redis store on a Redis Cluster", function()
         ]]):format(lua_list(c.seeds), timeout, op), env)
       end
       local value = ("m"):rep(3000)
-      assert.equal("ok", child(("s:put(%q, { key = 'mix}1' })"):format(value), 5))
+      assert.equal("ok", child(("s:put(%q, { key = 'mix}1' })"):format(value), 30))
       local slot = c:slot("mix")
       local topo = c:topology()
       local from = c:owner(slot, topo)
@@ -405,12 +426,13 @@ describe("the redis store on a Redis Cluster", function()
                                  "5000", "KEYS", chunks[1]))
       -- the header and some chunks here, one chunk there: no single node
       -- can serve the object, so the read waits, and ends with its timeout
-      -- (kind connection, or timeout when the deadline fell in a connect)
-      local out = child(("assert(s:get('mix}1') == %q)"):format(value), 1.5)
+      -- (kind connection, or timeout when the deadline fell in a connect);
+      -- 3 s leave room for the first round trips on a loaded machine
+      local out = child(("assert(s:get('mix}1') == %q)"):format(value), 3)
       assert.matches("^%a+|proxystore: [^\n]*ASK [^\n]*", out)
       assert.truthy(out:match("^connection|") or out:match("^timeout|"), out)
       finish()
-      assert.equal("ok", child(("assert(s:get('mix}1') == %q); s:evict('mix}1')"):format(value), 5))
+      assert.equal("ok", child(("assert(s:get('mix}1') == %q); s:evict('mix}1')"):format(value), 30))
       assert.equal("", c:cli(to, "KEYS", "{mix}1}*"):gsub("%s+", ""))
       assert.is_true(c:wait_ok())
     end)
@@ -463,8 +485,8 @@ describe("the redis store on a Redis Cluster", function()
   describe("failover", function()
     it("after kill -9 of a master its slots fail clearly, then come back through the same store", function()
       assert.is_true(c:wait_replicas(), "replicas did not sync")
-      local s = open { timeout = 20 }         -- a hang guard, not a wait
-      local quick = open { timeout = 0.3 }
+      local s = open {}                       -- a hang guard, not a wait
+      local quick = eventually(open, { timeout = 0.3 })
       local topo = c:topology()
       local victim = c:masters(topo)[3]
       local mine, others = {}, {}
@@ -497,7 +519,7 @@ describe("the redis store on a Redis Cluster", function()
         assert(now() - killed < 60, "no replica took over")
       until back
       for _, o in ipairs(mine) do assert.equal(o[2], s:get(o[1])) end
-      for _, o in ipairs(mine) do assert.equal(o[2], quick:get(o[1])) end
+      for _, o in ipairs(mine) do assert.equal(o[2], eventually(quick.get, quick, o[1])) end
       local all = {}
       for _, o in ipairs(mine) do all[#all + 1] = o[1] end
       for _, o in ipairs(others) do all[#all + 1] = o[1] end

@@ -7,6 +7,10 @@ local ps = require "proxystore"
 local core = require "proxystore.core"
 local redis = require "helpers.redis"
 
+-- How long a consumer waits for an item that is there or on its way: a
+-- hang guard, never waited out unless something is wrong.
+local WAIT = 60
+
 local function new_topic()
   return "topic-" .. core.random_key():sub(1, 12)
 end
@@ -45,9 +49,12 @@ describe("streams", function()
       local broker, g
       local open = {}
 
+      -- (on Redis, a generous timeout: on a loaded machine a call may
+      -- take seconds)
       local function producer(opts)
         opts = opts or {}
         opts.broker = broker
+        if kind == "redis" then opts.timeout = opts.timeout or 30 end
         local p = ps.stream.producer(opts)
         open[#open + 1] = p
         return p
@@ -56,6 +63,7 @@ describe("streams", function()
       local function consumer(topic, opts)
         opts = opts or {}
         opts.broker = broker
+        if kind == "redis" then opts.timeout = opts.timeout or 30 end
         local c = ps.stream.consumer(topic, opts)
         open[#open + 1] = c
         return c
@@ -74,7 +82,7 @@ describe("streams", function()
         else
           if not srv.pid then srv:restart() end
           broker = ("redis://%s:%d"):format(srv.host, srv.port)
-          g = core.redis_groups { host = srv.host, port = srv.port }
+          g = core.redis_groups { host = srv.host, port = srv.port, timeout = 30 }
           g:call("FLUSHALL")
         end
       end)
@@ -95,7 +103,7 @@ describe("streams", function()
         end
         p:close_topic(t)
         for _, c in ipairs { a, b } do
-          local items, metas = drain(c, 5)
+          local items, metas = drain(c, WAIT)
           assert.equal(10, #items)
           for i = 1, 10 do
             assert.equal("item " .. i, items[i])
@@ -107,7 +115,7 @@ describe("streams", function()
         local c = consumer(t2)
         p:send(t2, 1)
         p:flush()
-        local v, m = c:next(5)
+        local v, m = c:next(WAIT)
         assert.equal(1, v)
         assert.same({}, m)
       end)
@@ -120,8 +128,8 @@ describe("streams", function()
         local new, start = consumer(t), consumer(t, { from = "start" })
         p:send(t, "new")
         p:close_topic(t)
-        assert.same({ "new" }, (drain(new, 5)))
-        assert.same({ "old", "new" }, (drain(start, 5)))
+        assert.same({ "new" }, (drain(new, WAIT)))
+        assert.same({ "old", "new" }, (drain(start, WAIT)))
       end)
 
       it("splits the items of a group, each to exactly one consumer", function()
@@ -134,7 +142,7 @@ describe("streams", function()
         local seen = {}
         for _ = 1, 3 do
           for _, c in ipairs { a, b } do
-            local v = c:next(5)
+            local v = c:next(WAIT)
             assert.is_nil(seen[v])
             seen[v] = c.name
           end
@@ -143,7 +151,7 @@ describe("streams", function()
         -- a second group gets every item again
         local other = consumer(t, { group = "g2", from = "start" })
         local got = {}
-        for _ = 1, 6 do got[#got + 1] = other:next(5) end
+        for _ = 1, 6 do got[#got + 1] = other:next(WAIT) end
         assert.same({ 1, 2, 3, 4, 5, 6 }, got)
       end)
 
@@ -153,11 +161,11 @@ describe("streams", function()
         local c = consumer(t, { group = "g", name = "a" })
         for i = 1, 3 do p:send(t, i) end
         p:flush()
-        assert.equal(1, c:next(5))
+        assert.equal(1, c:next(WAIT))
         assert.equal(1, pending(c))
-        assert.equal(2, c:next(5))
+        assert.equal(2, c:next(WAIT))
         assert.equal(1, pending(c))   -- 1 acknowledged, 2 taken
-        assert.equal(3, c:next(5))
+        assert.equal(3, c:next(WAIT))
         c:close()                     -- done with 3
         assert.equal(0, pending(c))
       end)
@@ -168,15 +176,15 @@ describe("streams", function()
         local c = consumer(t, { group = "g", name = "w", batch = 2 })
         for i = 1, 5 do p:send(t, i) end
         p:flush()
-        assert.equal(1, c:next(5))
-        assert.equal(2, c:next(5))   -- 1 acknowledged; 2 taken, and read with it: none
+        assert.equal(1, c:next(WAIT))
+        assert.equal(2, c:next(WAIT))   -- 1 acknowledged; 2 taken, and read with it: none
         -- the consumer dies (no close: nothing more acknowledged) and comes back
         local again = consumer(t, { group = "g", name = "w" })
-        assert.equal(2, again:next(5))
-        assert.equal(3, again:next(5))
+        assert.equal(2, again:next(WAIT))
+        assert.equal(3, again:next(WAIT))
         -- another name never sees 2
         local other = consumer(t, { group = "g", name = "o" })
-        assert.equal(4, other:next(5))
+        assert.equal(4, other:next(WAIT))
       end)
 
       it("lets a consumer keep the item it works on with touch, until another takes it", function()
@@ -186,12 +194,12 @@ describe("streams", function()
         p:send(t, 1)
         p:flush()
         assert.is_false(a:touch())   -- no item yet
-        assert.equal(1, a:next(5))
+        assert.equal(1, a:next(WAIT))
         assert.is_true(a:touch())
         -- a consumer for which any item pending 1 ms is idle enough takes it
         redis.sleep(0.01)
         local b = consumer(t, { group = "g", name = "b", visibility = 0.001 })
-        assert.equal(1, b:next(5))
+        assert.equal(1, b:next(WAIT))
         assert.is_false(a:touch())
         assert.is_true(b:touch())
         assert.is_false(consumer(t):touch())   -- no group
@@ -205,24 +213,24 @@ describe("streams", function()
         local b = consumer(t, { group = "g", name = "b" })
         p:send(t, "x")
         p:close_topic(t)
-        assert.same({ "x" }, (drain(early, 5)))
-        assert.is_nil(early:next(5))   -- and stays ended
+        assert.same({ "x" }, (drain(early, WAIT)))
+        assert.is_nil(early:next(WAIT))   -- and stays ended
         -- in a group: one takes the item; the other ends only once it is
         -- acknowledged (taken over if its consumer dies instead)
-        assert.equal("x", a:next(5))
+        assert.equal("x", a:next(WAIT))
         if kind == "redis" then
           raises("timeout", b.next, b, 0.2)
         else
           raises("timeout", b.next, b)
         end
-        assert.is_nil(a:next(5))
-        assert.is_nil(b:next(5))
+        assert.is_nil(a:next(WAIT))
+        assert.is_nil(b:next(WAIT))
         -- consumers that join after the end
-        assert.is_nil(consumer(t):next(5))
-        assert.same({ "x" }, (drain(consumer(t, { from = "start" }), 5)))
-        assert.is_nil(consumer(t, { group = "g", name = "late" }):next(5))
-        assert.is_nil(consumer(t, { group = "new" }):next(5))
-        assert.same({ "x" }, (drain(consumer(t, { group = "g3", from = "start" }), 5)))
+        assert.is_nil(consumer(t):next(WAIT))
+        assert.same({ "x" }, (drain(consumer(t, { from = "start" }), WAIT)))
+        assert.is_nil(consumer(t, { group = "g", name = "late" }):next(WAIT))
+        assert.is_nil(consumer(t, { group = "new" }):next(WAIT))
+        assert.same({ "x" }, (drain(consumer(t, { group = "g3", from = "start" }), WAIT)))
       end)
 
       it("sends small items inline and large ones as proxies to the store", function()
@@ -243,28 +251,28 @@ describe("streams", function()
         p:send(t, false)
         p:send(t, ref)
         p:close_topic(t)
-        local v = c:next(5)
+        local v = c:next(WAIT)
         assert.is_false(ps.is_proxy(v))
         assert.equal(("s"):rep(99), v)
-        v = c:next(5)
+        v = c:next(WAIT)
         assert.is_true(ps.is_proxy(v))
         assert.matches("s-" .. t, ps.repr(v), 1, true)
         assert.is_false(ps.is_resolved(v))
         assert.equal(("b"):rep(100), ps.extract(v))
-        v = c:next(5)
+        v = c:next(WAIT)
         assert.is_false(ps.is_proxy(v))
         assert.same(small_t, v)
         assert.are_not.equal(small_t, v)   -- a copy, as across processes
-        v = c:next(5)
+        v = c:next(WAIT)
         assert.is_true(ps.is_proxy(v))
         assert.same(big_t, ps.extract(v))
-        assert.equal(3.5, c:next(5))
-        assert.is_false(c:next(5))
-        v = c:next(5)   -- a proxy sent travels as the reference it is
+        assert.equal(3.5, c:next(WAIT))
+        assert.is_false(c:next(WAIT))
+        v = c:next(WAIT)   -- a proxy sent travels as the reference it is
         assert.is_true(ps.is_proxy(v))
         assert.equal(ps.key(ref), ps.key(v))
         assert.same({ "kept" }, ps.extract(v))
-        assert.is_nil(c:next(5))
+        assert.is_nil(c:next(WAIT))
         assert.equal(2, store:metrics().put.count)
         assert.same({ sent = 8, filtered = 0, inline = 5, proxied = 2 }, p.stats)
         if kind == "redis" then
@@ -285,7 +293,7 @@ describe("streams", function()
         local c = consumer(t)
         p:send(t, ("d"):rep(10))
         p:flush()
-        local v = c:next(5)
+        local v = c:next(WAIT)
         assert.is_true(ps.is_proxy(v))
         assert.matches(kind == "local" and "store=local:" or ("store=redis:proxystore.stream@127.0.0.1:" .. srv.port .. "/0"),
           ps.repr(v), 1, true)
@@ -296,7 +304,7 @@ describe("streams", function()
         assert.equal(q1.store, q2.store)
         q1:send(t, ("u"):rep(10))
         q1:flush()
-        v = c:next(5)
+        v = c:next(WAIT)
         assert.matches("store=" .. (kind == "local" and "local" or "redis") ..
           ":proxystore.stream:" .. u, ps.repr(v), 1, true)
         assert.equal(("u"):rep(10), ps.extract(v))
@@ -309,7 +317,7 @@ describe("streams", function()
         p:send(t, ("e"):rep(20), { evict = true })
         p:send(t, ("k"):rep(20))
         p:flush()
-        local once, kept = c:next(5), c:next(5)
+        local once, kept = c:next(WAIT), c:next(WAIT)
         local store = p.store
         assert.is_true(store:exists(ps.key(once)))
         assert.equal(("e"):rep(20), ps.extract(once))
@@ -330,7 +338,7 @@ describe("streams", function()
         assert.is_false(p:send(t, ("b"):rep(50), { metadata = { keep = false } }))
         assert.is_false(p:send(t, "c"))   -- no metadata: an empty table, nil: dropped
         p:close_topic(t)
-        assert.same({ "a" }, (drain(c, 5)))
+        assert.same({ "a" }, (drain(c, WAIT)))
         assert.same({ { "a", true }, { ("b"):rep(50), false }, { "c", nil } }, calls)
         -- a dropped item never reached the store
         assert.equal(0, p.stats.proxied)
@@ -345,19 +353,19 @@ describe("streams", function()
         p:send(t, 2)
         raises("timeout", c.next, c, 0)    -- held by the producer
         p:send(t, 3)                       -- the batch is full: sent
-        assert.same({ 1, 2, 3 }, { (c:next(5)), (c:next(5)), (c:next(5)) })
+        assert.same({ 1, 2, 3 }, { (c:next(WAIT)), (c:next(WAIT)), (c:next(WAIT)) })
         p:send(t, 4)
         raises("timeout", c.next, c, 0)
         p:flush()
-        assert.equal(4, c:next(5))
+        assert.equal(4, c:next(WAIT))
         -- no delay: every event goes at once
         local q = producer { batch_delay = 0 }
         q:send(t, 5)
-        assert.equal(5, c:next(5))
+        assert.equal(5, c:next(WAIT))
         -- events held at close go out
         p:send(t, 6)
         p:close()
-        assert.equal(6, c:next(5))
+        assert.equal(6, c:next(WAIT))
         -- and those of a producer collected without close, while its
         -- connection is still open
         local lost = ps.stream.producer { broker = broker, batch_delay = 3600 }
@@ -365,7 +373,7 @@ describe("streams", function()
         lost = nil
         collectgarbage()
         collectgarbage()
-        assert.equal(7, c:next(5))
+        assert.equal(7, c:next(WAIT))
       end)
 
       it("trims a topic only with maxlen, keeping the newest", function()
@@ -378,8 +386,8 @@ describe("streams", function()
         end
         p:close_topic(t)
         trimmed:close_topic(u)
-        assert.equal(20, #drain(consumer(t, { from = "start" }), 5))
-        assert.same({ 17, 18, 19, 20 }, (drain(consumer(u, { from = "start" }), 5)))
+        assert.equal(20, #drain(consumer(t, { from = "start" }), WAIT))
+        assert.same({ 17, 18, 19, 20 }, (drain(consumer(u, { from = "start" }), WAIT)))
         if kind == "redis" then
           assert.equal(21, g:length(t))
           assert.equal(5, g:length(u))
@@ -458,7 +466,7 @@ describe("streams", function()
     before_each(function()
       if not srv.pid then srv:restart() end
       url = ("redis://%s:%d"):format(srv.host, srv.port)
-      g = core.redis_groups { host = srv.host, port = srv.port }
+      g = core.redis_groups { host = srv.host, port = srv.port, timeout = 30 }
       g:call("FLUSHALL")
     end)
 
@@ -495,7 +503,7 @@ describe("streams", function()
       p:close_topic("in")
       local before = store:metrics()
       g:call("CONFIG", "RESETSTAT")
-      for obj, meta in dispatcher:iter(5) do
+      for obj, meta in dispatcher:iter(WAIT) do
         assert.is_true(ps.is_proxy(obj))
         fwd:send(meta.route, obj, { metadata = meta })
       end
@@ -509,7 +517,7 @@ describe("streams", function()
       assert.equal(0, cmdstat("getrange"))
       -- the workers fetch what they use, one GET each
       for route, w in pairs(workers) do
-        for obj, meta in w:iter(5) do
+        for obj, meta in w:iter(WAIT) do
           assert.equal(route, meta.i % 2 == 0 and "even" or "odd")
           assert.equal((meta.i .. ":"):rep(4000), ps.extract(obj))
         end
@@ -527,12 +535,12 @@ describe("streams", function()
       g:add("t", { { other = "x" }, { v = "\1\2garbage" } })
       p:send("t", 2)
       p:flush()
-      assert.equal(1, c:next(5))
-      local err = raises("serialization", c.next, c, 5)
+      assert.equal(1, c:next(WAIT))
+      local err = raises("serialization", c.next, c, WAIT)
       assert.matches("entry %d+%-%d+ of topic 't'", tostring(err))
       assert.matches("not a proxystore stream event", tostring(err))
-      raises("serialization", c.next, c, 5)
-      assert.equal(2, c:next(5))
+      raises("serialization", c.next, c, WAIT)
+      assert.equal(2, c:next(WAIT))
     end)
 
     it("keeps a topic under the URL's prefix, as a Redis stream", function()
@@ -540,7 +548,7 @@ describe("streams", function()
       local c = track(ps.stream.consumer("t", { broker = url .. "?prefix=app:" }))
       p:send("t", "v")
       p:flush()
-      assert.equal("v", c:next(5))
+      assert.equal("v", c:next(WAIT))
       assert.equal("stream", g:call("TYPE", "app:t"))
       assert.equal(0, g:call("EXISTS", "t"))
     end)
@@ -568,10 +576,10 @@ describe("streams", function()
       local p = track(ps.stream.producer { broker = url })
       local c = track(ps.stream.consumer("t", { broker = url }))
       local gc = track(ps.stream.consumer("t", { broker = url, group = "g" }))
-      os.execute(("(sleep 0.3; redis-cli -p %d XADD t '*' s late >/dev/null) &")
-        :format(srv.port))
-      assert.equal("late", c:next(20))
-      assert.equal("late", gc:next(20))
+      os.execute(("%s(sleep 0.3; redis-cli -p %d XADD t '*' s late >/dev/null) &")
+        :format(require("helpers.shell").CLEAN, srv.port))
+      assert.equal("late", c:next(WAIT))
+      assert.equal("late", gc:next(WAIT))
       assert.is_not_nil(p)
     end)
   end)

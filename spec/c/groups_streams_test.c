@@ -42,8 +42,9 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: groups_streams_test PORT\n");
     return 2;
   }
+  /* a generous timeout: on a loaded machine a call may take seconds */
   ps_bconfig cfg = {.host = "127.0.0.1", .port = atoi(argv[1]),
-                    .timeout = 1.0};
+                    .timeout = 30.0};
   ps_berr err = {0, ""};
   ps_rgroups *g = ps_rg_open(&cfg, &err);
   check(g != NULL, "open", &err);

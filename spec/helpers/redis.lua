@@ -44,14 +44,15 @@ function M.sleep(s)
   sh("sleep " .. s)
 end
 
--- Running (a zombie, which kill -0 still finds, counts as gone).
+-- Running (a zombie, which kill -0 still finds, counts as gone). A
+-- process reaped between the open and the read makes the read fail: gone.
 local function alive(pid)
   if not pid then return false end
   local f = io.open("/proc/" .. pid .. "/stat")
   if not f then return false end
   local st = f:read("a")
   f:close()
-  local state = st:match("^%d+ %b() (%a)")
+  local state = st and st:match("^%d+ %b() (%a)")
   return state ~= nil and state ~= "Z" and state ~= "X"
 end
 

@@ -6,7 +6,8 @@
 --                                  secret = "..." })   -- via a 0600 file
 --   w.pid                        the worker (or supervisor) process
 --   w:log()                      what it wrote to stdout and stderr
---   w:wait_log(pattern [, s])    waits until the log matches (hang guard)
+--   w:wait_log(pattern [, s [, regex]])  waits until the log matches (a
+--                                hang guard, 60 s unless s)
 --   w:signal("TERM")             kill -TERM w.pid
 --   w:wait([s]) -> status | nil  its exit status once it exited
 --   w:kill()                     SIGKILL to it and its worker processes
@@ -61,12 +62,15 @@ local Worker = {}
 Worker.__index = Worker
 
 -- opts: queue, workers, secret (written to a 0600 file), secret_env (put
--- in PROXYSTORE_SECRET instead), args (more shell words), url.
+-- in PROXYSTORE_SECRET instead), args (more shell words), url (default:
+-- srv's, with a 30 s timeout).
 function M.start(srv, opts)
   opts = opts or {}
   local dir = shell.tempdir("worker")
   local self = setmetatable({ dir = dir, logfile = dir .. "/log" }, Worker)
-  local args = { q(opts.url or ("redis://127.0.0.1:" .. srv.port)) }
+  -- a generous timeout: on a loaded machine a call may take seconds, and
+  -- a worker logs each call that timed out ("lost ...; retrying")
+  local args = { q(opts.url or ("redis://127.0.0.1:" .. srv.port .. "?timeout=30")) }
   if opts.queue then args[#args + 1] = "--queue " .. q(opts.queue) end
   if opts.workers then args[#args + 1] = "--workers " .. opts.workers end
   local env = "env -u LD_PRELOAD -u PROXYSTORE_SECRET"
@@ -87,12 +91,12 @@ function M.start(srv, opts)
     :format(env, q(M.BIN), table.concat(args, " "), q(self.logfile),
             q(dir .. "/pid"), q(dir .. "/rc"))
   sh("sh -c " .. q(cmd) .. " >/dev/null 2>&1 </dev/null &")
-  for _ = 1, 400 do
+  local deadline = now() + 30   -- a hang guard
+  repeat
     local p = slurp(dir .. "/pid")
-    self.pid = p and tonumber(p:match("%d+"))
-    if self.pid then break end
-    sleep(0.01)
-  end
+    self.pid = p and tonumber(p:match("^(%d+)\n"))   -- whole lines only
+    if not self.pid then sleep(0.01) end
+  until self.pid or now() > deadline
   assert(self.pid, "the worker did not start")
   -- the watchdog: once the spec's process is gone, the worker goes too
   local me = shell.my_pid()
@@ -111,7 +115,7 @@ end
 -- Waits until the log matches pattern (plain text unless regex); a hang
 -- guard, never a measurement.
 function Worker:wait_log(pattern, seconds, regex)
-  local deadline = now() + (seconds or 30)
+  local deadline = now() + (seconds or 60)
   repeat
     local log = self:log()
     if log:find(pattern, 1, not regex) then return log end
@@ -130,7 +134,8 @@ function Worker:wait(seconds)
   local deadline = now() + (seconds or 30)
   repeat
     local rc = slurp(self.dir .. "/rc")
-    if rc and rc:match("%d+") then return tonumber(rc:match("%d+")) end
+    rc = rc and rc:match("^(%d+)\n")   -- whole lines only
+    if rc then return tonumber(rc) end
     sleep(0.05)
   until now() > deadline
   return nil
