@@ -138,7 +138,7 @@ int ps_redis_reply_error(ps_redis *x, ps_key k, const ps_rreply *r, ps_berr *err
                      x->prefix, ps_redis_keyname(k, kb, sizeof kb), r->str);
 }
 
-static int new_version(ps_version *v) {
+int ps_redis_new_version(ps_version *v) {
   size_t got = 0;
   while (got < PS_VERSION_LEN) {
     ssize_t n = getrandom(v->bytes + got, PS_VERSION_LEN - got, 0);
@@ -209,12 +209,12 @@ static int put_once(void *ctx, ps_key k, const char *data, size_t len,
                      ps_version *vout, ps_berr *err) {
   ps_redis *x = ctx;
   ps_version v;
-  if (new_version(&v) != 0)
+  if (ps_redis_new_version(&v) != 0)
     return ps_berr_set(err, PS_BIO, "redis: getrandom failed");
   int code = ps_rconn_ensure(&x->c, err);
   if (code) return code;
   if (len > x->chunk) {
-    code = ps_redis_put_chunked(x, k, data, len, &v, err);
+    code = ps_redis_put_chunked(x, k, data, len, &v, NULL, err);
   } else {
     char hdr[HDR_LEN];
     hdr[0] = 'P';
@@ -286,7 +286,7 @@ static int read_value(ps_redis *x, ps_key k, size_t n, ps_blob *out,
 }
 
 /* Reads one GET-like reply for key k into out. */
-static int read_get_reply(ps_redis *x, ps_key k, const ps_version *have,
+int ps_redis_read_get_reply(ps_redis *x, ps_key k, const ps_version *have,
                           ps_blob *out, ps_version *vout, ps_rchunks *ci,
                           int *chunked, ps_berr *err) {
   ps_rreply r;
@@ -339,7 +339,8 @@ static int get_once(void *ctx, ps_key k, const ps_version *have,
   if (code) return code;
   ps_rchunks ci;
   int chunked;
-  code = read_get_reply(x, k, have, out, vout, &ci, &chunked, err);
+  code = ps_redis_read_get_reply(x, k, have, out, vout, &ci, &chunked,
+                                 err);
   if (code == PS_BOK && chunked) code = ps_redis_get_chunks(x, k, &ci, out, vout, err);
   return code;
 }
@@ -370,9 +371,10 @@ static int evict_once(void *ctx, ps_key k, ps_berr *err) {
   int code = ps_rconn_ensure(&x->c, err);
   if (code) return code;
   ps_redis_queue_old_header(x, k);
-  ps_rcmd_begin(&x->c, 2);
+  ps_rcmd_begin(&x->c, 3);   /* the value and a future's wake-up list */
   ps_rcmd_str(&x->c, "DEL");
   ps_redis_arg_key(x, k, NULL);
+  ps_redis_arg_key(x, k, PS_REDIS_WAKE);
   code = ps_rconn_send(&x->c, err);
   if (code) return code;
   ps_rchunks old;
@@ -405,7 +407,7 @@ static int put_batch_once(void *ctx, size_t n, const ps_key *keys,
     goto done;
   }
   for (size_t i = 0; i < n; i++)
-    if (new_version(&vs[i]) != 0) {
+    if (ps_redis_new_version(&vs[i]) != 0) {
       code = ps_berr_set(err, PS_BIO, "redis: getrandom failed");
       goto done;
     }
@@ -441,7 +443,7 @@ static int put_batch_once(void *ctx, size_t n, const ps_key *keys,
     if (values[i].len > x->chunk) {
       if (code) continue;
       c = ps_redis_put_chunked(x, keys[i], values[i].data, values[i].len,
-                               &vs[i], &e);
+                               &vs[i], NULL, &e);
     } else if (had[i]) {
       c = ps_redis_del_chunks(x, keys[i], &old[i], &e);
     }
@@ -482,8 +484,8 @@ static int get_batch_once(void *ctx, size_t n, const ps_key *keys,
   for (size_t i = 0; i < n && x->c.fd >= 0; i++) {
     int ch = 0;
     ps_berr e;
-    int c = read_get_reply(x, keys[i], NULL, &out[i], vout ? &vout[i] : NULL,
-                           &ci[i], &ch, &e);
+    int c = ps_redis_read_get_reply(x, keys[i], NULL, &out[i],
+                                    vout ? &vout[i] : NULL, &ci[i], &ch, &e);
     chunked[i] = (char)ch;
     if (c == PS_BOK || c == PS_BNOTFOUND) codes[i] = c;
     else ps_redis_keep_first(&code, err, c, &e);
@@ -528,6 +530,10 @@ static int settled(ps_redis *x, int code) {
     return code_;                                                \
   } while (0)
 
+int ps_redis_call(void *ctx, ps_redis_op op, void *arg, ps_berr *err) {
+  RETRY(op(x_, arg, err));
+}
+
 static int redis_put(void *ctx, ps_key k, const char *data, size_t len,
                      ps_version *vout, ps_berr *err) {
   RETRY(put_once(ctx, k, data, len, vout, err));
@@ -569,4 +575,7 @@ const ps_backend_ops ps_backend_redis = {
   .evict = redis_evict,
   .put_batch = redis_put_batch,
   .get_batch = redis_get_batch,
+  .put_ex = ps_redis_put_ex,
+  .wait = ps_redis_wait,
+  .expire = ps_redis_expire,
 };
