@@ -3,13 +3,13 @@
 -- the spread (max-min over median), and the ratio against the baseline
 -- measured in the same run.
 --
---   lua5.4 bench/run.lua [section ...]     (sections: proxy codec file redis pool)
+--   lua5.4 bench/run.lua [section ...]     (sections: proxy codec file redis pool future)
 
 local root = arg[0]:match("^(.*)/bench/run%.lua$") or "."
 package.path = root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;" .. package.path
 package.cpath = root .. "/build/lib/?.so;" .. package.cpath
 
-local ALL = { "proxy", "codec", "file", "redis", "pool" }
+local ALL = { "proxy", "codec", "file", "redis", "pool", "future" }
 local wanted = #arg > 0 and arg or ALL
 
 local function fmt_time(ns)

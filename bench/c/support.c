@@ -5,6 +5,7 @@
  * building and reading the codec's records. make bench builds it into
  * build/lib/proxystore/bench.so.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -150,7 +151,22 @@ static int bench_read_records(lua_State *L) {
   return 1;
 }
 
+/*
+ * sleep(seconds): nanosleep. The pipeline benchmark's tasks wait rather
+ * than compute, and a wait must take no CPU (a spin would compete for the
+ * two cores) and fork nothing (os.execute("sleep") costs a process).
+ */
+static int bench_sleep(lua_State *L) {
+  double s = luaL_checknumber(L, 1);
+  luaL_argcheck(L, s >= 0 && s < 1e6, 1, "seconds in [0, 1e6)");
+  struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+  }
+  return 0;
+}
+
 static const luaL_Reg bench_funcs[] = {
+  {"sleep", bench_sleep},
   {"build_records", bench_build_records},
   {"read_records", bench_read_records},
   {"memcpy", bench_memcpy},
