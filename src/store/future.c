@@ -4,9 +4,10 @@
  * store:future(opts) reserves a key (nothing is written); future:set(v)
  * stores v under it with the backend's put_ex "only if absent, and wake
  * every waiter" (a second set finds the key taken: "already_set");
- * future:proxy() makes store proxies that, at first use, wait until the
- * key is set (ps_store_wait) and then resolve like any store proxy;
- * future:result() waits and reads. How a backend wakes its waiters is its
+ * future:proxy() makes store proxies (PS_PROXY_FUTURE) that, at first
+ * use, wait until the key is set and then resolve like any store proxy
+ * (ps_store_do_get_wait: the backend's wait reads the value too);
+ * future:result() does the same. How a backend wakes its waiters is its
  * own (Redis: a wake-up list; the file store: inotify); the local store
  * has nobody else to set a future, so waiting on an unset one raises at
  * once.
