@@ -243,6 +243,36 @@ describe("a lease on a redis store", function()
     assert.equal(13, n, after)
   end)
 
+  it("leases a future that a copy sets in another process, until it ends", function()
+    local s = new_store("redis")
+    local lt = ps.lifetime { lease = 30 }
+    local f = s:future { lifetime = lt }
+    local out, status = child.run(([[
+      local ps = require "proxystore"
+      ps.deserialize(%q):set("from a copy")
+    ]]):format(ps.serialize(f)))
+    assert.equal(0, status, out)
+    assert.equal("from a copy", f:result())
+    for _, suffix in ipairs { "", ":wake" } do
+      local t = pttl(s:config().prefix .. f.key .. suffix)
+      assert.is_true(t > 0 and t <= 30000, suffix .. " has PTTL " .. t)
+    end
+    -- once the lease has ended, a copy's set is refused
+    local t0 = now()
+    local short = ps.lifetime { lease = LEASE }
+    local g = s:future { lifetime = short }
+    local blob = ps.serialize(g)
+    sleep_until(t0, LEASE + 0.3)
+    out = child.run(([[
+      local ps = require "proxystore"
+      local g = ps.deserialize(%q)
+      local ok, err = pcall(g.set, g, "too late")
+      print(ok, err.kind)
+    ]]):format(blob))
+    assert.equal("false\tclosed\n", out)
+    assert.is_false(g:done())
+  end)
+
   it("outlives a kill -9 of the process that made it, and ends on time", function()
     local s = new_store("redis")
     local fdir = dir .. "/killed"

@@ -17,9 +17,12 @@
  * number of processes can receive, set or wait for it.
  *
  * User values: 1 the store (or its config table, for a future that came
- * from another process), 2 the key, 3 the lifetime or nil.
+ * from another process), 2 the key, 3 the lifetime or nil. A lifetime
+ * does not travel; the end of its lease does (lease_end), so a copy set
+ * in another process is leased too.
  */
 #include <string.h>
+#include <time.h>
 
 #include "store.h"
 
@@ -27,9 +30,18 @@
 
 typedef struct future {
   double timeout;          /* of its proxies' and result's waits; < 0 none */
+  double lease_end;        /* wall-clock time the lease of its lifetime
+                              ends (0: none): a copy elsewhere, which has
+                              no lifetime, sets with what is left of it */
   unsigned char evict;     /* its proxies are single use */
   unsigned char set;       /* this object has set it */
 } future;
+
+static double wall_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
 
 int ps_future_is(lua_State *L, int idx) {
   return luaL_testudata(L, idx, FUTURE_MT) != NULL;
@@ -46,6 +58,7 @@ static future *push_future(lua_State *L, int sidx, int kidx, double timeout,
   kidx = lua_absindex(L, kidx);
   future *f = lua_newuserdatauv(L, sizeof *f, 3);
   f->timeout = timeout;
+  f->lease_end = 0;
   f->evict = (unsigned char)(evict != 0);
   f->set = 0;
   luaL_setmetatable(L, FUTURE_MT);
@@ -120,6 +133,7 @@ int ps_store_future(lua_State *L) {
   }
   double timeout = -1;
   int evict = 0, lt = 0;
+  ps_bput o = {0, 0, 0};
   if (opts) {
     lua_getfield(L, opts, "timeout");
     timeout = opt_timeout(L, -1, -1);
@@ -129,14 +143,14 @@ int ps_store_future(lua_State *L) {
   }
   if (lt) {
     /* Attached now, so the lifetime's end evicts it, set or not. */
-    ps_bput o = {0, 0, 0};
     ps_lifetime_begin(L, lt, &o);
     ps_lifetime_attach(L, lt, 1, kidx);
   }
-  push_future(L, 1, kidx, timeout, evict);
+  future *f = push_future(L, 1, kidx, timeout, evict);
   if (lt) {
     lua_pushvalue(L, lt);
     lua_setiuservalue(L, -2, 3);
+    if (o.ttl_ms > 0) f->lease_end = wall_now() + (double)o.ttl_ms / 1000;
   }
   return 1;
 }
@@ -158,7 +172,18 @@ static int future_set(lua_State *L) {
                           "future '%s' in store '%s' is already set (by this "
                           "future)", key, name);
   ps_bput o = {0, 1, 1};
-  if (lua_getiuservalue(L, 1, 3) != LUA_TNIL) ps_lifetime_begin(L, 5, &o);
+  if (lua_getiuservalue(L, 1, 3) != LUA_TNIL) {
+    ps_lifetime_begin(L, 5, &o);   /* the lifetime knows best */
+  } else if (f->lease_end > 0) {
+    double left = f->lease_end - wall_now();
+    if (left <= 0)
+      return ps_error_raise(L, PS_ECLOSED,
+                            &(ps_errctx){.key = key, .keylen = klen,
+                                         .store = name},
+                            "future '%s' in store '%s': the lease of its "
+                            "lifetime has ended", key, name);
+    o.ttl_ms = (int64_t)(left * 1000) + 1;   /* rounded up, no libm */
+  }
   ps_store *s = ps_store_check_open(L, 3);
   if (ps_store_do_put_ex(L, 3, s, 2, 4, 0, &o) == PS_BEXISTS)
     return ps_error_raise(L, PS_EALREADY_SET,
@@ -254,6 +279,10 @@ void ps_future_push_reference(lua_State *L, int idx) {
     lua_pushnumber(L, f->timeout);
     lua_setfield(L, -2, "timeout");
   }
+  if (f->lease_end > 0) {
+    lua_pushnumber(L, f->lease_end);
+    lua_setfield(L, -2, "lease_end");
+  }
   lua_pushboolean(L, 1);
   lua_setfield(L, -2, "future");
 }
@@ -270,13 +299,20 @@ void ps_future_from_reference(lua_State *L) {
     int type = lua_getfield(L, t, "timeout");
     ok = type == LUA_TNIL || (type == LUA_TNUMBER && lua_tonumber(L, -1) >= 0);
   }
+  if (ok) {
+    int type = lua_getfield(L, t, "lease_end");
+    ok = type == LUA_TNIL || (type == LUA_TNUMBER && lua_tonumber(L, -1) > 0);
+  }
   if (!ok)
     ps_error_raise(L, PS_ESERIALIZATION, NULL,
                    "malformed future reference (needs config.name, "
-                   "config.kind, key, flags and a timeout >= 0 or none)");
+                   "config.kind, key, flags, a timeout >= 0 or none, a "
+                   "lease_end > 0 or none)");
   double timeout = lua_isnil(L, t + 6) ? -1 : lua_tonumber(L, t + 6);
+  double lease_end = lua_isnil(L, t + 7) ? 0 : lua_tonumber(L, t + 7);
   int evict = (lua_tointeger(L, t + 5) & PS_PROXY_EVICT) != 0;
-  push_future(L, t + 1, t + 4, timeout, evict);
+  future *f = push_future(L, t + 1, t + 4, timeout, evict);
+  f->lease_end = lease_end;
   lua_replace(L, t);
   lua_settop(L, t);
 }
