@@ -4,7 +4,8 @@
 -- measured in the same run.
 --
 --   lua5.4 bench/run.lua [section ...]
---       (sections: proxy codec file redis cluster pool queue stream sweep)
+--       (sections: proxy codec file redis cluster pool queue stream future
+--        sweep)
 --
 -- The pool and sweep sections are what a user of the `proxystore` binary
 -- gets: they run in a child build/bin/proxystore process (whose Lua state
@@ -15,7 +16,8 @@ local root = arg[0]:match("^(.*)/bench/run%.lua$") or "."
 package.path = root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;" .. package.path
 package.cpath = root .. "/build/lib/?.so;" .. package.cpath
 
-local ALL = { "proxy", "codec", "file", "redis", "cluster", "pool", "queue", "stream", "sweep" }
+local ALL = { "proxy", "codec", "file", "redis", "cluster", "pool", "queue", "stream",
+              "future", "sweep" }
 local wanted = #arg > 0 and arg or ALL
 
 local function fmt_time(ns)
