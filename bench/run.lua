@@ -4,7 +4,8 @@
 -- measured in the same run.
 --
 --   lua5.4 bench/run.lua [section ...]
---       (sections: proxy codec file alloc redis cluster pool queue stream sweep)
+--       (sections: proxy codec file alloc redis cluster pool queue stream
+--        future sweep)
 --
 -- The pool and sweep sections are what a user of the `proxystore` binary
 -- gets: they run in a child build/bin/proxystore process (whose Lua state
@@ -17,7 +18,7 @@ package.path = root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;" .. package.pa
 package.cpath = root .. "/build/lib/?.so;" .. package.cpath
 
 local ALL = { "proxy", "codec", "file", "alloc", "redis", "cluster", "pool", "queue", "stream",
-  "sweep" }
+  "future", "sweep" }
 local wanted = #arg > 0 and arg or ALL
 
 local function fmt_time(ns)

@@ -7,6 +7,7 @@ local core = require "proxystore.core"
 local rc = require "helpers.redis_cluster"
 local redis = require "helpers.redis"
 local shell = require "helpers.shell"
+local child = require "helpers.child"
 
 local now = core.monotonic
 
@@ -88,6 +89,30 @@ describe("the redis store on a Redis Cluster", function()
     local out = {}
     for i, slot in ipairs(c:slots(names)) do out[i] = c:owner(slot, topo) end
     return out
+  end
+
+  -- Clients blocked on node i (a waiter of a future): the handshake that
+  -- says a child is waiting, never a sleep.
+  local function blocked(i)
+    return tonumber(c:cli(i, "INFO", "clients"):match("blocked_clients:(%d+)")) or 0
+  end
+
+  -- Kills a spawned child and reaps it (a popen left open would wait for
+  -- it when collected). busted keeps one finally per spec: specs gather
+  -- their cleanups in one.
+  local function stop(w)
+    if w then
+      w:kill()
+      pcall(w.finish, w)
+    end
+  end
+
+  -- The keys of node i matching pattern, sorted.
+  local function keys_on(i, pattern)
+    local keys = {}
+    for k in c:cli(i, "KEYS", pattern):gmatch("[^\n]+") do keys[#keys + 1] = k end
+    table.sort(keys)
+    return keys
   end
 
   describe("topology", function()
@@ -348,6 +373,190 @@ describe("the redis store on a Redis Cluster", function()
     end)
   end)
 
+  describe("futures, leases and owned proxies", function()
+    it("sets a future in one process and wakes a waiter in another, on its slot's node", function()
+      local s = open { prefix = "fut:" }
+      local f = s:future()
+      local node = node_of(f.key)
+      local base = blocked(node)
+      local w = child.spawn(([[
+        local ps = require "proxystore"
+        local f = ps.deserialize(%q)
+        print(f:proxy().greeting)
+        print(f:result(0).greeting)
+      ]]):format(ps.serialize(f)))
+      finally(function() stop(w) end)
+      child.until_true(function() return blocked(node) > base end, 60, "the child to wait")
+      f:set({ greeting = "hello" })
+      local out, status = w:finish()
+      assert.equal(0, status, out)
+      assert.equal("hello\nhello\n", out)
+      -- the value and its wake-up list: two keys of the key's slot, on the
+      -- node serving it
+      local tagged = "fut:{" .. f.key .. "}"
+      assert.same({ tagged, tagged .. ":wake" }, keys_on(node, tagged .. "*"))
+      assert.same({ c:slot(tagged), c:slot(tagged) }, c:slots({ tagged, tagged .. ":wake" }))
+      assert.equal("already_set", error_of(f.set, f, "again").kind)
+      -- evicted, it is unset again: both keys go, and a copy sets it anew
+      s:evict(f.key)
+      assert.is_false(f:done())
+      assert.same({}, keys_on(node, tagged .. "*"))
+      ps.deserialize(ps.serialize(f)):set("again")
+      assert.equal("again", f:result(0))
+    end)
+
+    it("wakes waiters of futures on every master, chunked values included", function()
+      local s = open()
+      local topo = c:topology()
+      local masters = c:masters(topo)
+      -- keys are random: futures until there is one on every master
+      local list, seen = {}, {}
+      for _ = 1, 200 do
+        local f = s:future()
+        local n = node_of(f.key, topo)
+        if not seen[n] then
+          seen[n] = true
+          list[#list + 1] = { f = f, node = n, base = blocked(n) }
+        end
+        if #list == #masters then break end
+      end
+      assert.equal(#masters, #list)
+      local blobs = {}
+      for i, e in ipairs(list) do blobs[i] = ("%q"):format(ps.serialize(e.f)) end
+      -- one process waits for each in turn; each is set, once it waits, by
+      -- another process that writes with 1000-byte chunks
+      local w = child.spawn(([[
+        local ps = require "proxystore"
+        for _, blob in ipairs { %s } do
+          local v = ps.deserialize(blob):proxy()
+          print(#v, v:sub(1, 3))
+        end
+      ]]):format(table.concat(blobs, ", ")))
+      finally(function() stop(w) end)
+      for i, e in ipairs(list) do
+        child.until_true(function() return blocked(e.node) > e.base end, 60,
+                         "the child to wait on master " .. e.node)
+        local out, status = child.run(([[
+          local ps = require "proxystore"
+          ps.deserialize(%s):set(("%d"):rep(3000 + %d))
+        ]]):format(blobs[i], i, i), "PROXYSTORE_REDIS_CHUNK_SIZE=1000")
+        assert.equal(0, status, out)
+        assert.equal(("%d\t%s"):format(3000 + i, tostring(i):rep(3)), w:line())
+      end
+      local out, status = w:finish()
+      assert.equal(0, status, out)
+      -- each future's value, chunks and wake-up list sit in its own slot
+      for _, e in ipairs(list) do
+        local keys = keys_on(e.node, "{" .. e.f.key .. "}*")
+        assert.is_true(#keys >= 2 + 4, table.concat(keys, "\n"))
+        local slot = c:slot("{" .. e.f.key .. "}")
+        for _, sl in ipairs(c:slots(keys)) do assert.equal(slot, sl) end
+      end
+    end)
+
+    it("leases every key of an object on its node, chunks and wake-up list included", function()
+      local s = open { prefix = "lease:" }
+      local go = os.tmpname()
+      os.remove(go)
+      local w
+      -- small chunks need a store opened with them: a child process, which
+      -- extends the lease once this process has looked (go appears)
+      finally(function()
+        stop(w)
+        os.remove(go)
+      end)
+      w = child.spawn(([[
+        local ps = require "proxystore"
+        local s = ps.init_store("redis", { cluster = %s, prefix = "lease:" })
+        local lt = ps.lifetime { lease = 30 }
+        local f = s:future { lifetime = lt }
+        f:set(("x"):rep(5000))
+        print(f.key)
+        print(s:put(("y"):rep(3500), { lifetime = lt }))
+        while true do
+          local h = io.open(%q)
+          if h then h:close() break end
+          os.execute("sleep 0.02")
+        end
+        lt:extend(100)
+        print("extended")
+      ]]):format(lua_list(c.seeds), go), "PROXYSTORE_REDIS_CHUNK_SIZE=1000")
+      local fkey, pkey = w:line(), w:line()
+      assert.is_string(pkey)
+      local function pttls(k)
+        local node = node_of(k)
+        local keys = keys_on(node, "lease:{" .. k .. "}*")
+        local cmds = {}
+        for i, name in ipairs(keys) do cmds[i] = { "PTTL", name } end
+        local out = {}
+        for i, line in ipairs(c:pipe(node, cmds)) do out[i] = tonumber(line) end
+        return out
+      end
+      -- the future: value, wake-up list and 6 chunks; the put: value and 4
+      local before = { pttls(fkey), pttls(pkey) }
+      assert.equal(8, #before[1])
+      assert.equal(5, #before[2])
+      for _, list in ipairs(before) do
+        for _, t in ipairs(list) do assert.is_true(t > 0 and t <= 30000, tostring(t)) end
+      end
+      assert(io.open(go, "w")):close()
+      assert.equal("extended", w:line())
+      local out, status = w:finish()
+      assert.equal(0, status, out)
+      for _, k in ipairs { fkey, pkey } do
+        local list = pttls(k)
+        assert.equal(k == fkey and 8 or 5, #list)
+        for _, t in ipairs(list) do assert.is_true(t > 30000 and t <= 130000, tostring(t)) end
+      end
+      -- a short lease ends by itself: the server drops both keys (its
+      -- count of expired keys says they were there; nothing here races it)
+      local function expired(i)
+        return tonumber(c:cli(i, "INFO", "stats"):match("expired_keys:(%d+)"))
+      end
+      local short = ps.lifetime { lease = 0.3 }
+      local g = s:future { lifetime = short }
+      local node = node_of(g.key)
+      local before = expired(node)
+      g:set("brief")
+      child.until_true(function()
+        return #keys_on(node, "lease:{" .. g.key .. "}*") == 0 and expired(node) >= before + 2
+      end, 30, "the lease to end")
+      assert.is_false(g:done())
+    end)
+
+    it("evicts an owned proxy's object when collected and at close; clones go to their own slot", function()
+      local s = open()
+      local p = s:proxy({ big = ("b"):rep(2000) }, { owned = true })
+      local k = ps.key(p)
+      local node = node_of(k)
+      assert.same({ "{" .. k .. "}" }, keys_on(node, "{" .. k .. "}*"))
+      -- clones until one is on another master than the original
+      local clones, other = {}, nil
+      for _ = 1, 100 do
+        local q = ps.clone(p)
+        clones[#clones + 1] = q
+        if node_of(ps.key(q)) ~= node then other = q break end
+      end
+      assert.is_truthy(other, "no clone on another master")
+      local qk = ps.key(other)
+      local qnode = node_of(qk)
+      assert.same({ "{" .. qk .. "}" }, keys_on(qnode, "{" .. qk .. "}*"))
+      assert.equal(("b"):rep(2000), other.big)
+      -- the original goes when collected; the clones, owned, stay
+      p = nil
+      collectgarbage()
+      collectgarbage()
+      assert.same({}, keys_on(node, "{" .. k .. "}*"))
+      assert.is_true(s:exists(qk))
+      -- the clones go when the store closes
+      s:close()
+      assert.same({}, keys_on(qnode, "{" .. qk .. "}*"))
+      assert.equal(("b"):rep(2000), other.big)   -- resolved before: kept
+      clones, other = nil, nil
+      collectgarbage()
+    end)
+  end)
+
   describe("slots that move", function()
     it("follows ASK while a slot migrates and MOVED once it has", function()
       local s = open()
@@ -434,6 +643,74 @@ describe("the redis store on a Redis Cluster", function()
       finish()
       assert.equal("ok", child(("assert(s:get('mix}1') == %q); s:evict('mix}1')"):format(value), 30))
       assert.equal("", c:cli(to, "KEYS", "{mix}1}*"):gsub("%s+", ""))
+      assert.is_true(c:wait_ok())
+    end)
+
+    it("moves a future's waiter with its slot; evict and extend of other objects do not wait", function()
+      local s = open()
+      local quick = open { timeout = 1 }       -- a refusal shows as an error
+      local slot = c:slot("fmv")               -- the keys below hash as "fmv"
+      local topo = c:topology()
+      local from = c:owner(slot, topo)
+      local to
+      for _, m in ipairs(c:masters(topo)) do if m ~= from then to = m break end end
+      local lt = ps.lifetime { lease = 60 }
+      local w, moving = nil, false
+      -- the move ends, whatever happens below: every key there, the slot
+      -- handed over (a slot left half moved would fail every later spec)
+      local function finish()
+        local rest = { "MIGRATE", "127.0.0.1", c.nodes[to].port, "", "0", "5000", "KEYS" }
+        for k in c:cli(from, "KEYS", "{fmv}*"):gmatch("[^\n]+") do rest[#rest + 1] = k end
+        if #rest > 7 then assert.matches("OK", c:cli(from, table.unpack(rest))) end
+        for _, m in ipairs(c:masters(topo)) do
+          c:cli(m, "CLUSTER", "SETSLOT", slot, "NODE", topo[to].id)
+        end
+      end
+      finally(function()
+        stop(w)
+        if moving then pcall(finish) end
+        pcall(lt.close, lt)
+      end)
+      s:put("plain", { key = "fmv}plain" })
+      s:put("leased", { key = "fmv}leased", lifetime = lt })
+      local f = s:future { key = "fmv}fut" }
+      local base = blocked(from)
+      w = child.spawn(([[
+        local ps = require "proxystore"
+        print(ps.deserialize(%q):proxy().v)
+      ]]):format(ps.serialize(f)))
+      child.until_true(function() return blocked(from) > base end, 60, "the child to wait")
+      moving = true
+      assert.matches("OK", c:cli(to, "CLUSTER", "SETSLOT", slot, "IMPORTING", topo[from].id))
+      assert.matches("OK", c:cli(from, "CLUSTER", "SETSLOT", slot, "MIGRATING", topo[to].id))
+      -- objects still on the old node, which have no wake-up list (on
+      -- neither node, so a command naming it with them would be refused
+      -- until the move ends): evict and extend go through, well within
+      -- the store's timeout (a refusal would be waited out until it ends)
+      lt:extend(30)
+      assert.is_true(tonumber(c:cli(from, "PTTL", "{fmv}leased}"):match("%-?%d+")) > 60000)
+      s:evict("fmv}plain")
+      assert.same({}, keys_on(from, "{fmv}plain}*"))
+      -- a set waits for the move to end (Redis refuses the transaction of
+      -- a key on neither node meanwhile): past its timeout it fails, and
+      -- writes nothing on either node
+      local qf = quick:future { key = "fmv}fut" }
+      local err = error_of(qf.set, qf, "too early")
+      assert.truthy(err.kind == "connection" or err.kind == "timeout", tostring(err))
+      assert.same({}, keys_on(from, "{fmv}fut}*"))
+      assert.same({}, keys_on(to, "{fmv}fut}*"))
+      -- the move ends; the waiter, blocked on the old node, is sent on
+      -- (MOVED) and wakes at the new one, where the set lands
+      finish()
+      moving = false
+      f:set({ v = "moved" })
+      local out, status = w:finish()
+      assert.equal(0, status, out)
+      assert.equal("moved\n", out)
+      assert.same({ "{fmv}fut}", "{fmv}fut}:wake" }, keys_on(to, "{fmv}fut}*"))
+      assert.equal("leased", s:get("fmv}leased"))
+      lt:close()
+      assert.is_false(s:exists("fmv}leased"))
       assert.is_true(c:wait_ok())
     end)
 

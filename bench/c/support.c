@@ -2,8 +2,9 @@
  * bench/c/support.c: the module proxystore.bench, helpers for the
  * benchmarks in bench/ that ship in no installed library: the memcpy
  * baseline large strings are compared against, the C-API floors for
- * building and reading the codec's records, and the raw read limit of a
- * stored file (warm and in a fresh process). make bench builds it into
+ * building and reading the codec's records, the raw read limit of a
+ * stored file (warm and in a fresh process), and a sleep that takes no
+ * CPU for the pipeline benchmark's tasks. make bench builds it into
  * build/lib/proxystore/bench.so.
  */
 #include <errno.h>
@@ -261,10 +262,25 @@ static int bench_copy_strings(lua_State *L) {
   return 1;
 }
 
+/*
+ * sleep(seconds): nanosleep. The pipeline benchmark's tasks wait rather
+ * than compute, and a wait must take no CPU (a spin would compete for the
+ * two cores) and fork nothing (os.execute("sleep") costs a process).
+ */
+static int bench_sleep(lua_State *L) {
+  double s = luaL_checknumber(L, 1);
+  luaL_argcheck(L, s >= 0 && s < 1e6, 1, "seconds in [0, 1e6)");
+  struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+  }
+  return 0;
+}
+
 static const luaL_Reg bench_funcs[] = {
   {"copy_strings", bench_copy_strings},
   {"file_read", bench_file_read},
   {"file_read_fresh", bench_file_read_fresh},
+  {"sleep", bench_sleep},
   {"build_records", bench_build_records},
   {"read_records", bench_read_records},
   {"memcpy", bench_memcpy},

@@ -11,10 +11,13 @@ local M = { _VERSION = core._VERSION }
 
 for _, name in ipairs {
   "proxy", "is_proxy", "is_resolved", "resolve", "resolve_async", "extract",
-  "type", "key", "repr", "serialize", "deserialize", "is_error",
+  "type", "key", "repr", "serialize", "deserialize", "is_error", "clone",
 } do
   M[name] = core[name]
 end
+
+--- ps.lifetime(opts): objects evicted together (see proxystore.lifetime).
+M.lifetime = require("proxystore.lifetime").new
 
 local function config_error(fmt, ...)
   error(core.error("config", fmt:format(...)), 3)

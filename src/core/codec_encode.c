@@ -548,7 +548,7 @@ static void encode_typed(enc *e, int idx, int type) {
       e->b->data[e->b->len++] = TAG_NIL;
       return;
     case LUA_TUSERDATA:
-      if (ps_proxy_is(L, idx)) {
+      if (ps_proxy_is(L, idx) || ps_future_is(L, idx)) {
         encode_proxy(e, idx);
         return;
       }

@@ -11,8 +11,15 @@
  * that is used repeatedly gets a metatable of its own whose __index and
  * __newindex are the target itself, so the VM reaches the target without
  * calling C; a fresh proxy keeps the shared metatable so creation stays cheap.
+ *
+ * A future's proxy (PS_PROXY_FUTURE) waits at resolve until its future is
+ * set, within its timeout. An owned proxy (PS_PROXY_OWNED) evicts its
+ * object when collected, in the process that made it only: a forked child
+ * holds copies of its parent's proxies, and a copy sent elsewhere carries
+ * no ownership (the flag never travels).
  */
 #include <string.h>
+#include <unistd.h>
 
 #include "ps.h"
 
@@ -36,7 +43,9 @@ typedef struct proxy {
   unsigned char flags;      /* PS_PROXY_* | STORE_PROXY */
   unsigned char promoted;
   unsigned char uses;
+  pid_t owner;              /* PS_PROXY_OWNED: the process that owns it */
   ps_prefetch_slot prefetch;
+  double timeout;           /* PS_PROXY_FUTURE: wait bound (< 0: none) */
 } proxy;
 
 static proxy *toproxy(lua_State *L, int idx) {
@@ -60,6 +69,7 @@ static proxy *newproxy(lua_State *L, unsigned flags) {
   proxy *p = lua_newuserdatauv(L, sizeof *p, 3);
   memset(p, 0, sizeof *p);
   p->flags = (unsigned char)flags;
+  p->timeout = -1;
   luaL_setmetatable(L, PROXY_MT);
   return p;
 }
@@ -73,7 +83,7 @@ static proxy *newproxy(lua_State *L, unsigned flags) {
  * proxy only finds a registered store; once bound to it, it is an ordinary
  * proxy of this process's store (its own config, no carried flags).
  */
-static void push_store(lua_State *L, int idx) {
+void ps_proxy_push_store(lua_State *L, int idx) {
   if (lua_getiuservalue(L, idx, 2) == LUA_TTABLE ||
       !ps_store_is_open(L, -1)) {
     proxy *p = lua_touserdata(L, idx);
@@ -93,11 +103,11 @@ static void push_store(lua_State *L, int idx) {
 /* pcall'ed: resolves the store proxy at 1 and returns its target. */
 static int resolve_store(lua_State *L) {
   proxy *p = lua_touserdata(L, 1);
-  push_store(L, 1);
+  ps_proxy_push_store(L, 1);
   lua_getiuservalue(L, 1, 3);   /* 3: key */
   lua_getiuservalue(L, 1, 1);   /* 4: deserializer or nil */
   ps_store_resolve_ex(L, 2, 3, p->flags, lua_isnil(L, 4) ? 0 : 4,
-                      &p->prefetch);
+                      &p->prefetch, p->timeout);
   return 1;
 }
 
@@ -342,7 +352,15 @@ static int mm_pairs(lua_State *L) {
 
 static int mm_gc(lua_State *L) {
   proxy *p = toproxy(L, 1);
-  if (p) ps_prefetch_slot_free(&p->prefetch);
+  if (p == NULL) return 0;
+  ps_prefetch_slot_free(&p->prefetch);
+  if ((p->flags & PS_PROXY_OWNED) && p->owner == getpid()) {
+    p->flags &= (unsigned char)~PS_PROXY_OWNED;   /* once */
+    lua_settop(L, 1);
+    lua_getiuservalue(L, 1, 2);
+    lua_getiuservalue(L, 1, 3);
+    ps_store_drop_owned(L, 2, 3);
+  }
   return 0;
 }
 
@@ -366,10 +384,20 @@ static int l_proxy(lua_State *L) {
 
 void ps_proxy_push_store_ref(lua_State *L, int store_idx, int key_idx,
                              unsigned flags) {
+  ps_proxy_push_store_ref_ex(L, store_idx, key_idx, flags, -1);
+}
+
+void ps_proxy_push_store_ref_ex(lua_State *L, int store_idx, int key_idx,
+                                unsigned flags, double timeout) {
   store_idx = lua_absindex(L, store_idx);
   key_idx = lua_absindex(L, key_idx);
-  newproxy(L, (flags & (PS_PROXY_EVICT | PS_PROXY_STRICT |
-                        PS_PROXY_UNTRUSTED)) | STORE_PROXY);
+  proxy *p = newproxy(L, (flags & (PS_PROXY_TRAVELS | PS_PROXY_OWNED)) |
+                             STORE_PROXY);
+  if (flags & PS_PROXY_FUTURE) p->timeout = timeout;
+  if (flags & PS_PROXY_OWNED) {
+    p->owner = getpid();
+    luaL_setmetatable(L, PROXY_GC_MT);   /* evicts when collected */
+  }
   lua_pushvalue(L, store_idx);
   lua_setiuservalue(L, -2, 2);
   lua_pushvalue(L, key_idx);
@@ -399,9 +427,9 @@ static int l_resolve_async(lua_State *L) {
   proxy *p = checkproxy(L, 1);
   lua_settop(L, 1);
   if (p->state != UNRESOLVED || !(p->flags & STORE_PROXY)) return 1;
-  push_store(L, 1);
+  ps_proxy_push_store(L, 1);
   lua_getiuservalue(L, 1, 3);
-  ps_store_prefetch(L, 2, 3, p->flags, &p->prefetch);
+  ps_store_prefetch(L, 2, 3, p->flags, p->timeout, &p->prefetch);
   lua_settop(L, 1);
   if (p->prefetch) luaL_setmetatable(L, PROXY_GC_MT);
   return 1;
@@ -463,18 +491,36 @@ static int l_repr(lua_State *L) {
   lua_getfield(L, -1, "kind");
   lua_getfield(L, -2, "name");
   lua_getiuservalue(L, 1, 3);
-  lua_pushfstring(L, "proxystore.Proxy(store=%s:%s, key=%s, %s%s%s%s%s)",
+  lua_pushfstring(L, "proxystore.Proxy(store=%s:%s, key=%s, %s%s%s%s%s%s%s)",
                   lua_tostring(L, -3), lua_tostring(L, -2),
                   lua_tostring(L, -1), state, bg,
+                  (p->flags & PS_PROXY_FUTURE) ? ", future" : "",
                   (p->flags & PS_PROXY_EVICT) ? ", evict" : "",
                   (p->flags & PS_PROXY_STRICT) ? ", strict" : "",
+                  (p->flags & PS_PROXY_OWNED) ? ", owned" : "",
                   (p->flags & PS_PROXY_UNTRUSTED) ? ", untrusted" : "");
   return 1;
 }
 
 /* ---- references for the codec ---------------------------------------- */
 
+unsigned ps_proxy_flags(lua_State *L, int idx, double *timeout) {
+  proxy *p = toproxy(L, idx);
+  if (p == NULL || !(p->flags & STORE_PROXY)) return 0;
+  if (timeout) *timeout = p->timeout;
+  return p->flags & (PS_PROXY_TRAVELS | PS_PROXY_OWNED);
+}
+
+int ps_proxy_is_reference(lua_State *L, int idx) {
+  proxy *p = toproxy(L, idx);
+  return p ? (p->flags & STORE_PROXY) != 0 : ps_future_is(L, idx);
+}
+
 void ps_proxy_push_reference(lua_State *L, int idx) {
+  if (ps_future_is(L, idx)) {
+    ps_future_push_reference(L, idx);
+    return;
+  }
   proxy *p = toproxy(L, idx);
   if (p == NULL || !(p->flags & STORE_PROXY))
     ps_error_raise(L, PS_ESERIALIZATION, NULL,
@@ -491,9 +537,25 @@ void ps_proxy_push_reference(lua_State *L, int idx) {
   lua_setfield(L, -2, "config");
   lua_getiuservalue(L, idx, 3);
   lua_setfield(L, -2, "key");
-  lua_pushinteger(L, p->flags & (PS_PROXY_EVICT | PS_PROXY_STRICT |
-                                 PS_PROXY_UNTRUSTED));
+  lua_pushinteger(L, p->flags & PS_PROXY_TRAVELS);
   lua_setfield(L, -2, "flags");
+  if ((p->flags & PS_PROXY_FUTURE) && p->timeout >= 0) {
+    lua_pushnumber(L, p->timeout);
+    lua_setfield(L, -2, "timeout");
+  }
+}
+
+/* The optional timeout of a reference table at t: < 0 when absent. */
+static double reference_timeout(lua_State *L, int t) {
+  int type = lua_getfield(L, t, "timeout");
+  double v = lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  if (type == LUA_TNIL) return -1;
+  if (type != LUA_TNUMBER || !(v >= 0))   /* NaN too */
+    ps_error_raise(L, PS_ESERIALIZATION, NULL,
+                   "malformed proxy reference (timeout must be a number of "
+                   "seconds >= 0)");
+  return v;
 }
 
 /*
@@ -502,7 +564,8 @@ void ps_proxy_push_reference(lua_State *L, int idx) {
  * untrusted proxy keeps nothing else (no address, no options), so nothing
  * it carries can ever create or configure a store.
  */
-static void keep_name_only(lua_State *L, int cfg) {
+void ps_proxy_name_only(lua_State *L, int cfg) {
+  cfg = lua_absindex(L, cfg);
   static const char *const fields[] = {"name", "kind", "instance"};
   lua_createtable(L, 0, 3);
   for (int i = 0; i < 3; i++)
@@ -515,6 +578,14 @@ static void keep_name_only(lua_State *L, int cfg) {
 
 void ps_proxy_from_reference(lua_State *L, int untrusted) {
   int t = lua_gettop(L);
+  if (lua_type(L, t) == LUA_TTABLE) {
+    int fut = lua_getfield(L, t, "future") != LUA_TNIL;
+    lua_pop(L, 1);
+    if (fut) {
+      ps_future_from_reference(L, untrusted);
+      return;
+    }
+  }
   int ok = lua_type(L, t) == LUA_TTABLE &&
            lua_getfield(L, t, "config") == LUA_TTABLE &&
            lua_getfield(L, -1, "name") == LUA_TSTRING &&
@@ -525,14 +596,15 @@ void ps_proxy_from_reference(lua_State *L, int untrusted) {
     ps_error_raise(L, PS_ESERIALIZATION, NULL,
                    "malformed proxy reference (needs config.name, "
                    "config.kind, key and flags)");
-  unsigned flags = (unsigned)lua_tointeger(L, t + 5);
+  unsigned flags = (unsigned)lua_tointeger(L, t + 5) & PS_PROXY_TRAVELS;
   /* Untrusted input, or a reference an untrusted proxy was serialized
-   * into: no carried flag is obeyed (evict would delete at first use). */
+   * into: no carried flag that acts is obeyed (evict would delete at first
+   * use). A future's proxy stays one: its wait only reads. */
   if (untrusted || (flags & PS_PROXY_UNTRUSTED)) {
-    flags = PS_PROXY_UNTRUSTED;
-    keep_name_only(L, t + 1);
+    flags = PS_PROXY_UNTRUSTED | (flags & PS_PROXY_FUTURE);
+    ps_proxy_name_only(L, t + 1);
   }
-  ps_proxy_push_store_ref(L, t + 1, t + 4, flags);
+  ps_proxy_push_store_ref_ex(L, t + 1, t + 4, flags, reference_timeout(L, t));
   lua_replace(L, t);
   lua_settop(L, t);
 }

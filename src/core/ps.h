@@ -34,6 +34,7 @@
 #define PS_EIO            "io"
 #define PS_ECLOSED        "closed"
 #define PS_EPOOL          "pool"
+#define PS_EALREADY_SET   "already_set"
 
 /* Optional context attached to an error; NULL fields are left out. */
 typedef struct ps_errctx {
@@ -122,18 +123,42 @@ void ps_proxy_push_target(lua_State *L, int idx);
  * store registered in this process under its name. Kept when such a proxy
  * is serialized again, so passing it on does not launder it. */
 #define PS_PROXY_UNTRUSTED 0x04
+#define PS_PROXY_FUTURE 0x08   /* waits until its future is set (timeout) */
+#define PS_PROXY_OWNED  0x10   /* evicts its object when collected; never
+                                  travels (copies elsewhere do not own) */
+/* The flags a proxy's reference carries to another process (their values
+ * are the format's: docs/format.md). */
+#define PS_PROXY_TRAVELS (PS_PROXY_EVICT | PS_PROXY_STRICT | \
+                          PS_PROXY_UNTRUSTED | PS_PROXY_FUTURE)
 void ps_proxy_push_store_ref(lua_State *L, int store_idx, int key_idx,
                              unsigned flags);
+/* The same with the wait bound of a future's proxy (seconds, < 0: none). */
+void ps_proxy_push_store_ref_ex(lua_State *L, int store_idx, int key_idx,
+                                unsigned flags, double timeout);
 /*
  * For the codec: pushes a plain table {config=, key=, flags=} describing
  * the store proxy at idx. Raises a serialization error for a proxy whose
  * factory is a Lua function. ps_proxy_from_reference pops such a table and
  * pushes a proxy that will resolve through it; with untrusted != 0 (or a
  * reference that says it is untrusted) the proxy keeps only the store's
- * name and kind and drops every carried flag.
+ * name and kind and drops every carried flag but PS_PROXY_FUTURE (a wait
+ * only reads). A reference with future = true makes a store future
+ * instead (ps_future_from_reference).
  */
 void ps_proxy_push_reference(lua_State *L, int idx);
 void ps_proxy_from_reference(lua_State *L, int untrusted);
+/* Replaces the store config table at cfg with one holding only name, kind
+   and a local store's instance: what an untrusted reference keeps. */
+void ps_proxy_name_only(lua_State *L, int cfg);
+/* True for a store proxy or a store future: what the codec writes as a
+   reference. */
+int ps_proxy_is_reference(lua_State *L, int idx);
+/* Pushes the store of the store proxy at idx (found or re-created from
+   its config, like a resolve does; an untrusted proxy's only found). */
+void ps_proxy_push_store(lua_State *L, int idx);
+/* The PS_PROXY_* flags of the store proxy at idx (0 for anything else);
+   *timeout gets a future's proxy's wait bound. */
+unsigned ps_proxy_flags(lua_State *L, int idx, double *timeout);
 void ps_proxy_open(lua_State *L);
 
 /* ---- codec (codec.c) ---------------------------------------------------- */
@@ -186,15 +211,41 @@ void ps_prefetch_slot_free(ps_prefetch_slot *slot);
 /* True once the slot's fetch has finished (never blocks). */
 int ps_prefetch_slot_done(ps_prefetch_slot *slot);
 /* Starts fetching key in the background when the store's backend can. */
+/* A future's proxy (PS_PROXY_FUTURE) waits first, within timeout seconds
+   (< 0: no limit), in the background too. */
 void ps_store_prefetch(lua_State *L, int store_idx, int key_idx,
-                       unsigned flags, ps_prefetch_slot *slot);
+                       unsigned flags, double timeout, ps_prefetch_slot *slot);
+/*
+ * Blocks until the future under the key at key_idx is set, or raises kind
+ * "timeout" after timeout seconds (< 0: no limit). A local store raises at
+ * once for an unset one: nothing else can set it while this process waits.
+ */
+void ps_store_wait(lua_State *L, int store_idx, int key_idx, double timeout);
+/*
+ * An owned proxy was collected: evicts the key at key_idx from the store at
+ * store_idx (a store userdata; anything else is ignored) if this process
+ * owns it there. Never raises: it runs in __gc.
+ */
+void ps_store_drop_owned(lua_State *L, int store_idx, int key_idx);
+/* ---- futures (future.c) --------------------------------------------------- */
+/* True if the value at idx is a store future. */
+int ps_future_is(lua_State *L, int idx);
+/* For the codec: the future's reference table (as ps_proxy_push_reference;
+   it has future = true). */
+void ps_future_push_reference(lua_State *L, int idx);
+/* Pops a reference table with future = true and pushes the future; with
+   untrusted != 0 (or a reference that says so) as an untrusted proxy:
+   name-only config, no evict, no lease. */
+void ps_future_from_reference(lua_State *L, int untrusted);
 /*
  * ps_store_resolve with an optional deserializer (stack index, 0 for the
- * store's) and the proxy's prefetch slot (may be NULL).
+ * store's), the proxy's prefetch slot (may be NULL) and, for a future's
+ * proxy (PS_PROXY_FUTURE), how long to wait for it to be set (seconds,
+ * < 0: no limit; kind "timeout" past it).
  */
 void ps_store_resolve_ex(lua_State *L, int store_idx, int key_idx,
                          unsigned flags, int deserializer,
-                         ps_prefetch_slot *slot);
+                         ps_prefetch_slot *slot, double timeout);
 void ps_store_open(lua_State *L);
 
 /* ---- worker pool (pool.c, pool_zygote.c, pool_channel.c) ---------------- */

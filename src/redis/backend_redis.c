@@ -225,7 +225,7 @@ int ps_redis_reply_error(ps_redis *x, ps_key k, const ps_rreply *r, ps_berr *err
                      x->prefix, ps_redis_keyname(k, kb, sizeof kb), r->str);
 }
 
-static int new_version(ps_version *v) {
+int ps_redis_new_version(ps_version *v) {
   size_t got = 0;
   while (got < PS_VERSION_LEN) {
     ssize_t n = getrandom(v->bytes + got, PS_VERSION_LEN - got, 0);
@@ -296,12 +296,12 @@ static int put_once(void *ctx, ps_key k, const char *data, size_t len,
                      ps_version *vout, ps_berr *err) {
   ps_redis *x = ctx;
   ps_version v;
-  if (new_version(&v) != 0)
+  if (ps_redis_new_version(&v) != 0)
     return ps_berr_set(err, PS_BIO, "redis: getrandom failed");
   int code = ps_redis_route(x, k, err);
   if (code) return code;
   if (len > x->chunk) {
-    code = ps_redis_put_chunked(x, k, data, len, &v, err);
+    code = ps_redis_put_chunked(x, k, data, len, &v, NULL, err);
   } else {
     char hdr[HDR_LEN];
     hdr[0] = 'P';
@@ -373,7 +373,7 @@ static int read_value(ps_redis *x, ps_key k, size_t n, ps_blob *out,
 }
 
 /* Reads one GET-like reply for key k into out. */
-static int read_get_reply(ps_redis *x, ps_key k, const ps_version *have,
+int ps_redis_read_get_reply(ps_redis *x, ps_key k, const ps_version *have,
                           ps_blob *out, ps_version *vout, ps_rchunks *ci,
                           int *chunked, ps_berr *err) {
   ps_rreply r;
@@ -426,7 +426,8 @@ static int get_once(void *ctx, ps_key k, const ps_version *have,
   if (code) return code;
   ps_rchunks ci;
   int chunked;
-  code = read_get_reply(x, k, have, out, vout, &ci, &chunked, err);
+  code = ps_redis_read_get_reply(x, k, have, out, vout, &ci, &chunked,
+                                 err);
   if (code == PS_BOK && chunked) code = ps_redis_get_chunks(x, k, &ci, out, vout, err);
   return code;
 }
@@ -452,14 +453,19 @@ static int exists_once(void *ctx, ps_key k, int *found, ps_berr *err) {
   return code;
 }
 
-static int evict_once(void *ctx, ps_key k, ps_berr *err) {
+/* *wake_elsewhere: the wake-up list's DEL is left for a step of its own
+   (ps_redis_read_wake). */
+static int evict_once(void *ctx, ps_key k, int *wake_elsewhere,
+                      ps_berr *err) {
   ps_redis *x = ctx;
+  *wake_elsewhere = 0;
   int code = ps_redis_route(x, k, err);
   if (code) return code;
   ps_redis_queue_old_header(x, k);
   ps_rcmd_begin(x->c, 2);
   ps_rcmd_str(x->c, "DEL");
   ps_redis_arg_key(x, k, NULL);
+  ps_redis_queue_wake(x, k, -1);   /* a future's wake-up list */
   code = ps_rconn_send(x->c, err);
   if (code) return code;
   ps_rchunks old;
@@ -471,6 +477,9 @@ static int evict_once(void *ctx, ps_key k, ps_berr *err) {
   if (code) return code;
   if (r.type == PS_R_ERROR) code = ps_redis_reply_error(x, k, &r, err);
   ps_rreply_free(&r);
+  ps_berr e;
+  int c = ps_redis_read_wake(x, k, wake_elsewhere, &e);
+  ps_redis_keep_first(&code, err, c, &e);
   if (!code && had) code = ps_redis_del_chunks(x, k, &old, err);
   return code;
 }
@@ -492,7 +501,7 @@ static int put_batch_once(void *ctx, size_t n, const ps_key *keys,
     goto done;
   }
   for (size_t i = 0; i < n; i++)
-    if (new_version(&vs[i]) != 0) {
+    if (ps_redis_new_version(&vs[i]) != 0) {
       code = ps_berr_set(err, PS_BIO, "redis: getrandom failed");
       goto done;
     }
@@ -528,7 +537,7 @@ static int put_batch_once(void *ctx, size_t n, const ps_key *keys,
     if (values[i].len > x->chunk) {
       if (code) continue;
       c = ps_redis_put_chunked(x, keys[i], values[i].data, values[i].len,
-                               &vs[i], &e);
+                               &vs[i], NULL, &e);
     } else if (had[i]) {
       c = ps_redis_del_chunks(x, keys[i], &old[i], &e);
     }
@@ -569,8 +578,8 @@ static int get_batch_once(void *ctx, size_t n, const ps_key *keys,
   for (size_t i = 0; i < n && x->c->fd >= 0; i++) {
     int ch = 0;
     ps_berr e;
-    int c = read_get_reply(x, keys[i], NULL, &out[i], vout ? &vout[i] : NULL,
-                           &ci[i], &ch, &e);
+    int c = ps_redis_read_get_reply(x, keys[i], NULL, &out[i],
+                                    vout ? &vout[i] : NULL, &ci[i], &ch, &e);
     chunked[i] = (char)ch;
     if (c == PS_BOK || c == PS_BNOTFOUND) codes[i] = c;
     else ps_redis_keep_first(&code, err, c, &e);
@@ -636,6 +645,10 @@ int ps_redis_again(ps_redis *x, int *code, ps_berr *err) {
     return code_;                                                \
   } while (0)
 
+int ps_redis_call(void *ctx, ps_redis_op op, void *arg, ps_berr *err) {
+  RETRY(op(x_, arg, err));
+}
+
 static int redis_put(void *ctx, ps_key k, const char *data, size_t len,
                      ps_version *vout, ps_berr *err) {
   RETRY(put_once(ctx, k, data, len, vout, err));
@@ -651,7 +664,14 @@ static int redis_exists(void *ctx, ps_key k, int *found, ps_berr *err) {
 }
 
 static int redis_evict(void *ctx, ps_key k, ps_berr *err) {
-  RETRY(evict_once(ctx, k, err));
+  ps_redis *x = ctx;
+  int wake_elsewhere = 0, code;
+  ps_redis_begin_call(x);
+  do code = settled(x, evict_once(x, k, &wake_elsewhere, err));
+  while (ps_redis_again(x, &code, err));
+  if (code == PS_BOK && wake_elsewhere)
+    code = ps_redis_wake_retried(x, k, -1, err);
+  return code;
 }
 
 static int redis_put_batch(void *ctx, size_t n, const ps_key *keys,
@@ -672,10 +692,6 @@ static int redis_get_batch(void *ctx, size_t n, const ps_key *keys,
 
 /* ---- for the cluster's batches (redis_cluster_batch.c) ------------------ */
 
-int ps_redis_new_version(ps_version *v) {
-  return new_version(v);
-}
-
 void ps_redis_queue_get(ps_redis *x, ps_key k) {
   queue_get(x, k, NULL);
 }
@@ -683,7 +699,8 @@ void ps_redis_queue_get(ps_redis *x, ps_key k) {
 int ps_redis_read_get(ps_redis *x, ps_key k, ps_blob *out, ps_version *vout,
                       int *chunked, ps_berr *err) {
   ps_rchunks ci;
-  int code = read_get_reply(x, k, NULL, out, vout, &ci, chunked, err);
+  int code = ps_redis_read_get_reply(x, k, NULL, out, vout, &ci, chunked,
+                                     err);
   /* a chunked value is fetched again, alone: ps_redis_get_retried */
   return code;
 }
@@ -702,6 +719,10 @@ void ps_redis_queue_put(ps_redis *x, ps_key k, const char *data, size_t len,
     while (ps_redis_again((x), &code_, err));                    \
     return code_;                                                \
   } while (0)
+
+int ps_redis_attempts(ps_redis *x, ps_redis_op op, void *arg, ps_berr *err) {
+  ATTEMPTS(x, op(x, arg, err));
+}
 
 int ps_redis_get_retried(ps_redis *x, ps_key k, ps_blob *out,
                          ps_version *vout, ps_berr *err) {
@@ -735,4 +756,7 @@ const ps_backend_ops ps_backend_redis = {
   .evict = redis_evict,
   .put_batch = redis_put_batch,
   .get_batch = redis_get_batch,
+  .put_ex = ps_redis_put_ex,
+  .wait = ps_redis_wait,
+  .expire = ps_redis_expire,
 };

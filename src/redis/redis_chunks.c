@@ -99,18 +99,25 @@ int ps_redis_del_chunks(ps_redis *x, ps_key k, const ps_rchunks *ci,
  * window also reads back the header of the value being replaced. */
 static int set_window(ps_redis *x, ps_key k, const char *data,
                       const ps_rchunks *ci, size_t i0, size_t m,
-                      ps_rchunks *old, int *had, ps_berr *err) {
+                      const ps_bput *o, ps_rchunks *old, int *had,
+                      ps_berr *err) {
   char suf[80];
-  int with_old = i0 == 0;
+  /* A put that may only fill an empty key replaces nothing. */
+  int with_old = i0 == 0 && !(o && o->if_absent);
+  int ttl = o && o->ttl_ms > 0;
   if (with_old) ps_redis_queue_old_header(x, k);
   for (size_t i = i0; i < i0 + m; i++) {
     size_t off = i * ci->chunk;
     size_t l = ci->total - off < ci->chunk ? ci->total - off : ci->chunk;
     chunk_suffix(suf, sizeof suf, &ci->v, i);
-    ps_rcmd_begin(x->c, 3);
+    ps_rcmd_begin(x->c, ttl ? 5 : 3);
     ps_rcmd_str(x->c, "SET");
     ps_redis_arg_key(x, k, suf);
     ps_rcmd_arg(x->c, data + off, l);
+    if (ttl) {   /* a lease: the chunks go with the object, whoever dies */
+      ps_rcmd_str(x->c, "PX");
+      ps_rcmd_int(x->c, (long long)o->ttl_ms);
+    }
   }
   int code = ps_rconn_send(x->c, err);
   if (!code && with_old) code = ps_redis_read_old_header(x, old, had, err);
@@ -125,7 +132,7 @@ static int set_window(ps_redis *x, ps_key k, const char *data,
 }
 
 int ps_redis_put_chunked(ps_redis *x, ps_key k, const char *data, size_t len,
-                         const ps_version *v, ps_berr *err) {
+                         const ps_version *v, const ps_bput *o, ps_berr *err) {
   size_t n = len / x->chunk + (len % x->chunk != 0);
   if (n > PS_REDIS_MAX_CHUNKS)
     return ps_berr_set(err, PS_BCONFIG,
@@ -137,7 +144,7 @@ int ps_redis_put_chunked(ps_redis *x, ps_key k, const char *data, size_t len,
   size_t written = 0;
   for (size_t i0 = 0; i0 < n && !code; i0 += WINDOW) {
     size_t m = n - i0 < WINDOW ? n - i0 : WINDOW;
-    code = set_window(x, k, data, &ci, i0, m, &old, &had, err);
+    code = set_window(x, k, data, &ci, i0, m, o, &old, &had, err);
     written = i0 + m;
   }
   if (!code) {
@@ -147,20 +154,50 @@ int ps_redis_put_chunked(ps_redis *x, ps_key k, const char *data, size_t len,
     memcpy(main + 1, v->bytes, PS_VERSION_LEN);
     int ml = snprintf(main + HDR_LEN, 64, "%zu %zu %zu", ci.total, ci.n,
                       ci.chunk);
-    ps_rcmd_begin(x->c, 3);
-    ps_rcmd_str(x->c, "SET");
-    ps_redis_arg_key(x, k, NULL);
-    ps_rcmd_arg(x->c, main, HDR_LEN + (size_t)ml);
+    ps_redis_queue_main(x, k, main, HDR_LEN + (size_t)ml, NULL, 0, o);
     code = ps_rconn_send(x->c, err);
-    if (!code) code = ps_redis_expect_ok(x, k, err);
+    if (!code) code = ps_redis_read_main(x, k, o, err);
   }
   if (code) {
-    /* Best effort: chunks nothing will ever point to. */
+    /* Best effort: chunks nothing will ever point to (also when an
+       if_absent put found the key taken). */
     ps_berr ignored;
     if (x->c->fd >= 0) del_range(x, k, &ci, written, &ignored);
     return code;
   }
   if (had) code = ps_redis_del_chunks(x, k, &old, err);
+  return code;
+}
+
+/* ---- leases ---------------------------------------------------------------- */
+
+int ps_redis_expire_chunks(ps_redis *x, ps_key k, const ps_rchunks *ci,
+                           int64_t ttl_ms, ps_berr *err) {
+  char suf[80];
+  int code = PS_BOK;
+  for (size_t i0 = 0; i0 < ci->n && !code; i0 += WINDOW) {
+    size_t m = ci->n - i0 < WINDOW ? ci->n - i0 : WINDOW;
+    for (size_t i = i0; i < i0 + m; i++) {
+      chunk_suffix(suf, sizeof suf, &ci->v, i);
+      ps_rcmd_begin(x->c, 3);
+      ps_rcmd_str(x->c, "PEXPIRE");
+      ps_redis_arg_key(x, k, suf);
+      ps_rcmd_int(x->c, (long long)ttl_ms);
+    }
+    code = ps_rconn_send(x->c, err);
+    if (code) break;
+    /* Every reply is read while the connection lives: the first error is
+       the call's. */
+    for (size_t i = 0; i < m && x->c->fd >= 0; i++) {
+      ps_rreply r;
+      ps_berr e;
+      int c = ps_rconn_read_reply(x->c, &r, &e);
+      if (c == PS_BOK && r.type == PS_R_ERROR)
+        c = ps_redis_reply_error(x, k, &r, &e);
+      ps_rreply_free(&r);
+      ps_redis_keep_first(&code, err, c, &e);
+    }
+  }
   return code;
 }
 

@@ -17,6 +17,9 @@
    forged chunk header can make a reader or an evict do. */
 #define PS_REDIS_MAX_CHUNKS 65536
 
+/* The key of an object's wake-up list (futures): prefix..key..":wake". */
+#define PS_REDIS_WAKE ":wake"
+
 typedef struct ps_redis {
   /* The connection of the current attempt: &one on a single server; on a
      cluster, that of the node serving the key (ps_redis_route). */
@@ -72,20 +75,73 @@ void ps_redis_queue_old_header(ps_redis *x, ps_key k);
 int ps_redis_read_old_header(ps_redis *x, ps_rchunks *old, int *had_chunks,
                              ps_berr *err);
 
+/* 16 fresh random bytes; 0, or -1 when getrandom fails. */
+int ps_redis_new_version(ps_version *v);
+/*
+ * Runs op(x, arg, err) as one call under the backend's rules: one set of
+ * time bounds, settled at the end, repeated once on a new connection when
+ * a connection that worked before turns out dead.
+ */
+typedef int (*ps_redis_op)(ps_redis *x, void *arg, ps_berr *err);
+int ps_redis_call(void *ctx, ps_redis_op op, void *arg, ps_berr *err);
+/* The attempts of op within the call already begun (ps_redis_begin_call):
+   a further step of the same call. */
+int ps_redis_attempts(ps_redis *x, ps_redis_op op, void *arg, ps_berr *err);
+
+/* redis_future.c: put_ex, wait and expire (futures and leases) */
+/*
+ * Queues the commands that write the main key of an object, hdr then
+ * data, under the options o (NULL: a plain SET): SET with PX for a lease;
+ * for if_absent or wake, MULTI / SET [NX] [PX] / RPUSH and PEXPIRE of the
+ * wake-up list / EXEC, so the value and its wake-up land together or not
+ * at all. ps_redis_read_main reads their replies: PS_BEXISTS when NX
+ * found the key taken.
+ */
+void ps_redis_queue_main(ps_redis *x, ps_key k, const char *hdr, size_t hlen,
+                         const char *data, size_t len, const ps_bput *o);
+int ps_redis_read_main(ps_redis *x, ps_key k, const ps_bput *o, ps_berr *err);
+int ps_redis_put_ex(void *ctx, ps_key k, const char *data, size_t len,
+                    const ps_bput *o, ps_version *vout, ps_berr *err);
+int ps_redis_wait(void *ctx, ps_key k, double timeout, ps_blob *out,
+                  ps_version *vout, ps_berr *err);
+/* backend_redis.c: reads one GET reply for k into out; a chunked value's
+   header goes to *ci with *chunked set (ps_redis_get_chunks fetches it). */
+int ps_redis_read_get_reply(ps_redis *x, ps_key k, const ps_version *have,
+                            ps_blob *out, ps_version *vout, ps_rchunks *ci,
+                            int *chunked, ps_berr *err);
+int ps_redis_expire(void *ctx, ps_key k, int64_t ttl_ms, ps_berr *err);
+/*
+ * The wake-up list's part of evict (ttl_ms < 0: DEL) and expire (PEXPIRE
+ * ttl_ms): a command of its own, queued in the pipeline of the object's
+ * commands. Never one command over the list and the object's keys: while
+ * a cluster moves their slot the list (which only futures have) may sit
+ * on the other node, and Redis refuses a command whose keys are not all
+ * on one node (ASK, TRYAGAIN) until the move ends. ps_redis_read_wake
+ * reads its reply; on a cluster, a redirection sets *elsewhere (when
+ * given) instead of failing, and ps_redis_wake_retried then runs the
+ * command as a step of its own in the current call, following it.
+ */
+void ps_redis_queue_wake(ps_redis *x, ps_key k, int64_t ttl_ms);
+int ps_redis_read_wake(ps_redis *x, ps_key k, int *elsewhere, ps_berr *err);
+int ps_redis_wake_retried(ps_redis *x, ps_key k, int64_t ttl_ms,
+                          ps_berr *err);
+
 /* redis_chunks.c: values over the chunk size */
 /* Parses and checks a 'C' header of len bytes; 0, or -1 when malformed. */
 int ps_redis_parse_chunks(const char *hdr, size_t len, ps_rchunks *ci);
 int ps_redis_del_chunks(ps_redis *x, ps_key k, const ps_rchunks *ci,
                         ps_berr *err);
+/* o (may be NULL): the chunks get the lease, the main key all of o. */
 int ps_redis_put_chunked(ps_redis *x, ps_key k, const char *data, size_t len,
-                         const ps_version *v, ps_berr *err);
+                         const ps_version *v, const ps_bput *o, ps_berr *err);
+/* PEXPIRE of every chunk of ci, 64 to a round trip. */
+int ps_redis_expire_chunks(ps_redis *x, ps_key k, const ps_rchunks *ci,
+                           int64_t ttl_ms, ps_berr *err);
 int ps_redis_get_chunks(ps_redis *x, ps_key k, const ps_rchunks *ci,
                         ps_blob *out, ps_version *vout, ps_berr *err);
 
 /* backend_redis.c, for redis_cluster_batch.c: the pieces of a batch, and
    whole operations retried within the current call. */
-/* 16 random bytes: 0, or -1 when getrandom fails. */
-int ps_redis_new_version(ps_version *v);
 void ps_redis_queue_get(ps_redis *x, ps_key k);
 /* Reads a GET reply; *chunked: a chunked value, whose chunks were not
    read (fetch it with ps_redis_get_retried). */

@@ -27,7 +27,8 @@ enum {
   PS_BPROTO,      /* wrong type under key, corrupt data, bad reply */
   PS_BCONFIG,     /* bad option, refused key, auth failure */
   PS_BIO,         /* filesystem or other I/O failure */
-  PS_BNOMEM
+  PS_BNOMEM,
+  PS_BEXISTS      /* put_ex with if_absent: the key already holds an object */
 };
 
 typedef struct ps_berr {
@@ -80,6 +81,15 @@ typedef struct ps_key {
   size_t len;
 } ps_key;
 
+/* What put_ex does besides storing the bytes. */
+typedef struct ps_bput {
+  int64_t ttl_ms;   /* > 0: a lease the store keeps: every key of the
+                       object is gone ttl_ms from now, whoever is alive */
+  int if_absent;    /* store only if key holds no object (an expired one
+                       counts as none): PS_BEXISTS otherwise, nothing written */
+  int wake;         /* wake every process waiting on key (ops->wait) */
+} ps_bput;
+
 typedef struct ps_backend_ops {
   const char *kind;
   /* Opens a context; on failure returns NULL with err set. */
@@ -114,6 +124,33 @@ typedef struct ps_backend_ops {
                    ps_berr *err);
   int (*get_batch)(void *ctx, size_t n, const ps_key *keys, ps_blob *out,
                    ps_version *versions_out, int *codes, ps_berr *err);
+
+  /*
+   * Optional, for futures and leases (NULL: the store says the backend
+   * cannot). put_ex is put with the ps_bput options, each atomic with the
+   * write: a process killed during put_ex leaves either nothing or the
+   * object with its lease and its wake-up.
+   */
+  int (*put_ex)(void *ctx, ps_key key, const char *data, size_t len,
+                const ps_bput *opts, ps_version *version_out, ps_berr *err);
+  /*
+   * Blocks until an object exists under key (PS_BOK), or timeout seconds
+   * pass (PS_BTIMEOUT; timeout < 0: no limit). Woken by the store, not by
+   * polling: a put_ex with wake (any write, on the file store) wakes every
+   * waiter in every process, and a wait that starts after it returns at
+   * once. With out != NULL it then reads the object as get does (no have
+   * version; PS_BNOTFOUND when it went again at once), in the same round
+   * trip where the backend can. It holds ctx for the whole wait: call it
+   * on a context of its own, never on the one the store's other calls use.
+   */
+  int (*wait)(void *ctx, ps_key key, double timeout, ps_blob *out,
+              ps_version *version_out, ps_berr *err);
+  /*
+   * Every key of the object under key (chunks and wake-up included) now
+   * expires ttl_ms from now: a lease set or pushed back. PS_BNOTFOUND when
+   * there is no object under key.
+   */
+  int (*expire)(void *ctx, ps_key key, int64_t ttl_ms, ps_berr *err);
 } ps_backend_ops;
 
 extern const ps_backend_ops ps_backend_redis;

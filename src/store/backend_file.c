@@ -26,6 +26,8 @@
 #include <linux/magic.h>
 
 #include "backend.h"
+#include "file_lease.h"
+#include "file_wait.h"
 #include "ps.h"
 #include "bigalloc.h"
 #include "unmapper.h"
@@ -90,6 +92,7 @@ typedef struct file_ctx {
   int dirfd;
   pid_t pid;             /* the process that opened it */
   int clear;             /* remove what this store wrote at close */
+  int sweep;             /* reap expired leases at open and close */
   int recycle;           /* spare files kept for reuse (0: none) */
   char spare_tag[SPARE_TAG_LEN + 1];   /* random, in every spare's name */
   int ncreated;          /* directories mkdir'ed here, outermost first */
@@ -308,6 +311,9 @@ static void *file_open(const ps_bconfig *cfg, ps_berr *err) {
   c->dirfd = -1;
   c->pid = getpid();
   c->clear = cfg->clear;
+  /* Contexts that only fetch or wait for another (no_create) leave
+     sweeping to the store's own. */
+  c->sweep = !cfg->no_create;
   c->recycle = cfg->recycle < 0 ? 0
                : cfg->recycle > MAX_RECYCLE ? MAX_RECYCLE : cfg->recycle;
   char rnd[33];
@@ -333,6 +339,7 @@ static void *file_open(const ps_bconfig *cfg, ps_berr *err) {
   struct statfs fs;
   c->map_min = fstatfs(c->dirfd, &fs) == 0 && fs.f_type == TMPFS_MAGIC
                    ? FILE_MAP_MIN_TMPFS : FILE_MAP_MIN;
+  if (c->sweep) ps_flease_sweep(c->dirfd);
   return c;
 fail:
   file_close(c);
@@ -353,8 +360,9 @@ static void remove_written(file_ctx *c) {
     const name_entry *e = c->written.slots[i];
     struct stat st;
     if (e && fstatat(c->dirfd, e->name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-        st.st_ino == e->ino && st.st_dev == e->dev)
-      unlinkat(c->dirfd, e->name, 0);
+        st.st_ino == e->ino && st.st_dev == e->dev &&
+        unlinkat(c->dirfd, e->name, 0) == 0 && PS_FLEASE_MARKED(&st))
+      ps_flease_drop(c->dirfd, e->name);   /* its lease's mark too */
   }
   char spare[SPARE_NAME_SIZE];
   for (int i = 0; i < c->recycle; i++) {
@@ -369,9 +377,13 @@ static void file_close(void *ctx) {
   /* Only the opening process clears: a forked child shares nothing to own. */
   if (c->clear && c->dirfd >= 0 && c->pid == getpid()) {
     remove_written(c);
+    /* Expired leases go, and the lease marks' directory when empty. */
+    if (c->sweep) ps_flease_sweep(c->dirfd);
     /* rmdir only removes an empty directory: anything else stays. */
     for (int i = c->ncreated - 1; i >= 0; i--)
       if (rmdir(c->created[i]) != 0) break;
+  } else if (c->sweep && c->dirfd >= 0) {
+    ps_flease_sweep(c->dirfd);
   }
   if (c->dirfd >= 0) close(c->dirfd);
   for (int i = 0; i < c->ncreated; i++) free(c->created[i]);
@@ -435,14 +447,45 @@ static int take_spare(file_ctx *c, const char *tmp) {
   return -1;
 }
 
-static int file_put(void *ctx, ps_key key, const char *data, size_t len,
-                    ps_version *version_out, ps_berr *err) {
+/*
+ * Moves tmp to name without replacing an object there: PS_BEXISTS when one
+ * is (an object past its lease is reaped and the move tried again). A
+ * filesystem without RENAME_NOREPLACE gets a hard link instead. Either
+ * way waiters see IN_MOVED_TO or IN_CREATE.
+ */
+static int move_if_absent(file_ctx *c, const char *tmp, const char *name) {
+  for (int tries = 0; tries < 2; tries++) {
+    if (renameat2(c->dirfd, tmp, c->dirfd, name, RENAME_NOREPLACE) == 0)
+      return PS_BOK;
+    if (errno == EINVAL || errno == ENOSYS) {
+      if (linkat(c->dirfd, tmp, c->dirfd, name, 0) == 0) {
+        unlinkat(c->dirfd, tmp, 0);
+        return PS_BOK;
+      }
+    }
+    if (errno != EEXIST) return PS_BIO;
+    if (ps_flease_present(c->dirfd, name)) break;
+    ps_flease_reap(c->dirfd, name);
+  }
+  unlinkat(c->dirfd, tmp, 0);
+  return PS_BEXISTS;
+}
+
+static int file_put_ex(void *ctx, ps_key key, const char *data, size_t len,
+                       const ps_bput *o, ps_version *version_out,
+                       ps_berr *err) {
   file_ctx *c = ctx;
   char name[NAME_MAX + 1], tmp[sizeof TMP_PREFIX + 33];
   int rc = make_name(c, key, name, err);
   if (rc != PS_BOK) return rc;
+  int leased = o && o->ttl_ms > 0;
+  /* A set that will fail must not touch the lease mark of the object that
+     is there (two racing sets may: the mark then ends a moment later). */
+  if (o && o->if_absent && ps_flease_present(c->dirfd, name))
+    return ps_berr_set(err, PS_BEXISTS, "'%s/%s' is already set", c->dir,
+                       name);
   int fd = -1, reused = 0;
-  if (c->recycle > 0) {
+  if (c->recycle > 0 && !leased) {
     char rnd[33];
     ps_key_random(rnd);
     snprintf(tmp, sizeof tmp, "%s%s", TMP_PREFIX, rnd);
@@ -470,6 +513,8 @@ static int file_put(void *ctx, ps_key key, const char *data, size_t len,
   if (reused && ftruncate(fd, (off_t)len) != 0) goto fail;
   what = "stamp";
   if (futimens(fd, now) != 0) goto fail;
+  what = "lease";
+  if (leased && fchmod(fd, PS_FLEASE_MODE) != 0) goto fail;
   what = "stat";
   if ((version_out || c->clear) && fstat(fd, &st) != 0) goto fail;
   what = "write";
@@ -477,8 +522,19 @@ static int file_put(void *ctx, ps_key key, const char *data, size_t len,
   int closed = close(fd);
   fd = -1;
   if (closed != 0) goto fail;
+  /* The lease's mark before the object: a visible leased object always
+     has one. */
+  what = "lease";
+  if (leased && ps_flease_set(c->dirfd, name, o->ttl_ms) != 0) goto fail;
   what = "rename";
-  if (renameat(c->dirfd, tmp, c->dirfd, name) != 0) goto fail;
+  if (o && o->if_absent) {
+    rc = move_if_absent(c, tmp, name);
+    if (rc == PS_BEXISTS)
+      return ps_berr_set(err, rc, "'%s/%s' is already set", c->dir, name);
+    if (rc != PS_BOK) goto fail;
+  } else if (renameat(c->dirfd, tmp, c->dirfd, name) != 0) {
+    goto fail;
+  }
   if (version_out) stat_version(&st, version_out);
   if (c->clear && set_add(&c->written, name, &st) != 0)
     return ps_berr_set(err, PS_BNOMEM, "out of memory recording '%s'", name);
@@ -490,6 +546,11 @@ fail: {
     return ps_berr_set(err, PS_BIO, "cannot %s '%s/%s': %s", what, c->dir,
                        name, strerror(e));
   }
+}
+
+static int file_put(void *ctx, ps_key key, const char *data, size_t len,
+                    ps_version *version_out, ps_berr *err) {
+  return file_put_ex(ctx, key, data, len, NULL, version_out, err);
 }
 
 /* ---- get ---------------------------------------------------------------- */
@@ -557,6 +618,11 @@ static int file_get(void *ctx, ps_key key, const ps_version *have,
     return ps_berr_set(err, PS_BIO, "'%s/%s' is not a regular file", c->dir,
                        name);
   }
+  if (PS_FLEASE_MARKED(&st) && ps_flease_ended(c->dirfd, name)) {
+    close(fd);
+    return ps_berr_set(err, PS_BNOTFOUND, "no object '%s' in '%s' (its "
+                       "lease has ended)", name, c->dir);
+  }
   ps_version v;
   stat_version(&st, &v);
   if (version_out) *version_out = v;
@@ -613,7 +679,8 @@ static int file_exists(void *ctx, ps_key key, int *found, ps_berr *err) {
   struct stat st;
   if (fstatat(c->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
     if (S_ISLNK(st.st_mode)) return symlink_error(c, name, err);
-    *found = 1;
+    *found = !(S_ISREG(st.st_mode) && PS_FLEASE_MARKED(&st) &&
+               ps_flease_ended(c->dirfd, name));
     return PS_BOK;
   }
   if (errno == ENOENT) {
@@ -630,8 +697,11 @@ static int file_evict(void *ctx, ps_key key, ps_berr *err) {
   int rc = make_name(c, key, name, err);
   if (rc != PS_BOK) return rc;
   set_remove(&c->written, name);
+  /* A leased object is unlinked, never kept as a spare: spares must be
+     plain 0600 files for the puts that reuse them. */
+  int leased = ps_flease_drop(c->dirfd, name);
   char spare[SPARE_NAME_SIZE];
-  for (int i = 0; i < c->recycle; i++) {
+  for (int i = 0; i < c->recycle && !leased; i++) {
     spare_name(c, spare, sizeof spare, i);
     if (renameat2(c->dirfd, name, c->dirfd, spare, RENAME_NOREPLACE) == 0)
       return PS_BOK;
@@ -641,6 +711,55 @@ static int file_evict(void *ctx, ps_key key, ps_berr *err) {
   if (unlinkat(c->dirfd, name, 0) == 0 || errno == ENOENT) return PS_BOK;
   return ps_berr_set(err, PS_BIO, "cannot remove '%s/%s': %s", c->dir, name,
                      strerror(errno));
+}
+
+/* ---- futures and leases --------------------------------------------------- */
+
+static int file_wait(void *ctx, ps_key key, double timeout, ps_blob *out,
+                     ps_version *version_out, ps_berr *err) {
+  file_ctx *c = ctx;
+  char name[NAME_MAX + 1], shown[80];
+  int rc = make_name(c, key, name, err);
+  if (rc != PS_BOK) return rc;
+  rc = ps_fwait(c->dirfd, c->dir, name, show_key(key, shown, sizeof shown),
+                timeout, err);
+  if (rc != PS_BOK || out == NULL) return rc;
+  return file_get(ctx, key, NULL, out, version_out, err);
+}
+
+static int file_expire(void *ctx, ps_key key, int64_t ttl_ms, ps_berr *err) {
+  file_ctx *c = ctx;
+  char name[NAME_MAX + 1];
+  int rc = make_name(c, key, name, err);
+  if (rc != PS_BOK) return rc;
+  /* The mode bit is set through an fd opened as get opens one (no
+     symlink followed, no FIFO waited on), so it lands on the object
+     checked and on nothing else. */
+  int fd = openat(c->dirfd, name,
+                  O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW);
+  if (fd < 0) {
+    if (errno == ELOOP) return symlink_error(c, name, err);
+    if (errno != ENOENT)
+      return ps_berr_set(err, PS_BIO, "cannot open '%s/%s': %s", c->dir,
+                         name, strerror(errno));
+    return ps_berr_set(err, PS_BNOTFOUND, "no object '%s' in '%s'", name,
+                       c->dir);
+  }
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) ||
+      (PS_FLEASE_MARKED(&st) && ps_flease_ended(c->dirfd, name))) {
+    close(fd);
+    return ps_berr_set(err, PS_BNOTFOUND, "no object '%s' in '%s'", name,
+                       c->dir);
+  }
+  /* The mark first, then the bit that makes reads look at it. */
+  rc = PS_BOK;
+  if (ps_flease_set(c->dirfd, name, ttl_ms) != 0 ||
+      (!PS_FLEASE_MARKED(&st) && fchmod(fd, PS_FLEASE_MODE) != 0))
+    rc = ps_berr_set(err, PS_BIO, "cannot set the lease of '%s/%s': %s",
+                     c->dir, name, strerror(errno));
+  close(fd);
+  return rc;
 }
 
 const ps_backend_ops ps_backend_file = {
@@ -654,4 +773,7 @@ const ps_backend_ops ps_backend_file = {
   .evict = file_evict,
   .put_batch = NULL,
   .get_batch = NULL,
+  .put_ex = file_put_ex,
+  .wait = file_wait,
+  .expire = file_expire,
 };

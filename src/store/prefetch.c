@@ -18,7 +18,12 @@
 #include "prefetch.h"
 
 struct ps_prefetch {
-  struct ps_prefetch *next;      /* queue link */
+  struct ps_prefetch *next;      /* queue link; for waiting jobs, the
+                                    list of those running */
+  int waits;                     /* a future's: wait for the key first */
+  double timeout;                /* of that wait (< 0: no limit) */
+  int orphan;                    /* a waiting job inherited over fork: its
+                                    thread is not in this process */
   const ps_backend_ops *ops;
   ps_bconfig cfg;                /* owned copies of the strings */
   char *key;
@@ -47,6 +52,7 @@ static ps_prefetch *qhead, *qtail;
 static ps_prefetch *current;     /* job the worker is running */
 static int worker_running;
 static wctx *contexts;           /* used by the worker thread only */
+static ps_prefetch *waiting;     /* waiting jobs whose thread runs */
 
 /* ---- config copies ------------------------------------------------------ */
 
@@ -166,6 +172,32 @@ static void close_contexts(const ps_backend_ops *ops, const ps_bconfig *cfg) {
   }
 }
 
+/* Hands a job's outcome to its waiter, or frees an abandoned job. */
+static void finish(ps_prefetch *pf, int code, ps_blob blob, ps_version v,
+                   const ps_berr *err) {
+  pthread_mutex_lock(&mu);
+  if (pf == current) current = NULL;
+  if (pf->waits)
+    for (ps_prefetch **pp = &waiting; *pp; pp = &(*pp)->next)
+      if (*pp == pf) {
+        *pp = pf->next;
+        break;
+      }
+  if (pf->abandoned) {
+    pthread_mutex_unlock(&mu);
+    ps_blob_release(&blob);
+    job_free(pf);
+    return;
+  }
+  pf->code = code;
+  pf->blob = blob;
+  pf->version = v;
+  pf->err = *err;
+  pf->done = 1;
+  pthread_cond_broadcast(&done_cv);
+  pthread_mutex_unlock(&mu);
+}
+
 static void run_job(ps_prefetch *pf) {
   if (pf->forget) {
     close_contexts(pf->ops, &pf->cfg);
@@ -187,21 +219,31 @@ static void run_job(ps_prefetch *pf) {
   else
     code = pf->ops->get(ctx, (ps_key){pf->key, pf->keylen}, NULL, &blob, &v,
                         &err);
-  pthread_mutex_lock(&mu);
-  if (pf == current) current = NULL;
-  if (pf->abandoned) {
-    pthread_mutex_unlock(&mu);
-    ps_blob_release(&blob);
-    job_free(pf);
-    return;
+  finish(pf, code, blob, v, &err);
+}
+
+/* A waiting job: its own context, opened and closed here (it may block
+   for long; the shared worker's contexts are that thread's alone). */
+static void run_wait(ps_prefetch *pf) {
+  ps_berr err = {0};
+  ps_blob blob = {0};
+  ps_version v;
+  memset(&v, 0, sizeof v);
+  int code;
+  ps_key key = {pf->key, pf->keylen};
+  void *ctx = pf->ops->open(&pf->cfg, &err);
+  if (ctx == NULL) {
+    code = err.code ? err.code : PS_BCONN;
+  } else {
+    code = pf->ops->wait(ctx, key, pf->timeout, &blob, &v, &err);
+    pf->ops->close(ctx);
   }
-  pf->code = code;
-  pf->blob = blob;
-  pf->version = v;
-  pf->err = err;
-  pf->done = 1;
-  pthread_cond_broadcast(&done_cv);
-  pthread_mutex_unlock(&mu);
+  finish(pf, code, blob, v, &err);
+}
+
+static void *wait_thread(void *arg) {
+  run_wait(arg);
+  return NULL;
 }
 
 static void *worker(void *arg) {
@@ -232,6 +274,10 @@ static void atfork_child(void) {
   pthread_cond_init(&work_cv, NULL);
   pthread_cond_init(&done_cv, NULL);
   worker_running = 0;
+  /* Waiting jobs' threads stayed in the parent: the child runs such a job
+     itself when it waits for it. */
+  for (ps_prefetch *pf = waiting; pf; pf = pf->next) pf->orphan = 1;
+  waiting = NULL;
   if (current) {
     current->next = qhead;
     qhead = current;
@@ -261,32 +307,39 @@ static void pin_library(void) {
     (void)dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD | RTLD_NODELETE);
 }
 
-/* Starts the worker if needed; mu held. */
-static int ensure_worker(ps_berr *err) {
-  if (worker_running) return PS_BOK;
+/* Starts a detached thread running fn(arg), with every signal blocked
+   (signals stay with the application's threads). */
+static int start_thread(void *(*fn)(void *), void *arg, ps_berr *err) {
   pin_library();        /* the handle is deliberately never closed */
   pthread_attr_t attr;
   pthread_attr_init(&attr);
   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-  /* Signals stay with the application's threads. */
   sigset_t all, old;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
   pthread_t t;
-  int rc = pthread_create(&t, &attr, worker, NULL);
+  int rc = pthread_create(&t, &attr, fn, arg);
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   pthread_attr_destroy(&attr);
   if (rc != 0)
     return ps_berr_set(err, PS_BNOMEM, "prefetch: cannot start a thread");
+  return PS_BOK;
+}
+
+/* Starts the worker if needed; mu held. */
+static int ensure_worker(ps_berr *err) {
+  if (worker_running) return PS_BOK;
+  int rc = start_thread(worker, NULL, err);
+  if (rc != PS_BOK) return rc;
   worker_running = 1;
   return PS_BOK;
 }
 
 /* ---- the interface -------------------------------------------------------- */
 
-ps_prefetch *ps_prefetch_start(const ps_backend_ops *ops,
-                               const ps_bconfig *cfg, ps_key key,
-                               ps_berr *err) {
+/* A new job for key, not queued yet; NULL with err set. */
+static ps_prefetch *new_job(const ps_backend_ops *ops, const ps_bconfig *cfg,
+                            ps_key key, ps_berr *err) {
   pthread_once(&atfork_once, install_atfork);
   ps_prefetch *pf = calloc(1, sizeof *pf);
   if (pf == NULL) {
@@ -303,6 +356,14 @@ ps_prefetch *ps_prefetch_start(const ps_backend_ops *ops,
   }
   memcpy(pf->key, key.data, key.len);
   pf->keylen = key.len;
+  return pf;
+}
+
+ps_prefetch *ps_prefetch_start(const ps_backend_ops *ops,
+                               const ps_bconfig *cfg, ps_key key,
+                               ps_berr *err) {
+  ps_prefetch *pf = new_job(ops, cfg, key, err);
+  if (pf == NULL) return NULL;
   pthread_mutex_lock(&mu);
   if (ensure_worker(err) != PS_BOK) {
     pthread_mutex_unlock(&mu);
@@ -313,6 +374,26 @@ ps_prefetch *ps_prefetch_start(const ps_backend_ops *ops,
   else qhead = pf;
   qtail = pf;
   pthread_cond_signal(&work_cv);
+  pthread_mutex_unlock(&mu);
+  return pf;
+}
+
+ps_prefetch *ps_prefetch_start_wait(const ps_backend_ops *ops,
+                                    const ps_bconfig *cfg, ps_key key,
+                                    double timeout, ps_berr *err) {
+  ps_prefetch *pf = new_job(ops, cfg, key, err);
+  if (pf == NULL) return NULL;
+  pf->waits = 1;
+  pf->timeout = timeout;
+  pthread_mutex_lock(&mu);
+  pf->next = waiting;
+  waiting = pf;
+  if (start_thread(wait_thread, pf, err) != PS_BOK) {
+    waiting = pf->next;
+    pthread_mutex_unlock(&mu);
+    job_free(pf);
+    return NULL;
+  }
   pthread_mutex_unlock(&mu);
   return pf;
 }
@@ -331,8 +412,15 @@ int ps_prefetch_wait(ps_prefetch *pf, ps_blob *out, ps_version *version,
     pthread_mutex_unlock(&mu);
     return ps_berr_set(err, PS_BIO, "prefetch: result already taken");
   }
+  if (!pf->done && pf->orphan) {
+    /* A waiting job whose thread is in the parent: run it here. */
+    pf->orphan = 0;
+    pthread_mutex_unlock(&mu);
+    run_wait(pf);
+    pthread_mutex_lock(&mu);
+  }
   /* In a forked child the queue may hold jobs but no worker runs yet. */
-  if (!pf->done && ensure_worker(err) != PS_BOK) {
+  if (!pf->done && !pf->waits && ensure_worker(err) != PS_BOK) {
     pthread_mutex_unlock(&mu);
     return err->code;
   }
@@ -388,7 +476,7 @@ void ps_prefetch_forget(const ps_backend_ops *ops, const ps_bconfig *cfg) {
 void ps_prefetch_free(ps_prefetch *pf) {
   if (pf == NULL) return;
   pthread_mutex_lock(&mu);
-  if (pf->done) {
+  if (pf->done || pf->orphan) {   /* no thread will touch it */
     pthread_mutex_unlock(&mu);
     job_free(pf);
     return;

@@ -6,7 +6,8 @@
  * backend contexts of its own (one per distinct config, kept open), so a
  * prefetch never shares a connection with the Lua thread and never
  * touches a lua_State. Survives fork: a job the parent's worker was
- * running is run again by the child's own worker when the child waits.
+ * running is run again by the child's own worker when the child waits
+ * (a waiting job's thread, by the child itself).
  */
 #ifndef PS_PREFETCH_H
 #define PS_PREFETCH_H
@@ -22,6 +23,15 @@ typedef struct ps_prefetch ps_prefetch;
 ps_prefetch *ps_prefetch_start(const ps_backend_ops *ops,
                                const ps_bconfig *cfg, ps_key key,
                                ps_berr *err);
+/*
+ * The same for a future's proxy: waits until key is set (within timeout
+ * seconds, < 0: no limit; ops->wait), then fetches. A wait may last long,
+ * so each such job runs on a thread of its own with a backend context of
+ * its own, never holding up the shared worker's queue.
+ */
+ps_prefetch *ps_prefetch_start_wait(const ps_backend_ops *ops,
+                                    const ps_bconfig *cfg, ps_key key,
+                                    double timeout, ps_berr *err);
 /* True once the fetch has finished (never blocks). */
 int ps_prefetch_done(ps_prefetch *pf);
 /*

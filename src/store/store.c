@@ -108,9 +108,9 @@ int ps_store_raise_backend_at(lua_State *L, int sidx, const ps_berr *err,
     [PS_BNOTFOUND] = PS_EMISSING_KEY, [PS_BCONN] = PS_ECONNECTION,
     [PS_BTIMEOUT] = PS_ETIMEOUT,      [PS_BPROTO] = PS_ESTORE,
     [PS_BCONFIG] = PS_ECONFIG,        [PS_BIO] = PS_EIO,
-    [PS_BNOMEM] = PS_ESTORE};
+    [PS_BNOMEM] = PS_ESTORE,          [PS_BEXISTS] = PS_EALREADY_SET};
   int code = err->code;
-  const char *kind = code > 0 && code <= PS_BNOMEM && kinds[code]
+  const char *kind = code > 0 && code <= PS_BEXISTS && kinds[code]
                          ? kinds[code] : PS_ESTORE;
   const char *name = ps_store_name(L, sidx);
   return ps_error_raise(L, kind,
@@ -174,57 +174,234 @@ void ps_store_cache_add(lua_State *L, int sidx, ps_store *s,
   lua_pop(L, 1);
 }
 
-static void put_bytes(lua_State *L, int sidx, ps_store *s, const char *key,
-                      size_t klen, ps_buf *b, double t0) {
+/* ---- leases this process set ---------------------------------------------- */
+
+/*
+ * UV_LEASES maps a key to the monotonic time the lease this process put it
+ * with ends. The local store has nobody else to expire its objects: a
+ * read that finds the time past removes the object. A byte store's backend
+ * keeps the lease itself (whoever dies); here the table only keeps this
+ * process's cache from serving the object past its lease. Entries go when
+ * the key is evicted or put again, when found past, and in a sweep each
+ * time the table has doubled.
+ */
+static void lease_sweep(lua_State *L, int sidx, ps_store *s);
+
+static void lease_note(lua_State *L, int sidx, ps_store *s, int kidx,
+                       int64_t ttl_ms) {
+  if (ttl_ms <= 0 && s->leases == 0) return;
+  lua_getiuservalue(L, sidx, UV_LEASES);
+  lua_pushvalue(L, kidx);
+  int had = lua_rawget(L, -2) != LUA_TNIL;
+  lua_pop(L, 1);
+  lua_pushvalue(L, kidx);
+  if (ttl_ms > 0) lua_pushnumber(L, ps_store_now() + (double)ttl_ms / 1000);
+  else lua_pushnil(L);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+  s->leases += (ttl_ms > 0) - had;
+  if (s->leases > s->lease_sweep_at) lease_sweep(L, sidx, s);
+}
+
+int ps_store_lease_over(lua_State *L, int sidx, ps_store *s, int kidx) {
+  if (s->leases == 0) return 0;
+  lua_getiuservalue(L, sidx, UV_LEASES);
+  lua_pushvalue(L, kidx);
+  lua_rawget(L, -2);
+  int over = lua_isnumber(L, -1) && lua_tonumber(L, -1) <= ps_store_now();
+  lua_pop(L, 2);
+  if (!over) return 0;
+  lease_note(L, sidx, s, kidx, 0);
+  if (s->ops == NULL) {
+    lua_getiuservalue(L, sidx, UV_LOCAL);
+    lua_pushvalue(L, kidx);
+    lua_pushnil(L);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+  } else {
+    size_t klen;
+    const char *key = lua_tolstring(L, kidx, &klen);
+    ps_store_cache_drop(L, sidx, s, key, klen);
+  }
+  return 1;
+}
+
+static void lease_sweep(lua_State *L, int sidx, ps_store *s) {
+  double now = ps_store_now();
+  s->lease_sweep_at = LUA_MAXINTEGER;   /* no sweep inside the sweep */
+  lua_getiuservalue(L, sidx, UV_LEASES);
+  int t = lua_gettop(L);
+  lua_newtable(L);   /* the keys past: t must not change while walked */
+  lua_Integer n = 0;
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    if (lua_tonumber(L, -1) <= now) {
+      lua_pushvalue(L, -2);
+      lua_rawseti(L, t + 1, ++n);
+    }
+    lua_pop(L, 1);
+  }
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_rawgeti(L, t + 1, i);
+    ps_store_lease_over(L, sidx, s, lua_gettop(L));
+    lua_pop(L, 1);
+  }
+  lua_settop(L, t - 1);
+  s->lease_sweep_at = s->leases < 32 ? 64 : 2 * s->leases;
+}
+
+int ps_store_do_expire(lua_State *L, int sidx, ps_store *s, int kidx,
+                       int64_t ttl_ms) {
+  size_t klen;
+  const char *key = lua_tolstring(L, kidx, &klen);
+  if (s->ops == NULL) {
+    if (ps_store_lease_over(L, sidx, s, kidx)) return 0;
+    lua_getiuservalue(L, sidx, UV_LOCAL);
+    lua_pushvalue(L, kidx);
+    int found = lua_rawget(L, -2) != LUA_TNIL;
+    lua_pop(L, 2);
+    if (found) lease_note(L, sidx, s, kidx, ttl_ms);
+    return found;
+  }
+  if (s->ops->expire == NULL)
+    return ps_error_raise(L, PS_ECONFIG, &(ps_errctx){.store =
+                          ps_store_name(L, sidx)}, "a %s store cannot keep "
+                          "leases", s->ops->kind);
   ps_berr err = {0, ""};
-  int rc = s->ops->put(s->ctx, (ps_key){key, klen}, b->data, b->len, NULL,
-                       &err);
+  int rc = s->ops->expire(s->ctx, (ps_key){key, klen}, ttl_ms, &err);
+  if (rc == PS_BNOTFOUND) return 0;
+  if (rc != PS_BOK) ps_store_raise_backend(L, sidx, s, &err, key, klen);
+  lease_note(L, sidx, s, kidx, ttl_ms);
+  return 1;
+}
+
+/*
+ * Writes b (released here) under the key at kidx with the options o (NULL:
+ * a plain put): PS_BOK, or PS_BEXISTS when o->if_absent found the key
+ * taken (nothing written); any other failure raises.
+ */
+static int put_bytes(lua_State *L, int sidx, ps_store *s, int kidx,
+                     ps_buf *b, double t0, const ps_bput *o) {
+  size_t klen;
+  const char *key = lua_tolstring(L, kidx, &klen);
+  ps_berr err = {0, ""};
+  int rc = o == NULL ? s->ops->put(s->ctx, (ps_key){key, klen}, b->data,
+                                   b->len, NULL, &err)
+                     : s->ops->put_ex(s->ctx, (ps_key){key, klen}, b->data,
+                                      b->len, o, NULL, &err);
   size_t len = b->len;
   ps_buf_free(b);
+  if (rc == PS_BEXISTS) return rc;
   if (rc != PS_BOK) ps_store_raise_backend(L, sidx, s, &err, key, klen);
   ps_store_cache_drop(L, sidx, s, key, klen);
+  lease_note(L, sidx, s, kidx, o ? o->ttl_ms : 0);
   ps_store_record(s, OP_PUT, t0, len);
+  return PS_BOK;
 }
 
 /* Stores the value at obj under the key at kidx. */
 void ps_store_do_put(lua_State *L, int sidx, ps_store *s, int obj, int kidx,
                    int ser) {
-  size_t klen;
-  const char *key = lua_tolstring(L, kidx, &klen);
-  double t0 = s->ops ? ps_store_now() : 0;
-  if (s->ops == NULL) {
+  ps_store_do_put_ex(L, sidx, s, obj, kidx, ser, NULL);
+}
+
+/* Local store: put_ex on the Lua table of objects. */
+static int local_put(lua_State *L, int sidx, ps_store *s, int obj, int kidx,
+                     const ps_bput *o) {
+  if (o && o->if_absent) {
+    ps_store_lease_over(L, sidx, s, kidx);
     lua_getiuservalue(L, sidx, UV_LOCAL);
     lua_pushvalue(L, kidx);
-    if (lua_isnil(L, obj)) lua_pushlightuserdata(L, (void *)&local_nil);
-    else lua_pushvalue(L, obj);
-    lua_rawset(L, -3);
-    lua_pop(L, 1);
-    ps_store_record(s, OP_PUT, t0, 0);
-    return;
+    int taken = lua_rawget(L, -2) != LUA_TNIL;
+    lua_pop(L, 2);
+    if (taken) return PS_BEXISTS;
   }
+  lua_getiuservalue(L, sidx, UV_LOCAL);
+  lua_pushvalue(L, kidx);
+  if (lua_isnil(L, obj)) lua_pushlightuserdata(L, (void *)&local_nil);
+  else lua_pushvalue(L, obj);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+  lease_note(L, sidx, s, kidx, o ? o->ttl_ms : 0);
+  ps_store_record(s, OP_PUT, 0, 0);
+  return PS_BOK;
+}
+
+int ps_store_do_put_ex(lua_State *L, int sidx, ps_store *s, int obj,
+                       int kidx, int ser, const ps_bput *o) {
+  if (s->ops == NULL) return local_put(L, sidx, s, obj, kidx, o);
+  int plain = o == NULL || (o->ttl_ms <= 0 && !o->if_absent && !o->wake);
+  if (!plain && s->ops->put_ex == NULL)
+    return ps_error_raise(L, PS_ECONFIG, &(ps_errctx){.store =
+                          ps_store_name(L, sidx)}, "a %s store cannot keep "
+                          "leases or futures", s->ops->kind);
+  double t0 = ps_store_now();
   ps_buf *b = ps_envelope_serialize(L, sidx, s, obj, ser);
   if (!s->open) ps_buf_free(b);   /* a user serializer closed the store */
   ps_store_check_open(L, sidx);
-  put_bytes(L, sidx, s, key, klen, b, t0);
+  int rc = put_bytes(L, sidx, s, kidx, b, t0, plain ? NULL : o);
   lua_pop(L, 1);
+  return rc;
 }
 
 void ps_store_put_bytes(lua_State *L, int sidx, ps_store *s, int kidx,
                         ps_buf *b) {
+  put_bytes(L, sidx, s, kidx, b, ps_store_now(), NULL);
+}
+
+/* A future on the local store that is not set: nobody else can set it. */
+static int raise_local_unset(lua_State *L, int sidx, int kidx) {
   size_t klen;
   const char *key = lua_tolstring(L, kidx, &klen);
-  put_bytes(L, sidx, s, key, klen, b, ps_store_now());
+  const char *name = ps_store_name(L, sidx);
+  return ps_error_raise(L, PS_ETIMEOUT,
+                        &(ps_errctx){.key = key, .keylen = klen,
+                                     .store = name},
+                        "future '%s' in local store '%s' is not set, and "
+                        "nothing else can set it while this process waits (a "
+                        "local store lives in one process: use a file or "
+                        "redis store to set futures from other processes)",
+                        key, name);
+}
+
+/* The store's context for waits, opened at the first: a waiting resolve
+   never holds the connection the store's other calls use. It neither
+   creates nor clears anything. */
+static void *wait_ctx(lua_State *L, int sidx, ps_store *s, ps_key k) {
+  if (s->ops->wait == NULL)
+    ps_error_raise(L, PS_ECONFIG, &(ps_errctx){.store =
+                   ps_store_name(L, sidx)}, "a %s store cannot wait for "
+                   "futures", s->ops->kind);
+  if (s->wctx == NULL) {
+    ps_berr err = {0, ""};
+    ps_bconfig cfg = s->bcfg;
+    cfg.clear = 0;
+    cfg.no_create = 1;
+    s->wctx = s->ops->open(&cfg, &err);
+    if (s->wctx == NULL) ps_store_raise_backend(L, sidx, s, &err, k.data, k.len);
+  }
+  return s->wctx;
+}
+
+int ps_store_do_get(lua_State *L, int sidx, ps_store *s, int kidx,
+                    unsigned flags, int deser, ps_prefetch_slot *slot) {
+  return ps_store_do_get_wait(L, sidx, s, kidx, flags & ~PS_PROXY_FUTURE,
+                              deser, slot, -1);
 }
 
 /*
  * Pushes the object under the key at kidx and returns 1, or pushes nothing
- * and returns 0 when the key is absent.
+ * and returns 0 when the key is absent. With PS_PROXY_FUTURE in flags it
+ * first waits (timeout seconds, < 0: no limit) until the key is set: the
+ * backend's wait reads the object in the same round trip where it can.
  */
-int ps_store_do_get(lua_State *L, int sidx, ps_store *s, int kidx,
-                  unsigned flags, int deser, ps_prefetch_slot *slot) {
+int ps_store_do_get_wait(lua_State *L, int sidx, ps_store *s, int kidx,
+                         unsigned flags, int deser, ps_prefetch_slot *slot,
+                         double timeout) {
   size_t klen;
   const char *key = lua_tolstring(L, kidx, &klen);
   double t0 = s->ops ? ps_store_now() : 0;
+  if (s->leases) ps_store_lease_over(L, sidx, s, kidx);
   if (s->ops == NULL) {
     lua_getiuservalue(L, sidx, UV_LOCAL);
     lua_pushvalue(L, kidx);
@@ -233,6 +410,7 @@ int ps_store_do_get(lua_State *L, int sidx, ps_store *s, int kidx,
     ps_store_record(s, OP_GET, t0, 0);
     if (t == LUA_TNIL) {
       lua_pop(L, 1);
+      if (flags & PS_PROXY_FUTURE) raise_local_unset(L, sidx, kidx);
       return 0;
     }
     if (lua_touserdata(L, -1) == &local_nil) {
@@ -264,6 +442,10 @@ int ps_store_do_get(lua_State *L, int sidx, ps_store *s, int kidx,
     ps_prefetch_slot_free(slot);
     if (rc == PS_BOK && use_have && memcmp(&ver, &have, sizeof ver) == 0)
       rc = PS_BUNCHANGED;
+  } else if ((flags & PS_PROXY_FUTURE) && !use_have) {
+    /* A cached copy (use_have) says it was set: no wait then. */
+    void *w = wait_ctx(L, sidx, s, (ps_key){key, klen});
+    rc = s->ops->wait(w, (ps_key){key, klen}, timeout, &bs->b[0], &ver, &err);
   } else {
     rc = s->ops->get(s->ctx, (ps_key){key, klen}, use_have ? &have : NULL,
                      &bs->b[0], &ver, &err);
@@ -317,18 +499,19 @@ void ps_store_do_evict(lua_State *L, int sidx, ps_store *s, int kidx) {
     if (s->ops->evict(s->ctx, (ps_key){key, klen}, &err) != PS_BOK)
       ps_store_raise_backend(L, sidx, s, &err, key, klen);
   }
+  lease_note(L, sidx, s, kidx, 0);
   ps_store_record(s, OP_EVICT, t0, 0);
 }
 
 /* ---- resolution, for proxies ------------------------------------------------ */
 
 void ps_store_resolve_ex(lua_State *L, int sidx, int kidx, unsigned flags,
-                         int deser, ps_prefetch_slot *slot) {
+                         int deser, ps_prefetch_slot *slot, double timeout) {
   sidx = lua_absindex(L, sidx);
   kidx = lua_absindex(L, kidx);
   if (deser) deser = lua_absindex(L, deser);
   ps_store *s = ps_store_check_open(L, sidx);
-  if (!ps_store_do_get(L, sidx, s, kidx, flags, deser, slot)) {
+  if (!ps_store_do_get_wait(L, sidx, s, kidx, flags, deser, slot, timeout)) {
     size_t klen;
     const char *key = lua_tolstring(L, kidx, &klen);
     const char *name = ps_store_name(L, sidx);
@@ -336,14 +519,17 @@ void ps_store_resolve_ex(lua_State *L, int sidx, int kidx, unsigned flags,
     ps_error_raise(L, PS_EMISSING_KEY,
                    &(ps_errctx){.key = key, .keylen = klen, .store = name,
                                 .address = addr},
-                   "no object under key '%s' in store '%s'%s%s", key, name,
-                   addr ? " at " : "", addr ? addr : "");
+                   "no object under key '%s' in store '%s'%s%s%s", key, name,
+                   addr ? " at " : "", addr ? addr : "",
+                   (flags & PS_PROXY_EVICT)
+                       ? " (an evict proxy is single use: did another copy "
+                         "of it resolve already?)" : "");
   }
   if (flags & PS_PROXY_EVICT) ps_store_do_evict(L, sidx, s, kidx);
 }
 
 void ps_store_resolve(lua_State *L, int sidx, int kidx, unsigned flags) {
-  ps_store_resolve_ex(L, sidx, kidx, flags, 0, NULL);
+  ps_store_resolve_ex(L, sidx, kidx, flags & ~PS_PROXY_FUTURE, 0, NULL, -1);
 }
 
 int ps_prefetch_slot_done(ps_prefetch_slot *slot) {
@@ -358,7 +544,7 @@ void ps_prefetch_slot_free(ps_prefetch_slot *slot) {
 }
 
 void ps_store_prefetch(lua_State *L, int sidx, int kidx, unsigned flags,
-                       ps_prefetch_slot *slot) {
+                       double timeout, ps_prefetch_slot *slot) {
   ps_store *s = ps_store_check_open(L, sidx);
   size_t klen;
   const char *key = lua_tolstring(L, kidx, &klen);
@@ -366,8 +552,34 @@ void ps_store_prefetch(lua_State *L, int sidx, int kidx, unsigned flags,
   if (!(flags & PS_PROXY_STRICT) && ps_cache_find(&s->cache, key, klen))
     return;   /* first use will be a cache hit anyway */
   ps_berr err = {0, ""};
-  *slot = ps_prefetch_start(s->ops, &s->bcfg, (ps_key){key, klen}, &err);
+  if ((flags & PS_PROXY_FUTURE) && s->ops->wait)
+    *slot = ps_prefetch_start_wait(s->ops, &s->bcfg, (ps_key){key, klen},
+                                   timeout, &err);
+  else
+    *slot = ps_prefetch_start(s->ops, &s->bcfg, (ps_key){key, klen}, &err);
   if (*slot == NULL) ps_store_raise_backend(L, sidx, s, &err, key, klen);
+}
+
+/* ---- waiting for futures ------------------------------------------------------ */
+
+void ps_store_wait(lua_State *L, int sidx, int kidx, double timeout) {
+  sidx = lua_absindex(L, sidx);
+  ps_store *s = ps_store_check_open(L, sidx);
+  size_t klen;
+  const char *key = lua_tolstring(L, kidx, &klen);
+  if (s->ops == NULL) {
+    ps_store_lease_over(L, sidx, s, kidx);
+    lua_getiuservalue(L, sidx, UV_LOCAL);
+    lua_pushvalue(L, kidx);
+    int set = lua_rawget(L, -2) != LUA_TNIL;
+    lua_pop(L, 2);
+    if (!set) raise_local_unset(L, sidx, kidx);
+    return;
+  }
+  void *w = wait_ctx(L, sidx, s, (ps_key){key, klen});
+  ps_berr err = {0, ""};
+  if (s->ops->wait(w, (ps_key){key, klen}, timeout, NULL, NULL, &err) != PS_BOK)
+    ps_store_raise_backend(L, sidx, s, &err, key, klen);
 }
 
 void ps_store_open(lua_State *L) {
@@ -377,4 +589,7 @@ void ps_store_open(lua_State *L) {
   lua_pop(L, 1);
   ps_store_methods_open(L);
   ps_store_registry_open(L);
+  ps_future_open(L);
+  ps_lifetime_open(L);
+  ps_owned_open(L);
 }

@@ -16,7 +16,11 @@
 #define FACTORY "proxystore.store_factory"
 #define BLOBS_MT "proxystore.Blobs"
 
-enum { UV_CONFIG = 1, UV_LOCAL, UV_CACHE, UV_SER, UV_DESER, UV_N = UV_DESER };
+/* UV_LEASES: key -> the monotonic time the lease this process put it with
+ * ends (store.c).
+ * UV_OWNED: keys of owned proxies -> the pid that owns them. */
+enum { UV_CONFIG = 1, UV_LOCAL, UV_CACHE, UV_SER, UV_DESER, UV_LEASES,
+       UV_OWNED, UV_N = UV_OWNED };
 
 /* The first byte of every stored object says how the rest was encoded, so
  * a proxy resolves with the right deserializer in any process. */
@@ -43,6 +47,10 @@ typedef struct ps_store {
   lua_Integer hits, misses;
   ps_bconfig bcfg;             /* strings point into the config table */
   char *cluster;               /* bcfg.cluster: the seeds joined by ',' */
+  void *wctx;                  /* a backend context of its own for the
+                                  waits of futures (opened at first wait) */
+  lua_Integer leases;          /* entries in UV_LEASES */
+  lua_Integer lease_sweep_at;  /* sweep UV_LEASES when it grows past this */
 } ps_store;
 
 
@@ -78,8 +86,28 @@ void ps_store_do_put(lua_State *L, int sidx, ps_store *s, int obj, int kidx,
  * makes them) under the key at kidx; frees b's memory. */
 void ps_store_put_bytes(lua_State *L, int sidx, ps_store *s, int kidx,
                         ps_buf *b);
+/*
+ * ps_store_do_put with backend options (o may be NULL): a lease, "only if
+ * absent", a wake-up. Returns PS_BOK, or PS_BEXISTS (nothing written) for
+ * an if_absent put onto a key that holds an object; raises otherwise.
+ */
+int ps_store_do_put_ex(lua_State *L, int sidx, ps_store *s, int obj,
+                       int kidx, int ser, const ps_bput *o);
+/* Every key of the object at kidx now expires ttl_ms from now: 1, or 0
+   when there is no object under the key. */
+int ps_store_do_expire(lua_State *L, int sidx, ps_store *s, int kidx,
+                       int64_t ttl_ms);
+/* True when the key at kidx has a lease this process gave it that has
+   ended: a local store's object is removed then, a byte store's cached
+   copy dropped. */
+int ps_store_lease_over(lua_State *L, int sidx, ps_store *s, int kidx);
 int ps_store_do_get(lua_State *L, int sidx, ps_store *s, int kidx,
                     unsigned flags, int deser, ps_prefetch_slot *slot);
+/* ps_store_do_get that, with PS_PROXY_FUTURE in flags, first waits up to
+   timeout seconds (< 0: no limit) for the key to be set. */
+int ps_store_do_get_wait(lua_State *L, int sidx, ps_store *s, int kidx,
+                         unsigned flags, int deser, ps_prefetch_slot *slot,
+                         double timeout);
 /* Deletes the key at kidx (cache included); an absent key is no error. */
 void ps_store_do_evict(lua_State *L, int sidx, ps_store *s, int kidx);
 int ps_store_opt_table(lua_State *L, int idx);
@@ -101,6 +129,29 @@ ps_buf *ps_envelope_serialize(lua_State *L, int sidx, ps_store *s, int obj,
                               int opt);
 void ps_envelope_deserialize(lua_State *L, int sidx, const char *data,
                              size_t len, int deser);
+
+/* future.c: store:future and the future userdata. */
+int ps_store_future(lua_State *L);
+void ps_future_open(lua_State *L);
+
+/* lifetime.c: the lifetime option of put, proxy and future. */
+/*
+ * Checks the lifetime at lt (a ps.lifetime object, else a config error)
+ * and fills o->ttl_ms with what is left of its lease (0: none); raises
+ * kind "closed" when it has ended.
+ */
+void ps_lifetime_begin(lua_State *L, int lt, ps_bput *o);
+/* Records the key at kidx of the store at sidx in the lifetime at lt. */
+void ps_lifetime_attach(lua_State *L, int lt, int sidx, int kidx);
+void ps_lifetime_open(lua_State *L);   /* module table on top */
+
+/* owned.c: owned proxies and ps.clone. */
+/* Records the key at kidx as owned by this process's proxy. */
+void ps_store_own(lua_State *L, int sidx, int kidx);
+/* Evicts every key this process owns in the store at sidx (its close);
+   errors are swallowed: it runs in close and __gc. */
+void ps_store_evict_owned(lua_State *L, int sidx);
+void ps_owned_open(lua_State *L);   /* module table on top */
 
 /* store_batch.c: the batch methods. */
 int ps_store_put_batch(lua_State *L);

@@ -50,13 +50,28 @@ unsigned ps_store_proxy_flags(lua_State *L, int opts) {
   return flags;
 }
 
+/* Puts the value at 2 under the key at k with the serializer and lifetime
+   options of put and proxy (a lifetime's lease goes with the write). */
+static void put_with_opts(lua_State *L, ps_store *s, int opts, int k) {
+  int ser = ps_store_opt_field(L, opts, "serializer");
+  int lt = ps_store_opt_field(L, opts, "lifetime");
+  if (lt == 0) {
+    ps_store_do_put(L, 1, s, 2, k, ser);
+    return;
+  }
+  ps_bput o = {0, 0, 0};
+  ps_lifetime_begin(L, lt, &o);   /* "closed" before anything is written */
+  ps_store_do_put_ex(L, 1, s, 2, k, ser, &o);
+  ps_lifetime_attach(L, lt, 1, k);
+}
+
 static int store_put(lua_State *L) {
   ps_store *s = ps_store_check_open(L, 1);
   ps_checkany(L, 2);
   int opts = ps_store_opt_table(L, 3);
   lua_settop(L, 3);
   int k = push_put_key(L, opts);
-  ps_store_do_put(L, 1, s, 2, k, ps_store_opt_field(L, opts, "serializer"));
+  put_with_opts(L, s, opts, k);
   lua_pushvalue(L, k);
   return 1;
 }
@@ -77,6 +92,7 @@ static int store_exists(lua_State *L) {
   double t0 = s->ops ? ps_store_now() : 0;
   int found;
   if (s->ops == NULL) {
+    ps_store_lease_over(L, 1, s, 2);
     lua_getiuservalue(L, 1, UV_LOCAL);
     lua_pushvalue(L, 2);
     found = lua_rawget(L, -2) != LUA_TNIL;
@@ -115,8 +131,13 @@ static int store_proxy(lua_State *L) {
   int opts = ps_store_opt_table(L, 3);
   lua_settop(L, 3);
   int k = push_put_key(L, opts);
-  ps_store_do_put(L, 1, s, 2, k, ps_store_opt_field(L, opts, "serializer"));
-  ps_proxy_push_store_ref(L, 1, k, ps_store_proxy_flags(L, opts));
+  put_with_opts(L, s, opts, k);
+  unsigned flags = ps_store_proxy_flags(L, opts);
+  if (opts && (lua_getfield(L, opts, "owned"), lua_toboolean(L, -1))) {
+    flags |= PS_PROXY_OWNED;
+    ps_store_own(L, 1, k);
+  }
+  ps_proxy_push_store_ref(L, 1, k, flags);
   set_proxy_deserializer(L, opts);
   return 1;
 }
@@ -220,7 +241,8 @@ static void release(ps_store *s) {
     ps_prefetch_forget(s->ops, &s->bcfg);
     s->ops->close(s->ctx);
   }
-  s->ctx = NULL;
+  if (s->ops && s->wctx) s->ops->close(s->wctx);
+  s->ctx = s->wctx = NULL;
   s->ops = NULL;
   s->open = 0;
   ps_cache_free(&s->cache);
@@ -231,7 +253,10 @@ static void release(ps_store *s) {
 
 static int store_close(lua_State *L) {
   ps_store *s = ps_store_check(L, 1);
-  if (s->open) ps_store_unregister(L, 1);
+  if (s->open) {
+    ps_store_evict_owned(L, 1);   /* its owned proxies' objects go with it */
+    ps_store_unregister(L, 1);
+  }
   release(s);
   lua_newtable(L);
   lua_setiuservalue(L, 1, UV_CACHE);
@@ -239,7 +264,10 @@ static int store_close(lua_State *L) {
 }
 
 static int store_gc(lua_State *L) {
-  release(ps_checkudata(L, 1, STORE_MT));
+  ps_store *s = ps_checkudata(L, 1, STORE_MT);
+  /* At exit (lua_close) the owned objects of a store still open go. */
+  if (s->open) ps_store_evict_owned(L, 1);
+  release(s);
   return 0;
 }
 
@@ -275,6 +303,7 @@ static const luaL_Reg store_methods[] = {
   {"evict", store_evict},
   {"proxy", store_proxy},
   {"proxy_from_key", store_proxy_from_key},
+  {"future", ps_store_future},
   {"put_batch", ps_store_put_batch},
   {"get_batch", ps_store_get_batch},
   {"proxy_batch", ps_store_proxy_batch},

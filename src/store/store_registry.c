@@ -339,6 +339,10 @@ static int l_new_store(lua_State *L) {
   lua_setiuservalue(L, 4, UV_SER);
   lua_pushvalue(L, 3);
   lua_setiuservalue(L, 4, UV_DESER);
+  lua_newtable(L);
+  lua_setiuservalue(L, 4, UV_LEASES);
+  lua_newtable(L);
+  lua_setiuservalue(L, 4, UV_OWNED);
 
   lua_getiuservalue(L, 4, UV_CONFIG);   /* 5: strings below live here */
   /* clear is this process's request only: a config carried by a proxy
