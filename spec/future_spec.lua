@@ -3,7 +3,6 @@
 -- store (Redis wake-up lists, inotify), on a real redis-server and real
 -- processes.
 local ps = require "proxystore"
-local redis = require "helpers.redis"
 local shell = require "helpers.shell"
 local child = require "helpers.child"
 
@@ -13,9 +12,8 @@ local function error_of(fn, ...)
   return err
 end
 
+local fixture = require("helpers.stores").new("future", { cache_size = 0 })
 local srv, dir
-local serial = 0
-local stores = {}
 
 local function blocked_clients()
   return tonumber(srv:cli("INFO", "clients"):match("blocked_clients:(%d+)"))
@@ -33,35 +31,17 @@ local function inotify_fds(pid)
 end
 
 local function new_store(kind, opts)
-  serial = serial + 1
-  local o = { name = "future-spec-" .. serial, cache_size = 0 }
-  if kind == "redis" then
-    o.host, o.port, o.timeout, o.prefix = srv.host, srv.port, 5, "fs" .. serial .. ":"
-  elseif kind == "file" then
-    o.dir = dir .. "/s" .. serial
-  end
-  for k, v in pairs(opts or {}) do o[k] = v end
-  local s = ps.init_store(kind, o)
-  stores[#stores + 1] = s
-  return s
+  return fixture:store(kind, opts)
 end
 
 setup(function()
-  srv = redis.start()
-  dir = shell.tempdir("future")
+  fixture:start()
+  srv, dir = fixture.srv, fixture.dir
 end)
 
-teardown(function()
-  for _, s in ipairs(stores) do pcall(s.close, s) end
-  if srv then srv:stop() end
-  shell.rmtree(dir)
-end)
+teardown(function() fixture:stop() end)
 
-after_each(function()
-  for _, s in ipairs(stores) do pcall(s.close, s) end
-  stores = {}
-  if srv.pid then srv:resume() else srv:restart() end
-end)
+after_each(function() fixture:reset() end)
 
 for _, kind in ipairs { "local", "file", "redis" } do
   describe("a future on a " .. kind .. " store", function()

@@ -4,7 +4,6 @@
 -- and kill -9 of the process that made leased objects.
 local ps = require "proxystore"
 local core = require "proxystore.core"
-local redis = require "helpers.redis"
 local shell = require "helpers.shell"
 local child = require "helpers.child"
 
@@ -35,22 +34,11 @@ local function listdir(dir)
   return t
 end
 
+local fixture = require("helpers.stores").new("lifetime", { cache_size = 4 })
 local srv, dir
-local serial = 0
-local stores = {}
 
 local function new_store(kind, opts)
-  serial = serial + 1
-  local o = { name = "lifetime-spec-" .. serial, cache_size = 4 }
-  if kind == "redis" then
-    o.host, o.port, o.timeout, o.prefix = srv.host, srv.port, 5, "ls" .. serial .. ":"
-  elseif kind == "file" then
-    o.dir = dir .. "/s" .. serial
-  end
-  for k, v in pairs(opts or {}) do o[k] = v end
-  local s = ps.init_store(kind, o)
-  stores[#stores + 1] = s
-  return s
+  return fixture:store(kind, opts)
 end
 
 -- The keys of the redis store s (its prefix), sorted.
@@ -64,21 +52,13 @@ local function redis_keys(s)
 end
 
 setup(function()
-  srv = redis.start()
-  dir = shell.tempdir("lifetime")
+  fixture:start()
+  srv, dir = fixture.srv, fixture.dir
 end)
 
-teardown(function()
-  for _, s in ipairs(stores) do pcall(s.close, s) end
-  if srv then srv:stop() end
-  shell.rmtree(dir)
-end)
+teardown(function() fixture:stop() end)
 
-after_each(function()
-  for _, s in ipairs(stores) do pcall(s.close, s) end
-  stores = {}
-  if srv.pid then srv:resume() else srv:restart() end
-end)
+after_each(function() fixture:reset() end)
 
 describe("ps.lifetime", function()
   it("takes only a positive lease, and says what it is", function()

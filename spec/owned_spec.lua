@@ -3,7 +3,6 @@
 -- that owns it only; copies sent elsewhere (serialized, or forked into a
 -- pool's workers) never evict it.
 local ps = require "proxystore"
-local redis = require "helpers.redis"
 local shell = require "helpers.shell"
 local child = require "helpers.child"
 
@@ -18,39 +17,21 @@ local function full_gc()
   collectgarbage()
 end
 
+local fixture = require("helpers.stores").new("owned", { cache_size = 0 })
 local srv, dir
-local serial = 0
-local stores = {}
 
 local function new_store(kind, opts)
-  serial = serial + 1
-  local o = { name = "owned-spec-" .. serial, cache_size = 0 }
-  if kind == "redis" then
-    o.host, o.port, o.timeout, o.prefix = srv.host, srv.port, 5, "os" .. serial .. ":"
-  elseif kind == "file" then
-    o.dir = dir .. "/s" .. serial
-  end
-  for k, v in pairs(opts or {}) do o[k] = v end
-  local s = ps.init_store(kind, o)
-  stores[#stores + 1] = s
-  return s
+  return fixture:store(kind, opts)
 end
 
 setup(function()
-  srv = redis.start()
-  dir = shell.tempdir("owned")
+  fixture:start()
+  srv, dir = fixture.srv, fixture.dir
 end)
 
-teardown(function()
-  for _, s in ipairs(stores) do pcall(s.close, s) end
-  if srv then srv:stop() end
-  shell.rmtree(dir)
-end)
+teardown(function() fixture:stop() end)
 
-after_each(function()
-  for _, s in ipairs(stores) do pcall(s.close, s) end
-  stores = {}
-end)
+after_each(function() fixture:reset() end)
 
 for _, kind in ipairs { "local", "file", "redis" } do
   describe("an owned proxy on a " .. kind .. " store", function()
