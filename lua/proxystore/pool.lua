@@ -1209,8 +1209,9 @@ end
 
 local MAP_OPTIONS = { progress = "boolean" }
 
-function Pool:map(fn, list, opts)
-  check_open(self, "map")
+-- map's arguments checked (for the local and the queue pool alike): the
+-- number of items, and whether to draw the progress bar.
+local function map_args(pool, fn, list, opts)
   if type(fn) ~= "function" then
     argerror(1, "map", "function expected, got " .. type(fn))
   end
@@ -1222,41 +1223,51 @@ function Pool:map(fn, list, opts)
   end
   check_options(opts or {}, MAP_OPTIONS, "pool:map")
   local n = list_length(list)
-  local show = self.progress
+  local show = pool.progress
   if opts and opts.progress ~= nil then show = opts.progress end
-  show = show and core.pool_isatty(2)
-  local packed = pack_fn(fn, {}, self.envindex)
-  local futures = {}
-  for i = 1, n do
-    futures[i] = self:_submit_packed(packed, pack(list[i]), i)
-  end
+  return n, show and core.pool_isatty(2)
+end
+
+-- map's results in order, waiting on the pool (pool:_step) and drawing
+-- the bar when show; the first failure is raised, naming the caller.
+local function map_results(pool, futures, n, show)
   local results = {}
   local t0, last, done = now(), -1, 0
   for i = 1, n do
     local f = futures[i]
     while f.state ~= "done" do
-      self:_step(show and 0.1 or nil)
+      pool:_step(show and 0.1 or nil)
       if show then
-        local d = 0
+        local d = i - 1
         for j = i, n do if futures[j].state == "done" then d = d + 1 end end
-        d = d + i - 1
         local t = now()
-        if d ~= done or t - last > 0.2 or not self.bar_shown then
+        if d ~= done or t - last > 0.2 or not pool.bar_shown then
           done, last = d, t
-          bar(self, done, n, t0)
+          bar(pool, done, n, t0)
         end
       end
     end
     if not f.ok then
-      if show and self.bar_shown then io.stderr:write("\n") end
-      self.bar_shown = false
+      if show and pool.bar_shown then io.stderr:write("\n") end
+      pool.bar_shown = false
       core.raise(f.err)
     end
     results[i] = f.values[1]
   end
-  if show then bar(self, n, n, t0, true) end
+  if show then bar(pool, n, n, t0, true) end
   results.n = n
   return results
+end
+
+function Pool:map(fn, list, opts)
+  check_open(self, "map")
+  local n, show = map_args(self, fn, list, opts)
+  local packed = pack_fn(fn, {}, self.envindex)
+  local futures = {}
+  for i = 1, n do
+    futures[i] = self:_submit_packed(packed, pack(list[i]), i)
+  end
+  return map_results(self, futures, n, show)
 end
 
 -- Counts of tasks, worker deaths and values that travelled as proxies.
@@ -1364,9 +1375,7 @@ M._unpack_fn = unpack_fn
 M._proxy_large = proxy_large
 M._evict_px = evict_px
 M._task_traceback = task_traceback
-M._progress_bar = bar
-M._check_options = check_options
-M._argerror = argerror
-M._list_length = list_length
+M._map_args = map_args
+M._map_results = map_results
 M._task_name = tname
 return M

@@ -33,9 +33,9 @@ local poolmod = require "proxystore.pool"
 
 local Future = poolmod.Future
 local pack_fn, proxy_large = poolmod._pack_fn, poolmod._proxy_large
-local evict_px, bar = poolmod._evict_px, poolmod._progress_bar
-local check_options, argerror = poolmod._check_options, poolmod._argerror
-local list_length, tname = poolmod._list_length, poolmod._task_name
+local evict_px = poolmod._evict_px
+local map_args, map_results = poolmod._map_args, poolmod._map_results
+local tname = poolmod._task_name
 
 local pack = table.pack
 local now = core.monotonic
@@ -441,24 +441,9 @@ end
 ---------------------------------------------------------------------------
 -- map, metrics, close
 
-local MAP_OPTIONS = { progress = "boolean" }
-
 function QueuePool:map(fn, list, opts)
   check_open(self, "map")
-  if type(fn) ~= "function" then
-    argerror(1, "map", "function expected, got " .. type(fn))
-  end
-  if type(list) ~= "table" then
-    argerror(2, "map", "table expected, got " .. type(list))
-  end
-  if opts ~= nil and type(opts) ~= "table" then
-    argerror(3, "map", "table expected, got " .. type(opts))
-  end
-  check_options(opts or {}, MAP_OPTIONS, "pool:map")
-  local n = list_length(list)
-  local show = self.progress
-  if opts and opts.progress ~= nil then show = opts.progress end
-  show = show and core.pool_isatty(2)
+  local n, show = map_args(self, fn, list, opts)
   local packed = pack_fn(fn, {}, self.envindex)
   local futures = {}
   local box = { tasks = {}, entries = {} }
@@ -471,32 +456,7 @@ function QueuePool:map(fn, list, opts)
       if not ok then core.raise(err) end
     end
   end
-  local results = {}
-  local t0, last, done = now(), -1, 0
-  for i = 1, n do
-    local f = futures[i]
-    while f.state ~= "done" do
-      self:_step(show and 0.1 or nil)
-      if show then
-        local d = i - 1
-        for j = i, n do if futures[j].state == "done" then d = d + 1 end end
-        local t = now()
-        if d ~= done or t - last > 0.2 or not self.bar_shown then
-          done, last = d, t
-          bar(self, done, n, t0)
-        end
-      end
-    end
-    if not f.ok then
-      if show and self.bar_shown then io.stderr:write("\n") end
-      self.bar_shown = false
-      core.raise(f.err)
-    end
-    results[i] = f.values[1]
-  end
-  if show then bar(self, n, n, t0, true) end
-  results.n = n
-  return results
+  return map_results(self, futures, n, show)
 end
 
 local function id_less(a, b)
