@@ -92,8 +92,10 @@ function Server:_launch()
       -- Watchdog: once the process that started the server is gone (a
       -- crashed or killed spec run), kill the server and remove its dir.
       -- While the owner lives, the server's end (stop, kill, restart) is
-      -- the owner's business.
-      sh("sh -c " .. q(
+      -- the owner's business. The watchdog has a session of its own: a
+      -- kill of the spec run's process group (^C, a CI timeout) must not
+      -- take it along, since the daemonized server is not in that group.
+      sh("setsid -f sh -c " .. q(
         "while kill -0 " .. self.owner .. " 2>/dev/null && kill -0 " ..
         self.pid .. " 2>/dev/null; do sleep 0.5; done; " ..
         "kill -0 " .. self.owner .. " 2>/dev/null || { kill -9 " .. self.pid ..

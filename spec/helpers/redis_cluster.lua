@@ -286,8 +286,9 @@ function M.start(opts)
                               password = opts.password,
                               owner_pid = shell.my_pid() }, Cluster)
   -- Watchdog: once the process that started the cluster is gone, kill
-  -- every node (their pids are in the pid files) and remove the dir.
-  sh("sh -c " .. q(
+  -- every node (their pids are in the pid files) and remove the dir. Its
+  -- own session keeps it alive through a kill of the run's process group.
+  sh("setsid -f sh -c " .. q(
     "while kill -0 " .. self.owner_pid .. " 2>/dev/null && [ -d " .. q(dir) .. " ]; do sleep 0.5; done; " ..
     "kill -0 " .. self.owner_pid .. " 2>/dev/null || { for f in " .. q(dir) .. "/*/redis.pid; do " ..
     "[ -f \"$f\" ] && kill -9 $(cat \"$f\") 2>/dev/null; done; sleep 0.2; rm -rf " .. q(dir) .. "; }") ..
