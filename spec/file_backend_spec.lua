@@ -1,6 +1,5 @@
 -- The file backend driven from plain C (spec/c/backend_file_test.c), with
 -- no Lua in between: versions, refused keys, modes, clear at close.
-local ROOT = os.getenv("PROXYSTORE_SOURCE_ROOT") or "."
 
 local shell = require "helpers.shell"
 local sh = shell.sh
@@ -10,17 +9,7 @@ describe("the file backend from C", function()
 
   setup(function()
     tmp = shell.tempdir("filebackend")
-    bin = tmp .. "/backend_file_test"
-    -- The compiler must not run under the sanitizer preload of spec/run.sh.
-    -- backends.c lists every backend, so the C test links the whole core
-    -- (without the Lua-facing host program).
-    local rc, out = sh(string.format(
-      "cd '%s' && ${CC:-cc} -std=c11 -Wall -Wextra -Werror "
-      .. "-D_GNU_SOURCE -g $(pkg-config --cflags lua5.4 hiredis) -o '%s' "
-      .. "spec/c/backend_file_test.c %s "
-      .. "$(pkg-config --libs lua5.4 hiredis libcrypto) -lpthread -lm -ldl",
-      ROOT, bin, shell.core_c(ROOT)))
-    assert(rc == 0, out)
+    bin = shell.build_c_test("backend_file_test", tmp)
   end)
 
   teardown(function()

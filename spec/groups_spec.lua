@@ -324,14 +324,8 @@ describe("redis groups", function()
   -- the C API alone, the wake fd (a pipe a signal handler would write to)
   -- included, from spec/c/groups_test.c
   it("passes its C test", function()
-    local root = os.getenv("PROXYSTORE_SOURCE_ROOT") or "."
-    local exe = srv.dir .. "/groups_test"
-    local rc, out = shell.sh("cc -std=c11 -Wall -Wextra -Werror -O1 -g -D_GNU_SOURCE " ..
-      "$(pkg-config --cflags lua5.4 hiredis) -o " .. shell.quote(exe) .. " " ..
-      shell.quote(root .. "/spec/c/groups_test.c") .. " " .. shell.core_c(root) ..
-      shell.core_libs())
-    assert.equal(0, rc, out)
-    rc, out = shell.sh(shell.quote(exe) .. " " .. srv.port)
+    local exe = shell.build_c_test("groups_test", srv.dir)
+    local rc, out = shell.sh(shell.quote(exe) .. " " .. srv.port)
     assert.equal(0, rc, out)
     assert.matches(" 0 failures", out, 1, true)
     assert.is_nil(out:match("not ok"))

@@ -5,9 +5,7 @@ local ROOT = os.getenv("PROXYSTORE_SOURCE_ROOT") or "."
 local BUILD = os.getenv("PROXYSTORE_BUILD") or (ROOT .. "/build")
 local BIN = BUILD .. "/bin/proxystore"
 
-local function q(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
+local q = require("helpers.shell").quote
 
 local tmp = os.tmpname()
 os.remove(tmp)

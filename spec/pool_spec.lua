@@ -4,9 +4,7 @@
 local ps = require "proxystore"
 local core = require "proxystore.core"
 
-local function q(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
+local q = require("helpers.shell").quote
 
 local function alive(pid)
   local f = io.open("/proc/" .. pid .. "/stat")

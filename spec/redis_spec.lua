@@ -1096,21 +1096,10 @@ describe("the redis store", function()
     -- fork safety, prefetch in a forked child and the byte-level contract,
     -- from the plain-C test program spec/c/backend_redis_test.c
     it("passes its C test, fork and prefetch included", function()
-      local root = os.getenv("PROXYSTORE_SOURCE_ROOT") or "."
-      local dir = srv.dir
-      local exe = dir .. "/backend_redis_test"
-      -- every C file of the core but the host binary's main
-      local srcs = shell.core_c(root)
-      local cc = "env -u LD_PRELOAD cc -std=c11 -O1 -g -D_GNU_SOURCE " ..
-        "$(pkg-config --cflags lua5.4 hiredis) -o " .. exe .. " " ..
-        root .. "/spec/c/backend_redis_test.c " .. srcs ..
-        " $(pkg-config --libs lua5.4 hiredis libcrypto) -lpthread -ldl 2>&1"
-      local p = io.popen(cc)
-      local out = p:read("a")
-      assert.is_true(p:close(), out)
-      p = io.popen("env -u LD_PRELOAD PORT=" .. srv.port .. " " .. exe .. " " ..
+      local exe = shell.build_c_test("backend_redis_test", srv.dir)
+      local p = io.popen("env -u LD_PRELOAD PORT=" .. srv.port .. " " .. exe .. " " ..
                    srv.port .. " " .. srv.path .. " 2>&1")
-      out = p:read("a")
+      local out = p:read("a")
       local ok = p:close()
       assert.is_true(ok, out)
       assert.matches("0 failures", out, 1, true)
@@ -1121,14 +1110,8 @@ describe("the redis store", function()
     -- what a reply may allocate, and waits the server holds on purpose,
     -- from spec/c/redis_value_test.c
     it("reads whole replies of any shape within limits", function()
-      local root = os.getenv("PROXYSTORE_SOURCE_ROOT") or "."
-      local exe = srv.dir .. "/redis_value_test"
-      local rc, out = shell.sh("cc -std=c11 -Wall -Wextra -Werror -O1 -g -D_GNU_SOURCE " ..
-        "$(pkg-config --cflags lua5.4 hiredis) -o " .. shell.quote(exe) .. " " ..
-        shell.quote(root .. "/spec/c/redis_value_test.c") .. " " .. shell.core_c(root) ..
-        shell.core_libs())
-      assert.equal(0, rc, out)
-      rc, out = shell.sh(shell.quote(exe) .. " " .. srv.port)
+      local exe = shell.build_c_test("redis_value_test", srv.dir)
+      local rc, out = shell.sh(shell.quote(exe) .. " " .. srv.port)
       assert.equal(0, rc, out)
       assert.matches(" 0 failures", out, 1, true)
       assert.is_nil(out:match("not ok"))

@@ -7,10 +7,10 @@
 local ps = require "proxystore"
 local core = require "proxystore.core"
 local redis = require "helpers.redis"
+local shell = require "helpers.shell"
+local alive = shell.alive
 
-local function q(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
+local q = shell.quote
 
 -- How long a consumer waits for an item that is there or on its way: a
 -- hang guard, never waited out unless something is wrong.
@@ -37,16 +37,6 @@ local function raises(kind, fn, ...)
   return err
 end
 
--- Running, not a zombie (a process reaped between the open and the read
--- makes the read fail: gone).
-local function alive(pid)
-  local f = io.open("/proc/" .. pid .. "/stat")
-  if not f then return false end
-  local st = f:read("a")
-  f:close()
-  local state = st and st:match("^%d+ %b() (%a)")
-  return state ~= nil and state ~= "Z" and state ~= "X"
-end
 
 describe("streams under faults", function()
   local srv, url

@@ -22,39 +22,8 @@ local shell = require "helpers.shell"
 
 local M = {}
 
-local CLEAN_ENV = "env -u LD_PRELOAD -u ASAN_OPTIONS -u UBSAN_OPTIONS "
-
-local function sh(cmd)
-  local ok = os.execute(CLEAN_ENV .. cmd)
-  return ok == true or ok == 0
-end
-
-local function read_cmd(cmd)
-  local f = assert(io.popen(CLEAN_ENV .. cmd, "r"))
-  local out = f:read("a")
-  f:close()
-  return out
-end
-
-local function q(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
-function M.sleep(s)
-  sh("sleep " .. s)
-end
-
--- Running (a zombie, which kill -0 still finds, counts as gone). A
--- process reaped between the open and the read makes the read fail: gone.
-local function alive(pid)
-  if not pid then return false end
-  local f = io.open("/proc/" .. pid .. "/stat")
-  if not f then return false end
-  local st = f:read("a")
-  f:close()
-  local state = st and st:match("^%d+ %b() (%a)")
-  return state ~= nil and state ~= "Z" and state ~= "X"
-end
+local sh, read_cmd, q, alive = shell.run, shell.read, shell.quote, shell.alive
+M.sleep = shell.sleep
 
 local Server = {}
 Server.__index = Server

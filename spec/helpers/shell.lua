@@ -7,9 +7,15 @@
 --   local dir = shell.tempdir("what")      -- a fresh /tmp/ps-what.XXXXXX
 --   shell.rmtree(dir)
 --   shell.my_pid()                         -- this Lua process's pid
+--   shell.run(cmd)                         -- true when cmd exits 0
+--   shell.read(cmd)                        -- cmd's stdout
+--   shell.sleep(s)
+--   shell.alive(pid)                       -- running, not a zombie
 --   shell.core_c(root)                     -- include flags and sources of
 --                                          -- the C core, for C test programs
 --   shell.core_libs()                      -- the libraries they link with
+--   shell.build_c_test(name, dir)          -- spec/c/<name>.c linked with
+--                                          -- the core, built in dir: its path
 local M = {}
 
 M.CLEAN = "unset LD_PRELOAD ASAN_OPTIONS UBSAN_OPTIONS; "
@@ -49,6 +55,49 @@ end
 -- The libraries a program linking the core needs (after its objects).
 function M.core_libs()
   return " $(pkg-config --libs lua5.4 hiredis libcrypto) -lpthread -lm -ldl "
+end
+
+-- os.execute outside the preload: true when cmd exits 0.
+-- Builds the plain-C test program spec/c/<name>.c, linked with the core,
+-- into dir (warnings are errors, as for the core); returns its path, or
+-- raises with the compiler's output.
+function M.build_c_test(name, dir)
+  local root = os.getenv("PROXYSTORE_SOURCE_ROOT") or "."
+  local exe = dir .. "/" .. name
+  local rc, out = M.sh("${CC:-cc} -std=c11 -Wall -Wextra -Werror -O1 -g -D_GNU_SOURCE " ..
+    "$(pkg-config --cflags lua5.4 hiredis) -o " .. M.quote(exe) .. " " ..
+    M.quote(root .. "/spec/c/" .. name .. ".c") .. " " .. M.core_c(root) .. M.core_libs())
+  if rc ~= 0 then error("building spec/c/" .. name .. ".c failed:\n" .. out, 2) end
+  return exe
+end
+
+function M.run(cmd)
+  local ok = os.execute(M.CLEAN .. cmd)
+  return ok == true or ok == 0
+end
+
+-- cmd's stdout (its stderr too if cmd says 2>&1), outside the preload.
+function M.read(cmd)
+  local f = assert(io.popen(M.CLEAN .. cmd, "r"))
+  local out = f:read("a")
+  f:close()
+  return out
+end
+
+function M.sleep(s)
+  M.run("sleep " .. s)
+end
+
+-- Running (a zombie, which kill -0 still finds, counts as gone). A
+-- process reaped between the open and the read makes the read fail: gone.
+function M.alive(pid)
+  if not pid then return false end
+  local f = io.open("/proc/" .. pid .. "/stat")
+  if not f then return false end
+  local st = f:read("a")
+  f:close()
+  local state = st and st:match("^%d+ %b() (%a)")
+  return state ~= nil and state ~= "Z" and state ~= "X"
 end
 
 function M.my_pid()

@@ -30,9 +30,8 @@ local q = shell.quote
 local started = {}
 
 -- Shell commands run outside the sanitizer preload (pgrep hangs under it).
-local function sh(cmd)
-  return os.execute(shell.CLEAN .. cmd)
-end
+local sh, sleep, alive = shell.run, shell.sleep, shell.alive
+M.alive = alive
 
 local function slurp(path)
   local f = io.open(path, "rb")
@@ -42,21 +41,9 @@ local function slurp(path)
   return s
 end
 
-local function sleep(s)
-  sh("sleep " .. s)
-end
-
 local function now()
   return require("proxystore.core").monotonic()
 end
-
--- Running (a zombie counts as gone).
-local function alive(pid)
-  local st = slurp("/proc/" .. pid .. "/stat")
-  local state = st and st:match("^%d+ %b() (%a)")
-  return state ~= nil and state ~= "Z" and state ~= "X"
-end
-M.alive = alive
 
 local Worker = {}
 Worker.__index = Worker
