@@ -25,43 +25,20 @@ local function handshake(port, tag)
 end
 
 describe("queue pool faults", function()
-  local srv, g
-
-  local function url(extra)
-    return "redis://127.0.0.1:" .. srv.port .. (extra or "")
-  end
-
-  local function new_pool(opts)
-    opts.queue = opts.queue or url()
-    opts.secret = SECRET
-    opts.progress = false
-    return ps.pool(opts)
-  end
-
-  local function started(tag)
-    local r = g:call_blocking(61, { "BLPOP", "started:" .. tag, 60 })[1]
-    assert.is_truthy(r, "no task started for " .. tag)
-    return tonumber(r[2])
-  end
-
-  local function go(tag, pid)
-    g:call("RPUSH", "go:" .. tag .. ":" .. pid, "go")
-  end
+  local fx = require("helpers.queue").new(SECRET)
+  local srv, g   -- fx's, once started
 
   setup(function()
-    srv = redis.start()
-    g = core.redis_groups { host = "127.0.0.1", port = srv.port, timeout = 30 }
+    fx:start()
+    srv, g = fx.srv, fx.g
   end)
 
   teardown(function()
-    workers.stop_all()
-    if g then g:close() end
-    if srv then srv:stop() end
+    fx:stop()
   end)
 
   after_each(function()
-    workers.stop_all()
-    if not srv.pid then srv:restart() end
+    fx:reset()
   end)
 
   it("finishes a task on another worker when its worker is killed with -9", function()
@@ -69,17 +46,17 @@ describe("queue pool faults", function()
     local b = workers.start(srv, { queue = "kill9", secret = SECRET })
     a:wait_log("started on queue")
     b:wait_log("started on queue")
-    local pool = new_pool { name = "kill9", visibility = 1 }
+    local pool = fx:pool { name = "kill9", visibility = 1 }
     finally(function() pool:close { timeout = 60 } end)
     local f = pool:submit(handshake, srv.port, "kill9")
-    local first = started("kill9")
+    local first = fx:started("kill9")
     local victim, other = a, b
     if first == b.pid then victim, other = b, a end
     assert.equal(victim.pid, first)
     os.execute(shell.CLEAN .. "kill -9 " .. victim.pid)
-    local second = started("kill9")   -- claimed once idle past visibility
+    local second = fx:started("kill9")   -- claimed once idle past visibility
     assert.equal(other.pid, second)
-    go("kill9", second)
+    fx:go("kill9", second)
     assert.equal(second, f:result(60))
     assert.equal(1, pool:metrics().reclaimed)
     other:wait_log("reclaimed entry")
@@ -89,7 +66,7 @@ describe("queue pool faults", function()
   it("fails a task that always kills its worker with kind worker after max_attempts", function()
     local sup = workers.start(srv, { queue = "poison", secret = SECRET, workers = 2 })
     sup:wait_log("supervising 2 workers")
-    local pool = new_pool { name = "poison", visibility = 0.5, max_attempts = 2 }
+    local pool = fx:pool { name = "poison", visibility = 0.5, max_attempts = 2 }
     finally(function() pool:close { timeout = 60 } end)
     local f = pool:submit(function()
       os.execute("kill -9 " .. core.pool_getpid())
@@ -113,14 +90,14 @@ describe("queue pool faults", function()
 
   it("lets a worker finish its task on SIGTERM, then exit", function()
     local w = workers.start(srv, { queue = "term", secret = SECRET })
-    local pool = new_pool { name = "term" }
+    local pool = fx:pool { name = "term" }
     finally(function() pool:close { timeout = 60 } end)
     local f = pool:submit(handshake, srv.port, "term")
-    local pid = started("term")
+    local pid = fx:started("term")
     assert.equal(w.pid, pid)
     local second = pool:submit(function() return core.pool_getpid() end)
     w:signal("TERM")
-    go("term", pid)
+    fx:go("term", pid)
     assert.equal(pid, f:result(60))
     assert.equal(0, w:wait(60))
     local log = w:log()
@@ -133,18 +110,18 @@ describe("queue pool faults", function()
 
   it("hands back the task it interrupts on SIGINT", function()
     local w = workers.start(srv, { queue = "int", secret = SECRET })
-    local pool = new_pool { name = "int" }
+    local pool = fx:pool { name = "int" }
     finally(function() pool:close { timeout = 60 } end)
     local f = pool:submit(handshake, srv.port, "int")
-    local pid = started("int")
+    local pid = fx:started("int")
     w:signal("INT")
-    go("int", pid)             -- the task wakes, and is interrupted
+    fx:go("int", pid)             -- the task wakes, and is interrupted
     assert.equal(1, w:wait(60))
     assert.matches("interrupted after 0 task%(s%)", w:log())
     local w2 = workers.start(srv, { queue = "int", secret = SECRET })
-    local pid2 = started("int")
+    local pid2 = fx:started("int")
     assert.equal(w2.pid, pid2)
-    go("int", pid2)
+    fx:go("int", pid2)
     assert.equal(pid2, f:result(60))
     assert.equal(0, pool:metrics().reclaimed)   -- handed back, not claimed
   end)
@@ -169,10 +146,10 @@ describe("queue pool faults", function()
 
   it("fails what a restarted Redis lost with connection errors, and goes on", function()
     local w = workers.start(srv, { queue = "restart", secret = SECRET })
-    local pool = new_pool { name = "restart", queue = url("?timeout=2") }
+    local pool = fx:pool { name = "restart", queue = fx:url("?timeout=2") }
     finally(function() pool:close { timeout = 60 } end)
     local f = pool:submit(handshake, srv.port, "restart")
-    started("restart")
+    fx:started("restart")
     -- The server goes, and comes back (no persistence: the queue is gone)
     -- once the worker has failed to store the task's result: the task's
     -- wait breaks with the server, and a worker descheduled across the
@@ -181,8 +158,7 @@ describe("queue pool faults", function()
     srv:kill()
     w:wait_log("lost 127.0.0.1:" .. srv.port, 60)
     srv:restart()
-    g:close()
-    g = core.redis_groups { host = "127.0.0.1", port = srv.port, timeout = 30 }
+    g = fx:reconnect()
     local ok, err = pcall(f.result, f, 60)
     assert.is_false(ok)
     assert.equal("connection", err.kind, tostring(err))
@@ -192,7 +168,7 @@ describe("queue pool faults", function()
     w:wait_log("reconnected to")
     -- a server that stays away: clear errors, within the timeout, no hang
     local f2 = pool:submit(handshake, srv.port, "away")
-    started("away")
+    fx:started("away")
     srv:kill()
     ok, err = pcall(f2.result, f2, 60)
     assert.is_false(ok)
@@ -202,8 +178,7 @@ describe("queue pool faults", function()
     assert.is_false(ok)
     assert.equal("connection", err.kind)
     srv:restart()
-    g:close()
-    g = core.redis_groups { host = "127.0.0.1", port = srv.port, timeout = 30 }
+    g = fx:reconnect()
     assert.equal("back", pool:submit(function() return "back" end):result(60))
   end)
 
@@ -223,16 +198,16 @@ describe("queue pool faults", function()
     end)
 
     it("refuses to start without a secret, or with one in its arguments", function()
-      local rc, out = run(shell.quote(url()))
+      local rc, out = run(shell.quote(fx:url()))
       assert.equal(1, rc)
       assert.matches("proxystore: a worker needs a shared secret", out)
       assert.matches("%-%-secret%-file or PROXYSTORE_SECRET", out)
-      rc, out = run(shell.quote(url()) .. " --secret=" .. shell.quote(SECRET))
+      rc, out = run(shell.quote(fx:url()) .. " --secret=" .. shell.quote(SECRET))
       assert.equal(1, rc)
       assert.matches("never taken from arguments", out)
       assert.is_nil(out:find(SECRET, 1, true))
       assert.is_nil(out:find("faults spec", 1, true))
-      rc, out = run(shell.quote(url()), "PROXYSTORE_SECRET=short")
+      rc, out = run(shell.quote(fx:url()), "PROXYSTORE_SECRET=short")
       assert.equal(1, rc)
       assert.matches("at least 16 bytes", out)
     end)
@@ -244,21 +219,21 @@ describe("queue pool faults", function()
       f:write(SECRET)
       f:close()
       os.execute(shell.CLEAN .. "chmod 644 " .. shell.quote(dir .. "/s"))
-      local rc, out = run(shell.quote(url()) .. " --secret-file " .. shell.quote(dir .. "/s"))
+      local rc, out = run(shell.quote(fx:url()) .. " --secret-file " .. shell.quote(dir .. "/s"))
       assert.equal(1, rc)
       assert.matches("readable by every user", out)
       assert.is_nil(out:find(SECRET, 1, true))
-      rc, out = run(shell.quote(url()) .. " --secret-file " .. shell.quote(dir .. "/none"))
+      rc, out = run(shell.quote(fx:url()) .. " --secret-file " .. shell.quote(dir .. "/none"))
       assert.equal(1, rc)
       assert.matches("cannot read the secret file", out)
       for _, bad in ipairs { "--workers 0", "--workers x", "--queue", "--frob",
                              "a b", "" } do
-        rc, out = run(bad == "" and "" or (shell.quote(url()) .. " " .. bad),
+        rc, out = run(bad == "" and "" or (shell.quote(fx:url()) .. " " .. bad),
           "PROXYSTORE_SECRET=" .. shell.quote(SECRET))
         assert.equal(1, rc, bad .. ": " .. out)
         assert.matches("usage: proxystore worker", out)
       end
-      rc, out = run(shell.quote(url()) .. " --queue 'bad name'",
+      rc, out = run(shell.quote(fx:url()) .. " --queue 'bad name'",
         "PROXYSTORE_SECRET=" .. shell.quote(SECRET))
       assert.equal(1, rc)
       assert.matches("queue name must be", out)

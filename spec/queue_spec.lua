@@ -27,48 +27,26 @@ local function handshake(port, tag)
 end
 
 describe("queue pool", function()
-  local srv, g
-
-  local function url() return "redis://127.0.0.1:" .. srv.port end
-
-  local function new_pool(opts)
-    opts = opts or {}
-    opts.queue = opts.queue or url()
-    opts.secret = opts.secret or SECRET
-    opts.progress = false
-    return ps.pool(opts)
-  end
-
-  -- The pid a task pushed to started:<tag> (hang guard: 60 s).
-  local function started(tag)
-    local r = g:call_blocking(61, { "BLPOP", "started:" .. tag, 60 })[1]
-    assert.is_truthy(r, "no task started for " .. tag)
-    return tonumber(r[2])
-  end
-
-  local function go(tag, pid)
-    g:call("RPUSH", "go:" .. tag .. ":" .. pid, "go")
-  end
+  local fx = require("helpers.queue").new(SECRET)
+  local srv, g   -- fx's, once started
 
   setup(function()
-    srv = redis.start()
-    g = core.redis_groups { host = "127.0.0.1", port = srv.port, timeout = 30 }
+    fx:start()
+    srv, g = fx.srv, fx.g
   end)
 
   teardown(function()
-    workers.stop_all()
-    if g then g:close() end
-    if srv then srv:stop() end
+    fx:stop()
   end)
 
   after_each(function()
-    workers.stop_all()
+    fx:reset()
   end)
 
   describe("with worker processes started from the shell", function()
     it("runs tasks and maps in order, results and errors as the local pool's", function()
       local w = workers.start(srv, { queue = "basic", secret = SECRET })
-      local pool = new_pool { name = "basic" }
+      local pool = fx:pool { name = "basic" }
       finally(function() pool:close { timeout = 60 } end)
       local f = pool:submit(function(a, b) return a + b, nil, "x" end, 2, 3)
       local r = table.pack(f:result(60))
@@ -117,21 +95,21 @@ describe("queue pool", function()
 
     it("times a result out and the task goes on", function()
       workers.start(srv, { queue = "slow", secret = SECRET })
-      local pool = new_pool { name = "slow" }
+      local pool = fx:pool { name = "slow" }
       finally(function() pool:close { timeout = 60 } end)
       local f = pool:submit(handshake, srv.port, "slow")
-      local pid = started("slow")
+      local pid = fx:started("slow")
       local ok, err = pcall(f.result, f, 0.2)
       assert.is_false(ok)
       assert.equal("timeout", err.kind)
       assert.is_false(f:done())
-      go("slow", pid)
+      fx:go("slow", pid)
       assert.equal(pid, f:result(60))
     end)
 
     it("moves large arguments and results as proxies through the queue's store", function()
       workers.start(srv, { queue = "big", secret = SECRET })
-      local pool = new_pool { name = "big", proxy_threshold = 1000 }
+      local pool = fx:pool { name = "big", proxy_threshold = 1000 }
       finally(function() pool:close { timeout = 60 } end)
       local big = ("abc"):rep(100000)
       local f = pool:submit(function(s, n) return #s + n, s:upper() end, big, 1)
@@ -155,7 +133,7 @@ describe("queue pool", function()
 
     it("sees the worker's globals, and requires the modules its upvalues name", function()
       workers.start(srv, { queue = "globals", secret = SECRET })
-      local pool = new_pool { name = "globals" }
+      local pool = fx:pool { name = "globals" }
       finally(function()
         pool:close()
         rawset(_G, "queue_spec_global", nil)
@@ -186,7 +164,7 @@ describe("queue pool", function()
     it("works with a worker started before the pool and one started after", function()
       local before = workers.start(srv, { queue = "order", secret = SECRET })
       before:wait_log("started on queue 'order'")
-      local pool = new_pool { name = "order" }
+      local pool = fx:pool { name = "order" }
       finally(function() pool:close { timeout = 60 } end)
       local pid = core.pool_getpid()
       local first = pool:submit(function() return core.pool_getpid() end):result(60)
@@ -204,16 +182,16 @@ describe("queue pool", function()
 
     it("counts queued, running, done, failed and reclaimed tasks", function()
       workers.start(srv, { queue = "counts", secret = SECRET })
-      local pool = new_pool { name = "counts" }
+      local pool = fx:pool { name = "counts" }
       finally(function() pool:close { timeout = 60 } end)
       local busy = pool:submit(handshake, srv.port, "counts")
-      local pid = started("counts")
+      local pid = fx:started("counts")
       local waiting = pool:submit(function() return 1 end)
       local m = pool:metrics()
       assert.equal(1, m.running)
       assert.equal(1, m.queued)
       assert.equal(0, m.done)
-      go("counts", pid)
+      fx:go("counts", pid)
       busy:result(60)
       waiting:result(60)
       local f = pool:submit(function() error("x") end)
@@ -230,7 +208,7 @@ describe("queue pool", function()
 
     it("refuses, and reports, a task whose signature does not verify", function()
       local w = workers.start(srv, { queue = "forged", secret = SECRET })
-      local pool = new_pool { name = "forged", visibility = 0.3 }
+      local pool = fx:pool { name = "forged", visibility = 0.3 }
       finally(function() pool:close { timeout = 60 } end)
       local keys = wire.keys("forged")
       -- a task signed with another secret, then one with no signature
@@ -253,7 +231,7 @@ describe("queue pool", function()
 
     it("fails with a clear error a task whose code is for another Lua", function()
       workers.start(srv, { queue = "lua53", secret = SECRET })
-      local pool = new_pool { name = "lua53" }
+      local pool = fx:pool { name = "lua53" }
       finally(function() pool:close { timeout = 60 } end)
       local code = string.dump(function() return 1 end)
       local forged = code:sub(1, 4) .. "\x53" .. code:sub(6)
@@ -290,46 +268,46 @@ describe("queue pool", function()
 
     it("ignores replies that are not signed with the secret", function()
       workers.start(srv, { queue = "replies", secret = SECRET })
-      local pool = new_pool { name = "replies" }
+      local pool = fx:pool { name = "replies" }
       finally(function() pool:close { timeout = 60 } end)
       local f = pool:submit(handshake, srv.port, "replies")
-      local pid = started("replies")
+      local pid = fx:started("replies")
       -- a forged reply for that very task
       local blob = ps.serialize { t = f.pool.id .. ":" .. f.id, ok = true,
                                   v = { "forged", n = 1 } }
       g:call("RPUSH", pool.reply_key, ("\0"):rep(32) .. blob)
       assert.is_false(f:done())
       assert.equal(1, pool:metrics().refused)
-      go("replies", pid)
+      fx:go("replies", pid)
       assert.equal(pid, f:result(60))
     end)
 
     it("keeps the first stored result when a silent worker finishes late", function()
       local a = workers.start(srv, { queue = "late", secret = SECRET })
       a:wait_log("started on queue")
-      local pool = new_pool { name = "late", visibility = 0.5 }
+      local pool = fx:pool { name = "late", visibility = 0.5 }
       finally(function() pool:close { timeout = 60 } end)
       local f = pool:submit(handshake, srv.port, "late")
-      local pid_a = started("late")
+      local pid_a = fx:started("late")
       assert.equal(a.pid, pid_a)
       a:signal("STOP")   -- silent: no heartbeat
       local b = workers.start(srv, { queue = "late", secret = SECRET })
-      local pid_b = started("late")   -- claimed after the visibility
+      local pid_b = fx:started("late")   -- claimed after the visibility
       assert.equal(b.pid, pid_b)
-      go("late", pid_b)
+      fx:go("late", pid_b)
       assert.equal(pid_b, f:result(60))
       assert.equal(1, pool:metrics().reclaimed)
       b:wait_log("reclaimed entry")
       -- a comes back and finishes: its result changes nothing
       a:signal("CONT")
-      go("late", pid_a)
+      fx:go("late", pid_a)
       a:wait_log("had a result already", 60)
       assert.equal(0, g:call("LLEN", pool.reply_key))
       assert.equal(pid_b, f:result(0))
     end)
 
     it("never puts the secret in the stream, a proxy or an error", function()
-      local pool = new_pool { name = "secret", proxy_threshold = 10 }
+      local pool = fx:pool { name = "secret", proxy_threshold = 10 }
       finally(function() pool:close { timeout = 60 } end)
       local f = pool:submit(function(s) return s .. "!" end, ("x"):rep(100))
       -- the task as it waits in the stream for a worker
@@ -352,7 +330,7 @@ describe("queue pool", function()
     local objects = #g:call("KEYS", "[0-9a-f]*")   -- what earlier specs left
     local rc, out = shell.sh("cd " .. shell.quote(root) .. " && PROXYSTORE_SECRET=" ..
       shell.quote(SECRET) .. " env -u LD_PRELOAD " .. shell.quote(workers.BIN) ..
-      " examples/cluster_mapreduce.lua " .. shell.quote(url()) .. " 6 2000 3")
+      " examples/cluster_mapreduce.lua " .. shell.quote(fx:url()) .. " 6 2000 3")
     assert.equal(0, rc, out)
     assert.matches("counted 12000 words on the workers of queue 'mapreduce'", out)
     assert.matches("top 3 words:\n +1%. the ", out)
@@ -366,9 +344,9 @@ describe("queue pool", function()
   end)
 
   it("gives back the tasks of a batch that wait behind a long one", function()
-    local pool = new_pool { name = "holdlimit" }
+    local pool = fx:pool { name = "holdlimit" }
     local w = require("proxystore.worker").new {
-      redis = wire.redis_config(url()), queue = "holdlimit", secret = SECRET }
+      redis = wire.redis_config(fx:url()), queue = "holdlimit", secret = SECRET }
     finally(function()
       w:close()
       pool:close { timeout = 60 }
@@ -398,7 +376,7 @@ describe("queue pool", function()
 
   describe("with local workers", function()
     it("forks them, runs on them, and stops them at close", function()
-      local pool = new_pool { name = "local", workers = 2 }
+      local pool = fx:pool { name = "local", workers = 2 }
       local pids = pool:pids()
       assert.equal(2, #pids)
       local seen = {}
@@ -424,11 +402,11 @@ describe("queue pool", function()
     end)
 
     it("replaces a local worker that dies, and its task runs again", function()
-      local pool = new_pool { name = "localdeath", workers = 1, visibility = 0.5 }
+      local pool = fx:pool { name = "localdeath", workers = 1, visibility = 0.5 }
       finally(function() pool:close { timeout = 60 } end)
       local first = pool:pids()[1]
       local f = pool:submit(handshake, srv.port, "localdeath")
-      assert.equal(first, started("localdeath"))
+      assert.equal(first, fx:started("localdeath"))
       os.execute(shell.CLEAN .. "kill -9 " .. first)
       -- the pool replaces its workers while it waits (done() looks)
       local second
@@ -440,7 +418,7 @@ describe("queue pool", function()
       end
       second = tonumber(second)   -- the replacement claimed it
       assert.not_equal(first, second)
-      go("localdeath", second)
+      fx:go("localdeath", second)
       assert.equal(second, f:result(60))
       assert.equal(1, pool:metrics().worker_deaths)
       assert.equal(1, pool:metrics().reclaimed)
@@ -459,7 +437,7 @@ for i = 1, 30 do list[i] = i end
 local r = pool:map(function(x) return x end, list)
 pool:close()
 io.stdout:write("sum ", #r, "\n")
-]]):format(url(), SECRET))
+]]):format(fx:url(), SECRET))
       f:close()
       local rc, out = shell.sh("cd " .. shell.quote(os.getenv("PROXYSTORE_SOURCE_ROOT") or ".") ..
         " && script -qec " .. shell.quote("env -u LD_PRELOAD " .. shell.quote(workers.BIN) ..
@@ -472,12 +450,12 @@ io.stdout:write("sum ", #r, "\n")
 
   describe("options", function()
     it("refuses to start without a secret, naming where one comes from", function()
-      local ok, err = pcall(ps.pool, { queue = url() })
+      local ok, err = pcall(ps.pool, { queue = fx:url() })
       assert.is_false(ok)
       assert.equal("config", err.kind)
       assert.matches("secret", tostring(err))
       assert.matches("PROXYSTORE_SECRET", tostring(err))
-      ok, err = pcall(ps.pool, { queue = url(), secret = "short" })
+      ok, err = pcall(ps.pool, { queue = fx:url(), secret = "short" })
       assert.equal("config", err.kind)
       assert.matches("at least 16 bytes %(got 5%)", tostring(err))
       assert.is_nil(tostring(err):find("short", 1, true))
@@ -485,16 +463,16 @@ io.stdout:write("sum ", #r, "\n")
 
     it("refuses unknown options and bad values with config errors", function()
       local cases = {
-        { queue = url(), secret = SECRET, nope = 1 },
-        { queue = url(), secret = SECRET, visibility = 0 },
-        { queue = url(), secret = SECRET, visibility = "10" },
-        { queue = url(), secret = SECRET, max_attempts = 0 },
-        { queue = url(), secret = SECRET, workers = -1 },
-        { queue = url(), secret = SECRET, name = "bad name" },
-        { queue = url(), secret = SECRET, name = "" },
+        { queue = fx:url(), secret = SECRET, nope = 1 },
+        { queue = fx:url(), secret = SECRET, visibility = 0 },
+        { queue = fx:url(), secret = SECRET, visibility = "10" },
+        { queue = fx:url(), secret = SECRET, max_attempts = 0 },
+        { queue = fx:url(), secret = SECRET, workers = -1 },
+        { queue = fx:url(), secret = SECRET, name = "bad name" },
+        { queue = fx:url(), secret = SECRET, name = "" },
         { queue = "file:///tmp", secret = SECRET },
         { queue = "redis://h:notaport", secret = SECRET },
-        { queue = url(), secret = SECRET, store = "local:" },
+        { queue = fx:url(), secret = SECRET, store = "local:" },
       }
       for i, opts in ipairs(cases) do
         local ok, err = pcall(ps.pool, opts)
@@ -512,13 +490,13 @@ io.stdout:write("sum ", #r, "\n")
     end)
 
     it("closes within a timeout, failing what no worker finished", function()
-      local pool = new_pool { name = "nobody" }
+      local pool = fx:pool { name = "nobody" }
       local f = pool:submit(function() return 1 end)
       pool:close { timeout = 0.2 }
       local ok, err = pcall(f.result, f)
       assert.is_false(ok)
       assert.equal("closed", err.kind)
-      assert.has_error(function() new_pool { name = "x" }:close { timeout = -1 } end)
+      assert.has_error(function() fx:pool { name = "x" }:close { timeout = -1 } end)
     end)
 
     it("takes the secret from PROXYSTORE_SECRET", function()
@@ -528,7 +506,7 @@ io.stdout:write("sum ", #r, "\n")
 local ps = require "proxystore"
 local pool = ps.pool { queue = %q, name = "env", workers = 1 }
 io.write(pool:submit(function() return "ran" end):result(60))
-pool:close()]]):format(url())))
+pool:close()]]):format(fx:url())))
       assert.equal(0, rc, out)
       assert.equal("ran", out)
     end)
