@@ -11,16 +11,7 @@
 
 #include "backend.h"
 #include "prefetch.h"
-
-static int failures, count;
-
-static void check(int cond, const char *what, const ps_berr *err) {
-  count++;
-  printf("%sok %d - %s", cond ? "" : "not ", count, what);
-  if (!cond && err) printf(" (code %d: %s)", err->code, err->msg);
-  printf("\n");
-  if (!cond) failures++;
-}
+#include "check.h"
 
 static ps_key K(const char *s) { return (ps_key){s, strlen(s)}; }
 

@@ -12,22 +12,7 @@
 #include <unistd.h>
 
 #include "groups.h"
-
-static int failures, count;
-
-static void check(int cond, const char *what, const ps_berr *err) {
-  count++;
-  printf("%sok %d - %s", cond ? "" : "not ", count, what);
-  if (!cond && err) printf(" (code %d: %s)", err->code, err->msg);
-  printf("\n");
-  if (!cond) failures++;
-}
-
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
+#include "check.h"
 
 static long long pending(ps_rgroups *g, ps_berr *err) {
   long long n = -1;

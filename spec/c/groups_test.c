@@ -10,22 +10,7 @@
 #include <unistd.h>
 
 #include "groups.h"
-
-static int failures, count;
-
-static void check(int cond, const char *what, const ps_berr *err) {
-  count++;
-  printf("%sok %d - %s", cond ? "" : "not ", count, what);
-  if (!cond && err) printf(" (code %d: %s)", err->code, err->msg);
-  printf("\n");
-  if (!cond) failures++;
-}
-
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
+#include "check.h"
 
 static int field_is(const ps_rentry *e, const char *name, const char *v) {
   const ps_rvalue *f = ps_rentry_field(e, name);

@@ -10,22 +10,7 @@
 #include <time.h>
 
 #include "redis_conn.h"
-
-static int failures, count;
-
-static void check(int cond, const char *what, const ps_berr *err) {
-  count++;
-  printf("%sok %d - %s", cond ? "" : "not ", count, what);
-  if (!cond && err) printf(" (code %d: %s)", err->code, err->msg);
-  printf("\n");
-  if (!cond) failures++;
-}
-
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
+#include "check.h"
 
 /* Sends one command (words separated by spaces) and reads its reply. */
 static int call(ps_rconn *c, const char *words, const ps_rlimits *lim,
