@@ -13,18 +13,8 @@ local shell = require "helpers.shell"
 
 local SECRET = "queue-spec secret, 32 bytes long"
 
--- In a task: tells the spec it started (pushing its pid to started:<tag>)
--- and waits for go:<tag>:<pid>; returns the pid. (Handles to the server
--- here get a generous timeout: on a loaded machine a call may take
--- seconds.)
-local function handshake(port, tag)
-  local g = core.redis_groups { host = "127.0.0.1", port = port, timeout = 30 }
-  local pid = core.pool_getpid()
-  g:call("RPUSH", "started:" .. tag, pid)
-  g:call_blocking(60, { "BLPOP", "go:" .. tag .. ":" .. pid, 60 })
-  g:close()
-  return pid
-end
+-- A task's half of the handshake: helpers/queue.lua
+local handshake = require("helpers.queue").handshake
 
 describe("queue pool", function()
   local fx = require("helpers.queue").new(SECRET)

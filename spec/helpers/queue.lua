@@ -10,12 +10,27 @@
 --   after_each(function() fx:reset() end)  -- workers stopped, server up
 --   fx:url([extra]), fx:pool(opts), fx:started(tag), fx:go(tag, pid)
 --   fx:reconnect()                        -- a new fx.g, after a restart
+--   pool:submit(M.handshake, port, tag)   -- the task's half
 local ps = require "proxystore"
 local core = require "proxystore.core"
 local redis = require "helpers.redis"
 local workers = require "helpers.workers"
 
 local M = {}
+
+-- In a task: tells the spec it started (pushing its pid to started:<tag>)
+-- and waits for go:<tag>:<pid>; returns the pid. It travels to the
+-- worker as bytecode; its one upvalue, proxystore.core, by name. (A
+-- generous timeout: on a loaded machine a call may take seconds; a server
+-- that is gone fails the calls at once.)
+function M.handshake(port, tag)
+  local g = core.redis_groups { host = "127.0.0.1", port = port, timeout = 30 }
+  local pid = core.pool_getpid()
+  g:call("RPUSH", "started:" .. tag, pid)
+  g:call_blocking(60, { "BLPOP", "go:" .. tag .. ":" .. pid, 60 })
+  g:close()
+  return pid
+end
 
 local Fixture = {}
 Fixture.__index = Fixture
