@@ -27,6 +27,34 @@ describe("hostile peers", function()
     g:call("FLUSHALL")
   end)
 
+  describe("the groups module's arguments", function()
+    -- A length that changes between the count and the copy (a __len
+    -- metamethod) made the copy write past the arrays sized by the
+    -- count. Lists are taken by their raw length: what is in them.
+    local function shifty(t)
+      local calls = 0
+      return setmetatable(t, { __len = function()
+        calls = calls + 1
+        return calls == 1 and 2 or rawlen(t) + 1000
+      end })
+    end
+
+    it("copies commands and entries by their raw length, whatever __len says", function()
+      local cmd = { "RPUSH", "l" }
+      for i = 1, 100 do cmd[#cmd + 1] = "v" .. i end
+      local r = g:pipeline(shifty(cmd))
+      assert.same({ 100 }, r)
+      local fields = {}
+      for i = 1, 100 do fields[#fields + 1] = "f" .. i end
+      local ids = g:add("s", { shifty(fields) })
+      assert.equal(1, #ids)
+      local n = 0
+      for _ in pairs(g:range("s", "-", "+", 10)[1].fields) do n = n + 1 end
+      assert.equal(50, n)
+      assert.equal(1, g:delete("s", shifty({ ids[1] })))
+    end)
+  end)
+
   describe("the queue heartbeat", function()
     -- A worker holds up to 128 entries of a batch at once; pushing them
     -- all on the C stack wrote past it. In a child: the defect corrupts

@@ -219,7 +219,7 @@ static heartbeat *check_running(lua_State *L) {
 static int l_hold(lua_State *L) {
   heartbeat *h = check_running(L);
   luaL_checktype(L, 2, LUA_TTABLE);
-  size_t n = (size_t)luaL_len(L, 2);
+  size_t n = (size_t)lua_rawlen(L, 2);
   /* Checked one at a time, each popped before the next: a worker holds a
      batch of up to 128 ids, more than the 20 stack slots a C function may
      use without luaL_checkstack (pushing them all wrote past the stack). */
