@@ -55,6 +55,64 @@ describe("hostile peers", function()
     end)
   end)
 
+  describe("the queue pool", function()
+    local wire = require "proxystore.queue_wire"
+    local SECRET = "hostile-peers-spec-secret"
+
+    -- A reply list that holds a string answers every pop at once with
+    -- WRONGTYPE: the pool span on it until result's timeout (for ever
+    -- without one).
+    it("raises a store error when its reply list holds another type", function()
+      local ps = require "proxystore"
+      local pool = ps.pool { queue = ("redis://127.0.0.1:%d"):format(srv.port),
+        name = "hostile", secret = SECRET, workers = 0 }
+      finally(function() pcall(pool.close, pool, { timeout = 0 }) end)
+      local f = pool:submit(function() return 1 end)
+      g:call("SET", pool.reply_key, "not a list")
+      local ok, err = pcall(f.result, f, 10)
+      assert.is_false(ok)
+      assert.equal("store", err.kind, tostring(err))
+      assert.matches("cannot read its replies", err.message)
+      assert.matches("WRONGTYPE", tostring(err))
+      -- close still shuts the pool down, and says why it could not wait
+      local cok, cerr = pcall(pool.close, pool)
+      assert.is_false(cok)
+      assert.equal("store", cerr.kind)
+      assert.equal("closed", select(2, pcall(f.result, f, 0)).kind)
+    end)
+
+    -- The finish script set every done bit of a batch before its pushes:
+    -- a push that failed on one pool's wrong-typed reply list left the
+    -- other pools' bits set and their results never pushed, lost for
+    -- good (a second delivery finds the bit and pushes nothing).
+    it("stores a batch's other results when one pool's keys are of another type", function()
+      local keys = wire.keys("hostile2")
+      g:create_group(keys.stream, wire.GROUP, "0")
+      local ids = g:add(keys.stream, { { "x", "1" }, { "x", "2" } })
+      assert.equal(2, #g:read_group(keys.stream, wire.GROUP, "w", ">", 10))
+      local doneA, bitA = wire.done_key(keys, "poolA:1")
+      local doneB, bitB = wire.done_key(keys, "poolB:1")
+      local replyA, replyB = wire.reply_key(keys, "poolA"), wire.reply_key(keys, "poolB")
+      g:call("SET", replyA, "not a list")
+      local first = wire.eval(g, "finish", { keys.stream, doneA, replyA, doneB, replyB },
+        { wire.GROUP, 60000, bitA, ids[1], "resultA", bitB, ids[2], "resultB" })
+      assert.same({ -1, 1 }, first)
+      assert.same({ "resultB" }, g:call("LRANGE", replyB, 0, -1))
+      assert.equal("not a list", g:call("GET", replyA))
+      assert.equal(0, (g:pending_summary(keys.stream, wire.GROUP)))
+      -- B's result is stored: a second one is a late duplicate
+      first = wire.eval(g, "finish", { keys.stream, doneB, replyB },
+        { wire.GROUP, 60000, bitB, ids[2], "resultB2" })
+      assert.same({ 0 }, first)
+      -- a done bitmap that is a list: the same
+      local doneC, bitC = wire.done_key(keys, "poolC:7")
+      g:call("RPUSH", doneC, "x")
+      first = wire.eval(g, "finish", { keys.stream, doneC, wire.reply_key(keys, "poolC") },
+        { wire.GROUP, 60000, bitC, "", "resultC" })
+      assert.same({ -1 }, first)
+    end)
+  end)
+
   describe("the queue heartbeat", function()
     -- A worker holds up to 128 entries of a batch at once; pushing them
     -- all on the C stack wrote past it. In a child: the defect corrupts
