@@ -113,6 +113,33 @@ describe("hostile peers", function()
     end)
   end)
 
+  describe("lifetimes", function()
+    -- A lease past 2^63 ms had no integer to be written as: the object was
+    -- put with no lease at all, and extend raised a Lua error.
+    it("refuses a lease the store cannot keep, and keeps every one it takes", function()
+      local ps = require "proxystore"
+      local s = ps.init_store("redis", { name = "hostile-lease", host = srv.host,
+        port = srv.port, timeout = 30 })
+      finally(function() s:close() end)
+      for _, lease in ipairs { 1e17, 1e300 } do
+        local ok, err = pcall(ps.lifetime, { lease = lease })
+        assert.is_false(ok)
+        assert.equal("config", err.kind)
+      end
+      local lt = ps.lifetime { lease = 1e9 }
+      local p = s:proxy("x", { lifetime = lt })
+      local pttl = g:call("PTTL", ps.key(p))
+      assert.is_true(pttl > 0 and pttl <= 1e12, tostring(pttl))
+      local ok, err = pcall(lt.extend, lt, 1e17)
+      assert.is_false(ok)
+      assert.equal("config", err.kind)
+      lt:extend(1)
+      assert.is_true(g:call("PTTL", ps.key(p)) > pttl - 60000)
+      lt:close()
+      assert.equal(0, g:call("EXISTS", ps.key(p)))
+    end)
+  end)
+
   describe("the queue heartbeat", function()
     -- A worker holds up to 128 entries of a batch at once; pushing them
     -- all on the C stack wrote past it. In a child: the defect corrupts
