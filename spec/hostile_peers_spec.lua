@@ -138,6 +138,32 @@ describe("hostile peers", function()
       lt:close()
       assert.equal(0, g:call("EXISTS", ps.key(p)))
     end)
+
+    -- A future's reference carries the end of its lease; one of 1e300 s
+    -- overflowed set's milliseconds (undefined behaviour; on x86 the
+    -- future was set with no lease at all).
+    it("refuses a future reference whose lease ends past any lease", function()
+      local ps = require "proxystore"
+      local s = ps.init_store("redis", { name = "hostile-future", host = srv.host,
+        port = srv.port, timeout = 30 })
+      local lt = ps.lifetime { lease = 60 }
+      finally(function() lt:close(); s:close() end)
+      local blob = ps.serialize(s:future { lifetime = lt })
+      local at = blob:find("lease_end", 1, true)
+      assert.truthy(at)
+      local v = at + #"lease_end"
+      assert.equal(0x07, blob:byte(v))   -- a float (docs/format.md)
+      local forged = blob:sub(1, v) .. string.pack("<d", 1e300) .. blob:sub(v + 9)
+      local ok, err = pcall(ps.deserialize, forged)
+      assert.is_false(ok)
+      assert.equal("serialization", err.kind)
+      assert.matches("lease_end", tostring(err))
+      -- the real one still reads, and sets with its lease
+      local f = ps.deserialize(blob)
+      f:set("v")
+      local pttl = g:call("PTTL", f.key)
+      assert.is_true(pttl > 0 and pttl <= 60000, tostring(pttl))
+    end)
   end)
 
   describe("the queue heartbeat", function()
