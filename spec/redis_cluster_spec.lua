@@ -513,10 +513,14 @@ describe("the redis store on a Redis Cluster", function()
       local function expired(i)
         return tonumber(c:cli(i, "INFO", "stats"):match("expired_keys:(%d+)"))
       end
-      local short = ps.lifetime { lease = 0.3 }
-      local g = s:future { lifetime = short }
-      local node = node_of(g.key)
+      -- the node and its count first: the redis-cli calls they take may
+      -- outlast a short lease on a loaded machine (the set then found its
+      -- lifetime ended); the lease starts right before the set
+      local key = core.random_key()
+      local node = node_of(key)
       local before = expired(node)
+      local short = ps.lifetime { lease = 1 }
+      local g = s:future { key = key, lifetime = short }
       g:set("brief")
       child.until_true(function()
         return #keys_on(node, "lease:{" .. g.key .. "}*") == 0 and expired(node) >= before + 2

@@ -34,10 +34,15 @@ local function config_error(msg, level)
   error(core.error("config", msg), level + 1)
 end
 
+-- The longest lease (about 317 years). A lease is kept by the store in
+-- milliseconds: past 2^63 ms it had no integer to be written as, and the
+-- object was put with no lease at all (and extend raised a Lua error).
+local MAX_LEASE = 1e10
+
 local function check_seconds(what, v, level)
-  if type(v) ~= "number" or not (v > 0) or v == math.huge then
-    config_error(("%s must be a positive number of seconds, got %s")
-      :format(what, tostring(v)), level + 1)
+  if type(v) ~= "number" or not (v > 0) or v > MAX_LEASE then
+    config_error(("%s must be a positive number of seconds, at most %g, got %s")
+      :format(what, MAX_LEASE, tostring(v)), level + 1)
   end
 end
 
@@ -119,6 +124,9 @@ function Lifetime:extend(seconds)
   if ended(self) then error(closed_error(self), 2) end
   if not self._ends then
     config_error("this lifetime has no lease to extend (ps.lifetime{lease = s})", 2)
+  end
+  if self._ends + seconds - now() > MAX_LEASE then
+    config_error(("extend: a lease may end at most %g s from now"):format(MAX_LEASE), 2)
   end
   self._ends = self._ends + seconds
   local ms = math.max(1, math.ceil((self._ends - now()) * 1000))

@@ -390,15 +390,27 @@ function QueuePool:_lost(err)
   end
 end
 
+-- An error reply to a pop (the reply list holds another type of value,
+-- written by something else) raises: it answers at once, every time, and
+-- a wait for results would spin on it for ever.
+function QueuePool:_popped(r)
+  if core.is_error(r) then
+    error(perror("store", ("queue pool: cannot read its replies from '%s'")
+      :format(self.reply_key), { cause = r, address = self.g:address() }), 0)
+  end
+  return r
+end
+
 function QueuePool:_receive(timeout)
   local replies
   if timeout == 0 then
-    replies = self.g:pipeline({ "LPOP", self.reply_key, 1000 })[1] or {}
+    replies = self:_popped(self.g:pipeline({ "LPOP", self.reply_key, 1000 })[1]) or {}
   else
     local wait = math.max(math.min(timeout or WAIT_SLICE, WAIT_SLICE), 0.002)
     -- Redis reads a BLPOP timeout that rounds to 0 ms as "for ever"
     local rs = self.g:call_blocking(wait, { "BLPOP", self.reply_key,
       ("%.3f"):format(wait) }, { "LPOP", self.reply_key, 1000 })
+    if rs then self:_popped(rs[1]); self:_popped(rs[2]) end
     replies = {}
     if rs[1] then replies[1] = rs[1][2] end
     for _, v in ipairs(rs[2] or {}) do replies[#replies + 1] = v end
@@ -519,12 +531,17 @@ function QueuePool:close(opts)
   if self.owner ~= core.pool_getpid() then self.closed = true; return end
   self.stopping = true
   local deadline = timeout and now() + timeout
-  while next(self.tasks) do
-    local left = deadline and deadline - now()
-    if left and left <= 0 then break end
-    self:_step(left)
-  end
+  -- a wait that fails for good (no connection error: those _step rides
+  -- out) still shuts the pool down, and the error says why
+  local ok, err = pcall(function()
+    while next(self.tasks) do
+      local left = deadline and deadline - now()
+      if left and left <= 0 then break end
+      self:_step(left)
+    end
+  end)
   self:_shutdown(false)
+  if not ok then error(err, 2) end
 end
 
 function QueuePool:_shutdown(kill)

@@ -194,27 +194,46 @@ local SCRIPTS = {
   -- task's bit in its pool's done bitmap, all of a batch set by one
   -- BITFIELD that returns their old values), pushes the first ones to
   -- their reply lists (one RPUSH per list) and acknowledges every entry
-  -- (one XACK).
+  -- (one XACK). Returns per result 1 (stored), 0 (one was already) or -1:
+  -- its done bitmap or reply list holds another type of value (written by
+  -- something else), so its result cannot be stored; checked before any
+  -- write, since a script's error keeps the writes made before it: the
+  -- bits of the batch's other results would be set, their pushes never
+  -- made, and those results lost for good.
   -- KEYS: stream, then per result its done bitmap and reply key;
   -- ARGV: group, ttl (ms), then per result its task number, entry id and
   -- reply.
   finish = [==[
 local stream, group, ttl = KEYS[1], ARGV[1], ARGV[2]
 local n = (#KEYS - 1) / 2
+local usable = {}
+local function fits(key, want)
+  local u = usable[key]
+  if u == nil then
+    local t = redis.call('TYPE', key).ok
+    u = t == 'none' or t == want
+    usable[key] = u
+  end
+  return u
+end
 local ops, donekeys, slot = {}, {}, {}
 for k = 1, n do
   local done = KEYS[2 * k]
-  local o = ops[done]
-  if not o then
-    o = {}
-    ops[done] = o
-    donekeys[#donekeys + 1] = done
+  if fits(done, 'string') and fits(KEYS[2 * k + 1], 'list') then
+    local o = ops[done]
+    if not o then
+      o = {}
+      ops[done] = o
+      donekeys[#donekeys + 1] = done
+    end
+    o[#o + 1] = 'SET'
+    o[#o + 1] = 'u1'
+    o[#o + 1] = ARGV[3 * k]
+    o[#o + 1] = 1
+    slot[k] = #o / 4
+  else
+    slot[k] = false
   end
-  o[#o + 1] = 'SET'
-  o[#o + 1] = 'u1'
-  o[#o + 1] = ARGV[3 * k]
-  o[#o + 1] = 1
-  slot[k] = #o / 4
 end
 local old = {}
 for _, done in ipairs(donekeys) do
@@ -224,7 +243,9 @@ end
 local first, ids, pushes, lists = {}, {}, {}, {}
 for k = 1, n do
   local rkey, id, reply = KEYS[2 * k + 1], ARGV[3 * k + 1], ARGV[3 * k + 2]
-  if old[KEYS[2 * k]][slot[k]] == 0 then
+  if not slot[k] then
+    first[k] = -1
+  elseif old[KEYS[2 * k]][slot[k]] == 0 then
     local p = pushes[rkey]
     if not p then
       p = {}

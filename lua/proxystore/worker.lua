@@ -259,7 +259,12 @@ function Worker:flush(items)
   end
   local first = wire.eval(self.g, "finish", keys, args)
   for i, it in ipairs(items) do
-    if first[i] ~= 1 then
+    if first[i] == -1 then
+      self.log(("task '%s' (entry %s): its result cannot be stored, a key " ..
+        "of its pool holds another type of value (written by something " ..
+        "else); dropped"):format(it.t, it.id))
+      if it.px then evict_px(it.store, it.list, it.px) end
+    elseif first[i] ~= 1 then
       -- a late duplicate: its result is not the task's; drop its proxies
       self.log(("task '%s' (entry %s) had a result already (another " ..
         "worker ran it while this one was silent); this one is dropped")

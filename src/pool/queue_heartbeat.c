@@ -219,14 +219,23 @@ static heartbeat *check_running(lua_State *L) {
 static int l_hold(lua_State *L) {
   heartbeat *h = check_running(L);
   luaL_checktype(L, 2, LUA_TTABLE);
-  size_t n = (size_t)luaL_len(L, 2);
-  for (size_t i = 0; i < n; i++)
-    if (lua_rawgeti(L, 2, (lua_Integer)i + 1) != LUA_TSTRING)
-      return luaL_argerror(L, 2, "ids must be strings");
+  size_t n = (size_t)lua_rawlen(L, 2);
+  /* Checked one at a time, each popped before the next: a worker holds a
+     batch of up to 128 ids, more than the 20 stack slots a C function may
+     use without luaL_checkstack (pushing them all wrote past the stack). */
+  for (size_t i = 0; i < n; i++) {
+    int t = lua_rawgeti(L, 2, (lua_Integer)i + 1);
+    lua_pop(L, 1);
+    if (t != LUA_TSTRING) return luaL_argerror(L, 2, "ids must be strings");
+  }
   char **ids = calloc(n ? n : 1, sizeof *ids);
   size_t k = 0;
-  for (; ids && k < n; k++)
-    if ((ids[k] = strdup(lua_tostring(L, 3 + (int)k))) == NULL) break;
+  for (; ids && k < n; k++) {
+    lua_rawgeti(L, 2, (lua_Integer)k + 1);
+    ids[k] = strdup(lua_tostring(L, -1));   /* no error can come between */
+    lua_pop(L, 1);
+    if (ids[k] == NULL) break;
+  }
   if (ids == NULL || k < n) {
     if (ids) free_ids(ids, k);
     return ps_error_raise(L, PS_EPOOL, NULL, "heartbeat: out of memory");

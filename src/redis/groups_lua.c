@@ -136,7 +136,7 @@ static void push_entries(lua_State *L, const ps_rentries *es, int deliveries) {
    on the stack, strings by the list). */
 static const char **check_ids(lua_State *L, int idx, size_t *n) {
   luaL_checktype(L, idx, LUA_TTABLE);
-  *n = (size_t)luaL_len(L, idx);
+  *n = (size_t)lua_rawlen(L, idx);
   const char **ids = lua_newuserdatauv(L, (*n ? *n : 1) * sizeof *ids, 0);
   for (size_t i = 0; i < *n; i++) {
     if (lua_rawgeti(L, idx, (lua_Integer)i + 1) != LUA_TSTRING)
@@ -334,12 +334,12 @@ static int l_add(lua_State *L) {
   check_trim(L, 4, &trim);
   lua_settop(L, 4);
   lua_newtable(L);   /* 5: anchors numbers turned into strings */
-  size_t n = (size_t)luaL_len(L, 3), total = 0;
+  size_t n = (size_t)lua_rawlen(L, 3), total = 0;
   for (size_t i = 0; i < n; i++) {
     if (lua_rawgeti(L, 3, (lua_Integer)i + 1) != LUA_TTABLE)
       return luaL_error(L, "bad argument #2 to 'add' (entry %d is not a table)",
                         (int)i + 1);
-    size_t len = (size_t)luaL_len(L, -1);
+    size_t len = (size_t)lua_rawlen(L, -1);
     if (len == 0) {
       lua_pushnil(L);
       while (lua_next(L, -2)) {
@@ -362,7 +362,7 @@ static int l_add(lua_State *L) {
   size_t k = 0;
   for (size_t i = 0; i < n; i++) {
     lua_rawgeti(L, 3, (lua_Integer)i + 1);
-    size_t len = (size_t)luaL_len(L, -1), start = k;
+    size_t len = (size_t)lua_rawlen(L, -1), start = k;
     if (len > 0) {
       for (size_t j = 1; j <= len; j++, k++) {
         lua_rawgeti(L, -1, (lua_Integer)j);

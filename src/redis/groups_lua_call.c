@@ -78,7 +78,7 @@ static ps_rcmd *check_cmds(lua_State *L, int first, int last, int anchor) {
   size_t n = (size_t)(last - first + 1), total = 0;
   for (int i = first; i <= last; i++) {
     luaL_checktype(L, i, LUA_TTABLE);
-    size_t argc = (size_t)luaL_len(L, i);
+    size_t argc = (size_t)lua_rawlen(L, i);
     luaL_argcheck(L, argc > 0, i, "empty command");
     total += argc;
   }
@@ -89,7 +89,7 @@ static ps_rcmd *check_cmds(lua_State *L, int first, int last, int anchor) {
   size_t *lens = (size_t *)(argv + total);
   size_t k = 0;
   for (int i = first; i <= last; i++) {
-    size_t argc = (size_t)luaL_len(L, i);
+    size_t argc = (size_t)lua_rawlen(L, i);
     cmds[i - first] = (ps_rcmd){argc, argv + k, lens + k};
     for (size_t j = 0; j < argc; j++, k++) {
       lua_rawgeti(L, i, (lua_Integer)j + 1);

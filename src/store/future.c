@@ -313,14 +313,18 @@ void ps_future_from_reference(lua_State *L, int untrusted) {
     ok = type == LUA_TNIL || (type == LUA_TNUMBER && lua_tonumber(L, -1) >= 0);
   }
   if (ok) {
+    /* A wall-clock time, seconds: past 1e12 (year 33000) it is no lease
+       end a lifetime makes (at most 1e10 s from now), and its milliseconds
+       left would not fit set's integer. */
     int type = lua_getfield(L, t, "lease_end");
-    ok = type == LUA_TNIL || (type == LUA_TNUMBER && lua_tonumber(L, -1) > 0);
+    ok = type == LUA_TNIL || (type == LUA_TNUMBER && lua_tonumber(L, -1) > 0 &&
+                              lua_tonumber(L, -1) <= 1e12);
   }
   if (!ok)
     ps_error_raise(L, PS_ESERIALIZATION, NULL,
                    "malformed future reference (needs config.name, "
                    "config.kind, key, flags, a timeout >= 0 or none, a "
-                   "lease_end > 0 or none)");
+                   "lease_end in (0, 1e12] or none)");
   double timeout = lua_isnil(L, t + 6) ? -1 : lua_tonumber(L, t + 6);
   double lease_end = lua_isnil(L, t + 7) ? 0 : lua_tonumber(L, t + 7);
   lua_Integer flags = lua_tointeger(L, t + 5);
