@@ -527,6 +527,35 @@ describe("streams", function()
       store:close()
     end)
 
+    it("resolves an untrusted topic's proxies only through this process's stores", function()
+      -- an event anyone who can write the topic could add: a proxy whose
+      -- store this process never opened, with its config (address,
+      -- credentials) in the reference
+      local carried = ps.init_store("redis", { name = "carried", port = srv.port })
+      local blob = ps.serialize(carried:proxy("written elsewhere"))
+      carried:close()
+      g:call("XADD", "hostile", "*", "v", blob, "m", ps.serialize({ from = "outside" }))
+      local c = track(ps.stream.consumer("hostile",
+        { broker = url, from = "start", untrusted = true }))
+      local obj, meta = c:next(WAIT)
+      assert.same({ from = "outside" }, meta)
+      local err = raises("resolve", ps.extract, obj)
+      assert.matches("carried", tostring(err))
+      assert.is_nil(ps.get_store("carried"))     -- nothing was opened for it
+      -- trusted (the default), the same event opens a store from the config
+      local t = track(ps.stream.consumer("hostile", { broker = url, from = "start" }))
+      assert.equal("written elsewhere", ps.extract((t:next(WAIT))))
+      local opened = ps.get_store("carried")
+      if opened then opened:close() end
+      -- once registered here, the untrusted proxy resolves through it
+      local mine = ps.init_store("redis", { name = "carried", port = srv.port })
+      local c2 = track(ps.stream.consumer("hostile",
+        { broker = url, from = "start", untrusted = true }))
+      assert.equal("written elsewhere", ps.extract((c2:next(WAIT))))
+      mine:close()
+      raises("config", ps.stream.consumer, "hostile", { broker = url, untrusted = "yes" })
+    end)
+
     it("names the entry that is no event, and goes on after it", function()
       local p = track(ps.stream.producer { broker = url })
       local c = track(ps.stream.consumer("t", { broker = url }))

@@ -383,7 +383,7 @@ Consumer.__name = "proxystore.StreamConsumer"
 
 local CONSUMER_OPTIONS = {
   broker = "string", group = "string", name = "string", from = "string",
-  batch = "number", visibility = "number", timeout = "number",
+  batch = "number", visibility = "number", timeout = "number", untrusted = "boolean",
 }
 
 local function is_end(e)
@@ -426,6 +426,9 @@ function M.consumer(topic, opts)
       or (opts.group and 1 or DEFAULT_READ),
     visibility = vis, tick = math.min(vis / 4, 0.5),
     buf = {}, bi = 1, bn = 0, acks = {}, next_tick = 0, cursor = nil,
+    -- decoding options: an untrusted topic's proxies resolve only through
+    -- stores this process registered (README, Security)
+    codec = opts.untrusted and { untrusted = true } or nil,
   }
   local timeout = check_number(opts.timeout, "timeout", what, 0, 1e9, false, 2)
   self.broker = open_broker(cfg, timeout)
@@ -453,16 +456,17 @@ local function check_consumer(self, what)
   if self.closed then fail(3, "closed", "stream consumer is closed: %s refused", what) end
 end
 
--- The value and metadata of an entry's fields.
-local function decode(fields)
+-- The value and metadata of an entry's fields (codec: deserialize's
+-- options).
+local function decode(fields, codec)
   local v = fields.s
   if v == nil then
     local blob = fields.v
     if blob == nil then error("it is not a proxystore stream event", 0) end
-    v = deserialize(blob)
+    v = deserialize(blob, codec)
   end
   local m = fields.m
-  return v, m and deserialize(m) or {}
+  return v, m and deserialize(m, codec) or {}
 end
 
 -- The buffer: entries read, buf[bi..bn] not returned yet.
@@ -582,7 +586,7 @@ function Consumer:next(timeout)
         self.acks[#self.acks + 1] = e.id
       else
         if self.group then self.held_id = e.id end
-        local ok, v, meta = pcall(decode, e.fields)
+        local ok, v, meta = pcall(decode, e.fields, self.codec)
         if not ok then
           error(core.error("serialization", ("%sentry %s of topic '%s' cannot be " ..
             "read: %s"):format(where(2), tostring(e.id), self.topic,
