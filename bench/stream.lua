@@ -15,6 +15,12 @@
 --      metrics and the server's command counts
 --                                  target: 0 GETs and >= 20,000 events/s
 --
+-- Section 2 runs twice: in this process, on lua5.4's own allocator (what
+-- a module user of a stock interpreter gets: glibc's malloc, which may
+-- hand each 1 MiB value fresh pages that fault in), and in a child
+-- process that opts in with ps.use_big_allocator() (what the proxystore
+-- binary installs for its own state): rows marked "big allocator".
+--
 -- Producer and consumer run in this process, one after the other, on
 -- chunks (send a chunk, flush, read it back): a throughput here pays for
 -- both sides, with no overlap between them, so two processes only do
@@ -89,8 +95,9 @@ local function small_items(report, url, g)
     :format(1 / med), med * 1e9, spread, "target 50,000 items/s", (1 / med) / 50000)
 end
 
--- 2. Large items as proxies, against raw SET + GET.
-local function large_items(report, url, srv, g)
+-- 2. Large items as proxies, against raw SET + GET. tag ends every row's
+-- name (which allocator the Lua state has).
+local function large_items(report, url, srv, g, tag)
   local data = payload(MiB)
   local chunk, n, runs = 5, QUICK and 20 or 40, QUICK and 3 or 7
   local store = ps.init_store("redis", { name = "bench-stream-large", port = srv.port,
@@ -140,6 +147,8 @@ local function large_items(report, url, srv, g)
   c:close()
   g:call("DEL", "bench-large")
   store:close()
+  local inner = report
+  report = function(section, name, ...) inner(section, name .. tag, ...) end
   local lmed, lspread = stats.median_spread(limit)
   local hmed, hspread = stats.median_spread(hiredis)
   local amed, aspread = stats.median_spread(alone)
@@ -202,6 +211,20 @@ local function dispatcher(report, url, srv, g)
     gets, server_gets), med * 1e9, spread, "target 20,000 events/s", (1 / med) / 20000)
 end
 
+-- Section 2 in a child lua5.4 that opts in to the big allocator: its
+-- rows come back as tab-separated lines (as bench/run.lua's children do).
+local function large_items_big(report, srv)
+  local here = debug.getinfo(1, "S").source:match("^@(.*)$")
+  local p = assert(io.popen(("lua5.4 %s --large-big %d %s"):format(here, srv.port, srv.path)))
+  for line in p:lines() do
+    local f = {}
+    for field in (line .. "\t"):gmatch("([^\t]*)\t") do f[#f + 1] = field end
+    report(f[1], f[2], tonumber(f[3]), tonumber(f[4]), f[5] ~= "" and f[5] or nil,
+      tonumber(f[6]))
+  end
+  assert(p:close(), "bench stream: the big-allocator run failed")
+end
+
 local function bench(report)
   local srv = redis.start()
   local g
@@ -209,7 +232,8 @@ local function bench(report)
     local url = ("redis://127.0.0.1:%d"):format(srv.port)
     g = core.redis_groups { host = "127.0.0.1", port = srv.port }
     small_items(report, url, g)
-    large_items(report, url, srv, g)
+    large_items(report, url, srv, g, ", lua5.4's allocator")
+    large_items_big(report, srv)
     dispatcher(report, url, srv, g)
   end)
   if g then g:close() end
@@ -217,7 +241,17 @@ local function bench(report)
   if not ok then error(err, 0) end
 end
 
-if arg and arg[0] and arg[0]:match("stream%.lua$") then
+if arg and arg[1] == "--large-big" then
+  assert(ps.use_big_allocator(), "bench stream: ps.use_big_allocator() failed")
+  local srv = { port = tonumber(arg[2]), path = arg[3] }
+  local g = core.redis_groups { host = "127.0.0.1", port = srv.port }
+  large_items(function(section, name, ns, spread, bname, ratio)
+    print(table.concat({ section, name, ("%.17g"):format(ns), spread and ("%.17g"):format(spread) or "",
+      bname or "", ratio and ("%.17g"):format(ratio) or "" }, "\t"))
+    io.stdout:flush()
+  end, ("redis://127.0.0.1:%d"):format(srv.port), srv, g, ", big allocator")
+  g:close()
+elseif arg and arg[0] and arg[0]:match("stream%.lua$") then
   print("| section | measurement | median | spread | baseline | ratio |")
   print("|---|---|---|---|---|---|")
   bench(function(section, name, ns, spread, bname, ratio)

@@ -294,6 +294,128 @@ describe("the redis store", function()
     end)
   end)
 
+  describe("single-use proxies", function()
+    -- calls of a command since CONFIG RESETSTAT
+    local function calls(name)
+      local info = srv:cli("INFO", "commandstats")
+      return tonumber(info:match("cmdstat_" .. name .. ":calls=(%d+)")) or 0
+    end
+
+    it("read and delete their object in one round trip, wake-up list included", function()
+      local s = new_store()
+      local p = s:proxy(("v"):rep(100000), { evict = true })
+      local k = ps.key(p)
+      srv:cli("RPUSH", s:config().prefix .. k .. ":wake", "1")   -- as a future leaves it
+      srv:cli("CONFIG", "RESETSTAT")
+      assert.equal(100000, #ps.extract(p))
+      -- one GET and the script sent behind it in the same write (the
+      -- GETRANGE and the one DEL of both keys are the script's); no
+      -- evict of its own after the read (GETRANGE, DEL, DEL)
+      assert.equal(1, calls("get"))
+      assert.equal(1, calls("eval"))
+      assert.equal(1, calls("getrange"))
+      assert.equal(1, calls("del"))
+      assert.is_false(s:exists(k))
+      assert.equal("0\n", srv:cli("EXISTS", s:config().prefix .. k .. ":wake"))
+      local m = s:metrics()
+      assert.equal(1, m.get.count)
+      assert.equal(1, m.evict.count)
+    end)
+
+    it("put the object back when its bytes do not deserialize", function()
+      local s = new_store()
+      local p = s:proxy({ n = 1 }, { evict = true, serializer = function() return "n=1" end,
+                                     deserializer = function() error("bad day") end })
+      local k = ps.key(p)
+      local err = error_of(ps.resolve, p)
+      assert.equal("serialization", err.kind)
+      assert.matches("bad day", tostring(err), 1, true)
+      assert.is_false(ps.is_resolved(p))
+      -- nothing was lost: the object is there for a proxy that can read it
+      assert.is_true(s:exists(k))
+      local q = s:proxy_from_key(k, { evict = true, deserializer = function(b) return b end })
+      assert.equal("n=1", ps.extract(q))
+      assert.is_false(s:exists(k))
+    end)
+
+    it("delete nothing that proxystore did not write", function()
+      local s = new_store { prefix = "su:" }
+      srv:cli("SET", "su:plain", "not ours")
+      srv:cli("HSET", "su:hash", "f", "v")
+      local err = error_of(ps.resolve, s:proxy_from_key("plain", { evict = true }))
+      assert.matches("not hold a proxystore object", tostring(err), 1, true)
+      assert.equal("not ours\n", srv:cli("GET", "su:plain"))
+      err = error_of(ps.resolve, s:proxy_from_key("hash", { evict = true }))
+      assert.matches("not a string", tostring(err), 1, true)
+      assert.equal("v\n", srv:cli("HGET", "su:hash", "f"))
+      local missing = error_of(ps.resolve, s:proxy_from_key("none", { evict = true }))
+      assert.equal("missing_key", missing.kind)
+      assert.equal("x", ps.extract(s:proxy("x", { evict = true })))   -- connection fine
+    end)
+
+    it("are evicted also where scripts are refused (get, then evict)", function()
+      srv:cli("ACL", "SETUSER", "noscript", "on", ">pw", "~*", "+@all", "-@scripting")
+      local ok, e = pcall(function()
+        local s = new_store { username = "noscript", password = "pw" }
+        local p = s:proxy(("w"):rep(70000), { evict = true })
+        local k = ps.key(p)
+        assert.equal(70000, #ps.extract(p))
+        assert.is_false(s:exists(k))
+      end)
+      srv:cli("ACL", "DELUSER", "noscript")
+      assert(ok, e)
+    end)
+
+    it("of chunked objects delete every chunk", function()
+      local code = ([[
+        local ps = require "proxystore"
+        local s = ps.init_store("redis", {host = "127.0.0.1", port = %d, prefix = "suc:"})
+        local big = string.rep("0123456789", 8000)
+        local p = s:proxy({ big, "x" }, { evict = true })
+        local v = ps.extract(p)
+        assert(v[1] == big and v[2] == "x")
+        assert(not s:exists(ps.key(p)))
+        io.write("done")
+      ]]):format(srv.port)
+      assert.equal("done", run_lua(code, "PROXYSTORE_REDIS_CHUNK_SIZE=1000"))
+      assert.equal("\n", srv:cli("KEYS", "suc:*"))
+    end)
+  end)
+
+  describe("large strings", function()
+    it("are stored as the same bytes as serialize makes, read back whole", function()
+      local s = new_store()
+      local big = ("ab"):rep(50000)
+      local v = { big, x = 1, y = { big .. "z", ("q"):rep(70000), "short" } }
+      local k = s:put(v)
+      local raw = core.redis_groups { host = srv.host, port = srv.port }
+      local ok, bytes = pcall(raw.call, raw, "GET", s:config().prefix .. k)
+      raw:close()
+      assert(ok, bytes)
+      -- 'P', 16 bytes of version, the envelope byte, then the codec's bytes
+      assert.equal("P", bytes:sub(1, 1))
+      assert.equal(ps.serialize(v), bytes:sub(19))
+      assert.same(v, s:get(k))
+      assert.equal(big, s:get(s:put(big)))
+    end)
+
+    it("over the chunk size are chunked as before", function()
+      local code = ([[
+        local ps = require "proxystore"
+        local s = ps.init_store("redis", {host = "127.0.0.1", port = %d, prefix = "lsc:"})
+        local big = string.rep("9876543210", 7000)
+        s:put({ big, big .. "!" }, { key = "two" })
+        local v = s:get("two")
+        assert(v[1] == big and v[2] == big .. "!")
+        io.write("done")
+      ]]):format(srv.port)
+      assert.equal("done", run_lua(code, "PROXYSTORE_REDIS_CHUNK_SIZE=1000"))
+      local n = 0
+      for _ in srv:cli("KEYS", "lsc:two:chunk:*"):gmatch("[^\n]+") do n = n + 1 end
+      assert.is_true(n >= 140)
+    end)
+  end)
+
   describe("strict", function()
     it("never returns a stale cached copy", function()
       local a = new_store { cache_size = 16, prefix = "shared:" }

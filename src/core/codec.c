@@ -29,7 +29,7 @@ static int codec_serialize(lua_State *L) {
     b = ps_buf_box(L);
   }
   b->len = 0;
-  ps_codec_encode_ex(L, 1, b, 1);     /* pushes the blob (slot 3) */
+  ps_codec_encode_ex(L, 1, b, CODEC_PIECES_CONCAT);     /* pushes the blob (slot 3) */
   b->len = 0;
   if (b->cap > KEEP_MAX) ps_buf_free(b);
   lua_pushvalue(L, 2);

@@ -51,10 +51,15 @@ enum {
 
 /*
  * Encodes the value at idx into b (header included), pushing nothing. With
- * pieces != 0 (serialize()), strings of CODEC_PIECE_MIN bytes or more are
- * left out of b, and the function pushes the whole blob as one string made
- * by a single lua_concat, so such a string is copied once.
+ * pieces != 0, strings of CODEC_PIECE_MIN bytes or more are left out of b:
+ * with CODEC_PIECES_CONCAT (serialize()) the function pushes the whole blob
+ * as one string made by a single lua_concat, so such a string is copied
+ * once; with CODEC_PIECES_HOLES it pushes the list of holes, {at1, s1, at2,
+ * s2, ...} (at: the offset in b where string s goes, ascending), and the
+ * caller sends b's bytes and the strings in that order without joining
+ * them (the store's put: a large string is never copied).
  */
+enum { CODEC_PIECES_NONE, CODEC_PIECES_CONCAT, CODEC_PIECES_HOLES };
 void ps_codec_encode_ex(lua_State *L, int idx, ps_buf *b, int pieces);
 
 /* Little-endian stores and loads; compilers turn these into single moves. */

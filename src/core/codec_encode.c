@@ -617,7 +617,10 @@ void ps_codec_encode_ex(lua_State *L, int idx, ps_buf *b, int pieces) {
   b->data[b->len++] = 0;
   encode_typed(&e, idx, lua_type(L, idx));
   b->data[hdr + 2] = (char)e.flags;
-  if (pieces) {
+  if (pieces == CODEC_PIECES_HOLES) {
+    lua_pushvalue(L, e.pieces);   /* the holes list, for the caller */
+    lua_replace(L, e.seen);
+  } else if (pieces) {
     concat_pieces(&e);
     lua_replace(L, e.seen);
   }
@@ -626,4 +629,8 @@ void ps_codec_encode_ex(lua_State *L, int idx, ps_buf *b, int pieces) {
 
 void ps_codec_encode(lua_State *L, int idx, ps_buf *b) {
   ps_codec_encode_ex(L, idx, b, 0);
+}
+
+void ps_codec_encode_holes(lua_State *L, int idx, ps_buf *b) {
+  ps_codec_encode_ex(L, idx, b, CODEC_PIECES_HOLES);
 }

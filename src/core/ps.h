@@ -165,6 +165,11 @@ void ps_proxy_open(lua_State *L);
 
 /* Appends the encoding of the value at idx to b; raises on failure. */
 void ps_codec_encode(lua_State *L, int idx, ps_buf *b);
+/* The same, but strings of 64 KiB or more are left out of b: pushes the
+ * list of holes {at1, s1, at2, s2, ...} where they go (offsets in b,
+ * ascending), for a writer that sends b's bytes and those strings in order
+ * without joining them. The same bytes on the wire as ps_codec_encode. */
+void ps_codec_encode_holes(lua_State *L, int idx, ps_buf *b);
 /* Pushes the value encoded in data; raises a serialization error. */
 void ps_codec_decode(lua_State *L, const char *data, size_t len);
 /* The same; with PS_DECODE_UNTRUSTED every proxy in data is untrusted

@@ -318,6 +318,42 @@ static int put_once(void *ctx, ps_key k, const char *data, size_t len,
   return code;
 }
 
+/*
+ * put of parts laid end to end: the SET's value is written from the parts
+ * where they lie (a large Lua string goes to the socket from the string
+ * itself). A value over the chunk size is joined first: chunking slices
+ * one buffer.
+ */
+static int put_parts_once(ps_redis *x, ps_key k, const ps_part *parts,
+                          size_t n, size_t len, ps_version *vout,
+                          ps_berr *err) {
+  ps_version v;
+  if (ps_redis_new_version(&v) != 0)
+    return ps_berr_set(err, PS_BIO, "redis: getrandom failed");
+  int code = ps_redis_route(x, k, err);
+  if (code) return code;
+  char hdr[HDR_LEN];
+  hdr[0] = 'P';
+  memcpy(hdr + 1, v.bytes, PS_VERSION_LEN);
+  ps_redis_queue_old_header(x, k);
+  ps_rcmd_begin(x->c, 3);
+  ps_rcmd_str(x->c, "SET");
+  ps_redis_arg_key(x, k, NULL);
+  ps_rcmd_bulk_begin(x->c, HDR_LEN + len);
+  ps_rcmd_bulk_part(x->c, hdr, HDR_LEN);
+  for (size_t i = 0; i < n; i++)
+    ps_rcmd_bulk_part(x->c, parts[i].data, parts[i].len);
+  ps_rcmd_bulk_end(x->c);
+  code = ps_rconn_send(x->c, err);
+  ps_rchunks old;
+  int had = 0;
+  if (!code) code = ps_redis_read_old_header(x, &old, &had, err);
+  if (!code) code = ps_redis_expect_ok(x, k, err);
+  if (!code && had) code = ps_redis_del_chunks(x, k, &old, err);
+  if (!code && vout) *vout = v;
+  return code;
+}
+
 /* ---- get ---------------------------------------------------------------- */
 
 /*
@@ -429,6 +465,56 @@ static int get_once(void *ctx, ps_key k, const ps_version *have,
   code = ps_redis_read_get_reply(x, k, have, out, vout, &ci, &chunked,
                                  err);
   if (code == PS_BOK && chunked) code = ps_redis_get_chunks(x, k, &ci, out, vout, err);
+  return code;
+}
+
+/* ---- take: get and evict in one round trip ------------------------------- */
+
+/*
+ * Sent right behind the GET, in the same write: deletes the value (and
+ * its wake-up list) only when it is a plain proxystore value, so a key
+ * holding anything else (another program's data, a wrong type) is never
+ * deleted, and a chunked value stays until its chunks are read. Returns
+ * how many keys it deleted.
+ */
+static const char TAKE_SCRIPT[] =
+  "if redis.pcall('GETRANGE', KEYS[1], 0, 0) == 'P' then\n"
+  "  return redis.call('DEL', KEYS[1], KEYS[2])\n"
+  "end\n"
+  "return 0\n";
+
+static int take_once(ps_redis *x, ps_key k, ps_blob *out, ps_version *vout,
+                     int *evict_after, ps_berr *err) {
+  *evict_after = 0;
+  int code = ps_redis_route(x, k, err);
+  if (code) return code;
+  queue_get(x, k, NULL);
+  ps_rcmd_begin(x->c, 5);
+  ps_rcmd_str(x->c, "EVAL");
+  ps_rcmd_str(x->c, TAKE_SCRIPT);
+  ps_rcmd_str(x->c, "2");
+  ps_redis_arg_key(x, k, NULL);
+  ps_redis_arg_key(x, k, PS_REDIS_WAKE);
+  code = ps_rconn_send(x->c, err);
+  if (code) return code;
+  ps_rchunks ci;
+  int chunked = 0;
+  code = ps_redis_read_get_reply(x, k, NULL, out, vout, &ci, &chunked, err);
+  if (x->c->fd < 0) return code;   /* the script's reply is unread: settle */
+  ps_rreply r;
+  ps_berr e;
+  int c = ps_rconn_read_reply(x->c, &r, &e);
+  /* Not deleted by the script, or not known to be (a chunked value, a
+     server where scripts are not allowed, a value replaced in between,
+     the connection lost after the value came): the object read is evicted
+     as evict does, once it is read. A value that came whole is kept
+     whatever happened to the script's reply. */
+  int deleted = c == PS_BOK && r.type == PS_R_INT && r.n > 0;
+  if (c == PS_BOK) ps_rreply_free(&r);
+  else if (chunked) ps_redis_keep_first(&code, err, c, &e);   /* retried */
+  if (code == PS_BOK && chunked)
+    code = ps_redis_get_chunks(x, k, &ci, out, vout, err);
+  if (code == PS_BOK) *evict_after = !deleted || chunked;
   return code;
 }
 
@@ -654,6 +740,28 @@ static int redis_put(void *ctx, ps_key k, const char *data, size_t len,
   RETRY(put_once(ctx, k, data, len, vout, err));
 }
 
+static int redis_put_parts(void *ctx, ps_key k, const ps_part *parts,
+                           size_t n, ps_version *vout, ps_berr *err) {
+  ps_redis *x = ctx;
+  size_t len = 0;
+  for (size_t i = 0; i < n; i++) len += parts[i].len;
+  if (len > x->chunk) {
+    char *joined = ps_big_alloc(len);
+    if (joined == NULL)
+      return ps_berr_set(err, PS_BNOMEM, "redis: out of memory for a "
+                         "%zu-byte value", len);
+    size_t at = 0;
+    for (size_t i = 0; i < n; i++) {
+      memcpy(joined + at, parts[i].data, parts[i].len);
+      at += parts[i].len;
+    }
+    int code = redis_put(ctx, k, joined, len, vout, err);
+    ps_big_free(joined);
+    return code;
+  }
+  RETRY(put_parts_once(x, k, parts, n, len, vout, err));
+}
+
 static int redis_get(void *ctx, ps_key k, const ps_version *have,
                      ps_blob *out, ps_version *vout, ps_berr *err) {
   RETRY(get_once(ctx, k, have, out, vout, err));
@@ -671,6 +779,25 @@ static int redis_evict(void *ctx, ps_key k, ps_berr *err) {
   while (ps_redis_again(x, &code, err));
   if (code == PS_BOK && wake_elsewhere)
     code = ps_redis_wake_retried(x, k, -1, err);
+  return code;
+}
+
+static int redis_take(void *ctx, ps_key k, ps_blob *out, ps_version *vout,
+                      ps_berr *err) {
+  ps_redis *x = ctx;
+  int evict_after = 1, code;
+  if (x->cl) {
+    /* a cluster's calls follow redirections op by op: get, then evict */
+    code = redis_get(ctx, k, NULL, out, vout, err);
+  } else {
+    ps_redis_begin_call(x);
+    do code = settled(x, take_once(x, k, out, vout, &evict_after, err));
+    while (ps_redis_again(x, &code, err));
+  }
+  if (code == PS_BOK && evict_after) {
+    code = redis_evict(ctx, k, err);
+    if (code) ps_blob_release(out);
+  }
   return code;
 }
 
@@ -751,9 +878,11 @@ const ps_backend_ops ps_backend_redis = {
   .close = redis_close,
   .address = redis_address,
   .put = redis_put,
+  .put_parts = redis_put_parts,
   .get = redis_get,
   .exists = redis_exists,
   .evict = redis_evict,
+  .take = redis_take,
   .put_batch = redis_put_batch,
   .get_batch = redis_get_batch,
   .put_ex = ps_redis_put_ex,

@@ -55,6 +55,12 @@ typedef struct ps_blob {
 
 void ps_blob_release(ps_blob *b);
 
+/* A piece of a value written by put_parts: len bytes at data. */
+typedef struct ps_part {
+  const char *data;
+  size_t len;
+} ps_part;
+
 /* Options a store passes to its backend, already validated by Lua. */
 typedef struct ps_bconfig {
   const char *host;      /* redis */
@@ -103,6 +109,15 @@ typedef struct ps_backend_ops {
   int (*put)(void *ctx, ps_key key, const char *data, size_t len,
              ps_version *version_out, ps_berr *err);
   /*
+   * Optional (NULL: the store joins the parts and calls put): put of the
+   * bytes of parts[0..n) laid end to end, stored exactly as put would
+   * store them joined. The parts are written where they lie (a large Lua
+   * string goes to the socket straight from the string, never copied into
+   * a buffer first).
+   */
+  int (*put_parts)(void *ctx, ps_key key, const ps_part *parts, size_t n,
+                   ps_version *version_out, ps_berr *err);
+  /*
    * Reads the bytes under key into *out. With have != NULL, returns
    * PS_BUNCHANGED (no bytes) when the stored version equals *have; the
    * check happens in the same round trip as the read. *version_out gets the
@@ -113,6 +128,16 @@ typedef struct ps_backend_ops {
   int (*exists)(void *ctx, ps_key key, int *found, ps_berr *err);
   /* Deletes every byte stored under key; an absent key is PS_BOK. */
   int (*evict)(void *ctx, ps_key key, ps_berr *err);
+  /*
+   * Optional (NULL: get, then evict): get (no have version) and evict of
+   * the object under key, the delete in the same round trip as the read
+   * where the backend can; PS_BNOTFOUND when there is none. Only an object
+   * the backend wrote is deleted before it is read (anything else under
+   * key stays, and the get's error says what it is); on any failure *out
+   * holds nothing. The resolve of a single-use (evict) proxy.
+   */
+  int (*take)(void *ctx, ps_key key, ps_blob *out, ps_version *version_out,
+              ps_berr *err);
 
   /*
    * Optional batch forms (NULL: the store loops over put/get).

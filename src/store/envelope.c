@@ -48,17 +48,20 @@ static int serializer_for(lua_State *L, ps_store *s, int opt) {
 
 /*
  * Serializes the value at obj into a boxed buffer pushed on the stack:
- * one envelope byte, then the payload.
+ * one envelope byte, then the payload. With holes, the native codec leaves
+ * large strings out of the buffer and their holes list is pushed after it
+ * (nil for other serializers, which make one string anyway).
  */
-ps_buf *ps_envelope_serialize(lua_State *L, int sidx, ps_store *s, int obj,
-                         int opt) {
+static ps_buf *serialize(lua_State *L, int sidx, ps_store *s, int obj,
+                         int opt, int holes) {
   int env = serializer_for(L, s, opt);
   ps_buf *b = ps_buf_box(L);
   unsigned char tag = (unsigned char)env;
   if (ps_buf_append(b, &tag, 1) != 0)
     ps_error_raise(L, PS_ESERIALIZATION, NULL, "out of memory");
   if (env == ENV_NATIVE) {
-    ps_codec_encode(L, obj, b);
+    if (holes) ps_codec_encode_holes(L, obj, b);
+    else ps_codec_encode(L, obj, b);
     return b;
   }
   if (env == ENV_JSON) {
@@ -79,7 +82,18 @@ ps_buf *ps_envelope_serialize(lua_State *L, int sidx, ps_store *s, int obj,
   if (ps_buf_append(b, bytes, len) != 0)
     ps_error_raise(L, PS_ESERIALIZATION, NULL, "out of memory");
   lua_pop(L, 1);
+  if (holes) lua_pushnil(L);
   return b;
+}
+
+ps_buf *ps_envelope_serialize(lua_State *L, int sidx, ps_store *s, int obj,
+                              int opt) {
+  return serialize(L, sidx, s, obj, opt, 0);
+}
+
+ps_buf *ps_envelope_serialize_holes(lua_State *L, int sidx, ps_store *s,
+                                    int obj, int opt) {
+  return serialize(L, sidx, s, obj, opt, 1);
 }
 
 /* Pushes the object held in data; deser is a stack index or 0. */

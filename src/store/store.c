@@ -299,6 +299,49 @@ static int put_bytes(lua_State *L, int sidx, ps_store *s, int kidx,
   return PS_BOK;
 }
 
+/*
+ * Writes b (released here) with the large strings of the holes list at
+ * holes in their places, through the backend's put_parts: the strings go
+ * out from where they lie, never copied into b. Raises on failure.
+ */
+static void put_parts(lua_State *L, int sidx, ps_store *s, int kidx,
+                      ps_buf *b, int holes, double t0) {
+  size_t klen;
+  const char *key = lua_tolstring(L, kidx, &klen);
+  size_t nholes = lua_rawlen(L, holes) / 2;
+  /* the parts live in a box, freed however this ends */
+  ps_buf *pb = ps_buf_box(L);
+  if (ps_buf_reserve(pb, (2 * nholes + 1) * sizeof(ps_part)) != 0)
+    ps_error_raise(L, PS_ESERIALIZATION, NULL, "out of memory");
+  ps_part *parts = (ps_part *)(void *)pb->data;
+  size_t n = 0, from = 0, len = b->len;
+  for (size_t h = 1; h <= nholes; h++) {
+    lua_rawgeti(L, holes, (lua_Integer)(2 * h - 1));
+    size_t at = (size_t)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    if (at > from) parts[n++] = (ps_part){b->data + from, at - from};
+    /* the string stays referenced by the holes list until we return */
+    lua_rawgeti(L, holes, (lua_Integer)(2 * h));
+    size_t sl;
+    const char *str = lua_tolstring(L, -1, &sl);
+    lua_pop(L, 1);
+    parts[n++] = (ps_part){str, sl};
+    len += sl;
+    from = at;
+  }
+  if (b->len > from) parts[n++] = (ps_part){b->data + from, b->len - from};
+  ps_berr err = {0, ""};
+  int rc = s->ops->put_parts(s->ctx, (ps_key){key, klen}, parts, n, NULL,
+                             &err);
+  ps_buf_free(pb);
+  lua_pop(L, 1);
+  ps_buf_free(b);
+  if (rc != PS_BOK) ps_store_raise_backend(L, sidx, s, &err, key, klen);
+  ps_store_cache_drop(L, sidx, s, key, klen);
+  lease_note(L, sidx, s, kidx, 0);
+  ps_store_record(s, OP_PUT, t0, len);
+}
+
 /* Stores the value at obj under the key at kidx. */
 void ps_store_do_put(lua_State *L, int sidx, ps_store *s, int obj, int kidx,
                    int ser) {
@@ -336,6 +379,20 @@ int ps_store_do_put_ex(lua_State *L, int sidx, ps_store *s, int obj,
                           ps_store_name(L, sidx)}, "a %s store cannot keep "
                           "leases or futures", s->ops->kind);
   double t0 = ps_store_now();
+  if (plain && s->ops->put_parts) {
+    ps_buf *b = ps_envelope_serialize_holes(L, sidx, s, obj, ser);
+    if (!s->open) ps_buf_free(b);   /* a user serializer closed the store */
+    ps_store_check_open(L, sidx);
+    if (lua_istable(L, -1) && lua_rawlen(L, -1) > 0) {
+      put_parts(L, sidx, s, kidx, b, lua_gettop(L), t0);
+      lua_pop(L, 2);
+      return PS_BOK;
+    }
+    lua_pop(L, 1);
+    int rc = put_bytes(L, sidx, s, kidx, b, t0, NULL);
+    lua_pop(L, 1);
+    return rc;
+  }
   ps_buf *b = ps_envelope_serialize(L, sidx, s, obj, ser);
   if (!s->open) ps_buf_free(b);   /* a user serializer closed the store */
   ps_store_check_open(L, sidx);
@@ -505,13 +562,85 @@ void ps_store_do_evict(lua_State *L, int sidx, ps_store *s, int kidx) {
 
 /* ---- resolution, for proxies ------------------------------------------------ */
 
+/* Deserializes, under lua_pcall: the store (1), the deserializer or nil
+   (2), and the blob (3, a light userdata). */
+static int deserialize_call(lua_State *L) {
+  ps_blob *b = lua_touserdata(L, 3);
+  ps_envelope_deserialize(L, 1, b->data, b->len, lua_isnil(L, 2) ? 0 : 2);
+  return 1;
+}
+
+/*
+ * The resolve of a single-use (evict) proxy through the backend's take:
+ * the object is read and deleted in one round trip. Pushes it and returns
+ * 1, or pushes nothing and returns 0 when the key is absent. Bytes that do
+ * not deserialize are put back under the key (as a get would have left
+ * them) before the error goes up. Metrics count a get and an evict, as
+ * the two calls it replaces.
+ */
+static int do_take(lua_State *L, int sidx, ps_store *s, int kidx,
+                   int deser) {
+  size_t klen;
+  const char *key = lua_tolstring(L, kidx, &klen);
+  double t0 = ps_store_now();
+  if (s->leases) ps_store_lease_over(L, sidx, s, kidx);
+  blobs *bs = ps_blobs_push(L, 1);
+  ps_berr err = {0, ""};
+  ps_version ver;
+  int rc = s->ops->take(s->ctx, (ps_key){key, klen}, &bs->b[0], &ver, &err);
+  if (rc == PS_BNOTFOUND) {
+    lua_pop(L, 1);
+    s->misses++;
+    ps_store_record(s, OP_GET, t0, 0);
+    return 0;
+  }
+  if (rc != PS_BOK) {
+    ps_blob_release(&bs->b[0]);
+    ps_store_raise_backend(L, sidx, s, &err, key, klen);
+  }
+  s->misses++;
+  size_t len = bs->b[0].len;
+  lua_pushcfunction(L, deserialize_call);
+  lua_pushvalue(L, sidx);
+  if (deser) lua_pushvalue(L, deser);
+  else lua_pushnil(L);
+  lua_pushlightuserdata(L, &bs->b[0]);
+  if (lua_pcall(L, 3, 1, 0) != LUA_OK) {
+    /* Not delivered: the object goes back (unless a user deserializer
+       closed the store), and the deserializer's error goes up. */
+    if (s->open) {
+      ps_berr e = {0, ""};
+      (void)s->ops->put(s->ctx, (ps_key){key, klen}, bs->b[0].data, len,
+                        NULL, &e);
+    }
+    ps_blob_release(&bs->b[0]);
+    lua_error(L);
+  }
+  ps_blob_release(&bs->b[0]);
+  ps_store_check_open(L, sidx);   /* a user deserializer may have closed it */
+  lua_remove(L, -2);   /* the blob box */
+  ps_store_record(s, OP_GET, t0, len);
+  lease_note(L, sidx, s, kidx, 0);
+  ps_store_record(s, OP_EVICT, ps_store_now(), 0);
+  return 1;
+}
+
 void ps_store_resolve_ex(lua_State *L, int sidx, int kidx, unsigned flags,
                          int deser, ps_prefetch_slot *slot, double timeout) {
   sidx = lua_absindex(L, sidx);
   kidx = lua_absindex(L, kidx);
   if (deser) deser = lua_absindex(L, deser);
   ps_store *s = ps_store_check_open(L, sidx);
-  if (!ps_store_do_get_wait(L, sidx, s, kidx, flags, deser, slot, timeout)) {
+  size_t kl;
+  const char *k = lua_tolstring(L, kidx, &kl);
+  /* A single-use proxy with nothing to wait for, cached or prefetched:
+     read and deleted in one round trip. */
+  int take = (flags & PS_PROXY_EVICT) && !(flags & PS_PROXY_FUTURE) &&
+             s->ops && s->ops->take && !(slot && *slot) &&
+             !ps_cache_find(&s->cache, k, kl);
+  if (take ? !do_take(L, sidx, s, kidx, deser)
+           : !ps_store_do_get_wait(L, sidx, s, kidx, flags, deser, slot,
+                                   timeout)) {
     size_t klen;
     const char *key = lua_tolstring(L, kidx, &klen);
     const char *name = ps_store_name(L, sidx);
@@ -525,7 +654,7 @@ void ps_store_resolve_ex(lua_State *L, int sidx, int kidx, unsigned flags,
                        ? " (an evict proxy is single use: did another copy "
                          "of it resolve already?)" : "");
   }
-  if (flags & PS_PROXY_EVICT) ps_store_do_evict(L, sidx, s, kidx);
+  if ((flags & PS_PROXY_EVICT) && !take) ps_store_do_evict(L, sidx, s, kidx);
 }
 
 void ps_store_resolve(lua_State *L, int sidx, int kidx, unsigned flags) {

@@ -127,6 +127,10 @@ void ps_store_methods_open(lua_State *L);
 /* envelope.c: the serializer byte in front of every stored object. */
 ps_buf *ps_envelope_serialize(lua_State *L, int sidx, ps_store *s, int obj,
                               int opt);
+/* The same, and then pushes the holes list of ps_codec_encode_holes (nil
+   when the serializer is not the native codec). */
+ps_buf *ps_envelope_serialize_holes(lua_State *L, int sidx, ps_store *s,
+                                    int obj, int opt);
 void ps_envelope_deserialize(lua_State *L, int sidx, const char *data,
                              size_t len, int deser);
 
