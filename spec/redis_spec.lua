@@ -301,25 +301,49 @@ describe("the redis store", function()
       return tonumber(info:match("cmdstat_" .. name .. ":calls=(%d+)")) or 0
     end
 
-    it("read and delete their object in one round trip, wake-up list included", function()
+    it("read their object, then delete it with no wait of their own, wake-up list included", function()
       local s = new_store()
       local p = s:proxy(("v"):rep(100000), { evict = true })
       local k = ps.key(p)
       srv:cli("RPUSH", s:config().prefix .. k .. ":wake", "1")   -- as a future leaves it
       srv:cli("CONFIG", "RESETSTAT")
       assert.equal(100000, #ps.extract(p))
-      -- one GET and the script sent behind it in the same write (the
-      -- GETRANGE and the one DEL of both keys are the script's); no
-      -- evict of its own after the read (GETRANGE, DEL, DEL)
-      assert.equal(1, calls("get"))
-      assert.equal(1, calls("eval"))
-      assert.equal(1, calls("getrange"))
-      assert.equal(1, calls("del"))
+      -- the store's next call reads the DEL's reply first: the server has
+      -- run it by then
       assert.is_false(s:exists(k))
+      -- one GET, then one DEL of both keys sent once the value was read;
+      -- no evict of its own after the read (GETRANGE, DEL, DEL)
+      assert.equal(1, calls("get"))
+      assert.equal(0, calls("getrange"))
+      assert.equal(1, calls("del"))
       assert.equal("0\n", srv:cli("EXISTS", s:config().prefix .. k .. ":wake"))
       local m = s:metrics()
       assert.equal(1, m.get.count)
       assert.equal(1, m.evict.count)
+      -- many in a row on one connection: each DEL's reply is read before
+      -- the next GET's, none taken for another's
+      local ps_ = {}
+      for i = 1, 20 do ps_[i] = s:proxy(("x"):rep(i * 1000), { evict = true }) end
+      for i = 1, 20 do assert.equal(i * 1000, #ps.extract(ps_[i])) end
+      assert.equal("y", s:get(s:put("y")))
+      for i = 1, 20 do assert.is_false(s:exists(ps.key(ps_[i]))) end
+    end)
+
+    -- The object is deleted only once this process holds it: a single-use
+    -- resolve cut off while the value is in flight (here a 1 s timeout
+    -- against a relay that moves 1000 bytes every 20 ms) leaves it there.
+    it("keep their object when the read fails part way", function()
+      local direct = new_store {}
+      local big = string.rep("0123456789abcdef", 64 * 1024)   -- 1 MiB
+      local k = direct:put(big)
+      local relay = trickle(srv.port, 0, 1000, 20)
+      finally(relay.stop)
+      local s = new_store { port = relay.port, timeout = 1,
+                            prefix = direct:config().prefix }
+      local p = s:proxy_from_key(k, { evict = true })
+      local err = error_of(ps.resolve, p)
+      assert.equal("timeout", err.kind, tostring(err))
+      assert.is_true(direct:get(k) == big, "the object is gone")
     end)
 
     it("put the object back when its bytes do not deserialize", function()
@@ -353,7 +377,7 @@ describe("the redis store", function()
       assert.equal("x", ps.extract(s:proxy("x", { evict = true })))   -- connection fine
     end)
 
-    it("are evicted also where scripts are refused (get, then evict)", function()
+    it("are evicted also where scripts are refused", function()
       srv:cli("ACL", "SETUSER", "noscript", "on", ">pw", "~*", "+@all", "-@scripting")
       local ok, e = pcall(function()
         local s = new_store { username = "noscript", password = "pw" }

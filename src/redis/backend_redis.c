@@ -468,54 +468,45 @@ static int get_once(void *ctx, ps_key k, const ps_version *have,
   return code;
 }
 
-/* ---- take: get and evict in one round trip ------------------------------- */
+/* ---- take: get, then a delete nobody waits for ------------------------- */
 
 /*
- * Sent right behind the GET, in the same write: deletes the value (and
- * its wake-up list) only when it is a plain proxystore value, so a key
- * holding anything else (another program's data, a wrong type) is never
- * deleted, and a chunked value stays until its chunks are read. Returns
- * how many keys it deleted.
+ * The resolve of a single-use proxy: GET, and once the whole value is
+ * here, its DEL (with the wake-up list's) is sent and not waited for: its
+ * reply is read and dropped before the next reply of this connection. So
+ * the object is deleted only after this process holds it (a connection
+ * lost or a timeout while the value is in flight leaves it in the store,
+ * for a retry), at no round trip of its own. A chunked value is evicted
+ * after its chunks are read, as evict does; a value that is not
+ * proxystore's fails the GET and is never deleted.
  */
-static const char TAKE_SCRIPT[] =
-  "if redis.pcall('GETRANGE', KEYS[1], 0, 0) == 'P' then\n"
-  "  return redis.call('DEL', KEYS[1], KEYS[2])\n"
-  "end\n"
-  "return 0\n";
-
 static int take_once(ps_redis *x, ps_key k, ps_blob *out, ps_version *vout,
                      int *evict_after, ps_berr *err) {
   *evict_after = 0;
   int code = ps_redis_route(x, k, err);
   if (code) return code;
   queue_get(x, k, NULL);
-  ps_rcmd_begin(x->c, 5);
-  ps_rcmd_str(x->c, "EVAL");
-  ps_rcmd_str(x->c, TAKE_SCRIPT);
-  ps_rcmd_str(x->c, "2");
-  ps_redis_arg_key(x, k, NULL);
-  ps_redis_arg_key(x, k, PS_REDIS_WAKE);
   code = ps_rconn_send(x->c, err);
   if (code) return code;
   ps_rchunks ci;
   int chunked = 0;
   code = ps_redis_read_get_reply(x, k, NULL, out, vout, &ci, &chunked, err);
-  if (x->c->fd < 0) return code;   /* the script's reply is unread: settle */
-  ps_rreply r;
-  ps_berr e;
-  int c = ps_rconn_read_reply(x->c, &r, &e);
-  /* Not deleted by the script, or not known to be (a chunked value, a
-     server where scripts are not allowed, a value replaced in between,
-     the connection lost after the value came): the object read is evicted
-     as evict does, once it is read. A value that came whole is kept
-     whatever happened to the script's reply. */
-  int deleted = c == PS_BOK && r.type == PS_R_INT && r.n > 0;
-  if (c == PS_BOK) ps_rreply_free(&r);
-  else if (chunked) ps_redis_keep_first(&code, err, c, &e);   /* retried */
-  if (code == PS_BOK && chunked)
+  if (code) return code;
+  if (chunked) {
     code = ps_redis_get_chunks(x, k, &ci, out, vout, err);
-  if (code == PS_BOK) *evict_after = !deleted || chunked;
-  return code;
+    if (code == PS_BOK) *evict_after = 1;
+    return code;
+  }
+  ps_rcmd_begin(x->c, 3);
+  ps_rcmd_str(x->c, "DEL");
+  ps_redis_arg_key(x, k, NULL);
+  ps_redis_arg_key(x, k, PS_REDIS_WAKE);
+  ps_berr e;
+  if (ps_rconn_send(x->c, &e) == PS_BOK)
+    ps_rconn_discard_reply(x->c);
+  else
+    *evict_after = 1;     /* the value is here; evict reconnects */
+  return PS_BOK;
 }
 
 /* ---- exists, evict ------------------------------------------------------ */

@@ -69,12 +69,12 @@ void ps_rconn_drop(ps_rconn *c) {
   c->wlen = 0;
   c->nsegs = 0;
   c->oom = 0;
-  c->queued = c->pending = 0;
+  c->queued = c->pending = c->discards = 0;
   c->asks_owed = 0;
 }
 
 void ps_rconn_settle(ps_rconn *c) {
-  if (c->fd >= 0 && (c->pending || c->queued)) ps_rconn_drop(c);
+  if (c->fd >= 0 && (c->pending > c->discards || c->queued)) ps_rconn_drop(c);
   c->wlen = c->nsegs = c->queued = 0;
   c->asks_owed = 0;
   c->oom = 0;
@@ -594,11 +594,34 @@ void ps_rconn_reset_counts(ps_rconn *c) {
   c->redirect[0] = '\0';
 }
 
-/* Reads the +OK of the ASKING sent before the next reply's command. */
+void ps_rconn_discard_reply(ps_rconn *c) {
+  if (c->pending > c->discards) c->discards++;
+}
+
+/* Reads and drops the replies no one wants, sent before what comes next. */
+static int take_discards(ps_rconn *c, ps_berr *err) {
+  while (c->discards) {
+    ps_rreply r;
+    int code = read_head(c, &r, err);
+    if (code) return code;
+    c->discards--;
+    int kind = r.type;
+    ps_rreply_free(&r);
+    if (kind == PS_R_BULK || kind == PS_R_ARRAY)
+      return ps_rconn_fail(c, err, PS_BPROTO, "unexpected reply to a "
+                           "command whose answer was not wanted");
+  }
+  return PS_BOK;
+}
+
+/* Reads what precedes the next reply: the replies no one wants, then the
+ * +OK of the ASKING sent before the next reply's command. */
 static int take_asking(ps_rconn *c, ps_berr *err) {
+  int code = take_discards(c, err);
+  if (code) return code;
   if (c->asks_owed == 0) return PS_BOK;
   ps_rreply r;
-  int code = read_head(c, &r, err);
+  code = read_head(c, &r, err);
   if (code) return code;
   c->asks_owed--;
   int ok = r.type == PS_R_STATUS && strcmp(r.str, "OK") == 0;

@@ -47,6 +47,7 @@ typedef struct ps_rconn {
   int oom;               /* an append failed while building */
   size_t queued;         /* commands built, not yet sent */
   size_t pending;        /* replies the server owes us */
+  size_t discards;       /* the oldest of them, wanted by no one */
   /* Redis Cluster (cluster.c). With asking set, every command built is
    * preceded by ASKING, whose +OK the reader takes before each reply. With
    * cluster set, the reader counts the replies it reads and notes those
@@ -91,8 +92,9 @@ int ps_rconn_owned(const ps_rconn *c);
 /* Closes the connection (after an error); the next ensure reconnects. */
 void ps_rconn_drop(ps_rconn *c);
 /*
- * Ends a call: a connection with replies still owed or commands built but
- * not sent is closed, so no later call can read a reply meant for this one.
+ * Ends a call: a connection with replies still owed (but the discarded
+ * ones) or commands built but not sent is closed, so no later call can
+ * read a reply meant for this one.
  */
 void ps_rconn_settle(ps_rconn *c);
 
@@ -106,6 +108,14 @@ void ps_rcmd_bulk_part(ps_rconn *c, const void *p, size_t len);
 void ps_rcmd_bulk_end(ps_rconn *c);
 /* Writes every command built so far. */
 int ps_rconn_send(ps_rconn *c, ps_berr *err);
+/*
+ * The reply of the command sent last is wanted by no one: it is read and
+ * dropped before the next reply anyone reads (a command whose effect
+ * matters but whose answer does not, such as a DEL of a value already
+ * read, costs no wait of its own), and it does not count as owed when the
+ * call settles. Only integer, status and error replies can be dropped so.
+ */
+void ps_rconn_discard_reply(ps_rconn *c);
 
 /*
  * Reads a reply's first line: type and number (integer, bulk length,
