@@ -35,6 +35,15 @@ void ps_med_free(void *p);
 int ps_blob_alloc(ps_blob *b, size_t n);
 
 /*
+ * As ps_blob_alloc, but placed so that the bytes from data + lead to the
+ * end sit where a Lua string of them would sit in the same block: a state
+ * with the wrapper below then makes that string in the block itself, with
+ * no copy (ps_blob_push_string). Plain ps_blob_alloc until a wrapper has
+ * been installed in the process.
+ */
+int ps_blob_alloc_lead(ps_blob *b, size_t n, size_t lead);
+
+/*
  * Makes the library that holds this code undeletable (dlclose leaves it
  * mapped); a no-op linked into a program. 0, or -1 when it cannot.
  */
@@ -51,6 +60,14 @@ int ps_pin_library(void);
  * Only the thread running L may use it (as with any lua_State).
  */
 int ps_alloc_install(lua_State *L);
+
+/*
+ * Pushes the n bytes at s, which lie in b, as a Lua string: without a copy
+ * when they end b, b was placed for them (ps_blob_alloc_lead) and L has
+ * the wrapper (the string then owns b's block and b is left empty); else
+ * by lua_pushlstring. Release b afterwards as always.
+ */
+void ps_blob_push_string(lua_State *L, ps_blob *b, const char *s, size_t n);
 #endif
 
 #endif

@@ -474,7 +474,7 @@ int ps_store_do_get_wait(lua_State *L, int sidx, ps_store *s, int kidx,
   }
   s->misses++;
   size_t len = bs->b[0].len;
-  ps_envelope_deserialize(L, sidx, bs->b[0].data, len, deser);
+  ps_envelope_deserialize_blob(L, sidx, &bs->b[0], deser);
   ps_blob_release(&bs->b[0]);
   ps_store_check_open(L, sidx);   /* a user deserializer may have closed it */
   lua_remove(L, -2);   /* the blob box */
