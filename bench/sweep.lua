@@ -4,7 +4,7 @@
 -- the raw read limit of the same bytes measured the same way:
 --
 --   file, warm    proxystore.bench.file_read: open, fstat, read() into a
---                 buffer reused across reads, close
+--                 buffer paged in beforehand, close
 --   file, fresh   proxystore.bench.file_read_fresh, the first thing a fresh
 --                 process does: the same into a buffer just allocated
 --   redis, warm   redis_raw get: GET into a reused buffer, waiting as the
@@ -14,7 +14,9 @@
 --
 -- "Fresh" is a new build/bin/proxystore process that opens the store (and,
 -- for Redis, connects with one EXISTS) untimed, then times one resolve;
--- "warm" is this process resolving again after one untimed resolve. Both
+-- "warm" is this process resolving again after one untimed resolve. Each
+-- run times the store, then its limit, so both see the same load (the
+-- warm Redis limit, a process of its own, runs in one batch after). Both
 -- stores have cache_size = 0, so every resolve reads the bytes. Targets:
 -- the time never decreases as the size doubles, and from 64 KiB up it is
 -- within 1.5x of the limit. Medians of RUNS (fewer above 16 MiB); a size
@@ -81,6 +83,16 @@ local function median(f, runs)
   return (stats.median_spread(t))
 end
 
+-- Medians of a and b, timed alternately: a, b, a, b, ...
+local function interleaved(a, b, runs)
+  local ta, tb = {}, {}
+  for i = 1, runs do
+    ta[i] = a()
+    tb[i] = b()
+  end
+  return (stats.median_spread(ta)), (stats.median_spread(tb))
+end
+
 local function fresh_store_code(cfg, key)
   return ([[
     local ps = require "proxystore"
@@ -127,33 +139,41 @@ local function bench(report, extra, max)
       local data = payload(n)
       local row = { n = n }
       -- file
+      -- Each run times the store and its limit one right after the other
+      -- (load on a shared machine drifts between batches of runs).
       local key = fstore:put(data, { key = "sweep" })
       local path, fsize = dir .. "/" .. key, file_size(dir .. "/sweep")
-      row.file_fresh = median(function() return fresh(fresh_store_code(fcfg, key)) end, runs)
-      row.file_fresh_raw = median(function()
+      row.file_fresh, row.file_fresh_raw = interleaved(function()
+        return fresh(fresh_store_code(fcfg, key))
+      end, function()
         return fresh(("io.write(require('proxystore.bench').file_read_fresh(%q, %d))")
           :format(path, fsize))
       end, runs)
       ps.resolve(fstore:proxy_from_key(key))
-      row.file_warm = median(function()
+      row.file_warm, row.file_warm_raw = interleaved(function()
         local p = fstore:proxy_from_key(key)
         collectgarbage()
         local t0 = now()
         ps.resolve(p)
         return now() - t0
+      end, function()
+        return (benchlib.file_read(path, fsize, 1))
       end, runs)
-      row.file_warm_raw = benchlib.file_read(path, fsize, runs)
       row.copy = benchlib.memcpy(n, runs)
       fstore:evict(key)
       -- redis
       rstore:put(data, { key = "sweep" })
       local rsize = tonumber(srv:cli("STRLEN", "sweep"):match("%d+"))
       local rargs = ("127.0.0.1 %d %s tcp sweep %d"):format(srv.port, q(srv.path), rsize)
-      row.redis_fresh = median(function() return fresh(fresh_store_code(rcfg, "sweep")) end, runs)
-      row.redis_fresh_raw = median(function()
+      row.redis_fresh, row.redis_fresh_raw = interleaved(function()
+        return fresh(fresh_store_code(rcfg, "sweep"))
+      end, function()
         return tonumber(sh(("env -u LD_PRELOAD %s fresh %s"):format(q(raw), rargs))) / 1e9
       end, runs)
       ps.resolve(rstore:proxy_from_key("sweep"))
+      -- The Redis limit runs in a process of its own, which a run cannot
+      -- start between two resolves without disturbing them (a new process,
+      -- a new connection): its runs come in one batch after the store's.
       row.redis_warm = median(function()
         local p = rstore:proxy_from_key("sweep")
         collectgarbage()
