@@ -23,11 +23,13 @@
 -- counts as faster than half of it when its median is more than 10% lower
 -- (medians of 3-5 on a shared VM move by that much on their own).
 --
--- A warm resolve must read the bytes and copy them once more, into a new
--- Lua string (the Lua API makes a string only by copying), so its floor is
--- the raw limit plus one memcpy of the same size (into a reused buffer:
--- the lower bound); a summary row gives that floor where the target is
--- missed.
+-- In the binary a stored string is made in the buffer it is read into
+-- (src/core/bigalloc.c, ps_blob_push_string), so a warm resolve's floor is
+-- the raw limit itself. A reader that copies the bytes once more into a
+-- new Lua string (a state without the big-block allocator: the Lua API
+-- makes a string only by copying) has the raw limit plus one memcpy of
+-- the same size as its floor; a summary row gives that where a warm
+-- target is missed.
 --
 -- Run by bench/run.lua under build/bin/proxystore (what a user of the
 -- binary gets). It reports one summary row per store and process kind,
@@ -225,7 +227,8 @@ local function bench(report, extra, max)
         at and at[k] * 1e9 or 0, nil, "raw read limit (target 1.5)", worst)
       if at and worst > 1.5 and k:match("warm") then
         local floor = at[k .. "_raw"] + at.copy
-        report("size sweep", ("%s at %s: floor, the raw limit plus one memcpy into a "
+        report("size sweep", ("%s at %s: floor of a reader that copies once more (a "
+          .. "state without the big-block allocator), the raw limit plus one memcpy into a "
           .. "reused buffer"):format(what, size_name(at.n)), floor * 1e9, nil,
           "raw read limit", floor / at[k .. "_raw"])
       end
