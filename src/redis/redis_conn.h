@@ -29,8 +29,8 @@ typedef struct ps_rconn {
   int fd;                /* -1: not connected */
   unsigned gen;          /* fork generation of the process that opened fd */
   char *rbuf;            /* read buffer */
-  int rbuf_med;          /* rbuf is a medium block (bigalloc.c), else malloc */
   size_t rpos, rlen, rcap;
+  size_t rtouched;       /* how far reads have ever filled rbuf (fill) */
   /* config, owned copies */
   char *host, *path, *username, *password;
   int port, db;
