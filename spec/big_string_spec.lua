@@ -39,7 +39,8 @@ local chunk = {}
 for i = 1, 251 do chunk[i] = string.char((i * 37 + 11) % 256) end
 chunk = table.concat(chunk)
 local big = chunk:rep((3 << 20) // 251 + 2)
-local sizes = { 64, 16383, 16384, 65000 }
+local sizes = { 64, 16383, 16384, 20000, 40000, 65000 }
+for n = 32768 - 40, 32768 + 8, 4 do sizes[#sizes + 1] = n end
 for n = 65536 - 40, 65536 + 8, 4 do sizes[#sizes + 1] = n end
 for n = (1 << 20) - 40, (1 << 20) + 8, 4 do sizes[#sizes + 1] = n end
 for _, n in ipairs { (1 << 21) - 1, 1 << 21, (3 << 20) + 1 } do sizes[#sizes + 1] = n end

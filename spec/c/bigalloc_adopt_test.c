@@ -90,6 +90,7 @@ static void adopt(lua_State *L, size_t n, const char *kind) {
 
 static void test_copies(lua_State *L) {
   ps_blob b;
+  size_t off = atomic_load(&str_off);
   /* Not the whole rest of the blob: copied. */
   const char *s = placed(&b, 2 << 20);
   ps_blob_push_string(L, &b, s + 1, (2 << 20) - LEAD - 2);
@@ -109,6 +110,10 @@ static void test_copies(lua_State *L) {
   check(t != b.data + LEAD && t[0] == 'q' && b.release == blob_big_release,
         "a blob not placed for the string is copied");
   lua_pop(L, 1);
+  release(&b);
+  /* Just under the smallest made in its block: malloc, copied. */
+  check(ps_blob_alloc_lead(&b, PS_ADOPT_MIN - off - 2 + LEAD, LEAD) == 0 &&
+        b.release == NULL, "a blob just under the smallest placed size comes from malloc");
   release(&b);
   /* Small: malloc, copied. */
   check(ps_blob_alloc_lead(&b, 1000, LEAD) == 0 && b.release == NULL,
@@ -156,7 +161,9 @@ int main(void) {
   adopt(L, 200 << 10, "200 KiB (a medium block)");
   adopt(L, PS_BIG_MIN - off - 2 + LEAD, "the largest medium string");
   adopt(L, PS_BIG_MIN - off - 1 + LEAD, "the smallest big string");
-  adopt(L, PS_MED_MIN - off - 1 + LEAD, "the smallest medium string");
+  adopt(L, PS_MED_MIN - off - 1 + LEAD, "a string of a whole medium block");
+  adopt(L, 40 << 10, "40 KiB (a medium block smaller than most)");
+  adopt(L, PS_ADOPT_MIN - off - 1 + LEAD, "the smallest string made in its block");
   test_copies(L);
   /* Many strings made and collected: no block is owned twice. */
   for (int i = 0; i < 50; i++) {

@@ -366,7 +366,16 @@ int ps_blob_alloc_lead(ps_blob *b, size_t n, size_t lead) {
     return ps_blob_alloc(b, n);
   /* The block a string of the n - lead bytes after the lead would take. */
   size_t m = off - lead + n + 1;
-  if (ps_blob_alloc(b, m) != 0) return -1;
+  if (m >= PS_ADOPT_MIN && m < PS_MED_MIN &&
+      (b->data = ps_med_alloc(m)) != NULL) {
+    /* Smaller than other medium blocks: such a string, made without a
+     * copy, takes this one block (on a huge page) where a copy would take
+     * the blob and the string, both fresh 4 KiB pages in a new process. */
+    b->release = blob_med_release;
+    b->opaque = b->data;
+  } else if (ps_blob_alloc(b, m) != 0) {
+    return -1;
+  }
   if (b->release == NULL) {          /* from malloc: nothing to hand over */
     b->len = n;
     return 0;
@@ -518,7 +527,7 @@ static void *wrap_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   lwrap *w = ud;
   if (w->armed && ptr == NULL && nsize > 0) return armed_alloc(w, osize, nsize);
   /* With ptr == NULL, osize is a type tag, never a size. */
-  size_t at = (ptr && osize >= PS_MED_MIN) ? set_find(w, ptr) : SIZE_MAX;
+  size_t at = (ptr && osize >= PS_ADOPT_MIN) ? set_find(w, ptr) : SIZE_MAX;
   int okind = at == SIZE_MAX ? K_ORIG : osize >= PS_BIG_MIN ? K_BIG : K_MED;
   if (nsize == 0) {
     if (okind == K_ORIG) return w->orig(w->orig_ud, ptr, osize, 0);

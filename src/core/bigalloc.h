@@ -18,6 +18,9 @@
 #define PS_BIG_MIN ((size_t)1 << 20)
 /* From here up to PS_BIG_MIN: medium blocks, carved from huge pages. */
 #define PS_MED_MIN ((size_t)64 << 10)
+/* A string made in its read buffer (ps_blob_alloc_lead) is a medium
+ * block from this size on. */
+#define PS_ADOPT_MIN ((size_t)32 << 10)
 
 /* A block of at least n bytes from mmap (huge pages advised), or NULL. */
 void *ps_big_alloc(size_t n);
