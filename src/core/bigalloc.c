@@ -11,7 +11,9 @@
  * even a 1 MiB block gets one huge page, and up to CACHE_MAX bytes of
  * freed blocks stay mapped so that repeated transfers reuse warm memory
  * (a 100 MiB resolve: ~97 -> ~88 ms). The price: up to CACHE_MAX bytes
- * stay resident after a large transfer.
+ * stay resident after a large transfer. One freed block larger than
+ * that stays mapped too, lazily freed (MADV_FREE): the kernel reclaims
+ * its pages when it needs memory.
  *
  * Medium blocks (PS_MED_MIN up to PS_BIG_MIN) are carved from 2 MiB
  * chunks on huge pages in MED_UNIT units, so that a 512 KiB resolve in a
@@ -54,6 +56,15 @@ static size_t cache_len[CACHE_SLOTS];
 static uint64_t cache_seq[CACHE_SLOTS];   /* when each was freed */
 static uint64_t cache_clock;
 static size_t cache_total;
+
+/*
+ * One freed block too large for the cache stays mapped, its pages lazily
+ * freed (MADV_FREE): the kernel takes them back only when it needs the
+ * memory, and until then the next block of about its size reuses them
+ * without a fault. Guarded by cache_mu.
+ */
+static void *lazy_base;
+static size_t lazy_len;
 
 /* Guards the list of lua_State allocator wrappers (below). */
 static pthread_mutex_t wraps_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -120,9 +131,31 @@ static void *cache_take(size_t len) {
     cache_total -= cache_len[bi];
     cache_base[bi] = NULL;
     cache_len[bi] = 0;
+  } else if (lazy_base && lazy_len >= len && lazy_len <= 2 * len) {
+    best = lazy_base;
+    /* Its header may have been reclaimed (it then reads as zeros). */
+    ((big_hdr *)best)->maplen = lazy_len;
+    ((big_hdr *)best)->magic = MAGIC;
+    lazy_base = NULL;
+    lazy_len = 0;
   }
   pthread_mutex_unlock(&cache_mu);
   return best;
+}
+
+/* Keeps a block too large for the cache as the lazy one (see lazy_base),
+ * unmapping the one it replaces. */
+static int lazy_put(void *base, size_t len) {
+  /* Before it can be taken: a taker's bytes must not be freed under it. */
+  if (madvise(base, len, MADV_FREE) != 0) return 0;
+  pthread_mutex_lock(&cache_mu);
+  void *old = lazy_base;
+  size_t oldlen = lazy_len;
+  lazy_base = base;
+  lazy_len = len;
+  pthread_mutex_unlock(&cache_mu);
+  if (old) munmap(old, oldlen);
+  return 1;
 }
 
 /*
@@ -134,8 +167,8 @@ static void *cache_take(size_t len) {
 static int cache_put(void *base, size_t len) {
   void *drop[CACHE_SLOTS];
   size_t droplen[CACHE_SLOTS], ndrop = 0;
-  if (len > CACHE_ONE) return 0;
   pthread_once(&atfork_once, register_atfork);
+  if (len > CACHE_ONE) return lazy_put(base, len);
   pthread_mutex_lock(&cache_mu);
   size_t free_slot = CACHE_SLOTS;
   for (;;) {
