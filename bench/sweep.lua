@@ -7,16 +7,16 @@
 --                 buffer paged in beforehand, close
 --   file, fresh   proxystore.bench.file_read_fresh, the first thing a fresh
 --                 process does: the same into a buffer just allocated
---   redis, warm   redis_raw get: GET into a reused buffer, waiting as the
---                 store does (a spin of up to 30 us before it sleeps)
+--   redis, warm   proxystore.bench.redis_limit: GET into a reused buffer,
+--                 waiting as the store does (a spin of up to 30 us before
+--                 it sleeps): redis_raw's limit_get, in this process
 --   redis, fresh  redis_raw fresh: a fresh process's first GET, into a
 --                 buffer just allocated
 --
 -- "Fresh" is a new build/bin/proxystore process that opens the store (and,
 -- for Redis, connects with one EXISTS) untimed, then times one resolve;
 -- "warm" is this process resolving again after one untimed resolve. Each
--- run times the store, then its limit, so both see the same load (the
--- warm Redis limit, a process of its own, runs in one batch after). Both
+-- run times the store, then its limit, so both see the same load. Both
 -- stores have cache_size = 0, so every resolve reads the bytes. Targets:
 -- the time never decreases as the size doubles, and from 64 KiB up it is
 -- within 1.5x of the limit. Medians of RUNS (fewer above 16 MiB); a size
@@ -77,12 +77,6 @@ local ENV = ("env -u LD_PRELOAD LUA_PATH=%s LUA_CPATH=%s "):format(
 local function fresh(code)
   local out = sh(ENV .. q(BIN) .. " -e " .. q(code) .. " 2>&1")
   return assert(tonumber(out:match("^%s*(%S+)%s*$")), "fresh process said: " .. out)
-end
-
-local function median(f, runs)
-  local t = {}
-  for i = 1, runs do t[i] = f() end
-  return (stats.median_spread(t))
 end
 
 -- Medians of a and b, timed alternately: a, b, a, b, ...
@@ -173,18 +167,15 @@ local function bench(report, extra, max)
         return tonumber(sh(("env -u LD_PRELOAD %s fresh %s"):format(q(raw), rargs))) / 1e9
       end, runs)
       ps.resolve(rstore:proxy_from_key("sweep"))
-      -- The Redis limit runs in a process of its own, which a run cannot
-      -- start between two resolves without disturbing them (a new process,
-      -- a new connection): its runs come in one batch after the store's.
-      row.redis_warm = median(function()
+      local lim = benchlib.redis_limit(srv.host, srv.port, "sweep", rsize)
+      row.redis_warm, row.redis_warm_raw = interleaved(function()
         local p = rstore:proxy_from_key("sweep")
         collectgarbage()
         local t0 = now()
         ps.resolve(p)
         return now() - t0
-      end, runs)
-      row.redis_warm_raw = tonumber(sh(("env -u LD_PRELOAD %s get %s %d"):format(q(raw), rargs,
-        runs)):match("^(%S+)")) / 1e9
+      end, function() return lim:get() end, runs)
+      lim = nil
       rstore:evict("sweep")
       rows[#rows + 1] = row
       data = nil
