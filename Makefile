@@ -238,7 +238,7 @@ dist:
 
 # Baselines for bench/redis.lua: raw hiredis and the server-bound limit.
 REDIS_RAW = $(BUILD)/bin/redis_raw
-$(REDIS_RAW): bench/redis_raw.c
+$(REDIS_RAW): bench/redis_raw.c bench/c/redis_limit.h
 	@mkdir -p $(dir $@)
 	$(CC) $(WARN) $(OPT) $(CPPFLAGS) $(HIREDIS_CFLAGS) -o $@ $< $(HIREDIS_LIBS)
 
@@ -260,7 +260,7 @@ demo:
 # Helpers only the benchmarks use (a memcpy baseline, C-API floors): a
 # module of their own, never installed.
 BENCH_SO = $(BUILD)/lib/proxystore/bench.so
-$(BENCH_SO): bench/c/support.c src/core/buf.c $(HEADERS)
+$(BENCH_SO): bench/c/support.c bench/c/redis_limit.h src/core/buf.c $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(LIBFLAG) -o $@ bench/c/support.c src/core/buf.c
 

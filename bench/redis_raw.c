@@ -40,44 +40,16 @@
 
 #include <hiredis/hiredis.h>
 
-#define SPIN_NS 30000.0   /* as PS_SPIN_NS in src/core/spin.h */
+#include "c/redis_limit.h"
 
 static double now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec * 1e9 + ts.tv_nsec;
+  return limit_now_ns();
 }
 
 static double cpu_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
   return ts.tv_sec * 1e9 + ts.tv_nsec;
-}
-
-static int spin = 1;   /* limit reads spin before they block */
-
-/* Waits until fd is ready for events: first polling without sleeping for
- * up to SPIN_NS (when spin is on), then blocking. */
-static void wait_fd(int fd, short events) {
-  struct pollfd p = {fd, events, 0};
-  if (spin) {
-    double t0 = now_ns();
-    do {
-      if (poll(&p, 1, 0) > 0) return;
-    } while (now_ns() - t0 < SPIN_NS);
-  }
-  while (poll(&p, 1, -1) < 0 && errno == EINTR) {}
-}
-
-/* read(2) on the non-blocking fd, waiting as the store does. */
-static ssize_t read_wait(int fd, void *p, size_t n) {
-  for (;;) {
-    ssize_t r = read(fd, p, n);
-    if (r >= 0) return r;
-    if (errno == EINTR) continue;
-    if (errno != EAGAIN && errno != EWOULDBLOCK) return -1;
-    wait_fd(fd, POLLIN);
-  }
 }
 
 static void set_nonblock(int fd, int on) {
@@ -105,35 +77,7 @@ static void die(const char *what, redisContext *c) {
 }
 
 static void write_all(int fd, struct iovec *iov, int n) {
-  while (n > 0) {
-    ssize_t w = writev(fd, iov, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        wait_fd(fd, POLLOUT);
-        continue;
-      }
-      die("writev", NULL);
-    }
-    while (n > 0 && (size_t)w >= iov->iov_len) {
-      w -= iov->iov_len;
-      iov++;
-      n--;
-    }
-    if (n > 0) {
-      iov->iov_base = (char *)iov->iov_base + w;
-      iov->iov_len -= w;
-    }
-  }
-}
-
-static void read_exact(int fd, char *p, size_t n) {
-  while (n > 0) {
-    ssize_t r = read_wait(fd, p, n);
-    if (r <= 0) die("read", NULL);
-    p += r;
-    n -= r;
-  }
+  if (limit_write_all(fd, iov, n) != 0) die("writev", NULL);
 }
 
 /* Reads a short reply ("+OK\r\n") whole: it is all the server sends. */
@@ -141,7 +85,7 @@ static void read_status(int fd, char *line, size_t cap) {
   size_t n = 0;
   while (n < 2 || line[n - 1] != '\n') {
     if (n + 1 >= cap) die("line too long", NULL);
-    ssize_t r = read_wait(fd, line + n, cap - 1 - n);
+    ssize_t r = limit_read_wait(fd, line + n, cap - 1 - n);
     if (r <= 0) die("read", NULL);
     n += r;
   }
@@ -158,28 +102,10 @@ static void limit_set(int fd, const char *key, const char *data, size_t len) {
   if (strcmp(line, "+OK") != 0) die("SET reply", NULL);
 }
 
-/*
- * The reply goes into buf (len + 64 bytes, reused): the first read takes
- * whatever has arrived, header included; the header is parsed in place and
- * the rest of the body read right after it. No copy, no parsing library.
- */
-static void limit_get(int fd, const char *key, char *buf, size_t len) {
-  char hdr[128];
-  int hl = snprintf(hdr, sizeof hdr, "*2\r\n$3\r\nGET\r\n$%zu\r\n%s\r\n",
-                    strlen(key), key);
-  struct iovec iov[1] = {{hdr, hl}};
-  write_all(fd, iov, 1);
-  size_t total = 0, need = 0;
-  char *eol = NULL;
-  while (eol == NULL) {
-    ssize_t r = read_wait(fd, buf + total, len + 64 - total);
-    if (r <= 0) die("read", NULL);
-    total += r;
-    eol = memchr(buf, '\n', total);
-  }
-  if (buf[0] != '$' || (size_t)atoll(buf + 1) != len) die("GET reply", NULL);
-  need = (size_t)(eol + 1 - buf) + len + 2;
-  if (total < need) read_exact(fd, buf + total, need - total);
+/* The limit's GET (c/redis_limit.h); any failure ends the program. */
+static void get_or_die(int fd, const char *key, char *buf, size_t len) {
+  if (limit_get(fd, key, buf, len) != 0)
+    die(errno == EPROTO ? "GET reply" : "read", NULL);
 }
 
 static void bench(const char *tr, redisContext *c, size_t size, int runs) {
@@ -217,7 +143,7 @@ static void bench(const char *tr, redisContext *c, size_t size, int runs) {
   double cpu0 = cpu_ns();
   for (int i = 0; i < runs; i++) {
     double t0 = now_ns();
-    limit_get(c->fd, key, buf, size);
+    get_or_die(c->fd, key, buf, size);
     t[i] = now_ns() - t0;
   }
   double cpu_spin = (cpu_ns() - cpu0) / runs;
@@ -227,11 +153,11 @@ static void bench(const char *tr, redisContext *c, size_t size, int runs) {
   }
   report(tr, "limit_get", size, t, runs);
   /* The same GETs blocking at once: what the spin costs in CPU. */
-  spin = 0;
+  limit_spin = 0;
   cpu0 = cpu_ns();
-  for (int i = 0; i < runs; i++) limit_get(c->fd, key, buf, size);
+  for (int i = 0; i < runs; i++) get_or_die(c->fd, key, buf, size);
   double cpu_block = (cpu_ns() - cpu0) / runs;
-  spin = 1;
+  limit_spin = 1;
   printf("%s limit_get_cpu %zu %.0f %.0f\n", tr, size, cpu_spin, cpu_block);
   fflush(stdout);
   set_nonblock(c->fd, 0);
@@ -258,7 +184,7 @@ static int fresh(char **argv) {
   double t0 = now_ns();
   char *buf = malloc(size + 64);
   if (buf == NULL) die("malloc", NULL);
-  limit_get(c->fd, argv[6], buf, size);
+  get_or_die(c->fd, argv[6], buf, size);
   double dt = now_ns() - t0;
   printf("%.0f\n", dt);
   free(buf);
@@ -276,10 +202,10 @@ static int warm_get(char **argv) {
   double *t = malloc((size_t)runs * sizeof *t);
   if (buf == NULL || t == NULL) die("malloc", NULL);
   memset(buf, 0, size + 64);
-  limit_get(c->fd, argv[6], buf, size);   /* warm-up */
+  get_or_die(c->fd, argv[6], buf, size);   /* warm-up */
   for (int i = 0; i < runs; i++) {
     double t0 = now_ns();
-    limit_get(c->fd, argv[6], buf, size);
+    get_or_die(c->fd, argv[6], buf, size);
     t[i] = now_ns() - t0;
   }
   qsort(t, (size_t)runs, sizeof *t, cmp_d);

@@ -4,28 +4,32 @@
 -- the raw read limit of the same bytes measured the same way:
 --
 --   file, warm    proxystore.bench.file_read: open, fstat, read() into a
---                 buffer reused across reads, close
+--                 buffer paged in beforehand, close
 --   file, fresh   proxystore.bench.file_read_fresh, the first thing a fresh
 --                 process does: the same into a buffer just allocated
---   redis, warm   redis_raw get: GET into a reused buffer, waiting as the
---                 store does (a spin of up to 30 us before it sleeps)
+--   redis, warm   proxystore.bench.redis_limit: GET into a reused buffer,
+--                 waiting as the store does (a spin of up to 30 us before
+--                 it sleeps): redis_raw's limit_get, in this process
 --   redis, fresh  redis_raw fresh: a fresh process's first GET, into a
 --                 buffer just allocated
 --
 -- "Fresh" is a new build/bin/proxystore process that opens the store (and,
 -- for Redis, connects with one EXISTS) untimed, then times one resolve;
--- "warm" is this process resolving again after one untimed resolve. Both
+-- "warm" is this process resolving again after one untimed resolve. Each
+-- run times the store, then its limit, so both see the same load. Both
 -- stores have cache_size = 0, so every resolve reads the bytes. Targets:
 -- the time never decreases as the size doubles, and from 64 KiB up it is
 -- within 1.5x of the limit. Medians of RUNS (fewer above 16 MiB); a size
 -- counts as faster than half of it when its median is more than 10% lower
 -- (medians of 3-5 on a shared VM move by that much on their own).
 --
--- A warm resolve must read the bytes and copy them once more, into a new
--- Lua string (the Lua API makes a string only by copying), so its floor is
--- the raw limit plus one memcpy of the same size (into a reused buffer:
--- the lower bound); a summary row gives that floor where the target is
--- missed.
+-- In the binary a stored string is made in the buffer it is read into
+-- (src/core/bigalloc.c, ps_blob_push_string), so a warm resolve's floor is
+-- the raw limit itself. A reader that copies the bytes once more into a
+-- new Lua string (a state without the big-block allocator: the Lua API
+-- makes a string only by copying) has the raw limit plus one memcpy of
+-- the same size as its floor; a summary row gives that where a warm
+-- target is missed.
 --
 -- Run by bench/run.lua under build/bin/proxystore (what a user of the
 -- binary gets). It reports one summary row per store and process kind,
@@ -75,10 +79,14 @@ local function fresh(code)
   return assert(tonumber(out:match("^%s*(%S+)%s*$")), "fresh process said: " .. out)
 end
 
-local function median(f, runs)
-  local t = {}
-  for i = 1, runs do t[i] = f() end
-  return (stats.median_spread(t))
+-- Medians of a and b, timed alternately: a, b, a, b, ...
+local function interleaved(a, b, runs)
+  local ta, tb = {}, {}
+  for i = 1, runs do
+    ta[i] = a()
+    tb[i] = b()
+  end
+  return (stats.median_spread(ta)), (stats.median_spread(tb))
 end
 
 local function fresh_store_code(cfg, key)
@@ -127,42 +135,47 @@ local function bench(report, extra, max)
       local data = payload(n)
       local row = { n = n }
       -- file
+      -- Each run times the store and its limit one right after the other
+      -- (load on a shared machine drifts between batches of runs).
       local key = fstore:put(data, { key = "sweep" })
       local path, fsize = dir .. "/" .. key, file_size(dir .. "/sweep")
-      row.file_fresh = median(function() return fresh(fresh_store_code(fcfg, key)) end, runs)
-      row.file_fresh_raw = median(function()
+      row.file_fresh, row.file_fresh_raw = interleaved(function()
+        return fresh(fresh_store_code(fcfg, key))
+      end, function()
         return fresh(("io.write(require('proxystore.bench').file_read_fresh(%q, %d))")
           :format(path, fsize))
       end, runs)
       ps.resolve(fstore:proxy_from_key(key))
-      row.file_warm = median(function()
+      row.file_warm, row.file_warm_raw = interleaved(function()
         local p = fstore:proxy_from_key(key)
         collectgarbage()
         local t0 = now()
         ps.resolve(p)
         return now() - t0
+      end, function()
+        return (benchlib.file_read(path, fsize, 1))
       end, runs)
-      row.file_warm_raw = benchlib.file_read(path, fsize, runs)
       row.copy = benchlib.memcpy(n, runs)
       fstore:evict(key)
       -- redis
       rstore:put(data, { key = "sweep" })
       local rsize = tonumber(srv:cli("STRLEN", "sweep"):match("%d+"))
       local rargs = ("127.0.0.1 %d %s tcp sweep %d"):format(srv.port, q(srv.path), rsize)
-      row.redis_fresh = median(function() return fresh(fresh_store_code(rcfg, "sweep")) end, runs)
-      row.redis_fresh_raw = median(function()
+      row.redis_fresh, row.redis_fresh_raw = interleaved(function()
+        return fresh(fresh_store_code(rcfg, "sweep"))
+      end, function()
         return tonumber(sh(("env -u LD_PRELOAD %s fresh %s"):format(q(raw), rargs))) / 1e9
       end, runs)
       ps.resolve(rstore:proxy_from_key("sweep"))
-      row.redis_warm = median(function()
+      local lim = benchlib.redis_limit(srv.host, srv.port, "sweep", rsize)
+      row.redis_warm, row.redis_warm_raw = interleaved(function()
         local p = rstore:proxy_from_key("sweep")
         collectgarbage()
         local t0 = now()
         ps.resolve(p)
         return now() - t0
-      end, runs)
-      row.redis_warm_raw = tonumber(sh(("env -u LD_PRELOAD %s get %s %d"):format(q(raw), rargs,
-        runs)):match("^(%S+)")) / 1e9
+      end, function() return lim:get() end, runs)
+      lim = nil
       rstore:evict("sweep")
       rows[#rows + 1] = row
       data = nil
@@ -205,7 +218,8 @@ local function bench(report, extra, max)
         at and at[k] * 1e9 or 0, nil, "raw read limit (target 1.5)", worst)
       if at and worst > 1.5 and k:match("warm") then
         local floor = at[k .. "_raw"] + at.copy
-        report("size sweep", ("%s at %s: floor, the raw limit plus one memcpy into a "
+        report("size sweep", ("%s at %s: floor of a reader that copies once more (a "
+          .. "state without the big-block allocator), the raw limit plus one memcpy into a "
           .. "reused buffer"):format(what, size_name(at.n)), floor * 1e9, nil,
           "raw read limit", floor / at[k .. "_raw"])
       end

@@ -16,7 +16,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
 #include "ps.h"
+#include "redis_limit.h"
 
 static double now(void) {
   struct timespec ts;
@@ -276,7 +282,87 @@ static int bench_sleep(lua_State *L) {
   return 0;
 }
 
+/*
+ * redis_limit(host, port, key, size) -> a connection whose get() returns
+ * the seconds one GET of key (size bytes) takes at the server-bound limit
+ * (redis_limit.h: the read()s and the spin of bench/redis_raw.c's
+ * limit_get), into a buffer reused across calls. It makes one untimed GET
+ * first, so the buffer is paged in. The size sweep times it between two
+ * of the store's resolves, in the same process.
+ */
+typedef struct rlimit {
+  int fd;
+  char *key;
+  char *buf;
+  size_t size;
+} rlimit;
+
+static int rlimit_gc(lua_State *L) {
+  rlimit *r = luaL_checkudata(L, 1, "proxystore.bench.redis_limit");
+  if (r->fd >= 0) close(r->fd);
+  free(r->key);
+  free(r->buf);
+  r->fd = -1;
+  r->key = r->buf = NULL;
+  return 0;
+}
+
+static int rlimit_get(lua_State *L) {
+  rlimit *r = luaL_checkudata(L, 1, "proxystore.bench.redis_limit");
+  if (r->fd < 0) return luaL_error(L, "redis_limit: closed");
+  double t0 = limit_now_ns();
+  if (limit_get(r->fd, r->key, r->buf, r->size) != 0)
+    return luaL_error(L, "redis_limit: GET %s: %s", r->key, strerror(errno));
+  lua_pushnumber(L, (limit_now_ns() - t0) / 1e9);
+  return 1;
+}
+
+static int bench_redis_limit(lua_State *L) {
+  const char *host = luaL_checkstring(L, 1);
+  lua_Integer port = luaL_checkinteger(L, 2);
+  const char *key = luaL_checkstring(L, 3);
+  lua_Integer size = luaL_checkinteger(L, 4);
+  luaL_argcheck(L, port > 0 && port < 65536, 2, "a TCP port");
+  luaL_argcheck(L, size >= 0, 4, "size must not be negative");
+  rlimit *r = lua_newuserdatauv(L, sizeof *r, 0);
+  r->fd = -1;
+  r->key = r->buf = NULL;
+  r->size = (size_t)size;
+  if (luaL_newmetatable(L, "proxystore.bench.redis_limit")) {
+    lua_pushcfunction(L, rlimit_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_newtable(L);
+    lua_pushcfunction(L, rlimit_get);
+    lua_setfield(L, -2, "get");
+    lua_setfield(L, -2, "__index");
+  }
+  lua_setmetatable(L, -2);
+  struct sockaddr_in a;
+  memset(&a, 0, sizeof a);
+  a.sin_family = AF_INET;
+  a.sin_port = htons((uint16_t)port);
+  if (inet_pton(AF_INET, host, &a.sin_addr) != 1)
+    return luaL_error(L, "redis_limit: '%s' is not an IPv4 address", host);
+  r->key = strdup(key);
+  r->buf = malloc(r->size + 64);
+  if (r->key == NULL || r->buf == NULL) return luaL_error(L, "out of memory");
+  memset(r->buf, 0, r->size + 64);
+  r->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int one = 1;
+  /* As hiredis connects (bench/redis_raw.c): no Nagle delay. */
+  if (r->fd < 0 ||
+      setsockopt(r->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0 ||
+      connect(r->fd, (struct sockaddr *)&a, sizeof a) != 0)
+    return luaL_error(L, "redis_limit: connect %s:%d: %s", host, (int)port,
+                      strerror(errno));
+  fcntl(r->fd, F_SETFL, fcntl(r->fd, F_GETFL) | O_NONBLOCK);
+  if (limit_get(r->fd, r->key, r->buf, r->size) != 0)   /* warm-up */
+    return luaL_error(L, "redis_limit: GET %s: %s", key, strerror(errno));
+  return 1;
+}
+
 static const luaL_Reg bench_funcs[] = {
+  {"redis_limit", bench_redis_limit},
   {"copy_strings", bench_copy_strings},
   {"file_read", bench_file_read},
   {"file_read_fresh", bench_file_read_fresh},

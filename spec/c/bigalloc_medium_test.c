@@ -86,6 +86,33 @@ static void test_blobs(void) {
   release(&b);
 }
 
+/* A freed block too large for the cache is kept lazily freed and reused
+ * by the next block of about its size. */
+static void test_lazy(void) {
+  size_t big = CACHE_MAX + (8 << 20);
+  char *a = ps_big_alloc(big);
+  check(a != NULL, "a block larger than the cache");
+  a[0] = 1;
+  a[big - 1] = 2;
+  ps_big_free(a);
+  check(lazy_base == (char *)a - HDR, "is kept lazily freed when freed");
+  char *b = ps_big_alloc(big - (1 << 20));
+  check(b == a && hdr_of(b)->maplen >= big && hdr_of(b)->magic == MAGIC,
+        "and a block of about its size reuses it, header rewritten");
+  check(lazy_base == NULL, "taking it empties the lazy slot");
+  memset(b, 3, 1 << 20);
+  char *c = ps_big_alloc(big);
+  ps_big_free(b);
+  ps_big_free(c);
+  check(lazy_base == (char *)c - HDR, "a newer one replaces it (the older is unmapped)");
+  char *d = ps_big_alloc(4 << 20);
+  check(d != c, "a much smaller block does not take it");
+  ps_big_free(d);
+  char *e = ps_big_alloc(big);
+  check(e == c, "one of its size does");
+  ps_big_free(e);
+}
+
 static const char *grow_script =
   "local t = {}\n"
   "for i = 1, 200000 do t[i] = i end\n"             /* array: orig, medium, big */
@@ -120,6 +147,7 @@ static void test_wrapper(void) {
 int main(void) {
   test_blocks();
   test_blobs();
+  test_lazy();
   test_wrapper();
   printf("%d tests, %d failures\n", count, failures);
   return failures != 0;

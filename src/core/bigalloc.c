@@ -11,7 +11,9 @@
  * even a 1 MiB block gets one huge page, and up to CACHE_MAX bytes of
  * freed blocks stay mapped so that repeated transfers reuse warm memory
  * (a 100 MiB resolve: ~97 -> ~88 ms). The price: up to CACHE_MAX bytes
- * stay resident after a large transfer.
+ * stay resident after a large transfer. One freed block larger than
+ * that stays mapped too, lazily freed (MADV_FREE): the kernel reclaims
+ * its pages when it needs memory.
  *
  * Medium blocks (PS_MED_MIN up to PS_BIG_MIN) are carved from 2 MiB
  * chunks on huge pages in MED_UNIT units, so that a 512 KiB resolve in a
@@ -27,6 +29,7 @@
 #include <dlfcn.h>
 #include <link.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,6 +56,15 @@ static size_t cache_len[CACHE_SLOTS];
 static uint64_t cache_seq[CACHE_SLOTS];   /* when each was freed */
 static uint64_t cache_clock;
 static size_t cache_total;
+
+/*
+ * One freed block too large for the cache stays mapped, its pages lazily
+ * freed (MADV_FREE): the kernel takes them back only when it needs the
+ * memory, and until then the next block of about its size reuses them
+ * without a fault. Guarded by cache_mu.
+ */
+static void *lazy_base;
+static size_t lazy_len;
 
 /* Guards the list of lua_State allocator wrappers (below). */
 static pthread_mutex_t wraps_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -119,9 +131,31 @@ static void *cache_take(size_t len) {
     cache_total -= cache_len[bi];
     cache_base[bi] = NULL;
     cache_len[bi] = 0;
+  } else if (lazy_base && lazy_len >= len && lazy_len <= 2 * len) {
+    best = lazy_base;
+    /* Its header may have been reclaimed (it then reads as zeros). */
+    ((big_hdr *)best)->maplen = lazy_len;
+    ((big_hdr *)best)->magic = MAGIC;
+    lazy_base = NULL;
+    lazy_len = 0;
   }
   pthread_mutex_unlock(&cache_mu);
   return best;
+}
+
+/* Keeps a block too large for the cache as the lazy one (see lazy_base),
+ * unmapping the one it replaces. */
+static int lazy_put(void *base, size_t len) {
+  /* Before it can be taken: a taker's bytes must not be freed under it. */
+  if (madvise(base, len, MADV_FREE) != 0) return 0;
+  pthread_mutex_lock(&cache_mu);
+  void *old = lazy_base;
+  size_t oldlen = lazy_len;
+  lazy_base = base;
+  lazy_len = len;
+  pthread_mutex_unlock(&cache_mu);
+  if (old) munmap(old, oldlen);
+  return 1;
 }
 
 /*
@@ -133,8 +167,8 @@ static void *cache_take(size_t len) {
 static int cache_put(void *base, size_t len) {
   void *drop[CACHE_SLOTS];
   size_t droplen[CACHE_SLOTS], ndrop = 0;
-  if (len > CACHE_ONE) return 0;
   pthread_once(&atfork_once, register_atfork);
+  if (len > CACHE_ONE) return lazy_put(base, len);
   pthread_mutex_lock(&cache_mu);
   size_t free_slot = CACHE_SLOTS;
   for (;;) {
@@ -320,12 +354,14 @@ void ps_med_free(void *p) {
 
 /* ---- blobs ------------------------------------------------------------ */
 
+/* Big and medium blobs keep their block in opaque: a placed blob's data
+ * (ps_blob_alloc_lead) does not start at its block. */
 static void blob_big_release(ps_blob *b) {
-  ps_big_free(b->data);
+  ps_big_free(b->opaque);
 }
 
 static void blob_med_release(ps_blob *b) {
-  ps_med_free(b->data);
+  ps_med_free(b->opaque);
 }
 
 int ps_blob_alloc(ps_blob *b, size_t n) {
@@ -346,6 +382,39 @@ int ps_blob_alloc(ps_blob *b, size_t n) {
     b->len = 0;
     return -1;
   }
+  if (b->release) b->opaque = b->data;
+  return 0;
+}
+
+/*
+ * Where a Lua long string's bytes start in its allocation (the size of
+ * Lua's string header), learnt by ps_alloc_install from a string it makes;
+ * 0 until then. The same for every state: there is one Lua in a process.
+ */
+static atomic_size_t str_off;
+
+int ps_blob_alloc_lead(ps_blob *b, size_t n, size_t lead) {
+  size_t off = atomic_load_explicit(&str_off, memory_order_relaxed);
+  if (off == 0 || lead == 0 || lead > off || lead > n || n > SIZE_MAX / 2)
+    return ps_blob_alloc(b, n);
+  /* The block a string of the n - lead bytes after the lead would take. */
+  size_t m = off - lead + n + 1;
+  if (m >= PS_ADOPT_MIN && m < PS_MED_MIN &&
+      (b->data = ps_med_alloc(m)) != NULL) {
+    /* Smaller than other medium blocks: such a string, made without a
+     * copy, takes this one block (on a huge page) where a copy would take
+     * the blob and the string, both fresh 4 KiB pages in a new process. */
+    b->release = blob_med_release;
+    b->opaque = b->data;
+  } else if (ps_blob_alloc(b, m) != 0) {
+    return -1;
+  }
+  if (b->release == NULL) {          /* from malloc: nothing to hand over */
+    b->len = n;
+    return 0;
+  }
+  b->data += off - lead;
+  b->len = n;
   return 0;
 }
 
@@ -365,6 +434,16 @@ typedef struct lwrap {
   void **slots;
   size_t cap, used;      /* used counts live entries and tombstones */
   struct lwrap *next;
+  /*
+   * Armed for the very next allocation of the state: a block offered as
+   * the string being made (ps_blob_push_string), or the probe that learns
+   * str_off (ps_alloc_install). Either way disarmed by that allocation.
+   */
+  int armed;
+  ps_blob *offer;        /* its block becomes the string, if sizes agree */
+  size_t offer_size;
+  void *probe_block;     /* the probe: the string block allocated, */
+  size_t probe_size;     /* and its size */
 } lwrap;
 
 /*
@@ -445,10 +524,43 @@ static size_t med_units(size_t n) {
   return (n + MED_UNIT - 1) / MED_UNIT;
 }
 
+static void *wrap_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
+
+/*
+ * The armed allocation (ptr is NULL, nsize > 0): an offered block is taken
+ * when Lua asks for a string of exactly its size (then the blob no longer
+ * owns it: the string does); the probe notes the block of a string.
+ * Anything else disarms without taking.
+ */
+static void *armed_alloc(lwrap *w, size_t osize, size_t nsize) {
+  w->armed = 0;
+  ps_blob *b = w->offer;
+  w->offer = NULL;
+  if (b) {
+    if (osize == LUA_TSTRING && nsize == w->offer_size &&
+        set_add(w, b->opaque) == 0) {
+      void *q = b->opaque;
+      b->data = NULL;
+      b->len = 0;
+      b->release = NULL;
+      b->opaque = NULL;
+      return q;
+    }
+    return wrap_alloc(w, NULL, osize, nsize);
+  }
+  void *q = wrap_alloc(w, NULL, osize, nsize);
+  if (osize == LUA_TSTRING) {
+    w->probe_block = q;
+    w->probe_size = nsize;
+  }
+  return q;
+}
+
 static void *wrap_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   lwrap *w = ud;
+  if (w->armed && ptr == NULL && nsize > 0) return armed_alloc(w, osize, nsize);
   /* With ptr == NULL, osize is a type tag, never a size. */
-  size_t at = (ptr && osize >= PS_MED_MIN) ? set_find(w, ptr) : SIZE_MAX;
+  size_t at = (ptr && osize >= PS_ADOPT_MIN) ? set_find(w, ptr) : SIZE_MAX;
   int okind = at == SIZE_MAX ? K_ORIG : osize >= PS_BIG_MIN ? K_BIG : K_MED;
   if (nsize == 0) {
     if (okind == K_ORIG) return w->orig(w->orig_ud, ptr, osize, 0);
@@ -523,6 +635,26 @@ int ps_pin_library(void) {
   return h ? 0 : -1;     /* the handle is deliberately never closed */
 }
 
+/*
+ * Learns str_off from one long string made through the wrapper (64 bytes:
+ * longer than any short string, which Lua may find already interned).
+ */
+static void probe_str_off(lua_State *L, lwrap *w) {
+  char s[64];
+  memset(s, '\x5a', sizeof s);
+  w->probe_block = NULL;
+  w->armed = 1;
+  lua_pushlstring(L, s, sizeof s);
+  w->armed = 0;
+  const char *got = lua_tostring(L, -1);
+  if (w->probe_block && got > (char *)w->probe_block) {
+    size_t off = (size_t)(got - (char *)w->probe_block);
+    if (off < HDR && off + sizeof s + 1 == w->probe_size)
+      atomic_store_explicit(&str_off, off, memory_order_relaxed);
+  }
+  lua_pop(L, 1);
+}
+
 int ps_alloc_install(lua_State *L) {
   void *ud;
   lua_Alloc f = lua_getallocf(L, &ud);
@@ -538,5 +670,28 @@ int ps_alloc_install(lua_State *L) {
   wraps = w;
   pthread_mutex_unlock(&wraps_mu);
   lua_setallocf(L, wrap_alloc, w);
+  probe_str_off(L, w);
   return 0;
+}
+
+/*
+ * Pushes the n bytes at s as a Lua string. When they lie at the end of
+ * blob b, placed by ps_blob_alloc_lead, and L has the wrapper, the string
+ * is made in b's block itself: Lua writes its header over the bytes before
+ * s and copies the n bytes onto themselves (glibc's memcpy returns at once
+ * when source and destination are the same), and b is left empty. Else an
+ * ordinary copy. Either way b still needs ps_blob_release.
+ */
+void ps_blob_push_string(lua_State *L, ps_blob *b, const char *s, size_t n) {
+  void *ud;
+  size_t off = atomic_load_explicit(&str_off, memory_order_relaxed);
+  if (off && lua_getallocf(L, &ud) == wrap_alloc &&
+      (b->release == blob_big_release || b->release == blob_med_release) &&
+      s == (const char *)b->opaque + off && s + n == b->data + b->len) {
+    lwrap *w = ud;
+    w->offer = b;
+    w->offer_size = off + n + 1;
+    w->armed = 1;
+  }
+  lua_pushlstring(L, s, n);
 }

@@ -18,6 +18,9 @@
 #define PS_BIG_MIN ((size_t)1 << 20)
 /* From here up to PS_BIG_MIN: medium blocks, carved from huge pages. */
 #define PS_MED_MIN ((size_t)64 << 10)
+/* A string made in its read buffer (ps_blob_alloc_lead) is a medium
+ * block from this size on. */
+#define PS_ADOPT_MIN ((size_t)32 << 10)
 
 /* A block of at least n bytes from mmap (huge pages advised), or NULL. */
 void *ps_big_alloc(size_t n);
@@ -33,6 +36,15 @@ void ps_med_free(void *p);
  * ps_big_alloc for large, with the matching release. Returns 0 or -1.
  */
 int ps_blob_alloc(ps_blob *b, size_t n);
+
+/*
+ * As ps_blob_alloc, but placed so that the bytes from data + lead to the
+ * end sit where a Lua string of them would sit in the same block: a state
+ * with the wrapper below then makes that string in the block itself, with
+ * no copy (ps_blob_push_string). Plain ps_blob_alloc until a wrapper has
+ * been installed in the process.
+ */
+int ps_blob_alloc_lead(ps_blob *b, size_t n, size_t lead);
 
 /*
  * Makes the library that holds this code undeletable (dlclose leaves it
@@ -51,6 +63,14 @@ int ps_pin_library(void);
  * Only the thread running L may use it (as with any lua_State).
  */
 int ps_alloc_install(lua_State *L);
+
+/*
+ * Pushes the n bytes at s, which lie in b, as a Lua string: without a copy
+ * when they end b, b was placed for them (ps_blob_alloc_lead) and L has
+ * the wrapper (the string then owns b's block and b is left empty); else
+ * by lua_pushlstring. Release b afterwards as always.
+ */
+void ps_blob_push_string(lua_State *L, ps_blob *b, const char *s, size_t n);
 #endif
 
 #endif

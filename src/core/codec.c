@@ -84,3 +84,46 @@ static const luaL_Reg codec_funcs[] = {
 void ps_codec_open(lua_State *L) {
   luaL_setfuncs(L, codec_funcs, 0);
 }
+
+/* ---- a whole object that is one string -------------------------------- */
+
+static size_t varint_size(uint64_t v) {
+  size_t n = 1;
+  for (; v >= 0x80; v >>= 7) n++;
+  return n;
+}
+
+size_t ps_codec_string_head(size_t total) {
+  for (size_t w = 1; w <= 10; w++) {
+    size_t head = CODEC_HEADER + 1 + w;
+    if (total < head) return 0;
+    size_t n = total - head;
+    if (n > SHORTSTR_MAX && varint_size(n) == w) return head;
+  }
+  return 0;
+}
+
+int ps_codec_whole_string(const char *data, size_t len, const char **s,
+                          size_t *n) {
+  const unsigned char *p = (const unsigned char *)data;
+  const unsigned char *end = p + len;
+  if (len < CODEC_HEADER + 2 || p[0] != CODEC_MAGIC ||
+      p[1] != CODEC_VERSION || (p[2] & ~(unsigned)CODEC_FLAG_REFS) ||
+      p[3] != TAG_STRING)
+    return 0;
+  p += CODEC_HEADER + 1;
+  /* The varint as the decoder reads it (get_varint_slow), overflow and
+   * truncation left to the decoder to report. */
+  uint64_t v = 0;
+  for (int shift = 0;; shift += 7) {
+    if (p == end) return 0;
+    unsigned c = *p++;
+    if (shift == 63 && c > 1) return 0;
+    v |= (uint64_t)(c & 0x7f) << shift;
+    if (!(c & 0x80)) break;
+  }
+  if (v != (uint64_t)(end - p)) return 0;
+  *s = (const char *)p;
+  *n = (size_t)v;
+  return 1;
+}

@@ -83,4 +83,22 @@ static inline uint64_t codec_ld64(const char *p) {
 #endif
 }
 
+/*
+ * A whole object that is one long string (TAG_STRING) can become a Lua
+ * string without a copy (bigalloc.c, ps_blob_push_string): its bytes are
+ * read to where a Lua string's bytes will be. These say where they are.
+ *
+ * ps_codec_string_head: the bytes before the string's own (header, tag,
+ * length) in the encoding of one string that is total bytes long in all,
+ * or 0 when no string encodes to exactly that size.
+ */
+size_t ps_codec_string_head(size_t total);
+/*
+ * 1 when the len bytes at data are the encoding of exactly one long
+ * string, which ps_codec_decode would push as it is: *s and *n give its
+ * bytes. 0 for anything else, which ps_codec_decode then reads or refuses.
+ */
+int ps_codec_whole_string(const char *data, size_t len, const char **s,
+                          size_t *n);
+
 #endif

@@ -377,7 +377,7 @@ static int read_value(ps_redis *x, ps_key k, size_t n, ps_blob *out,
   int code = ps_rconn_read_body(x->c, hdr, HDR_LEN, err);
   if (code) return code;
   if (hdr[0] == 'P') {
-    if (ps_blob_alloc(out, n - HDR_LEN) != 0)
+    if (ps_blob_alloc_object(out, n - HDR_LEN) != 0)
       return ps_rconn_fail(x->c, err, PS_BNOMEM,
                            "out of memory for a %zu-byte value", n);
     code = ps_rconn_read_body(x->c, out->data, n - HDR_LEN, err);

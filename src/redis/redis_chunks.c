@@ -209,7 +209,7 @@ int ps_redis_get_chunks(ps_redis *x, ps_key k, const ps_rchunks *ci,
   char suf[80], kb[80];
   /* First the buffer: a header claiming more than can be had fails here,
      before a single chunk is asked for. */
-  if (ps_blob_alloc(out, ci->total) != 0)
+  if (ps_blob_alloc_object(out, ci->total) != 0)
     return ps_berr_set(err, PS_BNOMEM,
                        "redis %s: key '%s%s': out of memory for its %zu-byte "
                        "value", x->c->addr, x->prefix,

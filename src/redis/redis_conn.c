@@ -24,6 +24,7 @@
 #include "spin.h"
 
 #define RBUF_CAP (64 * 1024)
+#define RBUF_FIRST 4096           /* what a connection's first read asks for */
 #define INLINE_MAX (16 * 1024)    /* larger arguments are sent by reference */
 
 static char *dup_or_null(const char *s) {
@@ -504,12 +505,23 @@ static int fill(ps_rconn *c, ps_berr *err) {
     c->rlen -= c->rpos;
     c->rpos = 0;
   }
+  /*
+   * A read asks for at most twice what reads have filled before (a page at
+   * first), up to the buffer's size. A large value's body goes straight
+   * from the socket into its blob (ps_rconn_read_body); a fresh process's
+   * first large reply would otherwise fill all 64 KiB here first, faulting
+   * in 16 fresh 4 KiB pages one by one only to copy them out. Pipelined
+   * small replies reach the whole buffer after a few reads.
+   */
+  size_t lim = c->rtouched < RBUF_FIRST / 2 ? RBUF_FIRST : 2 * c->rtouched;
+  if (lim > c->rcap) lim = c->rcap;
   /* An empty socket is waited for by read_some's wait_ready, which spins
    * briefly before it sleeps (spin.h). */
   size_t n;
-  int code = read_some(c, c->rbuf + c->rlen, c->rcap - c->rlen, &n, err);
+  int code = read_some(c, c->rbuf + c->rlen, lim - c->rlen, &n, err);
   if (code) return code;
   c->rlen += n;
+  if (c->rlen > c->rtouched) c->rtouched = c->rlen;
   return PS_BOK;
 }
 

@@ -30,6 +30,7 @@ typedef struct ps_rconn {
   unsigned gen;          /* fork generation of the process that opened fd */
   char *rbuf;            /* read buffer */
   size_t rpos, rlen, rcap;
+  size_t rtouched;       /* how far reads have ever filled rbuf (fill) */
   /* config, owned copies */
   char *host, *path, *username, *password;
   int port, db;

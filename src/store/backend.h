@@ -61,6 +61,14 @@ typedef struct ps_part {
   size_t len;
 } ps_part;
 
+/*
+ * A blob for the n stored bytes of an object (the envelope byte, then the
+ * encoding), from bigalloc.c: warm or huge-page memory from 64 KiB on, and
+ * placed so that an object that is one string becomes a Lua string in the
+ * blob's own block, without a copy (ps_blob_push_string). 0, or -1.
+ */
+int ps_blob_alloc_object(ps_blob *b, size_t n);
+
 /* Options a store passes to its backend, already validated by Lua. */
 typedef struct ps_bconfig {
   const char *host;      /* redis */

@@ -567,7 +567,7 @@ static void unmap_blob(ps_blob *b) {
 
 /* Into a blob from bigalloc.c: warm or huge-page memory from 64 KiB on. */
 static int read_into(int fd, ps_blob *out, size_t size) {
-  if (ps_blob_alloc(out, size) != 0) return PS_BNOMEM;
+  if (ps_blob_alloc_object(out, size) != 0) return PS_BNOMEM;
   char *buf = out->data;
   size_t got = 0;
   while (got < size) {

@@ -5,6 +5,8 @@
 #include <string.h>
 
 #include "backend.h"
+#include "bigalloc.h"
+#include "codec.h"
 #include "ps_backends.h"
 
 static const ps_backend_ops *const all_backends[] = {
@@ -38,4 +40,10 @@ void ps_blob_release(ps_blob *b) {
   b->len = 0;
   b->release = NULL;
   b->opaque = NULL;
+}
+
+int ps_blob_alloc_object(ps_blob *b, size_t n) {
+  /* One envelope byte, then what the codec puts before a string's bytes. */
+  size_t head = n > 1 ? ps_codec_string_head(n - 1) : 0;
+  return ps_blob_alloc_lead(b, n, head ? 1 + head : 0);
 }

@@ -8,6 +8,8 @@
 #include <string.h>
 
 #include "store.h"
+#include "bigalloc.h"
+#include "codec.h"
 
 static void call_cjson(lua_State *L, const char *fn) {
   lua_getglobal(L, "require");
@@ -126,4 +128,22 @@ void ps_envelope_deserialize(lua_State *L, int sidx, const char *data, size_t le
                                                          : "deserializer";
   lua_pushlstring(L, data + 1, len - 1);
   call_serializer(L, what);
+}
+
+/*
+ * The same for the bytes of blob b. An object that is one string (the
+ * common large object) is pushed by ps_blob_push_string: where the state
+ * has the big-block allocator, the string is made in b's block and the
+ * bytes are not copied again (b is then left empty).
+ */
+void ps_envelope_deserialize_blob(lua_State *L, int sidx, ps_blob *b,
+                                  int deser) {
+  const char *s;
+  size_t n;
+  if (b->len > 0 && (unsigned char)b->data[0] == ENV_NATIVE &&
+      ps_codec_whole_string(b->data + 1, b->len - 1, &s, &n)) {
+    ps_blob_push_string(L, b, s, n);
+    return;
+  }
+  ps_envelope_deserialize(L, sidx, b->data, b->len, deser);
 }

@@ -531,7 +531,7 @@ int ps_store_do_get_wait(lua_State *L, int sidx, ps_store *s, int kidx,
   }
   s->misses++;
   size_t len = bs->b[0].len;
-  ps_envelope_deserialize(L, sidx, bs->b[0].data, len, deser);
+  ps_envelope_deserialize_blob(L, sidx, &bs->b[0], deser);
   ps_blob_release(&bs->b[0]);
   ps_store_check_open(L, sidx);   /* a user deserializer may have closed it */
   lua_remove(L, -2);   /* the blob box */
@@ -607,8 +607,9 @@ static int do_take(lua_State *L, int sidx, ps_store *s, int kidx,
   lua_pushlightuserdata(L, &bs->b[0]);
   if (lua_pcall(L, 3, 1, 0) != LUA_OK) {
     /* Not delivered: the object goes back (unless a user deserializer
-       closed the store), and the deserializer's error goes up. */
-    if (s->open) {
+       closed the store, or the bytes became a string before the error),
+       and the deserializer's error goes up. */
+    if (s->open && bs->b[0].data) {
       ps_berr e = {0, ""};
       (void)s->ops->put(s->ctx, (ps_key){key, klen}, bs->b[0].data, len,
                         NULL, &e);

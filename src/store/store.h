@@ -133,6 +133,10 @@ ps_buf *ps_envelope_serialize_holes(lua_State *L, int sidx, ps_store *s,
                                     int obj, int opt);
 void ps_envelope_deserialize(lua_State *L, int sidx, const char *data,
                              size_t len, int deser);
+/* The same for a blob's bytes; an object that is one string may take the
+ * blob's block (bigalloc.c, ps_blob_push_string). Release b after. */
+void ps_envelope_deserialize_blob(lua_State *L, int sidx, ps_blob *b,
+                                  int deser);
 
 /* future.c: store:future and the future userdata. */
 int ps_store_future(lua_State *L);

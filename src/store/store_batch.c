@@ -139,7 +139,7 @@ int ps_store_get_batch(lua_State *L) {
       s->misses++;
       if (codes[i] != PS_BOK) continue;
       total += bs->b[i].len;
-      ps_envelope_deserialize(L, 1, bs->b[i].data, bs->b[i].len, 0);
+      ps_envelope_deserialize_blob(L, 1, &bs->b[i], 0);
       ps_blob_release(&bs->b[i]);
       ps_store_check_open(L, 1);   /* a user deserializer may close it */
       ps_store_cache_add(L, 1, s, keys[i].data, keys[i].len, &vers[i]);
