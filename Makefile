@@ -260,9 +260,9 @@ demo:
 # Helpers only the benchmarks use (a memcpy baseline, C-API floors): a
 # module of their own, never installed.
 BENCH_SO = $(BUILD)/lib/proxystore/bench.so
-$(BENCH_SO): bench/c/support.c bench/c/redis_limit.h src/core/buf.c $(HEADERS)
+$(BENCH_SO): bench/c/support.c bench/c/redis_limit.h src/core/buf.c src/core/bigalloc.c $(HEADERS)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) $(LIBFLAG) -o $@ bench/c/support.c src/core/buf.c
+	$(CC) $(ALL_CFLAGS) $(LIBFLAG) -o $@ bench/c/support.c src/core/buf.c src/core/bigalloc.c
 
 bench: all $(REDIS_RAW) $(QUEUE_RAW) $(BENCH_SO)
 	@$(LUA) bench/run.lua

@@ -113,8 +113,8 @@ describe("a pool's shared memory", function()
     local rc, out = shell.sh(string.format(
       "cd '%s' && ${CC:-cc} -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -g -Isrc "
       .. "-Isrc/core -Isrc/pool -Isrc/store $(pkg-config --cflags lua5.4) -o '%s' "
-      .. "spec/c/pool_shm_test.c src/pool/pool_shm.c src/core/buf.c "
-      .. "$(pkg-config --libs lua5.4)", ROOT, bin))
+      .. "spec/c/pool_shm_test.c src/pool/pool_shm.c src/core/buf.c src/core/bigalloc.c "
+      .. "$(pkg-config --libs lua5.4) -lpthread -ldl", ROOT, bin))
     assert.are.equal(0, rc, out)
     rc, out = shell.sh(shell.quote(bin))
     assert.are.equal(0, rc, out)

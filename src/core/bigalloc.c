@@ -227,6 +227,10 @@ void *ps_big_realloc(void *p, size_t n) {
   return (char *)h + HDR;
 }
 
+size_t ps_big_size(void *p) {
+  return hdr_of(p)->maplen - HDR;
+}
+
 void ps_big_free(void *p) {
   if (p == NULL) return;
   big_hdr *h = hdr_of(p);
@@ -362,6 +366,15 @@ static void blob_big_release(ps_blob *b) {
 
 static void blob_med_release(ps_blob *b) {
   ps_med_free(b->opaque);
+}
+
+void ps_blob_take_buf(ps_blob *out, ps_buf *b) {
+  out->data = b->data;
+  out->len = b->len;
+  out->opaque = NULL;
+  out->release = b->cap >= PS_BIG_MIN ? blob_big_release : NULL;
+  b->data = NULL;   /* (no ps_buf_init: bigalloc.c stands alone) */
+  b->len = b->cap = 0;
 }
 
 int ps_blob_alloc(ps_blob *b, size_t n) {

@@ -27,6 +27,8 @@ void *ps_big_alloc(size_t n);
 /* Resizes a ps_big_alloc block (mremap: no copy); NULL on failure. */
 void *ps_big_realloc(void *p, size_t n);
 void ps_big_free(void *p);
+/* The bytes a ps_big_alloc block holds (at least what was asked). */
+size_t ps_big_size(void *p);
 /* A medium block of n bytes (n < PS_BIG_MIN), or NULL. Thread-safe. */
 void *ps_med_alloc(size_t n);
 void ps_med_free(void *p);
@@ -36,6 +38,11 @@ void ps_med_free(void *p);
  * ps_big_alloc for large, with the matching release. Returns 0 or -1.
  */
 int ps_blob_alloc(ps_blob *b, size_t n);
+
+/* Moves the bytes of b (a malloc'ed or big buffer, no grow hook) into
+   out, with the matching release; b is left empty. */
+struct ps_buf;
+void ps_blob_take_buf(ps_blob *out, struct ps_buf *b);
 
 /*
  * As ps_blob_alloc, but placed so that the bytes from data + lead to the

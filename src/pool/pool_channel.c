@@ -10,7 +10,6 @@
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -20,7 +19,6 @@
 
 /* Buffers above this are given back after use rather than kept. */
 #define KEEP_MAX ((size_t)256 << 20)
-#define HUGE_MIN ((size_t)4 << 20)
 
 int ps_fd_write_all(int fd, const void *p, size_t n) {
   const char *s = p;
@@ -62,14 +60,11 @@ void ps_frame_trim(ps_buf *b) {
   b->len = 0;
 }
 
-/* Large buffers go on huge pages: first touch of 4 KiB pages is the cost
- * of moving big frames on these machines (docs/performance.md). */
+/* Large buffers are big blocks on huge pages (ps_buf_reserve): first
+ * touch of 4 KiB pages is the cost of moving big frames on these machines
+ * (docs/performance.md). */
 static int reserve(ps_buf *b, size_t n) {
-  size_t old = b->cap;
-  if (ps_buf_reserve(b, n) != 0) return -1;
-  if (b->cap != old && b->cap >= HUGE_MIN)
-    madvise(b->data, b->cap, MADV_HUGEPAGE);  /* advice only */
-  return 0;
+  return ps_buf_reserve(b, n);
 }
 
 size_t ps_frame_encode(lua_State *L, int idx, ps_buf *b) {

@@ -5,6 +5,7 @@
  */
 #include <string.h>
 
+#include "bigalloc.h"
 #include "store.h"
 
 /* A batch's length from #list (which a __len may make anything): bounded,
@@ -57,10 +58,8 @@ static int put_batch(lua_State *L, int make_proxies) {
       lua_geti(L, 2, i);
       ps_buf *b = ps_envelope_serialize(L, 1, s, lua_gettop(L), ser ? 5 : 0);
       /* Move the buffer into the blob box, which now owns it. */
-      bs->b[i - 1].data = b->data;
-      bs->b[i - 1].len = b->len;
       total += b->len;
-      ps_buf_init(b);
+      ps_blob_take_buf(&bs->b[i - 1], b);
       lua_pop(L, 2);
       lua_rawgeti(L, 6, i);
       keys[i - 1].data = lua_tolstring(L, -1, &keys[i - 1].len);
