@@ -90,8 +90,13 @@ static void test_blob_move(void) {
   check(out.data == data && out.len == 4 * MiB && out.release == blob_big_release,
         "moves into a blob with the big release");
   check(b.data == NULL && b.len == 0 && b.cap == 0, "leaving the buffer empty");
+  size_t before = cache_total;
   release(&out);
   check(out.data == NULL, "and the blob releases it");
+  check(cache_total > before, "its block to the warm cache");
+  char *again = ps_big_alloc(4 * MiB);
+  check(again == data, "where the next big block comes from");
+  ps_big_free(again);
   check(fill(&b, 1000, 100) == 0, "a small buffer");
   ps_blob_take_buf(&out, &b);
   check(out.release == NULL && out.len == 1000, "moves with free as its release");

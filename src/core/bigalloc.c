@@ -369,10 +369,11 @@ static void blob_med_release(ps_blob *b) {
 }
 
 void ps_blob_take_buf(ps_blob *out, ps_buf *b) {
+  int big = b->cap >= PS_BIG_MIN;
   out->data = b->data;
   out->len = b->len;
-  out->opaque = NULL;
-  out->release = b->cap >= PS_BIG_MIN ? blob_big_release : NULL;
+  out->opaque = big ? b->data : NULL;   /* the block, as blob_big_release frees */
+  out->release = big ? blob_big_release : NULL;
   b->data = NULL;   /* (no ps_buf_init: bigalloc.c stands alone) */
   b->len = b->cap = 0;
 }
