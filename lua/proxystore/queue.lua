@@ -46,6 +46,7 @@ local DEFAULT_THRESHOLD = 64 * 1024
 local OUTBOX = 512          -- tasks XADDed per round trip by map
 local WAIT_SLICE = 2        -- s a BLPOP holds before the pool looks around
 local ALIVE_TTL = 86400     -- s the pool's "alive" key lives unrefreshed
+local REAP_EVERY = 0.05     -- s between looks for local workers that died
 
 local QueuePool = {}
 QueuePool.__index = QueuePool
@@ -132,6 +133,7 @@ function M.new(opts)
     progress = opts.progress ~= false, keys = keys, id = id,
     reply_key = wire.reply_key(keys, id), alive_key = wire.alive_key(keys, id),
     tasks = {}, nextid = 0, owner = core.pool_getpid(), closed = false,
+    next_reap = 0,
     envindex = { [_G] = 1 },   -- any _ENV becomes the worker's _G
     stats = { submitted = 0, done = 0, failed = 0, reclaimed = 0,
               proxied_args = 0, proxied_results = 0, refused = 0,
@@ -425,7 +427,12 @@ end
 -- handles them.
 function QueuePool:_step(timeout)
   if self.closed then return end
-  if self.h then self:_reap() end
+  -- looking for dead local workers costs a system call: not once per
+  -- reply (a task's round trip is a few of them), a few times a second
+  if self.h and now() >= self.next_reap then
+    self.next_reap = now() + REAP_EVERY
+    self:_reap()
+  end
   local ok, err = pcall(self._receive, self, timeout)
   if not ok then
     local kind = type(err) == "table" and err.kind

@@ -245,6 +245,21 @@ end
 if #ids > 0 then redis.call('XACK', stream, group, unpack(ids)) end
 return first
 ]==],
+  -- finish for one result, the common case of tasks read one at a time:
+  -- the same effect, without the batch's tables and loops, which made
+  -- most of the script's server time (measured: 14 us a call against 6).
+  -- KEYS: stream, done bitmap, reply key; ARGV: group, ttl (ms), task
+  -- number, entry id, reply.
+  finish1 = [==[
+local old = redis.call('BITFIELD', KEYS[2], 'SET', 'u1', ARGV[3], 1)[1]
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+if old == 0 then
+  redis.call('RPUSH', KEYS[3], ARGV[5])
+  redis.call('PEXPIRE', KEYS[3], ARGV[2])
+end
+if ARGV[4] ~= '' then redis.call('XACK', KEYS[1], ARGV[1], ARGV[4]) end
+return {1 - old}
+]==],
   -- Gives back entries a stopping worker took but will not run: each one
   -- still this consumer's goes to the end of the stream as a new entry
   -- (not a delivery), the old one acknowledged and deleted.

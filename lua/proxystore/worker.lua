@@ -257,7 +257,8 @@ function Worker:flush(items)
     args[#args + 1] = it.id
     args[#args + 1] = wire.seal_reply(self.secret, it.blob)
   end
-  local first = wire.eval(self.g, "finish", keys, args)
+  local first = wire.eval(self.g, #items == 1 and "finish1" or "finish", keys,
+    args)
   for i, it in ipairs(items) do
     if first[i] ~= 1 then
       -- a late duplicate: its result is not the task's; drop its proxies
