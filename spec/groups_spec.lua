@@ -85,6 +85,28 @@ describe("redis groups", function()
     assert.same({ a = "1", b = "2.5" }, e.fields)
   end)
 
+  it("sends a command in the same write as a read and gives its reply", function()
+    g:create_group("s", "grp", "0")
+    g:add("s", { { k = "1" } })
+    local got, woken, n = g:read_group("s", "grp", "w", ">", 10, 1,
+      { "RPUSH", "l", "a", 2 })
+    assert.equal(1, #got)
+    assert.equal("1", got[1].fields.k)
+    assert.is_false(woken)
+    assert.equal(2, n)
+    assert.same({ "a", "2" }, g:call("LRANGE", "l", 0, -1))
+    -- an error reply is given, not raised, and the read still happens
+    g:add("s", { { k = "2" } })
+    local e
+    got, woken, e = g:read_group("s", "grp", "w", ">", 10, 1, { "INCR", "l" })
+    assert.equal("2", got[1].fields.k)
+    assert.is_true(core.is_error(e))
+    assert.matches("^WRONGTYPE", e.redis)
+    -- without pre: two results, as before
+    assert.equal(2, select("#", g:read_group("s", "grp", "w", ">", 10)))
+    assert.has_error(function() g:read_group("s", "grp", "w", ">", 1, 1, "RPUSH") end)
+  end)
+
   it("reads new entries per consumer and re-reads a consumer's pending ones", function()
     g:create_group("s", "grp", "0")
     g:add("s", { { k = "1" }, { k = "2" }, { k = "3" } })

@@ -282,6 +282,21 @@ return n
 
 local shas = {}   -- per process; a restarted server forgets them
 
+-- The EVALSHA command of script name with keys and args, to send with
+-- another command in one write; nil until this process has loaded the
+-- script (then M.eval). A NOSCRIPT reply to it (M.noscript) means: M.eval.
+function M.evalsha(name, keys, args)
+  if not shas[name] then return nil end
+  local cmd = { "EVALSHA", shas[name], #keys }
+  for i = 1, #keys do cmd[#cmd + 1] = keys[i] end
+  for i = 1, #args do cmd[#cmd + 1] = args[i] end
+  return cmd
+end
+
+function M.noscript(r)
+  return core.is_error(r) and tostring(r.redis):match("^NOSCRIPT") ~= nil
+end
+
 -- Runs script name with keys and args (lists) through g; returns its
 -- reply. EVALSHA, loading the script when the server does not have it.
 function M.eval(g, name, keys, args)

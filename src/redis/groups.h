@@ -218,6 +218,19 @@ int ps_rg_read_group(ps_rgroups *g, const char *stream, const char *group,
                      long block_ms, ps_rentries *out, int *woken,
                      ps_berr *err);
 /*
+ * ps_rg_read_group with the command pre sent first in the same round
+ * trip (a queue worker's "store these results" script): its reply goes to
+ * *pre_out whatever it is (an error reply too; the caller frees it), even
+ * when the read was woken, since it is read before the held read is
+ * waited for. A worker that answers as it asks for more pays one write
+ * and one server wake-up, not two.
+ */
+int ps_rg_read_group_after(ps_rgroups *g, const ps_rcmd *pre,
+                           ps_rvalue *pre_out, const char *stream,
+                           const char *group, const char *consumer,
+                           const char *from, long count, long block_ms,
+                           ps_rentries *out, int *woken, ps_berr *err);
+/*
  * XREAD COUNT count [BLOCK block_ms] STREAMS stream from, outside any
  * group (every reader sees every entry): from "$" only entries added
  * after the call, "0" from the start, or an id: the entries after it.

@@ -73,8 +73,7 @@ static void push_value(lua_State *L, ps_rgroups *g, const ps_rvalue *v,
   }
 }
 
-/* Commands from the lists at first..last (each {word, arg, ...}). */
-static ps_rcmd *check_cmds(lua_State *L, int first, int last, int anchor) {
+ps_rcmd *ps_rgl_check_cmds(lua_State *L, int first, int last, int anchor) {
   size_t n = (size_t)(last - first + 1), total = 0;
   for (int i = first; i <= last; i++) {
     luaL_checktype(L, i, LUA_TTABLE);
@@ -114,7 +113,7 @@ static int l_call(lua_State *L) {
   lua_replace(L, 2);
   lua_settop(L, 2);
   lua_newtable(L);   /* 3: anchors */
-  ps_rcmd *cmds = check_cmds(L, 2, 2, 3);
+  ps_rcmd *cmds = ps_rgl_check_cmds(L, 2, 2, 3);
   box *b = ps_rgl_push_box(L);
   ps_rvalue *v = box_values(L, b, 1);
   ps_berr err = {0, ""};
@@ -122,6 +121,10 @@ static int l_call(lua_State *L) {
   push_value(L, g, v, 1);
   if (v->type == PS_R_ERROR) return lua_error(L);
   return 1;
+}
+
+void ps_rgl_push_reply(lua_State *L, ps_rgroups *g, const ps_rvalue *v) {
+  push_value(L, g, v, 1);
 }
 
 static void push_replies(lua_State *L, ps_rgroups *g, box *b) {
@@ -138,7 +141,7 @@ static int l_pipeline(lua_State *L) {
   luaL_argcheck(L, last >= 2, 2, "a command (table) expected");
   lua_newtable(L);
   int anchor = lua_gettop(L);
-  ps_rcmd *cmds = check_cmds(L, 2, last, anchor);
+  ps_rcmd *cmds = ps_rgl_check_cmds(L, 2, last, anchor);
   box *b = ps_rgl_push_box(L);
   ps_rvalue *v = box_values(L, b, (size_t)(last - 1));
   ps_berr err = {0, ""};
@@ -156,7 +159,7 @@ static int l_call_blocking(lua_State *L) {
   luaL_argcheck(L, last >= 3, 3, "a command (table) expected");
   lua_newtable(L);
   int anchor = lua_gettop(L);
-  ps_rcmd *cmds = check_cmds(L, 3, last, anchor);
+  ps_rcmd *cmds = ps_rgl_check_cmds(L, 3, last, anchor);
   box *b = ps_rgl_push_box(L);
   ps_rvalue *v = box_values(L, b, (size_t)(last - 2));
   ps_berr err = {0, ""};
