@@ -16,7 +16,8 @@
 -- The loop reads tasks with XREADGROUP (held, so an idle worker costs the
 -- server nothing), runs them, and stores each result with the "finish"
 -- script (first stored result wins, pushed to the submitter's reply list,
--- entry acknowledged) in one round trip per batch. A thread touches the
+-- entry acknowledged) once per batch, sent in one write with the next
+-- read (its reply read before that read is waited for). A thread touches the
 -- entries being run (proxystore.core.queue_heartbeat). Between reads it
 -- claims entries idle past the queue's visibility (XAUTOCLAIM): their
 -- worker died or went silent. A task delivered more than its max_attempts
