@@ -66,6 +66,22 @@ describe("queue pool", function()
   end)
 
   describe("with worker processes started from the shell", function()
+    it("stores results when the server forgot its scripts (SCRIPT FLUSH)", function()
+      local w = workers.start(srv, { queue = "noscript", secret = SECRET })
+      local pool = new_pool { name = "noscript", visibility = 600 }
+      finally(function() pool:close { timeout = 60 } end)
+      assert.equal(1, pool:submit(function() return 1 end):result(60))
+      -- the worker sends its next result with its next read, by the
+      -- script's sha: the server answers NOSCRIPT, the worker loads it
+      -- again, and the task is not left to the visibility (600 s)
+      g:call("SCRIPT", "FLUSH")
+      assert.equal(2, pool:submit(function() return 2 end):result(60))
+      g:call("SCRIPT", "FLUSH")
+      assert.same({ 3, 4, n = 2 }, pool:map(function(x) return x end, { 3, 4 }))
+      assert.equal(0, pool:metrics().reclaimed)
+      assert.is_truthy(w)
+    end)
+
     it("runs tasks and maps in order, results and errors as the local pool's", function()
       local w = workers.start(srv, { queue = "basic", secret = SECRET })
       local pool = new_pool { name = "basic" }
