@@ -290,7 +290,10 @@ function QueuePool:submit(fn, ...)
   if type(fn) ~= "function" then
     error("bad argument #1 to 'submit' (function expected, got " .. type(fn) .. ")", 2)
   end
-  return self:_submit_packed(pack_fn(fn, {}, self.envindex), pack(...))
+  local packed = pack_fn(fn, {}, self.envindex)
+  -- a failure here is the server's: _send or the next wait reports it
+  if not self.g:held() then pcall(self._hold_receive, self) end
+  return self:_submit_packed(packed, pack(...))
 end
 
 ---------------------------------------------------------------------------
@@ -392,18 +395,41 @@ function QueuePool:_lost(err)
   end
 end
 
+-- Sends the wait for replies (BLPOP, held by the server up to wait s,
+-- and an LPOP of the rest in the same write) without reading its answer:
+-- _receive reads it. submit sends it before it waits for its XADD's
+-- reply, so that a result pushed in the meantime is answered at once and
+-- waits for this process in its socket, not for a BLPOP this process
+-- would send only once it has read the XADD's reply.
+function QueuePool:_hold_receive(wait)
+  wait = wait or WAIT_SLICE
+  -- Redis reads a BLPOP timeout that rounds to 0 ms as "for ever"
+  self.g:send_held(wait, { "BLPOP", self.reply_key, ("%.3f"):format(wait) },
+    { "LPOP", self.reply_key, 1000 })
+end
+
+local function add_replies(replies, rs)
+  if rs[1] then replies[#replies + 1] = rs[1][2] end
+  for _, v in ipairs(rs[2] or {}) do replies[#replies + 1] = v end
+end
+
 function QueuePool:_receive(timeout)
-  local replies
+  local replies = {}
+  local g = self.g
   if timeout == 0 then
-    replies = self.g:pipeline({ "LPOP", self.reply_key, 1000 })[1] or {}
+    if g:held() then
+      local rs = g:recv_held(0)
+      if rs then add_replies(replies, rs) end
+    end
+    for _, v in ipairs(g:pipeline({ "LPOP", self.reply_key, 1000 })[1] or {}) do
+      replies[#replies + 1] = v
+    end
   else
     local wait = math.max(math.min(timeout or WAIT_SLICE, WAIT_SLICE), 0.002)
-    -- Redis reads a BLPOP timeout that rounds to 0 ms as "for ever"
-    local rs = self.g:call_blocking(wait, { "BLPOP", self.reply_key,
-      ("%.3f"):format(wait) }, { "LPOP", self.reply_key, 1000 })
-    replies = {}
-    if rs[1] then replies[1] = rs[1][2] end
-    for _, v in ipairs(rs[2] or {}) do replies[#replies + 1] = v end
+    if not g:held() then self:_hold_receive(wait) end
+    -- nothing within wait: the wait stays held, read by a later step
+    local rs = g:recv_held(wait)
+    if rs then add_replies(replies, rs) end
   end
   for _, s in ipairs(replies) do self:_on_reply(s) end
 end

@@ -23,6 +23,8 @@ struct ps_rgroups {
   ps_rlimits lim;
   int wake_fd;
   unsigned long connects;
+  size_t held_n;             /* replies of a held call sent, not yet read */
+  double held_until;         /* then the server is late: 0 no limit */
 };
 
 static const ps_rlimits default_limits = {(size_t)1 << 30, 4u << 20, 8};
@@ -209,6 +211,9 @@ static int roundtrip(ps_rgroups *g, ps_rconn *c, size_t n, const ps_rcmd *cmds,
                      ps_berr *err) {
   memset(out, 0, n * sizeof *out);
   if (woken) *woken = 0;
+  if (c == &g->blk && g->held_n)   /* its replies would be read as ours */
+    return ps_berr_set(err, PS_BCONFIG, "redis %s: a held call's replies are "
+                       "still to be read (ps_rg_recv_held)", c->addr);
   ps_rconn_begin_call(c);
   int reused = ps_rconn_owned(c);
   int code = once(g, c, n, cmds, npre, wait_s, out, woken, err);
@@ -232,6 +237,71 @@ int ps_rg_call_blocking(ps_rgroups *g, size_t n, const ps_rcmd *cmds,
                         ps_berr *err) {
   return roundtrip(g, &g->blk, n, cmds, 0, wait_s < 0 ? 0 : wait_s, out,
                    woken, err);
+}
+
+/* ---- a held call across calls ---------------------------------------------- */
+
+int ps_rg_send_held(ps_rgroups *g, size_t n, const ps_rcmd *cmds,
+                    double wait_s, ps_berr *err) {
+  ps_rconn *c = &g->blk;
+  if (g->held_n)
+    return ps_berr_set(err, PS_BCONFIG, "redis %s: a held call is already "
+                       "sent", c->addr);
+  if (!ps_rconn_owned(c)) g->connects++;
+  ps_rconn_begin_call(c);
+  int code = ps_rconn_ensure(c, err);
+  if (code == PS_BOK) {
+    build(c, n, cmds);
+    code = ps_rconn_send(c, err);
+  }
+  if (code != PS_BOK) {
+    ps_rconn_settle(c);
+    return code;
+  }
+  g->held_n = n;
+  g->held_until = c->timeout > 0 ? mono() + (wait_s > 0 ? wait_s : 0) +
+                                   c->timeout : 0;
+  return PS_BOK;
+}
+
+size_t ps_rg_held(const ps_rgroups *g) {
+  return g->held_n;
+}
+
+int ps_rg_recv_held(ps_rgroups *g, double wait_s, ps_rvalue *out, int *ready,
+                    ps_berr *err) {
+  ps_rconn *c = &g->blk;
+  size_t n = g->held_n;
+  *ready = 0;
+  if (n == 0)
+    return ps_berr_set(err, PS_BCONFIG, "redis %s: no held call was sent",
+                       c->addr);
+  memset(out, 0, n * sizeof *out);
+  if (c->rpos == c->rlen) {
+    double left = g->held_until > 0 ? g->held_until - mono() : -1;
+    double w = wait_s < 0 ? left : (left >= 0 && left < wait_s ? left : wait_s);
+    struct pollfd p = {.fd = c->fd, .events = POLLIN};
+    int r;
+    do {
+      r = poll(&p, 1, w < 0 ? -1 : (int)(w * 1000) + (w > 0));
+    } while (r < 0 && errno == EINTR);
+    if (r == 0) {
+      if (g->held_until == 0 || mono() < g->held_until) return PS_BOK;
+      ps_rconn_drop(c);
+      g->held_n = 0;
+      return ps_berr_set(err, PS_BTIMEOUT, "redis %s: timed out waiting for "
+                         "a reply", c->addr);
+    }
+  }
+  /* it has begun to answer: the rest within the connection's timeout */
+  ps_rconn_begin_call(c);
+  int code = PS_BOK;
+  for (size_t i = 0; i < n && code == PS_BOK; i++)
+    code = ps_rconn_read_value(c, &out[i], &g->lim, err);
+  ps_rconn_settle(c);
+  g->held_n = 0;
+  if (code == PS_BOK) *ready = 1;
+  return code;
 }
 
 /* ---- replies ------------------------------------------------------------ */

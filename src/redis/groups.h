@@ -356,5 +356,24 @@ int ps_rg_call(ps_rgroups *g, size_t n, const ps_rcmd *cmds, ps_rvalue *out,
 int ps_rg_call_blocking(ps_rgroups *g, size_t n, const ps_rcmd *cmds,
                         double wait_s, ps_rvalue *out, int *woken,
                         ps_berr *err);
+/*
+ * A held call whose replies are read later, by another call: a pool
+ * sends its BLPOP for replies before it waits for its XADD's reply, so a
+ * result pushed meanwhile is answered at once, whenever the pool reads
+ * it. ps_rg_send_held sends the n commands on the blocking connection
+ * (one held call at a time; until its replies are read, the connection
+ * serves nothing else: ps_rg_call_blocking and held reads fail with
+ * PS_BCONFIG). ps_rg_recv_held waits up to wait_s (< 0: no limit) for
+ * them: *ready 1 and the n replies in out, or *ready 0 when nothing came
+ * yet (the call stays held, for a later ps_rg_recv_held). A server
+ * silent past the call's wait_s plus the connection's timeout fails it
+ * with PS_BTIMEOUT; a failure drops the connection and ends the call.
+ * ps_rg_held: the number of replies held (0: none).
+ */
+int ps_rg_send_held(ps_rgroups *g, size_t n, const ps_rcmd *cmds,
+                    double wait_s, ps_berr *err);
+int ps_rg_recv_held(ps_rgroups *g, double wait_s, ps_rvalue *out, int *ready,
+                    ps_berr *err);
+size_t ps_rg_held(const ps_rgroups *g);
 
 #endif

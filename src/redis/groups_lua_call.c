@@ -6,6 +6,11 @@
  *   g:call(cmd, ...)                       -> the reply (an error reply raises)
  *   g:pipeline({cmd...}, ...)              -> replies, one round trip
  *   g:call_blocking(wait, {cmd...}, ...)   -> replies, woken
+ *   g:send_held(wait, {cmd...}, ...)       sends a held call, returns at once
+ *   g:recv_held([wait])                    -> its replies, or nil when none
+ *                                          came within wait s (then it stays
+ *                                          held); wait nil: until they come
+ *   g:held()                               -> whether a held call is sent
  *
  * Replies become Lua values as Redis' own scripting does: integers,
  * strings (status replies too), tables for arrays, false for nil inside an
@@ -175,10 +180,52 @@ static int l_call_blocking(lua_State *L) {
   return 2;
 }
 
+static int l_send_held(lua_State *L) {
+  ps_rgroups *g = ps_rgl_check(L);
+  double wait = luaL_checknumber(L, 2);
+  luaL_argcheck(L, wait >= 0 && wait <= 86400, 2, "wait must be in [0, 86400] s");
+  int last = lua_gettop(L);
+  luaL_argcheck(L, last >= 3, 3, "a command (table) expected");
+  lua_newtable(L);
+  int anchor = lua_gettop(L);
+  ps_rcmd *cmds = ps_rgl_check_cmds(L, 3, last, anchor);
+  ps_berr err = {0, ""};
+  if (ps_rg_send_held(g, (size_t)(last - 2), cmds, wait, &err))
+    return ps_rgl_raise(L, g, &err);
+  return 0;
+}
+
+static int l_recv_held(lua_State *L) {
+  ps_rgroups *g = ps_rgl_check(L);
+  double wait = luaL_optnumber(L, 2, -1);
+  size_t n = ps_rg_held(g);
+  if (n == 0) return luaL_error(L, "no held call was sent");
+  box *b = ps_rgl_push_box(L);
+  ps_rvalue *v = box_values(L, b, n);
+  ps_berr err = {0, ""};
+  int ready = 0;
+  if (ps_rg_recv_held(g, wait < 0 ? -1 : wait, v, &ready, &err))
+    return ps_rgl_raise(L, g, &err);
+  if (!ready) {
+    lua_pushnil(L);
+    return 1;
+  }
+  push_replies(L, g, b);
+  return 1;
+}
+
+static int l_held(lua_State *L) {
+  lua_pushboolean(L, ps_rg_held(ps_rgl_check(L)) > 0);
+  return 1;
+}
+
 static const luaL_Reg call_methods[] = {
   {"call", l_call},
   {"pipeline", l_pipeline},
   {"call_blocking", l_call_blocking},
+  {"send_held", l_send_held},
+  {"recv_held", l_recv_held},
+  {"held", l_held},
   {NULL, NULL}
 };
 
