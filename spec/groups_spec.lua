@@ -354,6 +354,18 @@ describe("redis groups", function()
     -- a held call the server ends by its own timeout: its nil
     g:send_held(0.05, { "BLPOP", "hl", "0.05" })
     assert.same({ false }, g:recv_held())
+    -- queued: not sent until the next ordinary command is
+    local other = short(30)
+    g:queue_held(5, { "RPUSH", "hq", "1" })
+    assert.is_true(g:held())
+    assert.equal(0, other:call("LLEN", "hq"))
+    assert.equal("PONG", g:call("PING"))
+    assert.same({ 1 }, g:recv_held(10))
+    assert.equal(1, other:call("LLEN", "hq"))
+    -- or by recv_held, when no ordinary command came first
+    g:queue_held(0.05, { "BLPOP", "hl", "0.05" })
+    assert.is_nil(g:recv_held(0))
+    assert.same({ false }, g:recv_held())
     assert.same({ 1 }, (g:call_blocking(1, { "RPUSH", "hl", "x" })))
   end)
 

@@ -292,7 +292,7 @@ function QueuePool:submit(fn, ...)
   end
   local packed = pack_fn(fn, {}, self.envindex)
   -- a failure here is the server's: _send or the next wait reports it
-  if not self.g:held() then pcall(self._hold_receive, self) end
+  if not self.g:held() then pcall(self._hold_receive, self, nil, true) end
   return self:_submit_packed(packed, pack(...))
 end
 
@@ -397,14 +397,17 @@ end
 
 -- Sends the wait for replies (BLPOP, held by the server up to wait s,
 -- and an LPOP of the rest in the same write) without reading its answer:
--- _receive reads it. submit sends it before it waits for its XADD's
--- reply, so that a result pushed in the meantime is answered at once and
--- waits for this process in its socket, not for a BLPOP this process
--- would send only once it has read the XADD's reply.
-function QueuePool:_hold_receive(wait)
+-- _receive reads it. submit has it sent right after its XADD, before it
+-- waits for the XADD's reply (later = true), so that a result pushed in
+-- the meantime is answered at once and waits for this process in its
+-- socket, not for a BLPOP this process would send only once it has read
+-- the XADD's reply.
+function QueuePool:_hold_receive(wait, later)
   wait = wait or WAIT_SLICE
   -- Redis reads a BLPOP timeout that rounds to 0 ms as "for ever"
-  self.g:send_held(wait, { "BLPOP", self.reply_key, ("%.3f"):format(wait) },
+  local g = self.g
+  local send = later and g.queue_held or g.send_held
+  send(g, wait, { "BLPOP", self.reply_key, ("%.3f"):format(wait) },
     { "LPOP", self.reply_key, 1000 })
 end
 

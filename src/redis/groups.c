@@ -24,8 +24,12 @@ struct ps_rgroups {
   int wake_fd;
   unsigned long connects;
   size_t held_n;             /* replies of a held call sent, not yet read */
+  int held_queued;           /* ... built in blk's buffer, not yet sent */
+  double held_wait;          /* the wait it asks of the server */
   double held_until;         /* then the server is late: 0 no limit */
 };
+
+static int flush_held(ps_rgroups *g, ps_berr *err);
 
 static const ps_rlimits default_limits = {(size_t)1 << 30, 4u << 20, 8};
 
@@ -168,6 +172,12 @@ static int once(ps_rgroups *g, ps_rconn *c, size_t n, const ps_rcmd *cmds,
   build(c, n, cmds);
   code = ps_rconn_send(c, err);
   if (code) return code;
+  if (c == &g->cmd && g->held_queued) {
+    /* right after these commands, not before them; a failure is the
+       held call's, seen when its replies are asked for */
+    ps_berr held_err = {0, ""};
+    flush_held(g, &held_err);
+  }
   if (wait_s >= 0) ps_rconn_allow_wait(c, wait_s);
   for (size_t i = 0; i < npre; i++) {
     /* waited for in poll too (below): the server answers a prompt
@@ -241,8 +251,8 @@ int ps_rg_call_blocking(ps_rgroups *g, size_t n, const ps_rcmd *cmds,
 
 /* ---- a held call across calls ---------------------------------------------- */
 
-int ps_rg_send_held(ps_rgroups *g, size_t n, const ps_rcmd *cmds,
-                    double wait_s, ps_berr *err) {
+int ps_rg_queue_held(ps_rgroups *g, size_t n, const ps_rcmd *cmds,
+                     double wait_s, ps_berr *err) {
   ps_rconn *c = &g->blk;
   if (g->held_n)
     return ps_berr_set(err, PS_BCONFIG, "redis %s: a held call is already "
@@ -250,18 +260,34 @@ int ps_rg_send_held(ps_rgroups *g, size_t n, const ps_rcmd *cmds,
   if (!ps_rconn_owned(c)) g->connects++;
   ps_rconn_begin_call(c);
   int code = ps_rconn_ensure(c, err);
-  if (code == PS_BOK) {
-    build(c, n, cmds);
-    code = ps_rconn_send(c, err);
-  }
   if (code != PS_BOK) {
     ps_rconn_settle(c);
     return code;
   }
+  build(c, n, cmds);
   g->held_n = n;
-  g->held_until = c->timeout > 0 ? mono() + (wait_s > 0 ? wait_s : 0) +
-                                   c->timeout : 0;
+  g->held_queued = 1;
+  g->held_wait = wait_s > 0 ? wait_s : 0;
   return PS_BOK;
+}
+
+static int flush_held(ps_rgroups *g, ps_berr *err) {
+  ps_rconn *c = &g->blk;
+  g->held_queued = 0;
+  int code = ps_rconn_send(c, err);
+  if (code != PS_BOK) {
+    ps_rconn_settle(c);
+    g->held_n = 0;
+    return code;
+  }
+  g->held_until = c->timeout > 0 ? mono() + g->held_wait + c->timeout : 0;
+  return PS_BOK;
+}
+
+int ps_rg_send_held(ps_rgroups *g, size_t n, const ps_rcmd *cmds,
+                    double wait_s, ps_berr *err) {
+  int code = ps_rg_queue_held(g, n, cmds, wait_s, err);
+  return code == PS_BOK ? flush_held(g, err) : code;
 }
 
 size_t ps_rg_held(const ps_rgroups *g) {
@@ -277,6 +303,10 @@ int ps_rg_recv_held(ps_rgroups *g, double wait_s, ps_rvalue *out, int *ready,
     return ps_berr_set(err, PS_BCONFIG, "redis %s: no held call was sent",
                        c->addr);
   memset(out, 0, n * sizeof *out);
+  if (g->held_queued) {
+    int code = flush_held(g, err);
+    if (code) return code;
+  }
   if (c->rpos == c->rlen) {
     double left = g->held_until > 0 ? g->held_until - mono() : -1;
     double w = wait_s < 0 ? left : (left >= 0 && left < wait_s ? left : wait_s);

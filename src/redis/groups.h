@@ -372,6 +372,11 @@ int ps_rg_call_blocking(ps_rgroups *g, size_t n, const ps_rcmd *cmds,
  */
 int ps_rg_send_held(ps_rgroups *g, size_t n, const ps_rcmd *cmds,
                     double wait_s, ps_berr *err);
+/* ps_rg_send_held, the commands sent right after the next command on the
+   ordinary connection (or by ps_rg_recv_held, if none is sent first): a
+   pool's BLPOP goes just after its XADD, not before it. */
+int ps_rg_queue_held(ps_rgroups *g, size_t n, const ps_rcmd *cmds,
+                     double wait_s, ps_berr *err);
 int ps_rg_recv_held(ps_rgroups *g, double wait_s, ps_rvalue *out, int *ready,
                     ps_berr *err);
 size_t ps_rg_held(const ps_rgroups *g);

@@ -7,6 +7,9 @@
  *   g:pipeline({cmd...}, ...)              -> replies, one round trip
  *   g:call_blocking(wait, {cmd...}, ...)   -> replies, woken
  *   g:send_held(wait, {cmd...}, ...)       sends a held call, returns at once
+ *   g:queue_held(wait, {cmd...}, ...)      the same, sent right after the
+ *                                          next command of g:call, g:add...
+ *                                          (or by g:recv_held)
  *   g:recv_held([wait])                    -> its replies, or nil when none
  *                                          came within wait s (then it stays
  *                                          held); wait nil: until they come
@@ -190,7 +193,9 @@ static int l_send_held(lua_State *L) {
   int anchor = lua_gettop(L);
   ps_rcmd *cmds = ps_rgl_check_cmds(L, 3, last, anchor);
   ps_berr err = {0, ""};
-  if (ps_rg_send_held(g, (size_t)(last - 2), cmds, wait, &err))
+  int later = lua_toboolean(L, lua_upvalueindex(1));
+  if ((later ? ps_rg_queue_held : ps_rg_send_held)(g, (size_t)(last - 2),
+                                                   cmds, wait, &err))
     return ps_rgl_raise(L, g, &err);
   return 0;
 }
@@ -231,4 +236,7 @@ static const luaL_Reg call_methods[] = {
 
 void ps_rgl_call_methods(lua_State *L) {
   luaL_setfuncs(L, call_methods, 0);
+  lua_pushboolean(L, 1);
+  lua_pushcclosure(L, l_send_held, 1);
+  lua_setfield(L, -2, "queue_held");
 }
