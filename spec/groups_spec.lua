@@ -371,8 +371,13 @@ describe("redis groups", function()
 
   it("fails a held call on a server that stops answering, and goes on", function()
     local h = short(1)
+    -- the blocking connection open: the send below needs no server
+    assert.same({ "PONG" }, eventually(function()
+      h:send_held(0.1, { "PING" })
+      return h:recv_held()
+    end))
+    srv:pause()   -- before the send: the server cannot answer it in time
     h:send_held(0.1, { "BLPOP", "hl2", "0.1" })
-    srv:pause()
     local ok, err = pcall(h.recv_held, h, 5)
     srv:resume()
     assert.is_false(ok)
