@@ -110,6 +110,16 @@ describe("hostile peers", function()
       first = wire.eval(g, "finish", { keys.stream, doneC, wire.reply_key(keys, "poolC") },
         { wire.GROUP, 60000, bitC, "", "resultC" })
       assert.same({ -1 }, first)
+      -- the one-result script (a worker reading tasks one at a time) too
+      for _, name in ipairs { "finish", "finish1" } do
+        local id = g:add(keys.stream, { { "x", name } })[1]
+        g:read_group(keys.stream, wire.GROUP, "w", ">", 10)
+        first = wire.eval(g, name, { keys.stream, doneA, replyA },
+          { wire.GROUP, 60000, bitA, id, "resultA" })
+        assert.same({ -1 }, first)
+        assert.equal("not a list", g:call("GET", replyA))
+        assert.equal(0, (g:pending_summary(keys.stream, wire.GROUP)))
+      end
     end)
   end)
 

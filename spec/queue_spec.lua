@@ -34,6 +34,44 @@ describe("queue pool", function()
   end)
 
   describe("with worker processes started from the shell", function()
+    it("loses no reply to the wait submit sends early, whatever times out", function()
+      workers.start(srv, { queue = "early", secret = SECRET })
+      local pool = fx:pool { name = "early" }
+      finally(function() pool:close { timeout = 60 } end)
+      -- submit sends the wait for replies before its XADD's reply is read
+      local f = pool:submit(handshake, srv.port, "early")
+      assert.is_true(pool.g:held())
+      local pid = fx:started("early")
+      for _ = 1, 3 do   -- waits that end before the reply: it stays sent
+        local ok, err = pcall(f.result, f, 0.01)
+        assert.is_false(ok)
+        assert.equal("timeout", err.kind)
+        assert.is_false(f:done())
+      end
+      local g2 = pool:submit(function() return "quick" end)
+      fx:go("early", pid)
+      assert.equal(pid, f:result(60))
+      assert.equal("quick", g2:result(60))
+      assert.same({ 1, 2, n = 2 }, pool:map(function(x) return x end, { 1, 2 }))
+      assert.equal(pool:metrics().submitted, pool:metrics().done)
+    end)
+
+    it("stores results when the server forgot its scripts (SCRIPT FLUSH)", function()
+      local w = workers.start(srv, { queue = "noscript", secret = SECRET })
+      local pool = fx:pool { name = "noscript", visibility = 600 }
+      finally(function() pool:close { timeout = 60 } end)
+      assert.equal(1, pool:submit(function() return 1 end):result(60))
+      -- the worker sends its next result with its next read, by the
+      -- script's sha: the server answers NOSCRIPT, the worker loads it
+      -- again, and the task is not left to the visibility (600 s)
+      g:call("SCRIPT", "FLUSH")
+      assert.equal(2, pool:submit(function() return 2 end):result(60))
+      g:call("SCRIPT", "FLUSH")
+      assert.same({ 3, 4, n = 2 }, pool:map(function(x) return x end, { 3, 4 }))
+      assert.equal(0, pool:metrics().reclaimed)
+      assert.is_truthy(w)
+    end)
+
     it("runs tasks and maps in order, results and errors as the local pool's", function()
       local w = workers.start(srv, { queue = "basic", secret = SECRET })
       local pool = fx:pool { name = "basic" }

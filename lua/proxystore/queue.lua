@@ -46,6 +46,7 @@ local DEFAULT_THRESHOLD = 64 * 1024
 local OUTBOX = 512          -- tasks XADDed per round trip by map
 local WAIT_SLICE = 2        -- s a BLPOP holds before the pool looks around
 local ALIVE_TTL = 86400     -- s the pool's "alive" key lives unrefreshed
+local REAP_EVERY = 0.05     -- s between looks for local workers that died
 
 local QueuePool = {}
 QueuePool.__index = QueuePool
@@ -132,6 +133,7 @@ function M.new(opts)
     progress = opts.progress ~= false, keys = keys, id = id,
     reply_key = wire.reply_key(keys, id), alive_key = wire.alive_key(keys, id),
     tasks = {}, nextid = 0, owner = core.pool_getpid(), closed = false,
+    next_reap = 0,
     envindex = { [_G] = 1 },   -- any _ENV becomes the worker's _G
     stats = { submitted = 0, done = 0, failed = 0, reclaimed = 0,
               proxied_args = 0, proxied_results = 0, refused = 0,
@@ -288,7 +290,10 @@ function QueuePool:submit(fn, ...)
   if type(fn) ~= "function" then
     error("bad argument #1 to 'submit' (function expected, got " .. type(fn) .. ")", 2)
   end
-  return self:_submit_packed(pack_fn(fn, {}, self.envindex), pack(...))
+  local packed = pack_fn(fn, {}, self.envindex)
+  -- a failure here is the server's: _send or the next wait reports it
+  if not self.g:held() then pcall(self._hold_receive, self, nil, true) end
+  return self:_submit_packed(packed, pack(...))
 end
 
 ---------------------------------------------------------------------------
@@ -401,19 +406,47 @@ function QueuePool:_popped(r)
   return r
 end
 
+-- Sends the wait for replies (BLPOP, held by the server up to wait s,
+-- and an LPOP of the rest in the same write) without reading its answer:
+-- _receive reads it. submit has it sent right after its XADD, before it
+-- waits for the XADD's reply (later = true), so that a result pushed in
+-- the meantime is answered at once and waits for this process in its
+-- socket, not for a BLPOP this process would send only once it has read
+-- the XADD's reply.
+function QueuePool:_hold_receive(wait, later)
+  wait = wait or WAIT_SLICE
+  -- Redis reads a BLPOP timeout that rounds to 0 ms as "for ever"
+  local g = self.g
+  local send = later and g.queue_held or g.send_held
+  send(g, wait, { "BLPOP", self.reply_key, ("%.3f"):format(wait) },
+    { "LPOP", self.reply_key, 1000 })
+end
+
+-- The replies of a BLPOP and an LPOP (rs), added to replies; an error
+-- reply raises (pool:_popped).
+function QueuePool:_add_replies(replies, rs)
+  local b, l = self:_popped(rs[1]), self:_popped(rs[2])
+  if b then replies[#replies + 1] = b[2] end
+  for _, v in ipairs(l or {}) do replies[#replies + 1] = v end
+end
+
 function QueuePool:_receive(timeout)
-  local replies
+  local replies = {}
+  local g = self.g
   if timeout == 0 then
-    replies = self:_popped(self.g:pipeline({ "LPOP", self.reply_key, 1000 })[1]) or {}
+    if g:held() then
+      local rs = g:recv_held(0)
+      if rs then self:_add_replies(replies, rs) end
+    end
+    for _, v in ipairs(self:_popped(g:pipeline({ "LPOP", self.reply_key, 1000 })[1]) or {}) do
+      replies[#replies + 1] = v
+    end
   else
     local wait = math.max(math.min(timeout or WAIT_SLICE, WAIT_SLICE), 0.002)
-    -- Redis reads a BLPOP timeout that rounds to 0 ms as "for ever"
-    local rs = self.g:call_blocking(wait, { "BLPOP", self.reply_key,
-      ("%.3f"):format(wait) }, { "LPOP", self.reply_key, 1000 })
-    if rs then self:_popped(rs[1]); self:_popped(rs[2]) end
-    replies = {}
-    if rs[1] then replies[1] = rs[1][2] end
-    for _, v in ipairs(rs[2] or {}) do replies[#replies + 1] = v end
+    if not g:held() then self:_hold_receive(wait) end
+    -- nothing within wait: the wait stays held, read by a later step
+    local rs = g:recv_held(wait)
+    if rs then self:_add_replies(replies, rs) end
   end
   for _, s in ipairs(replies) do self:_on_reply(s) end
 end
@@ -437,7 +470,12 @@ end
 -- handles them.
 function QueuePool:_step(timeout)
   if self.closed then return end
-  if self.h then self:_reap() end
+  -- looking for dead local workers costs a system call: not once per
+  -- reply (a task's round trip is a few of them), a few times a second
+  if self.h and now() >= self.next_reap then
+    self.next_reap = now() + REAP_EVERY
+    self:_reap()
+  end
   local ok, err = pcall(self._receive, self, timeout)
   if not ok then
     local kind = type(err) == "table" and err.kind

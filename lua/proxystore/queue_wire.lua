@@ -266,6 +266,31 @@ end
 if #ids > 0 then redis.call('XACK', stream, group, unpack(ids)) end
 return first
 ]==],
+  -- finish for one result, the common case of tasks read one at a time:
+  -- the same effect (keys of another type checked first, -1), without
+  -- the batch's tables and loops (server time
+  -- measured on one loaded VM: 13 us a call against the batch script's
+  -- 17 for one result).
+  -- KEYS: stream, done bitmap, reply key; ARGV: group, ttl (ms), task
+  -- number, entry id, reply.
+  finish1 = [==[
+local function fits(key, want)
+  local t = redis.call('TYPE', key).ok
+  return t == 'none' or t == want
+end
+if not (fits(KEYS[2], 'string') and fits(KEYS[3], 'list')) then
+  if ARGV[4] ~= '' then redis.call('XACK', KEYS[1], ARGV[1], ARGV[4]) end
+  return {-1}
+end
+local old = redis.call('BITFIELD', KEYS[2], 'SET', 'u1', ARGV[3], 1)[1]
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+if old == 0 then
+  redis.call('RPUSH', KEYS[3], ARGV[5])
+  redis.call('PEXPIRE', KEYS[3], ARGV[2])
+end
+if ARGV[4] ~= '' then redis.call('XACK', KEYS[1], ARGV[1], ARGV[4]) end
+return {1 - old}
+]==],
   -- Gives back entries a stopping worker took but will not run: each one
   -- still this consumer's goes to the end of the stream as a new entry
   -- (not a delivery), the old one acknowledged and deleted.
@@ -287,6 +312,21 @@ return n
 }
 
 local shas = {}   -- per process; a restarted server forgets them
+
+-- The EVALSHA command of script name with keys and args, to send with
+-- another command in one write; nil until this process has loaded the
+-- script (then M.eval). A NOSCRIPT reply to it (M.noscript) means: M.eval.
+function M.evalsha(name, keys, args)
+  if not shas[name] then return nil end
+  local cmd = { "EVALSHA", shas[name], #keys }
+  for i = 1, #keys do cmd[#cmd + 1] = keys[i] end
+  for i = 1, #args do cmd[#cmd + 1] = args[i] end
+  return cmd
+end
+
+function M.noscript(r)
+  return core.is_error(r) and tostring(r.redis):match("^NOSCRIPT") ~= nil
+end
 
 -- Runs script name with keys and args (lists) through g; returns its
 -- reply. EVALSHA, loading the script when the server does not have it.

@@ -16,7 +16,8 @@
 -- The loop reads tasks with XREADGROUP (held, so an idle worker costs the
 -- server nothing), runs them, and stores each result with the "finish"
 -- script (first stored result wins, pushed to the submitter's reply list,
--- entry acknowledged) in one round trip per batch. A thread touches the
+-- entry acknowledged) once per batch, sent in one write with the next
+-- read (its reply read before that read is waited for). A thread touches the
 -- entries being run (proxystore.core.queue_heartbeat). Between reads it
 -- claims entries idle past the queue's visibility (XAUTOCLAIM): their
 -- worker died or went silent. A task delivered more than its max_attempts
@@ -245,9 +246,9 @@ end
 ---------------------------------------------------------------------------
 -- Batches
 
--- Stores the results of items (one round trip), first result winning.
-function Worker:flush(items)
-  if #items == 0 then return end
+-- The finish script that stores the results of items: its name, keys
+-- and arguments.
+function Worker:finish_script(items)
   local keys, args = { self.keys.stream }, { wire.GROUP, wire.DONE_TTL_MS }
   for _, it in ipairs(items) do
     local done, field = wire.done_key(self.keys, it.t)
@@ -257,7 +258,26 @@ function Worker:flush(items)
     args[#args + 1] = it.id
     args[#args + 1] = wire.seal_reply(self.secret, it.blob)
   end
-  local first = wire.eval(self.g, "finish", keys, args)
+  return #items == 1 and "finish1" or "finish", keys, args
+end
+
+-- Stores the results of items (one round trip), first result winning.
+function Worker:flush(items)
+  if not items or #items == 0 then return end
+  local name, keys, args = self:finish_script(items)
+  self:settle(items, wire.eval(self.g, name, keys, args))
+end
+
+-- The results of the last batch, when they wait to go with the next read.
+function Worker:flush_held()
+  local items = self.unflushed
+  self.unflushed = nil
+  self:flush(items)
+end
+
+-- After the finish script: first[i] is 1 where item i's result was the
+-- task's first.
+function Worker:settle(items, first)
   for i, it in ipairs(items) do
     if first[i] == -1 then
       self.log(("task '%s' (entry %s): its result cannot be stored, a key " ..
@@ -353,7 +373,14 @@ function Worker:run_batch(entries)
       last = now()
     end
   end
-  self:flush(items)
+  if self.stopping or self.interrupted then
+    self:flush(items)
+  else
+    -- stored by the script sent in one write with the next read (cycle):
+    -- a task's round trip then waits for no second write and no second
+    -- wake-up of the server, and the read is there before the next task
+    self.unflushed = items
+  end
   for _, id in ipairs(self.hb:release() or {}) do
     self.log(("entry %s was claimed by another worker while this one ran " ..
       "it (silent for longer than the visibility?); the first result " ..
@@ -424,11 +451,32 @@ end
 -- The loop
 
 function Worker:cycle()
-  if now() >= self.next_tick then self:tick() end
-  if self.stopping or self.interrupted then return end
+  if now() >= self.next_tick then
+    self:flush_held()
+    self:tick()
+  end
+  if self.stopping or self.interrupted then return self:flush_held() end
   local block = math.max(0.001, self.next_tick - now())
-  local entries, woken = self.g:read_group(self.keys.stream, wire.GROUP,
-    self.me, ">", self.count, block)
+  -- the last batch's results go in the same write as the read
+  local items, pre, name, keys, args = self.unflushed, nil, nil, nil, nil
+  self.unflushed = nil
+  if items and #items > 0 then
+    name, keys, args = self:finish_script(items)
+    pre = wire.evalsha(name, keys, args)
+    if not pre then   -- the first time: the script is loaded
+      self:settle(items, wire.eval(self.g, name, keys, args))
+    end
+  end
+  local entries, woken, first = self.g:read_group(self.keys.stream, wire.GROUP,
+    self.me, ">", self.count, block, pre)
+  if pre then
+    -- an error other than NOSCRIPT (the server forgot its scripts) leaves
+    -- these results unstored and the entries just read pending: they run
+    -- again on a worker that claims them after the visibility
+    if wire.noscript(first) then first = wire.eval(self.g, name, keys, args) end
+    if core.is_error(first) then error(first, 0) end
+    self:settle(items, first)
+  end
   if woken then
     self.stopping = true
   elseif #entries > 0 then
@@ -446,7 +494,9 @@ function Worker:run()
     self.vis, self.secret:fingerprint()))
   local down_since
   while not (self.stopping or self.interrupted) do
-    if self.stop_reason() or self.g:woken() then break end
+    -- (a wake is seen by the read itself, which waits on the wake fd
+    -- too: no look at it here, one system call a task fewer)
+    if self.stop_reason() then break end
     local ok, err = pcall(self.cycle, self)
     if ok then
       if down_since then
@@ -483,6 +533,7 @@ function Worker:close()
   if self.closed then return self.closed end
   self.closed = self.interrupted and "interrupted" or "stopped"
   pcall(function()
+    self:flush_held()   -- finished tasks are stored, not handed back
     local mine = self.g:pending(self.keys.stream, wire.GROUP,
       { consumer = self.me, count = 1000 })
     local ids = {}

@@ -106,6 +106,20 @@ int main(int argc, char **argv) {
   check(code == PS_BOK && woken == 1 && es.n == 0 && now() - t0 < 5,
         "a 10 s held read ends at once when woken", &err);
   ps_rentries_free(&es);
+  /* a command sent with the read: its reply is read before the wait, so
+     a wake loses it not (a worker's results go with its next read) */
+  const char *push1[] = {"RPUSH", "pre:list", "x"};
+  ps_rcmd pre = {3, push1, NULL};
+  ps_rvalue pv;
+  t0 = now();
+  code = ps_rg_read_group_after(g, &pre, &pv, "t", "grp", "c1", ">", 1, 10000,
+                                &es, &woken, &err);
+  check(code == PS_BOK && woken == 1 && es.n == 0 && pv.type == PS_R_INT &&
+        pv.n == 1 && now() - t0 < 5,
+        "a woken read still gives the reply of the command sent with it",
+        &err);
+  ps_rvalue_free(&pv);
+  ps_rentries_free(&es);
   check(ps_rg_sleep(g, 10) == 1 && now() - t0 < 5, "so does a sleep", NULL);
   /* drained: the next held read waits its BLOCK out */
   char c;
@@ -139,6 +153,26 @@ int main(int argc, char **argv) {
   ps_rg_set_wake_fd(g, -1);
   close(pfd[0]);
   close(pfd[1]);
+
+  /* an error reply to the command sent first is given, not raised: the
+     read goes on */
+  ps_rnew one[] = {{1, f1}};
+  char id3[1][PS_RID_MAX];
+  check(ps_rg_add(g, "t", NULL, 1, one, id3, &err) == PS_BOK, "add one", &err);
+  ps_rcmd badpre = {3, (const char *[]){"XADD", "t", "notanid"}, NULL};
+  code = ps_rg_read_group_after(g, &badpre, &pv, "t", "grp", "c1", ">", 1,
+                                1000, &es, &woken, &err);
+  check(code == PS_BOK && woken == 0 && pv.type == PS_R_ERROR && es.n == 1 &&
+        !strcmp(es.e[0].id, id3[0]),
+        "an error reply to the command sent first, and the entry read", &err);
+  ps_rvalue_free(&pv);
+  ps_rentries_free(&es);
+  code = ps_rg_read_group_after(g, &pre, &pv, "t", "grp", "c1", ">", 1, 100,
+                                &es, &woken, &err);
+  check(code == PS_BOK && woken == 0 && pv.type == PS_R_INT && pv.n == 2 &&
+        es.n == 0, "nothing to read: the command's reply all the same", &err);
+  ps_rvalue_free(&pv);
+  ps_rentries_free(&es);
 
   /* trimming and errors */
   long long removed = -1;

@@ -36,6 +36,7 @@
 
 typedef struct heartbeat {
   pid_t owner;               /* 0: not running */
+  unsigned forks;            /* forks_seen when it started */
   pthread_t thread;
   pthread_mutex_t mu;
   pthread_cond_t cv;
@@ -50,6 +51,14 @@ typedef struct heartbeat {
   char *lost[MAXLOST];
   size_t nlost;
 } heartbeat;
+
+/* Forks this process has seen (bumped in the child by pthread_atfork):
+   hold and release run once per task, and telling whether the thread is
+   this process's by it costs no getpid() system call. */
+static unsigned forks_seen;
+static pthread_once_t forks_once = PTHREAD_ONCE_INIT;
+static void forked_child(void) { forks_seen++; }
+static void watch_forks(void) { pthread_atfork(NULL, NULL, forked_child); }
 
 static void free_ids(char **ids, size_t n) {
   for (size_t i = 0; i < n; i++) free(ids[i]);
@@ -167,6 +176,7 @@ static int l_new(lua_State *L) {
   cfg.username = opt_string(L, 1, "username");
   cfg.password = opt_string(L, 1, "password");
 
+  pthread_once(&forks_once, watch_forks);
   heartbeat *h = lua_newuserdatauv(L, sizeof *h, 0);
   memset(h, 0, sizeof *h);
   luaL_setmetatable(L, HEARTBEAT_MT);
@@ -206,12 +216,13 @@ static int l_new(lua_State *L) {
     return ps_error_raise(L, PS_EPOOL, NULL, "heartbeat: cannot start a thread");
   }
   h->owner = getpid();
+  h->forks = forks_seen;
   return 1;
 }
 
 static heartbeat *check_running(lua_State *L) {
   heartbeat *h = check_hb(L);
-  if (h->owner != getpid())
+  if (h->owner == 0 || h->forks != forks_seen)
     ps_error_raise(L, PS_ECLOSED, NULL, "heartbeat is closed");
   return h;
 }

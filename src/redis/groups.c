@@ -23,7 +23,13 @@ struct ps_rgroups {
   ps_rlimits lim;
   int wake_fd;
   unsigned long connects;
+  size_t held_n;             /* replies of a held call sent, not yet read */
+  int held_queued;           /* ... built in blk's buffer, not yet sent */
+  double held_wait;          /* the wait it asks of the server */
+  double held_until;         /* then the server is late: 0 no limit */
 };
+
+static int flush_held(ps_rgroups *g, ps_berr *err);
 
 static const ps_rlimits default_limits = {(size_t)1 << 30, 4u << 20, 8};
 
@@ -152,19 +158,35 @@ static void build(ps_rconn *c, size_t n, const ps_rcmd *cmds) {
 }
 
 /*
- * Sends n commands on c and reads their n replies. wait_s >= 0: the
- * first reply may be held that long by the server (and a wake fd may cut
- * the wait short).
+ * Sends n commands on c and reads their n replies. wait_s >= 0: reply
+ * npre (the first after npre prompt ones) may be held that long by the
+ * server (and a wake fd may cut the wait short; the prompt replies are
+ * read first, so a wake never loses them).
  */
 static int once(ps_rgroups *g, ps_rconn *c, size_t n, const ps_rcmd *cmds,
-                double wait_s, ps_rvalue *out, int *woken, ps_berr *err) {
+                size_t npre, double wait_s, ps_rvalue *out, int *woken,
+                ps_berr *err) {
   if (!ps_rconn_owned(c)) g->connects++;
   int code = ps_rconn_ensure(c, err);
   if (code) return code;
   build(c, n, cmds);
   code = ps_rconn_send(c, err);
   if (code) return code;
+  if (c == &g->cmd && g->held_queued) {
+    /* right after these commands, not before them; a failure is the
+       held call's, seen when its replies are asked for */
+    ps_berr held_err = {0, ""};
+    flush_held(g, &held_err);
+  }
   if (wait_s >= 0) ps_rconn_allow_wait(c, wait_s);
+  for (size_t i = 0; i < npre; i++) {
+    /* waited for in poll too (below): the server answers a prompt
+       command after a wake-up of its own, not within a spin */
+    if (c->rpos == c->rlen)
+      wait_wake(-1, c->fd, c->timeout > 0 ? wait_s + c->timeout : -1);
+    code = ps_rconn_read_value(c, &out[i], &g->lim, err);
+    if (code) return code;
+  }
   /* The first byte is waited for in poll, not spun for first as the
    * store's replies are (spin.h): a held read's reply is rarely
    * microseconds away, and the replies to XADD or a finishing script are
@@ -181,7 +203,7 @@ static int once(ps_rgroups *g, ps_rconn *c, size_t n, const ps_rcmd *cmds,
     if (woken) *woken = 1;
     return PS_BOK;
   }
-  for (size_t i = 0; i < n; i++) {
+  for (size_t i = npre; i < n; i++) {
     code = ps_rconn_read_value(c, &out[i], &g->lim, err);
     if (code) return code;
   }
@@ -195,16 +217,21 @@ static void free_values(size_t n, ps_rvalue *out) {
 /* once(), settled, and repeated on a fresh connection when one that had
    served before turns out dead (the server restarted). */
 static int roundtrip(ps_rgroups *g, ps_rconn *c, size_t n, const ps_rcmd *cmds,
-                     double wait_s, ps_rvalue *out, int *woken, ps_berr *err) {
+                     size_t npre, double wait_s, ps_rvalue *out, int *woken,
+                     ps_berr *err) {
   memset(out, 0, n * sizeof *out);
   if (woken) *woken = 0;
+  if (c == &g->blk && g->held_n)   /* its replies would be read as ours */
+    return ps_berr_set(err, PS_BCONFIG, "redis %s: a held call's replies are "
+                       "still to be read (ps_rg_recv_held)", c->addr);
   ps_rconn_begin_call(c);
   int reused = ps_rconn_owned(c);
-  int code = once(g, c, n, cmds, wait_s, out, woken, err);
+  int code = once(g, c, n, cmds, npre, wait_s, out, woken, err);
   ps_rconn_settle(c);
   if (code == PS_BCONN && reused && c->fd < 0) {
     free_values(n, out);
-    code = once(g, c, n, cmds, wait_s, out, woken, err);
+    memset(out, 0, n * sizeof *out);
+    code = once(g, c, n, cmds, npre, wait_s, out, woken, err);
     ps_rconn_settle(c);
   }
   return code;
@@ -212,14 +239,99 @@ static int roundtrip(ps_rgroups *g, ps_rconn *c, size_t n, const ps_rcmd *cmds,
 
 int ps_rg_call(ps_rgroups *g, size_t n, const ps_rcmd *cmds, ps_rvalue *out,
                ps_berr *err) {
-  return roundtrip(g, &g->cmd, n, cmds, -1, out, NULL, err);
+  return roundtrip(g, &g->cmd, n, cmds, 0, -1, out, NULL, err);
 }
 
 int ps_rg_call_blocking(ps_rgroups *g, size_t n, const ps_rcmd *cmds,
                         double wait_s, ps_rvalue *out, int *woken,
                         ps_berr *err) {
-  return roundtrip(g, &g->blk, n, cmds, wait_s < 0 ? 0 : wait_s, out, woken,
-                   err);
+  return roundtrip(g, &g->blk, n, cmds, 0, wait_s < 0 ? 0 : wait_s, out,
+                   woken, err);
+}
+
+/* ---- a held call across calls ---------------------------------------------- */
+
+int ps_rg_queue_held(ps_rgroups *g, size_t n, const ps_rcmd *cmds,
+                     double wait_s, ps_berr *err) {
+  ps_rconn *c = &g->blk;
+  if (g->held_n)
+    return ps_berr_set(err, PS_BCONFIG, "redis %s: a held call is already "
+                       "sent", c->addr);
+  if (!ps_rconn_owned(c)) g->connects++;
+  ps_rconn_begin_call(c);
+  int code = ps_rconn_ensure(c, err);
+  if (code != PS_BOK) {
+    ps_rconn_settle(c);
+    return code;
+  }
+  build(c, n, cmds);
+  g->held_n = n;
+  g->held_queued = 1;
+  g->held_wait = wait_s > 0 ? wait_s : 0;
+  return PS_BOK;
+}
+
+static int flush_held(ps_rgroups *g, ps_berr *err) {
+  ps_rconn *c = &g->blk;
+  g->held_queued = 0;
+  int code = ps_rconn_send(c, err);
+  if (code != PS_BOK) {
+    ps_rconn_settle(c);
+    g->held_n = 0;
+    return code;
+  }
+  g->held_until = c->timeout > 0 ? mono() + g->held_wait + c->timeout : 0;
+  return PS_BOK;
+}
+
+int ps_rg_send_held(ps_rgroups *g, size_t n, const ps_rcmd *cmds,
+                    double wait_s, ps_berr *err) {
+  int code = ps_rg_queue_held(g, n, cmds, wait_s, err);
+  return code == PS_BOK ? flush_held(g, err) : code;
+}
+
+size_t ps_rg_held(const ps_rgroups *g) {
+  return g->held_n;
+}
+
+int ps_rg_recv_held(ps_rgroups *g, double wait_s, ps_rvalue *out, int *ready,
+                    ps_berr *err) {
+  ps_rconn *c = &g->blk;
+  size_t n = g->held_n;
+  *ready = 0;
+  if (n == 0)
+    return ps_berr_set(err, PS_BCONFIG, "redis %s: no held call was sent",
+                       c->addr);
+  memset(out, 0, n * sizeof *out);
+  if (g->held_queued) {
+    int code = flush_held(g, err);
+    if (code) return code;
+  }
+  if (c->rpos == c->rlen) {
+    double left = g->held_until > 0 ? g->held_until - mono() : -1;
+    double w = wait_s < 0 ? left : (left >= 0 && left < wait_s ? left : wait_s);
+    struct pollfd p = {.fd = c->fd, .events = POLLIN};
+    int r;
+    do {
+      r = poll(&p, 1, w < 0 ? -1 : (int)(w * 1000) + (w > 0));
+    } while (r < 0 && errno == EINTR);
+    if (r == 0) {
+      if (g->held_until == 0 || mono() < g->held_until) return PS_BOK;
+      ps_rconn_drop(c);
+      g->held_n = 0;
+      return ps_berr_set(err, PS_BTIMEOUT, "redis %s: timed out waiting for "
+                         "a reply", c->addr);
+    }
+  }
+  /* it has begun to answer: the rest within the connection's timeout */
+  ps_rconn_begin_call(c);
+  int code = PS_BOK;
+  for (size_t i = 0; i < n && code == PS_BOK; i++)
+    code = ps_rconn_read_value(c, &out[i], &g->lim, err);
+  ps_rconn_settle(c);
+  g->held_n = 0;
+  if (code == PS_BOK) *ready = 1;
+  return code;
 }
 
 /* ---- replies ------------------------------------------------------------ */
@@ -521,16 +633,17 @@ int ps_rg_length(ps_rgroups *g, const char *stream, long long *len,
 /* ---- reading -------------------------------------------------------------- */
 
 /*
- * A read (XREAD or XREADGROUP, the whole command in argv); the reply
+ * Sends argv (an XREAD or XREADGROUP) and parses its reply into out:
  * [[stream, entries]] or nil goes into out. pre (may be NULL): a command
- * sent first in the same round trip (an XACK), whose integer reply goes
- * to *pre_n (may be NULL); an error reply to it fails the call.
+ * sent first in the same round trip, whose reply goes to *pre_out (the
+ * caller frees it) whatever it is, even when the read was woken.
  */
 static int read_stream_after(ps_rgroups *g, const ps_rcmd *pre,
-                             long long *pre_n, const char **argv, size_t argc,
-                             long block_ms, ps_rentries *out, int *woken,
-                             ps_berr *err) {
+                             ps_rvalue *pre_out, const char **argv,
+                             size_t argc, long block_ms, ps_rentries *out,
+                             int *woken, ps_berr *err) {
   memset(out, 0, sizeof *out);
+  if (pre_out) memset(pre_out, 0, sizeof *pre_out);
   if (woken) *woken = 0;
   ps_rcmd c[2];
   size_t n = 0;
@@ -538,23 +651,24 @@ static int read_stream_after(ps_rgroups *g, const ps_rcmd *pre,
   c[n++] = (ps_rcmd){argc, argv, NULL};
   ps_rvalue r[2];
   int code = block_ms >= 0
-    ? roundtrip(g, &g->blk, n, c, (double)block_ms / 1000, r, woken, err)
-    : roundtrip(g, &g->cmd, n, c, -1, r, NULL, err);
-  if (code == PS_BOK && woken && *woken) {
+    ? roundtrip(g, &g->blk, n, c, n - 1, (double)block_ms / 1000, r, woken,
+                err)
+    : roundtrip(g, &g->cmd, n, c, 0, -1, r, NULL, err);
+  if (code != PS_BOK) {
     free_values(n, r);
-    return PS_BOK;
+    return code;
   }
-  if (code == PS_BOK && pre) {
-    if (r[0].type == PS_R_ERROR)
-      code = reply_error(g, &r[0], pre->argv[0], err);
-    else if (pre_n)
-      *pre_n = int_of(&r[0], 0);
+  if (pre) {
+    if (pre_out) *pre_out = r[0];
+    else ps_rvalue_free(&r[0]);
   }
   ps_rvalue v = r[n - 1];
-  if (pre) ps_rvalue_free(&r[0]);
-  if (code == PS_BOK && v.type == PS_R_ERROR)
+  if (woken && *woken) {
+    ps_rvalue_free(&v);
+    return PS_BOK;
+  }
+  if (v.type == PS_R_ERROR) {
     code = reply_error(g, &v, argv[0], err);
-  if (code != PS_BOK) {
     ps_rvalue_free(&v);
     return code;
   }
@@ -581,6 +695,15 @@ int ps_rg_read_group(ps_rgroups *g, const char *stream, const char *group,
                      const char *consumer, const char *from, long count,
                      long block_ms, ps_rentries *out, int *woken,
                      ps_berr *err) {
+  return ps_rg_read_group_after(g, NULL, NULL, stream, group, consumer, from,
+                                count, block_ms, out, woken, err);
+}
+
+int ps_rg_read_group_after(ps_rgroups *g, const ps_rcmd *pre,
+                           ps_rvalue *pre_out, const char *stream,
+                           const char *group, const char *consumer,
+                           const char *from, long count, long block_ms,
+                           ps_rentries *out, int *woken, ps_berr *err) {
   char cnt[24], blk[24];
   snprintf(cnt, sizeof cnt, "%ld", count < 1 ? 1 : count);
   snprintf(blk, sizeof blk, "%ld", block_ms < 1 ? 1 : block_ms);
@@ -588,7 +711,8 @@ int ps_rg_read_group(ps_rgroups *g, const char *stream, const char *group,
   size_t argc = 6;
   if (block_ms >= 0) argv[argc++] = "BLOCK", argv[argc++] = blk;
   argv[argc++] = "STREAMS", argv[argc++] = stream, argv[argc++] = from;
-  return read_stream(g, argv, argc, block_ms, out, woken, err);
+  return read_stream_after(g, pre, pre_out, argv, argc, block_ms, out, woken,
+                           err);
 }
 
 int ps_rg_read(ps_rgroups *g, const char *stream, const char *from,
@@ -662,16 +786,18 @@ int ps_rg_ack_read_group(ps_rgroups *g, const char *stream, const char *group,
   ack[0] = "XACK", ack[1] = stream, ack[2] = group;
   memcpy(ack + 3, ack_ids, nack * sizeof *ack);
   ps_rcmd pre = {3 + nack, ack, NULL};
-  char cnt[24], blk[24];
-  snprintf(cnt, sizeof cnt, "%ld", count < 1 ? 1 : count);
-  snprintf(blk, sizeof blk, "%ld", block_ms < 1 ? 1 : block_ms);
-  const char *argv[12] = {"XREADGROUP", "GROUP", group, consumer, "COUNT", cnt};
-  size_t argc = 6;
-  if (block_ms >= 0) argv[argc++] = "BLOCK", argv[argc++] = blk;
-  argv[argc++] = "STREAMS", argv[argc++] = stream, argv[argc++] = from;
-  int code = read_stream_after(g, &pre, acked, argv, argc, block_ms, out,
-                               woken, err);
+  ps_rvalue a;
+  int code = ps_rg_read_group_after(g, &pre, &a, stream, group, consumer,
+                                    from, count, block_ms, out, woken, err);
   free(ack);
+  if (code == PS_BOK && a.type == PS_R_ERROR) {
+    code = reply_error(g, &a, "XACK", err);
+    ps_rentries_free(out);
+    memset(out, 0, sizeof *out);
+  } else if (code == PS_BOK && acked) {
+    *acked = int_of(&a, 0);
+  }
+  ps_rvalue_free(&a);
   return code;
 }
 

@@ -218,6 +218,19 @@ int ps_rg_read_group(ps_rgroups *g, const char *stream, const char *group,
                      long block_ms, ps_rentries *out, int *woken,
                      ps_berr *err);
 /*
+ * ps_rg_read_group with the command pre sent first in the same round
+ * trip (a queue worker's "store these results" script): its reply goes to
+ * *pre_out whatever it is (an error reply too; the caller frees it), even
+ * when the read was woken, since it is read before the held read is
+ * waited for. A worker that answers as it asks for more pays one write
+ * and one server wake-up, not two.
+ */
+int ps_rg_read_group_after(ps_rgroups *g, const ps_rcmd *pre,
+                           ps_rvalue *pre_out, const char *stream,
+                           const char *group, const char *consumer,
+                           const char *from, long count, long block_ms,
+                           ps_rentries *out, int *woken, ps_berr *err);
+/*
  * XREAD COUNT count [BLOCK block_ms] STREAMS stream from, outside any
  * group (every reader sees every entry): from "$" only entries added
  * after the call, "0" from the start, or an id: the entries after it.
@@ -343,5 +356,29 @@ int ps_rg_call(ps_rgroups *g, size_t n, const ps_rcmd *cmds, ps_rvalue *out,
 int ps_rg_call_blocking(ps_rgroups *g, size_t n, const ps_rcmd *cmds,
                         double wait_s, ps_rvalue *out, int *woken,
                         ps_berr *err);
+/*
+ * A held call whose replies are read later, by another call: a pool
+ * sends its BLPOP for replies before it waits for its XADD's reply, so a
+ * result pushed meanwhile is answered at once, whenever the pool reads
+ * it. ps_rg_send_held sends the n commands on the blocking connection
+ * (one held call at a time; until its replies are read, the connection
+ * serves nothing else: ps_rg_call_blocking and held reads fail with
+ * PS_BCONFIG). ps_rg_recv_held waits up to wait_s (< 0: no limit) for
+ * them: *ready 1 and the n replies in out, or *ready 0 when nothing came
+ * yet (the call stays held, for a later ps_rg_recv_held). A server
+ * silent past the call's wait_s plus the connection's timeout fails it
+ * with PS_BTIMEOUT; a failure drops the connection and ends the call.
+ * ps_rg_held: the number of replies held (0: none).
+ */
+int ps_rg_send_held(ps_rgroups *g, size_t n, const ps_rcmd *cmds,
+                    double wait_s, ps_berr *err);
+/* ps_rg_send_held, the commands sent right after the next command on the
+   ordinary connection (or by ps_rg_recv_held, if none is sent first): a
+   pool's BLPOP goes just after its XADD, not before it. */
+int ps_rg_queue_held(ps_rgroups *g, size_t n, const ps_rcmd *cmds,
+                     double wait_s, ps_berr *err);
+int ps_rg_recv_held(ps_rgroups *g, double wait_s, ps_rvalue *out, int *ready,
+                    ps_berr *err);
+size_t ps_rg_held(const ps_rgroups *g);
 
 #endif

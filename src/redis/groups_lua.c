@@ -14,7 +14,12 @@
  *       {minid = id}, with approx = true for "~"
  *   g:trim(stream, trim) -> removed   g:delete(stream, ids) -> deleted
  *   g:length(stream) -> n
- *   g:read_group(stream, group, consumer, from, count [, block]) -> entries, woken
+ *   g:read_group(stream, group, consumer, from, count [, block [, pre]])
+ *                        -> entries, woken [, pre's reply]
+ *                        pre: a command ({word, arg...}) sent first in the
+ *                        same write, its reply as g:call's (an error reply
+ *                        as an error object, not raised), read even when
+ *                        the read is woken
  *   g:read(stream, from, count [, block]) -> entries, woken
  *   g:range(stream, start, end, count) -> entries
  *   g:revrange(stream, end, start, count) -> entries, newest first
@@ -455,15 +460,28 @@ static int l_read_group(lua_State *L) {
   const char *from = luaL_checkstring(L, 5);
   long count = check_count(L, 6);
   long block = opt_block(L, 7);
+  const ps_rcmd *pre = NULL;
+  if (!lua_isnoneornil(L, 8)) {
+    lua_settop(L, 8);
+    lua_newtable(L);   /* 9: anchors */
+    pre = ps_rgl_check_cmds(L, 8, 8, 9);
+  }
   box *b = ps_rgl_push_box(L);
   ps_berr err = {0, ""};
   int woken = 0;
-  if (ps_rg_read_group(g, stream, group, consumer, from, count, block, &b->es,
-                       &woken, &err))
+  if (pre) {
+    b->vals = calloc(1, sizeof *b->vals);
+    if (b->vals == NULL) return ps_error_raise(L, PS_ESTORE, NULL, "out of memory");
+    b->nvals = 1;
+  }
+  if (ps_rg_read_group_after(g, pre, b->vals, stream, group, consumer, from,
+                             count, block, &b->es, &woken, &err))
     return ps_rgl_raise(L, g, &err);
   push_entries(L, &b->es, 0);
   lua_pushboolean(L, woken);
-  return 2;
+  if (!pre) return 2;
+  ps_rgl_push_reply(L, g, &b->vals[0]);
+  return 3;
 }
 
 static int l_read(lua_State *L) {

@@ -28,6 +28,13 @@ int ps_rgl_raise(lua_State *L, ps_rgroups *g, const ps_berr *err);
 /* The string or number on top as a command argument; a number's string is
    kept alive in the table at anchor. */
 const char *ps_rgl_arg_string(lua_State *L, int anchor, size_t *len);
+/* The commands in the lists at first..last ({word, arg, ...} each), in a
+   userdata pushed on the stack; number arguments' strings anchored in the
+   table at anchor. */
+ps_rcmd *ps_rgl_check_cmds(lua_State *L, int first, int last, int anchor);
+/* Pushes reply v as g:call gives it (an error reply as an error object,
+   not raised). */
+void ps_rgl_push_reply(lua_State *L, ps_rgroups *g, const ps_rvalue *v);
 /* Adds call, pipeline and call_blocking to the methods table on top. */
 void ps_rgl_call_methods(lua_State *L);
 

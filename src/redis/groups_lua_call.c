@@ -6,6 +6,14 @@
  *   g:call(cmd, ...)                       -> the reply (an error reply raises)
  *   g:pipeline({cmd...}, ...)              -> replies, one round trip
  *   g:call_blocking(wait, {cmd...}, ...)   -> replies, woken
+ *   g:send_held(wait, {cmd...}, ...)       sends a held call, returns at once
+ *   g:queue_held(wait, {cmd...}, ...)      the same, sent right after the
+ *                                          next command of g:call, g:add...
+ *                                          (or by g:recv_held)
+ *   g:recv_held([wait])                    -> its replies, or nil when none
+ *                                          came within wait s (then it stays
+ *                                          held); wait nil: until they come
+ *   g:held()                               -> whether a held call is sent
  *
  * Replies become Lua values as Redis' own scripting does: integers,
  * strings (status replies too), tables for arrays, false for nil inside an
@@ -73,8 +81,7 @@ static void push_value(lua_State *L, ps_rgroups *g, const ps_rvalue *v,
   }
 }
 
-/* Commands from the lists at first..last (each {word, arg, ...}). */
-static ps_rcmd *check_cmds(lua_State *L, int first, int last, int anchor) {
+ps_rcmd *ps_rgl_check_cmds(lua_State *L, int first, int last, int anchor) {
   size_t n = (size_t)(last - first + 1), total = 0;
   for (int i = first; i <= last; i++) {
     luaL_checktype(L, i, LUA_TTABLE);
@@ -114,7 +121,7 @@ static int l_call(lua_State *L) {
   lua_replace(L, 2);
   lua_settop(L, 2);
   lua_newtable(L);   /* 3: anchors */
-  ps_rcmd *cmds = check_cmds(L, 2, 2, 3);
+  ps_rcmd *cmds = ps_rgl_check_cmds(L, 2, 2, 3);
   box *b = ps_rgl_push_box(L);
   ps_rvalue *v = box_values(L, b, 1);
   ps_berr err = {0, ""};
@@ -122,6 +129,10 @@ static int l_call(lua_State *L) {
   push_value(L, g, v, 1);
   if (v->type == PS_R_ERROR) return lua_error(L);
   return 1;
+}
+
+void ps_rgl_push_reply(lua_State *L, ps_rgroups *g, const ps_rvalue *v) {
+  push_value(L, g, v, 1);
 }
 
 static void push_replies(lua_State *L, ps_rgroups *g, box *b) {
@@ -138,7 +149,7 @@ static int l_pipeline(lua_State *L) {
   luaL_argcheck(L, last >= 2, 2, "a command (table) expected");
   lua_newtable(L);
   int anchor = lua_gettop(L);
-  ps_rcmd *cmds = check_cmds(L, 2, last, anchor);
+  ps_rcmd *cmds = ps_rgl_check_cmds(L, 2, last, anchor);
   box *b = ps_rgl_push_box(L);
   ps_rvalue *v = box_values(L, b, (size_t)(last - 1));
   ps_berr err = {0, ""};
@@ -156,7 +167,7 @@ static int l_call_blocking(lua_State *L) {
   luaL_argcheck(L, last >= 3, 3, "a command (table) expected");
   lua_newtable(L);
   int anchor = lua_gettop(L);
-  ps_rcmd *cmds = check_cmds(L, 3, last, anchor);
+  ps_rcmd *cmds = ps_rgl_check_cmds(L, 3, last, anchor);
   box *b = ps_rgl_push_box(L);
   ps_rvalue *v = box_values(L, b, (size_t)(last - 2));
   ps_berr err = {0, ""};
@@ -172,13 +183,60 @@ static int l_call_blocking(lua_State *L) {
   return 2;
 }
 
+static int l_send_held(lua_State *L) {
+  ps_rgroups *g = ps_rgl_check(L);
+  double wait = luaL_checknumber(L, 2);
+  luaL_argcheck(L, wait >= 0 && wait <= 86400, 2, "wait must be in [0, 86400] s");
+  int last = lua_gettop(L);
+  luaL_argcheck(L, last >= 3, 3, "a command (table) expected");
+  lua_newtable(L);
+  int anchor = lua_gettop(L);
+  ps_rcmd *cmds = ps_rgl_check_cmds(L, 3, last, anchor);
+  ps_berr err = {0, ""};
+  int later = lua_toboolean(L, lua_upvalueindex(1));
+  if ((later ? ps_rg_queue_held : ps_rg_send_held)(g, (size_t)(last - 2),
+                                                   cmds, wait, &err))
+    return ps_rgl_raise(L, g, &err);
+  return 0;
+}
+
+static int l_recv_held(lua_State *L) {
+  ps_rgroups *g = ps_rgl_check(L);
+  double wait = luaL_optnumber(L, 2, -1);
+  size_t n = ps_rg_held(g);
+  if (n == 0) return luaL_error(L, "no held call was sent");
+  box *b = ps_rgl_push_box(L);
+  ps_rvalue *v = box_values(L, b, n);
+  ps_berr err = {0, ""};
+  int ready = 0;
+  if (ps_rg_recv_held(g, wait < 0 ? -1 : wait, v, &ready, &err))
+    return ps_rgl_raise(L, g, &err);
+  if (!ready) {
+    lua_pushnil(L);
+    return 1;
+  }
+  push_replies(L, g, b);
+  return 1;
+}
+
+static int l_held(lua_State *L) {
+  lua_pushboolean(L, ps_rg_held(ps_rgl_check(L)) > 0);
+  return 1;
+}
+
 static const luaL_Reg call_methods[] = {
   {"call", l_call},
   {"pipeline", l_pipeline},
   {"call_blocking", l_call_blocking},
+  {"send_held", l_send_held},
+  {"recv_held", l_recv_held},
+  {"held", l_held},
   {NULL, NULL}
 };
 
 void ps_rgl_call_methods(lua_State *L) {
   luaL_setfuncs(L, call_methods, 0);
+  lua_pushboolean(L, 1);
+  lua_pushcclosure(L, l_send_held, 1);
+  lua_setfield(L, -2, "queue_held");
 }
