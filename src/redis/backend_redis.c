@@ -280,16 +280,43 @@ void ps_redis_keep_first(int *first, ps_berr *err, int code,
 /* ---- put ---------------------------------------------------------------- */
 
 /* Queues GETRANGE (old header) + SET of a plain value; hdr must live on. */
-static void queue_put_plain(ps_redis *x, ps_key k, const char *data, size_t len,
-                            char *hdr) {
+/* Queues GETRANGE of the old header and the SET of hdr then the parts, laid
+ * end to end (len bytes in all), written from where they lie. */
+static void queue_put_parts(ps_redis *x, ps_key k, const ps_part *parts,
+                            size_t n, size_t len, const char *hdr) {
   ps_redis_queue_old_header(x, k);
   ps_rcmd_begin(x->c, 3);
   ps_rcmd_str(x->c, "SET");
   ps_redis_arg_key(x, k, NULL);
   ps_rcmd_bulk_begin(x->c, HDR_LEN + len);
   ps_rcmd_bulk_part(x->c, hdr, HDR_LEN);
-  ps_rcmd_bulk_part(x->c, data, len);
+  for (size_t i = 0; i < n; i++)
+    ps_rcmd_bulk_part(x->c, parts[i].data, parts[i].len);
   ps_rcmd_bulk_end(x->c);
+}
+
+static void queue_put_plain(ps_redis *x, ps_key k, const char *data, size_t len,
+                            char *hdr) {
+  ps_part one = {data, len};
+  queue_put_parts(x, k, &one, 1, len, hdr);
+}
+
+/* Sends a put of parts that fits one key, under version v, and reads its
+ * replies; the chunks of an old chunked value are deleted. */
+static int put_plain_parts(ps_redis *x, ps_key k, const ps_part *parts,
+                           size_t n, size_t len, const ps_version *v,
+                           ps_berr *err) {
+  char hdr[HDR_LEN];
+  hdr[0] = 'P';
+  memcpy(hdr + 1, v->bytes, PS_VERSION_LEN);
+  queue_put_parts(x, k, parts, n, len, hdr);
+  int code = ps_rconn_send(x->c, err);
+  ps_rchunks old;
+  int had = 0;
+  if (!code) code = ps_redis_read_old_header(x, &old, &had, err);
+  if (!code) code = ps_redis_expect_ok(x, k, err);
+  if (!code && had) code = ps_redis_del_chunks(x, k, &old, err);
+  return code;
 }
 
 static int put_once(void *ctx, ps_key k, const char *data, size_t len,
@@ -303,16 +330,8 @@ static int put_once(void *ctx, ps_key k, const char *data, size_t len,
   if (len > x->chunk) {
     code = ps_redis_put_chunked(x, k, data, len, &v, NULL, err);
   } else {
-    char hdr[HDR_LEN];
-    hdr[0] = 'P';
-    memcpy(hdr + 1, v.bytes, PS_VERSION_LEN);
-    queue_put_plain(x, k, data, len, hdr);
-    code = ps_rconn_send(x->c, err);
-    ps_rchunks old;
-    int had = 0;
-    if (!code) code = ps_redis_read_old_header(x, &old, &had, err);
-    if (!code) code = ps_redis_expect_ok(x, k, err);
-    if (!code && had) code = ps_redis_del_chunks(x, k, &old, err);
+    ps_part one = {data, len};
+    code = put_plain_parts(x, k, &one, 1, len, &v, err);
   }
   if (!code && vout) *vout = v;
   return code;
@@ -332,24 +351,7 @@ static int put_parts_once(ps_redis *x, ps_key k, const ps_part *parts,
     return ps_berr_set(err, PS_BIO, "redis: getrandom failed");
   int code = ps_redis_route(x, k, err);
   if (code) return code;
-  char hdr[HDR_LEN];
-  hdr[0] = 'P';
-  memcpy(hdr + 1, v.bytes, PS_VERSION_LEN);
-  ps_redis_queue_old_header(x, k);
-  ps_rcmd_begin(x->c, 3);
-  ps_rcmd_str(x->c, "SET");
-  ps_redis_arg_key(x, k, NULL);
-  ps_rcmd_bulk_begin(x->c, HDR_LEN + len);
-  ps_rcmd_bulk_part(x->c, hdr, HDR_LEN);
-  for (size_t i = 0; i < n; i++)
-    ps_rcmd_bulk_part(x->c, parts[i].data, parts[i].len);
-  ps_rcmd_bulk_end(x->c);
-  code = ps_rconn_send(x->c, err);
-  ps_rchunks old;
-  int had = 0;
-  if (!code) code = ps_redis_read_old_header(x, &old, &had, err);
-  if (!code) code = ps_redis_expect_ok(x, k, err);
-  if (!code && had) code = ps_redis_del_chunks(x, k, &old, err);
+  code = put_plain_parts(x, k, parts, n, len, &v, err);
   if (!code && vout) *vout = v;
   return code;
 }
