@@ -1,9 +1,12 @@
 /*
  * key.c: random store keys.
  *
- * 128 bits from xoshiro256** seeded by getrandom(2). The state is per
- * thread, and a fork bumps a generation counter so that a child reseeds
- * instead of repeating its parent's keys.
+ * 128 bits from xoshiro256** seeded by getrandom(2). One state for the
+ * process, under a lock (a key costs a few ns; threads rarely make keys at
+ * once), and a fork bumps a generation counter so that a child reseeds
+ * instead of repeating its parent's keys. Not thread-local: the module is
+ * dlopen'ed, and its dynamic TLS made LeakSanitizer's exit scan crash in
+ * child processes of the sanitized specs.
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -16,15 +19,25 @@
 
 static atomic_uint fork_generation;
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+static pthread_mutex_t rng_mu = PTHREAD_MUTEX_INITIALIZER;
 
-static _Thread_local struct {
+static struct {
   uint64_t s[4];
   unsigned generation;
   int seeded;
 } rng;
 
-static void on_fork_child(void) { atomic_fetch_add(&fork_generation, 1); }
-static void register_atfork(void) { pthread_atfork(NULL, NULL, on_fork_child); }
+/* A fork waits for a key being made; the child, whose one thread took the
+ * lock, releases it and reseeds at its first key. */
+static void before_fork(void) { pthread_mutex_lock(&rng_mu); }
+static void after_fork_parent(void) { pthread_mutex_unlock(&rng_mu); }
+static void after_fork_child(void) {
+  atomic_fetch_add(&fork_generation, 1);
+  pthread_mutex_unlock(&rng_mu);
+}
+static void register_atfork(void) {
+  pthread_atfork(before_fork, after_fork_parent, after_fork_child);
+}
 
 static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
@@ -65,12 +78,14 @@ static void seed(void) {
 void ps_key_random(char out[33]) {
   static const char hex[] = "0123456789abcdef";
   pthread_once(&atfork_once, register_atfork);
+  pthread_mutex_lock(&rng_mu);
   unsigned gen = atomic_load(&fork_generation);
   if (!rng.seeded || rng.generation != gen) {
     seed();
     rng.generation = gen;
   }
   uint64_t w[2] = {next(), next()};
+  pthread_mutex_unlock(&rng_mu);
   for (int i = 0; i < 2; i++)
     for (int j = 0; j < 16; j++)
       out[i * 16 + j] = hex[(w[i] >> (60 - 4 * j)) & 0xf];
