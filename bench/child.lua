@@ -1,0 +1,14 @@
+-- bench/child.lua: runs one benchmark module in this fresh lua5.4 process
+-- and prints its rows tab-separated for bench/run.lua (as the binary's
+-- sections print them with --rows), so that no section runs in a process
+-- that earlier sections have filled.
+--
+--   lua5.4 bench/child.lua bench/<section>.lua
+local path = assert(arg[1], "usage: lua5.4 bench/child.lua bench/<section>.lua")
+local bench = dofile(path)
+bench(function(section, name, ns, spread, base, ratio)
+  print(table.concat({ section, name, ("%.0f"):format(ns),
+    spread and ("%.1f"):format(spread) or "", base or "",
+    ratio and ("%.4f"):format(ratio) or "" }, "\t"))
+  io.stdout:flush()
+end)
