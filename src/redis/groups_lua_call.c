@@ -159,20 +159,29 @@ static int l_pipeline(lua_State *L) {
   return 1;
 }
 
-static int l_call_blocking(lua_State *L) {
-  ps_rgroups *g = ps_rgl_check(L);
-  double wait = luaL_checknumber(L, 2);
-  luaL_argcheck(L, wait >= 0 && wait <= 86400, 2, "wait must be in [0, 86400] s");
+/* The arguments of a call the server may hold: (self, wait, cmd, ...):
+ * the wait, and the commands (how many in *n), anchored on the stack. */
+static ps_rcmd *check_held_args(lua_State *L, double *wait, size_t *n) {
+  *wait = luaL_checknumber(L, 2);
+  luaL_argcheck(L, *wait >= 0 && *wait <= 86400, 2, "wait must be in [0, 86400] s");
   int last = lua_gettop(L);
   luaL_argcheck(L, last >= 3, 3, "a command (table) expected");
   lua_newtable(L);
   int anchor = lua_gettop(L);
-  ps_rcmd *cmds = ps_rgl_check_cmds(L, 3, last, anchor);
+  *n = (size_t)(last - 2);
+  return ps_rgl_check_cmds(L, 3, last, anchor);
+}
+
+static int l_call_blocking(lua_State *L) {
+  ps_rgroups *g = ps_rgl_check(L);
+  double wait;
+  size_t n;
+  ps_rcmd *cmds = check_held_args(L, &wait, &n);
   box *b = ps_rgl_push_box(L);
-  ps_rvalue *v = box_values(L, b, (size_t)(last - 2));
+  ps_rvalue *v = box_values(L, b, n);
   ps_berr err = {0, ""};
   int woken = 0;
-  if (ps_rg_call_blocking(g, (size_t)(last - 2), cmds, wait, v, &woken, &err))
+  if (ps_rg_call_blocking(g, n, cmds, wait, v, &woken, &err))
     return ps_rgl_raise(L, g, &err);
   if (woken) {
     lua_pushnil(L);
@@ -185,17 +194,12 @@ static int l_call_blocking(lua_State *L) {
 
 static int l_send_held(lua_State *L) {
   ps_rgroups *g = ps_rgl_check(L);
-  double wait = luaL_checknumber(L, 2);
-  luaL_argcheck(L, wait >= 0 && wait <= 86400, 2, "wait must be in [0, 86400] s");
-  int last = lua_gettop(L);
-  luaL_argcheck(L, last >= 3, 3, "a command (table) expected");
-  lua_newtable(L);
-  int anchor = lua_gettop(L);
-  ps_rcmd *cmds = ps_rgl_check_cmds(L, 3, last, anchor);
+  double wait;
+  size_t n;
+  ps_rcmd *cmds = check_held_args(L, &wait, &n);
   ps_berr err = {0, ""};
   int later = lua_toboolean(L, lua_upvalueindex(1));
-  if ((later ? ps_rg_queue_held : ps_rg_send_held)(g, (size_t)(last - 2),
-                                                   cmds, wait, &err))
+  if ((later ? ps_rg_queue_held : ps_rg_send_held)(g, n, cmds, wait, &err))
     return ps_rgl_raise(L, g, &err);
   return 0;
 }
