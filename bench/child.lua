@@ -6,9 +6,5 @@
 --   lua5.4 bench/child.lua bench/<section>.lua
 local path = assert(arg[1], "usage: lua5.4 bench/child.lua bench/<section>.lua")
 local bench = dofile(path)
-bench(function(section, name, ns, spread, base, ratio)
-  print(table.concat({ section, name, ("%.0f"):format(ns),
-    spread and ("%.1f"):format(spread) or "", base or "",
-    ratio and ("%.4f"):format(ratio) or "" }, "\t"))
-  io.stdout:flush()
-end)
+local stats = dofile((debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") or "./") .. "stats.lua")
+bench(stats.print_row)

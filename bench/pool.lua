@@ -193,12 +193,7 @@ return (function(b)
     local runs = tonumber(arg and arg[rows and 2 or 1])
     if runs then RUNS = runs end
     if rows then
-      b(function(section, name, ns, spread, base, ratio)
-        print(table.concat({ section, name, ("%.0f"):format(ns),
-          spread and ("%.1f"):format(spread) or "", base or "",
-          ratio and ("%.4f"):format(ratio) or "" }, "\t"))
-        io.stdout:flush()
-      end)
+      b(stats.print_row)
       return b
     end
     print("| section | case | median | spread % | baseline | ratio |")

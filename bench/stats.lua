@@ -28,4 +28,13 @@ function M.time(runs, fn)
   return M.median_spread(times)
 end
 
+-- A report function for a section run in a child process: one row a line,
+-- tab-separated, as bench/run.lua reads them.
+function M.print_row(section, name, ns, spread, base, ratio)
+  print(table.concat({ section, name, ("%.0f"):format(ns),
+    spread and ("%.1f"):format(spread) or "", base or "",
+    ratio and ("%.4f"):format(ratio) or "" }, "\t"))
+  io.stdout:flush()
+end
+
 return M

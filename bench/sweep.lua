@@ -237,12 +237,7 @@ return (function(b)
     max = max and max * MiB
     local lines = {}
     if rows then
-      b(function(section, name, ns, spread, base, ratio)
-        print(table.concat({ section, name, ("%.0f"):format(ns),
-          spread and ("%.1f"):format(spread) or "", base or "",
-          ratio and ("%.4f"):format(ratio) or "" }, "\t"))
-        io.stdout:flush()
-      end, function(line) print(line) end, max)
+      b(stats.print_row, function(line) print(line) end, max)
       return b
     end
     b(function(section, name, ns, spread, base, ratio)
