@@ -562,6 +562,42 @@ describe("file stores shared between processes", function()
     s:close()
   end)
 
+  it("keep at most cache_bytes of objects cached, the least recent dropped first, the last always", function()
+    local s = ps.init_store("file", { name = unique("bytes"), dir = tmp .. "/bytes",
+                                      cache_bytes = 250 * 1024 })
+    finally(function() s:close() end)
+    assert.are.equal(250 * 1024, s:config().cache_bytes)
+    local k = {}
+    for i = 1, 3 do k[i] = s:put(("x"):rep(100 * 1024) .. i) end
+    for i = 1, 3 do s:get(k[i]) end
+    local c = s:metrics().cache
+    assert.are.equal(2, c.size)                 -- three of ~100 KiB do not fit
+    assert.is_true(c.bytes > 200 * 1024 and c.bytes <= 250 * 1024, tostring(c.bytes))
+    local hits = c.hits
+    assert.are.equal(("x"):rep(100 * 1024) .. "3", s:get(k[3]))
+    assert.are.equal(hits + 1, s:metrics().cache.hits)
+    assert.are.equal(("x"):rep(100 * 1024) .. "1", s:get(k[1]))   -- dropped: read again
+    assert.are.equal(hits + 1, s:metrics().cache.hits)
+    -- one object larger than the bound is kept while it is the last one
+    local big = s:put(("y"):rep(400 * 1024))
+    s:get(big)
+    c = s:metrics().cache
+    assert.are.equal(1, c.size)
+    assert.is_true(c.bytes > 400 * 1024, tostring(c.bytes))
+    s:get(big)
+    assert.are.equal(c.hits + 1, s:metrics().cache.hits)
+    s:evict(big)
+    assert.are.same({ 0, 0 }, { s:metrics().cache.size, s:metrics().cache.bytes })
+    -- without the option the bound is 32 MiB, and not part of the config
+    local d = ps.init_store("file", { name = unique("bytes-default"), dir = tmp .. "/bytes" })
+    finally(function() d:close() end)
+    assert.is_nil(d:config().cache_bytes)
+    local k16 = {}
+    for i = 1, 3 do k16[i] = d:put(("z"):rep(12 * 1024 * 1024) .. i) end
+    for i = 1, 3 do d:get(k16[i]) end
+    assert.are.equal(2, d:metrics().cache.size)  -- 3 x 12 MiB > 32 MiB
+  end)
+
   it("serve strict proxies the bytes another process rewrote, even at the same size", function()
     local dir = tmp .. "/strict"
     local s = ps.init_store("file", { name = unique("strict"), dir = dir, cache_size = 8 })

@@ -180,6 +180,8 @@ describe("the store registry", function()
       {"nosuchkind", nil},
       {"local", {cache_size = -1}},
       {"local", {cache_size = "big"}},
+      {"local", {cache_bytes = -1}},
+      {"local", {cache_bytes = 1.5}},
       {"local", {bogus = 1}},
       {"local", {serializer = "xml"}},
       {"local", {serializer = function() end}},

@@ -25,7 +25,7 @@ end
 
 -- Options each kind accepts (besides the common ones), with their types.
 local COMMON = {
-  name = "string", kind = "string", cache_size = "number",
+  name = "string", kind = "string", cache_size = "number", cache_bytes = "number",
   serializer = "string|function", deserializer = "function",
   instance = "string",
 }
@@ -135,6 +135,7 @@ local function normalize(kind, opts)
   if cfg.name == "" then config_error("store name must not be empty") end
   if cfg.cache_size == nil then cfg.cache_size = cache_size_default() end
   integer_option(cfg, "cache_size", 0)
+  integer_option(cfg, "cache_bytes", 0)
 
   local ser, deser = cfg.serializer, cfg.deserializer
   cfg.deserializer = nil

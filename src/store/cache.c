@@ -22,9 +22,10 @@ static void link_front(ps_cache *c, ps_cache_node *n) {
   c->head.next = n;
 }
 
-void ps_cache_init(ps_cache *c, size_t capacity) {
+void ps_cache_init(ps_cache *c, size_t capacity, size_t max_bytes) {
   memset(c, 0, sizeof *c);
   c->capacity = capacity;
+  c->max_bytes = max_bytes;
   c->head.next = c->head.prev = &c->head;
 }
 
@@ -36,7 +37,7 @@ void ps_cache_free(ps_cache *c) {
     n = next;
   }
   free(c->buckets);
-  ps_cache_init(c, c->capacity);
+  ps_cache_init(c, c->capacity, c->max_bytes);
 }
 
 static ps_cache_node **slot_of(ps_cache *c, const char *key, size_t len,
@@ -77,11 +78,14 @@ static int grow(ps_cache *c) {
   return 0;
 }
 
-ps_cache_node *ps_cache_put(ps_cache *c, const char *key, size_t len) {
+ps_cache_node *ps_cache_put(ps_cache *c, const char *key, size_t len,
+                            size_t bytes) {
   if (c->capacity == 0) return NULL;
   ps_cache_node *n = ps_cache_find(c, key, len);
   if (n) {
     n->has_version = 0;
+    c->bytes = c->bytes - n->bytes + bytes;
+    n->bytes = bytes;
     return n;
   }
   if (c->count + 1 > c->nbuckets && grow(c) != 0) return NULL;
@@ -90,6 +94,8 @@ ps_cache_node *ps_cache_put(ps_cache *c, const char *key, size_t len) {
   memset(n, 0, sizeof *n);
   memcpy(n->key, key, len);
   n->keylen = len;
+  n->bytes = bytes;
+  c->bytes += bytes;
   n->hash = hash_key(key, len);
   ps_cache_node **s = &c->buckets[n->hash & (c->nbuckets - 1)];
   n->chain = *s;
@@ -104,10 +110,12 @@ static void detach(ps_cache *c, ps_cache_node *n) {
   *s = n->chain;
   unlink_lru(n);
   c->count--;
+  c->bytes -= n->bytes;
 }
 
 ps_cache_node *ps_cache_pop_excess(ps_cache *c) {
-  if (c->count <= c->capacity) return NULL;
+  if (c->count <= c->capacity && (c->bytes <= c->max_bytes || c->count < 2))
+    return NULL;
   ps_cache_node *n = c->head.prev;
   detach(c, n);
   return n;

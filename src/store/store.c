@@ -153,8 +153,9 @@ void ps_store_cache_drop(lua_State *L, int sidx, ps_store *s,
 
 /* Caches the value on top of the stack under key (leaves it there). */
 void ps_store_cache_add(lua_State *L, int sidx, ps_store *s,
-                        const char *key, size_t klen, const ps_version *ver) {
-  ps_cache_node *n = ps_cache_put(&s->cache, key, klen);
+                        const char *key, size_t klen, const ps_version *ver,
+                        size_t bytes) {
+  ps_cache_node *n = ps_cache_put(&s->cache, key, klen, bytes);
   if (n == NULL) return;
   if (ver) {
     n->version = *ver;
@@ -535,7 +536,7 @@ int ps_store_do_get_wait(lua_State *L, int sidx, ps_store *s, int kidx,
   ps_blob_release(&bs->b[0]);
   ps_store_check_open(L, sidx);   /* a user deserializer may have closed it */
   lua_remove(L, -2);   /* the blob box */
-  if (cached) ps_store_cache_add(L, sidx, s, key, klen, &ver);
+  if (cached) ps_store_cache_add(L, sidx, s, key, klen, &ver, len);
   ps_store_record(s, OP_GET, t0, len);
   return 1;
 }

@@ -78,8 +78,9 @@ int ps_store_raise_backend_at(lua_State *L, int sidx, const ps_berr *err,
                               const char *addr);
 void ps_store_cache_drop(lua_State *L, int sidx, ps_store *s, const char *key,
                          size_t klen);
+/* Caches the value on top of the stack (an object of bytes stored bytes). */
 void ps_store_cache_add(lua_State *L, int sidx, ps_store *s, const char *key,
-                        size_t klen, const ps_version *ver);
+                        size_t klen, const ps_version *ver, size_t bytes);
 void ps_store_do_put(lua_State *L, int sidx, ps_store *s, int obj, int kidx,
                      int ser);
 /* Puts the bytes of b (an envelope and its payload, as ps_envelope_serialize

@@ -137,11 +137,12 @@ int ps_store_get_batch(lua_State *L) {
     for (lua_Integer i = 0; i < n; i++) {
       s->misses++;
       if (codes[i] != PS_BOK) continue;
-      total += bs->b[i].len;
+      size_t len = bs->b[i].len;
+      total += len;
       ps_envelope_deserialize_blob(L, 1, &bs->b[i], 0);
       ps_blob_release(&bs->b[i]);
       ps_store_check_open(L, 1);   /* a user deserializer may close it */
-      ps_store_cache_add(L, 1, s, keys[i].data, keys[i].len, &vers[i]);
+      ps_store_cache_add(L, 1, s, keys[i].data, keys[i].len, &vers[i], len);
       lua_rawseti(L, 4, i + 1);
     }
     ps_store_record(s, OP_GET, t0, total);

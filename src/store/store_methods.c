@@ -223,13 +223,15 @@ static int store_metrics(lua_State *L) {
     lua_setfield(L, -2, "time_max");
     lua_setfield(L, -2, op_names[i]);
   }
-  lua_createtable(L, 0, 3);
+  lua_createtable(L, 0, 4);
   lua_pushinteger(L, s->hits);
   lua_setfield(L, -2, "hits");
   lua_pushinteger(L, s->misses);
   lua_setfield(L, -2, "misses");
   lua_pushinteger(L, (lua_Integer)s->cache.count);
   lua_setfield(L, -2, "size");
+  lua_pushinteger(L, (lua_Integer)s->cache.bytes);
+  lua_setfield(L, -2, "bytes");
   lua_setfield(L, -2, "cache");
   return 1;
 }

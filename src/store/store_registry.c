@@ -324,10 +324,12 @@ static int l_new_store(lua_State *L) {
     return ps_error_raise(L, PS_ECONFIG, NULL, "unknown store kind '%s'",
                           kind);
   lua_Integer cache_size = cfg_int(L, 1, "cache_size", 16, 0, LUA_MAXINTEGER);
+  lua_Integer cache_bytes = cfg_int(L, 1, "cache_bytes", PS_CACHE_BYTES, 0,
+                                    LUA_MAXINTEGER);
 
   ps_store *s = lua_newuserdatauv(L, sizeof *s, UV_N);   /* 4 */
   memset(s, 0, sizeof *s);
-  ps_cache_init(&s->cache, (size_t)cache_size);
+  ps_cache_init(&s->cache, (size_t)cache_size, (size_t)cache_bytes);
   luaL_setmetatable(L, STORE_MT);
   copy_table(L, 1);
   lua_setiuservalue(L, 4, UV_CONFIG);
