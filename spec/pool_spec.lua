@@ -209,6 +209,22 @@ describe("ps.pool", function()
     assert.equal(2, pool:submit(function() return 2 end):result())
   end)
 
+  it("collects a task's large garbage once its reply is sent, not at the next task", function()
+    local one = ps.pool { workers = 1, progress = false }
+    finally(function() one:close() end)
+    local function heap() return collectgarbage("count") end
+    local base = one:submit(heap):result()
+    -- 8 MiB of garbage once the task returns: nothing allocates after it,
+    -- so left to its pace the collector would not free it before the next
+    -- task
+    assert.equal(8 * 1024 * 1024 + 1, one:submit(function()
+      local s = ("x"):rep(8 * 1024 * 1024) .. "y"
+      return #s
+    end):result())
+    local after = one:submit(heap):result()
+    assert.is_true(after - base < 1024, ("heap grew by %.0f KiB"):format(after - base))
+  end)
+
   it("keeps a task's proxystore error as an error object, quoted once with the task's line", function()
     local f = pool:submit(function()
       local s = require("proxystore").init_store("local", { name = "in-task" })

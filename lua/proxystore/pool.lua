@@ -662,19 +662,46 @@ local function send_reply(chan, store, threshold, shm, id, ok, res)
   chan:send({ id, false, info })
 end
 
+-- Runs the next task and sends its reply; false once the parent is done.
+local function serve_one(chan, store, threshold, envs, shm)
+  local msg = chan:recv()
+  if msg == nil then return false end
+  local ok, res = xpcall(run_task, task_traceback, msg, envs, store)
+  if not ok and type(res) ~= "table" then
+    -- xpcall calls no handler for a memory error: res is its message
+    res = { message = tostring(res), traceback = "" }
+  end
+  io.stdout:flush()   -- what the task printed goes out before its result
+  send_reply(chan, store, threshold, shm, msg[1], ok, res)
+  return true
+end
+
+-- A task that grew the worker's heap by at least this many KiB has its
+-- garbage collected once its reply is sent, while the worker waits for
+-- work: the memory of its large values (an argument, a resolved proxy, the
+-- copy a result was sent from) is then free, and paged in, for the next
+-- task's. Left to the collector's pace it is often still held when the
+-- next task allocates, which then takes fresh pages, each faulted in
+-- (10 MiB: 25-45 ms on these VMs, a copy into warm memory 1-3 ms;
+-- docs/performance.md). What a collection costs follows the number of
+-- objects, not their bytes, so the worker times it: while the last one
+-- took more than a quarter of the task's own time (a large heap of small
+-- objects inherited from the parent), it leaves the collector to its pace.
+local COLLECT_MIN_KB = 1024
+
 local function make_worker(store, threshold, envs, shm)
   return function(chan)
     os.exit = core.pool_exit   -- a worker's exit skips the parent's atexit
+    local now, gc_took = core.monotonic, 0
     while true do
-      local msg = chan:recv()
-      if msg == nil then break end
-      local ok, res = xpcall(run_task, task_traceback, msg, envs, store)
-      if not ok and type(res) ~= "table" then
-        -- xpcall calls no handler for a memory error: res is its message
-        res = { message = tostring(res), traceback = "" }
+      local before, t0 = collectgarbage("count"), now()
+      if not serve_one(chan, store, threshold, envs, shm) then break end
+      local t1 = now()
+      if collectgarbage("count") - before >= COLLECT_MIN_KB and
+         gc_took <= (t1 - t0) / 4 then
+        collectgarbage()
+        gc_took = now() - t1
       end
-      io.stdout:flush()   -- what the task printed goes out before its result
-      send_reply(chan, store, threshold, shm, msg[1], ok, res)
     end
   end
 end
