@@ -155,16 +155,26 @@ void ps_store_cache_drop(lua_State *L, int sidx, ps_store *s,
 void ps_store_cache_add(lua_State *L, int sidx, ps_store *s,
                         const char *key, size_t klen, const ps_version *ver,
                         size_t bytes) {
+  if (s->cache.capacity == 0) return;
+  /* The value first: a memory error raised here leaves no node that a
+     later resolve would take for a cached value. */
+  lua_getiuservalue(L, sidx, UV_CACHE);
+  lua_pushlstring(L, key, klen);
+  lua_pushvalue(L, -1);
+  lua_pushvalue(L, -4);
+  lua_rawset(L, -4);
   ps_cache_node *n = ps_cache_put(&s->cache, key, klen, bytes);
-  if (n == NULL) return;
+  if (n == NULL) {   /* out of memory: the value goes too */
+    lua_pushnil(L);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+    return;
+  }
+  lua_pop(L, 1);
   if (ver) {
     n->version = *ver;
     n->has_version = 1;
   }
-  lua_getiuservalue(L, sidx, UV_CACHE);
-  lua_pushlstring(L, key, klen);
-  lua_pushvalue(L, -3);
-  lua_rawset(L, -3);
   ps_cache_node *old;
   while ((old = ps_cache_pop_excess(&s->cache)) != NULL) {
     lua_pushlstring(L, old->key, old->keylen);
