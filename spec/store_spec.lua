@@ -259,6 +259,11 @@ describe("ProxyStore's init_*_backend API", function()
     err = perr(ps.init_local_backend, {serializer = "json"})
     assert.are.equal("config", err.kind)
     assert.are.equal(store, ps.get_store("local"))
+    -- cache_bytes left out means its default, given or not
+    assert.are.equal(store, ps.init_local_backend({cache_size = 4,
+      cache_bytes = require("proxystore.core").cache_bytes_default}))
+    err = perr(ps.init_local_backend, {cache_size = 4, cache_bytes = 1024})
+    assert.matches("cache_bytes", tostring(err))
   end)
 
   it("init_local_backend tells custom serializer pairs apart", function()

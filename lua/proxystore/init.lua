@@ -242,10 +242,15 @@ local function same_value(x, y)
   return x == y
 end
 
+-- Options a config may leave out, and what it then means.
+local IMPLIED = { cache_bytes = core.cache_bytes_default }
+
 local function differing_option(a, b)
   for _, pair in ipairs { { a, b }, { b, a } } do
     for k, v in pairs(pair[1]) do
-      if k ~= "instance" and not same_value(pair[2][k], v) then return k end
+      local w = pair[2][k]
+      if w == nil then w = IMPLIED[k] end
+      if k ~= "instance" and not same_value(w, v) then return k end
     end
   end
 end

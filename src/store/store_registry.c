@@ -428,4 +428,8 @@ void ps_store_registry_open(lua_State *L) {
   }
   lua_pop(L, 1);
   luaL_setfuncs(L, registry_funcs, 0);
+  /* A config without cache_bytes has this bound (the option is left out
+     of configs that do not set it, so older readers accept them). */
+  lua_pushinteger(L, PS_CACHE_BYTES);
+  lua_setfield(L, -2, "cache_bytes_default");
 }
