@@ -662,10 +662,12 @@ local function send_reply(chan, store, threshold, shm, id, ok, res)
   chan:send({ id, false, info })
 end
 
--- Runs the next task and sends its reply; false once the parent is done.
+-- Runs the next task and sends its reply; false once the parent is done,
+-- else when the task started (core.monotonic).
 local function serve_one(chan, store, threshold, envs, shm)
   local msg = chan:recv()
   if msg == nil then return false end
+  local t0 = core.monotonic()
   local ok, res = xpcall(run_task, task_traceback, msg, envs, store)
   if not ok and type(res) ~= "table" then
     -- xpcall calls no handler for a memory error: res is its message
@@ -673,7 +675,7 @@ local function serve_one(chan, store, threshold, envs, shm)
   end
   io.stdout:flush()   -- what the task printed goes out before its result
   send_reply(chan, store, threshold, shm, msg[1], ok, res)
-  return true
+  return t0
 end
 
 -- A task that grew the worker's heap by at least this many KiB has its
@@ -687,6 +689,8 @@ end
 -- objects, not their bytes, so the worker times it: while the last one
 -- took more than a quarter of the task's own time (a large heap of small
 -- objects inherited from the parent), it leaves the collector to its pace.
+-- That cost is halved at each task it skips, so that one slow collection
+-- (a busy machine) does not end them for good.
 local COLLECT_MIN_KB = 1024
 
 local function make_worker(store, threshold, envs, shm)
@@ -694,13 +698,17 @@ local function make_worker(store, threshold, envs, shm)
     os.exit = core.pool_exit   -- a worker's exit skips the parent's atexit
     local now, gc_took = core.monotonic, 0
     while true do
-      local before, t0 = collectgarbage("count"), now()
-      if not serve_one(chan, store, threshold, envs, shm) then break end
+      local before = collectgarbage("count")
+      local t0 = serve_one(chan, store, threshold, envs, shm)
+      if not t0 then break end
       local t1 = now()
-      if collectgarbage("count") - before >= COLLECT_MIN_KB and
-         gc_took <= (t1 - t0) / 4 then
-        collectgarbage()
-        gc_took = now() - t1
+      if collectgarbage("count") - before >= COLLECT_MIN_KB then
+        if gc_took <= (t1 - t0) / 4 then
+          collectgarbage()
+          gc_took = now() - t1
+        else
+          gc_took = gc_took / 2
+        end
       end
     end
   end
