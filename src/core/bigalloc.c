@@ -44,7 +44,9 @@
 /* Blocks, not bytes: the collector frees a burst of resolved 1 MiB
  * strings (2 MiB blocks) at once; with 8 slots most of a burst was
  * unmapped and the next ones mapped fresh (a 1 MiB store put, resolve and
- * evict, N=400 in one process: 907-921 us an item; 719-836 with 64). */
+ * evict, N=400 in one process: 907-921 us an item; 719-836 with 64). The
+ * price: after such a burst up to CACHE_MAX stays mapped where 8 slots of
+ * 2 MiB kept 16 MiB. */
 #define CACHE_SLOTS 64
 #define CACHE_MAX ((size_t)128 << 20)   /* bytes of freed blocks kept */
 #define CACHE_ONE CACHE_MAX
