@@ -9,7 +9,16 @@
 --                 process does: the same into a buffer just allocated
 --   redis, warm   proxystore.bench.redis_limit: GET into a reused buffer,
 --                 waiting as the store does (a spin of up to 30 us before
---                 it sleeps): redis_raw's limit_get, in this process
+--                 it sleeps): redis_raw's limit_get, in this process, on
+--                 one connection kept for the whole sweep, as the store
+--                 keeps its own, so both carry the same history of
+--                 transfers. This machine's TCP congestion control (BBR,
+--                 the system default) paces a connection by what it has
+--                 learnt: the server's 2-4 MiB replies on a long-lived
+--                 connection took 2-3x as long as on some fresh ones, so
+--                 a fresh limit connection per size made the store look
+--                 2x slower at 2 MiB in some sweeps. With cubic, store and
+--                 limit took 310-350 us at 2 MiB, within 1.07x at 1-4 MiB.
 --   redis, fresh  redis_raw fresh: a fresh process's first GET, into a
 --                 buffer just allocated
 --
@@ -135,6 +144,7 @@ local function bench(report, extra, max)
                                             port = srv.port, cache_size = 0 })
     local raw = BUILD .. "/bin/redis_raw"
     local rows = {}
+    local lim   -- one connection for the whole sweep (see the top)
     local n = KiB
     while n <= max do
       local runs = runs_for(n)
@@ -173,7 +183,8 @@ local function bench(report, extra, max)
         return tonumber(sh(("env -u LD_PRELOAD %s fresh %s"):format(q(raw), rargs))) / 1e9
       end, runs)
       ps.resolve(rstore:proxy_from_key("sweep"))
-      local lim = benchlib.redis_limit(srv.host, srv.port, "sweep", rsize)
+      if lim then lim:resize(rsize)
+      else lim = benchlib.redis_limit(srv.host, srv.port, "sweep", rsize) end
       row.redis_warm, row.redis_warm_raw = interleaved(function()
         local p = rstore:proxy_from_key("sweep")
         collectgarbage()
@@ -181,7 +192,6 @@ local function bench(report, extra, max)
         ps.resolve(p)
         return now() - t0
       end, function() return lim:get() end, warm_runs_for(n))
-      lim = nil
       rstore:evict("sweep")
       rows[#rows + 1] = row
       data = nil

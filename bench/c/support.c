@@ -288,7 +288,10 @@ static int bench_sleep(lua_State *L) {
  * (redis_limit.h: the read()s and the spin of bench/redis_raw.c's
  * limit_get), into a buffer reused across calls. It makes one untimed GET
  * first, so the buffer is paged in. The size sweep times it between two
- * of the store's resolves, in the same process.
+ * of the store's resolves, in the same process. resize(size) makes it read
+ * a value of another size on the same connection (the buffer paged in and
+ * one untimed GET again), so that the limit's connection carries the
+ * same history of transfers as the store's (see bench/sweep.lua).
  */
 typedef struct rlimit {
   int fd;
@@ -317,6 +320,21 @@ static int rlimit_get(lua_State *L) {
   return 1;
 }
 
+static int rlimit_resize(lua_State *L) {
+  rlimit *r = luaL_checkudata(L, 1, "proxystore.bench.redis_limit");
+  lua_Integer size = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, size >= 0, 2, "size must not be negative");
+  if (r->fd < 0) return luaL_error(L, "redis_limit: closed");
+  char *b = realloc(r->buf, (size_t)size + 64);
+  if (b == NULL) return luaL_error(L, "out of memory");
+  memset(b, 0, (size_t)size + 64);
+  r->buf = b;
+  r->size = (size_t)size;
+  if (limit_get(r->fd, r->key, r->buf, r->size) != 0)   /* warm-up */
+    return luaL_error(L, "redis_limit: GET %s: %s", r->key, strerror(errno));
+  return 0;
+}
+
 static int bench_redis_limit(lua_State *L) {
   const char *host = luaL_checkstring(L, 1);
   lua_Integer port = luaL_checkinteger(L, 2);
@@ -334,6 +352,8 @@ static int bench_redis_limit(lua_State *L) {
     lua_newtable(L);
     lua_pushcfunction(L, rlimit_get);
     lua_setfield(L, -2, "get");
+    lua_pushcfunction(L, rlimit_resize);
+    lua_setfield(L, -2, "resize");
     lua_setfield(L, -2, "__index");
   }
   lua_setmetatable(L, -2);
