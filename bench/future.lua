@@ -13,6 +13,8 @@
 --      after its first 10 % and the next starts at once; without, each task
 --      is submitted once the previous one's result is back.
 --                                              target: >= 3x faster with futures
+--      On Redis, a floor row: the same chain of raw 10 MiB GET + SET
+--      (bench/redis_raw) plus the waits, and the ratio it would give.
 --
 -- Standalone: lua5.4 bench/future.lua [runs]  (a markdown table; run from
 -- the checkout, after make bench). Driver: returns function(report) as
@@ -132,7 +134,7 @@ local function hundred_waiters(report, srv, runs)
 end
 
 -- 3. the pipeline
-local function pipeline(report, store, runs)
+local function pipeline(report, store, runs, srv)
   local TASKS, WAIT, DATA = 8, 0.2, 10 * MiB
   local data = ("0123456789abcdef"):rep(DATA // 16)
   local pool <close> = ps.pool { workers = TASKS, progress = false, store = store }
@@ -191,6 +193,18 @@ local function pipeline(report, store, runs)
     tw * 1e9, sw)
   report("future", ("pipeline of 8 tasks (0.2 s each, 10 MiB handed on), %s, with futures"):format(where),
     tf * 1e9, sf, "without futures", tw / tf)
+  if srv then
+    -- What no client can beat on this server: the chain of raw 10 MiB
+    -- transfers (bench/redis_raw's server-bound SET and GET) and the
+    -- tasks' waits; the ratio is the best any client gets against the
+    -- makespan without futures measured above.
+    local base = stats.redis_raw(srv, DATA, runs)
+    local set, get = base.limit_set / 1e9, base.limit_get / 1e9
+    local floor = set + TASKS * (get + WAIT * 0.1 + set) + WAIT * 0.9
+    report("future", ("pipeline floor with futures, %s: 8 chained raw GET + SET of 10 MiB " ..
+      "(%.0f + %.0f ms, server-bound limit) plus the waits"):format(where, get * 1e3, set * 1e3),
+      floor * 1e9, nil, "without futures (best ratio any client gets)", tw / floor)
+  end
   pool:close()
 end
 
@@ -201,7 +215,7 @@ local function bench(report)
     hundred_waiters(report, srv, RUNS)
     local r = ps.init_store("redis", { name = "bench-future-3", host = "127.0.0.1",
                                        port = srv.port, prefix = "pipe:" })
-    pipeline(report, r, RUNS)
+    pipeline(report, r, RUNS, srv)
     r:close()
     local dir = os.tmpname()
     os.remove(dir)

@@ -28,6 +28,23 @@ function M.time(runs, fn)
   return M.median_spread(times)
 end
 
+-- Per-op medians (ns) of bench/redis_raw's baselines for size bytes over
+-- TCP to srv (a spec/helpers/redis server): limit_set, limit_get (the
+-- server-bound limit), hiredis_set, hiredis_get. Its runs happen in a
+-- process of its own, on fresh connections.
+function M.redis_raw(srv, size, runs)
+  local build = os.getenv("PROXYSTORE_BUILD") or "build"
+  local p = assert(io.popen(("env -u LD_PRELOAD %s/bin/redis_raw 127.0.0.1 %d %s %d %d")
+    :format(build, srv.port, srv.path, runs, size)))
+  local base = {}
+  for line in p:lines() do
+    local tr, op, med = line:match("^(%S+) (%S+) %d+ (%S+) %S+$")
+    if tr == "tcp" then base[op] = tonumber(med) end
+  end
+  assert(p:close() and base.limit_get, "bench/redis_raw failed (run `make bench` to build it)")
+  return base
+end
+
 -- A report function for a section run in a child process: one row a line,
 -- tab-separated, as bench/run.lua reads them.
 function M.print_row(section, name, ns, spread, base, ratio)

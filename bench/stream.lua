@@ -53,19 +53,7 @@ local function cmdstat(g, name)
   return tonumber(info:match("cmdstat_" .. name .. ":calls=(%d+)")) or 0
 end
 
--- Per-op medians (ns) of the raw baselines for size over TCP.
-local function raw(srv, size, runs)
-  local build = os.getenv("PROXYSTORE_BUILD") or "build"
-  local p = assert(io.popen(("env -u LD_PRELOAD %s/bin/redis_raw 127.0.0.1 %d %s %d %d")
-    :format(build, srv.port, srv.path, runs, size)))
-  local base = {}
-  for line in p:lines() do
-    local tr, op, med = line:match("^(%S+) (%S+) %d+ (%S+) %S+$")
-    if tr == "tcp" then base[op] = tonumber(med) end
-  end
-  assert(p:close() and base.limit_get, "bench/redis_raw failed (run `make bench` to build it)")
-  return base
-end
+local raw = stats.redis_raw
 
 -- 1. Small items, inline.
 local function small_items(report, url, g)
