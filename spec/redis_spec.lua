@@ -3,6 +3,7 @@ local ps = require "proxystore"
 local shell = require "helpers.shell"
 local core = require "proxystore.core"
 local redis = require "helpers.redis"
+local child = require "helpers.child"
 
 local now = core.monotonic
 
@@ -311,10 +312,11 @@ describe("the redis store", function()
       -- the store's next call reads the DEL's reply first: the server has
       -- run it by then
       assert.is_false(s:exists(k))
-      -- one GET, then one DEL of both keys sent once the value was read;
-      -- no evict of its own after the read (GETRANGE, DEL, DEL)
-      assert.equal(1, calls("get"))
-      assert.equal(0, calls("getrange"))
+      -- one read (a GETRANGE of the first piece: the whole value), then
+      -- one DEL of both keys sent once the value was read; no evict of its
+      -- own after the read (GETRANGE of the old header, DEL, DEL)
+      assert.equal(0, calls("get"))
+      assert.equal(1, calls("getrange"))
       assert.equal(1, calls("del"))
       assert.equal("0\n", srv:cli("EXISTS", s:config().prefix .. k .. ":wake"))
       local m = s:metrics()
@@ -437,6 +439,75 @@ describe("the redis store", function()
       local n = 0
       for _ in srv:cli("KEYS", "lsc:two:chunk:*"):gmatch("[^\n]+") do n = n + 1 end
       assert.is_true(n >= 140)
+    end)
+
+    local function calls(name)
+      local info = srv:cli("INFO", "commandstats")
+      return tonumber(info:match("cmdstat_" .. name .. ":calls=(%d+)")) or 0
+    end
+
+    -- 13 MiB, each MiB of other bytes: a piece out of place shows
+    local function thirteen()
+      local parts = {}
+      for i = 1, 13 do parts[i] = string.char(64 + i):rep(1024 * 1024 - 1) .. "\n" end
+      return table.concat(parts)
+    end
+
+    it("over 6 MiB are read in pieces, each in its place: resolve, single use, futures", function()
+      local s = new_store()
+      local big = thirteen()
+      local k = s:put(big)
+      srv:cli("CONFIG", "RESETSTAT")
+      assert.is_true(ps.extract(s:proxy_from_key(k)) == big)
+      -- the first 6 MiB, its length, two pieces of 4 MiB and less, the
+      -- header again; no GET of the whole
+      assert.equal(0, calls("get"))
+      assert.equal(4, calls("getrange"))
+      assert.equal(1, calls("strlen"))
+      local p = s:proxy(big, { evict = true })
+      assert.is_true(ps.extract(p) == big)
+      assert.is_false(s:exists(ps.key(p)))
+      local f = s:future()
+      f:set(big)
+      assert.is_true(ps.extract(f:proxy()) == big)
+      assert.is_true(f:result(30) == big)
+      -- exactly one piece, and a byte more
+      for _, n in ipairs { 6 * 1024 * 1024 - 18, 6 * 1024 * 1024 - 17 } do
+        local v = big:sub(1, n)
+        assert.is_true(s:get(s:put(v)) == v, n)
+      end
+    end)
+
+    -- Pieces are no atomic read: a put between two of them must never give
+    -- a mix of two values. A relay slows the reader's replies (128 KiB
+    -- every 20 ms: its first piece takes about a second), and the value is
+    -- replaced once the server has answered its first GETRANGE.
+    it("over 6 MiB are never read half old, half new when replaced between pieces", function()
+      local direct = new_store {}
+      local n = 7 * 1024 * 1024
+      local k = direct:put(("a"):rep(n))
+      local relay = trickle(srv.port, 0, 128 * 1024, 20)
+      local reader
+      finally(function()
+        relay.stop()
+        if reader then reader:kill() end
+      end)
+      srv:cli("CONFIG", "RESETSTAT")
+      reader = child.spawn(([[
+        local ps = require "proxystore"
+        local s = ps.init_store("redis", { port = %d, prefix = %q, cache_size = 0, timeout = 60 })
+        local v = ps.extract(s:proxy_from_key(%q))
+        io.write(#v, " ", v == v:sub(1, 1):rep(#v) and "whole " .. v:sub(1, 1) or "mixed")
+      ]]):format(relay.port, direct:config().prefix, k))
+      local t0 = now()
+      while calls("getrange") < 1 and now() - t0 < 60 do redis.sleep(0.005) end
+      assert.equal(1, calls("getrange"), "the reader never asked")
+      direct:put(("b"):rep(n), { key = k })
+      local out, status = reader:finish()
+      reader = nil
+      assert.equal(0, status, out)
+      assert.equal(n .. " whole b", out)   -- (its pid line is read by spawn)
+      assert.equal(1, calls("get"))   -- read again whole, once the mix showed
     end)
   end)
 
@@ -1145,8 +1216,8 @@ describe("the redis store", function()
       local s = new_store {}
       local big = string.rep("b", 1024 * 1024)
       local k = s:put(big)
-      local function gets()
-        return tonumber(srv:cli("INFO", "commandstats"):match("cmdstat_get:calls=(%d+)")) or 0
+      local function gets()   -- a read is a GETRANGE of its first piece
+        return tonumber(srv:cli("INFO", "commandstats"):match("cmdstat_getrange:calls=(%d+)")) or 0
       end
       local g0 = gets()
       local p = s:proxy_from_key(k)

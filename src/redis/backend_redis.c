@@ -363,9 +363,9 @@ static int put_parts_once(ps_redis *x, ps_key k, const ps_part *parts,
  * Plain: the payload goes straight into out. Chunked: *ci is filled and
  * *chunked set; the caller fetches the chunks.
  */
-static int read_value(ps_redis *x, ps_key k, size_t n, ps_blob *out,
-                      ps_version *vout, ps_rchunks *ci, int *chunked,
-                      ps_berr *err) {
+int ps_redis_read_value(ps_redis *x, ps_key k, size_t n, ps_blob *out,
+                        ps_version *vout, ps_rchunks *ci, int *chunked,
+                        ps_berr *err) {
   char hdr[HDR_LEN + OLDHDR_MAX];
   char kb[80];
   *chunked = 0;
@@ -431,7 +431,8 @@ int ps_redis_read_get_reply(ps_redis *x, ps_key k, const ps_version *have,
     break;
   case PS_R_BULK:
     if (r.n < 0) return ps_berr_set(err, PS_BNOTFOUND, "not found");
-    return read_value(x, k, (size_t)r.n, out, vout, ci, chunked, err);
+    return ps_redis_read_value(x, k, (size_t)r.n, out, vout, ci, chunked,
+                               err);
   default:
     break;
   }
@@ -459,13 +460,15 @@ static int get_once(void *ctx, ps_key k, const ps_version *have,
   ps_redis *x = ctx;
   int code = ps_redis_route(x, k, err);
   if (code) return code;
-  queue_get(x, k, have);
+  if (have) queue_get(x, k, have);
+  else ps_redis_queue_get_first(x, k);
   code = ps_rconn_send(x->c, err);
   if (code) return code;
   ps_rchunks ci;
   int chunked;
-  code = ps_redis_read_get_reply(x, k, have, out, vout, &ci, &chunked,
-                                 err);
+  code = have ? ps_redis_read_get_reply(x, k, have, out, vout, &ci, &chunked,
+                                        err)
+              : ps_redis_read_get_first(x, k, out, vout, &ci, &chunked, err);
   if (code == PS_BOK && chunked) code = ps_redis_get_chunks(x, k, &ci, out, vout, err);
   return code;
 }
@@ -487,12 +490,12 @@ static int take_once(ps_redis *x, ps_key k, ps_blob *out, ps_version *vout,
   *evict_after = 0;
   int code = ps_redis_route(x, k, err);
   if (code) return code;
-  queue_get(x, k, NULL);
+  ps_redis_queue_get_first(x, k);
   code = ps_rconn_send(x->c, err);
   if (code) return code;
   ps_rchunks ci;
   int chunked = 0;
-  code = ps_redis_read_get_reply(x, k, NULL, out, vout, &ci, &chunked, err);
+  code = ps_redis_read_get_first(x, k, out, vout, &ci, &chunked, err);
   if (code) return code;
   if (chunked) {
     code = ps_redis_get_chunks(x, k, &ci, out, vout, err);

@@ -223,11 +223,7 @@ static int blmove_once(ps_redis *x, void *arg, ps_berr *err) {
   ps_rcmd_str(x->c, "LEFT");
   ps_rcmd_str(x->c, "RIGHT");
   ps_rcmd_str(x->c, secs);
-  if (a->out) {
-    ps_rcmd_begin(x->c, 2);
-    ps_rcmd_str(x->c, "GET");
-    ps_redis_arg_key(x, a->k, NULL);
-  }
+  if (a->out) ps_redis_queue_get_first(x, a->k);
   code = ps_rconn_send(x->c, err);
   if (code) return code;
   ps_rconn_allow_wait(x->c, a->block);   /* the server's silence is on purpose */
@@ -246,8 +242,8 @@ static int blmove_once(ps_redis *x, void *arg, ps_berr *err) {
   if (code || a->out == NULL) return code;
   ps_rchunks ci;
   int chunked = 0;
-  code = ps_redis_read_get_reply(x, a->k, NULL, a->out, a->vout, &ci,
-                                 &chunked, err);
+  code = ps_redis_read_get_first(x, a->k, a->out, a->vout, &ci, &chunked,
+                                 err);
   if (code == PS_BOK) {
     a->woken = 1;   /* there, whatever BLMOVE said */
     if (chunked)

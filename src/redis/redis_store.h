@@ -106,6 +106,19 @@ int ps_redis_wait(void *ctx, ps_key k, double timeout, ps_blob *out,
                   ps_version *vout, ps_berr *err);
 /* backend_redis.c: reads one GET reply for k into out; a chunked value's
    header goes to *ci with *chunked set (ps_redis_get_chunks fetches it). */
+/* Reads a GET-like reply's bulk body of n bytes for key k (its head read):
+   a plain value into out, a chunked one's descriptor into *ci. */
+int ps_redis_read_value(ps_redis *x, ps_key k, size_t n, ps_blob *out,
+                        ps_version *vout, ps_rchunks *ci, int *chunked,
+                        ps_berr *err);
+/* A large value in pieces (redis_pieces.c): queues STRLEN + GETRANGE of
+   the first piece; the read takes both replies, fetches the other pieces
+   if any, and falls back to one GET when a put came in between. Replies as
+   ps_redis_read_get_reply (without a version to compare). */
+void ps_redis_queue_get_first(ps_redis *x, ps_key k);
+int ps_redis_read_get_first(ps_redis *x, ps_key k, ps_blob *out,
+                            ps_version *vout, ps_rchunks *ci, int *chunked,
+                            ps_berr *err);
 int ps_redis_read_get_reply(ps_redis *x, ps_key k, const ps_version *have,
                             ps_blob *out, ps_version *vout, ps_rchunks *ci,
                             int *chunked, ps_berr *err);
