@@ -19,7 +19,6 @@
  * first (a put writes a new random version into it). When not, the value
  * is read again with one GET, which is atomic.
  */
-#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -52,9 +51,12 @@ static void queue_range(ps_redis *x, ps_key k, size_t from, size_t to) {
   ps_rcmd_str(x->c, b);
 }
 
-/* Reads one bulk reply of exactly len bytes into dst: PS_BOK; 1 when the
- * reply is of another shape or length (the value changed: the connection
- * is then out of step and dropped); or an I/O error code. */
+/* read_exact's answer when the value changed under the read. */
+#define CHANGED (-1)
+
+/* Reads one bulk reply of exactly len bytes into dst: PS_BOK; CHANGED
+ * when the reply is of another shape or length (the connection is then
+ * out of step and dropped); or an I/O error code. */
 static int read_exact(ps_redis *x, void *dst, size_t len, ps_berr *err) {
   ps_rreply r;
   int code = ps_rconn_read_head(x->c, &r, err);
@@ -62,19 +64,22 @@ static int read_exact(ps_redis *x, void *dst, size_t len, ps_berr *err) {
   if (r.type != PS_R_BULK || r.n < 0 || (size_t)r.n != len) {
     ps_rreply_free(&r);
     ps_rconn_drop(x->c);
-    return 1;
+    return CHANGED;
   }
   code = ps_rconn_read_body(x->c, dst, len, err);
   if (!code) code = ps_rconn_read_crlf(x->c, err);
   return code;
 }
 
-/* The value again with one GET (after a put between two pieces). */
+/* The value again with one GET (after a put between two pieces), on this
+ * attempt's connection: not routed again, which on a cluster would reset
+ * the call's deadline and forget an ASK; a dropped one is reconnected. */
 static int get_whole(ps_redis *x, ps_key k, ps_blob *out, ps_version *vout,
                      ps_rchunks *ci, int *chunked, ps_berr *err) {
   ps_blob_release(out);
-  int code = ps_redis_route(x, k, err);   /* reconnects a dropped one */
+  int code = ps_rconn_ensure(x->c, err);
   if (code) return code;
+  ps_rconn_reset_counts(x->c);
   ps_redis_queue_get(x, k);
   code = ps_rconn_send(x->c, err);
   if (code) return code;
@@ -93,12 +98,13 @@ static int read_rest(ps_redis *x, ps_key k, size_t n, const char *hdr,
   for (size_t off = FIRST; off < n; off += PIECE) {
     size_t len = n - off > PIECE ? PIECE : n - off;
     code = read_exact(x, out->data + (off - HDR_LEN), len, err);
-    if (code == 1) return get_whole(x, k, out, vout, ci, chunked, err);
+    if (code == CHANGED) return get_whole(x, k, out, vout, ci, chunked, err);
     if (code) return code;
   }
   char again[HDR_LEN];
   code = read_exact(x, again, HDR_LEN, err);
-  if (code == 1 || (code == PS_BOK && memcmp(again, hdr, HDR_LEN) != 0))
+  if (code == CHANGED ||
+      (code == PS_BOK && memcmp(again, hdr, HDR_LEN) != 0))
     return get_whole(x, k, out, vout, ci, chunked, err);
   if (code) return code;
   if (vout) memcpy(vout->bytes, hdr + 1, PS_VERSION_LEN);
@@ -166,9 +172,11 @@ int ps_redis_read_get_first(ps_redis *x, ps_key k, ps_blob *out,
     return ps_rconn_fail(x->c, err, PS_BNOMEM, "out of memory");
   long long n;
   code = read_first(x, first, &n, err);
+  /* Shorter: a put between the two. Longer than a plain value can be
+     (larger ones are chunked): not believed, read as GET reads it. */
   if (code == PS_BOK && (n < (long long)FIRST ||
-                         (unsigned long long)n > SIZE_MAX / 2)) {
-    ps_big_free(first);     /* a put between the two: read it whole */
+                         (unsigned long long)n > DEFAULT_CHUNK + HDR_LEN)) {
+    ps_big_free(first);
     return get_whole(x, k, out, vout, ci, chunked, err);
   }
   if (code == PS_BOK && ps_blob_alloc_object(out, (size_t)n - HDR_LEN) != 0)

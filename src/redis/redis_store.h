@@ -111,10 +111,10 @@ int ps_redis_wait(void *ctx, ps_key k, double timeout, ps_blob *out,
 int ps_redis_read_value(ps_redis *x, ps_key k, size_t n, ps_blob *out,
                         ps_version *vout, ps_rchunks *ci, int *chunked,
                         ps_berr *err);
-/* A large value in pieces (redis_pieces.c): queues STRLEN + GETRANGE of
-   the first piece; the read takes both replies, fetches the other pieces
-   if any, and falls back to one GET when a put came in between. Replies as
-   ps_redis_read_get_reply (without a version to compare). */
+/* A large value in pieces (redis_pieces.c): queues GETRANGE of the first
+   piece; the read takes its reply, and for a longer value asks its length
+   and fetches the other pieces, falling back to one GET when a put came in
+   between. Replies as ps_redis_read_get_reply (without a version). */
 void ps_redis_queue_get_first(ps_redis *x, ps_key k);
 int ps_redis_read_get_first(ps_redis *x, ps_key k, ps_blob *out,
                             ps_version *vout, ps_rchunks *ci, int *chunked,
