@@ -236,13 +236,7 @@ int ps_redis_new_version(ps_version *v) {
 }
 
 void ps_redis_queue_old_header(ps_redis *x, ps_key k) {
-  char last[24];
-  snprintf(last, sizeof last, "%d", OLDHDR_MAX - 1);
-  ps_rcmd_begin(x->c, 4);
-  ps_rcmd_str(x->c, "GETRANGE");
-  ps_redis_arg_key(x, k, NULL);
-  ps_rcmd_str(x->c, "0");
-  ps_rcmd_str(x->c, last);
+  ps_redis_queue_range(x, k, 0, OLDHDR_MAX - 1);
 }
 
 /* Reads the GETRANGE reply of a value being replaced; notes chunks. */

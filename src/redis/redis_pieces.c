@@ -30,17 +30,7 @@
 #define FIRST ((size_t)6 << 20)
 #define PIECE ((size_t)4 << 20)
 
-void ps_redis_queue_get_first(ps_redis *x, ps_key k) {
-  char end[24];
-  snprintf(end, sizeof end, "%zu", FIRST - 1);
-  ps_rcmd_begin(x->c, 4);
-  ps_rcmd_str(x->c, "GETRANGE");
-  ps_redis_arg_key(x, k, NULL);
-  ps_rcmd_str(x->c, "0");
-  ps_rcmd_str(x->c, end);
-}
-
-static void queue_range(ps_redis *x, ps_key k, size_t from, size_t to) {
+void ps_redis_queue_range(ps_redis *x, ps_key k, size_t from, size_t to) {
   char a[24], b[24];
   snprintf(a, sizeof a, "%zu", from);
   snprintf(b, sizeof b, "%zu", to);
@@ -49,6 +39,10 @@ static void queue_range(ps_redis *x, ps_key k, size_t from, size_t to) {
   ps_redis_arg_key(x, k, NULL);
   ps_rcmd_str(x->c, a);
   ps_rcmd_str(x->c, b);
+}
+
+void ps_redis_queue_get_first(ps_redis *x, ps_key k) {
+  ps_redis_queue_range(x, k, 0, FIRST - 1);
 }
 
 /* read_exact's answer when the value changed under the read. */
@@ -91,8 +85,8 @@ static int read_rest(ps_redis *x, ps_key k, size_t n, const char *hdr,
                      ps_blob *out, ps_version *vout, ps_rchunks *ci,
                      int *chunked, ps_berr *err) {
   for (size_t off = FIRST; off < n; off += PIECE)
-    queue_range(x, k, off, (n - off > PIECE ? off + PIECE : n) - 1);
-  queue_range(x, k, 0, HDR_LEN - 1);
+    ps_redis_queue_range(x, k, off, (n - off > PIECE ? off + PIECE : n) - 1);
+  ps_redis_queue_range(x, k, 0, HDR_LEN - 1);
   int code = ps_rconn_send(x->c, err);
   if (code) return code;
   for (size_t off = FIRST; off < n; off += PIECE) {

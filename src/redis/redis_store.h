@@ -116,6 +116,8 @@ int ps_redis_read_value(ps_redis *x, ps_key k, size_t n, ps_blob *out,
    and fetches the other pieces, falling back to one GET when a put came in
    between. Replies as ps_redis_read_get_reply (without a version). */
 void ps_redis_queue_get_first(ps_redis *x, ps_key k);
+/* Queues GETRANGE of bytes from..to (inclusive) of object k's key. */
+void ps_redis_queue_range(ps_redis *x, ps_key k, size_t from, size_t to);
 int ps_redis_read_get_first(ps_redis *x, ps_key k, ps_blob *out,
                             ps_version *vout, ps_rchunks *ci, int *chunked,
                             ps_berr *err);
