@@ -273,7 +273,6 @@ void ps_redis_keep_first(int *first, ps_berr *err, int code,
 
 /* ---- put ---------------------------------------------------------------- */
 
-/* Queues GETRANGE (old header) + SET of a plain value; hdr must live on. */
 /* Queues GETRANGE of the old header and the SET of hdr then the parts, laid
  * end to end (len bytes in all), written from where they lie. */
 static void queue_put_parts(ps_redis *x, ps_key k, const ps_part *parts,
