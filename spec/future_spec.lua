@@ -94,6 +94,26 @@ for _, kind in ipairs { "local", "file", "redis" } do
       assert.equal("the value", ps.extract(f:proxy()))
     end)
 
+
+    it("sets values holding large strings whole, and a second such set fails", function()
+      -- Large strings go to the store from where they lie (no copy into
+      -- one buffer), in their places among the rest of the value.
+      local s = new_store(kind)
+      local big1 = string.rep("0123456789abcdef", 64 * 1024)       -- 1 MiB
+      local big2 = string.rep("fedcba9876543210", 80 * 1024 + 3)   -- 1.25 MiB
+      local v = { a = big1, list = { 1, big2, "small", big1 }, tail = true }
+      local f = s:future()
+      f:set(v)
+      local err = error_of(f.set, f, { big2 })
+      assert.equal("already_set", err.kind)
+      assert.same(v, f:result())
+      assert.same(v, ps.extract(s:future({ key = f.key }):proxy()))
+      if kind ~= "local" then
+        local lt <close> = ps.lifetime { lease = 60 }
+        local k = s:put(v, { lifetime = lt })
+        assert.same(v, s:get(k))
+      end
+    end)
     it("makes single-use proxies with evict; evicted, it is unset again", function()
       local s = new_store(kind)
       local f = s:future { evict = true, timeout = 0.1 }

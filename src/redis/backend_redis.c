@@ -729,21 +729,30 @@ static int redis_put(void *ctx, ps_key k, const char *data, size_t len,
   RETRY(put_once(ctx, k, data, len, vout, err));
 }
 
+char *ps_redis_join_parts(const ps_part *parts, size_t n, size_t len,
+                          ps_berr *err) {
+  char *joined = ps_big_alloc(len);
+  if (joined == NULL) {
+    ps_berr_set(err, PS_BNOMEM, "redis: out of memory for a %zu-byte value",
+                len);
+    return NULL;
+  }
+  size_t at = 0;
+  for (size_t i = 0; i < n; i++) {
+    memcpy(joined + at, parts[i].data, parts[i].len);
+    at += parts[i].len;
+  }
+  return joined;
+}
+
 static int redis_put_parts(void *ctx, ps_key k, const ps_part *parts,
                            size_t n, ps_version *vout, ps_berr *err) {
   ps_redis *x = ctx;
   size_t len = 0;
   for (size_t i = 0; i < n; i++) len += parts[i].len;
   if (len > x->chunk) {
-    char *joined = ps_big_alloc(len);
-    if (joined == NULL)
-      return ps_berr_set(err, PS_BNOMEM, "redis: out of memory for a "
-                         "%zu-byte value", len);
-    size_t at = 0;
-    for (size_t i = 0; i < n; i++) {
-      memcpy(joined + at, parts[i].data, parts[i].len);
-      at += parts[i].len;
-    }
+    char *joined = ps_redis_join_parts(parts, n, len, err);
+    if (joined == NULL) return err->code;
     int code = redis_put(ctx, k, joined, len, vout, err);
     ps_big_free(joined);
     return code;

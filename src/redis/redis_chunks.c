@@ -154,7 +154,7 @@ int ps_redis_put_chunked(ps_redis *x, ps_key k, const char *data, size_t len,
     memcpy(main + 1, v->bytes, PS_VERSION_LEN);
     int ml = snprintf(main + HDR_LEN, 64, "%zu %zu %zu", ci.total, ci.n,
                       ci.chunk);
-    ps_redis_queue_main(x, k, main, HDR_LEN + (size_t)ml, NULL, 0, o);
+    ps_redis_queue_main(x, k, main, HDR_LEN + (size_t)ml, NULL, 0, 0, o);
     code = ps_rconn_send(x->c, err);
     if (!code) code = ps_redis_read_main(x, k, o, err);
   }

@@ -36,6 +36,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bigalloc.h"
 #include "redis_store.h"
 
 /* The longest one BLMOVE blocks; a longer wait issues another (the token
@@ -55,7 +56,8 @@ static int uses_multi(const ps_bput *o) {
 }
 
 void ps_redis_queue_main(ps_redis *x, ps_key k, const char *hdr, size_t hlen,
-                         const char *data, size_t len, const ps_bput *o) {
+                         const ps_part *parts, size_t n, size_t len,
+                         const ps_bput *o) {
   int ttl = o && o->ttl_ms > 0;
   int nx = o && o->if_absent;
   int asking = x->c->asking;
@@ -72,7 +74,8 @@ void ps_redis_queue_main(ps_redis *x, ps_key k, const char *hdr, size_t hlen,
   ps_redis_arg_key(x, k, NULL);
   ps_rcmd_bulk_begin(x->c, hlen + len);
   ps_rcmd_bulk_part(x->c, hdr, hlen);
-  if (len) ps_rcmd_bulk_part(x->c, data, len);
+  for (size_t i = 0; i < n; i++)
+    if (parts[i].len) ps_rcmd_bulk_part(x->c, parts[i].data, parts[i].len);
   ps_rcmd_bulk_end(x->c);
   if (nx) ps_rcmd_str(x->c, "NX");
   if (ttl) {
@@ -150,7 +153,8 @@ int ps_redis_read_main(ps_redis *x, ps_key k, const ps_bput *o, ps_berr *err) {
 
 typedef struct put_args {
   ps_key k;
-  const char *data;
+  const ps_part *parts;
+  size_t n;
   size_t len;
   const ps_bput *o;
   ps_version *vout;
@@ -164,7 +168,10 @@ static int put_ex_once(ps_redis *x, void *arg, ps_berr *err) {
   int code = ps_redis_route(x, a->k, err);
   if (code) return code;
   if (a->len > x->chunk) {
-    code = ps_redis_put_chunked(x, a->k, a->data, a->len, &v, a->o, err);
+    char *joined = ps_redis_join_parts(a->parts, a->n, a->len, err);
+    if (joined == NULL) return err->code;
+    code = ps_redis_put_chunked(x, a->k, joined, a->len, &v, a->o, err);
+    ps_big_free(joined);
   } else {
     char hdr[HDR_LEN];
     hdr[0] = 'P';
@@ -173,7 +180,7 @@ static int put_ex_once(ps_redis *x, void *arg, ps_berr *err) {
        header to read back. */
     int with_old = !a->o->if_absent;
     if (with_old) ps_redis_queue_old_header(x, a->k);
-    ps_redis_queue_main(x, a->k, hdr, HDR_LEN, a->data, a->len, a->o);
+    ps_redis_queue_main(x, a->k, hdr, HDR_LEN, a->parts, a->n, a->len, a->o);
     code = ps_rconn_send(x->c, err);
     ps_rchunks old;
     int had = 0;
@@ -185,10 +192,12 @@ static int put_ex_once(ps_redis *x, void *arg, ps_berr *err) {
   return code;
 }
 
-int ps_redis_put_ex(void *ctx, ps_key k, const char *data, size_t len,
+int ps_redis_put_ex(void *ctx, ps_key k, const ps_part *parts, size_t n,
                     const ps_bput *o, ps_version *vout, ps_berr *err) {
   static const ps_bput none = {0, 0, 0};
-  put_args a = {k, data, len, o ? o : &none, vout};
+  size_t len = 0;
+  for (size_t i = 0; i < n; i++) len += parts[i].len;
+  put_args a = {k, parts, n, len, o ? o : &none, vout};
   return ps_redis_call(ctx, put_ex_once, &a, err);
 }
 

@@ -98,10 +98,16 @@ int ps_redis_attempts(ps_redis *x, ps_redis_op op, void *arg, ps_berr *err);
  * found the key taken.
  */
 void ps_redis_queue_main(ps_redis *x, ps_key k, const char *hdr, size_t hlen,
-                         const char *data, size_t len, const ps_bput *o);
+                         const ps_part *parts, size_t n, size_t len,
+                         const ps_bput *o);
 int ps_redis_read_main(ps_redis *x, ps_key k, const ps_bput *o, ps_berr *err);
-int ps_redis_put_ex(void *ctx, ps_key k, const char *data, size_t len,
+int ps_redis_put_ex(void *ctx, ps_key k, const ps_part *parts, size_t n,
                     const ps_bput *o, ps_version *vout, ps_berr *err);
+/* backend_redis.c: the len bytes of parts joined in one big block (free
+   with ps_big_free), for chunking, which slices one buffer; NULL with err
+   set when out of memory. */
+char *ps_redis_join_parts(const ps_part *parts, size_t n, size_t len,
+                          ps_berr *err);
 int ps_redis_wait(void *ctx, ps_key k, double timeout, ps_blob *out,
                   ps_version *vout, ps_berr *err);
 /* backend_redis.c: reads one GET reply for k into out; a chunked value's

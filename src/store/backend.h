@@ -164,7 +164,7 @@ typedef struct ps_backend_ops {
    * write: a process killed during put_ex leaves either nothing or the
    * object with its lease and its wake-up.
    */
-  int (*put_ex)(void *ctx, ps_key key, const char *data, size_t len,
+  int (*put_ex)(void *ctx, ps_key key, const ps_part *parts, size_t n,
                 const ps_bput *opts, ps_version *version_out, ps_berr *err);
   /*
    * Blocks until an object exists under key (PS_BOK), or timeout seconds

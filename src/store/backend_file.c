@@ -412,6 +412,14 @@ static int write_all(int fd, const char *data, size_t len) {
   return 0;
 }
 
+/* The parts laid end to end, from where they lie (a large Lua string is
+ * written from the string itself: no copy into a buffer first). */
+static int write_parts(int fd, const ps_part *parts, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (write_all(fd, parts[i].data, parts[i].len) != 0) return -1;
+  return 0;
+}
+
 static void spare_name(const file_ctx *c, char *out, size_t outsz, int i) {
   snprintf(out, outsz, "%s%s-%d", SPARE_PREFIX, c->spare_tag, i);
 }
@@ -471,10 +479,12 @@ static int move_if_absent(file_ctx *c, const char *tmp, const char *name) {
   return PS_BEXISTS;
 }
 
-static int file_put_ex(void *ctx, ps_key key, const char *data, size_t len,
+static int file_put_ex(void *ctx, ps_key key, const ps_part *parts, size_t n,
                        const ps_bput *o, ps_version *version_out,
                        ps_berr *err) {
   file_ctx *c = ctx;
+  size_t len = 0;
+  for (size_t i = 0; i < n; i++) len += parts[i].len;
   char name[NAME_MAX + 1], tmp[sizeof TMP_PREFIX + 33];
   int rc = make_name(c, key, name, err);
   if (rc != PS_BOK) return rc;
@@ -508,7 +518,7 @@ static int file_put_ex(void *ctx, ps_key key, const char *data, size_t len,
   struct timespec now[2];
   clock_gettime(CLOCK_REALTIME, &now[0]);
   now[1] = now[0];
-  if (write_all(fd, data, len) != 0) goto fail;
+  if (write_parts(fd, parts, n) != 0) goto fail;
   what = "truncate";
   if (reused && ftruncate(fd, (off_t)len) != 0) goto fail;
   what = "stamp";
@@ -550,7 +560,13 @@ fail: {
 
 static int file_put(void *ctx, ps_key key, const char *data, size_t len,
                     ps_version *version_out, ps_berr *err) {
-  return file_put_ex(ctx, key, data, len, NULL, version_out, err);
+  ps_part one = {data, len};
+  return file_put_ex(ctx, key, &one, 1, NULL, version_out, err);
+}
+
+static int file_put_parts(void *ctx, ps_key key, const ps_part *parts,
+                          size_t n, ps_version *version_out, ps_berr *err) {
+  return file_put_ex(ctx, key, parts, n, NULL, version_out, err);
 }
 
 /* ---- get ---------------------------------------------------------------- */
@@ -768,6 +784,7 @@ const ps_backend_ops ps_backend_file = {
   .close = file_close,
   .address = file_address,
   .put = file_put,
+  .put_parts = file_put_parts,
   .get = file_get,
   .exists = file_exists,
   .evict = file_evict,
