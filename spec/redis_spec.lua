@@ -453,28 +453,44 @@ describe("the redis store", function()
       return table.concat(parts)
     end
 
-    it("over 6 MiB are read in pieces, each in its place: resolve, single use, futures", function()
+    -- A value as proxystore writes one that fits a single key: 'P', 16
+    -- bytes of version, the envelope byte (1: native), then what serialize
+    -- makes. Values over the chunk
+    -- size (2 MiB) are written in chunks; plain ones this large are what a
+    -- store with larger chunks (or an older proxystore) wrote.
+    local function put_plain(s, key, v)
+      local raw = core.redis_groups { host = srv.host, port = srv.port }
+      local bytes = "P" .. core.random_key():sub(1, 16) .. "\1" .. ps.serialize(v)
+      local ok, err = pcall(raw.call, raw, "SET", s:config().prefix .. key, bytes)
+      raw:close()
+      assert(ok, err)
+    end
+
+    it("plain over 6 MiB are read in pieces, each in its place: resolve, single use, futures", function()
       local s = new_store()
       local big = thirteen()
-      local k = s:put(big)
+      put_plain(s, "plain13", big)
       srv:cli("CONFIG", "RESETSTAT")
-      assert.is_true(ps.extract(s:proxy_from_key(k)) == big)
+      assert.is_true(ps.extract(s:proxy_from_key("plain13")) == big)
       -- the first 6 MiB, its length, two pieces of 4 MiB and less, the
       -- header again; no GET of the whole
       assert.equal(0, calls("get"))
       assert.equal(4, calls("getrange"))
       assert.equal(1, calls("strlen"))
-      local p = s:proxy(big, { evict = true })
+      put_plain(s, "plain13-once", big)
+      local p = s:proxy_from_key("plain13-once", { evict = true })
       assert.is_true(ps.extract(p) == big)
-      assert.is_false(s:exists(ps.key(p)))
+      assert.is_false(s:exists("plain13-once"))
       local f = s:future()
-      f:set(big)
-      assert.is_true(ps.extract(f:proxy()) == big)
+      local fp = f:proxy()
+      put_plain(s, f.key, big)
+      assert.is_true(ps.extract(fp) == big)
       assert.is_true(f:result(30) == big)
       -- exactly one piece, and a byte more
       for _, n in ipairs { 6 * 1024 * 1024 - 18, 6 * 1024 * 1024 - 17 } do
         local v = big:sub(1, n)
-        assert.is_true(s:get(s:put(v)) == v, n)
+        put_plain(s, "edge" .. n, v)
+        assert.is_true(s:get("edge" .. n) == v, n)
       end
     end)
 
@@ -482,10 +498,11 @@ describe("the redis store", function()
     -- a mix of two values. A relay slows the reader's replies (128 KiB
     -- every 20 ms: its first piece takes about a second), and the value is
     -- replaced once the server has answered its first GETRANGE.
-    it("over 6 MiB are never read half old, half new when replaced between pieces", function()
+    it("plain over 6 MiB are never read half old, half new when replaced between pieces", function()
       local direct = new_store {}
       local n = 7 * 1024 * 1024
-      local k = direct:put(("a"):rep(n))
+      local k = "torn-plain"
+      put_plain(direct, k, ("a"):rep(n))
       local relay = trickle(srv.port, 0, 128 * 1024, 20)
       local reader
       finally(function()
@@ -502,12 +519,88 @@ describe("the redis store", function()
       local t0 = now()
       while calls("getrange") < 1 and now() - t0 < 60 do redis.sleep(0.005) end
       assert.equal(1, calls("getrange"), "the reader never asked")
-      direct:put(("b"):rep(n), { key = k })
+      put_plain(direct, k, ("b"):rep(n))
       local out, status = reader:finish()
       reader = nil
       assert.equal(0, status, out)
       assert.equal(n .. " whole b", out)   -- (its pid line is read by spawn)
       assert.equal(1, calls("get"))   -- read again whole, once the mix showed
+    end)
+
+    local function chunk_keys(s, key)
+      local n = 0
+      for _ in srv:cli("KEYS", s:config().prefix .. key .. ":chunk:*"):gmatch("[^\n]+") do
+        n = n + 1
+      end
+      return n
+    end
+
+    it("over 2 MiB are stored in chunks, each read in its place: resolve, single use, futures, leases", function()
+      local s = new_store()
+      local big = thirteen()
+      local k = s:put(big)
+      assert.equal(7, chunk_keys(s, k))   -- 13 MiB in chunks of 2 MiB
+      srv:cli("CONFIG", "RESETSTAT")
+      assert.is_true(ps.extract(s:proxy_from_key(k)) == big)
+      assert.equal(1, calls("getrange"))   -- the first piece: the header
+      assert.equal(7, calls("get"))        -- then each chunk once
+      local p = s:proxy({ big, "tail" }, { evict = true })
+      local key = ps.key(p)
+      assert.same({ big, "tail" }, ps.extract(p))
+      assert.is_false(s:exists(key))
+      assert.equal(0, chunk_keys(s, key))
+      local f = s:future()
+      f:set(big)
+      assert.is_true(ps.extract(f:proxy()) == big)
+      local lt <close> = ps.lifetime { lease = 60 }
+      local leased = s:put(big, { lifetime = lt })
+      for key_name in srv:cli("KEYS", s:config().prefix .. leased .. "*"):gmatch("[^\n]+") do
+        local ttl = tonumber(srv:cli("PTTL", key_name))
+        assert.is_true(ttl > 0 and ttl <= 60000, key_name .. " " .. ttl)
+      end
+      s:evict(k)
+      assert.equal(0, chunk_keys(s, k))
+      -- exactly one chunk, and a byte more (a string of n bytes is stored
+      -- as n + 8: the envelope byte, then the codec's n + 7)
+      for _, n in ipairs { 2 * 1024 * 1024 - 8, 2 * 1024 * 1024 - 7 } do
+        local v = big:sub(1, n)
+        local kn = s:put(v)
+        assert.equal(n == 2 * 1024 * 1024 - 8 and 0 or 2, chunk_keys(s, kn))
+        assert.is_true(s:get(kn) == v, n)
+      end
+    end)
+
+    -- A put that replaces a chunked value deletes the old chunks once its
+    -- own are written: a reader between its chunk GETs finds the rest gone
+    -- and reads the value again, whole. A relay lets the reader's commands
+    -- reach the server 8 bytes every 50 ms (a chunk GET takes about half a
+    -- second), and the value is replaced once the first chunk is served.
+    it("in chunks are never read half old, half new when replaced while read", function()
+      local direct = new_store {}
+      local n = 5 * 1024 * 1024
+      local k = direct:put(("a"):rep(n))
+      local relay = trickle(srv.port, 8, 0, 50)
+      local reader
+      finally(function()
+        relay.stop()
+        if reader then reader:kill() end
+      end)
+      srv:cli("CONFIG", "RESETSTAT")
+      reader = child.spawn(([[
+        local ps = require "proxystore"
+        local s = ps.init_store("redis", { port = %d, prefix = %q, cache_size = 0, timeout = 60 })
+        local v = ps.extract(s:proxy_from_key(%q))
+        io.write(#v, " ", v == v:sub(1, 1):rep(#v) and "whole " .. v:sub(1, 1) or "mixed")
+      ]]):format(relay.port, direct:config().prefix, k))
+      local t0 = now()
+      while calls("get") < 1 and now() - t0 < 60 do redis.sleep(0.005) end
+      assert.equal(1, calls("get"), "the reader never asked")
+      direct:put(("b"):rep(n), { key = k })
+      local out, status = reader:finish()
+      reader = nil
+      assert.equal(0, status, out)
+      assert.equal(n .. " whole b", out)
+      assert.equal(2, calls("getrange") - 1)   -- its header read twice (the put read one)
     end)
   end)
 

@@ -76,7 +76,7 @@ static void *redis_open(const ps_bconfig *cfg, ps_berr *err) {
   if (cs && *cs) {
     char *end;
     unsigned long long v = strtoull(cs, &end, 10);
-    if (*end == '\0' && v > 0 && v <= DEFAULT_CHUNK) x->chunk = (size_t)v;
+    if (*end == '\0' && v > 0 && v <= MAX_CHUNK) x->chunk = (size_t)v;
   }
   if (cfg->cluster && *cfg->cluster) {
     /* Reads the slot map: no reachable node, a bad password or a server
@@ -312,39 +312,23 @@ static int put_plain_parts(ps_redis *x, ps_key k, const ps_part *parts,
   return code;
 }
 
-static int put_once(void *ctx, ps_key k, const char *data, size_t len,
-                     ps_version *vout, ps_berr *err) {
-  ps_redis *x = ctx;
-  ps_version v;
-  if (ps_redis_new_version(&v) != 0)
-    return ps_berr_set(err, PS_BIO, "redis: getrandom failed");
-  int code = ps_redis_route(x, k, err);
-  if (code) return code;
-  if (len > x->chunk) {
-    code = ps_redis_put_chunked(x, k, data, len, &v, NULL, err);
-  } else {
-    ps_part one = {data, len};
-    code = put_plain_parts(x, k, &one, 1, len, &v, err);
-  }
-  if (!code && vout) *vout = v;
-  return code;
-}
-
 /*
  * put of parts laid end to end: the SET's value is written from the parts
  * where they lie (a large Lua string goes to the socket from the string
- * itself). A value over the chunk size is joined first: chunking slices
- * one buffer.
+ * itself); a value over the chunk size goes in chunks, sliced from the
+ * parts the same way.
  */
-static int put_parts_once(ps_redis *x, ps_key k, const ps_part *parts,
-                          size_t n, size_t len, ps_version *vout,
-                          ps_berr *err) {
+static int put_once(ps_redis *x, ps_key k, const ps_part *parts, size_t n,
+                    size_t len, ps_version *vout, ps_berr *err) {
   ps_version v;
   if (ps_redis_new_version(&v) != 0)
     return ps_berr_set(err, PS_BIO, "redis: getrandom failed");
   int code = ps_redis_route(x, k, err);
   if (code) return code;
-  code = put_plain_parts(x, k, parts, n, len, &v, err);
+  if (len > x->chunk)
+    code = ps_redis_put_chunked(x, k, parts, n, len, &v, NULL, err);
+  else
+    code = put_plain_parts(x, k, parts, n, len, &v, err);
   if (!code && vout) *vout = v;
   return code;
 }
@@ -611,8 +595,9 @@ static int put_batch_once(void *ctx, size_t n, const ps_key *keys,
     int c = PS_BOK;
     if (values[i].len > x->chunk) {
       if (code) continue;
-      c = ps_redis_put_chunked(x, keys[i], values[i].data, values[i].len,
-                               &vs[i], NULL, &e);
+      ps_part one = {values[i].data, values[i].len};
+      c = ps_redis_put_chunked(x, keys[i], &one, 1, values[i].len, &vs[i],
+                               NULL, &e);
     } else if (had[i]) {
       c = ps_redis_del_chunks(x, keys[i], &old[i], &e);
     }
@@ -726,38 +711,15 @@ int ps_redis_call(void *ctx, ps_redis_op op, void *arg, ps_berr *err) {
 
 static int redis_put(void *ctx, ps_key k, const char *data, size_t len,
                      ps_version *vout, ps_berr *err) {
-  RETRY(put_once(ctx, k, data, len, vout, err));
-}
-
-char *ps_redis_join_parts(const ps_part *parts, size_t n, size_t len,
-                          ps_berr *err) {
-  char *joined = ps_big_alloc(len);
-  if (joined == NULL) {
-    ps_berr_set(err, PS_BNOMEM, "redis: out of memory for a %zu-byte value",
-                len);
-    return NULL;
-  }
-  size_t at = 0;
-  for (size_t i = 0; i < n; i++) {
-    memcpy(joined + at, parts[i].data, parts[i].len);
-    at += parts[i].len;
-  }
-  return joined;
+  ps_part one = {data, len};
+  RETRY(put_once(x_, k, &one, 1, len, vout, err));
 }
 
 static int redis_put_parts(void *ctx, ps_key k, const ps_part *parts,
                            size_t n, ps_version *vout, ps_berr *err) {
-  ps_redis *x = ctx;
   size_t len = 0;
   for (size_t i = 0; i < n; i++) len += parts[i].len;
-  if (len > x->chunk) {
-    char *joined = ps_redis_join_parts(parts, n, len, err);
-    if (joined == NULL) return err->code;
-    int code = redis_put(ctx, k, joined, len, vout, err);
-    ps_big_free(joined);
-    return code;
-  }
-  RETRY(put_parts_once(x, k, parts, n, len, vout, err));
+  RETRY(put_once(x_, k, parts, n, len, vout, err));
 }
 
 static int redis_get(void *ctx, ps_key k, const ps_version *have,
@@ -856,7 +818,8 @@ int ps_redis_get_retried(ps_redis *x, ps_key k, ps_blob *out,
 
 int ps_redis_put_retried(ps_redis *x, ps_key k, const char *data, size_t len,
                          ps_version *vout, ps_berr *err) {
-  ATTEMPTS(x, put_once(x, k, data, len, vout, err));
+  ps_part one = {data, len};
+  ATTEMPTS(x, put_once(x, k, &one, 1, len, vout, err));
 }
 
 static int del_chunks_once(ps_redis *x, ps_key k, const ps_rchunks *ci,

@@ -52,7 +52,7 @@ int ps_redis_parse_chunks(const char *hdr, size_t len, ps_rchunks *ci) {
     return -1;
   /* What a writer makes: a chunk no larger than the largest Redis takes,
      a total larger than one chunk, and exactly the chunks it needs. */
-  if (c == 0 || c > DEFAULT_CHUNK || t <= c || n > PS_REDIS_MAX_CHUNKS ||
+  if (c == 0 || c > MAX_CHUNK || t <= c || n > PS_REDIS_MAX_CHUNKS ||
       n != t / c + (t % c != 0))
     return -1;
   memcpy(ci->v.bytes, hdr + 1, PS_VERSION_LEN);
@@ -95,9 +95,32 @@ int ps_redis_del_chunks(ps_redis *x, ps_key k, const ps_rchunks *ci,
 
 /* ---- put ------------------------------------------------------------------- */
 
+/* The value laid out as parts, and where the next chunk starts in them. */
+typedef struct parts_cursor {
+  const ps_part *parts;
+  size_t n, i, at;   /* part i, byte at of it */
+} parts_cursor;
+
+/* Queues the next l bytes of the parts as one bulk argument. */
+static void queue_slice(ps_redis *x, parts_cursor *pc, size_t l) {
+  ps_rcmd_bulk_begin(x->c, l);
+  while (l > 0 && pc->i < pc->n) {
+    const ps_part *p = &pc->parts[pc->i];
+    size_t take = p->len - pc->at < l ? p->len - pc->at : l;
+    if (take) ps_rcmd_bulk_part(x->c, p->data + pc->at, take);
+    pc->at += take;
+    l -= take;
+    if (pc->at == p->len) {
+      pc->i++;
+      pc->at = 0;
+    }
+  }
+  ps_rcmd_bulk_end(x->c);
+}
+
 /* Sends SETs of chunks [i0, i0 + m) and reads their replies; the first
  * window also reads back the header of the value being replaced. */
-static int set_window(ps_redis *x, ps_key k, const char *data,
+static int set_window(ps_redis *x, ps_key k, parts_cursor *pc,
                       const ps_rchunks *ci, size_t i0, size_t m,
                       const ps_bput *o, ps_rchunks *old, int *had,
                       ps_berr *err) {
@@ -113,7 +136,7 @@ static int set_window(ps_redis *x, ps_key k, const char *data,
     ps_rcmd_begin(x->c, ttl ? 5 : 3);
     ps_rcmd_str(x->c, "SET");
     ps_redis_arg_key(x, k, suf);
-    ps_rcmd_arg(x->c, data + off, l);
+    queue_slice(x, pc, l);
     if (ttl) {   /* a lease: the chunks go with the object, whoever dies */
       ps_rcmd_str(x->c, "PX");
       ps_rcmd_int(x->c, (long long)o->ttl_ms);
@@ -131,8 +154,9 @@ static int set_window(ps_redis *x, ps_key k, const char *data,
   return code;
 }
 
-int ps_redis_put_chunked(ps_redis *x, ps_key k, const char *data, size_t len,
-                         const ps_version *v, const ps_bput *o, ps_berr *err) {
+int ps_redis_put_chunked(ps_redis *x, ps_key k, const ps_part *parts,
+                         size_t nparts, size_t len, const ps_version *v,
+                         const ps_bput *o, ps_berr *err) {
   size_t n = len / x->chunk + (len % x->chunk != 0);
   if (n > PS_REDIS_MAX_CHUNKS)
     return ps_berr_set(err, PS_BCONFIG,
@@ -142,9 +166,10 @@ int ps_redis_put_chunked(ps_redis *x, ps_key k, const char *data, size_t len,
   ps_rchunks ci = {*v, len, n, x->chunk}, old;
   int had = 0, code = PS_BOK;
   size_t written = 0;
+  parts_cursor pc = {parts, nparts, 0, 0};
   for (size_t i0 = 0; i0 < n && !code; i0 += WINDOW) {
     size_t m = n - i0 < WINDOW ? n - i0 : WINDOW;
-    code = set_window(x, k, data, &ci, i0, m, o, &old, &had, err);
+    code = set_window(x, k, &pc, &ci, i0, m, o, &old, &had, err);
     written = i0 + m;
   }
   if (!code) {
@@ -174,8 +199,8 @@ int ps_redis_put_chunked(ps_redis *x, ps_key k, const char *data, size_t len,
 int ps_redis_expire_chunks(ps_redis *x, ps_key k, const ps_rchunks *ci,
                            int64_t ttl_ms, ps_berr *err) {
   char suf[80];
-  int code = PS_BOK;
-  for (size_t i0 = 0; i0 < ci->n && !code; i0 += WINDOW) {
+  int code = PS_BOK, gone = 0;
+  for (size_t i0 = 0; i0 < ci->n && !code && !gone; i0 += WINDOW) {
     size_t m = ci->n - i0 < WINDOW ? ci->n - i0 : WINDOW;
     for (size_t i = i0; i < i0 + m; i++) {
       chunk_suffix(suf, sizeof suf, &ci->v, i);
@@ -203,9 +228,17 @@ int ps_redis_expire_chunks(ps_redis *x, ps_key k, const ps_rchunks *ci,
 
 /* ---- get ------------------------------------------------------------------- */
 
-/* Fetches all chunks of a chunked value into one buffer of its size. */
-int ps_redis_get_chunks(ps_redis *x, ps_key k, const ps_rchunks *ci,
-                        ps_blob *out, ps_version *vout, ps_berr *err) {
+/* A chunk gone since its header was read: the value was replaced (or
+   evicted) meanwhile; read it again from its main key. */
+#define REPLACED (-1)
+/* Reads again after so many replacements (each a put that completed
+   between two reads of ours) fail as damaged. */
+#define REREADS 8
+
+/* Fetches all chunks of ci into out (allocated here): PS_BOK, REPLACED
+   (every reply of the window read, out released) or an error. */
+static int fetch_chunks(ps_redis *x, ps_key k, const ps_rchunks *ci,
+                        ps_blob *out, ps_berr *err) {
   char suf[80], kb[80];
   /* First the buffer: a header claiming more than can be had fails here,
      before a single chunk is asked for. */
@@ -214,8 +247,8 @@ int ps_redis_get_chunks(ps_redis *x, ps_key k, const ps_rchunks *ci,
                        "redis %s: key '%s%s': out of memory for its %zu-byte "
                        "value", x->c->addr, x->prefix,
                        ps_redis_keyname(k, kb, sizeof kb), ci->total);
-  int code = PS_BOK;
-  for (size_t i0 = 0; i0 < ci->n && !code; i0 += WINDOW) {
+  int code = PS_BOK, gone = 0;
+  for (size_t i0 = 0; i0 < ci->n && !code && !gone; i0 += WINDOW) {
     size_t m = ci->n - i0 < WINDOW ? ci->n - i0 : WINDOW;
     for (size_t i = i0; i < i0 + m; i++) {
       chunk_suffix(suf, sizeof suf, &ci->v, i);
@@ -236,25 +269,60 @@ int ps_redis_get_chunks(ps_redis *x, ps_key k, const ps_rchunks *ci,
         ps_rconn_drop(x->c);   /* the rest of the window is still owed */
         break;
       }
+      if (r.type == PS_R_BULK && r.n < 0) {
+        ps_rreply_free(&r);
+        gone = 1;   /* the rest of the window is still read, in place */
+        continue;
+      }
       if (r.type != PS_R_BULK || r.n != (long long)want) {
         ps_rreply_free(&r);
         /* Replies may remain unread: drop the connection to resynchronise. */
         ps_rconn_drop(x->c);
         code = ps_berr_set(err, PS_BPROTO,
-                           "redis %s: chunk %zu of key '%s%s' is missing or "
-                           "damaged (value replaced while reading?)",
+                           "redis %s: chunk %zu of key '%s%s' is damaged "
+                           "(%lld bytes where %zu were written)",
                            x->c->addr, i, x->prefix,
-                           ps_redis_keyname(k, kb, sizeof kb));
+                           ps_redis_keyname(k, kb, sizeof kb), r.n, want);
         break;
       }
       code = ps_rconn_read_body(x->c, out->data + off, want, err);
       if (!code) code = ps_rconn_read_crlf(x->c, err);
     }
   }
-  if (code) {
-    ps_blob_release(out);
-    return code;
+  if (!code && gone) code = REPLACED;
+  if (code) ps_blob_release(out);
+  return code;
+}
+
+/*
+ * Fetches all chunks of a chunked value into one buffer of its size. A
+ * put that replaces the value while its chunks are read deletes them
+ * under us (its new chunks and header are all written first): the value
+ * is then read again from its main key, whole, as the new one.
+ */
+int ps_redis_get_chunks(ps_redis *x, ps_key k, const ps_rchunks *ci,
+                        ps_blob *out, ps_version *vout, ps_berr *err) {
+  ps_rchunks cur = *ci;
+  for (int tries = 0;; tries++) {
+    int code = fetch_chunks(x, k, &cur, out, err);
+    if (code == PS_BOK) {
+      if (vout) *vout = cur.v;
+      return PS_BOK;
+    }
+    if (code != REPLACED) return code;
+    if (tries == REREADS) {
+      char kb[80];
+      return ps_berr_set(err, PS_BPROTO, "redis %s: the chunks of key "
+                         "'%s%s' went missing while read, %d times "
+                         "(replaced that often, or damaged)", x->c->addr,
+                         x->prefix, ps_redis_keyname(k, kb, sizeof kb),
+                         REREADS + 1);
+    }
+    ps_redis_queue_get_first(x, k);
+    code = ps_rconn_send(x->c, err);
+    int chunked = 0;
+    if (!code)
+      code = ps_redis_read_get_first(x, k, out, vout, &cur, &chunked, err);
+    if (code || !chunked) return code;
   }
-  if (vout) *vout = ci->v;
-  return PS_BOK;
 }

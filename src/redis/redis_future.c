@@ -36,7 +36,6 @@
 #include <string.h>
 #include <time.h>
 
-#include "bigalloc.h"
 #include "redis_store.h"
 
 /* The longest one BLMOVE blocks; a longer wait issues another (the token
@@ -168,10 +167,8 @@ static int put_ex_once(ps_redis *x, void *arg, ps_berr *err) {
   int code = ps_redis_route(x, a->k, err);
   if (code) return code;
   if (a->len > x->chunk) {
-    char *joined = ps_redis_join_parts(a->parts, a->n, a->len, err);
-    if (joined == NULL) return err->code;
-    code = ps_redis_put_chunked(x, a->k, joined, a->len, &v, a->o, err);
-    ps_big_free(joined);
+    code = ps_redis_put_chunked(x, a->k, a->parts, a->n, a->len, &v, a->o,
+                                err);
   } else {
     char hdr[HDR_LEN];
     hdr[0] = 'P';

@@ -169,7 +169,7 @@ int ps_redis_read_get_first(ps_redis *x, ps_key k, ps_blob *out,
   /* Shorter: a put between the two. Longer than a plain value can be
      (larger ones are chunked): not believed, read as GET reads it. */
   if (code == PS_BOK && (n < (long long)FIRST ||
-                         (unsigned long long)n > DEFAULT_CHUNK + HDR_LEN)) {
+                         (unsigned long long)n > MAX_CHUNK + HDR_LEN)) {
     ps_big_free(first);
     return get_whole(x, k, out, vout, ci, chunked, err);
   }

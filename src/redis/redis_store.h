@@ -10,8 +10,18 @@
 #include "redis_conn.h"
 
 #define HDR_LEN (1 + PS_VERSION_LEN)
-/* Redis refuses bulk strings over 512 MiB (proto-max-bulk-len). */
-#define DEFAULT_CHUNK (((size_t)512 << 20) - 4096)
+/* Redis refuses bulk strings over 512 MiB (proto-max-bulk-len): no chunk
+   (and no plain value) is larger. */
+#define MAX_CHUNK (((size_t)512 << 20) - 4096)
+/*
+ * Values over this are stored in chunks of it. Not for Redis' limit but
+ * for its speed: a value of 8 MiB or more is one allocation that Redis'
+ * jemalloc serves from fresh pages on every SET and every GET reply
+ * (loopback, 10 MiB: SET 33 ms and GET 51 ms raw, against 1.6 and 1.3
+ * ms at 6 MiB), and pipelined GETs of 4 MiB chunks were as slow; chunks of
+ * 2 MiB put 10 MiB in 2.7-3.6 ms and read it in 2.2-3.0 ms (docs/redis.md).
+ */
+#define DEFAULT_CHUNK ((size_t)2 << 20)
 #define OLDHDR_MAX 96     /* bytes of a replaced value read back (GETRANGE) */
 /* Chunks of one value: 32 TiB at the default chunk size; it bounds what a
    forged chunk header can make a reader or an evict do. */
@@ -103,11 +113,7 @@ void ps_redis_queue_main(ps_redis *x, ps_key k, const char *hdr, size_t hlen,
 int ps_redis_read_main(ps_redis *x, ps_key k, const ps_bput *o, ps_berr *err);
 int ps_redis_put_ex(void *ctx, ps_key k, const ps_part *parts, size_t n,
                     const ps_bput *o, ps_version *vout, ps_berr *err);
-/* backend_redis.c: the len bytes of parts joined in one big block (free
-   with ps_big_free), for chunking, which slices one buffer; NULL with err
-   set when out of memory. */
-char *ps_redis_join_parts(const ps_part *parts, size_t n, size_t len,
-                          ps_berr *err);
+
 int ps_redis_wait(void *ctx, ps_key k, double timeout, ps_blob *out,
                   ps_version *vout, ps_berr *err);
 /* backend_redis.c: reads one GET reply for k into out; a chunked value's
@@ -153,7 +159,8 @@ int ps_redis_parse_chunks(const char *hdr, size_t len, ps_rchunks *ci);
 int ps_redis_del_chunks(ps_redis *x, ps_key k, const ps_rchunks *ci,
                         ps_berr *err);
 /* o (may be NULL): the chunks get the lease, the main key all of o. */
-int ps_redis_put_chunked(ps_redis *x, ps_key k, const char *data, size_t len,
+int ps_redis_put_chunked(ps_redis *x, ps_key k, const ps_part *parts,
+                         size_t nparts, size_t len,
                          const ps_version *v, const ps_bput *o, ps_berr *err);
 /* PEXPIRE of every chunk of ci, 64 to a round trip. */
 int ps_redis_expire_chunks(ps_redis *x, ps_key k, const ps_rchunks *ci,
