@@ -441,6 +441,27 @@ describe("the redis store", function()
       assert.is_true(n >= 140)
     end)
 
+    it("too many for the chunk size are written in larger chunks", function()
+      -- 8-byte chunks: 600,000 bytes would be 75,000 of them, over the
+      -- 65,536 a reader accepts; the writer takes 10-byte ones instead.
+      local code = ([[
+        local ps = require "proxystore"
+        local s = ps.init_store("redis", {host = "127.0.0.1", port = %d, prefix = "many:"})
+        local big = string.rep("0123456789", 60000)
+        s:put(big, { key = "k" })
+        assert(s:get("k") == big)
+        io.write("done")
+      ]]):format(srv.port)
+      assert.equal("done", run_lua(code, "PROXYSTORE_REDIS_CHUNK_SIZE=8"))
+      local hdr = srv:cli("GETRANGE", "many:k", "17", "-1")
+      local total, n, size = hdr:match("^(%d+) (%d+) (%d+)")
+      total, n, size = tonumber(total), tonumber(n), tonumber(size)
+      assert.is_true(total > 600000, hdr)
+      assert.equal(10, size)
+      assert.equal((total + 9) // 10, n)
+      srv:cli("EVAL", "for _, k in ipairs(redis.call('KEYS', 'many:*')) do redis.call('DEL', k) end", "0")
+    end)
+
     local function calls(name)
       local info = srv:cli("INFO", "commandstats")
       return tonumber(info:match("cmdstat_" .. name .. ":calls=(%d+)")) or 0

@@ -23,8 +23,9 @@
  */
 #define DEFAULT_CHUNK ((size_t)2 << 20)
 #define OLDHDR_MAX 96     /* bytes of a replaced value read back (GETRANGE) */
-/* Chunks of one value: 32 TiB at the default chunk size; it bounds what a
-   forged chunk header can make a reader or an evict do. */
+/* Chunks of one value (a larger value takes larger chunks, up to 32 TiB
+   in all); it bounds what a forged chunk header can make a reader or an
+   evict do. */
 #define PS_REDIS_MAX_CHUNKS 65536
 
 /* The key of an object's wake-up list (futures): prefix..key..":wake". */
