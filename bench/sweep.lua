@@ -9,7 +9,7 @@
 --                 process does: the same into a buffer just allocated
 --   redis, warm   proxystore.bench.redis_limit: GET into a reused buffer
 --                 of a plain value as long as what the store stored (the
---                 store chunks values over 2 MiB; the limit is one GET),
+--                 store chunks values over 6 MiB; the limit is one GET),
 --                 waiting as the store does (a spin of up to 30 us before
 --                 it sleeps): redis_raw's limit_get, in this process, on
 --                 one connection kept for the whole sweep, as the store
@@ -178,7 +178,7 @@ local function bench(report, extra, max)
       -- redis
       -- The limit reads as many bytes as the store stored, as one plain
       -- value with one GET: what a raw client does. The store keeps a
-      -- value over its chunk size (2 MiB) in chunks (docs/redis.md), so
+      -- value over 6 MiB in chunks (docs/redis.md), so
       -- the limit reads a key of its own, written raw.
       rstore:put(data, { key = "sweep" })
       local rsize = tonumber(srv:cli("STRLEN", "sweep"):match("%d+"))

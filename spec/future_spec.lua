@@ -97,15 +97,31 @@ for _, kind in ipairs { "local", "file", "redis" } do
 
     it("sets values holding large strings whole, and a second such set fails", function()
       -- Large strings go to the store from where they lie (no copy into
-      -- one buffer), in their places among the rest of the value.
+      -- one buffer), in their places among the rest of the value; on
+      -- Redis, over 6 MiB in all, in chunks.
       local s = new_store(kind)
       local big1 = string.rep("0123456789abcdef", 64 * 1024)       -- 1 MiB
       local big2 = string.rep("fedcba9876543210", 80 * 1024 + 3)   -- 1.25 MiB
-      local v = { a = big1, list = { 1, big2, "small", big1 }, tail = true }
+      local big3 = string.rep("x", 4 * 1024 * 1024)                -- 4 MiB
+      local v = { a = big1, list = { 1, big2, "small", big1 }, tail = big3 }
+      local function chunks()
+        if kind ~= "redis" then return 0 end
+        local n = 0
+        for _ in srv:cli("KEYS", s:config().prefix .. "*:chunk:*"):gmatch("[^\n]+") do
+          n = n + 1
+        end
+        return n
+      end
       local f = s:future()
       f:set(v)
-      local err = error_of(f.set, f, { big2 })
+      local own = chunks()
+      assert.is_true(kind ~= "redis" or own >= 2, own)
+      -- another copy of the future: the store refuses the set, and the
+      -- chunks it wrote first are gone again
+      local copy = s:future { key = f.key }
+      local err = error_of(copy.set, copy, { big3, big1, big2 })
       assert.equal("already_set", err.kind)
+      assert.equal(own, chunks())
       assert.same(v, f:result())
       assert.same(v, ps.extract(s:future({ key = f.key }):proxy()))
       if kind ~= "local" then

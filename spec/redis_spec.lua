@@ -476,9 +476,8 @@ describe("the redis store", function()
 
     -- A value as proxystore writes one that fits a single key: 'P', 16
     -- bytes of version, the envelope byte (1: native), then what serialize
-    -- makes. Values over the chunk
-    -- size (2 MiB) are written in chunks; plain ones this large are what a
-    -- store with larger chunks (or an older proxystore) wrote.
+    -- makes. Values over 6 MiB are written in chunks; plain ones this large
+    -- are what a store with larger chunks (or an older proxystore) wrote.
     local function put_plain(s, key, v)
       local raw = core.redis_groups { host = srv.host, port = srv.port }
       local bytes = "P" .. core.random_key():sub(1, 16) .. "\1" .. ps.serialize(v)
@@ -556,7 +555,7 @@ describe("the redis store", function()
       return n
     end
 
-    it("over 2 MiB are stored in chunks, each read in its place: resolve, single use, futures, leases", function()
+    it("over 6 MiB are stored in chunks of 2 MiB, each read in its place: resolve, single use, futures, leases", function()
       local s = new_store()
       local big = thirteen()
       local k = s:put(big)
@@ -581,14 +580,35 @@ describe("the redis store", function()
       end
       s:evict(k)
       assert.equal(0, chunk_keys(s, k))
-      -- exactly one chunk, and a byte more (a string of n bytes is stored
-      -- as n + 8: the envelope byte, then the codec's n + 7)
-      for _, n in ipairs { 2 * 1024 * 1024 - 8, 2 * 1024 * 1024 - 7 } do
+      -- the largest plain value, and a byte more (a string of n bytes, n
+      -- near 6 MiB, is stored as n + 9: the envelope byte, then the codec's
+      -- n + 8; a plain value and its 17-byte header fit 6 MiB)
+      for _, n in ipairs { 6 * 1024 * 1024 - 26, 6 * 1024 * 1024 - 25 } do
         local v = big:sub(1, n)
         local kn = s:put(v)
-        assert.equal(n == 2 * 1024 * 1024 - 8 and 0 or 2, chunk_keys(s, kn))
+        assert.equal(n == 6 * 1024 * 1024 - 26 and 0 or 3, chunk_keys(s, kn))
         assert.is_true(s:get(kn) == v, n)
       end
+    end)
+
+    -- A chunk can go on its own: a lease's chunks expire a moment before
+    -- its header, and a server under maxmemory evicts keys. The header
+    -- read again is the same one: nothing replaced the value, it is gone.
+    it("in chunks that lost one (evicted, a lease ending) read as missing, alone and in a batch", function()
+      local s = new_store()
+      local k = s:put(thirteen())
+      local other = s:put("other")
+      local chunk = srv:cli("KEYS", s:config().prefix .. k .. ":chunk:*"):match("[^\n]+")
+      assert.equal("1", srv:cli("DEL", chunk):match("%d+"))
+      srv:cli("CONFIG", "RESETSTAT")
+      local err = error_of(ps.extract, s:proxy_from_key(k))
+      assert.equal("missing_key", err.kind)
+      assert.equal(2, calls("getrange"))   -- the header, and once more: no 9 rereads
+      assert.is_nil(s:get(k))
+      local got = s:get_batch({ other, k, other })
+      assert.equal("other", got[1])
+      assert.is_nil(got[2])
+      assert.equal("other", got[3])
     end)
 
     -- A put that replaces a chunked value deletes the old chunks once its
@@ -598,7 +618,7 @@ describe("the redis store", function()
     -- second), and the value is replaced once the first chunk is served.
     it("in chunks are never read half old, half new when replaced while read", function()
       local direct = new_store {}
-      local n = 5 * 1024 * 1024
+      local n = 7 * 1024 * 1024
       local k = direct:put(("a"):rep(n))
       local relay = trickle(srv.port, 8, 0, 50)
       local reader
@@ -622,6 +642,47 @@ describe("the redis store", function()
       assert.equal(0, status, out)
       assert.equal(n .. " whole b", out)
       assert.equal(2, calls("getrange") - 1)   -- its header read twice (the put read one)
+    end)
+
+    -- The same with a chunk gone in the middle of a window: chunks of 512
+    -- KiB (written by a child with that chunk size) are read 4 to a round
+    -- trip; the value is replaced (its old chunks deleted, a new value
+    -- under the key) once the server has served the first of them, while
+    -- the rest of the window still trickles in.
+    it("in chunks are read again whole when a chunk goes in the middle of a window", function()
+      local direct = new_store {}
+      local prefix = direct:config().prefix
+      local n = 5 * 1024 * 1024
+      assert.equal("done", run_lua(([[
+        local ps = require "proxystore"
+        local s = ps.init_store("redis", { port = %d, prefix = %q })
+        s:put(string.rep("a", %d), { key = "torn-small" })
+        io.write("done")
+      ]]):format(srv.port, prefix, n), "PROXYSTORE_REDIS_CHUNK_SIZE=524288"))
+      local relay = trickle(srv.port, 16, 0, 50)
+      local reader
+      finally(function()
+        relay.stop()
+        if reader then reader:kill() end
+      end)
+      srv:cli("CONFIG", "RESETSTAT")
+      reader = child.spawn(([[
+        local ps = require "proxystore"
+        local s = ps.init_store("redis", { port = %d, prefix = %q, cache_size = 0, timeout = 60 })
+        local v = ps.extract(s:proxy_from_key("torn-small"))
+        io.write(#v, " ", v == v:sub(1, 1):rep(#v) and "whole " .. v:sub(1, 1) or "mixed")
+      ]]):format(relay.port, prefix))
+      local t0 = now()
+      while calls("get") < 1 and now() - t0 < 60 do redis.sleep(0.005) end
+      assert.equal(1, calls("get"), "the reader never asked")
+      for key in srv:cli("KEYS", prefix .. "torn-small:chunk:*"):gmatch("[^\n]+") do
+        srv:cli("DEL", key)
+      end
+      put_plain(direct, "torn-small", ("b"):rep(n))
+      local out, status = reader:finish()
+      reader = nil
+      assert.equal(0, status, out)
+      assert.equal(n .. " whole b", out)
     end)
   end)
 

@@ -71,12 +71,14 @@ static void *redis_open(const ps_bconfig *cfg, ps_berr *err) {
   }
   x->plen = strlen(x->prefix);
   x->chunk = DEFAULT_CHUNK;
+  x->plain_max = PLAIN_MAX;
   /* Internal: lets specs and benches exercise chunking with small sizes. */
   const char *cs = getenv("PROXYSTORE_REDIS_CHUNK_SIZE");
   if (cs && *cs) {
     char *end;
     unsigned long long v = strtoull(cs, &end, 10);
-    if (*end == '\0' && v > 0 && v <= MAX_CHUNK) x->chunk = (size_t)v;
+    if (*end == '\0' && v > 0 && v <= MAX_CHUNK)
+      x->chunk = x->plain_max = (size_t)v;
   }
   if (cfg->cluster && *cfg->cluster) {
     /* Reads the slot map: no reachable node, a bad password or a server
@@ -325,7 +327,7 @@ static int put_once(ps_redis *x, ps_key k, const ps_part *parts, size_t n,
     return ps_berr_set(err, PS_BIO, "redis: getrandom failed");
   int code = ps_redis_route(x, k, err);
   if (code) return code;
-  if (len > x->chunk)
+  if (len > x->plain_max)
     code = ps_redis_put_chunked(x, k, parts, n, len, &v, NULL, err);
   else
     code = put_plain_parts(x, k, parts, n, len, &v, err);
@@ -569,7 +571,7 @@ static int put_batch_once(void *ctx, size_t n, const ps_key *keys,
   /* Small values: one pipeline. Values over the chunk size: one by one. */
   size_t queued = 0;
   for (size_t i = 0; i < n; i++) {
-    if (values[i].len > x->chunk) continue;
+    if (values[i].len > x->plain_max) continue;
     hdrs[i][0] = 'P';
     memcpy(hdrs[i] + 1, vs[i].bytes, PS_VERSION_LEN);
     queue_put_plain(x, keys[i], values[i].data, values[i].len, hdrs[i]);
@@ -580,7 +582,7 @@ static int put_batch_once(void *ctx, size_t n, const ps_key *keys,
   /* Every reply is read while the connection lives, also after an error
      reply (NOPERM on one key): the first error is the batch's. */
   for (size_t i = 0; i < n && x->c->fd >= 0; i++) {
-    if (values[i].len > x->chunk) continue;
+    if (values[i].len > x->plain_max) continue;
     ps_berr e;
     int h = 0;
     int c = ps_redis_read_old_header(x, &old[i], &h, &e);
@@ -593,7 +595,7 @@ static int put_batch_once(void *ctx, size_t n, const ps_key *keys,
   for (size_t i = 0; i < n && x->c->fd >= 0; i++) {
     ps_berr e;
     int c = PS_BOK;
-    if (values[i].len > x->chunk) {
+    if (values[i].len > x->plain_max) {
       if (code) continue;
       ps_part one = {values[i].data, values[i].len};
       c = ps_redis_put_chunked(x, keys[i], &one, 1, values[i].len, &vs[i],
@@ -644,10 +646,17 @@ static int get_batch_once(void *ctx, size_t n, const ps_key *keys,
     if (c == PS_BOK || c == PS_BNOTFOUND) codes[i] = c;
     else ps_redis_keep_first(&code, err, c, &e);
   }
-  for (size_t i = 0; i < n && !code; i++)
-    if (chunked[i])
-      code = ps_redis_get_chunks(x, keys[i], &ci[i], &out[i],
-                                 vout ? &vout[i] : NULL, err);
+  for (size_t i = 0; i < n && !code; i++) {
+    if (!chunked[i]) continue;
+    code = ps_redis_get_chunks(x, keys[i], &ci[i], &out[i],
+                               vout ? &vout[i] : NULL, err);
+    /* gone while read (evicted, its lease ended): missing, as a key
+       missing from the start is */
+    if (code == PS_BNOTFOUND) {
+      codes[i] = PS_BNOTFOUND;
+      code = PS_BOK;
+    }
+  }
 done:
   if (code)
     for (size_t i = 0; i < n; i++) ps_blob_release(&out[i]);

@@ -213,12 +213,9 @@ int ps_redis_put_chunked(ps_redis *x, ps_key k, const ps_part *parts,
 int ps_redis_expire_chunks(ps_redis *x, ps_key k, const ps_rchunks *ci,
                            int64_t ttl_ms, ps_berr *err) {
   char suf[80];
-  int code = PS_BOK, gone = 0;
-  size_t win = READ_AHEAD / ci->chunk;
-  if (win < 1) win = 1;
-  if (win > WINDOW) win = WINDOW;
-  for (size_t i0 = 0; i0 < ci->n && !code && !gone; i0 += win) {
-    size_t m = ci->n - i0 < win ? ci->n - i0 : win;
+  int code = PS_BOK;
+  for (size_t i0 = 0; i0 < ci->n && !code; i0 += WINDOW) {
+    size_t m = ci->n - i0 < WINDOW ? ci->n - i0 : WINDOW;
     for (size_t i = i0; i < i0 + m; i++) {
       chunk_suffix(suf, sizeof suf, &ci->v, i);
       ps_rcmd_begin(x->c, 3);
@@ -338,11 +335,24 @@ int ps_redis_get_chunks(ps_redis *x, ps_key k, const ps_rchunks *ci,
                          x->prefix, ps_redis_keyname(k, kb, sizeof kb),
                          REREADS + 1);
     }
+    ps_version was = cur.v;
+    /* A redirection of this read counts on its own (as get_whole's). */
+    ps_rconn_reset_counts(x->c);
     ps_redis_queue_get_first(x, k);
     code = ps_rconn_send(x->c, err);
     int chunked = 0;
     if (!code)
       code = ps_redis_read_get_first(x, k, out, vout, &cur, &chunked, err);
     if (code || !chunked) return code;
+    if (memcmp(was.bytes, cur.v.bytes, PS_VERSION_LEN) == 0) {
+      /* Not replaced: its chunks went on their own (a lease ending, whose
+         chunks expire a moment before the header; the server evicting
+         keys under maxmemory). The object is gone. */
+      char kb[80];
+      return ps_berr_set(err, PS_BNOTFOUND, "redis %s: key '%s%s' lost its "
+                         "chunks (its lease ended, or the server evicted "
+                         "them)", x->c->addr, x->prefix,
+                         ps_redis_keyname(k, kb, sizeof kb));
+    }
   }
 }

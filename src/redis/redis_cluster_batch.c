@@ -169,7 +169,7 @@ int ps_redis_cluster_put_batch(void *ctx, size_t n, const ps_key *keys,
   }
   /* Values over the chunk size go alone, after the others. */
   for (size_t i = 0; i < n; i++) {
-    alone[i] = values[i].len > x->chunk;
+    alone[i] = values[i].len > x->plain_max;
     if (!alone[i] && ps_redis_new_version(&vs[i]) != 0) {
       code = ps_berr_set(err, PS_BIO, "redis: getrandom failed");
       goto done;

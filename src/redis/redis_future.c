@@ -166,7 +166,7 @@ static int put_ex_once(ps_redis *x, void *arg, ps_berr *err) {
     return ps_berr_set(err, PS_BIO, "redis: getrandom failed");
   int code = ps_redis_route(x, a->k, err);
   if (code) return code;
-  if (a->len > x->chunk) {
+  if (a->len > x->plain_max) {
     code = ps_redis_put_chunked(x, a->k, a->parts, a->n, a->len, &v, a->o,
                                 err);
   } else {

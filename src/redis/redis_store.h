@@ -14,13 +14,16 @@
    (and no plain value) is larger. */
 #define MAX_CHUNK (((size_t)512 << 20) - 4096)
 /*
- * Values over this are stored in chunks of it. Not for Redis' limit but
- * for its speed: a value of 8 MiB or more is one allocation that Redis'
- * jemalloc serves from fresh pages on every SET and every GET reply
- * (loopback, 10 MiB: SET 33 ms and GET 51 ms raw, against 1.6 and 1.3
- * ms at 6 MiB), and pipelined GETs of 4 MiB chunks were as slow; chunks of
- * 2 MiB put 10 MiB in 2.7-3.6 ms and read it in 2.2-3.0 ms (docs/redis.md).
+ * Values over PLAIN_MAX are stored in chunks of DEFAULT_CHUNK. Not for
+ * Redis' limit but for its speed: a value of 8 MiB or more is one
+ * allocation that Redis' jemalloc serves from fresh pages on every SET and
+ * every GET reply (loopback, raw: SET 6 MiB 1.6 ms, 10 MiB 33 ms; GET 1.3
+ * and 51 ms); 10 MiB in chunks of 2 MiB put 2.7-3.6 ms and read 2.2-3.0
+ * ms. A value that fits 6 MiB with its header stays one key, read in one
+ * round trip (the first piece, redis_pieces.c): chunked, a value just over
+ * 2 MiB took three.
  */
+#define PLAIN_MAX (((size_t)6 << 20) - HDR_LEN)
 #define DEFAULT_CHUNK ((size_t)2 << 20)
 #define OLDHDR_MAX 96     /* bytes of a replaced value read back (GETRANGE) */
 /* Chunks of one value (a larger value takes larger chunks, up to 32 TiB
@@ -40,7 +43,8 @@ typedef struct ps_redis {
   int reused, retried;   /* single server: see ps_redis_again */
   char *prefix;
   size_t plen;
-  size_t chunk;
+  size_t chunk;          /* the size of a chunk */
+  size_t plain_max;      /* larger values are chunked */
 } ps_redis;
 
 /* A chunked value's descriptor. */
