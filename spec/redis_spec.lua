@@ -467,6 +467,35 @@ describe("the redis store", function()
       return tonumber(info:match("cmdstat_" .. name .. ":calls=(%d+)")) or 0
     end
 
+    -- Reads key (under prefix) in a child through a relay moving bytes on a
+    -- fixed schedule (relay = { up, down, pause_ms }, as trickle takes);
+    -- once the server has counted one call of the command asked, runs
+    -- replace(). Returns what the reader saw: "<bytes> whole <char>", or
+    -- "<bytes> mixed" for a value read half old, half new.
+    local function read_while_replaced(prefix, key, relay, asked, replace)
+      local r = trickle(srv.port, relay[1], relay[2], relay[3])
+      local reader
+      finally(function()
+        r.stop()
+        if reader then reader:kill() end
+      end)
+      srv:cli("CONFIG", "RESETSTAT")
+      reader = child.spawn(([[
+        local ps = require "proxystore"
+        local s = ps.init_store("redis", { port = %d, prefix = %q, cache_size = 0, timeout = 60 })
+        local v = ps.extract(s:proxy_from_key(%q))
+        io.write(#v, " ", v == v:sub(1, 1):rep(#v) and "whole " .. v:sub(1, 1) or "mixed")
+      ]]):format(r.port, prefix, key))
+      local t0 = now()
+      while calls(asked) < 1 and now() - t0 < 60 do redis.sleep(0.005) end
+      assert.equal(1, calls(asked), "the reader never asked")
+      replace()
+      local out, status = reader:finish()
+      reader = nil
+      assert.equal(0, status, out)   -- (its pid line is read by spawn)
+      return out
+    end
+
     -- 13 MiB, each MiB of other bytes: a piece out of place shows
     local function thirteen()
       local parts = {}
@@ -523,26 +552,8 @@ describe("the redis store", function()
       local n = 7 * 1024 * 1024
       local k = "torn-plain"
       put_plain(direct, k, ("a"):rep(n))
-      local relay = trickle(srv.port, 0, 128 * 1024, 20)
-      local reader
-      finally(function()
-        relay.stop()
-        if reader then reader:kill() end
-      end)
-      srv:cli("CONFIG", "RESETSTAT")
-      reader = child.spawn(([[
-        local ps = require "proxystore"
-        local s = ps.init_store("redis", { port = %d, prefix = %q, cache_size = 0, timeout = 60 })
-        local v = ps.extract(s:proxy_from_key(%q))
-        io.write(#v, " ", v == v:sub(1, 1):rep(#v) and "whole " .. v:sub(1, 1) or "mixed")
-      ]]):format(relay.port, direct:config().prefix, k))
-      local t0 = now()
-      while calls("getrange") < 1 and now() - t0 < 60 do redis.sleep(0.005) end
-      assert.equal(1, calls("getrange"), "the reader never asked")
-      put_plain(direct, k, ("b"):rep(n))
-      local out, status = reader:finish()
-      reader = nil
-      assert.equal(0, status, out)
+      local out = read_while_replaced(direct:config().prefix, k, { 0, 128 * 1024, 20 },
+        "getrange", function() put_plain(direct, k, ("b"):rep(n)) end)
       assert.equal(n .. " whole b", out)   -- (its pid line is read by spawn)
       assert.equal(1, calls("get"))   -- read again whole, once the mix showed
     end)
@@ -620,26 +631,8 @@ describe("the redis store", function()
       local direct = new_store {}
       local n = 7 * 1024 * 1024
       local k = direct:put(("a"):rep(n))
-      local relay = trickle(srv.port, 8, 0, 50)
-      local reader
-      finally(function()
-        relay.stop()
-        if reader then reader:kill() end
-      end)
-      srv:cli("CONFIG", "RESETSTAT")
-      reader = child.spawn(([[
-        local ps = require "proxystore"
-        local s = ps.init_store("redis", { port = %d, prefix = %q, cache_size = 0, timeout = 60 })
-        local v = ps.extract(s:proxy_from_key(%q))
-        io.write(#v, " ", v == v:sub(1, 1):rep(#v) and "whole " .. v:sub(1, 1) or "mixed")
-      ]]):format(relay.port, direct:config().prefix, k))
-      local t0 = now()
-      while calls("get") < 1 and now() - t0 < 60 do redis.sleep(0.005) end
-      assert.equal(1, calls("get"), "the reader never asked")
-      direct:put(("b"):rep(n), { key = k })
-      local out, status = reader:finish()
-      reader = nil
-      assert.equal(0, status, out)
+      local out = read_while_replaced(direct:config().prefix, k, { 8, 0, 50 }, "get",
+        function() direct:put(("b"):rep(n), { key = k }) end)
       assert.equal(n .. " whole b", out)
       assert.equal(2, calls("getrange") - 1)   -- its header read twice (the put read one)
     end)
@@ -659,29 +652,12 @@ describe("the redis store", function()
         s:put(string.rep("a", %d), { key = "torn-small" })
         io.write("done")
       ]]):format(srv.port, prefix, n), "PROXYSTORE_REDIS_CHUNK_SIZE=524288"))
-      local relay = trickle(srv.port, 16, 0, 50)
-      local reader
-      finally(function()
-        relay.stop()
-        if reader then reader:kill() end
+      local out = read_while_replaced(prefix, "torn-small", { 16, 0, 50 }, "get", function()
+        for key in srv:cli("KEYS", prefix .. "torn-small:chunk:*"):gmatch("[^\n]+") do
+          srv:cli("DEL", key)
+        end
+        put_plain(direct, "torn-small", ("b"):rep(n))
       end)
-      srv:cli("CONFIG", "RESETSTAT")
-      reader = child.spawn(([[
-        local ps = require "proxystore"
-        local s = ps.init_store("redis", { port = %d, prefix = %q, cache_size = 0, timeout = 60 })
-        local v = ps.extract(s:proxy_from_key("torn-small"))
-        io.write(#v, " ", v == v:sub(1, 1):rep(#v) and "whole " .. v:sub(1, 1) or "mixed")
-      ]]):format(relay.port, prefix))
-      local t0 = now()
-      while calls("get") < 1 and now() - t0 < 60 do redis.sleep(0.005) end
-      assert.equal(1, calls("get"), "the reader never asked")
-      for key in srv:cli("KEYS", prefix .. "torn-small:chunk:*"):gmatch("[^\n]+") do
-        srv:cli("DEL", key)
-      end
-      put_plain(direct, "torn-small", ("b"):rep(n))
-      local out, status = reader:finish()
-      reader = nil
-      assert.equal(0, status, out)
       assert.equal(n .. " whole b", out)
     end)
   end)
