@@ -726,9 +726,7 @@ static int redis_put(void *ctx, ps_key k, const char *data, size_t len,
 
 static int redis_put_parts(void *ctx, ps_key k, const ps_part *parts,
                            size_t n, ps_version *vout, ps_berr *err) {
-  size_t len = 0;
-  for (size_t i = 0; i < n; i++) len += parts[i].len;
-  RETRY(put_once(x_, k, parts, n, len, vout, err));
+  RETRY(put_once(x_, k, parts, n, ps_parts_len(parts, n), vout, err));
 }
 
 static int redis_get(void *ctx, ps_key k, const ps_version *have,

@@ -169,8 +169,7 @@ int ps_redis_put_chunked(ps_redis *x, ps_key k, const ps_part *parts,
      value that would need more chunks than a reader accepts takes larger
      ones, up to Redis' limit. */
   size_t chunk = x->chunk;
-  if (len / chunk >= PS_REDIS_MAX_CHUNKS && len / PS_REDIS_MAX_CHUNKS + 1 > chunk)
-    chunk = len / PS_REDIS_MAX_CHUNKS + 1;
+  if (len / chunk >= PS_REDIS_MAX_CHUNKS) chunk = len / PS_REDIS_MAX_CHUNKS + 1;
   size_t n = len / chunk + (len % chunk != 0);
   if (n > PS_REDIS_MAX_CHUNKS || chunk > MAX_CHUNK)
     return ps_berr_set(err, PS_BCONFIG,

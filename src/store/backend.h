@@ -68,6 +68,8 @@ typedef struct ps_part {
  * blob's own block, without a copy (ps_blob_push_string). 0, or -1.
  */
 int ps_blob_alloc_object(ps_blob *b, size_t n);
+/* The bytes of n parts laid end to end. */
+size_t ps_parts_len(const ps_part *parts, size_t n);
 
 /* Options a store passes to its backend, already validated by Lua. */
 typedef struct ps_bconfig {

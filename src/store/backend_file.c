@@ -483,8 +483,7 @@ static int file_put_ex(void *ctx, ps_key key, const ps_part *parts, size_t n,
                        const ps_bput *o, ps_version *version_out,
                        ps_berr *err) {
   file_ctx *c = ctx;
-  size_t len = 0;
-  for (size_t i = 0; i < n; i++) len += parts[i].len;
+  size_t len = ps_parts_len(parts, n);
   char name[NAME_MAX + 1], tmp[sizeof TMP_PREFIX + 33];
   int rc = make_name(c, key, name, err);
   if (rc != PS_BOK) return rc;

@@ -47,3 +47,9 @@ int ps_blob_alloc_object(ps_blob *b, size_t n) {
   size_t head = n > 1 ? ps_codec_string_head(n - 1) : 0;
   return ps_blob_alloc_lead(b, n, head ? 1 + head : 0);
 }
+
+size_t ps_parts_len(const ps_part *parts, size_t n) {
+  size_t len = 0;
+  for (size_t i = 0; i < n; i++) len += parts[i].len;
+  return len;
+}
