@@ -182,8 +182,15 @@ local function pipeline(report, store, runs, srv)
 
   -- With futures: all tasks start at once; task i waits for task i-1's
   -- output, sets its own after 10 % of its time and waits out the rest.
-  -- The futures belong to a lifetime that ends after the run (untimed),
-  -- rather than being single use: no eviction on the critical path.
+  -- Each value has one consumer, so its future is single use (evict), as
+  -- the automatic proxies of the run without futures are freed once their
+  -- task is done: either way a run holds a value or two, not all nine.
+  -- Held to the end of the run (a lifetime alone), the nine values, 90
+  -- MiB, outgrew what the Redis server had kept of its freed memory, and
+  -- each later set landed on fresh server pages (Redis turns transparent
+  -- huge pages off for itself): sets of 30-50 ms from the fourth hop on,
+  -- 4-6 ms single use (docs/performance.md). The lifetime still ends the
+  -- run (untimed) and deletes the last output, which nobody reads.
   local function stage(input, output)
     local x = ps.extract(input)
     bench.sleep(WAIT * 0.1)
@@ -194,7 +201,7 @@ local function pipeline(report, store, runs, srv)
   local tf, sf, ff = makespans(function(pool)
     local lt = ps.lifetime()
     local fut = {}
-    for i = 0, TASKS do fut[i] = store:future { lifetime = lt } end
+    for i = 0, TASKS do fut[i] = store:future { lifetime = lt, evict = true } end
     local fs = {}
     for i = 1, TASKS do fs[i] = pool:submit(stage, fut[i - 1]:proxy(), fut[i]) end
     fut[0]:set(data)

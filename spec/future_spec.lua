@@ -337,6 +337,37 @@ for _, kind in ipairs { "file", "redis" } do
       pool:submit(function(fut) fut:set(99) end, g):result(120)
       assert.equal(99, g:result())
     end)
+
+    it("hands values down a chain of tasks as single-use futures in a lifetime", function()
+      local s = new_store(kind)
+      local pool = ps.pool { workers = 4, progress = false }
+      local lt = ps.lifetime()
+      finally(function()
+        pool:close()
+        lt:close()
+      end)
+      local fut = {}
+      for i = 0, 4 do fut[i] = s:future { evict = true, lifetime = lt, timeout = 120 } end
+      local fs = {}
+      for i = 1, 4 do
+        -- every task starts at once and waits for the one before
+        fs[i] = pool:submit(function(input, output, n)
+          local x = require("proxystore").extract(input)
+          output:set(x .. n)
+          return #x
+        end, fut[i - 1]:proxy(), fut[i], i)
+      end
+      local head = ("x"):rep(100000)
+      fut[0]:set(head)
+      for i = 1, 4 do assert.equal(100000 + i - 1, fs[i]:result(120)) end
+      -- each value left the store once its one consumer held it
+      for i = 0, 3 do assert.is_false(s:exists(fut[i].key), "value " .. i) end
+      -- the last output, read by no one, stays until the lifetime ends
+      assert.is_true(s:exists(fut[4].key))
+      assert.equal(head .. "1234", fut[4]:result(0))
+      lt:close()
+      assert.is_false(s:exists(fut[4].key))
+    end)
   end)
 end
 
