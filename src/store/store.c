@@ -582,10 +582,12 @@ void ps_store_do_evict(lua_State *L, int sidx, ps_store *s, int kidx) {
 /* ---- resolution, for proxies ------------------------------------------------ */
 
 /* Deserializes, under lua_pcall: the store (1), the deserializer or nil
-   (2), and the blob (3, a light userdata). */
+   (2), and the blob (3, a light userdata). As a get does: an object that
+   is one string becomes a Lua string in the blob's own block when it can
+   (the blob is then left empty), rather than a copy of the bytes. */
 static int deserialize_call(lua_State *L) {
   ps_blob *b = lua_touserdata(L, 3);
-  ps_envelope_deserialize(L, 1, b->data, b->len, lua_isnil(L, 2) ? 0 : 2);
+  ps_envelope_deserialize_blob(L, 1, b, lua_isnil(L, 2) ? 0 : 2);
   return 1;
 }
 
