@@ -22,6 +22,15 @@
  * spins, beat its "limit" on small replies (a blocking read pays a wakeup
  * from idle); the spin costs CPU, which the limit_get_cpu line shows.
  *
+ *   redis_raw batch HOST PORT SOCKET tcp|unix SIZE BATCH ROUNDS
+ *
+ * The fourth form is the limit in the pattern of bench/stream.lua's 1 MiB
+ * loop: each round SETs BATCH distinct keys, then GETs them back (each
+ * into a buffer of its own, reused across rounds: BATCH values held at
+ * once, as the consumer holds them), then DELs them in one command. After
+ * ROUNDS untimed rounds, ROUNDS timed ones; prints the median time of a
+ * round divided by BATCH and its spread: "<ns an item> <spread %>".
+ *
  * The second form is the limit in a fresh process: it connects, then
  * times one GET of KEY (SIZE bytes) into a freshly allocated buffer and
  * prints the nanoseconds. The third is the warm limit for an existing
@@ -217,8 +226,50 @@ static int warm_get(char **argv) {
   return 0;
 }
 
+/* redis_raw batch HOST PORT SOCKET tcp|unix SIZE BATCH ROUNDS */
+static int batch(char **argv) {
+  redisContext *c = connect_to(argv);
+  size_t size = strtoull(argv[6], NULL, 10);
+  int nb = atoi(argv[7]), rounds = atoi(argv[8]);
+  if (nb < 1 || nb > 64 || rounds < 1) die("batch: BATCH 1-64, ROUNDS >= 1", NULL);
+  char *data = malloc(size), *bufs[64], keys[64][32], line[64];
+  double *t = malloc((size_t)rounds * sizeof *t);
+  if (data == NULL || t == NULL) die("malloc", NULL);
+  for (size_t i = 0; i < size; i++) data[i] = (char)(i * 31);
+  for (int k = 0; k < nb; k++) {
+    bufs[k] = malloc(size + 64);
+    if (bufs[k] == NULL) die("malloc", NULL);
+    memset(bufs[k], 0, size + 64);
+    snprintf(keys[k], sizeof keys[k], "redis_raw:batch:%d", k);
+  }
+  char del[64 * 48];
+  int dl = snprintf(del, sizeof del, "*%d\r\n$3\r\nDEL\r\n", nb + 1);
+  for (int k = 0; k < nb; k++)
+    dl += snprintf(del + dl, sizeof del - dl, "$%zu\r\n%s\r\n", strlen(keys[k]),
+                   keys[k]);
+  for (int r = -rounds; r < rounds; r++) {
+    double t0 = now_ns();
+    for (int k = 0; k < nb; k++) limit_set(c->fd, keys[k], data, size);
+    for (int k = 0; k < nb; k++) get_or_die(c->fd, keys[k], bufs[k], size);
+    struct iovec iov[1] = {{del, (size_t)dl}};
+    write_all(c->fd, iov, 1);
+    read_status(c->fd, line, sizeof line);
+    if (line[0] != ':') die("DEL reply", NULL);
+    if (r >= 0) t[r] = (now_ns() - t0) / nb;
+  }
+  qsort(t, (size_t)rounds, sizeof *t, cmp_d);
+  double med = rounds % 2 ? t[rounds / 2] : (t[rounds / 2 - 1] + t[rounds / 2]) / 2;
+  printf("%.0f %.1f\n", med, med > 0 ? 100 * (t[rounds - 1] - t[0]) / med : 0);
+  for (int k = 0; k < nb; k++) free(bufs[k]);
+  free(data);
+  free(t);
+  redisFree(c);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   if (argc == 8 && strcmp(argv[1], "fresh") == 0) return fresh(argv);
+  if (argc == 9 && strcmp(argv[1], "batch") == 0) return batch(argv);
   if (argc == 9 && strcmp(argv[1], "get") == 0) return warm_get(argv);
   if (argc < 6) {
     fprintf(stderr, "usage: redis_raw HOST PORT SOCKET RUNS SIZE...\n");

@@ -8,7 +8,10 @@
 --      run right after its baseline runs   target >= 0.8 of the limit's
 --                                                 throughput
 --      and against the same items through the store alone (store:proxy
---      and resolve, no stream): the stream's own share of the cost
+--      and resolve, no stream): the stream's own share of the cost; and
+--      against raw SETs then GETs of five keys at a time, as the loop
+--      does (bench/redis_raw batch): whether that pattern costs the
+--      server more than one key written and read back
 --   3. a dispatcher that routes on metadata alone (reads each event,
 --      forwards the proxy to one of two topics) over 10,000 proxies of
 --      1 MiB items: events/s, and the GETs it made, from the store's
@@ -56,6 +59,18 @@ local function cmdstat(g, name)
 end
 
 local raw = stats.redis_raw
+
+-- The raw limit in the 1 MiB loop's own pattern (bench/redis_raw batch):
+-- size-byte values SET under batch distinct keys, then read back into a
+-- buffer each, then one DEL; seconds an item, after as many untimed rounds.
+local function raw_batch(srv, size, batch, rounds)
+  local build = os.getenv("PROXYSTORE_BUILD") or "build"
+  local p = assert(io.popen(("env -u LD_PRELOAD %s/bin/redis_raw batch 127.0.0.1 %d %s tcp %d %d %d")
+    :format(build, srv.port, srv.path, size, batch, rounds)))
+  local out = p:read("a")
+  assert(p:close(), "bench/redis_raw batch failed")
+  return assert(tonumber(out:match("^(%d+)")), "bench/redis_raw batch: no figure") / 1e9
+end
 
 -- 1. Small items, inline.
 local function small_items(report, url, g)
@@ -136,11 +151,12 @@ local function large_items(report, url, srv, g, tag)
     loop(n)
     return (now() - t0) / n
   end
-  local per, limit, hiredis, alone, fresh = {}, {}, {}, {}, {}
+  local per, limit, hiredis, alone, fresh, pattern = {}, {}, {}, {}, {}, {}
   for r = 1, runs do
     local base = raw(srv, MiB, QUICK and 5 or 11)
     limit[r] = (base.limit_set + base.limit_get) / 1e9
     hiredis[r] = (base.hiredis_set + base.hiredis_get) / 1e9
+    pattern[r] = raw_batch(srv, MiB, chunk, n // chunk)
     -- the same items through the store alone, without a stream: what the
     -- stream adds is the difference
     alone[r] = per_item(via_store)
@@ -157,9 +173,12 @@ local function large_items(report, url, srv, g, tag)
   local hmed, hspread = stats.median_spread(hiredis)
   local amed, aspread = stats.median_spread(alone)
   local fmed, fspread = stats.median_spread(fresh)
+  local pmed, pspread = stats.median_spread(pattern)
   local med, spread = stats.median_spread(per)
   report("stream baseline", "raw SET + GET of 1 MiB, server-bound limit", lmed * 1e9, lspread)
   report("stream baseline", "raw SET + GET of 1 MiB, hiredis", hmed * 1e9, hspread)
+  report("stream baseline", ("raw SET x%d, GET x%d, one DEL of 1 MiB values (the loop's pattern), " ..
+    "server-bound, an item"):format(chunk, chunk), pmed * 1e9, pspread, "raw SET+GET limit", lmed / pmed)
   report("stream baseline", "a fresh 1 MiB Lua string (the copy a consumer's value needs)",
     fmed * 1e9, fspread)
   report("stream baseline", "floor: raw SET + GET limit plus that copy", (lmed + fmed) * 1e9,
@@ -172,6 +191,8 @@ local function large_items(report, url, srv, g, tag)
     "raw SET+GET hiredis", hmed / med)
   report("stream", "1 MiB items as proxies, against the store alone", med * 1e9, spread,
     "store alone", amed / med)
+  report("stream", "1 MiB items as proxies, against raw SET/GET in the loop's pattern", med * 1e9,
+    spread, "raw, loop's pattern", pmed / med)
 end
 
 -- 3. A dispatcher routing on metadata alone.
