@@ -4,6 +4,7 @@
  *   redis_raw HOST PORT SOCKET RUNS SIZE...
  *   redis_raw fresh HOST PORT SOCKET tcp|unix KEY SIZE
  *   redis_raw get HOST PORT SOCKET tcp|unix KEY SIZE RUNS
+ *   redis_raw batch HOST PORT SOCKET tcp|unix SIZE BATCH ROUNDS
  *
  * For each size and transport (tcp, unix) the first form times
  *   hiredis_set / hiredis_get   redisCommand SET/GET (hiredis 0.14)
@@ -22,19 +23,17 @@
  * spins, beat its "limit" on small replies (a blocking read pays a wakeup
  * from idle); the spin costs CPU, which the limit_get_cpu line shows.
  *
- *   redis_raw batch HOST PORT SOCKET tcp|unix SIZE BATCH ROUNDS
+ * The second form is the limit in a fresh process: it connects, then
+ * times one GET of KEY (SIZE bytes) into a freshly allocated buffer and
+ * prints the nanoseconds. The third is the warm limit for an existing
+ * key: RUNS GETs into one reused buffer, "<median ns> <spread %>".
  *
- * The fourth form is the limit in the pattern of bench/stream.lua's 1 MiB
+ * The fourth is the limit in the pattern of bench/stream.lua's 1 MiB
  * loop: each round SETs BATCH distinct keys, then GETs them back (each
  * into a buffer of its own, reused across rounds: BATCH values held at
  * once, as the consumer holds them), then DELs them in one command. After
  * ROUNDS untimed rounds, ROUNDS timed ones; prints the median time of a
  * round divided by BATCH and its spread: "<ns an item> <spread %>".
- *
- * The second form is the limit in a fresh process: it connects, then
- * times one GET of KEY (SIZE bytes) into a freshly allocated buffer and
- * prints the nanoseconds. The third is the warm limit for an existing
- * key: RUNS GETs into one reused buffer, "<median ns> <spread %>".
  */
 
 #include <errno.h>
