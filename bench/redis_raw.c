@@ -4,7 +4,7 @@
  *   redis_raw HOST PORT SOCKET RUNS SIZE...
  *   redis_raw fresh HOST PORT SOCKET tcp|unix KEY SIZE
  *   redis_raw get HOST PORT SOCKET tcp|unix KEY SIZE RUNS
- *   redis_raw batch HOST PORT SOCKET tcp|unix SIZE BATCH ROUNDS
+ *   redis_raw batch HOST PORT SOCKET tcp|unix SIZE BATCH ROUNDS [WARM]
  *
  * For each size and transport (tcp, unix) the first form times
  *   hiredis_set / hiredis_get   redisCommand SET/GET (hiredis 0.14)
@@ -32,8 +32,9 @@
  * loop: each round SETs BATCH distinct keys, then GETs them back (each
  * into a buffer of its own, reused across rounds: BATCH values held at
  * once, as the consumer holds them), then DELs them in one command. After
- * ROUNDS untimed rounds, ROUNDS timed ones; prints the median time of a
- * round divided by BATCH and its spread: "<ns an item> <spread %>".
+ * WARM untimed rounds (default ROUNDS), ROUNDS timed ones; prints the
+ * median time of a round divided by BATCH and its spread: "<ns an item>
+ * <spread %>".
  */
 
 #include <errno.h>
@@ -225,12 +226,18 @@ static int warm_get(char **argv) {
   return 0;
 }
 
-/* redis_raw batch HOST PORT SOCKET tcp|unix SIZE BATCH ROUNDS */
-static int batch(char **argv) {
-  redisContext *c = connect_to(argv);
+/* redis_raw batch HOST PORT SOCKET tcp|unix SIZE BATCH ROUNDS [WARM] */
+static int batch(int argc, char **argv) {
   size_t size = strtoull(argv[6], NULL, 10);
   int nb = atoi(argv[7]), rounds = atoi(argv[8]);
-  if (nb < 1 || nb > 64 || rounds < 1) die("batch: BATCH 1-64, ROUNDS >= 1", NULL);
+  int warm = argc > 9 ? atoi(argv[9]) : rounds;
+  if (size < 1 || size > ((size_t)1 << 32) || nb < 1 || nb > 64 || rounds < 1 ||
+      warm < 0) {
+    fprintf(stderr, "redis_raw batch: SIZE 1-4 GiB, BATCH 1-64, ROUNDS >= 1, "
+                    "WARM >= 0\n");
+    return 2;
+  }
+  redisContext *c = connect_to(argv);
   char *data = malloc(size), *bufs[64], keys[64][32], line[64];
   double *t = malloc((size_t)rounds * sizeof *t);
   if (data == NULL || t == NULL) die("malloc", NULL);
@@ -246,15 +253,19 @@ static int batch(char **argv) {
   for (int k = 0; k < nb; k++)
     dl += snprintf(del + dl, sizeof del - dl, "$%zu\r\n%s\r\n", strlen(keys[k]),
                    keys[k]);
-  for (int r = -rounds; r < rounds; r++) {
+  for (int r = -warm; r < rounds; r++) {
     double t0 = now_ns();
     for (int k = 0; k < nb; k++) limit_set(c->fd, keys[k], data, size);
     for (int k = 0; k < nb; k++) get_or_die(c->fd, keys[k], bufs[k], size);
     struct iovec iov[1] = {{del, (size_t)dl}};
     write_all(c->fd, iov, 1);
     read_status(c->fd, line, sizeof line);
-    if (line[0] != ':') die("DEL reply", NULL);
+    if (line[0] != ':' || atoi(line + 1) != nb) die("DEL reply", NULL);
     if (r >= 0) t[r] = (now_ns() - t0) / nb;
+  }
+  for (int k = 0; k < nb; k++) {
+    char *body = memchr(bufs[k], '\n', 64) + 1;
+    if (memcmp(body, data, size) != 0) die("batch: GET bytes differ", NULL);
   }
   qsort(t, (size_t)rounds, sizeof *t, cmp_d);
   double med = rounds % 2 ? t[rounds / 2] : (t[rounds / 2 - 1] + t[rounds / 2]) / 2;
@@ -268,7 +279,8 @@ static int batch(char **argv) {
 
 int main(int argc, char **argv) {
   if (argc == 8 && strcmp(argv[1], "fresh") == 0) return fresh(argv);
-  if (argc == 9 && strcmp(argv[1], "batch") == 0) return batch(argv);
+  if ((argc == 9 || argc == 10) && strcmp(argv[1], "batch") == 0)
+    return batch(argc, argv);
   if (argc == 9 && strcmp(argv[1], "get") == 0) return warm_get(argv);
   if (argc < 6) {
     fprintf(stderr, "usage: redis_raw HOST PORT SOCKET RUNS SIZE...\n");

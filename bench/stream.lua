@@ -62,11 +62,12 @@ local raw = stats.redis_raw
 
 -- The raw limit in the 1 MiB loop's own pattern (bench/redis_raw batch):
 -- size-byte values SET under batch distinct keys, then read back into a
--- buffer each, then one DEL; seconds an item, after as many untimed rounds.
-local function raw_batch(srv, size, batch, rounds)
+-- buffer each, then one DEL; seconds an item (the median round), timed
+-- after warm untimed rounds.
+local function raw_batch(srv, size, batch, rounds, warm)
   local build = os.getenv("PROXYSTORE_BUILD") or "build"
-  local p = assert(io.popen(("env -u LD_PRELOAD %s/bin/redis_raw batch 127.0.0.1 %d %s tcp %d %d %d")
-    :format(build, srv.port, srv.path, size, batch, rounds)))
+  local p = assert(io.popen(("env -u LD_PRELOAD %s/bin/redis_raw batch 127.0.0.1 %d %s tcp %d %d %d %d")
+    :format(build, srv.port, srv.path, size, batch, rounds, warm)))
   local out = p:read("a")
   assert(p:close(), "bench/redis_raw batch failed")
   return assert(tonumber(out:match("^(%d+)")), "bench/redis_raw batch: no figure") / 1e9
@@ -136,11 +137,12 @@ local function large_items(report, url, srv, g, tag)
   -- Seconds an item of one_chunk, n items timed after WARM_ITEMS untimed:
   -- the median chunk's time over chunk, as bench/redis_raw's limits are
   -- medians (of one op; of a round of the batch pattern), and the mean
-  -- over the n items. The limit's runs come after 22 untimed SETs and
-  -- GETs of its own; on these VMs a process that has slept even 0.1 s
+  -- over the n items. On these VMs a process that has slept even 0.1 s
   -- runs its next ~50 ms of transfers ~1.5x slower (a spin instead of the
   -- sleep does not), so a loop timed from cold measured the machine
-  -- waking.
+  -- waking. The one-key limit is timed after 22 untimed SETs and GETs
+  -- through hiredis (its 1 MiB SET takes ~10 ms: over 100 ms of
+  -- transfers), the pattern's after the same WARM_ITEMS as these loops.
   local function per_item(one_chunk)
     for _ = 1, WARM_ITEMS // chunk do one_chunk() end
     collectgarbage()
@@ -158,7 +160,7 @@ local function large_items(report, url, srv, g, tag)
     local base = raw(srv, MiB, QUICK and 5 or 11)
     limit[r] = (base.limit_set + base.limit_get) / 1e9
     hiredis[r] = (base.hiredis_set + base.hiredis_get) / 1e9
-    pattern[r] = raw_batch(srv, MiB, chunk, n // chunk)
+    pattern[r] = raw_batch(srv, MiB, chunk, n // chunk, WARM_ITEMS // chunk)
     -- the same items through the store alone, without a stream: what the
     -- stream adds is the difference
     alone[r] = per_item(via_store)

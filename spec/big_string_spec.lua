@@ -6,7 +6,8 @@
 -- bytes come out the same at every size around the edges (varint widths,
 -- the medium and big block sizes), from the file store and Redis (plain
 -- and chunked), one by one and in batches, with and without the store's
--- cache, and a damaged object still fails as before.
+-- cache, single use too, and a damaged object still fails as before (and
+-- a single-use one is put back).
 local shell = require "helpers.shell"
 local redis = require "helpers.redis"
 
@@ -53,6 +54,12 @@ for i, n in ipairs(sizes) do
     assert(#got == n and got == want, "size " .. n .. ": bytes differ")
     count = count + 1
   end
+  -- single use: Redis reads and deletes in one round trip (take)
+  local once = store:put(want)
+  local got = ps.extract(store:proxy_from_key(once, { evict = true }))
+  assert(#got == n and got == want, "size " .. n .. ", single use: bytes differ")
+  assert(not store:exists(once), "size " .. n .. ", single use: still stored")
+  count = count + 1
   collectgarbage()
 end
 local got = store:get_batch(keys)
@@ -125,6 +132,44 @@ describe("a large stored string resolved in the binary", function()
       assert(ps.extract(store:proxy_from_key(key)) == ("z"):rep(n))
       print("ok")
     ]]):format(tmp .. "/files")
+    local rc, out = run(code)
+    assert.are.equal(0, rc, out)
+    assert.truthy(out:find("string of 1048579 bytes claimed, only 1048578 bytes left", 1, true), out)
+    assert.truthy(out:find("1 unexpected byte(s) after the value", 1, true), out)
+    local _, kinds = out:gsub("serialization", "")
+    assert.truthy(kinds >= 2, out)
+    assert.truthy(out:find("\nok\n", 1, true), out)
+  end)
+
+  it("puts a damaged single-use object back on Redis, its bytes unchanged", function()
+    local srv = redis.start()
+    finally(function() srv:stop() end)
+    local code = ([[
+      local ps = require "proxystore"
+      local core = require "proxystore.core"
+      local store = ps.init_store("redis", { name = "d", host = "127.0.0.1", port = %d,
+                                             prefix = "d:", cache_size = 0 })
+      local g = core.redis_groups { host = "127.0.0.1", port = %d }
+      local n = (1 << 20) + 3
+      local key = store:put(("z"):rep(n))
+      local raw = store:config().prefix .. key
+      local bytes = g:call("GET", raw)
+      for _, damaged in ipairs { bytes:sub(1, -2), bytes .. "z" } do
+        g:call("SET", raw, damaged)
+        local ok, err = pcall(ps.extract, store:proxy_from_key(key, { evict = true }))
+        assert(not ok, "a damaged object resolved")
+        print(err.kind, tostring(err))
+        -- the same bytes under a new version (the 17-byte header)
+        assert(g:call("GET", raw):sub(18) == damaged:sub(18),
+          "the damaged object was not put back as it was")
+      end
+      g:call("SET", raw, bytes)
+      assert(ps.extract(store:proxy_from_key(key, { evict = true })) == ("z"):rep(n))
+      assert(not store:exists(key))
+      g:close()
+      store:close()
+      print("ok")
+    ]]):format(srv.port, srv.port)
     local rc, out = run(code)
     assert.are.equal(0, rc, out)
     assert.truthy(out:find("string of 1048579 bytes claimed, only 1048578 bytes left", 1, true), out)

@@ -351,15 +351,22 @@ for _, kind in ipairs { "file", "redis" } do
       local fs = {}
       for i = 1, 4 do
         -- every task starts at once and waits for the one before
-        fs[i] = pool:submit(function(input, output, n)
-          local x = require("proxystore").extract(input)
+        fs[i] = pool:submit(function(input, output, n, name)
+          local ps_ = require("proxystore")
+          local x = ps_.extract(input)
+          -- gone as soon as its one consumer holds it
+          local left = ps_.get_store(name):exists(ps_.key(input))
           output:set(x .. n)
-          return #x
-        end, fut[i - 1]:proxy(), fut[i], i)
+          return #x, left
+        end, fut[i - 1]:proxy(), fut[i], i, s.name)
       end
       local head = ("x"):rep(100000)
       fut[0]:set(head)
-      for i = 1, 4 do assert.equal(100000 + i - 1, fs[i]:result(120)) end
+      for i = 1, 4 do
+        local n, left = fs[i]:result(120)
+        assert.equal(100000 + i - 1, n)
+        assert.is_false(left, "value " .. (i - 1) .. " still stored once read")
+      end
       -- each value left the store once its one consumer held it
       for i = 0, 3 do assert.is_false(s:exists(fut[i].key), "value " .. i) end
       -- the last output, read by no one, stays until the lifetime ends
