@@ -77,6 +77,18 @@ store:close()
 print("ok " .. (count + 1))
 ]]
 
+-- What a script that resolves a 1 MiB + 3 object damaged two ways (one
+-- byte short, one too many), then intact, prints: both errors, as
+-- serialization errors, then "ok".
+local function fails_on_both_damages(rc, out)
+  assert.are.equal(0, rc, out)
+  assert.truthy(out:find("string of 1048579 bytes claimed, only 1048578 bytes left", 1, true), out)
+  assert.truthy(out:find("1 unexpected byte(s) after the value", 1, true), out)
+  local _, kinds = out:gsub("serialization", "")
+  assert.truthy(kinds >= 2, out)
+  assert.truthy(out:find("\nok\n", 1, true), out)
+end
+
 describe("a large stored string resolved in the binary", function()
   local tmp
   before_each(function() tmp = shell.tempdir("bigstr-store") end)
@@ -132,13 +144,7 @@ describe("a large stored string resolved in the binary", function()
       assert(ps.extract(store:proxy_from_key(key)) == ("z"):rep(n))
       print("ok")
     ]]):format(tmp .. "/files")
-    local rc, out = run(code)
-    assert.are.equal(0, rc, out)
-    assert.truthy(out:find("string of 1048579 bytes claimed, only 1048578 bytes left", 1, true), out)
-    assert.truthy(out:find("1 unexpected byte(s) after the value", 1, true), out)
-    local _, kinds = out:gsub("serialization", "")
-    assert.truthy(kinds >= 2, out)
-    assert.truthy(out:find("\nok\n", 1, true), out)
+    fails_on_both_damages(run(code))
   end)
 
   it("puts a damaged single-use object back on Redis, its bytes unchanged", function()
@@ -170,12 +176,6 @@ describe("a large stored string resolved in the binary", function()
       store:close()
       print("ok")
     ]]):format(srv.port, srv.port)
-    local rc, out = run(code)
-    assert.are.equal(0, rc, out)
-    assert.truthy(out:find("string of 1048579 bytes claimed, only 1048578 bytes left", 1, true), out)
-    assert.truthy(out:find("1 unexpected byte(s) after the value", 1, true), out)
-    local _, kinds = out:gsub("serialization", "")
-    assert.truthy(kinds >= 2, out)
-    assert.truthy(out:find("\nok\n", 1, true), out)
+    fails_on_both_damages(run(code))
   end)
 end)
