@@ -71,13 +71,25 @@ static int cmp_d(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
+/* The median of n samples (sorted in place) and their spread in percent. */
+static double median_spread(double *t, int n, double *spread) {
+  qsort(t, (size_t)n, sizeof *t, cmp_d);
+  double med = n % 2 ? t[n / 2] : (t[n / 2 - 1] + t[n / 2]) / 2;
+  *spread = med > 0 ? 100 * (t[n - 1] - t[0]) / med : 0;
+  return med;
+}
+
 static void report(const char *tr, const char *op, size_t size, double *t,
                    int n) {
-  qsort(t, n, sizeof *t, cmp_d);
-  double med = n % 2 ? t[n / 2] : (t[n / 2 - 1] + t[n / 2]) / 2;
-  printf("%s %s %zu %.0f %.1f\n", tr, op, size, med,
-         med > 0 ? 100 * (t[n - 1] - t[0]) / med : 0);
+  double spread, med = median_spread(t, n, &spread);
+  printf("%s %s %zu %.0f %.1f\n", tr, op, size, med, spread);
   fflush(stdout);
+}
+
+/* "<median ns> <spread %>", the line of the get and batch forms. */
+static void print_median(double *t, int n) {
+  double spread, med = median_spread(t, n, &spread);
+  printf("%.0f %.1f\n", med, spread);
 }
 
 static void die(const char *what, redisContext *c) {
@@ -115,6 +127,13 @@ static void limit_set(int fd, const char *key, const char *data, size_t len) {
 static void get_or_die(int fd, const char *key, char *buf, size_t len) {
   if (limit_get(fd, key, buf, len) != 0)
     die(errno == EPROTO ? "GET reply" : "read", NULL);
+}
+
+/* The body of the GET reply in buf (its header checked by get_or_die)
+ * must be the size bytes of data. */
+static void check_body(const char *buf, const char *data, size_t size) {
+  const char *body = memchr(buf, '\n', 64) + 1;
+  if (memcmp(body, data, size) != 0) die("GET bytes differ", NULL);
 }
 
 static void bench(const char *tr, redisContext *c, size_t size, int runs) {
@@ -156,10 +175,7 @@ static void bench(const char *tr, redisContext *c, size_t size, int runs) {
     t[i] = now_ns() - t0;
   }
   double cpu_spin = (cpu_ns() - cpu0) / runs;
-  {
-    char *body = memchr(buf, '\n', 64) + 1;
-    if (memcmp(body, data, size) != 0) die("GET bytes differ", NULL);
-  }
+  check_body(buf, data, size);
   report(tr, "limit_get", size, t, runs);
   /* The same GETs blocking at once: what the spin costs in CPU. */
   limit_spin = 0;
@@ -217,9 +233,7 @@ static int warm_get(char **argv) {
     get_or_die(c->fd, argv[6], buf, size);
     t[i] = now_ns() - t0;
   }
-  qsort(t, (size_t)runs, sizeof *t, cmp_d);
-  double med = runs % 2 ? t[runs / 2] : (t[runs / 2 - 1] + t[runs / 2]) / 2;
-  printf("%.0f %.1f\n", med, med > 0 ? 100 * (t[runs - 1] - t[0]) / med : 0);
+  print_median(t, runs);
   free(buf);
   free(t);
   redisFree(c);
@@ -263,13 +277,8 @@ static int batch(int argc, char **argv) {
     if (line[0] != ':' || atoi(line + 1) != nb) die("DEL reply", NULL);
     if (r >= 0) t[r] = (now_ns() - t0) / nb;
   }
-  for (int k = 0; k < nb; k++) {
-    char *body = memchr(bufs[k], '\n', 64) + 1;
-    if (memcmp(body, data, size) != 0) die("batch: GET bytes differ", NULL);
-  }
-  qsort(t, (size_t)rounds, sizeof *t, cmp_d);
-  double med = rounds % 2 ? t[rounds / 2] : (t[rounds / 2 - 1] + t[rounds / 2]) / 2;
-  printf("%.0f %.1f\n", med, med > 0 ? 100 * (t[rounds - 1] - t[0]) / med : 0);
+  for (int k = 0; k < nb; k++) check_body(bufs[k], data, size);
+  print_median(t, rounds);
   for (int k = 0; k < nb; k++) free(bufs[k]);
   free(data);
   free(t);

@@ -28,14 +28,19 @@ function M.time(runs, fn)
   return M.median_spread(times)
 end
 
+-- Starts bench/redis_raw (of this build, without the sanitizer's
+-- preload) with the arguments fmt formats; returns its stdout.
+local function redis_raw(fmt, ...)
+  local build = os.getenv("PROXYSTORE_BUILD") or "build"
+  return assert(io.popen(("env -u LD_PRELOAD %s/bin/redis_raw " .. fmt):format(build, ...)))
+end
+
 -- Per-op medians (ns) of bench/redis_raw's baselines for size bytes over
 -- TCP to srv (a spec/helpers/redis server): limit_set, limit_get (the
 -- server-bound limit), hiredis_set, hiredis_get. Its runs happen in a
 -- process of its own, on fresh connections.
 function M.redis_raw(srv, size, runs)
-  local build = os.getenv("PROXYSTORE_BUILD") or "build"
-  local p = assert(io.popen(("env -u LD_PRELOAD %s/bin/redis_raw 127.0.0.1 %d %s %d %d")
-    :format(build, srv.port, srv.path, runs, size)))
+  local p = redis_raw("127.0.0.1 %d %s %d %d", srv.port, srv.path, runs, size)
   local base = {}
   for line in p:lines() do
     local tr, op, med = line:match("^(%S+) (%S+) %d+ (%S+) %S+$")
@@ -43,6 +48,18 @@ function M.redis_raw(srv, size, runs)
   end
   assert(p:close() and base.limit_get, "bench/redis_raw failed (run `make bench` to build it)")
   return base
+end
+
+-- bench/redis_raw's limit in the pattern of a batch (its "batch" form):
+-- size-byte values SET under batch distinct keys, read back into a buffer
+-- each, then one DEL. Seconds an item (the median round) after warm
+-- untimed rounds.
+function M.redis_raw_batch(srv, size, batch, rounds, warm)
+  local p = redis_raw("batch 127.0.0.1 %d %s tcp %d %d %d %d", srv.port, srv.path, size, batch,
+    rounds, warm)
+  local out = p:read("a")
+  assert(p:close(), "bench/redis_raw batch failed")
+  return assert(tonumber(out:match("^(%d+)")), "bench/redis_raw batch: no figure") / 1e9
 end
 
 -- A report function for a section run in a child process: one row a line,

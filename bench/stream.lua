@@ -60,19 +60,6 @@ end
 
 local raw = stats.redis_raw
 
--- The raw limit in the 1 MiB loop's own pattern (bench/redis_raw batch):
--- size-byte values SET under batch distinct keys, then read back into a
--- buffer each, then one DEL; seconds an item (the median round), timed
--- after warm untimed rounds.
-local function raw_batch(srv, size, batch, rounds, warm)
-  local build = os.getenv("PROXYSTORE_BUILD") or "build"
-  local p = assert(io.popen(("env -u LD_PRELOAD %s/bin/redis_raw batch 127.0.0.1 %d %s tcp %d %d %d %d")
-    :format(build, srv.port, srv.path, size, batch, rounds, warm)))
-  local out = p:read("a")
-  assert(p:close(), "bench/redis_raw batch failed")
-  return assert(tonumber(out:match("^(%d+)")), "bench/redis_raw batch: no figure") / 1e9
-end
-
 -- 1. Small items, inline.
 local function small_items(report, url, g)
   local item = ("x"):rep(100)
@@ -158,16 +145,16 @@ local function large_items(report, url, srv, g, tag)
     local all = (now() - t0) / n
     return (stats.median_spread(t)), all
   end
-  local per, limit, hiredis, alone, fresh, pattern, per_mean = {}, {}, {}, {}, {}, {}, {}
+  local per, limit, hiredis, alone, copied, pattern, per_mean = {}, {}, {}, {}, {}, {}, {}
   for r = 1, runs do
     local base = raw(srv, MiB, QUICK and 5 or 11)
     limit[r] = (base.limit_set + base.limit_get) / 1e9
     hiredis[r] = (base.hiredis_set + base.hiredis_get) / 1e9
-    pattern[r] = raw_batch(srv, MiB, chunk, n // chunk, WARM_ITEMS // chunk)
+    pattern[r] = stats.redis_raw_batch(srv, MiB, chunk, n // chunk, WARM_ITEMS // chunk)
     -- the same items through the store alone, without a stream: what the
     -- stream adds is the difference
     alone[r] = per_item(via_store)
-    fresh[r] = per_item(copies)
+    copied[r] = per_item(copies)
     per[r], per_mean[r] = per_item(via_stream)
   end
   p:close()
@@ -179,7 +166,7 @@ local function large_items(report, url, srv, g, tag)
   local lmed, lspread = stats.median_spread(limit)
   local hmed, hspread = stats.median_spread(hiredis)
   local amed, aspread = stats.median_spread(alone)
-  local fmed, fspread = stats.median_spread(fresh)
+  local fmed, fspread = stats.median_spread(copied)
   local pmed, pspread = stats.median_spread(pattern)
   local med, spread = stats.median_spread(per)
   local mmed, mspread = stats.median_spread(per_mean)
