@@ -101,26 +101,15 @@ static void write_all(int fd, struct iovec *iov, int n) {
   if (limit_write_all(fd, iov, n) != 0) die("writev", NULL);
 }
 
-/* Reads a short reply ("+OK\r\n") whole: it is all the server sends. */
+/* Reads a short reply ("+OK\r\n") whole; any failure ends the program. */
 static void read_status(int fd, char *line, size_t cap) {
-  size_t n = 0;
-  while (n < 2 || line[n - 1] != '\n') {
-    if (n + 1 >= cap) die("line too long", NULL);
-    ssize_t r = limit_read_wait(fd, line + n, cap - 1 - n);
-    if (r <= 0) die("read", NULL);
-    n += r;
-  }
-  line[n - 2] = '\0';
+  if (limit_read_status(fd, line, cap) != 0) die("read", NULL);
 }
 
-static void limit_set(int fd, const char *key, const char *data, size_t len) {
-  char hdr[128], line[64];
-  int hl = snprintf(hdr, sizeof hdr, "*3\r\n$3\r\nSET\r\n$%zu\r\n%s\r\n$%zu\r\n",
-                    strlen(key), key, len);
-  struct iovec iov[3] = {{hdr, hl}, {(void *)data, len}, {"\r\n", 2}};
-  write_all(fd, iov, 3);
-  read_status(fd, line, sizeof line);
-  if (strcmp(line, "+OK") != 0) die("SET reply", NULL);
+/* The limit's SET (c/redis_limit.h); any failure ends the program. */
+static void set_or_die(int fd, const char *key, const char *data, size_t len) {
+  if (limit_set(fd, key, data, len) != 0)
+    die(errno == EPROTO ? "SET reply" : "writev", NULL);
 }
 
 /* The limit's GET (c/redis_limit.h); any failure ends the program. */
@@ -164,7 +153,7 @@ static void bench(const char *tr, redisContext *c, size_t size, int runs) {
   set_nonblock(c->fd, 1);
   for (int i = 0; i < runs; i++) {
     double t0 = now_ns();
-    limit_set(c->fd, key, data, size);
+    set_or_die(c->fd, key, data, size);
     t[i] = now_ns() - t0;
   }
   report(tr, "limit_set", size, t, runs);
@@ -269,7 +258,7 @@ static int batch(int argc, char **argv) {
                    keys[k]);
   for (int r = -warm; r < rounds; r++) {
     double t0 = now_ns();
-    for (int k = 0; k < nb; k++) limit_set(c->fd, keys[k], data, size);
+    for (int k = 0; k < nb; k++) set_or_die(c->fd, keys[k], data, size);
     for (int k = 0; k < nb; k++) get_or_die(c->fd, keys[k], bufs[k], size);
     struct iovec iov[1] = {{del, (size_t)dl}};
     write_all(c->fd, iov, 1);

@@ -29,10 +29,13 @@ function M.time(runs, fn)
 end
 
 -- Starts bench/redis_raw (of this build, without the sanitizer's
--- preload) with the arguments fmt formats; returns its stdout.
+-- preload, and without glibc tunables a bench child runs under: the same
+-- baseline for every row) with the arguments fmt formats; returns its
+-- stdout.
 local function redis_raw(fmt, ...)
   local build = os.getenv("PROXYSTORE_BUILD") or "build"
-  return assert(io.popen(("env -u LD_PRELOAD %s/bin/redis_raw " .. fmt):format(build, ...)))
+  return assert(io.popen(("env -u LD_PRELOAD -u GLIBC_TUNABLES %s/bin/redis_raw " .. fmt)
+    :format(build, ...)))
 end
 
 -- Per-op medians (ns) of bench/redis_raw's baselines for size bytes over

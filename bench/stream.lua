@@ -3,9 +3,9 @@
 --   1. 100 B items, inline, one producer and one consumer: items/s
 --                                                 target >= 50,000 items/s
 --   2. 1 MiB items as single-use proxies, one producer and one consumer,
---      against raw SET + GET of the same bytes measured in the same run
---      (bench/redis_raw: the server-bound limit, and hiredis), each stream
---      run right after its baseline runs   target >= 0.8 of the limit's
+--      against raw SET + GET of the same bytes measured in the same run:
+--      the server-bound limit, timed between the chunks of the loops, and
+--      hiredis (bench/redis_raw)          target >= 0.8 of the limit's
 --                                                 throughput
 --      and against the same items through the store alone (store:proxy
 --      and resolve, no stream): the stream's own share of the cost; and
@@ -18,11 +18,15 @@
 --      metrics and the server's command counts
 --                                  target: 0 GETs and >= 20,000 events/s
 --
--- Section 2 runs twice: in this process, on lua5.4's own allocator (what
--- a module user of a stock interpreter gets: glibc's malloc, which may
--- hand each 1 MiB value fresh pages that fault in), and in a child
--- process that opts in with ps.use_big_allocator() (what the proxystore
--- binary installs for its own state): rows marked "big allocator".
+-- Section 2 runs three times, each in a fresh child lua5.4 that runs
+-- only it (a user's consumer has not run this bench's other sections
+-- first, and glibc's malloc keeps or returns memory by what the process
+-- did before): on lua5.4's own allocator (what a module user of a stock
+-- interpreter gets: glibc's malloc, which may hand each 1 MiB value fresh
+-- pages that fault in); the same with GLIBC_TUNABLES=glibc.malloc.hugetlb=1
+-- (the no-code way the README gives: glibc advises huge pages for its
+-- memory); and after ps.use_big_allocator() (what the proxystore binary
+-- installs for its own state). A row's name ends with which.
 --
 -- Producer and consumer run in this process, one after the other, on
 -- chunks (send a chunk, flush, read it back): a throughput here pays for
@@ -59,6 +63,7 @@ local function cmdstat(g, name)
 end
 
 local raw = stats.redis_raw
+local benchlib = require "proxystore.bench"
 
 -- 1. Small items, inline.
 local function small_items(report, url, g)
@@ -124,39 +129,60 @@ local function large_items(report, url, srv, g, tag)
       if #c:next(10) ~= MiB then error("bench: wrong item") end
     end
   end
-  -- Seconds an item of one_chunk, n items timed after WARM_ITEMS untimed:
-  -- the median chunk's time over chunk, as bench/redis_raw's limits are
-  -- medians (of one op; of a round of the batch pattern), and the mean
-  -- over the n items. On these VMs a process that has slept even 0.1 s
-  -- runs its next ~50 ms of transfers ~1.5x slower (a spin instead of the
-  -- sleep does not), so a loop timed from cold measured the machine
-  -- waking. The one-key limit is timed after 22 untimed SETs and GETs
-  -- through hiredis (its 1 MiB SET takes ~10 ms: over 100 ms of
-  -- transfers), the pattern's after the same WARM_ITEMS as these loops.
-  local function per_item(one_chunk)
-    for _ = 1, WARM_ITEMS // chunk do one_chunk() end
+  -- The one-key limit, timed in this process between the chunks of every
+  -- loop: after each chunk, chunk SET + GET pairs of one key at the
+  -- server-bound limit (proxystore.bench's redis_limit: the writev and
+  -- read()s of bench/redis_raw, on a connection of its own), so the limit
+  -- and the loops share this process's state and the machine's moment.
+  -- Timed from a child process before the loops, its medians moved
+  -- 420-800 µs between runs minutes apart while the loops held steady.
+  local limit_key = "bench-stream-limit"
+  g:call("SET", limit_key, data)
+  local lim = benchlib.redis_limit("127.0.0.1", srv.port, limit_key, MiB)
+  local function limit_chunk(into)
+    for _ = 1, chunk do
+      local set = lim:set(data)
+      into[#into + 1] = set + lim:get()
+    end
+  end
+  -- Seconds an item of one_chunk, n items timed after WARM_ITEMS untimed,
+  -- each chunk followed by the limit's pairs (into limits): the median
+  -- chunk's time over chunk, as the limit is a median, and the mean over
+  -- the n items. On these VMs a process that has slept even 0.1 s runs its
+  -- next ~50 ms of transfers ~1.5x slower (a spin instead of the sleep
+  -- does not), so a loop timed from cold measured the machine waking; the
+  -- pattern's child warms for the same WARM_ITEMS.
+  local function per_item(one_chunk, limits)
+    for _ = 1, WARM_ITEMS // chunk do
+      one_chunk()
+      limit_chunk({})
+    end
     collectgarbage()
-    local t, t0 = {}, now()
+    local t, sum = {}, 0
     for i = 1, n // chunk do
       local c0 = now()
       one_chunk()
-      t[i] = (now() - c0) / chunk
+      local took = now() - c0
+      t[i], sum = took / chunk, sum + took
+      limit_chunk(limits)
     end
-    local all = (now() - t0) / n
-    return (stats.median_spread(t)), all
+    return (stats.median_spread(t)), sum / n
   end
   local per, limit, hiredis, alone, copied, pattern, per_mean = {}, {}, {}, {}, {}, {}, {}
   for r = 1, runs do
     local base = raw(srv, MiB, QUICK and 5 or 11)
-    limit[r] = (base.limit_set + base.limit_get) / 1e9
     hiredis[r] = (base.hiredis_set + base.hiredis_get) / 1e9
     pattern[r] = stats.redis_raw_batch(srv, MiB, chunk, n // chunk, WARM_ITEMS // chunk)
     -- the same items through the store alone, without a stream: what the
     -- stream adds is the difference
-    alone[r] = per_item(via_store)
-    copied[r] = per_item(copies)
-    per[r], per_mean[r] = per_item(via_stream)
+    local limits = {}
+    alone[r] = per_item(via_store, limits)
+    copied[r] = per_item(copies, limits)
+    per[r], per_mean[r] = per_item(via_stream, limits)
+    limit[r] = stats.median_spread(limits)
   end
+  lim:close()
+  g:call("DEL", limit_key)
   p:close()
   c:close()
   g:call("DEL", "bench-large")
@@ -170,7 +196,8 @@ local function large_items(report, url, srv, g, tag)
   local pmed, pspread = stats.median_spread(pattern)
   local med, spread = stats.median_spread(per)
   local mmed, mspread = stats.median_spread(per_mean)
-  report("stream baseline", "raw SET + GET of 1 MiB, server-bound limit", lmed * 1e9, lspread)
+  report("stream baseline", "raw SET + GET of 1 MiB, server-bound limit (in this process, " ..
+    "between the loops' chunks)", lmed * 1e9, lspread)
   report("stream baseline", "raw SET + GET of 1 MiB, hiredis", hmed * 1e9, hspread)
   report("stream baseline", ("raw SET x%d, GET x%d, one DEL of 1 MiB values (the loop's pattern), " ..
     "server-bound, an item"):format(chunk, chunk), pmed * 1e9, pspread, "raw SET+GET limit", lmed / pmed)
@@ -233,18 +260,28 @@ local function dispatcher(report, url, srv, g)
     gets, server_gets), med * 1e9, spread, "target 20,000 events/s", (1 / med) / 20000)
 end
 
--- Section 2 in a child lua5.4 that opts in to the big allocator: its
--- rows come back as tab-separated lines (as bench/run.lua's children do).
-local function large_items_big(report, srv)
+-- Section 2's users: the child's environment, whether it opts in to the
+-- big allocator, and the end of its rows' names.
+local ALLOCATORS = {
+  { env = "", tag = ", lua5.4's allocator" },
+  { env = "GLIBC_TUNABLES=glibc.malloc.hugetlb=1", tag = ", lua5.4's allocator, glibc.malloc.hugetlb=1" },
+  { env = "", big = true, tag = ", big allocator" },
+}
+
+-- Section 2 in a child lua5.4 for one of ALLOCATORS: its rows come back
+-- as tab-separated lines (as bench/run.lua's children do).
+local function large_items_child(report, srv, i)
+  local a = ALLOCATORS[i]
   local here = debug.getinfo(1, "S").source:match("^@(.*)$")
-  local p = assert(io.popen(("lua5.4 %s --large-big %d %s"):format(here, srv.port, srv.path)))
+  local p = assert(io.popen(("env %s lua5.4 %s --large %d %d %s"):format(a.env, here, i,
+    srv.port, srv.path)))
   for line in p:lines() do
     local f = {}
     for field in (line .. "\t"):gmatch("([^\t]*)\t") do f[#f + 1] = field end
     report(f[1], f[2], tonumber(f[3]), tonumber(f[4]), f[5] ~= "" and f[5] or nil,
       tonumber(f[6]))
   end
-  assert(p:close(), "bench stream: the big-allocator run failed")
+  assert(p:close(), "bench stream: the run" .. a.tag .. " failed")
 end
 
 local function bench(report)
@@ -254,8 +291,7 @@ local function bench(report)
     local url = ("redis://127.0.0.1:%d"):format(srv.port)
     g = core.redis_groups { host = "127.0.0.1", port = srv.port }
     small_items(report, url, g)
-    large_items(report, url, srv, g, ", lua5.4's allocator")
-    large_items_big(report, srv)
+    for i = 1, #ALLOCATORS do large_items_child(report, srv, i) end
     dispatcher(report, url, srv, g)
   end)
   if g then g:close() end
@@ -263,15 +299,18 @@ local function bench(report)
   if not ok then error(err, 0) end
 end
 
-if arg and arg[1] == "--large-big" then
-  assert(ps.use_big_allocator(), "bench stream: ps.use_big_allocator() failed")
-  local srv = { port = tonumber(arg[2]), path = arg[3] }
+if arg and arg[1] == "--large" then
+  local a = ALLOCATORS[tonumber(arg[2])]
+  if a.big then
+    assert(ps.use_big_allocator(), "bench stream: ps.use_big_allocator() failed")
+  end
+  local srv = { port = tonumber(arg[3]), path = arg[4] }
   local g = core.redis_groups { host = "127.0.0.1", port = srv.port }
   large_items(function(section, name, ns, spread, bname, ratio)
     print(table.concat({ section, name, ("%.17g"):format(ns), spread and ("%.17g"):format(spread) or "",
       bname or "", ratio and ("%.17g"):format(ratio) or "" }, "\t"))
     io.stdout:flush()
-  end, ("redis://127.0.0.1:%d"):format(srv.port), srv, g, ", big allocator")
+  end, ("redis://127.0.0.1:%d"):format(srv.port), srv, g, a.tag)
   g:close()
 elseif arg and arg[0] and arg[0]:match("stream%.lua$") then
   print("| section | measurement | median | spread | baseline | ratio |")

@@ -1,5 +1,5 @@
 /*
- * bench/c/redis_limit.h: the server-bound limit of a Redis GET, shared by
+ * bench/c/redis_limit.h: the server-bound limit of a Redis GET and SET, shared by
  * bench/redis_raw.c (a program of its own) and bench/c/support.c (the
  * bench module, so that the size sweep can time the limit between two of
  * the store's resolves in one process). The reply is read with plain
@@ -120,6 +120,42 @@ static int limit_get(int fd, const char *key, char *buf, size_t len) {
   }
   need = (size_t)(eol + 1 - buf) + len + 2;
   if (total < need) return limit_read_exact(fd, buf + total, need - total);
+  return 0;
+}
+
+/* Reads a short reply ("+OK\r\n") whole, as it is all the server sends,
+ * into line (cap bytes), without its CRLF. */
+static int limit_read_status(int fd, char *line, size_t cap) {
+  size_t n = 0;
+  while (n < 2 || line[n - 1] != '\n') {
+    if (n + 1 >= cap) {
+      errno = EPROTO;
+      return -1;
+    }
+    ssize_t r = limit_read_wait(fd, line + n, cap - 1 - n);
+    if (r <= 0) {
+      if (r == 0) errno = ECONNRESET;
+      return -1;
+    }
+    n += r;
+  }
+  line[n - 2] = '\0';
+  return 0;
+}
+
+/* SET key to the len bytes at data, written with one writev from where
+ * they lie; a reply other than +OK fails (EPROTO). */
+static int limit_set(int fd, const char *key, const char *data, size_t len) {
+  char hdr[128], line[64];
+  int hl = snprintf(hdr, sizeof hdr, "*3\r\n$3\r\nSET\r\n$%zu\r\n%s\r\n$%zu\r\n",
+                    strlen(key), key, len);
+  struct iovec iov[3] = {{hdr, hl}, {(void *)data, len}, {"\r\n", 2}};
+  if (limit_write_all(fd, iov, 3) != 0) return -1;
+  if (limit_read_status(fd, line, sizeof line) != 0) return -1;
+  if (strcmp(line, "+OK") != 0) {
+    errno = EPROTO;
+    return -1;
+  }
   return 0;
 }
 

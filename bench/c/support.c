@@ -286,7 +286,9 @@ static int bench_sleep(lua_State *L) {
  * redis_limit(host, port, key, size) -> a connection whose get() returns
  * the seconds one GET of key (size bytes) takes at the server-bound limit
  * (redis_limit.h: the read()s and the spin of bench/redis_raw.c's
- * limit_get), into a buffer reused across calls. It makes one untimed GET
+ * limit_get), into a buffer reused across calls, and whose set(data) the
+ * seconds of one SET of key (bench/stream.lua times SET + GET between the
+ * chunks of its loops); close() ends it (so does collection). It makes one untimed GET
  * first, so the buffer is paged in. The size sweep times it between two
  * of the store's resolves, in the same process. resize(size) makes it read
  * a value of another size on the same connection (the buffer paged in and
@@ -316,6 +318,21 @@ static int rlimit_get(lua_State *L) {
   double t0 = limit_now_ns();
   if (limit_get(r->fd, r->key, r->buf, r->size) != 0)
     return luaL_error(L, "redis_limit: GET %s: %s", r->key, strerror(errno));
+  lua_pushnumber(L, (limit_now_ns() - t0) / 1e9);
+  return 1;
+}
+
+/* set(data) -> seconds one SET of key to the string data takes at the
+ * limit (written from the string itself; a later get() expects size
+ * bytes, so data is usually that long). */
+static int rlimit_set(lua_State *L) {
+  rlimit *r = luaL_checkudata(L, 1, "proxystore.bench.redis_limit");
+  size_t len;
+  const char *data = luaL_checklstring(L, 2, &len);
+  if (r->fd < 0) return luaL_error(L, "redis_limit: closed");
+  double t0 = limit_now_ns();
+  if (limit_set(r->fd, r->key, data, len) != 0)
+    return luaL_error(L, "redis_limit: SET %s: %s", r->key, strerror(errno));
   lua_pushnumber(L, (limit_now_ns() - t0) / 1e9);
   return 1;
 }
@@ -352,6 +369,10 @@ static int bench_redis_limit(lua_State *L) {
     lua_newtable(L);
     lua_pushcfunction(L, rlimit_get);
     lua_setfield(L, -2, "get");
+    lua_pushcfunction(L, rlimit_gc);
+    lua_setfield(L, -2, "close");
+    lua_pushcfunction(L, rlimit_set);
+    lua_setfield(L, -2, "set");
     lua_pushcfunction(L, rlimit_resize);
     lua_setfield(L, -2, "resize");
     lua_setfield(L, -2, "__index");
