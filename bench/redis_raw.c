@@ -4,7 +4,6 @@
  *   redis_raw HOST PORT SOCKET RUNS SIZE...
  *   redis_raw fresh HOST PORT SOCKET tcp|unix KEY SIZE
  *   redis_raw get HOST PORT SOCKET tcp|unix KEY SIZE RUNS
- *   redis_raw batch HOST PORT SOCKET tcp|unix SIZE BATCH ROUNDS [WARM]
  *
  * For each size and transport (tcp, unix) the first form times
  *   hiredis_set / hiredis_get   redisCommand SET/GET (hiredis 0.14)
@@ -27,14 +26,6 @@
  * times one GET of KEY (SIZE bytes) into a freshly allocated buffer and
  * prints the nanoseconds. The third is the warm limit for an existing
  * key: RUNS GETs into one reused buffer, "<median ns> <spread %>".
- *
- * The fourth is the limit in the pattern of bench/stream.lua's 1 MiB
- * loop: each round SETs BATCH distinct keys, then GETs them back (each
- * into a buffer of its own, reused across rounds: BATCH values held at
- * once, as the consumer holds them), then DELs them in one command. After
- * WARM untimed rounds (default ROUNDS), ROUNDS timed ones; prints the
- * median time of a round divided by BATCH and its spread: "<ns an item>
- * <spread %>".
  */
 
 #include <errno.h>
@@ -43,7 +34,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -86,7 +76,7 @@ static void report(const char *tr, const char *op, size_t size, double *t,
   fflush(stdout);
 }
 
-/* "<median ns> <spread %>", the line of the get and batch forms. */
+/* "<median ns> <spread %>", the line of the get form. */
 static void print_median(double *t, int n) {
   double spread, med = median_spread(t, n, &spread);
   printf("%.0f %.1f\n", med, spread);
@@ -97,19 +87,16 @@ static void die(const char *what, redisContext *c) {
   exit(1);
 }
 
-static void write_all(int fd, struct iovec *iov, int n) {
-  if (limit_write_all(fd, iov, n) != 0) die("writev", NULL);
-}
-
-/* Reads a short reply ("+OK\r\n") whole; any failure ends the program. */
-static void read_status(int fd, char *line, size_t cap) {
-  if (limit_read_status(fd, line, cap) != 0) die("read", NULL);
-}
-
-/* The limit's SET (c/redis_limit.h); any failure ends the program. */
+/* The limit's SET (c/redis_limit.h); any failure ends the program,
+ * naming the server's reply when it was not +OK. */
 static void set_or_die(int fd, const char *key, const char *data, size_t len) {
-  if (limit_set(fd, key, data, len) != 0)
-    die(errno == EPROTO ? "SET reply" : "writev", NULL);
+  char status[LIMIT_STATUS_MAX];
+  if (limit_set(fd, key, data, len, status) == 0) return;
+  if (errno == EPROTO && status[0]) {
+    fprintf(stderr, "redis_raw: SET: the server replied %s\n", status);
+    exit(1);
+  }
+  die("SET", NULL);
 }
 
 /* The limit's GET (c/redis_limit.h); any failure ends the program. */
@@ -229,56 +216,8 @@ static int warm_get(char **argv) {
   return 0;
 }
 
-/* redis_raw batch HOST PORT SOCKET tcp|unix SIZE BATCH ROUNDS [WARM] */
-static int batch(int argc, char **argv) {
-  size_t size = strtoull(argv[6], NULL, 10);
-  int nb = atoi(argv[7]), rounds = atoi(argv[8]);
-  int warm = argc > 9 ? atoi(argv[9]) : rounds;
-  if (size < 1 || size > ((size_t)1 << 32) || nb < 1 || nb > 64 || rounds < 1 ||
-      warm < 0) {
-    fprintf(stderr, "redis_raw batch: SIZE 1-4 GiB, BATCH 1-64, ROUNDS >= 1, "
-                    "WARM >= 0\n");
-    return 2;
-  }
-  redisContext *c = connect_to(argv);
-  char *data = malloc(size), *bufs[64], keys[64][32], line[64];
-  double *t = malloc((size_t)rounds * sizeof *t);
-  if (data == NULL || t == NULL) die("malloc", NULL);
-  for (size_t i = 0; i < size; i++) data[i] = (char)(i * 31);
-  for (int k = 0; k < nb; k++) {
-    bufs[k] = malloc(size + 64);
-    if (bufs[k] == NULL) die("malloc", NULL);
-    memset(bufs[k], 0, size + 64);
-    snprintf(keys[k], sizeof keys[k], "redis_raw:batch:%d", k);
-  }
-  char del[64 * 48];
-  int dl = snprintf(del, sizeof del, "*%d\r\n$3\r\nDEL\r\n", nb + 1);
-  for (int k = 0; k < nb; k++)
-    dl += snprintf(del + dl, sizeof del - dl, "$%zu\r\n%s\r\n", strlen(keys[k]),
-                   keys[k]);
-  for (int r = -warm; r < rounds; r++) {
-    double t0 = now_ns();
-    for (int k = 0; k < nb; k++) set_or_die(c->fd, keys[k], data, size);
-    for (int k = 0; k < nb; k++) get_or_die(c->fd, keys[k], bufs[k], size);
-    struct iovec iov[1] = {{del, (size_t)dl}};
-    write_all(c->fd, iov, 1);
-    read_status(c->fd, line, sizeof line);
-    if (line[0] != ':' || atoi(line + 1) != nb) die("DEL reply", NULL);
-    if (r >= 0) t[r] = (now_ns() - t0) / nb;
-  }
-  for (int k = 0; k < nb; k++) check_body(bufs[k], data, size);
-  print_median(t, rounds);
-  for (int k = 0; k < nb; k++) free(bufs[k]);
-  free(data);
-  free(t);
-  redisFree(c);
-  return 0;
-}
-
 int main(int argc, char **argv) {
   if (argc == 8 && strcmp(argv[1], "fresh") == 0) return fresh(argv);
-  if ((argc == 9 || argc == 10) && strcmp(argv[1], "batch") == 0)
-    return batch(argc, argv);
   if (argc == 9 && strcmp(argv[1], "get") == 0) return warm_get(argv);
   if (argc < 6) {
     fprintf(stderr, "usage: redis_raw HOST PORT SOCKET RUNS SIZE...\n");

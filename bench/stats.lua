@@ -53,18 +53,6 @@ function M.redis_raw(srv, size, runs)
   return base
 end
 
--- bench/redis_raw's limit in the pattern of a batch (its "batch" form):
--- size-byte values SET under batch distinct keys, read back into a buffer
--- each, then one DEL. Seconds an item (the median round) after warm
--- untimed rounds.
-function M.redis_raw_batch(srv, size, batch, rounds, warm)
-  local p = redis_raw("batch 127.0.0.1 %d %s tcp %d %d %d %d", srv.port, srv.path, size, batch,
-    rounds, warm)
-  local out = p:read("a")
-  assert(p:close(), "bench/redis_raw batch failed")
-  return assert(tonumber(out:match("^(%d+)")), "bench/redis_raw batch: no figure") / 1e9
-end
-
 -- A report function for a section run in a child process: one row a line,
 -- tab-separated, as bench/run.lua reads them.
 function M.print_row(section, name, ns, spread, base, ratio)

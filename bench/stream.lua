@@ -9,9 +9,9 @@
 --                                                 throughput
 --      and against the same items through the store alone (store:proxy
 --      and resolve, no stream): the stream's own share of the cost; and
---      against raw SETs then GETs of five keys at a time, as the loop
---      does (bench/redis_raw batch): whether that pattern costs the
---      server more than one key written and read back
+--      against raw SETs then GETs of five keys at a time and one DEL, as
+--      the loop does, timed between the chunks as the limit is: what that
+--      pattern costs the server over one key written and read back
 --   3. a dispatcher that routes on metadata alone (reads each event,
 --      forwards the proxy to one of two topics) over 10,000 proxies of
 --      1 MiB items: events/s, and the GETs it made, from the store's
@@ -30,10 +30,11 @@
 --
 -- Producer and consumer run in this process, one after the other, on
 -- chunks (send a chunk, flush, read it back): a throughput here pays for
--- both sides, with no overlap between them, so two processes only do
--- better. Each loop of section 2 is timed after 100 untimed items, as
--- the limit's runs follow untimed ones: the throughput of a stream that
--- is running, not of the machine waking up (see per_item below).
+-- both sides, with no overlap between them. (Two processes did no better
+-- on these 2 cores, which they share with the server: 650-1050 µs a 1 MiB
+-- item in a scratch run, against 580-720 here.) Each loop of section 2 is
+-- timed after 100 untimed items: the throughput of a stream that is
+-- running, not of the machine waking up (see per_item below).
 --
 -- Standalone: lua5.4 bench/stream.lua   (a markdown table)
 -- PROXYSTORE_BENCH_QUICK=1 for fewer and shorter runs.
@@ -129,33 +130,41 @@ local function large_items(report, url, srv, g, tag)
       if #c:next(10) ~= MiB then error("bench: wrong item") end
     end
   end
-  -- The one-key limit, timed in this process between the chunks of every
-  -- loop: after each chunk, chunk SET + GET pairs of one key at the
-  -- server-bound limit (proxystore.bench's redis_limit: the writev and
-  -- read()s of bench/redis_raw, on a connection of its own), so the limit
-  -- and the loops share this process's state and the machine's moment.
-  -- Timed from a child process before the loops, its medians moved
-  -- 420-800 µs between runs minutes apart while the loops held steady.
+  -- The raw baselines, timed in this process between the chunks of every
+  -- loop, on a connection of their own at the server-bound limit
+  -- (proxystore.bench's redis_limit: the writev and read()s of
+  -- bench/redis_raw), so they and the loops share this process's state and
+  -- the machine's moment: after each chunk, one untimed GET (the server
+  -- has finished the chunk's deletes, which the store sends and does not
+  -- wait for), then a chunk of SET + GET pairs of one key (the limit) and
+  -- a round of the loop's pattern (batch: chunk distinct keys written,
+  -- read back, one DEL), each timed as a whole over its items, as the
+  -- loops are. Timed from a child process before the loops, the limit's
+  -- medians moved 420-745 µs between runs minutes apart while the loops
+  -- held steady.
   local limit_key = "bench-stream-limit"
   g:call("SET", limit_key, data)
   local lim = benchlib.redis_limit("127.0.0.1", srv.port, limit_key, MiB)
-  local function limit_chunk(into)
+  local function raw_after_chunk(limits, patterns)
+    lim:get()
+    local t0 = now()
     for _ = 1, chunk do
-      local set = lim:set(data)
-      into[#into + 1] = set + lim:get()
+      lim:set(data)
+      lim:get()
     end
+    limits[#limits + 1] = (now() - t0) / chunk
+    patterns[#patterns + 1] = lim:batch(data, chunk)
   end
   -- Seconds an item of one_chunk, n items timed after WARM_ITEMS untimed,
-  -- each chunk followed by the limit's pairs (into limits): the median
-  -- chunk's time over chunk, as the limit is a median, and the mean over
-  -- the n items. On these VMs a process that has slept even 0.1 s runs its
-  -- next ~50 ms of transfers ~1.5x slower (a spin instead of the sleep
-  -- does not), so a loop timed from cold measured the machine waking; the
-  -- pattern's child warms for the same WARM_ITEMS.
-  local function per_item(one_chunk, limits)
+  -- each chunk followed by the raw baselines' (into limits and patterns):
+  -- the median chunk's time over chunk, and the mean over the n items. On
+  -- these VMs a process that has slept even 0.1 s runs its next ~50 ms of
+  -- transfers ~1.5x slower (a spin instead of the sleep does not), so a
+  -- loop timed from cold measured the machine waking.
+  local function per_item(one_chunk, limits, patterns)
     for _ = 1, WARM_ITEMS // chunk do
       one_chunk()
-      limit_chunk({})
+      raw_after_chunk({}, {})
     end
     collectgarbage()
     local t, sum = {}, 0
@@ -164,22 +173,22 @@ local function large_items(report, url, srv, g, tag)
       one_chunk()
       local took = now() - c0
       t[i], sum = took / chunk, sum + took
-      limit_chunk(limits)
+      raw_after_chunk(limits, patterns)
     end
     return (stats.median_spread(t)), sum / n
   end
   local per, limit, hiredis, alone, copied, pattern, per_mean = {}, {}, {}, {}, {}, {}, {}
   for r = 1, runs do
+    -- hiredis from bench/redis_raw's child (its own limit rows unused here)
     local base = raw(srv, MiB, QUICK and 5 or 11)
     hiredis[r] = (base.hiredis_set + base.hiredis_get) / 1e9
-    pattern[r] = stats.redis_raw_batch(srv, MiB, chunk, n // chunk, WARM_ITEMS // chunk)
     -- the same items through the store alone, without a stream: what the
     -- stream adds is the difference
-    local limits = {}
-    alone[r] = per_item(via_store, limits)
-    copied[r] = per_item(copies, limits)
-    per[r], per_mean[r] = per_item(via_stream, limits)
-    limit[r] = stats.median_spread(limits)
+    local limits, patterns = {}, {}
+    alone[r] = per_item(via_store, limits, patterns)
+    copied[r] = per_item(copies, limits, patterns)
+    per[r], per_mean[r] = per_item(via_stream, limits, patterns)
+    limit[r], pattern[r] = stats.median_spread(limits), stats.median_spread(patterns)
   end
   lim:close()
   g:call("DEL", limit_key)
@@ -273,8 +282,9 @@ local ALLOCATORS = {
 local function large_items_child(report, srv, i)
   local a = ALLOCATORS[i]
   local here = debug.getinfo(1, "S").source:match("^@(.*)$")
-  local p = assert(io.popen(("env %s lua5.4 %s --large %d %d %s"):format(a.env, here, i,
-    srv.port, srv.path)))
+  local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+  local p = assert(io.popen(("env %s lua5.4 %s --large %d %d %s"):format(a.env, q(here), i,
+    srv.port, q(srv.path))))
   for line in p:lines() do
     local f = {}
     for field in (line .. "\t"):gmatch("([^\t]*)\t") do f[#f + 1] = field end
@@ -300,7 +310,7 @@ local function bench(report)
 end
 
 if arg and arg[1] == "--large" then
-  local a = ALLOCATORS[tonumber(arg[2])]
+  local a = assert(ALLOCATORS[tonumber(arg[2])], "bench stream: --large takes 1-3")
   if a.big then
     assert(ps.use_big_allocator(), "bench stream: ps.use_big_allocator() failed")
   end

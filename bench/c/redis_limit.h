@@ -101,7 +101,11 @@ static int limit_get(int fd, const char *key, char *buf, size_t len) {
   char hdr[128];
   int hl = snprintf(hdr, sizeof hdr, "*2\r\n$3\r\nGET\r\n$%zu\r\n%s\r\n",
                     strlen(key), key);
-  struct iovec iov[1] = {{hdr, hl}};
+  if (hl < 0 || (size_t)hl >= sizeof hdr) {
+    errno = ENAMETOOLONG;
+    return -1;
+  }
+  struct iovec iov[1] = {{hdr, (size_t)hl}};
   if (limit_write_all(fd, iov, 1) != 0) return -1;
   size_t total = 0, need = 0;
   char *eol = NULL;
@@ -144,15 +148,24 @@ static int limit_read_status(int fd, char *line, size_t cap) {
 }
 
 /* SET key to the len bytes at data, written with one writev from where
- * they lie; a reply other than +OK fails (EPROTO). */
-static int limit_set(int fd, const char *key, const char *data, size_t len) {
-  char hdr[128], line[64];
+ * they lie. The server's reply line goes to status (LIMIT_STATUS_MAX
+ * bytes): a reply other than +OK fails (EPROTO) and status says what the
+ * server said. */
+#define LIMIT_STATUS_MAX 256
+static int limit_set(int fd, const char *key, const char *data, size_t len,
+                     char *status) {
+  char hdr[128];
+  status[0] = '\0';
   int hl = snprintf(hdr, sizeof hdr, "*3\r\n$3\r\nSET\r\n$%zu\r\n%s\r\n$%zu\r\n",
                     strlen(key), key, len);
-  struct iovec iov[3] = {{hdr, hl}, {(void *)data, len}, {"\r\n", 2}};
+  if (hl < 0 || (size_t)hl >= sizeof hdr) {
+    errno = ENAMETOOLONG;
+    return -1;
+  }
+  struct iovec iov[3] = {{hdr, (size_t)hl}, {(void *)data, len}, {"\r\n", 2}};
   if (limit_write_all(fd, iov, 3) != 0) return -1;
-  if (limit_read_status(fd, line, sizeof line) != 0) return -1;
-  if (strcmp(line, "+OK") != 0) {
+  if (limit_read_status(fd, status, LIMIT_STATUS_MAX) != 0) return -1;
+  if (strcmp(status, "+OK") != 0) {
     errno = EPROTO;
     return -1;
   }

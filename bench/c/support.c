@@ -287,19 +287,23 @@ static int bench_sleep(lua_State *L) {
  * the seconds one GET of key (size bytes) takes at the server-bound limit
  * (redis_limit.h: the read()s and the spin of bench/redis_raw.c's
  * limit_get), into a buffer reused across calls, and whose set(data) the
- * seconds of one SET of key (bench/stream.lua times SET + GET between the
- * chunks of its loops); close() ends it (so does collection). It makes one untimed GET
+ * seconds of one SET of key, and batch(data, n) those of the stream loop's
+ * pattern (bench/stream.lua times both between the chunks of its loops);
+ * close() ends it (so does collection). It makes one untimed GET
  * first, so the buffer is paged in. The size sweep times it between two
  * of the store's resolves, in the same process. resize(size) makes it read
  * a value of another size on the same connection (the buffer paged in and
  * one untimed GET again), so that the limit's connection carries the
  * same history of transfers as the store's (see bench/sweep.lua).
  */
+#define RLIMIT_BATCH_MAX 16
+
 typedef struct rlimit {
   int fd;
   char *key;
   char *buf;
   size_t size;
+  char *bufs[RLIMIT_BATCH_MAX];   /* batch()'s buffers, made on first use */
 } rlimit;
 
 static int rlimit_gc(lua_State *L) {
@@ -307,9 +311,24 @@ static int rlimit_gc(lua_State *L) {
   if (r->fd >= 0) close(r->fd);
   free(r->key);
   free(r->buf);
+  for (int k = 0; k < RLIMIT_BATCH_MAX; k++) {
+    free(r->bufs[k]);
+    r->bufs[k] = NULL;
+  }
   r->fd = -1;
   r->key = r->buf = NULL;
   return 0;
+}
+
+/* A SET at the limit, or a Lua error naming what went wrong (the server's
+ * reply when it was not +OK). */
+static void rlimit_set_or_raise(lua_State *L, rlimit *r, const char *key,
+                                const char *data, size_t len) {
+  char status[LIMIT_STATUS_MAX];
+  if (limit_set(r->fd, key, data, len, status) == 0) return;
+  if (errno == EPROTO && status[0])
+    luaL_error(L, "redis_limit: SET %s: the server replied %s", key, status);
+  luaL_error(L, "redis_limit: SET %s: %s", key, strerror(errno));
 }
 
 static int rlimit_get(lua_State *L) {
@@ -322,18 +341,61 @@ static int rlimit_get(lua_State *L) {
   return 1;
 }
 
-/* set(data) -> seconds one SET of key to the string data takes at the
- * limit (written from the string itself; a later get() expects size
- * bytes, so data is usually that long). */
+/* set(data) -> seconds one SET of key to the string data (size bytes,
+ * as get() reads back) takes at the limit, written from the string
+ * itself. */
 static int rlimit_set(lua_State *L) {
   rlimit *r = luaL_checkudata(L, 1, "proxystore.bench.redis_limit");
   size_t len;
   const char *data = luaL_checklstring(L, 2, &len);
+  luaL_argcheck(L, len == r->size, 2, "not the connection's size");
   if (r->fd < 0) return luaL_error(L, "redis_limit: closed");
   double t0 = limit_now_ns();
-  if (limit_set(r->fd, r->key, data, len) != 0)
-    return luaL_error(L, "redis_limit: SET %s: %s", r->key, strerror(errno));
+  rlimit_set_or_raise(L, r, r->key, data, len);
   lua_pushnumber(L, (limit_now_ns() - t0) / 1e9);
+  return 1;
+}
+
+/* batch(data, n) -> seconds an item of bench/stream.lua's loop pattern at
+ * the limit: SET n distinct keys (key:1 .. key:n) to data, GET each back
+ * into a buffer of its own (n values held at once, as the loop's consumer
+ * holds them; the buffers are reused across calls), then one DEL of all
+ * n, as the loop's single-use items are deleted. */
+static int rlimit_batch(lua_State *L) {
+  rlimit *r = luaL_checkudata(L, 1, "proxystore.bench.redis_limit");
+  size_t len;
+  const char *data = luaL_checklstring(L, 2, &len);
+  lua_Integer n = luaL_checkinteger(L, 3);
+  luaL_argcheck(L, len == r->size, 2, "not the connection's size");
+  luaL_argcheck(L, n >= 1 && n <= RLIMIT_BATCH_MAX, 3, "1 to 16 keys");
+  if (r->fd < 0) return luaL_error(L, "redis_limit: closed");
+  char keys[RLIMIT_BATCH_MAX][96];
+  char del[16 + RLIMIT_BATCH_MAX * 112];
+  int dl = snprintf(del, sizeof del, "*%d\r\n$3\r\nDEL\r\n", (int)n + 1);
+  for (int k = 0; k < n; k++) {
+    int kl = snprintf(keys[k], sizeof keys[k], "%s:%d", r->key, k + 1);
+    if (kl < 0 || (size_t)kl >= sizeof keys[k])
+      return luaL_error(L, "redis_limit: key too long for batch()");
+    dl += snprintf(del + dl, sizeof del - (size_t)dl, "$%d\r\n%s\r\n", kl, keys[k]);
+    if (r->bufs[k] == NULL) {
+      r->bufs[k] = malloc(r->size + 64);
+      if (r->bufs[k] == NULL) return luaL_error(L, "out of memory");
+      memset(r->bufs[k], 0, r->size + 64);
+    }
+  }
+  double t0 = limit_now_ns();
+  for (int k = 0; k < n; k++) rlimit_set_or_raise(L, r, keys[k], data, len);
+  for (int k = 0; k < n; k++)
+    if (limit_get(r->fd, keys[k], r->bufs[k], r->size) != 0)
+      return luaL_error(L, "redis_limit: GET %s: %s", keys[k], strerror(errno));
+  struct iovec iov[1] = {{del, (size_t)dl}};
+  char status[LIMIT_STATUS_MAX];
+  if (limit_write_all(r->fd, iov, 1) != 0 ||
+      limit_read_status(r->fd, status, sizeof status) != 0)
+    return luaL_error(L, "redis_limit: DEL: %s", strerror(errno));
+  if (status[0] != ':' || atoll(status + 1) != n)
+    return luaL_error(L, "redis_limit: DEL: the server replied %s", status);
+  lua_pushnumber(L, (limit_now_ns() - t0) / 1e9 / (double)n);
   return 1;
 }
 
@@ -347,6 +409,10 @@ static int rlimit_resize(lua_State *L) {
   memset(b, 0, (size_t)size + 64);
   r->buf = b;
   r->size = (size_t)size;
+  for (int k = 0; k < RLIMIT_BATCH_MAX; k++) {   /* made again at the new size */
+    free(r->bufs[k]);
+    r->bufs[k] = NULL;
+  }
   if (limit_get(r->fd, r->key, r->buf, r->size) != 0)   /* warm-up */
     return luaL_error(L, "redis_limit: GET %s: %s", r->key, strerror(errno));
   return 0;
@@ -360,8 +426,8 @@ static int bench_redis_limit(lua_State *L) {
   luaL_argcheck(L, port > 0 && port < 65536, 2, "a TCP port");
   luaL_argcheck(L, size >= 0, 4, "size must not be negative");
   rlimit *r = lua_newuserdatauv(L, sizeof *r, 0);
+  memset(r, 0, sizeof *r);
   r->fd = -1;
-  r->key = r->buf = NULL;
   r->size = (size_t)size;
   if (luaL_newmetatable(L, "proxystore.bench.redis_limit")) {
     lua_pushcfunction(L, rlimit_gc);
@@ -373,6 +439,8 @@ static int bench_redis_limit(lua_State *L) {
     lua_setfield(L, -2, "close");
     lua_pushcfunction(L, rlimit_set);
     lua_setfield(L, -2, "set");
+    lua_pushcfunction(L, rlimit_batch);
+    lua_setfield(L, -2, "batch");
     lua_pushcfunction(L, rlimit_resize);
     lua_setfield(L, -2, "resize");
     lua_setfield(L, -2, "__index");
