@@ -341,15 +341,22 @@ static int rlimit_get(lua_State *L) {
   return 1;
 }
 
-/* set(data) -> seconds one SET of key to the string data (size bytes,
- * as get() reads back) takes at the limit, written from the string
- * itself. */
-static int rlimit_set(lua_State *L) {
+/* The open connection at 1 and the data at 2 of a call that writes:
+ * size bytes, as get() reads back. */
+static rlimit *rlimit_writer(lua_State *L, const char **data, size_t *len) {
   rlimit *r = luaL_checkudata(L, 1, "proxystore.bench.redis_limit");
+  *data = luaL_checklstring(L, 2, len);
+  luaL_argcheck(L, *len == r->size, 2, "not the connection's size");
+  if (r->fd < 0) luaL_error(L, "redis_limit: closed");
+  return r;
+}
+
+/* set(data) -> seconds one SET of key to the string data takes at the
+ * limit, written from the string itself. */
+static int rlimit_set(lua_State *L) {
+  const char *data;
   size_t len;
-  const char *data = luaL_checklstring(L, 2, &len);
-  luaL_argcheck(L, len == r->size, 2, "not the connection's size");
-  if (r->fd < 0) return luaL_error(L, "redis_limit: closed");
+  rlimit *r = rlimit_writer(L, &data, &len);
   double t0 = limit_now_ns();
   rlimit_set_or_raise(L, r, r->key, data, len);
   lua_pushnumber(L, (limit_now_ns() - t0) / 1e9);
@@ -362,13 +369,11 @@ static int rlimit_set(lua_State *L) {
  * holds them; the buffers are reused across calls), then one DEL of all
  * n, as the loop's single-use items are deleted. */
 static int rlimit_batch(lua_State *L) {
-  rlimit *r = luaL_checkudata(L, 1, "proxystore.bench.redis_limit");
+  const char *data;
   size_t len;
-  const char *data = luaL_checklstring(L, 2, &len);
+  rlimit *r = rlimit_writer(L, &data, &len);
   lua_Integer n = luaL_checkinteger(L, 3);
-  luaL_argcheck(L, len == r->size, 2, "not the connection's size");
   luaL_argcheck(L, n >= 1 && n <= RLIMIT_BATCH_MAX, 3, "1 to 16 keys");
-  if (r->fd < 0) return luaL_error(L, "redis_limit: closed");
   char keys[RLIMIT_BATCH_MAX][96];
   char del[16 + RLIMIT_BATCH_MAX * 112];
   int dl = snprintf(del, sizeof del, "*%d\r\n$3\r\nDEL\r\n", (int)n + 1);
