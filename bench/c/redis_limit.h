@@ -132,7 +132,8 @@ static int limit_get(int fd, const char *key, char *buf, size_t len) {
 static int limit_read_status(int fd, char *line, size_t cap) {
   size_t n = 0;
   while (n < 2 || line[n - 1] != '\n') {
-    if (n + 1 >= cap) {
+    if (n + 1 >= cap) {   /* too long: what came, as a string, for messages */
+      line[n] = '\0';
       errno = EPROTO;
       return -1;
     }

@@ -320,15 +320,23 @@ static int rlimit_gc(lua_State *L) {
   return 0;
 }
 
+/* A failed transfer leaves replies unread on the connection, which would
+ * make the next call misread them: it is closed, and the error raised. */
+static int rlimit_fail(lua_State *L, rlimit *r, const char *op, const char *key,
+                       const char *why) {
+  close(r->fd);
+  r->fd = -1;
+  return luaL_error(L, "redis_limit: %s %s: %s", op, key, why);
+}
+
 /* A SET at the limit, or a Lua error naming what went wrong (the server's
- * reply when it was not +OK). */
+ * reply when it was not +OK: "-OOM ...", "-MISCONF ..."). */
 static void rlimit_set_or_raise(lua_State *L, rlimit *r, const char *key,
                                 const char *data, size_t len) {
   char status[LIMIT_STATUS_MAX];
   if (limit_set(r->fd, key, data, len, status) == 0) return;
-  if (errno == EPROTO && status[0])
-    luaL_error(L, "redis_limit: SET %s: the server replied %s", key, status);
-  luaL_error(L, "redis_limit: SET %s: %s", key, strerror(errno));
+  rlimit_fail(L, r, "SET", key,
+              errno == EPROTO && status[0] ? status : strerror(errno));
 }
 
 static int rlimit_get(lua_State *L) {
@@ -336,7 +344,7 @@ static int rlimit_get(lua_State *L) {
   if (r->fd < 0) return luaL_error(L, "redis_limit: closed");
   double t0 = limit_now_ns();
   if (limit_get(r->fd, r->key, r->buf, r->size) != 0)
-    return luaL_error(L, "redis_limit: GET %s: %s", r->key, strerror(errno));
+    return rlimit_fail(L, r, "GET", r->key, strerror(errno));
   lua_pushnumber(L, (limit_now_ns() - t0) / 1e9);
   return 1;
 }
@@ -392,17 +400,17 @@ static int rlimit_batch(lua_State *L) {
   for (int k = 0; k < n; k++) rlimit_set_or_raise(L, r, keys[k], data, len);
   for (int k = 0; k < n; k++)
     if (limit_get(r->fd, keys[k], r->bufs[k], r->size) != 0)
-      return luaL_error(L, "redis_limit: GET %s: %s", keys[k], strerror(errno));
+      return rlimit_fail(L, r, "GET", keys[k], strerror(errno));
   struct iovec iov[1] = {{del, (size_t)dl}};
   char status[LIMIT_STATUS_MAX];
   if (limit_write_all(r->fd, iov, 1) != 0 ||
       limit_read_status(r->fd, status, sizeof status) != 0)
-    return luaL_error(L, "redis_limit: DEL: %s", strerror(errno));
+    return rlimit_fail(L, r, "DEL", r->key, strerror(errno));
   if (status[0] != ':' || atoll(status + 1) != n)
-    return luaL_error(L, "redis_limit: DEL: the server replied %s", status);
+    return rlimit_fail(L, r, "DEL", r->key, status);
   double took = limit_now_ns() - t0;
   for (int k = 0; k < n; k++) {   /* untimed: each key gave back its bytes */
-    const char *body = memchr(r->bufs[k], '\n', 64) + 1;
+    const char *body = (const char *)memchr(r->bufs[k], '\n', 64) + 1;
     if (memcmp(body, data, len) != 0)
       return luaL_error(L, "redis_limit: GET %s: bytes differ", keys[k]);
   }
