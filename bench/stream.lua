@@ -5,12 +5,12 @@
 --   2. 1 MiB items as single-use proxies, one producer and one consumer,
 --      against raw SET + GET of the same bytes measured in the same run:
 --      the server-bound limit in a tight loop of bench/redis_raw's child
---      (target >= 0.8 of its throughput), the same limit timed between
---      the chunks of the loops in this process, and hiredis
+--      (target >= 0.8 of its throughput), the same limit timed in this
+--      process after the loops, and hiredis
 --      and against the same items through the store alone (store:proxy
 --      and resolve, no stream): the stream's own share of the cost; and
 --      against raw SETs then GETs of five keys at a time and one DEL, as
---      the loop does, timed between the chunks as the limit is: what that
+--      the loop does, timed after the loops as that limit is: what that
 --      pattern costs the server over one key written and read back
 --   3. a dispatcher that routes on metadata alone (reads each event,
 --      forwards the proxy to one of two topics) over 10,000 proxies of
@@ -32,9 +32,9 @@
 -- chunks (send a chunk, flush, read it back): a throughput here pays for
 -- both sides, with no overlap between them. (Two processes did no better
 -- on these 2 cores, which they share with the server: 650-1050 µs a 1 MiB
--- item in a scratch run, against 580-720 here.) Each loop of section 2 is
--- timed after 100 untimed items: the throughput of a stream that is
--- running, not of the machine waking up (see per_item below).
+-- item in a scratch run, as one process in the same hour.) Each loop of
+-- section 2 is timed after 100 untimed items: the throughput of a stream
+-- that is running, not of the machine waking up (see per_item below).
 --
 -- Standalone: lua5.4 bench/stream.lua   (a markdown table)
 -- PROXYSTORE_BENCH_QUICK=1 for fewer and shorter runs.
@@ -130,26 +130,24 @@ local function large_items(report, url, srv, g, tag)
       if #c:next(10) ~= MiB then error("bench: wrong item") end
     end
   end
-  -- The raw baselines, timed in this process between the chunks of every
-  -- loop, on a connection of their own at the server-bound limit
-  -- (proxystore.bench's redis_limit: the writev and read()s of
-  -- bench/redis_raw), so they and the loops share this process's state and
-  -- the machine's moment: after each chunk, one untimed GET (the server
-  -- has finished the chunk's deletes, which the store sends and does not
-  -- wait for), then a chunk of SET + GET pairs of one key (the limit) and
-  -- a round of the loop's pattern (batch: chunk distinct keys written,
-  -- read back, one DEL), each timed as a whole over its items, as the
-  -- loops are. The target stays on the limit bench/redis_raw times in a
-  -- tight loop in a child process before the loops (the fastest raw
-  -- SET + GET, and the noisier: its medians moved 420-745 µs between runs
-  -- minutes apart while the loops held steady); the same raw code timed in
-  -- this process between chunks ran 7-27% slower than it in every run of
-  -- 2026-12-07, for a cause not yet found (cold caches and the process's
-  -- wakeups are candidates), so the stream is reported against both.
+  -- The raw baselines in this process, on a connection of their own at
+  -- the server-bound limit (proxystore.bench's redis_limit: the writev and
+  -- read()s of bench/redis_raw), timed right after each run's loops, in
+  -- chunks as the loops are: one untimed GET (the server has finished the
+  -- deletes the store sent and did not wait for), a chunk of SET + GET
+  -- pairs of one key timed as a whole over its items (the limit), and a
+  -- round of the loop's pattern (batch: chunk distinct keys written, read
+  -- back, one DEL). Not between the loops' chunks: there their 15 MiB of
+  -- transfers a chunk slowed the loops (a scratch A/B, stream loop with
+  -- and without them, medians of six rounds: 861 against 778 µs an item).
+  -- The target's limit is bench/redis_raw's tight loop in a child before
+  -- the loops, the fastest raw SET + GET; this one ran slower than it in
+  -- every run of 2026-12-07 (cause not found), so the stream is reported
+  -- against both.
   local limit_key = "bench-stream-limit"
   g:call("SET", limit_key, data)
   local lim = benchlib.redis_limit("127.0.0.1", srv.port, limit_key, MiB)
-  local function raw_after_chunk(limits, patterns)
+  local function raw_chunk(limits, patterns)
     lim:get()
     local t0 = now()
     for _ = 1, chunk do
@@ -159,17 +157,13 @@ local function large_items(report, url, srv, g, tag)
     limits[#limits + 1] = (now() - t0) / chunk
     patterns[#patterns + 1] = lim:batch(data, chunk)
   end
-  -- Seconds an item of one_chunk, n items timed after WARM_ITEMS untimed,
-  -- each chunk followed by the raw baselines' (into limits and patterns):
+  -- Seconds an item of one_chunk, n items timed after WARM_ITEMS untimed:
   -- the median chunk's time over chunk, and the mean over the n items. On
   -- these VMs a process that has slept even 0.1 s runs its next ~50 ms of
   -- transfers ~1.5x slower (a spin instead of the sleep does not), so a
   -- loop timed from cold measured the machine waking.
-  local function per_item(one_chunk, limits, patterns)
-    for _ = 1, WARM_ITEMS // chunk do
-      one_chunk()
-      raw_after_chunk({}, {})
-    end
+  local function per_item(one_chunk)
+    for _ = 1, WARM_ITEMS // chunk do one_chunk() end
     collectgarbage()
     local t, sum = {}, 0
     for i = 1, n // chunk do
@@ -177,25 +171,25 @@ local function large_items(report, url, srv, g, tag)
       one_chunk()
       local took = now() - c0
       t[i], sum = took / chunk, sum + took
-      raw_after_chunk(limits, patterns)
     end
     return (stats.median_spread(t)), sum / n
   end
   local per, limit, hiredis, alone, copied, pattern, per_mean = {}, {}, {}, {}, {}, {}, {}
   local child_limit = {}
   for r = 1, runs do
-    -- hiredis from bench/redis_raw's child, and its limit: medians of 11
-    -- SETs then 11 GETs in a tight loop, before the loops (the method the
-    -- target's limit left; reported beside it)
+    -- hiredis from bench/redis_raw's child, and the target's limit: the
+    -- medians of 11 SETs then 11 GETs in a tight loop, before the loops
     local base = raw(srv, MiB, QUICK and 5 or 11)
     hiredis[r] = (base.hiredis_set + base.hiredis_get) / 1e9
     child_limit[r] = (base.limit_set + base.limit_get) / 1e9
     -- the same items through the store alone, without a stream: what the
     -- stream adds is the difference
+    alone[r] = per_item(via_store)
+    copied[r] = per_item(copies)
+    per[r], per_mean[r] = per_item(via_stream)
     local limits, patterns = {}, {}
-    alone[r] = per_item(via_store, limits, patterns)
-    copied[r] = per_item(copies, limits, patterns)
-    per[r], per_mean[r] = per_item(via_stream, limits, patterns)
+    for _ = 1, WARM_ITEMS // chunk do raw_chunk({}, {}) end
+    for _ = 1, n // chunk do raw_chunk(limits, patterns) end
     limit[r], pattern[r] = stats.median_spread(limits), stats.median_spread(patterns)
   end
   lim:close()
@@ -215,22 +209,23 @@ local function large_items(report, url, srv, g, tag)
   local med, spread = stats.median_spread(per)
   local mmed, mspread = stats.median_spread(per_mean)
   report("stream baseline", "raw SET + GET of 1 MiB, server-bound limit (in this process, " ..
-    "between the loops' chunks)", lmed * 1e9, lspread)
+    "after the loops)", lmed * 1e9, lspread)
   report("stream baseline", "raw SET + GET of 1 MiB, server-bound limit, tight loop in a child " ..
     "process before the loops (the target's)", cmed * 1e9, cspread, "limit in this process", lmed / cmed)
   report("stream baseline", "raw SET + GET of 1 MiB, hiredis", hmed * 1e9, hspread)
   report("stream baseline", ("raw SET x%d, GET x%d, one DEL of 1 MiB values (the loop's pattern), " ..
-    "server-bound, an item"):format(chunk, chunk), pmed * 1e9, pspread, "raw SET+GET limit", lmed / pmed)
+    "server-bound, an item"):format(chunk, chunk), pmed * 1e9, pspread, "limit in this process",
+    lmed / pmed)
   report("stream baseline", "a 1 MiB Lua string copied as a consumer's are made (one at a time)",
     fmed * 1e9, fspread)
   report("stream baseline", "raw SET + GET limit plus that copy", (lmed + fmed) * 1e9,
-    nil, "raw SET+GET limit", lmed / (lmed + fmed))
+    nil, "limit in this process", lmed / (lmed + fmed))
   report("stream baseline", "1 MiB items through the store alone (proxy, resolve, evict)",
-    amed * 1e9, aspread, "raw SET+GET limit", lmed / amed)
+    amed * 1e9, aspread, "limit in this process", lmed / amed)
   report("stream", ("1 MiB items as proxies (evict), 1 producer + 1 consumer: %.0f items/s")
     :format(1 / med), med * 1e9, spread, "raw SET+GET limit, child (target 0.8)", cmed / med)
-  report("stream", "1 MiB items as proxies, against the limit timed in this process between chunks",
-    med * 1e9, spread, "raw SET+GET limit", lmed / med)
+  report("stream", "1 MiB items as proxies, against the limit timed in this process after the loops",
+    med * 1e9, spread, "limit in this process", lmed / med)
   report("stream", "1 MiB items as proxies, against hiredis SET + GET", med * 1e9, spread,
     "raw SET+GET hiredis", hmed / med)
   report("stream", "1 MiB items as proxies, against the store alone", med * 1e9, spread,
@@ -238,7 +233,7 @@ local function large_items(report, url, srv, g, tag)
   report("stream", "1 MiB items as proxies, against raw SET/GET in the loop's pattern", med * 1e9,
     spread, "raw, loop's pattern", pmed / med)
   report("stream", ("1 MiB items as proxies, the mean over each run's %d items (not the median chunk)")
-    :format(n), mmed * 1e9, mspread, "raw SET+GET limit", lmed / mmed)
+    :format(n), mmed * 1e9, mspread, "raw SET+GET limit, child", cmed / mmed)
 end
 
 -- 3. A dispatcher routing on metadata alone.
