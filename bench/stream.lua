@@ -142,7 +142,7 @@ local function large_items(report, url, srv, g, tag)
   -- and without them, medians of six rounds: 861 against 778 µs an item).
   -- The target's limit is bench/redis_raw's tight loop in a child before
   -- the loops, the fastest raw SET + GET; this one ran slower than it in
-  -- every run of 2026-12-07 (cause not found), so the stream is reported
+  -- most runs of 2026-12-07 (cause not found), so the stream is reported
   -- against both.
   local limit_key = "bench-stream-limit"
   g:call("SET", limit_key, data)
