@@ -187,6 +187,24 @@ function Cluster:wait_ok(limit)
   end, limit or 60, 0.1)
 end
 
+-- Waits until redis-cli's own check of the cluster passes: every node
+-- agrees on the slots, no slot is open (importing or migrating), all are
+-- covered. `redis-cli --cluster reshard` checks this first and, when it
+-- fails, moves nothing (its message has no "ERR" when only a slot is
+-- open); after slots move, it is when any node answers for the new
+-- owners. Returns whether it passed, and the check's last output.
+function Cluster:wait_agreed(limit)
+  local out
+  local ok = wait_for(function()
+    out = read_cmd("redis-cli " .. self:auth() .. "--cluster check " ..
+                   self.seeds[self:any()] .. " 2>&1")
+    return out:find("All nodes agree about slots configuration", 1, true) and
+           out:find("All 16384 slots covered", 1, true) and
+           not out:find("[WARNING]", 1, true) and not out:find("[ERR]", 1, true)
+  end, limit or 60, 0.1)
+  return ok and true or false, out
+end
+
 function Cluster:wait_replicas(limit)
   return wait_for(function()
     for i, n in pairs(self:topology()) do
