@@ -1,8 +1,8 @@
 /*
- * bench/c/redis_limit.h: the server-bound limit of a Redis GET and SET, shared by
- * bench/redis_raw.c (a program of its own) and bench/c/support.c (the
- * bench module, so that the size sweep can time the limit between two of
- * the store's resolves in one process). The reply is read with plain
+ * bench/c/redis_limit.h: the server-bound limit of a Redis GET and SET,
+ * shared by bench/redis_raw.c (a program of its own) and bench/c/support.c
+ * (the bench module, so that the size sweep and the stream section can
+ * time the limit in the process of the store's own transfers). The reply is read with plain
  * read() into a caller's buffer, on a non-blocking socket, waiting as the
  * store does (src/core/spin.h): a read that finds the socket empty polls
  * it without sleeping for up to LIMIT_SPIN_NS before it blocks, on every

@@ -288,7 +288,7 @@ static int bench_sleep(lua_State *L) {
  * (redis_limit.h: the read()s and the spin of bench/redis_raw.c's
  * limit_get), into a buffer reused across calls, and whose set(data) the
  * seconds of one SET of key, and batch(data, n) those of the stream loop's
- * pattern (bench/stream.lua times both between the chunks of its loops);
+ * pattern (bench/stream.lua times both in the process of its loops);
  * close() ends it (so does collection). It makes one untimed GET
  * first, so the buffer is paged in. The size sweep times it between two
  * of the store's resolves, in the same process. resize(size) makes it read
@@ -433,7 +433,7 @@ static int rlimit_resize(lua_State *L) {
     r->bufs[k] = NULL;
   }
   if (limit_get(r->fd, r->key, r->buf, r->size) != 0)   /* warm-up */
-    return luaL_error(L, "redis_limit: GET %s: %s", r->key, strerror(errno));
+    return rlimit_fail(L, r, "GET", r->key, strerror(errno));
   return 0;
 }
 
