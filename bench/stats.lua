@@ -28,22 +28,16 @@ function M.time(runs, fn)
   return M.median_spread(times)
 end
 
--- Starts bench/redis_raw (of this build, without the sanitizer's
--- preload, and without glibc tunables a bench child runs under: the same
--- baseline for every row) with the arguments fmt formats; returns its
--- stdout.
-local function redis_raw(fmt, ...)
-  local build = os.getenv("PROXYSTORE_BUILD") or "build"
-  return assert(io.popen(("env -u LD_PRELOAD -u GLIBC_TUNABLES %s/bin/redis_raw " .. fmt)
-    :format(build, ...)))
-end
-
 -- Per-op medians (ns) of bench/redis_raw's baselines for size bytes over
 -- TCP to srv (a spec/helpers/redis server): limit_set, limit_get (the
 -- server-bound limit), hiredis_set, hiredis_get. Its runs happen in a
--- process of its own, on fresh connections.
+-- process of its own, on fresh connections: the program of this build,
+-- without the sanitizer's preload, and without glibc tunables a bench
+-- child runs under (the same baseline for every row).
 function M.redis_raw(srv, size, runs)
-  local p = redis_raw("127.0.0.1 %d %s %d %d", srv.port, srv.path, runs, size)
+  local build = os.getenv("PROXYSTORE_BUILD") or "build"
+  local p = assert(io.popen(("env -u LD_PRELOAD -u GLIBC_TUNABLES %s/bin/redis_raw " ..
+    "127.0.0.1 %d %s %d %d"):format(build, srv.port, srv.path, runs, size)))
   local base = {}
   for line in p:lines() do
     local tr, op, med = line:match("^(%S+) (%S+) %d+ (%S+) %S+$")

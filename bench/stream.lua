@@ -46,6 +46,7 @@ local ps = require "proxystore"
 local core = require "proxystore.core"
 local stats = dofile((debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") or "./") .. "stats.lua")
 local redis = require "helpers.redis"
+local shell = require "helpers.shell"
 local now = core.monotonic
 
 local MiB = 1024 * 1024
@@ -290,7 +291,7 @@ local ALLOCATORS = {
 local function large_items_child(report, srv, i)
   local a = ALLOCATORS[i]
   local here = debug.getinfo(1, "S").source:match("^@(.*)$")
-  local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+  local q = shell.quote
   local p = assert(io.popen(("env %s lua5.4 %s --large %d %d %s"):format(a.env, q(here), i,
     srv.port, q(srv.path))))
   for line in p:lines() do
@@ -324,11 +325,7 @@ if arg and arg[1] == "--large" then
   end
   local srv = { port = tonumber(arg[3]), path = arg[4] }
   local g = core.redis_groups { host = "127.0.0.1", port = srv.port }
-  large_items(function(section, name, ns, spread, bname, ratio)
-    print(table.concat({ section, name, ("%.17g"):format(ns), spread and ("%.17g"):format(spread) or "",
-      bname or "", ratio and ("%.17g"):format(ratio) or "" }, "\t"))
-    io.stdout:flush()
-  end, ("redis://127.0.0.1:%d"):format(srv.port), srv, g, a.tag)
+  large_items(stats.print_row, ("redis://127.0.0.1:%d"):format(srv.port), srv, g, a.tag)
   g:close()
 elseif arg and arg[0] and arg[0]:match("stream%.lua$") then
   print("| section | measurement | median | spread | baseline | ratio |")

@@ -127,6 +127,17 @@ static int limit_get(int fd, const char *key, char *buf, size_t len) {
   return 0;
 }
 
+/* The body of a GET reply limit_get read into buf (its header checked
+ * there) is the len bytes of data: 0, or -1 with errno EPROTO. */
+static int limit_check_body(const char *buf, const char *data, size_t len) {
+  const char *eol = memchr(buf, '\n', 64);
+  if (eol == NULL || memcmp(eol + 1, data, len) != 0) {
+    errno = EPROTO;
+    return -1;
+  }
+  return 0;
+}
+
 /* Reads a short reply ("+OK\r\n") whole, as it is all the server sends,
  * into line (cap bytes), without its CRLF. */
 static int limit_read_status(int fd, char *line, size_t cap) {
