@@ -3,15 +3,14 @@
 --   1. 100 B items, inline, one producer and one consumer: items/s
 --                                                 target >= 50,000 items/s
 --   2. 1 MiB items as single-use proxies, one producer and one consumer,
---      against raw SET + GET of the same bytes measured in the same run:
---      the server-bound limit in a tight loop of bench/redis_raw's child
---      (target >= 0.8 of its throughput), the same limit timed in this
---      process after the loops, and hiredis
---      and against the same items through the store alone (store:proxy
---      and resolve, no stream): the stream's own share of the cost; and
---      against raw SETs then GETs of five keys at a time and one DEL, as
---      the loop does, timed after the loops as that limit is: what that
---      pattern costs the server over one key written and read back
+--      against raw SET + GET of the same bytes timed in the same rounds:
+--      the server-bound limit, one key written and read back in a tight
+--      loop (target >= 0.8 of its throughput), and raw SETs then GETs of
+--      five keys at a time and one DEL, as the loop does (what that
+--      pattern costs the server over one key); and, timed apart, the
+--      same items through the store alone (store:proxy and resolve, no
+--      stream: the stream's own share of the cost), the limit's tight
+--      loop in a fresh C process (bench/redis_raw) and hiredis
 --   3. a dispatcher that routes on metadata alone (reads each event,
 --      forwards the proxy to one of two topics) over 10,000 proxies of
 --      1 MiB items: events/s, and the GETs it made, from the store's
@@ -32,9 +31,11 @@
 -- chunks (send a chunk, flush, read it back): a throughput here pays for
 -- both sides, with no overlap between them. (Two processes did no better
 -- on these 2 cores, which they share with the server: 650-1050 µs a 1 MiB
--- item in a scratch run, as one process in the same hour.) Each loop of
--- section 2 is timed after 100 untimed items: the throughput of a stream
--- that is running, not of the machine waking up (see per_item below).
+-- item in a scratch run, as one process in the same hour.) Section 2's
+-- stream and raw loops are timed in rounds of blocks, each block after
+-- untimed chunks of its own: the throughput of loops that are running,
+-- not of the machine waking up or of a loop just switched to (see
+-- rounds below).
 --
 -- Standalone: lua5.4 bench/stream.lua   (a markdown table)
 -- PROXYSTORE_BENCH_QUICK=1 for fewer and shorter runs.
@@ -133,65 +134,101 @@ local function large_items(report, url, srv, g, tag)
   end
   -- The raw baselines in this process, on a connection of their own at
   -- the server-bound limit (proxystore.bench's redis_limit: the writev and
-  -- read()s of bench/redis_raw), timed right after each run's loops, in
-  -- chunks as the loops are: one untimed GET (the server has finished the
-  -- deletes the store sent and did not wait for), a chunk of SET + GET
-  -- pairs of one key timed as a whole over its items (the limit), and a
-  -- round of the loop's pattern (batch: chunk distinct keys written, read
-  -- back, one DEL). Not between the loops' chunks: there their 15 MiB of
-  -- transfers a chunk slowed the loops (a scratch A/B, stream loop with
-  -- and without them, medians of six rounds: 861 against 778 µs an item).
-  -- The target's limit is bench/redis_raw's tight loop in a child before
-  -- the loops, the fastest raw SET + GET; this one ran slower than it in
-  -- most runs of 2026-12-07 (cause not found), so the stream is reported
-  -- against both.
+  -- read()s of bench/redis_raw): a chunk of SET + GET pairs of one key
+  -- (the limit), and the loop's pattern (batch: chunk distinct keys
+  -- written, read back, one DEL).
   local limit_key = "bench-stream-limit"
   g:call("SET", limit_key, data)
   local lim = benchlib.redis_limit("127.0.0.1", srv.port, limit_key, MiB)
-  local function raw_chunk(limits, patterns)
-    lim:get()
-    local t0 = now()
+  -- each SET's and GET's own seconds, kept during the rounds' timed
+  -- chunks: the statistic of bench/redis_raw's tight loop (medians of
+  -- single operations), taken in this process and at this moment
+  local op_times
+  local function limit_pairs()
     for _ = 1, chunk do
-      lim:set(data)
-      lim:get()
+      local set, get = lim:set(data), lim:get()
+      if op_times then
+        table.insert(op_times.set, set)
+        table.insert(op_times.get, get)
+      end
     end
-    limits[#limits + 1] = (now() - t0) / chunk
-    patterns[#patterns + 1] = lim:batch(data, chunk)
   end
-  -- Seconds an item of one_chunk, n items timed after WARM_ITEMS untimed:
-  -- the median chunk's time over chunk, and the mean over the n items. On
-  -- these VMs a process that has slept even 0.1 s runs its next ~50 ms of
-  -- transfers ~1.5x slower (a spin instead of the sleep does not), so a
-  -- loop timed from cold measured the machine waking.
+  local function pattern()
+    lim:batch(data, chunk)
+  end
+  -- The stream and its raw baselines are timed together, in rounds, so
+  -- that they meet the same machine (on these VMs a loop timed a minute
+  -- apart from another drifts 30-50%). A round runs a block of each:
+  -- BLOCK_WARM untimed chunks, then BLOCK_TIMED chunks each timed. The
+  -- untimed chunks let a loop settle after the others (caches, the
+  -- server's and malloc's state: chunk by chunk alternation cost the
+  -- stream 5-15% more than the raw loops in a scratch A/B, each loop's
+  -- first chunk after another paying for it), so each block measures a
+  -- running loop, as a user's is. The blocks' order comes from a Williams
+  -- square: over its six rounds each loop runs twice in each place and
+  -- follows each other loop twice. Before the first round WARM_ITEMS
+  -- untimed items of each: a process that has slept even 0.1 s runs its
+  -- next ~50 ms of transfers ~1.5x slower here (a spin instead of the
+  -- sleep does not), so a loop timed from cold measured the machine
+  -- waking. Returns per loop the median chunk's time an item, and the
+  -- stream's mean over its timed items.
+  local loops = { via_stream, limit_pairs, pattern }
+  local NAMES = { "stream", "limit", "pattern" }
+  local WILLIAMS = { { 1, 2, 3 }, { 2, 3, 1 }, { 3, 1, 2 }, { 3, 2, 1 }, { 1, 3, 2 }, { 2, 1, 3 } }
+  local BLOCK_WARM, BLOCK_TIMED = 2, QUICK and 2 or 4
+  local function rounds()
+    for _ = 1, WARM_ITEMS // chunk do
+      for _, loop in ipairs(loops) do loop() end
+    end
+    collectgarbage()
+    local t, stream_sum, ops = { {}, {}, {} }, 0, { set = {}, get = {} }
+    for _, order in ipairs(WILLIAMS) do
+      for _, which in ipairs(order) do
+        for _ = 1, BLOCK_WARM do loops[which]() end
+        if which == 2 then op_times = ops end
+        for _ = 1, BLOCK_TIMED do
+          local c0 = now()
+          loops[which]()
+          local took = now() - c0
+          table.insert(t[which], took / chunk)
+          if which == 1 then stream_sum = stream_sum + took end
+        end
+        op_times = nil
+      end
+    end
+    local med = {}
+    for which, samples in ipairs(t) do med[NAMES[which]] = (stats.median_spread(samples)) end
+    med.ops = stats.median_spread(ops.set) + stats.median_spread(ops.get)
+    return med, stream_sum / (#t[1] * chunk)
+  end
+  -- Seconds an item of one_chunk, on its own after the rounds (the store
+  -- alone holds five values at once, a pattern that in rounds changed
+  -- what glibc's malloc gave the stream after it; a copy involves no
+  -- server): the median chunk of n items timed after WARM_ITEMS untimed.
   local function per_item(one_chunk)
     for _ = 1, WARM_ITEMS // chunk do one_chunk() end
     collectgarbage()
-    local t, sum = {}, 0
+    local t = {}
     for i = 1, n // chunk do
       local c0 = now()
       one_chunk()
-      local took = now() - c0
-      t[i], sum = took / chunk, sum + took
+      t[i] = (now() - c0) / chunk
     end
-    return (stats.median_spread(t)), sum / n
+    return (stats.median_spread(t))
   end
-  local per, limit, hiredis, alone, copied, pattern, per_mean = {}, {}, {}, {}, {}, {}, {}
-  local child_limit = {}
+  local per, limit, hiredis, alone, copied, pattern_t, per_mean = {}, {}, {}, {}, {}, {}, {}
+  local child_limit, op_limit = {}, {}
   for r = 1, runs do
-    -- hiredis from bench/redis_raw's child, and the target's limit: the
-    -- medians of 11 SETs then 11 GETs in a tight loop, before the loops
+    -- hiredis from bench/redis_raw's child, and its tight loop of the
+    -- limit: the medians of 11 SETs then 11 GETs, in a fresh C process
     local base = raw(srv, MiB, QUICK and 5 or 11)
     hiredis[r] = (base.hiredis_set + base.hiredis_get) / 1e9
     child_limit[r] = (base.limit_set + base.limit_get) / 1e9
-    -- the same items through the store alone, without a stream: what the
-    -- stream adds is the difference
+    local med
+    med, per_mean[r] = rounds()
+    per[r], limit[r], pattern_t[r], op_limit[r] = med.stream, med.limit, med.pattern, med.ops
     alone[r] = per_item(via_store)
     copied[r] = per_item(copies)
-    per[r], per_mean[r] = per_item(via_stream)
-    local limits, patterns = {}, {}
-    for _ = 1, WARM_ITEMS // chunk do raw_chunk({}, {}) end
-    for _ = 1, n // chunk do raw_chunk(limits, patterns) end
-    limit[r], pattern[r] = stats.median_spread(limits), stats.median_spread(patterns)
   end
   lim:close()
   g:call("DEL", limit_key)
@@ -204,37 +241,42 @@ local function large_items(report, url, srv, g, tag)
   local lmed, lspread = stats.median_spread(limit)
   local hmed, hspread = stats.median_spread(hiredis)
   local cmed, cspread = stats.median_spread(child_limit)
+  local omed, ospread = stats.median_spread(op_limit)
   local amed, aspread = stats.median_spread(alone)
   local fmed, fspread = stats.median_spread(copied)
-  local pmed, pspread = stats.median_spread(pattern)
+  local pmed, pspread = stats.median_spread(pattern_t)
   local med, spread = stats.median_spread(per)
   local mmed, mspread = stats.median_spread(per_mean)
-  report("stream baseline", "raw SET + GET of 1 MiB, server-bound limit (in this process, " ..
-    "after the loops)", lmed * 1e9, lspread)
-  report("stream baseline", "raw SET + GET of 1 MiB, server-bound limit, tight loop in a child " ..
-    "process before the loops (the target's)", cmed * 1e9, cspread, "limit in this process", lmed / cmed)
+  report("stream baseline", "raw SET + GET of 1 MiB, one key, server-bound limit, in rounds " ..
+    "with the stream (the target's)", lmed * 1e9, lspread)
+  report("stream baseline", "raw SET + GET of 1 MiB, server-bound limit, medians of a tight " ..
+    "loop in a fresh C process before the rounds", cmed * 1e9, cspread, "limit in rounds",
+    lmed / cmed)
+  report("stream baseline", "raw SET + GET of 1 MiB, server-bound limit, medians of the " ..
+    "rounds' single SETs and GETs", omed * 1e9, ospread, "C process's medians", cmed / omed)
   report("stream baseline", "raw SET + GET of 1 MiB, hiredis", hmed * 1e9, hspread)
   report("stream baseline", ("raw SET x%d, GET x%d, one DEL of 1 MiB values (the loop's pattern), " ..
-    "server-bound, an item"):format(chunk, chunk), pmed * 1e9, pspread, "limit in this process",
+    "server-bound, an item"):format(chunk, chunk), pmed * 1e9, pspread, "limit in rounds",
     lmed / pmed)
   report("stream baseline", "a 1 MiB Lua string copied as a consumer's are made (one at a time)",
     fmed * 1e9, fspread)
   report("stream baseline", "raw SET + GET limit plus that copy", (lmed + fmed) * 1e9,
-    nil, "limit in this process", lmed / (lmed + fmed))
-  report("stream baseline", "1 MiB items through the store alone (proxy, resolve, evict)",
-    amed * 1e9, aspread, "limit in this process", lmed / amed)
+    nil, "limit in rounds", lmed / (lmed + fmed))
+  report("stream baseline", "1 MiB items through the store alone (proxy, resolve, evict), " ..
+    "after the rounds",
+    amed * 1e9, aspread, "limit in rounds", lmed / amed)
   report("stream", ("1 MiB items as proxies (evict), 1 producer + 1 consumer: %.0f items/s")
-    :format(1 / med), med * 1e9, spread, "raw SET+GET limit, child (target 0.8)", cmed / med)
-  report("stream", "1 MiB items as proxies, against the limit timed in this process after the loops",
-    med * 1e9, spread, "limit in this process", lmed / med)
+    :format(1 / med), med * 1e9, spread, "raw SET+GET limit (target 0.8)", lmed / med)
+  report("stream", "1 MiB items as proxies, against the tight loop of the fresh C process",
+    med * 1e9, spread, "raw SET+GET limit, C process", cmed / med)
   report("stream", "1 MiB items as proxies, against hiredis SET + GET", med * 1e9, spread,
     "raw SET+GET hiredis", hmed / med)
   report("stream", "1 MiB items as proxies, against the store alone", med * 1e9, spread,
     "store alone", amed / med)
   report("stream", "1 MiB items as proxies, against raw SET/GET in the loop's pattern", med * 1e9,
     spread, "raw, loop's pattern", pmed / med)
-  report("stream", ("1 MiB items as proxies, the mean over each run's %d items (not the median chunk)")
-    :format(n), mmed * 1e9, mspread, "raw SET+GET limit, child", cmed / mmed)
+  report("stream", "1 MiB items as proxies, the mean over each run's timed items " ..
+    "(not the median chunk)", mmed * 1e9, mspread, "raw SET+GET limit", lmed / mmed)
 end
 
 -- 3. A dispatcher routing on metadata alone.
