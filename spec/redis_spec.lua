@@ -295,6 +295,56 @@ describe("the redis store", function()
     end)
   end)
 
+  describe("puts", function()
+    -- calls of a command since CONFIG RESETSTAT
+    local function calls(name)
+      local info = srv:cli("INFO", "commandstats")
+      return tonumber(info:match("cmdstat_" .. name .. ":calls=(%d+)")) or 0
+    end
+
+    -- A key the store makes (128 random bits) holds nothing yet, so its
+    -- put sends the SET alone; a key given may hold an object in chunks,
+    -- whose header is read in the same round trip so that they go too.
+    it("under a key the store made send no read of an old object; under a key given, one", function()
+      local s = new_store()
+      srv:cli("CONFIG", "RESETSTAT")
+      local k1 = s:put(("a"):rep(100000))
+      local p = s:proxy(("b"):rep(100000))
+      local k3 = s:_put_encoded((s:_encode("c")))
+      assert.equal(0, calls("getrange"))
+      assert.equal(3, calls("set"))
+      assert.equal(("a"):rep(100000), ps.extract(s:proxy_from_key(k1)))
+      assert.equal(("b"):rep(100000), ps.extract(p))
+      assert.equal("c", s:get(k3))
+      srv:cli("CONFIG", "RESETSTAT")
+      assert.equal(k1, s:put("d", { key = k1 }))
+      assert.equal(1, calls("getrange"))
+      assert.equal(1, calls("set"))
+      assert.equal("d", s:get(k1))
+    end)
+
+    it("of a small object under a key given delete the chunks of the large one it replaces", function()
+      local prefix = "shrink:"
+      assert.equal("done", run_lua(([[
+        local ps = require "proxystore"
+        local s = ps.init_store("redis", { port = %d, prefix = %q })
+        s:put(string.rep("z", 2500), { key = "k" })
+        io.write("done")
+      ]]):format(srv.port, prefix), "PROXYSTORE_REDIS_CHUNK_SIZE=1000"))
+      local function chunks()
+        local n = 0
+        for _ in srv:cli("KEYS", prefix .. "k:chunk:*"):gmatch("[^\n]+") do n = n + 1 end
+        return n
+      end
+      assert.equal(3, chunks())
+      local s = new_store { prefix = prefix }
+      s:put("small", { key = "k" })
+      assert.equal(0, chunks())
+      assert.equal("small", s:get("k"))
+      s:evict("k")
+    end)
+  end)
+
   describe("single-use proxies", function()
     -- calls of a command since CONFIG RESETSTAT
     local function calls(name)

@@ -25,7 +25,7 @@ static int n_ok;
     printf("ok %d - %s\n", ++n_ok, what);                               \
   } while (0)
 
-static ps_key K(const char *s) { return (ps_key){s, strlen(s)}; }
+static ps_key K(const char *s) { return ps_key_of(s, strlen(s)); }
 
 int main(int argc, char **argv) {
   if (argc != 2) return 2;
@@ -119,7 +119,7 @@ int main(int argc, char **argv) {
     CHECK(ops->get(ctx, K(bad[i]), NULL, &b, NULL, &err) == PS_BCONFIG,
           "get refuses it too");
   }
-  ps_key nul = {"a\0b", 3};
+  ps_key nul = ps_key_of("a\0b", 3);
   CHECK(ops->put(ctx, nul, "x", 1, NULL, &err) == PS_BCONFIG, "refuses NUL");
 
   /* A second context on the same directory sees the first one's data and

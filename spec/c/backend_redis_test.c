@@ -13,7 +13,7 @@
 #include "prefetch.h"
 #include "check.h"
 
-static ps_key K(const char *s) { return (ps_key){s, strlen(s)}; }
+static ps_key K(const char *s) { return ps_key_of(s, strlen(s)); }
 
 /* Keys matching pattern on the server ($PORT), or -1 if redis-cli fails. */
 static int count_keys(const char *pattern) {

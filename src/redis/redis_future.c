@@ -191,7 +191,7 @@ static int put_ex_once(ps_redis *x, void *arg, ps_berr *err) {
 
 int ps_redis_put_ex(void *ctx, ps_key k, const ps_part *parts, size_t n,
                     const ps_bput *o, ps_version *vout, ps_berr *err) {
-  static const ps_bput none = {0, 0, 0};
+  static const ps_bput none = {0, 0, 0, 0};
   put_args a = {k, parts, n, ps_parts_len(parts, n), o ? o : &none, vout};
   return ps_redis_call(ctx, put_ex_once, &a, err);
 }

@@ -95,7 +95,15 @@ typedef struct ps_bconfig {
 typedef struct ps_key {
   const char *data;
   size_t len;
+  int fresh;   /* the store made this key for this put (128 random bits):
+                  nothing can be stored under it yet, so a backend may skip
+                  what it does to replace an old object */
 } ps_key;
+
+/* The key of len bytes at data (not fresh). */
+static inline ps_key ps_key_of(const char *data, size_t len) {
+  return (ps_key){.data = data, .len = len, .fresh = 0};
+}
 
 /* What put_ex does besides storing the bytes. */
 typedef struct ps_bput {
@@ -104,6 +112,8 @@ typedef struct ps_bput {
   int if_absent;    /* store only if key holds no object (an expired one
                        counts as none): PS_BEXISTS otherwise, nothing written */
   int wake;         /* wake every process waiting on key (ops->wait) */
+  int fresh_key;    /* the store made the key for this put (ps_key.fresh);
+                       alone, it leaves the put a plain one */
 } ps_bput;
 
 typedef struct ps_backend_ops {

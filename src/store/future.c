@@ -144,7 +144,7 @@ int ps_store_future(lua_State *L) {
   }
   double timeout = -1;
   int evict = 0, lt = 0;
-  ps_bput o = {0, 0, 0};
+  ps_bput o = {0, 0, 0, 0};
   if (opts) {
     lua_getfield(L, opts, "timeout");
     timeout = opt_timeout(L, -1, -1);
@@ -182,7 +182,7 @@ static int future_set(lua_State *L) {
                                        .store = name},
                           "future '%s' in store '%s' is already set (by this "
                           "future)", key, name);
-  ps_bput o = {0, 1, 1};
+  ps_bput o = {0, 1, 1, 0};
   if (lua_getiuservalue(L, 1, 3) != LUA_TNIL) {
     ps_lifetime_begin(L, 5, &o);   /* the lifetime knows best */
   } else if (f->lease_end > 0) {

@@ -118,7 +118,7 @@ static int l_clone(lua_State *L) {
     double t0 = ps_store_now();
     blobs *bs = ps_blobs_push(L, 1);
     ps_berr err = {0, ""};
-    int rc = s->ops->get(s->ctx, (ps_key){key, klen}, NULL, &bs->b[0], NULL,
+    int rc = s->ops->get(s->ctx, ps_key_of(key, klen), NULL, &bs->b[0], NULL,
                          &err);
     found = rc != PS_BNOTFOUND;
     if (found && rc != PS_BOK)
@@ -126,7 +126,7 @@ static int l_clone(lua_State *L) {
     ps_store_record(s, OP_GET, t0, bs->b[0].len);
     if (found) {
       t0 = ps_store_now();
-      rc = s->ops->put(s->ctx, (ps_key){nk, 32}, bs->b[0].data,
+      rc = s->ops->put(s->ctx, ps_key_of(nk, 32), bs->b[0].data,
                        bs->b[0].len, NULL, &err);
       size_t len = bs->b[0].len;
       ps_blob_release(&bs->b[0]);

@@ -217,7 +217,7 @@ static void run_job(ps_prefetch *pf) {
   if (ctx == NULL)
     code = err.code ? err.code : PS_BCONN;
   else
-    code = pf->ops->get(ctx, (ps_key){pf->key, pf->keylen}, NULL, &blob, &v,
+    code = pf->ops->get(ctx, ps_key_of(pf->key, pf->keylen), NULL, &blob, &v,
                         &err);
   finish(pf, code, blob, v, &err);
 }
@@ -230,7 +230,7 @@ static void run_wait(ps_prefetch *pf) {
   ps_version v;
   memset(&v, 0, sizeof v);
   int code;
-  ps_key key = {pf->key, pf->keylen};
+  ps_key key = ps_key_of(pf->key, pf->keylen);
   void *ctx = pf->ops->open(&pf->cfg, &err);
   if (ctx == NULL) {
     code = err.code ? err.code : PS_BCONN;

@@ -279,7 +279,7 @@ int ps_store_do_expire(lua_State *L, int sidx, ps_store *s, int kidx,
                           ps_store_name(L, sidx)}, "a %s store cannot keep "
                           "leases", s->ops->kind);
   ps_berr err = {0, ""};
-  int rc = s->ops->expire(s->ctx, (ps_key){key, klen}, ttl_ms, &err);
+  int rc = s->ops->expire(s->ctx, ps_key_of(key, klen), ttl_ms, &err);
   if (rc == PS_BNOTFOUND) return 0;
   if (rc != PS_BOK) ps_store_raise_backend(L, sidx, s, &err, key, klen);
   lease_note(L, sidx, s, kidx, ttl_ms);
@@ -292,15 +292,14 @@ int ps_store_do_expire(lua_State *L, int sidx, ps_store *s, int kidx,
  * taken (nothing written); any other failure raises.
  */
 static int put_bytes(lua_State *L, int sidx, ps_store *s, int kidx,
-                     ps_buf *b, double t0, const ps_bput *o) {
+                     ps_buf *b, double t0, const ps_bput *o, int fresh) {
   size_t klen;
   const char *key = lua_tolstring(L, kidx, &klen);
   ps_berr err = {0, ""};
   ps_part one = {b->data, b->len};
-  int rc = o == NULL ? s->ops->put(s->ctx, (ps_key){key, klen}, b->data,
-                                   b->len, NULL, &err)
-                     : s->ops->put_ex(s->ctx, (ps_key){key, klen}, &one, 1,
-                                      o, NULL, &err);
+  ps_key k = {.data = key, .len = klen, .fresh = fresh};
+  int rc = o == NULL ? s->ops->put(s->ctx, k, b->data, b->len, NULL, &err)
+                     : s->ops->put_ex(s->ctx, k, &one, 1, o, NULL, &err);
   size_t len = b->len;
   ps_buf_free(b);
   if (rc == PS_BEXISTS) return rc;
@@ -319,7 +318,8 @@ static int put_bytes(lua_State *L, int sidx, ps_store *s, int kidx,
  * fresh buffer: 24 ms of page faults a set). Returns as put_bytes does.
  */
 static int put_parts(lua_State *L, int sidx, ps_store *s, int kidx,
-                     ps_buf *b, int holes, double t0, const ps_bput *o) {
+                     ps_buf *b, int holes, double t0, const ps_bput *o,
+                     int fresh) {
   size_t klen;
   const char *key = lua_tolstring(L, kidx, &klen);
   size_t nholes = lua_rawlen(L, holes) / 2;
@@ -345,10 +345,9 @@ static int put_parts(lua_State *L, int sidx, ps_store *s, int kidx,
   }
   if (b->len > from) parts[n++] = (ps_part){b->data + from, b->len - from};
   ps_berr err = {0, ""};
-  int rc = o == NULL ? s->ops->put_parts(s->ctx, (ps_key){key, klen}, parts,
-                                         n, NULL, &err)
-                     : s->ops->put_ex(s->ctx, (ps_key){key, klen}, parts, n,
-                                      o, NULL, &err);
+  ps_key k = {.data = key, .len = klen, .fresh = fresh};
+  int rc = o == NULL ? s->ops->put_parts(s->ctx, k, parts, n, NULL, &err)
+                     : s->ops->put_ex(s->ctx, k, parts, n, o, NULL, &err);
   ps_buf_free(pb);
   lua_pop(L, 1);
   ps_buf_free(b);
@@ -397,32 +396,33 @@ int ps_store_do_put_ex(lua_State *L, int sidx, ps_store *s, int obj,
                           ps_store_name(L, sidx)}, "a %s store cannot keep "
                           "leases or futures", s->ops->kind);
   double t0 = ps_store_now();
+  int fresh = o != NULL && o->fresh_key;
   if (!plain || s->ops->put_parts != NULL) {
     ps_buf *b = ps_envelope_serialize_holes(L, sidx, s, obj, ser);
     if (!s->open) ps_buf_free(b);   /* a user serializer closed the store */
     ps_store_check_open(L, sidx);
     if (lua_istable(L, -1) && lua_rawlen(L, -1) > 0) {
       int rc = put_parts(L, sidx, s, kidx, b, lua_gettop(L), t0,
-                         plain ? NULL : o);
+                         plain ? NULL : o, fresh);
       lua_pop(L, 2);
       return rc;
     }
     lua_pop(L, 1);
-    int rc = put_bytes(L, sidx, s, kidx, b, t0, plain ? NULL : o);
+    int rc = put_bytes(L, sidx, s, kidx, b, t0, plain ? NULL : o, fresh);
     lua_pop(L, 1);
     return rc;
   }
   ps_buf *b = ps_envelope_serialize(L, sidx, s, obj, ser);
   if (!s->open) ps_buf_free(b);   /* a user serializer closed the store */
   ps_store_check_open(L, sidx);
-  int rc = put_bytes(L, sidx, s, kidx, b, t0, plain ? NULL : o);
+  int rc = put_bytes(L, sidx, s, kidx, b, t0, plain ? NULL : o, fresh);
   lua_pop(L, 1);
   return rc;
 }
 
 void ps_store_put_bytes(lua_State *L, int sidx, ps_store *s, int kidx,
-                        ps_buf *b) {
-  put_bytes(L, sidx, s, kidx, b, ps_store_now(), NULL);
+                        ps_buf *b, int fresh) {
+  put_bytes(L, sidx, s, kidx, b, ps_store_now(), NULL, fresh);
 }
 
 /* A future on the local store that is not set: nobody else can set it. */
@@ -520,10 +520,10 @@ int ps_store_do_get_wait(lua_State *L, int sidx, ps_store *s, int kidx,
       rc = PS_BUNCHANGED;
   } else if ((flags & PS_PROXY_FUTURE) && !use_have) {
     /* A cached copy (use_have) says it was set: no wait then. */
-    void *w = wait_ctx(L, sidx, s, (ps_key){key, klen});
-    rc = s->ops->wait(w, (ps_key){key, klen}, timeout, &bs->b[0], &ver, &err);
+    void *w = wait_ctx(L, sidx, s, ps_key_of(key, klen));
+    rc = s->ops->wait(w, ps_key_of(key, klen), timeout, &bs->b[0], &ver, &err);
   } else {
-    rc = s->ops->get(s->ctx, (ps_key){key, klen}, use_have ? &have : NULL,
+    rc = s->ops->get(s->ctx, ps_key_of(key, klen), use_have ? &have : NULL,
                      &bs->b[0], &ver, &err);
   }
   if (rc == PS_BUNCHANGED) {
@@ -572,7 +572,7 @@ void ps_store_do_evict(lua_State *L, int sidx, ps_store *s, int kidx) {
   } else {
     ps_berr err = {0, ""};
     ps_store_cache_drop(L, sidx, s, key, klen);
-    if (s->ops->evict(s->ctx, (ps_key){key, klen}, &err) != PS_BOK)
+    if (s->ops->evict(s->ctx, ps_key_of(key, klen), &err) != PS_BOK)
       ps_store_raise_backend(L, sidx, s, &err, key, klen);
   }
   lease_note(L, sidx, s, kidx, 0);
@@ -608,7 +608,7 @@ static int do_take(lua_State *L, int sidx, ps_store *s, int kidx,
   blobs *bs = ps_blobs_push(L, 1);
   ps_berr err = {0, ""};
   ps_version ver;
-  int rc = s->ops->take(s->ctx, (ps_key){key, klen}, &bs->b[0], &ver, &err);
+  int rc = s->ops->take(s->ctx, ps_key_of(key, klen), &bs->b[0], &ver, &err);
   if (rc == PS_BNOTFOUND) {
     lua_pop(L, 1);
     s->misses++;
@@ -632,7 +632,7 @@ static int do_take(lua_State *L, int sidx, ps_store *s, int kidx,
        and the deserializer's error goes up. */
     if (s->open && bs->b[0].data) {
       ps_berr e = {0, ""};
-      (void)s->ops->put(s->ctx, (ps_key){key, klen}, bs->b[0].data, len,
+      (void)s->ops->put(s->ctx, ps_key_of(key, klen), bs->b[0].data, len,
                         NULL, &e);
     }
     ps_blob_release(&bs->b[0]);
@@ -704,10 +704,10 @@ void ps_store_prefetch(lua_State *L, int sidx, int kidx, unsigned flags,
     return;   /* first use will be a cache hit anyway */
   ps_berr err = {0, ""};
   if ((flags & PS_PROXY_FUTURE) && s->ops->wait)
-    *slot = ps_prefetch_start_wait(s->ops, &s->bcfg, (ps_key){key, klen},
+    *slot = ps_prefetch_start_wait(s->ops, &s->bcfg, ps_key_of(key, klen),
                                    timeout, &err);
   else
-    *slot = ps_prefetch_start(s->ops, &s->bcfg, (ps_key){key, klen}, &err);
+    *slot = ps_prefetch_start(s->ops, &s->bcfg, ps_key_of(key, klen), &err);
   if (*slot == NULL) ps_store_raise_backend(L, sidx, s, &err, key, klen);
 }
 
@@ -727,9 +727,10 @@ void ps_store_wait(lua_State *L, int sidx, int kidx, double timeout) {
     if (!set) raise_local_unset(L, sidx, kidx);
     return;
   }
-  void *w = wait_ctx(L, sidx, s, (ps_key){key, klen});
+  ps_key k = ps_key_of(key, klen);
+  void *w = wait_ctx(L, sidx, s, k);
   ps_berr err = {0, ""};
-  if (s->ops->wait(w, (ps_key){key, klen}, timeout, NULL, NULL, &err) != PS_BOK)
+  if (s->ops->wait(w, k, timeout, NULL, NULL, &err) != PS_BOK)
     ps_store_raise_backend(L, sidx, s, &err, key, klen);
 }
 

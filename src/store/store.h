@@ -84,9 +84,10 @@ void ps_store_cache_add(lua_State *L, int sidx, ps_store *s, const char *key,
 void ps_store_do_put(lua_State *L, int sidx, ps_store *s, int obj, int kidx,
                      int ser);
 /* Puts the bytes of b (an envelope and its payload, as ps_envelope_serialize
- * makes them) under the key at kidx; frees b's memory. */
+ * makes them) under the key at kidx; frees b's memory. fresh: the store
+ * made the key for this put (ps_key.fresh). */
 void ps_store_put_bytes(lua_State *L, int sidx, ps_store *s, int kidx,
-                        ps_buf *b);
+                        ps_buf *b, int fresh);
 /*
  * ps_store_do_put with backend options (o may be NULL): a lease, "only if
  * absent", a wake-up. Returns PS_BOK, or PS_BEXISTS (nothing written) for

@@ -11,8 +11,10 @@
 
 static const char *const op_names[OP_N] = {"put", "get", "exists", "evict"};
 
-/* Key for a put: opts.key at opts (0: none), else 128 random bits. */
-static int push_put_key(lua_State *L, int opts) {
+/* Key for a put: opts.key at opts (0: none), else 128 random bits
+ * (*fresh set: nothing can be stored under it yet). */
+static int push_put_key(lua_State *L, int opts, int *fresh) {
+  *fresh = 0;
   if (opts && lua_getfield(L, opts, "key") != LUA_TNIL) {
     size_t len;
     ps_store_check_key(L, lua_gettop(L), &len);
@@ -22,6 +24,7 @@ static int push_put_key(lua_State *L, int opts) {
   char key[33];
   ps_key_random(key);
   lua_pushlstring(L, key, 32);
+  *fresh = 1;
   return lua_gettop(L);
 }
 
@@ -51,15 +54,17 @@ unsigned ps_store_proxy_flags(lua_State *L, int opts) {
 }
 
 /* Puts the value at 2 under the key at k with the serializer and lifetime
-   options of put and proxy (a lifetime's lease goes with the write). */
-static void put_with_opts(lua_State *L, ps_store *s, int opts, int k) {
+   options of put and proxy (a lifetime's lease goes with the write); fresh
+   as push_put_key says. */
+static void put_with_opts(lua_State *L, ps_store *s, int opts, int k,
+                          int fresh) {
   int ser = ps_store_opt_field(L, opts, "serializer");
   int lt = ps_store_opt_field(L, opts, "lifetime");
+  ps_bput o = {0, 0, 0, fresh};
   if (lt == 0) {
-    ps_store_do_put(L, 1, s, 2, k, ser);
+    ps_store_do_put_ex(L, 1, s, 2, k, ser, &o);
     return;
   }
-  ps_bput o = {0, 0, 0};
   ps_lifetime_begin(L, lt, &o);   /* "closed" before anything is written */
   ps_store_do_put_ex(L, 1, s, 2, k, ser, &o);
   ps_lifetime_attach(L, lt, 1, k);
@@ -70,8 +75,9 @@ static int store_put(lua_State *L) {
   ps_checkany(L, 2);
   int opts = ps_store_opt_table(L, 3);
   lua_settop(L, 3);
-  int k = push_put_key(L, opts);
-  put_with_opts(L, s, opts, k);
+  int fresh;
+  int k = push_put_key(L, opts, &fresh);
+  put_with_opts(L, s, opts, k, fresh);
   lua_pushvalue(L, k);
   return 1;
 }
@@ -98,7 +104,7 @@ static int store_exists(lua_State *L) {
     found = lua_rawget(L, -2) != LUA_TNIL;
   } else {
     ps_berr err = {0, ""};
-    if (s->ops->exists(s->ctx, (ps_key){key, klen}, &found, &err) != PS_BOK)
+    if (s->ops->exists(s->ctx, ps_key_of(key, klen), &found, &err) != PS_BOK)
       ps_store_raise_backend(L, 1, s, &err, key, klen);
   }
   ps_store_record(s, OP_EXISTS, t0, 0);
@@ -130,8 +136,9 @@ static int store_proxy(lua_State *L) {
   ps_checkany(L, 2);
   int opts = ps_store_opt_table(L, 3);
   lua_settop(L, 3);
-  int k = push_put_key(L, opts);
-  put_with_opts(L, s, opts, k);
+  int fresh;
+  int k = push_put_key(L, opts, &fresh);
+  put_with_opts(L, s, opts, k, fresh);
   unsigned flags = ps_store_proxy_flags(L, opts);
   if (opts && (lua_getfield(L, opts, "owned"), lua_toboolean(L, -1))) {
     flags |= PS_PROXY_OWNED;
@@ -185,8 +192,9 @@ static int store_put_encoded(lua_State *L) {
   int opts = ps_store_opt_table(L, 3);
   lua_settop(L, 3);
   if (b->data == NULL) luaL_argerror(L, 2, "an encoded box already put");
-  int k = push_put_key(L, opts);
-  ps_store_put_bytes(L, 1, s, k, b);
+  int fresh;
+  int k = push_put_key(L, opts, &fresh);
+  ps_store_put_bytes(L, 1, s, k, b, fresh);
   lua_pushvalue(L, k);
   return 1;
 }
