@@ -307,10 +307,16 @@ describe("the redis store", function()
     -- whose header is read in the same round trip so that they go too.
     it("under a key the store made send no read of an old object; under a key given, one", function()
       local s = new_store()
+      local k1, p, k3
+      finally(function()
+        for _, k in ipairs { k1 or "", p and ps.key(p) or "", k3 or "" } do
+          if k ~= "" then s:evict(k) end
+        end
+      end)
       srv:cli("CONFIG", "RESETSTAT")
-      local k1 = s:put(("a"):rep(100000))
-      local p = s:proxy(("b"):rep(100000))
-      local k3 = s:_put_encoded((s:_encode("c")))
+      k1 = s:put(("a"):rep(100000))
+      p = s:proxy(("b"):rep(100000))
+      k3 = s:_put_encoded((s:_encode("c")))
       assert.equal(0, calls("getrange"))
       assert.equal(3, calls("set"))
       assert.equal(("a"):rep(100000), ps.extract(s:proxy_from_key(k1)))
@@ -336,12 +342,12 @@ describe("the redis store", function()
         for _ in srv:cli("KEYS", prefix .. "k:chunk:*"):gmatch("[^\n]+") do n = n + 1 end
         return n
       end
-      assert.equal(3, chunks())
       local s = new_store { prefix = prefix }
+      finally(function() s:evict("k") end)
+      assert.equal(3, chunks())
       s:put("small", { key = "k" })
       assert.equal(0, chunks())
       assert.equal("small", s:get("k"))
-      s:evict("k")
     end)
   end)
 

@@ -180,11 +180,13 @@ void ps_redis_queue_get(ps_redis *x, ps_key k);
    read (fetch it with ps_redis_get_retried). */
 int ps_redis_read_get(ps_redis *x, ps_key k, ps_blob *out, ps_version *vout,
                       int *chunked, ps_berr *err);
-/* GETRANGE of the old header, then SET of a plain value; hdr must live on. */
+/* GETRANGE of the old header, then SET of a plain value; hdr must live on.
+   Always both, whatever k.fresh says: a batch reads both replies. */
 void ps_redis_queue_put(ps_redis *x, ps_key k, const char *data, size_t len,
                         char *hdr);
 int ps_redis_get_retried(ps_redis *x, ps_key k, ps_blob *out,
                          ps_version *vout, ps_berr *err);
+/* A put as the store's own (a fresh k sends no read of an old header). */
 int ps_redis_put_retried(ps_redis *x, ps_key k, const char *data, size_t len,
                          ps_version *vout, ps_berr *err);
 int ps_redis_del_chunks_retried(ps_redis *x, ps_key k, const ps_rchunks *ci,

@@ -100,7 +100,9 @@ typedef struct ps_key {
                   what it does to replace an old object */
 } ps_key;
 
-/* The key of len bytes at data (not fresh). */
+/* The key of len bytes at data (not fresh). Every ps_key is made by this
+ * or a designated initializer: a field left unset could read as fresh,
+ * and a put under it would leave an old object's chunks behind. */
 static inline ps_key ps_key_of(const char *data, size_t len) {
   return (ps_key){.data = data, .len = len, .fresh = 0};
 }

@@ -90,7 +90,8 @@ void ps_store_put_bytes(lua_State *L, int sidx, ps_store *s, int kidx,
                         ps_buf *b, int fresh);
 /*
  * ps_store_do_put with backend options (o may be NULL): a lease, "only if
- * absent", a wake-up. Returns PS_BOK, or PS_BEXISTS (nothing written) for
+ * absent", a wake-up; o->fresh_key alone (the store made the key) leaves
+ * it a plain put, under a fresh ps_key. Returns PS_BOK, or PS_BEXISTS (nothing written) for
  * an if_absent put onto a key that holds an object; raises otherwise.
  */
 int ps_store_do_put_ex(lua_State *L, int sidx, ps_store *s, int obj,

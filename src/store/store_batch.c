@@ -62,7 +62,9 @@ static int put_batch(lua_State *L, int make_proxies) {
       ps_blob_take_buf(&bs->b[i - 1], b);
       lua_pop(L, 2);
       lua_rawgeti(L, 6, i);
-      keys[i - 1].data = lua_tolstring(L, -1, &keys[i - 1].len);
+      size_t kl;
+      const char *kd = lua_tolstring(L, -1, &kl);
+      keys[i - 1] = ps_key_of(kd, kl);
       lua_pop(L, 1);   /* anchored in the keys table */
     }
     ps_store_check_open(L, 1);   /* a user serializer may have closed it */
@@ -123,7 +125,9 @@ int ps_store_get_batch(lua_State *L) {
     ps_version *vers = lua_newuserdatauv(L, (size_t)n * sizeof *vers, 0); /* 8 */
     for (lua_Integer i = 1; i <= n; i++) {
       lua_rawgeti(L, 3, i);
-      keys[i - 1].data = lua_tolstring(L, -1, &keys[i - 1].len);
+      size_t kl;
+      const char *kd = lua_tolstring(L, -1, &kl);
+      keys[i - 1] = ps_key_of(kd, kl);
       lua_pop(L, 1);   /* anchored in the keys table */
     }
     ps_berr err = {0, ""};
