@@ -75,6 +75,12 @@ describe("the redis store", function()
   local stores = {}
   local serial = 0
 
+  -- calls of a command since CONFIG RESETSTAT
+  local function calls(name)
+    local info = srv:cli("INFO", "commandstats")
+    return tonumber(info:match("cmdstat_" .. name .. ":calls=(%d+)")) or 0
+  end
+
   setup(function() srv = redis.start() end)
   teardown(function()
     for _, s in ipairs(stores) do pcall(s.close, s) end
@@ -296,12 +302,6 @@ describe("the redis store", function()
   end)
 
   describe("puts", function()
-    -- calls of a command since CONFIG RESETSTAT
-    local function calls(name)
-      local info = srv:cli("INFO", "commandstats")
-      return tonumber(info:match("cmdstat_" .. name .. ":calls=(%d+)")) or 0
-    end
-
     -- A key the store makes (128 random bits) holds nothing yet, so its
     -- put sends the SET alone; a key given may hold an object in chunks,
     -- whose header is read in the same round trip so that they go too.
@@ -352,12 +352,6 @@ describe("the redis store", function()
   end)
 
   describe("single-use proxies", function()
-    -- calls of a command since CONFIG RESETSTAT
-    local function calls(name)
-      local info = srv:cli("INFO", "commandstats")
-      return tonumber(info:match("cmdstat_" .. name .. ":calls=(%d+)")) or 0
-    end
-
     it("read their object, then delete it with no wait of their own, wake-up list included", function()
       local s = new_store()
       local p = s:proxy(("v"):rep(100000), { evict = true })
@@ -517,11 +511,6 @@ describe("the redis store", function()
       assert.equal((total + 9) // 10, n)
       srv:cli("EVAL", "for _, k in ipairs(redis.call('KEYS', 'many:*')) do redis.call('DEL', k) end", "0")
     end)
-
-    local function calls(name)
-      local info = srv:cli("INFO", "commandstats")
-      return tonumber(info:match("cmdstat_" .. name .. ":calls=(%d+)")) or 0
-    end
 
     -- Reads key (under prefix) in a child through a relay moving bytes on a
     -- fixed schedule (relay = { up, down, pause_ms }, as trickle takes);
