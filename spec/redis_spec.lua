@@ -329,6 +329,35 @@ describe("the redis store", function()
       assert.equal("d", s:get(k1))
     end)
 
+    it("in a batch under keys the store made send no read of old objects; under keys given, one each", function()
+      local s = new_store()
+      local made, given = {}, { "pb-given-1", "pb-given-2", "pb-given-3" }
+      finally(function()
+        for _, k in ipairs(made) do s:evict(k) end
+        for _, k in ipairs(given) do s:evict(k) end
+      end)
+      local values = { ("a"):rep(1000), { t = "b" }, ("c"):rep(70000) }
+      local function reads_back(keys)
+        local got = s:get_batch(keys)
+        for i = 1, #values do assert.same(values[i], got[i]) end
+      end
+      srv:cli("CONFIG", "RESETSTAT")
+      made = s:put_batch(values)
+      assert.equal(0, calls("getrange"))
+      assert.equal(3, calls("set"))
+      local px = s:proxy_batch(values)
+      for _, p in ipairs(px) do made[#made + 1] = ps.key(p) end
+      assert.equal(0, calls("getrange"))
+      assert.equal(6, calls("set"))
+      reads_back { made[1], made[2], made[3] }
+      assert.same(values[2], ps.extract(px[2]))
+      srv:cli("CONFIG", "RESETSTAT")
+      s:put_batch(values, { keys = given })
+      assert.equal(3, calls("getrange"))
+      assert.equal(3, calls("set"))
+      reads_back(given)
+    end)
+
     it("of a small object under a key given delete the chunks of the large one it replaces", function()
       local prefix = "shrink:"
       assert.equal("done", run_lua(([[

@@ -254,6 +254,15 @@ int ps_redis_read_old_header(ps_redis *x, ps_rchunks *old, int *had_chunks,
   return PS_BOK;
 }
 
+/* The replies of a plain put queued by queue_put_parts: the old header's
+ * (unless k is fresh: none was asked for), then the SET's. */
+int ps_redis_read_put(ps_redis *x, ps_key k, ps_rchunks *old, int *had,
+                      ps_berr *err) {
+  *had = 0;
+  int code = k.fresh ? PS_BOK : ps_redis_read_old_header(x, old, had, err);
+  return code ? code : ps_redis_expect_ok(x, k, err);
+}
+
 int ps_redis_expect_ok(ps_redis *x, ps_key k, ps_berr *err) {
   ps_rreply r;
   int code = ps_rconn_read_reply(x->c, &r, err);
@@ -275,13 +284,13 @@ void ps_redis_keep_first(int *first, ps_berr *err, int code,
 
 /* ---- put ---------------------------------------------------------------- */
 
-/* Queues GETRANGE of the old header (with_old) and the SET of hdr then
- * the parts, laid end to end (len bytes in all), written from where they
- * lie. */
+/* Queues GETRANGE of the old header (not for a fresh key: see
+ * put_plain_parts) and the SET of hdr then the parts, laid end to end (len
+ * bytes in all), written from where they lie. ps_redis_read_put reads
+ * their replies. */
 static void queue_put_parts(ps_redis *x, ps_key k, const ps_part *parts,
-                            size_t n, size_t len, const char *hdr,
-                            int with_old) {
-  if (with_old) ps_redis_queue_old_header(x, k);
+                            size_t n, size_t len, const char *hdr) {
+  if (!k.fresh) ps_redis_queue_old_header(x, k);
   ps_rcmd_begin(x->c, 3);
   ps_rcmd_str(x->c, "SET");
   ps_redis_arg_key(x, k, NULL);
@@ -295,7 +304,7 @@ static void queue_put_parts(ps_redis *x, ps_key k, const ps_part *parts,
 static void queue_put_plain(ps_redis *x, ps_key k, const char *data, size_t len,
                             char *hdr) {
   ps_part one = {data, len};
-  queue_put_parts(x, k, &one, 1, len, hdr, 1);
+  queue_put_parts(x, k, &one, 1, len, hdr);
 }
 
 /* Sends a put of parts that fits one key, under version v, and reads its
@@ -311,12 +320,11 @@ static int put_plain_parts(ps_redis *x, ps_key k, const ps_part *parts,
   char hdr[HDR_LEN];
   hdr[0] = 'P';
   memcpy(hdr + 1, v->bytes, PS_VERSION_LEN);
-  queue_put_parts(x, k, parts, n, len, hdr, !k.fresh);
+  queue_put_parts(x, k, parts, n, len, hdr);
   int code = ps_rconn_send(x->c, err);
   ps_rchunks old;
   int had = 0;
-  if (!code && !k.fresh) code = ps_redis_read_old_header(x, &old, &had, err);
-  if (!code) code = ps_redis_expect_ok(x, k, err);
+  if (!code) code = ps_redis_read_put(x, k, &old, &had, err);
   if (!code && had) code = ps_redis_del_chunks(x, k, &old, err);
   return code;
 }
@@ -591,9 +599,8 @@ static int put_batch_once(void *ctx, size_t n, const ps_key *keys,
   for (size_t i = 0; i < n && x->c->fd >= 0; i++) {
     if (values[i].len > x->plain_max) continue;
     ps_berr e;
-    int h = 0;
-    int c = ps_redis_read_old_header(x, &old[i], &h, &e);
-    if (c == PS_BOK) c = ps_redis_expect_ok(x, keys[i], &e);
+    int h;
+    int c = ps_redis_read_put(x, keys[i], &old[i], &h, &e);
     had[i] = (char)(c == PS_BOK && h);   /* replaced: its chunks go below */
     ps_redis_keep_first(&code, err, c, &e);
   }

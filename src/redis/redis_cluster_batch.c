@@ -200,10 +200,9 @@ int ps_redis_cluster_put_batch(void *ctx, size_t n, const ps_key *keys,
         continue;
       }
       unsigned before = c->redirects;
-      int h = 0;
+      int h;
       ps_berr e;
-      int r = ps_redis_read_old_header(x, &old[i], &h, &e);
-      if (r == PS_BOK) r = ps_redis_expect_ok(x, keys[i], &e);
+      int r = ps_redis_read_put(x, keys[i], &old[i], &h, &e);
       if (redo_reply(c, before, r)) {
         alone[i] = 1;        /* written again alone, old chunks and all */
         continue;

@@ -75,6 +75,11 @@ int ps_redis_reply_error(ps_redis *x, ps_key k, const ps_rreply *r,
                          ps_berr *err);
 /* Reads a +OK reply. */
 int ps_redis_expect_ok(ps_redis *x, ps_key k, ps_berr *err);
+/* Reads the replies of a plain put (ps_redis_queue_put's): the old
+   header's unless k is fresh, then the SET's; *had: it replaced a chunked
+   value, whose chunks (*old) the caller deletes. */
+int ps_redis_read_put(ps_redis *x, ps_key k, ps_rchunks *old, int *had,
+                      ps_berr *err);
 /*
  * In a pipeline: unless an earlier reply failed, records code and e as
  * the pipeline's failure (in *first and *err). Callers go on reading while
@@ -180,13 +185,13 @@ void ps_redis_queue_get(ps_redis *x, ps_key k);
    read (fetch it with ps_redis_get_retried). */
 int ps_redis_read_get(ps_redis *x, ps_key k, ps_blob *out, ps_version *vout,
                       int *chunked, ps_berr *err);
-/* GETRANGE of the old header, then SET of a plain value; hdr must live on.
-   Always both, whatever k.fresh says: a batch reads both replies. */
+/* GETRANGE of the old header (unless k is fresh), then SET of a plain
+   value; hdr must live on. ps_redis_read_put reads the replies. */
 void ps_redis_queue_put(ps_redis *x, ps_key k, const char *data, size_t len,
                         char *hdr);
 int ps_redis_get_retried(ps_redis *x, ps_key k, ps_blob *out,
                          ps_version *vout, ps_berr *err);
-/* A put as the store's own (a fresh k sends no read of an old header). */
+/* A put as the store's own (a fresh k reads no old header). */
 int ps_redis_put_retried(ps_redis *x, ps_key k, const char *data, size_t len,
                          ps_version *vout, ps_berr *err);
 int ps_redis_del_chunks_retried(ps_redis *x, ps_key k, const ps_rchunks *ci,

@@ -65,6 +65,7 @@ static int put_batch(lua_State *L, int make_proxies) {
       size_t kl;
       const char *kd = lua_tolstring(L, -1, &kl);
       keys[i - 1] = ps_key_of(kd, kl);
+      keys[i - 1].fresh = !keys_opt;   /* made above: 128 random bits */
       lua_pop(L, 1);   /* anchored in the keys table */
     }
     ps_store_check_open(L, 1);   /* a user serializer may have closed it */
