@@ -846,6 +846,25 @@ describe("the redis store", function()
       assert.is_true(s:exists("ok:1"))
     end)
 
+    -- Under keys the store makes no old header is asked for: the reader
+    -- must take the SETs' refusals alone, no more, no fewer.
+    it("puts under keys the store made, refused, leave the connection in step", function()
+      -- no cache: each get goes to the server
+      local s = new_store { username = "piped", password = "pw", prefix = "acl:",
+                            cache_size = 0 }
+      finally(function() new_store({ prefix = "acl:" }):evict("ok:1") end)
+      s:put("one", { key = "ok:1" })
+      local err = error_of(s.put, s, "made")
+      assert.equal("config", err.kind)
+      assert.matches("NOPERM", tostring(err), 1, true)
+      assert.equal("one", s:get("ok:1"))
+      err = error_of(s.put_batch, s, { "a", ("b"):rep(70000), "c" })
+      assert.equal("config", err.kind)
+      assert.matches("NOPERM", tostring(err), 1, true)
+      assert.equal("one", s:get("ok:1"))
+      assert.same({ "one", n = 1 }, s:get_batch({ "ok:1" }))
+    end)
+
     it("get_batch raises the refused key's error and the next call reads its own reply", function()
       local s = acl_store()
       s:put_batch({ "one", "three" }, { keys = { "ok:1", "ok:3" } })
