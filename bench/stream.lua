@@ -140,17 +140,16 @@ local function large_items(report, url, srv, g, tag)
   local limit_key = "bench-stream-limit"
   g:call("SET", limit_key, data)
   local lim = benchlib.redis_limit("127.0.0.1", srv.port, limit_key, MiB)
-  -- each SET's and GET's own seconds, kept during the rounds' timed
-  -- chunks: the statistic of bench/redis_raw's tight loop (medians of
+  -- ops, in the rounds' timed chunks, keeps each SET's and GET's own
+  -- seconds: the statistic of bench/redis_raw's tight loop (medians of
   -- single operations), taken in this process and at this moment (the
   -- two stores into a table cost ~0.1 µs a pair of ~600)
-  local op_times
-  local function limit_pairs()
+  local function limit_pairs(ops)
     for _ = 1, chunk do
       local set, get = lim:set(data), lim:get()
-      if op_times then
-        table.insert(op_times.set, set)
-        table.insert(op_times.get, get)
+      if ops then
+        table.insert(ops.set, set)
+        table.insert(ops.get, get)
       end
     end
   end
@@ -191,15 +190,13 @@ local function large_items(report, url, srv, g, tag)
     for _, order in ipairs(WILLIAMS) do
       for _, which in ipairs(order) do
         for _ = 1, BLOCK_WARM do loops[which]() end
-        if which == 2 then op_times = ops end
         for _ = 1, BLOCK_TIMED do
           local c0 = now()
-          local own = loops[which]()
+          local own = loops[which](ops)
           local took = now() - c0
           table.insert(t[which], own or took / chunk)
           if which == 1 then stream_sum = stream_sum + took end
         end
-        op_times = nil
       end
     end
     local med = {}

@@ -307,16 +307,15 @@ describe("the redis store", function()
     -- whose header is read in the same round trip so that they go too.
     it("under a key the store made send no read of an old object; under a key given, one", function()
       local s = new_store()
-      local k1, p, k3
-      finally(function()
-        for _, k in ipairs { k1 or "", p and ps.key(p) or "", k3 or "" } do
-          if k ~= "" then s:evict(k) end
-        end
-      end)
+      local made = {}
+      finally(function() for _, k in ipairs(made) do s:evict(k) end end)
       srv:cli("CONFIG", "RESETSTAT")
-      k1 = s:put(("a"):rep(100000))
-      p = s:proxy(("b"):rep(100000))
-      k3 = s:_put_encoded((s:_encode("c")))
+      local k1 = s:put(("a"):rep(100000))
+      made[1] = k1
+      local p = s:proxy(("b"):rep(100000))
+      made[2] = ps.key(p)
+      local k3 = s:_put_encoded((s:_encode("c")))
+      made[3] = k3
       assert.equal(0, calls("getrange"))
       assert.equal(3, calls("set"))
       assert.equal(("a"):rep(100000), ps.extract(s:proxy_from_key(k1)))

@@ -2,11 +2,11 @@
  * bench/c/redis_limit.h: the server-bound limit of a Redis GET and SET,
  * shared by bench/redis_raw.c (a program of its own) and bench/c/support.c
  * (the bench module, so that the size sweep and the stream section can
- * time the limit in the process of the store's own transfers). The reply is read with plain
- * read() into a caller's buffer, on a non-blocking socket, waiting as the
- * store does (src/core/spin.h): a read that finds the socket empty polls
- * it without sleeping for up to LIMIT_SPIN_NS before it blocks, on every
- * wait of a transfer. Functions return 0, or -1 with errno set.
+ * time the limit in the process of the store's own transfers). The reply
+ * is read with plain read() into a caller's buffer, on a non-blocking
+ * socket, waiting as the store does (src/core/spin.h): a read that finds
+ * the socket empty polls it without sleeping for up to LIMIT_SPIN_NS
+ * before it blocks, on every wait of a transfer. Functions return 0, or -1 with errno set.
  */
 #ifndef PS_BENCH_REDIS_LIMIT_H
 #define PS_BENCH_REDIS_LIMIT_H
